@@ -1,0 +1,12 @@
+"""nodulebench: how the choice of loss decides what a classifier learns.
+
+Synthetic lung-nodule data with known, controllable factors; cross-entropy and
+contrastive losses with exact semantics and memory-efficient kernels; probes that
+tell which factors a network encodes and which it uses.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["__version__"]

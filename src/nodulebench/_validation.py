@@ -1,0 +1,75 @@
+"""Argument checks shared by every public entry point.
+
+Each check raises ``ValueError`` or ``TypeError`` whose message names the argument,
+what was expected and what was received, so a user sees at once what to change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from typing import Any
+
+import torch
+
+__all__ = [
+    "check_choice",
+    "check_floating",
+    "check_in_range",
+    "check_integer_tensor",
+    "check_ndim",
+    "check_positive",
+]
+
+
+def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        accepted = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {accepted}; got {value!r}")
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Raise unless ``value`` is a finite real number ``> 0`` (or ``>= 0``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
+    bound = ">= 0" if allow_zero else "> 0"
+    ok = value >= 0 if allow_zero else value > 0
+    if not (math.isfinite(value) and ok):
+        raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
+
+
+def check_in_range(
+    name: str, value: float, low: float, high: float, *, inclusive: bool = True
+) -> None:
+    """Raise unless ``low <= value <= high`` (strict bounds when not inclusive)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
+    ok = low <= value <= high if inclusive else low < value < high
+    if not (math.isfinite(value) and ok):
+        brackets = "[{}, {}]" if inclusive else "({}, {})"
+        raise ValueError(
+            f"{name} must lie in {brackets.format(low, high)}; got {value!r}"
+        )
+
+
+def check_ndim(name: str, tensor: Any, ndims: Collection[int], shape_hint: str) -> None:
+    """Raise unless ``tensor`` is a tensor whose rank is one of ``ndims``."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}")
+    if tensor.ndim not in ndims:
+        raise ValueError(
+            f"{name} must have shape {shape_hint}; got shape {tuple(tensor.shape)}"
+        )
+
+
+def check_floating(name: str, tensor: torch.Tensor) -> None:
+    """Raise ``TypeError`` unless ``tensor`` has a floating-point dtype."""
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype; got {tensor.dtype}")
+
+
+def check_integer_tensor(name: str, tensor: torch.Tensor) -> None:
+    """Raise ``TypeError`` unless ``tensor`` has an integer (not bool) dtype."""
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype; got {tensor.dtype}")
