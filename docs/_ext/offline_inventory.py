@@ -48,6 +48,11 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "torch.utils.data.DataLoader": ("py:class", "data.html#$"),
         "torch.autograd.Function": ("py:class", "autograd.html#$"),
         "torch.distributed.ProcessGroup": ("py:class", "distributed.html#$"),
+        "torch.distributed": ("py:module", "distributed.html#module-$"),
+        # autodoc spells ProcessGroup by its defining module
+        "torch.distributed.distributed_c10d.ProcessGroup": (
+            "py:class", "distributed.html#torch.distributed.ProcessGroup"
+        ),
     },
     "numpy": {
         "numpy.ndarray": ("py:class", "reference/generated/$.html#$"),

@@ -7,6 +7,12 @@ tell which factors a network encodes and which it uses.
 
 from __future__ import annotations
 
+from nodulebench import distributed
+
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    # distributed training
+    "distributed",
+]
