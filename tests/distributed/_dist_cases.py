@@ -170,10 +170,44 @@ def case_contract(rank: int, world_size: int) -> dict[str, Any]:
     return results
 
 
+def ddp_model() -> torch.nn.Module:
+    """The same float64 linear embedding on every rank (and in the parent)."""
+    gen = torch.Generator().manual_seed(5)
+    model = torch.nn.Linear(3, DIM, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(DIM, 3, generator=gen, dtype=torch.float64))
+        model.bias.copy_(torch.randn(DIM, generator=gen, dtype=torch.float64))
+    return model
+
+
+def ddp_inputs(world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    sizes = LAYOUTS["uneven"][world_size]
+    gen = torch.Generator().manual_seed(23)
+    features = torch.randn(sum(sizes), 3, generator=gen, dtype=torch.float64)
+    return features, torch.randint(0, 3, (sum(sizes),), generator=gen)
+
+
+def case_ddp(rank: int, world_size: int) -> dict[str, Any]:
+    """One DDP step with uneven local batches: the averaged parameter gradients."""
+    sizes = LAYOUTS["uneven"][world_size]
+    features, labels = ddp_inputs(world_size)
+    start = sample_offset(sizes, rank)
+    local = slice(start, start + sizes[rank])
+    model = torch.nn.parallel.DistributedDataParallel(ddp_model())
+    embeddings = model(features[local])
+    columns = all_gather_with_grad(embeddings)
+    loss, valid = supcon_rows_vs_columns(
+        embeddings, columns, labels[local], all_gather_no_grad(labels[local]), start
+    )
+    reduce_like_contract(loss, valid, "mean", world_size).backward()
+    return {name: p.grad for name, p in model.module.named_parameters()}
+
+
 CASES: dict[str, Callable[[int, int], dict[str, Any]]] = {
     "gather": case_gather,
     "shape_errors": case_shape_errors,
     "contract": case_contract,
+    "ddp": case_ddp,
 }
 
 

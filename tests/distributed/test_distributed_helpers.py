@@ -10,6 +10,8 @@ from _dist_cases import (
     REDUCTIONS,
     WORLD_SIZES,
     contract_inputs,
+    ddp_inputs,
+    ddp_model,
     gather_weights,
     global_batch,
     supcon_rows_vs_columns,
@@ -113,3 +115,16 @@ def test_exactness_contract_with_independent_loss(
     for res, start in zip(per_rank, starts, strict=True):
         stop = start + res["grad"].shape[0]
         torch.testing.assert_close(res["grad"] / scale, rows.grad[start:stop], **TIGHT)
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_ddp_step_gets_the_single_process_gradient(distributed_results, world_size: int) -> None:
+    """DDP averages the parameter gradients; with the contract they are the exact ones."""
+    features, labels = ddp_inputs(world_size)
+    model = ddp_model()
+    embeddings = model(features)
+    loss, valid = supcon_rows_vs_columns(embeddings, embeddings, labels, labels, offset=0)
+    (loss.sum() / valid.sum()).backward()
+    for res in distributed_results(world_size, "ddp"):
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(res[name], param.grad, **TIGHT)
