@@ -167,11 +167,13 @@ def multi_similarity_per_anchor(
     valid = positive.any(dim=1)
     similarity = z @ z.T
     # Mining decides which pairs count; it is a selection, so no gradient flows through it.
+    # Written as negated comparisons so that a NaN similarity keeps its pair and the NaN
+    # reaches the loss instead of being silently mined away.
     with torch.no_grad():
         hardest_negative = masked_max(similarity, negative)
         hardest_positive = masked_min(similarity, positive)
-        kept_positive = positive & (similarity - epsilon < hardest_negative[:, None])
-        kept_negative = negative & (similarity + epsilon > hardest_positive[:, None])
+        kept_positive = positive & ~(similarity - epsilon >= hardest_negative[:, None])
+        kept_negative = negative & ~(similarity + epsilon <= hardest_positive[:, None])
     positive_term = _log1p_sum_exp(-alpha * (similarity - base), kept_positive) / alpha
     negative_term = _log1p_sum_exp(beta * (similarity - base), kept_negative) / beta
     return positive_term + negative_term, valid
