@@ -69,7 +69,8 @@ def test_every_loss_has_metadata_and_rejects_unknown_kwargs(name: str) -> None:
     assert isinstance(info.requires_labels, bool)
     assert info.citation
     assert "reduction" in info.accepted_kwargs
-    with pytest.raises(TypeError, match=re.escape("unknown keyword argument(s) tempreature")) as err:
+    expected = re.escape("unknown keyword argument(s) tempreature")
+    with pytest.raises(TypeError, match=expected) as err:
         create_loss(name, tempreature=0.1)
     for accepted in info.accepted_kwargs:
         assert accepted in str(err.value)
