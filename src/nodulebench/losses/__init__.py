@@ -1,8 +1,9 @@
 """Losses: cross-entropy and contrastive / metric losses, a registry to build them by name.
 
 :mod:`~nodulebench.losses.functional` holds the definitions (dense, autograd),
-:mod:`~nodulebench.losses.modules` the ``nn.Module`` faces, :mod:`~nodulebench.losses.registry`
-the name-to-loss registry, :mod:`~nodulebench.losses.distances` the pairwise distances.
+``nodulebench.losses.modules`` the ``nn.Module`` faces (exported at the top level),
+:mod:`~nodulebench.losses.registry` the name-to-loss registry and
+:mod:`~nodulebench.losses.distances` the pairwise distances.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ __all__ = [
 Distance = Literal["euclidean", "squared_euclidean", "cosine"]
 DISTANCES: tuple[str, ...] = ("euclidean", "squared_euclidean", "cosine")
 
-#: Floor of the squared distance under the square root: the Euclidean distance of two
-#: coinciding rows is ``sqrt(1e-12) = 1e-6`` and its gradient stays finite there.
+#: Floor of the squared distance under the square root. The Euclidean distance of two
+#: coinciding rows is ``sqrt(1e-12) = 1e-6``, so its gradient stays finite there.
 EUCLIDEAN_EPS = 1e-12
 
 

@@ -2,26 +2,26 @@ r"""Dense reference definitions of the losses: readable, autograd, the ground tr
 
 Every pairwise loss here runs three steps:
 
-1. :func:`~nodulebench.losses._inputs.prepare_embeddings` validates ``embeddings``
-   ``(B, D)`` or ``(B, V, D)`` and ``labels`` ``(B,)``, flattens the views to
-   ``N = B * V`` rows in sample-major order (row ``b * V + v`` is view ``v`` of sample
-   ``b`` and carries ``labels[b]``), L2-normalizes if asked and upcasts fp16/bf16 to
-   float32.
-2. A per-anchor dense function of :mod:`nodulebench.losses._dense`
+1. ``_inputs.prepare_embeddings`` validates ``embeddings`` ``(B, D)`` or ``(B, V, D)``
+   and ``labels`` ``(B,)``, flattens the views to ``N = B * V`` rows in sample-major
+   order (row ``b * V + v`` is view ``v`` of sample ``b`` and carries ``labels[b]``),
+   L2-normalizes if asked and upcasts fp16/bf16 to float32.
+2. A per-anchor dense function of ``nodulebench.losses._dense``
    (``supcon_per_anchor`` and friends) computes, from the prepared rows ``(N, D)`` and
    labels ``(N,)``, the loss of each anchor ``(N,)`` and which anchors are valid
    ``(N,)`` bool. This call is the boundary where faster backends plug in: they take
    the same arguments and must return the same tensors.
-3. :func:`~nodulebench.losses._inputs.reduce_per_anchor` applies the reduction:
-   ``"mean"`` over valid anchors, ``"sum"``, or ``"none"`` (per-anchor loss of shape
-   ``(B,)`` or ``(B, V)``, 0 for invalid anchors). With no valid anchor the loss is a
-   zero still connected to the graph, never NaN.
+3. ``_inputs.reduce_per_anchor`` applies the reduction: ``"mean"`` over valid anchors,
+   ``"sum"``, or ``"none"`` (per-anchor loss of shape ``(B,)`` or ``(B, V)``, 0 for
+   invalid anchors). With no valid anchor the loss is a zero still connected to the
+   graph, never NaN.
 
 Notation: :math:`A(i) = \{j \ne i\}`, :math:`P(i) = \{p \in A(i): y_p = y_i\}`,
 :math:`Neg(i) = \{n: y_n \ne y_i\}`.
 
 Non-finite embeddings are not checked (that would force a device synchronisation on
-every call): a NaN or infinite embedding makes the loss NaN and so is visible at once.
+every call): a NaN or infinite entry makes the loss NaN (with ``normalize=False`` an
+infinite entry can also give ``inf``), never a finite number, so it is visible at once.
 """
 
 from __future__ import annotations
@@ -29,14 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nodulebench._validation import (
-    check_choice,
-    check_floating,
-    check_in_range,
-    check_integer_tensor,
-    check_ndim,
-    check_positive,
-)
+from nodulebench._validation import check_floating, check_integer_tensor, check_ndim
 from nodulebench.losses._dense import (
     contrastive_per_anchor,
     multi_similarity_per_anchor,
@@ -45,12 +38,17 @@ from nodulebench.losses._dense import (
 )
 from nodulebench.losses._inputs import (
     ReducedLoss,
-    check_reduction,
     compute_dtype,
     prepare_embeddings,
     reduce_per_anchor,
 )
-from nodulebench.losses.distances import DISTANCES
+from nodulebench.losses._options import (
+    check_contrastive_options,
+    check_cross_entropy_options,
+    check_multi_similarity_options,
+    check_supcon_options,
+    check_triplet_options,
+)
 
 __all__ = [
     "contrastive_loss",
@@ -60,60 +58,6 @@ __all__ = [
     "supcon_loss",
     "triplet_margin_loss",
 ]
-
-SUPCON_VARIANTS: tuple[str, ...] = ("out", "in")
-TRIPLET_MININGS: tuple[str, ...] = ("all", "hard", "semihard")
-
-
-# Option checks, shared with the modules so that a bad option fails at construction.
-
-
-def check_supcon_options(
-    temperature: float, variant: str, base_temperature: float | None, reduction: str
-) -> None:
-    """Raise on an invalid SupCon / NT-Xent option (see :func:`supcon_loss`)."""
-    check_positive("temperature", temperature)
-    check_choice("variant", variant, SUPCON_VARIANTS)
-    if base_temperature is not None:
-        check_positive("base_temperature", base_temperature)
-    check_reduction(reduction)
-
-
-def check_contrastive_options(margin: float, reduction: str) -> None:
-    """Raise on an invalid contrastive-loss option (see :func:`contrastive_loss`)."""
-    check_positive("margin", margin, allow_zero=True)
-    check_reduction(reduction)
-
-
-def check_triplet_options(margin: float, distance: str, mining: str, reduction: str) -> None:
-    """Raise on an invalid triplet-loss option (see :func:`triplet_margin_loss`)."""
-    check_positive("margin", margin, allow_zero=True)
-    check_choice("distance", distance, DISTANCES)
-    check_choice("mining", mining, TRIPLET_MININGS)
-    check_reduction(reduction)
-
-
-def check_multi_similarity_options(
-    alpha: float, beta: float, base: float, epsilon: float, reduction: str
-) -> None:
-    """Raise on an invalid multi-similarity option (see :func:`multi_similarity_loss`)."""
-    check_positive("alpha", alpha)
-    check_positive("beta", beta)
-    check_in_range("base", base, -1.0, 1.0)
-    check_positive("epsilon", epsilon, allow_zero=True)
-    check_reduction(reduction)
-
-
-def check_cross_entropy_options(
-    label_smoothing: float, weight: torch.Tensor | None, reduction: str
-) -> None:
-    """Raise on an invalid cross-entropy option (see :func:`cross_entropy_loss`)."""
-    check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
-    if weight is not None:
-        check_ndim("weight", weight, (1,), "(C,)")
-        check_floating("weight", weight)
-    check_reduction(reduction)
-
 
 # --------------------------------------------------------------------------- SupCon
 

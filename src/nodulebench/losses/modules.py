@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from nodulebench.losses import _options
 from nodulebench.losses import functional as LF
 from nodulebench.losses._inputs import ReducedLoss
 from nodulebench.losses.registry import register_loss
@@ -18,13 +19,19 @@ __all__ = [
     "CrossEntropyLoss",
     "MultiSimilarityLoss",
     "NTXentLoss",
+    "PairwiseLoss",
     "SupConLoss",
     "TripletMarginLoss",
 ]
 
 
-class _PairwiseLoss(torch.nn.Module):
-    """Shared bookkeeping: the excluded-anchor count of the last call."""
+class PairwiseLoss(torch.nn.Module):
+    """Base of the pairwise losses: records how many anchors the last call excluded.
+
+    Attributes:
+        num_excluded_anchors: anchors of the last call that had no positive (or, for
+            triplets, no negative) and so were left out of the reduction; 0 before any call.
+    """
 
     num_excluded_anchors: int
 
@@ -39,7 +46,7 @@ class _PairwiseLoss(torch.nn.Module):
 
 @register_loss("supcon", consumes="embeddings", requires_labels=False,
                citation="Khosla et al., Supervised Contrastive Learning, NeurIPS 2020")
-class SupConLoss(_PairwiseLoss):
+class SupConLoss(PairwiseLoss):
     """Supervised contrastive loss; see :func:`~nodulebench.losses.functional.supcon_loss`.
 
     Args:
@@ -63,7 +70,7 @@ class SupConLoss(_PairwiseLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        LF.check_supcon_options(temperature, variant, base_temperature, reduction)
+        _options.check_supcon_options(temperature, variant, base_temperature, reduction)
         self.temperature = temperature
         self.variant = variant
         self.base_temperature = base_temperature
@@ -90,7 +97,7 @@ class SupConLoss(_PairwiseLoss):
 @register_loss("ntxent", consumes="embeddings", requires_labels=False,
                citation="Chen et al., A Simple Framework for Contrastive Learning of Visual "
                         "Representations (SimCLR), ICML 2020")
-class NTXentLoss(_PairwiseLoss):
+class NTXentLoss(PairwiseLoss):
     """NT-Xent (SimCLR); see :func:`~nodulebench.losses.functional.ntxent_loss`.
 
     Args:
@@ -107,7 +114,7 @@ class NTXentLoss(_PairwiseLoss):
         self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean"
     ) -> None:
         super().__init__()
-        LF.check_supcon_options(temperature, "out", None, reduction)
+        _options.check_supcon_options(temperature, "out", None, reduction)
         self.temperature = temperature
         self.normalize = normalize
         self.reduction = reduction
@@ -126,7 +133,7 @@ class NTXentLoss(_PairwiseLoss):
 @register_loss("contrastive", consumes="embeddings", requires_labels=True,
                citation="Hadsell, Chopra & LeCun, Dimensionality Reduction by Learning an "
                         "Invariant Mapping, CVPR 2006")
-class ContrastiveLoss(_PairwiseLoss):
+class ContrastiveLoss(PairwiseLoss):
     """Pairwise contrastive loss; see :func:`~nodulebench.losses.functional.contrastive_loss`.
 
     Args:
@@ -142,7 +149,7 @@ class ContrastiveLoss(_PairwiseLoss):
         self, margin: float = 1.0, normalize: bool = False, reduction: str = "mean"
     ) -> None:
         super().__init__()
-        LF.check_contrastive_options(margin, reduction)
+        _options.check_contrastive_options(margin, reduction)
         self.margin = margin
         self.normalize = normalize
         self.reduction = reduction
@@ -160,7 +167,7 @@ class ContrastiveLoss(_PairwiseLoss):
 @register_loss("triplet", consumes="embeddings", requires_labels=True,
                citation="Schroff et al., FaceNet, CVPR 2015; Hermans et al., In Defense of "
                         "the Triplet Loss, 2017")
-class TripletMarginLoss(_PairwiseLoss):
+class TripletMarginLoss(PairwiseLoss):
     """Triplet margin loss; see :func:`~nodulebench.losses.functional.triplet_margin_loss`.
 
     Args:
@@ -183,7 +190,7 @@ class TripletMarginLoss(_PairwiseLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        LF.check_triplet_options(margin, distance, mining, reduction)
+        _options.check_triplet_options(margin, distance, mining, reduction)
         self.margin = margin
         self.distance = distance
         self.mining = mining
@@ -206,7 +213,7 @@ class TripletMarginLoss(_PairwiseLoss):
 @register_loss("multi_similarity", consumes="embeddings", requires_labels=True,
                citation="Wang et al., Multi-Similarity Loss with General Pair Weighting for "
                         "Deep Metric Learning, CVPR 2019")
-class MultiSimilarityLoss(_PairwiseLoss):
+class MultiSimilarityLoss(PairwiseLoss):
     """Multi-similarity loss; see :func:`~nodulebench.losses.functional.multi_similarity_loss`.
 
     Args:
@@ -231,7 +238,7 @@ class MultiSimilarityLoss(_PairwiseLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        LF.check_multi_similarity_options(alpha, beta, base, epsilon, reduction)
+        _options.check_multi_similarity_options(alpha, beta, base, epsilon, reduction)
         self.alpha = alpha
         self.beta = beta
         self.base = base
@@ -277,7 +284,7 @@ class CrossEntropyLoss(torch.nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        LF.check_cross_entropy_options(label_smoothing, weight, reduction)
+        _options.check_cross_entropy_options(label_smoothing, weight, reduction)
         self.label_smoothing = label_smoothing
         self.reduction = reduction
         self.register_buffer("weight", weight)
