@@ -87,27 +87,30 @@ def test_supcon_single_positive_variants_agree() -> None:
 # ----------------------------------------------------------------------------- excluded anchors
 
 
-@pytest.mark.parametrize(("module", "expected_excluded"), [
-    (SupConLoss(), [2, 3]),  # labels 7 and 9 have no positive
-    (TripletMarginLoss(), [2, 3]),
-    (TripletMarginLoss(mining="all"), [2, 3]),
-    (TripletMarginLoss(mining="semihard"), [2, 3]),
-    (MultiSimilarityLoss(), [2, 3]),
-], ids=repr)
-def test_anchors_without_positive_are_excluded_and_counted(module: torch.nn.Module,
-                                                           expected_excluded: list[int]) -> None:
+@pytest.mark.parametrize(("factory", "kwargs"), [
+    (SupConLoss, {}),
+    (SupConLoss, {"variant": "in"}),
+    (TripletMarginLoss, {}),
+    (TripletMarginLoss, {"mining": "all"}),
+    (TripletMarginLoss, {"mining": "semihard"}),
+    (MultiSimilarityLoss, {}),
+], ids=str)
+def test_anchors_without_positive_are_excluded_and_counted(
+        factory: type[torch.nn.Module], kwargs: dict[str, object]) -> None:
     embeddings = randn(5, 6, dtype=torch.float64)
-    labels = torch.tensor([1, 1, 7, 9, 1])
+    labels = torch.tensor([1, 1, 7, 9, 1])  # labels 7 and 9 have no positive
+    excluded, kept = [2, 3], [0, 1, 4]
+    module = factory(**kwargs)
     loss = module(embeddings, labels)
-    assert module.num_excluded_anchors == len(expected_excluded)
-    module.reduction = "none"
-    per_anchor = module(embeddings, labels)
+    assert module.num_excluded_anchors == len(excluded)
+    per_anchor = factory(reduction="none", **kwargs)(embeddings, labels)
     assert per_anchor.shape == (5,)
-    assert bool((per_anchor[expected_excluded] == 0).all())
-    kept = [i for i in range(5) if i not in expected_excluded]
-    if getattr(module, "mining", None) != "all":
+    assert bool((per_anchor[excluded] == 0).all())
+    assert bool((per_anchor[kept] >= 0).all())
+    if kwargs.get("mining") != "all":  # "all" averages over triplets, tested below
         torch.testing.assert_close(loss, per_anchor[kept].mean())
-    module.reduction = "mean"
+        torch.testing.assert_close(factory(reduction="sum", **kwargs)(embeddings, labels),
+                                   per_anchor.sum())
 
 
 def test_triplet_anchor_without_negative_is_excluded() -> None:
@@ -124,16 +127,22 @@ def test_contrastive_single_row_is_excluded() -> None:
     assert loss.item() == 0.0
 
 
-@pytest.mark.parametrize("module", [SupConLoss(), SupConLoss(variant="in"), TripletMarginLoss(),
-                                    TripletMarginLoss(mining="all"), MultiSimilarityLoss(),
-                                    TripletMarginLoss(mining="semihard")], ids=repr)
+@pytest.mark.parametrize(("factory", "kwargs"), [
+    (SupConLoss, {}),
+    (SupConLoss, {"variant": "in"}),
+    (TripletMarginLoss, {}),
+    (TripletMarginLoss, {"mining": "all"}),
+    (TripletMarginLoss, {"mining": "semihard"}),
+    (MultiSimilarityLoss, {}),
+], ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_batch_without_valid_anchor_gives_connected_zero(module: torch.nn.Module,
-                                                         reduction: str) -> None:
-    module.reduction = reduction
+def test_batch_without_valid_anchor_gives_connected_zero(
+        factory: type[torch.nn.Module], kwargs: dict[str, object], reduction: str) -> None:
+    module = factory(reduction=reduction, **kwargs)
     embeddings = randn(4, 2, 3).requires_grad_(True)
     loss = module(embeddings[:, :1], torch.tensor([0, 1, 2, 3]))  # one view, all distinct
-    assert loss.item() == 0.0
+    assert module.num_excluded_anchors == 4
+    assert loss.item() == 0.0 and not torch.isnan(loss)
     assert loss.requires_grad
     loss.backward()
     assert embeddings.grad is not None
