@@ -267,6 +267,10 @@ def test_bad_embeddings_and_labels(fn: LossFn) -> None:
         fn(torch.randn(1, 4, 2, 3), LABELS)
     with pytest.raises(TypeError, match=message("embeddings", "floating", "torch.int64")):
         fn(torch.ones(4, 3, dtype=torch.int64), LABELS)
+    with pytest.raises(ValueError, match=message("embeddings", "at least one", "(0, 3)")):
+        fn(torch.randn(0, 3), LABELS[:0])
+    with pytest.raises(ValueError, match=message("embeddings", "at least one", "(4, 0, 3)")):
+        fn(torch.randn(4, 0, 3), LABELS)
     with pytest.raises(TypeError, match=message("embeddings", "torch.Tensor", "list")):
         fn([[1.0, 2.0]], LABELS)
     with pytest.raises(ValueError, match=message("labels", "(B,) = (4,)", "(3,)")):

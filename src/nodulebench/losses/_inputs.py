@@ -83,12 +83,16 @@ def prepare_embeddings(
     Raises:
         TypeError: non-tensor or non-floating ``embeddings``; non-integer ``labels``;
             missing ``labels`` where they are required.
-        ValueError: wrong ranks, or ``labels`` whose length differs from ``B``.
+        ValueError: wrong ranks, an empty dimension, or ``labels`` whose length differs
+            from ``B``.
     """
     check_ndim("embeddings", embeddings, (2, 3), "(B, D) or (B, V, D)")
     check_floating("embeddings", embeddings)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool; got {type(normalize).__name__}")
+    if embeddings.numel() == 0:
+        raise ValueError("embeddings must hold at least one sample, view and feature "
+                         f"(B, V, D >= 1); got shape {tuple(embeddings.shape)}")
     batch = embeddings.shape[0]
     views = embeddings.shape[1] if embeddings.ndim == 3 else 1
     if labels is None:
