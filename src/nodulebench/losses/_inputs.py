@@ -10,7 +10,7 @@ kernel only has to replace the per-anchor step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,14 +26,12 @@ __all__ = [
     "REDUCTIONS",
     "PreparedEmbeddings",
     "ReducedLoss",
-    "Reduction",
     "check_reduction",
     "compute_dtype",
     "prepare_embeddings",
     "reduce_per_anchor",
 ]
 
-Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)

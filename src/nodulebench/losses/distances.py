@@ -6,8 +6,6 @@ Convention: every function here returns a *distance* (smaller means more alike),
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
@@ -16,14 +14,13 @@ from nodulebench._validation import check_choice
 __all__ = [
     "DISTANCES",
     "EUCLIDEAN_EPS",
-    "Distance",
     "cosine_distance",
     "euclidean_distance",
     "pairwise_distance",
     "squared_euclidean_distance",
 ]
 
-Distance = Literal["euclidean", "squared_euclidean", "cosine"]
+#: The names :func:`pairwise_distance` accepts.
 DISTANCES: tuple[str, ...] = ("euclidean", "squared_euclidean", "cosine")
 
 #: Floor of the squared distance under the square root. The Euclidean distance of two
