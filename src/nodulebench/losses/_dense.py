@@ -46,7 +46,6 @@ def masked_min(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, values, math.inf).amin(dim=1)
 
 
-
 def supcon_per_anchor(
     z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
