@@ -52,12 +52,21 @@ __all__ = [
     "get_world_size",
     "is_distributed",
     "local_row_offset",
+    "sum_over_ranks",
 ]
 
-# Shapes are exchanged as fixed-length vectors (ndim, then the padded sizes), so that
-# ranks whose tensors differ even in rank still meet in one collective and all raise
-# the same clear error instead of hanging.
+# Shapes are exchanged as fixed-length vectors (dtype code, ndim, then the padded sizes),
+# so that ranks whose tensors differ even in rank still meet in one collective and all
+# raise the same clear error instead of hanging.
 _MAX_NDIM = 8
+_DTYPES = (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
+)
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    return _DTYPES.index(dtype) if dtype in _DTYPES else len(_DTYPES)
 
 
 def _initialized() -> bool:
@@ -143,7 +152,7 @@ def gather_sizes(tensor: torch.Tensor, group: ProcessGroup | None = None) -> tup
     """The first-dimension size of ``tensor`` on every rank (a collective call).
 
     Every rank of ``group`` must call it. It also checks that all ranks agree on the
-    trailing shape, so that a later gather cannot fail obscurely or hang.
+    trailing shape and the dtype, so that a later gather cannot fail obscurely or hang.
 
     Args:
         tensor: (B_r, ...) this rank's tensor; ``B_r`` may differ between ranks.
@@ -153,8 +162,8 @@ def gather_sizes(tensor: torch.Tensor, group: ProcessGroup | None = None) -> tup
         ``(B_0, ..., B_{W-1})``; ``(B,)`` without an initialised process group.
 
     Raises:
-        ValueError: If the ranks' tensors differ in anything but the first dimension
-            (raised on every rank, naming each rank's shape).
+        ValueError: If the ranks' tensors differ in dtype or in anything but the first
+            dimension (raised on every rank, naming each rank's shape or dtype).
 
     Example:
         >>> import torch
@@ -165,18 +174,24 @@ def gather_sizes(tensor: torch.Tensor, group: ProcessGroup | None = None) -> tup
     _check_gatherable("tensor", tensor)
     if not is_distributed(group):
         return (int(tensor.shape[0]),)
-    local = torch.zeros(_MAX_NDIM + 1, dtype=torch.int64, device=tensor.device)
-    local[0] = tensor.ndim
-    local[1 : tensor.ndim + 1] = torch.tensor(tensor.shape, dtype=torch.int64)
-    shapes = [torch.empty_like(local) for _ in range(get_world_size(group))]
-    dist.all_gather(shapes, local, group=group)
-    rank_shapes = [tuple(s[1 : int(s[0]) + 1].tolist()) for s in (t.cpu() for t in shapes)]
+    local = torch.zeros(_MAX_NDIM + 2, dtype=torch.int64, device=tensor.device)
+    local[0] = _dtype_code(tensor.dtype)
+    local[1] = tensor.ndim
+    local[2 : tensor.ndim + 2] = torch.tensor(tensor.shape, dtype=torch.int64)
+    exchanged = [torch.empty_like(local) for _ in range(get_world_size(group))]
+    dist.all_gather(exchanged, local, group=group)
+    rows = [t.tolist() for t in exchanged]
+    rank_shapes = [tuple(row[2 : row[1] + 2]) for row in rows]
     if len({shape[1:] for shape in rank_shapes}) > 1:
         listed = ", ".join(f"rank {r}: {shape}" for r, shape in enumerate(rank_shapes))
         raise ValueError(
             "tensor must have the same shape on every rank except for the first "
             f"dimension; got {listed}"
         )
+    if len({row[0] for row in rows}) > 1:
+        names = [str(_DTYPES[row[0]]) if row[0] < len(_DTYPES) else "other" for row in rows]
+        listed = ", ".join(f"rank {r}: {name}" for r, name in enumerate(names))
+        raise ValueError(f"tensor must have the same dtype on every rank; got {listed}")
     return tuple(int(shape[0]) for shape in rank_shapes)
 
 
@@ -262,8 +277,8 @@ def all_gather_with_grad(
         :func:`is_distributed` is false.
 
     Raises:
-        ValueError: If the ranks disagree on the trailing shape, or ``sizes`` does not
-            match this rank's tensor.
+        ValueError: If the ranks disagree on the trailing shape or the dtype, or
+            ``sizes`` does not match this rank's tensor.
 
     Example:
         >>> import torch
@@ -303,8 +318,8 @@ def all_gather_no_grad(
         :func:`is_distributed` is false.
 
     Raises:
-        ValueError: If the ranks disagree on the trailing shape, or ``sizes`` does not
-            match this rank's tensor.
+        ValueError: If the ranks disagree on the trailing shape or the dtype, or
+            ``sizes`` does not match this rank's tensor.
 
     Example:
         >>> import torch
@@ -340,3 +355,31 @@ def local_row_offset(tensor: torch.Tensor, group: ProcessGroup | None = None) ->
     """
     sizes = gather_sizes(tensor, group)
     return sum(sizes[: get_rank(group)])
+
+
+def sum_over_ranks(tensor: torch.Tensor, group: ProcessGroup | None = None) -> torch.Tensor:
+    """The element-wise sum of ``tensor`` over the ranks of ``group``, without autograd.
+
+    For counts that a normalisation needs globally, such as the number of valid anchors.
+    A collective call: every rank of ``group`` must call it, with the same shape.
+
+    Args:
+        tensor: Any shape; the input is left unchanged.
+        group: The process group; ``None`` means the default (world) group.
+
+    Returns:
+        A new detached tensor; a detached copy of ``tensor`` when :func:`is_distributed`
+        is false.
+
+    Example:
+        >>> import torch
+        >>> from nodulebench.distributed import sum_over_ranks
+        >>> sum_over_ranks(torch.tensor(3))
+        tensor(3)
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor must be a torch.Tensor; got {type(tensor).__name__}")
+    total = tensor.detach().clone(memory_format=torch.contiguous_format)
+    if is_distributed(group):
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    return total

@@ -24,6 +24,7 @@ from nodulebench.distributed import (
     get_world_size,
     is_distributed,
     local_row_offset,
+    sum_over_ranks,
 )
 
 WORLD_SIZES = (2, 3)
@@ -77,6 +78,7 @@ def case_gather(rank: int, world_size: int) -> dict[str, Any]:
         "labels_with_sizes": all_gather_no_grad(labels, sizes=known),
         "labels_requires_grad": all_gather_no_grad(local).requires_grad,
         "group_world_size": get_world_size(dist.group.WORLD),
+        "summed": sum_over_ranks(torch.tensor([rank, 1])),
     }
 
 
@@ -92,7 +94,9 @@ def case_shape_errors(rank: int, world_size: int) -> dict[str, Any]:
     trailing = torch.zeros(2, 3 + rank)
     rank_of_tensor = torch.zeros((2, 3) if rank == 0 else (2, 3, 1))
     wrong_sizes = [1] * world_size
+    dtype = torch.zeros(2, 3, dtype=torch.float32 if rank == 0 else torch.float64)
     return {
+        "dtype": _error_message(lambda: all_gather_with_grad(dtype)),
         "trailing": _error_message(lambda: all_gather_with_grad(trailing)),
         "ndim": _error_message(lambda: gather_sizes(rank_of_tensor)),
         "sizes": _error_message(lambda: all_gather_no_grad(trailing, sizes=wrong_sizes)),

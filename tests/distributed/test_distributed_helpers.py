@@ -33,6 +33,9 @@ def test_single_process_defaults() -> None:
     assert not nd.all_gather_no_grad(z).requires_grad
     assert nd.gather_sizes(z) == (4,)
     assert nd.local_row_offset(z) == 0
+    count = torch.tensor(3)
+    total = nd.sum_over_ranks(count)
+    assert total.item() == 3 and total is not count
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,7 @@ def test_single_process_defaults() -> None:
         (lambda: nd.get_rank(group="world"), TypeError,
          "group must be a torch.distributed.ProcessGroup or None; got str"),
         (lambda: nd.get_world_size(group=3), TypeError, "got int"),
+        (lambda: nd.sum_over_ranks(3), TypeError, "tensor must be a torch.Tensor; got int"),
     ],
 )
 def test_bad_input_is_named(call, exc, fragment) -> None:
@@ -72,6 +76,7 @@ def test_gather_values_gradients_and_queries(distributed_results, world_size: in
         assert torch.equal(res["labels"], labels)
         assert torch.equal(res["labels_with_sizes"], labels)
         assert res["labels_requires_grad"] is False
+        assert res["summed"].tolist() == [sum(range(world_size)), world_size]
         # d/d(local) sum_s <gathered, w_s> = sum_s w_s restricted to this rank's rows
         torch.testing.assert_close(res["grad"], weight_sum[start : start + sizes[rank]],
                                    **TIGHT)
@@ -83,6 +88,8 @@ def test_mismatched_shapes_raise_on_every_rank(distributed_results, world_size: 
         assert "same shape on every rank except for the first dimension" in res["trailing"]
         assert "rank 0: (2, 3), rank 1: (2, 4)" in res["trailing"]
         assert "rank 0: (2, 3), rank 1: (2, 3, 1)" in res["ndim"]
+        assert ("same dtype on every rank; got rank 0: torch.float32, rank 1: torch.float64"
+                in res["dtype"])
         assert f"sizes must list every rank's first dimension ({world_size} entries" in (
             res["sizes"])
 

@@ -26,6 +26,8 @@ infinite entry can also give ``inf``), never a finite number, so it is visible a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +52,9 @@ from nodulebench.losses._options import (
     check_triplet_options,
 )
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
 __all__ = [
     "contrastive_loss",
     "cross_entropy_loss",
@@ -71,11 +76,17 @@ def _supcon(
     base_temperature: float | None,
     normalize: bool,
     reduction: str,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> ReducedLoss:
     check_supcon_options(temperature, variant, base_temperature, reduction)
-    prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=False)
+    prepared = prepare_embeddings(
+        embeddings, labels, normalize=normalize, labels_required=False,
+        gather_distributed=gather_distributed, process_group=process_group,
+    )
     loss, valid = supcon_per_anchor(
-        prepared.rows, prepared.labels, temperature=temperature, variant=variant
+        prepared.rows, prepared.labels, temperature=temperature, variant=variant,
+        **prepared.column_options(),
     )
     if base_temperature is not None:
         loss = loss * (temperature / base_temperature)
@@ -91,6 +102,8 @@ def supcon_loss(
     base_temperature: float | None = None,
     normalize: bool = True,
     reduction: str = "mean",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> torch.Tensor:
     r"""Supervised contrastive loss (Khosla et al. 2020); SimCLR with ``labels=None``.
 
@@ -117,6 +130,10 @@ def supcon_loss(
         normalize: L2-normalize each view first.
         reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"`` (shape
             ``(B,)`` or ``(B, V)``).
+        gather_distributed: compute this rank's anchors against the embeddings of
+            all ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -134,6 +151,7 @@ def supcon_loss(
     return _supcon(
         embeddings, labels, temperature=temperature, variant=variant,
         base_temperature=base_temperature, normalize=normalize, reduction=reduction,
+        gather_distributed=gather_distributed, process_group=process_group,
     ).loss
 
 
@@ -167,10 +185,13 @@ def _ntxent(
     temperature: float,
     normalize: bool,
     reduction: str,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> ReducedLoss:
     embeddings = _stack_views(view1, view2)
     return _supcon(embeddings, None, temperature=temperature, variant="out",
-                   base_temperature=None, normalize=normalize, reduction=reduction)
+                   base_temperature=None, normalize=normalize, reduction=reduction,
+                   gather_distributed=gather_distributed, process_group=process_group)
 
 
 def ntxent_loss(
@@ -180,6 +201,8 @@ def ntxent_loss(
     temperature: float = 0.1,
     normalize: bool = True,
     reduction: str = "mean",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> torch.Tensor:
     r"""NT-Xent, the SimCLR loss (Chen et al. 2020): SupCon "out" with ``labels=None``.
 
@@ -199,6 +222,10 @@ def ntxent_loss(
             pytorch-metric-learning.
         normalize: L2-normalize each view first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (shape ``(B, V)``).
+        gather_distributed: compute this rank's anchors against the embeddings of
+            all ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -209,7 +236,8 @@ def ntxent_loss(
         torch.Size([])
     """
     return _ntxent(view1, view2, temperature=temperature, normalize=normalize,
-                   reduction=reduction).loss
+                   reduction=reduction, gather_distributed=gather_distributed,
+                   process_group=process_group).loss
 
 
 # --------------------------------------------------------------------------- Contrastive
@@ -222,10 +250,17 @@ def _contrastive(
     margin: float,
     normalize: bool,
     reduction: str,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> ReducedLoss:
     check_contrastive_options(margin, reduction)
-    prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=True)
-    loss, valid = contrastive_per_anchor(prepared.rows, prepared.labels, margin=margin)
+    prepared = prepare_embeddings(
+        embeddings, labels, normalize=normalize, labels_required=True,
+        gather_distributed=gather_distributed, process_group=process_group,
+    )
+    loss, valid = contrastive_per_anchor(
+        prepared.rows, prepared.labels, margin=margin, **prepared.column_options()
+    )
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared)
 
 
@@ -236,6 +271,8 @@ def contrastive_loss(
     margin: float = 1.0,
     normalize: bool = False,
     reduction: str = "mean",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> torch.Tensor:
     r"""Pairwise contrastive loss (Hadsell, Chopra & LeCun 2006), Euclidean distance.
 
@@ -254,6 +291,10 @@ def contrastive_loss(
         margin: ``m >= 0``.
         normalize: L2-normalize first (off by default, as in the paper).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        gather_distributed: compute this rank's anchors against the embeddings of
+            all ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -263,7 +304,8 @@ def contrastive_loss(
         torch.Size([])
     """
     return _contrastive(embeddings, labels, margin=margin, normalize=normalize,
-                        reduction=reduction).loss
+                        reduction=reduction, gather_distributed=gather_distributed,
+                   process_group=process_group).loss
 
 
 # --------------------------------------------------------------------------- Triplet
@@ -278,11 +320,17 @@ def _triplet(
     mining: str,
     normalize: bool,
     reduction: str,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> ReducedLoss:
     check_triplet_options(margin, distance, mining, reduction)
-    prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=True)
+    prepared = prepare_embeddings(
+        embeddings, labels, normalize=normalize, labels_required=True,
+        gather_distributed=gather_distributed, process_group=process_group,
+    )
     loss, valid, counts = triplet_per_anchor(
-        prepared.rows, prepared.labels, margin=margin, distance=distance, mining=mining
+        prepared.rows, prepared.labels, margin=margin, distance=distance, mining=mining,
+        **prepared.column_options(),
     )
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared, counts=counts)
 
@@ -296,6 +344,8 @@ def triplet_margin_loss(
     mining: str = "hard",
     normalize: bool = True,
     reduction: str = "mean",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> torch.Tensor:
     r"""Triplet margin loss over the triplets of a batch, with batch mining.
 
@@ -321,6 +371,10 @@ def triplet_margin_loss(
         mining: ``"hard"``, ``"all"`` or ``"semihard"``.
         normalize: L2-normalize first (FaceNet embeds on the unit sphere).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        gather_distributed: compute this rank's anchors against the embeddings of
+            all ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -331,7 +385,8 @@ def triplet_margin_loss(
         torch.Size([])
     """
     return _triplet(embeddings, labels, margin=margin, distance=distance, mining=mining,
-                    normalize=normalize, reduction=reduction).loss
+                    normalize=normalize, reduction=reduction,
+                    gather_distributed=gather_distributed, process_group=process_group).loss
 
 
 # --------------------------------------------------------------------------- Multi-similarity
@@ -347,11 +402,17 @@ def _multi_similarity(
     epsilon: float,
     normalize: bool,
     reduction: str,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> ReducedLoss:
     check_multi_similarity_options(alpha, beta, base, epsilon, reduction)
-    prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=True)
+    prepared = prepare_embeddings(
+        embeddings, labels, normalize=normalize, labels_required=True,
+        gather_distributed=gather_distributed, process_group=process_group,
+    )
     loss, valid = multi_similarity_per_anchor(
-        prepared.rows, prepared.labels, alpha=alpha, beta=beta, base=base, epsilon=epsilon
+        prepared.rows, prepared.labels, alpha=alpha, beta=beta, base=base, epsilon=epsilon,
+        **prepared.column_options(),
     )
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared)
 
@@ -366,6 +427,8 @@ def multi_similarity_loss(
     epsilon: float = 0.1,
     normalize: bool = True,
     reduction: str = "mean",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> torch.Tensor:
     r"""Multi-similarity loss with its pair mining (Wang et al. 2019).
 
@@ -392,6 +455,10 @@ def multi_similarity_loss(
         normalize: L2-normalize first, so that ``S`` is the cosine similarity; with
             ``False`` ``S`` is the raw dot product.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        gather_distributed: compute this rank's anchors against the embeddings of
+            all ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -402,7 +469,9 @@ def multi_similarity_loss(
         torch.Size([])
     """
     return _multi_similarity(embeddings, labels, alpha=alpha, beta=beta, base=base,
-                             epsilon=epsilon, normalize=normalize, reduction=reduction).loss
+                             epsilon=epsilon, normalize=normalize, reduction=reduction,
+                             gather_distributed=gather_distributed,
+                             process_group=process_group).loss
 
 
 # --------------------------------------------------------------------------- Cross-entropy
