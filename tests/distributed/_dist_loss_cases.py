@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from _dist_cases import DIM, LAYOUTS, REDUCTIONS, WORLD_SIZES, sample_offset
+from _dist_cases import DIM, LAYOUTS, REDUCTIONS, sample_offset
 
 from nodulebench.losses import functional as LF
 
