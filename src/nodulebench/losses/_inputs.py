@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from nodulebench._validation import (
@@ -37,7 +38,8 @@ from nodulebench.distributed import (
     sum_over_ranks,
 )
 
-if TYPE_CHECKING:
+# Imported at run time where available so that the docs resolve the annotation.
+if TYPE_CHECKING or dist.is_available():
     from torch.distributed import ProcessGroup
 
 __all__ = [

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from nodulebench._validation import check_floating, check_integer_tensor, check_ndim
@@ -52,7 +53,8 @@ from nodulebench.losses._options import (
     check_triplet_options,
 )
 
-if TYPE_CHECKING:
+# Imported at run time where available so that the docs resolve the annotation.
+if TYPE_CHECKING or dist.is_available():
     from torch.distributed import ProcessGroup
 
 __all__ = [

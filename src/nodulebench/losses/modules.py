@@ -9,7 +9,7 @@ left out (anchors without a positive, or without a negative for triplets), and t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -17,9 +17,6 @@ from nodulebench.losses import _options
 from nodulebench.losses import functional as LF
 from nodulebench.losses._inputs import ReducedLoss
 from nodulebench.losses.registry import register_loss
-
-if TYPE_CHECKING:
-    from torch.distributed import ProcessGroup
 
 __all__ = [
     "ContrastiveLoss",
@@ -50,7 +47,10 @@ class PairwiseLoss(torch.nn.Module):
     num_excluded_anchors: int
 
     def __init__(
-        self, *, gather_distributed: bool = False, process_group: ProcessGroup | None = None
+        self,
+        *,
+        gather_distributed: bool = False,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(gather_distributed, bool):
@@ -85,7 +85,7 @@ class SupConLoss(PairwiseLoss):
         normalize: L2-normalize embeddings first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather_distributed: gather the embeddings of all ranks (see
-            :class:`PairwiseLoss`).
+            :class:`~nodulebench.losses.modules.PairwiseLoss`).
         process_group: the group to gather over; ``None`` means the default group.
 
     Example:
@@ -101,7 +101,7 @@ class SupConLoss(PairwiseLoss):
         normalize: bool = True,
         reduction: str = "mean",
         gather_distributed: bool = False,
-        process_group: ProcessGroup | None = None,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
         super().__init__(gather_distributed=gather_distributed, process_group=process_group)
         _options.check_supcon_options(temperature, variant, base_temperature, reduction)
@@ -142,7 +142,7 @@ class NTXentLoss(PairwiseLoss):
         normalize: L2-normalize embeddings first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather_distributed: gather the embeddings of all ranks (see
-            :class:`PairwiseLoss`).
+            :class:`~nodulebench.losses.modules.PairwiseLoss`).
         process_group: the group to gather over; ``None`` means the default group.
 
     Example:
@@ -155,7 +155,7 @@ class NTXentLoss(PairwiseLoss):
         normalize: bool = True,
         reduction: str = "mean",
         gather_distributed: bool = False,
-        process_group: ProcessGroup | None = None,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
         super().__init__(gather_distributed=gather_distributed, process_group=process_group)
         _options.check_supcon_options(temperature, "out", None, reduction)
@@ -187,7 +187,7 @@ class ContrastiveLoss(PairwiseLoss):
         normalize: L2-normalize embeddings first (off by default).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather_distributed: gather the embeddings of all ranks (see
-            :class:`PairwiseLoss`).
+            :class:`~nodulebench.losses.modules.PairwiseLoss`).
         process_group: the group to gather over; ``None`` means the default group.
 
     Example:
@@ -200,7 +200,7 @@ class ContrastiveLoss(PairwiseLoss):
         normalize: bool = False,
         reduction: str = "mean",
         gather_distributed: bool = False,
-        process_group: ProcessGroup | None = None,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
         super().__init__(gather_distributed=gather_distributed, process_group=process_group)
         _options.check_contrastive_options(margin, reduction)
@@ -233,7 +233,7 @@ class TripletMarginLoss(PairwiseLoss):
         normalize: L2-normalize embeddings first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather_distributed: gather the embeddings of all ranks (see
-            :class:`PairwiseLoss`).
+            :class:`~nodulebench.losses.modules.PairwiseLoss`).
         process_group: the group to gather over; ``None`` means the default group.
 
     Example:
@@ -248,7 +248,7 @@ class TripletMarginLoss(PairwiseLoss):
         normalize: bool = True,
         reduction: str = "mean",
         gather_distributed: bool = False,
-        process_group: ProcessGroup | None = None,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
         super().__init__(gather_distributed=gather_distributed, process_group=process_group)
         _options.check_triplet_options(margin, distance, mining, reduction)
@@ -287,7 +287,7 @@ class MultiSimilarityLoss(PairwiseLoss):
         normalize: L2-normalize embeddings first (cosine similarity).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather_distributed: gather the embeddings of all ranks (see
-            :class:`PairwiseLoss`).
+            :class:`~nodulebench.losses.modules.PairwiseLoss`).
         process_group: the group to gather over; ``None`` means the default group.
 
     Example:
@@ -303,7 +303,7 @@ class MultiSimilarityLoss(PairwiseLoss):
         normalize: bool = True,
         reduction: str = "mean",
         gather_distributed: bool = False,
-        process_group: ProcessGroup | None = None,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
         super().__init__(gather_distributed=gather_distributed, process_group=process_group)
         _options.check_multi_similarity_options(alpha, beta, base, epsilon, reduction)
