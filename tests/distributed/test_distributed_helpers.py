@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _dist_cases import (
+    DDP_WORLD_SIZES,
     GATHER_SIZES,
     LAYOUTS,
     REDUCTIONS,
@@ -124,7 +125,7 @@ def test_exactness_contract_with_independent_loss(
         torch.testing.assert_close(res["grad"] / scale, rows.grad[start:stop], **TIGHT)
 
 
-@pytest.mark.parametrize("world_size", WORLD_SIZES)
+@pytest.mark.parametrize("world_size", DDP_WORLD_SIZES)
 def test_ddp_step_gets_the_single_process_gradient(distributed_results, world_size: int) -> None:
     """DDP averages the parameter gradients; with the contract they are the exact ones."""
     features, labels = ddp_inputs(world_size)
