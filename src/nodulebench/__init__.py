@@ -9,4 +9,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+from .data import NoduleSpec, SyntheticNodules
+
+__all__ = [
+    "__version__",
+    # data
+    "NoduleSpec",
+    "SyntheticNodules",
+]
