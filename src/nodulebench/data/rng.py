@@ -76,7 +76,9 @@ def uniform(key: torch.Tensor, count: int, dtype: torch.dtype = torch.float32) -
     return (bits.to(dtype) + 0.5) * (1.0 / 16777216.0)
 
 
-def uniform_pairs(key: torch.Tensor, count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def uniform_pairs(
+    key: torch.Tensor, count: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``2 * count`` coarse uniform numbers in ``(0, 1)`` per key: two 16-bit halves per hash.
 
     Half the hashing of :func:`uniform`, for white noise fields where 16 bits suffice.

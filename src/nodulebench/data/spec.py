@@ -75,10 +75,10 @@ LabelRule = Split
 
 @dataclass(frozen=True)
 class LinearLabelRule:
-    """Malignant iff a weighted sum of range-normalised continuous factors passes a threshold.
+    r"""Malignant iff a weighted sum of range-normalised continuous factors passes a threshold.
 
-    .. math:: y = [\\textstyle\\sum_f w_f \\, (x_f - \\mathrm{low}_f) /
-              (\\mathrm{high}_f - \\mathrm{low}_f) > t]
+    .. math:: y = \left[\sum_f w_f \, \frac{x_f - \mathrm{low}_f}
+              {\mathrm{high}_f - \mathrm{low}_f} > t\right]
 
     Attributes:
         weights: ``(factor name, weight)`` pairs (a mapping is accepted).
@@ -273,10 +273,15 @@ class NoduleSpec:
             if isinstance(dist, ByCategory):
                 raise ValueError(f"marginals[{rule.factor!r}] of the label factor must be "
                                  f"Uniform, Categorical or Fixed; got {dist!r}")
-            if self.malignant_fraction > 0:
-                dist.restrict(rule, True)
-            if self.malignant_fraction < 1:
-                dist.restrict(rule, False)
+            sides = [side for side, needed in ((True, self.malignant_fraction > 0),
+                                               (False, self.malignant_fraction < 1)) if needed]
+            for side in sides:
+                try:
+                    dist.restrict(rule, side)
+                except ValueError as err:
+                    raise ValueError(f"marginals[{rule.factor!r}] must give both classes of "
+                                     f"malignant_fraction={self.malignant_fraction}: {err}"
+                                     ) from None
 
     def _validate_shortcuts(self) -> None:
         seen: set[str] = set()
