@@ -39,7 +39,7 @@ def test_diameter_round_trip(ds: SyntheticNodules, diameter: float) -> None:
 
 @pytest.mark.parametrize("sphericity", [0.45, 0.6, 0.8, 1.0])
 def test_sphericity_and_orientation_round_trip(ds: SyntheticNodules, sphericity: float) -> None:
-    for i, angle in zip(range(3), (10.0, 75.0, 140.0)):
+    for i, angle in zip(range(3), (10.0, 75.0, 140.0), strict=True):
         got = _measure(ds, i, diameter_mm=16.0, sphericity=sphericity, orientation_deg=angle)
         assert abs(got["sphericity"] - sphericity) < 0.04
         if sphericity < 0.9:

@@ -56,7 +56,7 @@ def test_spicule_area_grows_with_spiculation() -> None:
         _, masks = ds.render(range(4), return_masks=True, overrides={"spiculation": s})
         areas.append(masks["spicules"].flatten(1).sum(1).float())
     assert float(areas[0].max()) == 0.0
-    for lo, hi in zip(areas, areas[1:]):
+    for lo, hi in zip(areas, areas[1:], strict=False):
         assert bool((hi > lo).all())
 
 

@@ -84,7 +84,7 @@ def _outline(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor, pixel_m
     orders = torch.tensor(_HARMONICS, device=dev, dtype=dt)
     wave = torch.cos(orders[None, :, None] * theta[None, None, :] + phase[:, :, None])
     wave = (amp[:, :, None] * wave).sum(1) / amp.sum(1, keepdim=True)
-    body = ellipse * (1 + 0.22 * factors["lobulation"].to(dt)[:, None] * wave)
+    body = ellipse * (1 + 0.35 * factors["lobulation"].to(dt)[:, None] * wave)
 
     # spicules: tapered spikes on r(theta); spicule j exists when j < spiculation * max
     s0 = 2 * h
@@ -237,7 +237,7 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     body_k, total_k = _outline(factors, shape_u, pixel_mm)
     body_r = torch.gather(body_k, 1, angle_bin).reshape(n, s, s)
     total_r = torch.gather(total_k, 1, angle_bin).reshape(n, s, s)
-    edge_mm = (0.15 + 1.2 * (1 - f32("margin_sharpness")))[:, None, None]
+    edge_mm = (0.1 + 2.9 * (1 - f32("margin_sharpness")))[:, None, None]
     alpha_body = _ramp(body_r - r, edge_mm)
     alpha_total = _ramp(total_r - r, edge_mm)
 
