@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import torch
