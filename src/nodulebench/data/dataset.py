@@ -8,6 +8,7 @@ rendered on demand, one at a time through ``ds[i]`` or vectorised through
 from __future__ import annotations
 
 import operator
+import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._validation import check_choice
+from .cache import load_images, materialize
 from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, get_factor
 from .render import MASK_NAMES, render_hu, window
 from .sampling import derive_children, sample_factors
@@ -53,9 +55,14 @@ class SyntheticNodules(Dataset[Any]):
             ``"hu"`` (raw Hounsfield units).
         transform: applied to each ``(1, H, W)`` image in ``ds[i]``.
         target_transform: applied to each label in ``ds[i]``.
+        cache: a folder written by :meth:`materialize` for this very dataset; ``ds[i]`` and
+            plain :meth:`render` calls then read images from its memory map. The manifest
+            (spec SHA-256, ``n``, ``seed``, ``image_size``, ``output``) must match.
 
     Raises:
-        ValueError: ``n <= 0``, ``image_size < 16``, or an unknown ``output``.
+        ValueError: ``n <= 0``, ``image_size < 16``, an unknown ``output``, or a cache made
+            from another dataset.
+        FileNotFoundError: ``cache`` holds no complete cache.
 
     Example:
         >>> ds = SyntheticNodules(NoduleSpec().with_shortcut("diameter_mm", 0.8), n=8)
@@ -77,6 +84,7 @@ class SyntheticNodules(Dataset[Any]):
         output: Literal["window", "hu"] = "window",
         transform: Callable[[torch.Tensor], Any] | None = None,
         target_transform: Callable[[torch.Tensor], Any] | None = None,
+        cache: str | pathlib.Path | None = None,
     ) -> None:
         spec = NoduleSpec() if spec is None else spec
         if not isinstance(spec, NoduleSpec):
@@ -91,6 +99,7 @@ class SyntheticNodules(Dataset[Any]):
         self.transform = transform
         self.target_transform = target_transform
         self._factors, self._labels = sample_factors(spec, self.n, self.seed)
+        self._cached: Any = None if cache is None else load_images(self, cache)
 
     # ------------------------------------------------------------------ table
     @property
@@ -212,6 +221,8 @@ class SyntheticNodules(Dataset[Any]):
         """
         idx = self._indices(indices)
         dev = torch.device(device) if device is not None else torch.device("cpu")
+        if self._cached is not None and not overrides and not return_masks:
+            return torch.from_numpy(self._cached[idx.numpy()]).to(dev)
         batch = {name: v[idx] for name, v in self._factors.items()}
         if overrides:
             changed = self._override_values(overrides, idx.numel())
@@ -247,6 +258,13 @@ class SyntheticNodules(Dataset[Any]):
             raise ValueError(f"values must be one-dimensional; got shape {tuple(vals.shape)}")
         k = self._index(i)
         return self.render([k] * len(vals), overrides={factor: vals})  # type: ignore[no-any-return]
+
+    def materialize(self, path: str | pathlib.Path, batch_size: int = 1024) -> pathlib.Path:
+        """Render every image once into ``path`` (``.npy`` memory maps + JSON manifest).
+
+        Reuse it with ``SyntheticNodules(..., cache=path)`` and the same arguments.
+        """
+        return materialize(self, path, batch_size)
 
     def factor_names(self) -> tuple[str, ...]:
         """Names of the factors, in table order."""
