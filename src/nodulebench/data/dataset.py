@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from .._validation import check_choice
 from .cache import load_images, materialize
 from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, get_factor
-from .render import MASK_NAMES, render_hu, window
+from .render import MASK_NAMES, render_hu
 from .sampling import derive_children, sample_factors
 from .spec import NoduleSpec
 
@@ -229,8 +229,9 @@ class SyntheticNodules(Dataset[Any]):
             batch.update(changed)
             derive_children(self.spec, self.seed, idx, batch, set(changed))
         batch = {name: v.to(dev) for name, v in batch.items()}
-        hu, masks = render_hu(batch, self.seed, idx, self.image_size, with_masks=return_masks)
-        images = window(hu, *LUNG_WINDOW_HU) if self.output == "window" else hu
+        images, masks = render_hu(batch, self.seed, idx, self.image_size,
+                                  with_masks=return_masks,
+                                  window_hu=LUNG_WINDOW_HU if self.output == "window" else None)
         if return_masks:
             assert masks is not None  # with_masks=True always returns them
             return images, {k: masks[k] for k in MASK_NAMES}

@@ -178,9 +178,10 @@ _BSPLINE_STD = 0.48
 
 
 def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Tensor,
-              image_size: int, *, with_masks: bool = False, chunk_size: int = 128
+              image_size: int, *, with_masks: bool = False, chunk_size: int = 128,
+              window_hu: tuple[float, float] | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """Render a batch of patches in HU.
+    """Render a batch of patches in HU (or windowed to ``[0, 1]``).
 
     Args:
         factors: name -> ``(N,)`` tensor on the target device (continuous as floats,
@@ -191,10 +192,13 @@ def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Ten
         with_masks: also return the ground-truth masks.
         chunk_size: samples rendered together (cache-sized working set); does not change
             the result.
+        window_hu: when given, map ``[low, high]`` HU to ``[0, 1]`` (see :func:`window`)
+            while each chunk is still in cache.
 
     Returns:
-        ``hu`` of shape ``(N, 1, S, S)`` float32, and ``None`` or a dict with keys
-        :data:`MASK_NAMES` of ``(N, 1, S, S)`` bool masks (before blur and noise).
+        ``hu`` of shape ``(N, 1, S, S)`` float32 (windowed if asked), and ``None`` or a
+        dict with keys :data:`MASK_NAMES` of ``(N, 1, S, S)`` bool masks (before blur and
+        noise).
     """
     dev = factors["diameter_mm"].device
     n, s = indices.shape[0], image_size
@@ -205,8 +209,11 @@ def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Ten
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         part = {k: v[sl] for k, v in factors.items()}
-        out, m = _render_chunk(part, seed, indices[sl].to(dev), s, with_masks)
-        hu[sl, 0] = out
+        out = hu[sl, 0]
+        m = _render_chunk(part, seed, indices[sl].to(dev), s, with_masks, out)
+        if window_hu is not None:
+            low, high = window_hu
+            out.sub_(low).mul_(1.0 / (high - low)).clamp_(0.0, 1.0)
         if masks is not None and m is not None:
             for k in MASK_NAMES:
                 masks[k][sl, 0] = m[k]
@@ -214,7 +221,8 @@ def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Ten
 
 
 def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Tensor, s: int,
-                  with_masks: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+                  with_masks: bool, out: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Render ``(n, S, S)`` HU into ``out``; return the masks when asked."""
     dev = idx.device
     dt = torch.float32
     n = idx.shape[0]
@@ -245,7 +253,7 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     noise_key = rng.key_words(seed, idx, _NOISE_STREAM)
     g = _TEXTURE_GRID
     half_bins = s * (s // 2 + 1)
-    white = rng.uniform_pairs(noise_key, (g * g + 2 * half_bins + 1) // 2, dt)
+    white = rng.centered_halves(noise_key, (g * g + 2 * half_bins + 1) // 2, dt)
     background = _background(factors, shape_u, white[:, :g * g], pixel_mm, s)
 
     # --- nodule: body (solid core if part-solid), spicules, calcification
@@ -278,10 +286,11 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     spectrum = torch.fft.rfft2(hu, norm="ortho")
     blur_px = f32("blur_mm") / pixel_mm
     spectrum *= torch.exp(freq2_px[None] * (-2 * math.pi ** 2 * blur_px ** 2)[:, None, None])
-    w = (white[:, g * g:g * g + 2 * half_bins] - 0.5).mul_(math.sqrt(6.0))
-    w = torch.view_as_complex(w.reshape(n, s, s // 2 + 1, 2))
-    spectrum += w * (_noise_amplitude(s, str(dev)) * f32("noise_hu")[:, None, None])
-    out = torch.fft.irfft2(spectrum, s=(s, s), norm="ortho")
+    # centred uniforms times sqrt(6): variance 1/2 per part, unit complex variance
+    amp = _noise_amplitude(s, str(dev)) * (math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
+    w = torch.view_as_complex(white[:, g * g:g * g + 2 * half_bins].reshape(n, s, s // 2 + 1, 2))
+    spectrum += w * amp
+    torch.fft.irfft2(spectrum, s=(s, s), norm="ortho", out=out)
 
     masks = None
     if with_masks:
@@ -291,7 +300,7 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         if calc_sdf is not None:
             calc[calcified] = body[calcified] & (calc_sdf > 0)
         masks = {"nodule": nodule, "spicules": nodule & ~body, "calcification": calc}
-    return out, masks
+    return masks
 
 
 @functools.lru_cache(maxsize=32)
@@ -324,7 +333,7 @@ def _background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
     n = shape_u.shape[0]
     low = max(16, s // 2)
     g = _TEXTURE_GRID
-    coarse = (coarse_white.reshape(n, g, g) - 0.5) * math.sqrt(12.0)
+    coarse = coarse_white.reshape(n, g, g) * math.sqrt(12.0)
     up = _upsample_matrix(low, g, True, str(dev))
     amplitude = factors["background_texture_hu"].to(dt) / _BSPLINE_STD
     field = (up @ coarse @ up.T).mul_(amplitude[:, None, None])
