@@ -204,8 +204,8 @@ def test_golden_images() -> None:
 
 GOLDEN_TABLE = "b3cc2956aab98fb2"
 GOLDEN_LABELS = "6caa3de1a74ae105"
-GOLDEN_MEANS = [-834.994, -604.559, -740.257]
-GOLDEN_CENTRES = [-356.794, 96.101, -12.81]
+GOLDEN_MEANS = [-834.993, -603.591, -740.4]
+GOLDEN_CENTRES = [-356.655, 95.922, -12.814]
 
 
 def test_materialize_and_reload(tmp_path) -> None:

@@ -23,7 +23,6 @@ import math
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 
 from . import rng
 from .factors import (
@@ -39,8 +38,7 @@ __all__ = ["MASK_NAMES", "render_hu", "window"]
 #: Keys of the ground-truth mask dict.
 MASK_NAMES: tuple[str, ...] = ("nodule", "spicules", "calcification")
 
-_ANGLES = 256  # angular grid on which r(theta) is evaluated
-_FINE_ANGLES = 1024  # lookup grid (nearest bin) after linear refinement
+_ANGLES = 256  # angular grid of r(theta), a power of two (wrap by bit mask)
 _HARMONICS = (2, 3, 4, 5)  # lobulation orders
 _MAX_SPICULES = 14
 _MAX_VESSELS = max(VESSEL_COUNTS)
@@ -109,14 +107,26 @@ def _outline(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor, pixel_m
     # outside its angular window (or when absent) a spike contributes nothing
     inside = (taper > 0) & (active > 0)[:, :, None]
     spikes = ((base_r[:, :, None] + length[:, :, None] * taper) * inside).amax(1)
-    total = torch.maximum(body, spikes)
-    # refine both tables to the fine lookup grid (circular linear interpolation)
-    both = torch.stack((body, total), 1)
-    both = torch.cat((both, both[:, :, :1]), 2)
-    fine = F.interpolate(both, size=_FINE_ANGLES + 1, mode="linear",
-                         align_corners=True)[:, :, :_FINE_ANGLES]
     del n
-    return fine[:, 0].contiguous(), fine[:, 1].contiguous()
+    return body, torch.maximum(body, spikes)
+
+
+def _lookup_pair(body: torch.Tensor, total: torch.Tensor, angle: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Periodic linear interpolation of two ``(N, K)`` tables at ``angle (N, P)`` radians.
+
+    Linear (not nearest-bin) so that the radius is a continuous function of the angle: a
+    last-bit difference in ``atan2`` between devices moves an edge by a last-bit amount.
+    """
+    pos = angle.mul_(_ANGLES / (2 * math.pi))
+    base = torch.floor(pos)
+    frac = pos.sub_(base)
+    i0 = base.long().bitwise_and_(_ANGLES - 1)  # "& (K - 1)" wraps negative angles
+    body_r, total_r = (
+        torch.addcmul(torch.gather(t, 1, i0), frac, torch.gather(t.roll(-1, 1) - t, 1, i0))
+        for t in (body, total)
+    )
+    return body_r, total_r
 
 
 def _calcification_sdf(code: torch.Tensor, rho: torch.Tensor, body_r: torch.Tensor,
@@ -239,12 +249,9 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     dy = y - f32("offset_y_mm")[:, None, None]
     r = torch.sqrt(dx * dx + dy * dy)  # (N, S, S)
     # nearest bin of the fine angular grid; "& (K - 1)" wraps negative angles (K = 2^k)
-    angle_bin = torch.atan2(dy, dx).mul_(_FINE_ANGLES / (2 * math.pi)).floor_().long()
-    angle_bin = angle_bin.bitwise_and_(_FINE_ANGLES - 1).reshape(n, -1)
-
     body_k, total_k = _outline(factors, shape_u, pixel_mm)
-    body_r = torch.gather(body_k, 1, angle_bin).reshape(n, s, s)
-    total_r = torch.gather(total_k, 1, angle_bin).reshape(n, s, s)
+    body_r, total_r = _lookup_pair(body_k, total_k, torch.atan2(dy, dx).reshape(n, -1))
+    body_r, total_r = body_r.reshape(n, s, s), total_r.reshape(n, s, s)
     edge_mm = (0.1 + 2.9 * (1 - f32("margin_sharpness")))[:, None, None]
     alpha_body = _ramp(body_r - r, edge_mm)
     alpha_total = _ramp(total_r - r, edge_mm)
