@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-from .._validation import check_choice
+from .._validation import check_choice, check_int
 from .cache import load_images, materialize
 from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, get_factor
 from .render import MASK_NAMES, render_hu
@@ -27,15 +27,6 @@ __all__ = ["SyntheticNodules"]
 _MAX_N = 2**31 - 1  # indices are hashed as 32-bit words
 
 Override = float | int | str | torch.Tensor
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an int {bound}; got {value!r}")
-    return value
 
 
 class SyntheticNodules(Dataset[Any]):
@@ -90,9 +81,9 @@ class SyntheticNodules(Dataset[Any]):
         if not isinstance(spec, NoduleSpec):
             raise TypeError(f"spec must be a NoduleSpec; got {type(spec).__name__}")
         self.spec = spec
-        self.n = _check_int("n", n, 1, _MAX_N)
-        self.seed = _check_int("seed", seed, 0, 2**64 - 1)
-        self.image_size = _check_int("image_size", image_size, 16, 1024)
+        self.n = check_int("n", n, 1, _MAX_N)
+        self.seed = check_int("seed", seed, 0, 2**64 - 1)
+        self.image_size = check_int("image_size", image_size, 16, 1024)
         check_choice("output", output, ("window", "hu"))
         self.output = output
         self.return_factors = bool(return_factors)

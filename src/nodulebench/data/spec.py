@@ -339,7 +339,7 @@ class NoduleSpec:
         return tuple(sc.split.factor for sc in self.shortcuts)
 
     def describe(self) -> str:
-        """One line: label rule, class balance, shortcuts."""
+        """One line: label rule, class balance, shortcuts, non-default marginals."""
         parts = [f"label: malignant iff {self.label_rule.describe()}"]
         if self.malignant_fraction is not None:
             parts.append(f"malignant fraction {self.malignant_fraction:g}")
@@ -347,6 +347,10 @@ class NoduleSpec:
             parts.append(f"label noise {self.label_noise:g}")
         parts += [f"shortcut {sc.split.describe()} strength {sc.strength:+g}"
                   for sc in self.shortcuts]
+        changed = [name for name, dist in self.marginals.items()
+                   if dist != DEFAULT_MARGINALS[name]]
+        if changed:
+            parts.append(f"non-default marginals: {', '.join(changed)}")
         return f"{self.name}: " + "; ".join(parts)
 
     def fingerprint(self) -> str:
