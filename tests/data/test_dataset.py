@@ -84,6 +84,25 @@ def test_identical_across_dataloader_workers() -> None:
     assert torch.equal(single, multi)
 
 
+def test_dataloader_batches_render_at_once_and_match_items() -> None:
+    ds = SyntheticNodules(SPEC, n=10, seed=1, image_size=16, return_factors=True)
+    calls: list[int] = []
+    render = ds.render
+
+    def counting_render(indices, *args, **kwargs):
+        calls.append(len(indices))
+        return render(indices, *args, **kwargs)
+
+    ds.render = counting_render  # type: ignore[method-assign]
+    images, labels, factors = next(iter(DataLoader(ds, batch_size=5, shuffle=False)))
+    assert calls == [5]
+    assert images.shape == (5, 1, 16, 16) and labels.shape == (5,)
+    assert factors["texture"].shape == (5,)
+    for j in range(5):
+        torch.testing.assert_close(images[j], ds[j][0], rtol=0, atol=1e-5)
+        assert labels[j] == ds.labels[j]
+
+
 def test_global_rng_is_never_touched() -> None:
     state = torch.get_rng_state()
     ds = SyntheticNodules(SPEC, n=10, seed=0, image_size=16)
