@@ -170,6 +170,8 @@ def test_linear_and_callable_label_rules() -> None:
     f2, y2 = sample_factors(NoduleSpec().with_label_rule(fn), 300, 0)
     assert torch.equal(y2, (f2["lobulation"] > 0.3).long())
     assert NoduleSpec().with_label_rule(fn).causal_factors == ("lobulation",)
+    assert torch.equal(NoduleSpec().with_label_rule(fn).rule_labels(f2), y2)
+    assert torch.equal(spec.rule_labels(f), y)
     cat = NoduleSpec(label_rule=Split("calcification", malignant_categories=("absent",)))
     f3, y3 = sample_factors(cat, 400, 0)
     assert int(y3.sum()) == 200 and torch.equal(y3, (f3["calcification"] == 0).long())

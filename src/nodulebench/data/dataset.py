@@ -95,7 +95,10 @@ class SyntheticNodules(Dataset[Any]):
     # ------------------------------------------------------------------ table
     @property
     def factors(self) -> dict[str, torch.Tensor]:
-        """Factor name -> ``(n,)`` tensor (float32, or int64 category codes). No rendering."""
+        """Factor name -> ``(n,)`` tensor (float32, or int64 category codes). No rendering.
+
+        A new dict each call; the tensors are the dataset's own: do not modify them in place.
+        """
         return dict(self._factors)
 
     @property
@@ -212,7 +215,8 @@ class SyntheticNodules(Dataset[Any]):
                 for this render only (categories by name or code). The exogenous noise is
                 unchanged, so this is an intervention; factors whose marginal depends on an
                 overridden one (``attenuation_hu`` on ``texture``) are re-derived from their
-                own exogenous noise.
+                own exogenous noise. Labels are not re-derived: use
+                ``ds.spec.rule_labels(factors)`` for counterfactual labels.
 
         Returns:
             ``(N, 1, H, W)`` float32 images (``[0, 1]`` or HU, see ``output``), or

@@ -102,8 +102,7 @@ def sample_factors(spec: NoduleSpec, n: int, seed: int) -> tuple[dict[str, torch
         if name not in values and name not in deferred:
             values[name] = _draw(spec.marginals[name], name, u[name], values)
     if labels is None:
-        labels = (rule.malignant_side(values[rule.factor]).long() if isinstance(rule, Split)
-                  else rule(values))
+        labels = spec.rule_labels(values)
     if spec.label_noise > 0:
         flip = _allocate(seed, idx, _round_half_up(n * spec.label_noise), _NOISE_STREAM)
         labels = torch.where(flip, 1 - labels, labels)

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import torch
+
 from .._validation import check_in_range
 from .distributions import ByCategory, Categorical, Distribution, Fixed, Split, Uniform
 from .factors import FACTORS, get_factor
@@ -234,6 +236,16 @@ class NoduleSpec:
     def shortcut_factors(self) -> tuple[str, ...]:
         """Factors correlated with the label on purpose."""
         return tuple(sc.split.factor for sc in self.shortcuts)
+
+    def rule_labels(self, factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Labels the rule gives to ``factors`` (no label noise): ``(N,)`` int64.
+
+        Use it for counterfactual labels after an intervention, e.g. on ``spiculation``.
+        """
+        rule = self.label_rule
+        if isinstance(rule, Split):
+            return rule.malignant_side(factors[rule.factor]).long()
+        return rule(factors)
 
     def describe(self) -> str:
         """One line: label rule, class balance, shortcuts, non-default marginals."""
