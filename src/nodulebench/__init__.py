@@ -7,6 +7,7 @@ tell which factors a network encodes and which it uses.
 
 from __future__ import annotations
 
+from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
     ContrastiveLoss,
     CrossEntropyLoss,
@@ -25,6 +26,9 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "__version__",
+    # data
+    "NoduleSpec",
+    "SyntheticNodules",
     # losses
     "ContrastiveLoss",
     "CrossEntropyLoss",
