@@ -9,4 +9,26 @@ from __future__ import annotations
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+from nodulebench import probing
+from nodulebench.probing import (
+    extract_features,
+    grad_cam,
+    intervention_sensitivity,
+    linear_cka,
+    mask_energy,
+    probe_factors,
+    project_embeddings,
+)
+
+__all__ = [
+    "__version__",
+    # probing
+    "extract_features",
+    "grad_cam",
+    "intervention_sensitivity",
+    "linear_cka",
+    "mask_energy",
+    "probe_factors",
+    "probing",
+    "project_embeddings",
+]

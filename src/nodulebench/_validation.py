@@ -16,6 +16,7 @@ __all__ = [
     "check_choice",
     "check_floating",
     "check_in_range",
+    "check_int",
     "check_integer_tensor",
     "check_ndim",
     "check_positive",
@@ -37,6 +38,14 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
     ok = value >= 0 if allow_zero else value > 0
     if not (math.isfinite(value) and ok):
         raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> None:
+    """Raise unless ``value`` is a Python ``int`` (not ``bool``), ``>= minimum`` if given."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
 
 
 def check_in_range(
