@@ -43,6 +43,15 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "torch.device": ("py:class", "tensor_attributes.html#$"),
         "torch.Generator": ("py:class", "generated/$.html#$"),
         "torch.nn.Module": ("py:class", "generated/$.html#$"),
+        # Evaluated annotations name the defining module; link those to the public pages.
+        "torch.nn.modules.module.Module": (
+            "py:class", "generated/torch.nn.Module.html#torch.nn.Module"
+        ),
+        "torch.utils.data.dataset.Dataset": ("py:class", "data.html#torch.utils.data.Dataset"),
+        "torch.utils.data.dataloader.DataLoader": (
+            "py:class", "data.html#torch.utils.data.DataLoader"
+        ),
+        "torch.autograd.grad": ("py:function", "generated/$.html#$"),
         "torch.nn.CrossEntropyLoss": ("py:class", "generated/$.html#$"),
         "torch.utils.data.Dataset": ("py:class", "data.html#$"),
         "torch.utils.data.DataLoader": ("py:class", "data.html#$"),

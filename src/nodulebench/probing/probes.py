@@ -167,7 +167,7 @@ def probe_factors(
       :math:`R^2 = 1 - \sum (y - \hat y)^2 / \sum (y - \bar y)^2` on the held-out fold
       (chance: 0, or slightly below).
     * Categorical factors (integer dtype, e.g. the int64 codes of
-      :attr:`SyntheticNodules.factors`): multinomial logistic regression, mean
+      ``dataset.factors`` of a SyntheticNodules): multinomial logistic regression, mean
       cross-entropy plus :math:`\tfrac{\lambda}{2}\lVert W\rVert_F^2` with
       :math:`\lambda` = ``logistic_l2``, fitted by L-BFGS in float64 from zeros; folds
       are stratified by class; scored by balanced accuracy (mean per-class recall over
