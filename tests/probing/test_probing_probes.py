@@ -12,7 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodulebench.probing import ProbeResult, probe_factors
-from nodulebench.probing.probes import _fold_ids, _logistic_predict, _ridge_predict
+from nodulebench.probing.probes import (
+    _fold_ids,
+    _logistic_objective,
+    _logistic_predict,
+    _ridge_predict,
+)
 
 
 def _planted(n: int = 240, d: int = 12, seed: int = 0):
@@ -165,3 +170,18 @@ def test_logistic_matches_scipy_optimum() -> None:
 def test_bad_input_names_the_argument(features, factors, kwargs, exc, fragment) -> None:
     with pytest.raises(exc, match=re.escape(fragment)):
         probe_factors(features, factors, **kwargs)
+
+
+def test_logistic_gradient_matches_autograd() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (30,), generator=g)
+    onehot = torch.nn.functional.one_hot(y, 3).double()
+    weight = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + 0.05 * (weight**2).sum()
+    loss.backward()
+    value, d_weight, d_bias = _logistic_objective(x, onehot, weight.detach(), bias.detach(), 0.1)
+    torch.testing.assert_close(value, loss.detach())
+    torch.testing.assert_close(d_weight, weight.grad)
+    torch.testing.assert_close(d_bias, bias.grad)
