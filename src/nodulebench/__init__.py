@@ -10,6 +10,7 @@ from __future__ import annotations
 __version__ = "0.1.0.dev0"
 
 from nodulebench import probing
+from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.probing import (
     extract_features,
     grad_cam,
@@ -22,6 +23,9 @@ from nodulebench.probing import (
 
 __all__ = [
     "__version__",
+    # data
+    "NoduleSpec",
+    "SyntheticNodules",
     # probing
     "extract_features",
     "grad_cam",
