@@ -117,3 +117,14 @@ def test_layer_not_called_raises() -> None:
 
     with pytest.raises(ValueError, match="'unused' was not called"):
         extract_features(Skips(), TensorDataset(_images()), ["unused"])
+
+
+def test_synthetic_nodules_fast_path_matches_item_access() -> None:
+    from nodulebench import SyntheticNodules
+
+    data = SyntheticNodules(n=5, seed=3, image_size=16)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    fast = extract_features(model, data, "1", batch_size=2)
+    slow = extract_features(model, DataLoader(data, batch_size=2), "1")
+    torch.testing.assert_close(fast["1"], slow["1"])
+    assert fast["1"].shape == (5, 2)

@@ -18,15 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import nodulebench
+from nodulebench import NoduleSpec, SyntheticNodules
+from nodulebench.data import Fixed
 from nodulebench.probing import grad_cam, intervention_sensitivity, mask_energy
-
-if not hasattr(nodulebench, "SyntheticNodules"):  # pragma: no cover - until data lands
-    pytest.skip("the data pillar (SyntheticNodules) is not available", allow_module_level=True)
-
-from nodulebench.data import Fixed  # noqa: E402
-
-from nodulebench import NoduleSpec, SyntheticNodules  # noqa: E402
 
 IMAGE_SIZE = 64
 

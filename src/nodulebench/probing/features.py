@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from nodulebench._validation import check_int
+from nodulebench.data import SyntheticNodules
 
 __all__ = ["extract_features"]
 
@@ -113,6 +114,20 @@ def batch_inputs(batch: Any) -> torch.Tensor:
     )
 
 
+def _batches(
+    data: Dataset[Any] | DataLoader[Any], loader: DataLoader[Any], batch_size: int,
+    device: torch.device,
+) -> Iterator[Any]:
+    """Batches of ``loader``; a plain SyntheticNodules is rendered a batch at a time."""
+    if isinstance(data, SyntheticNodules) and data.transform is None:
+        # Its __getitem__ renders one image per call; render() vectorises the batch.
+        for start in range(0, len(data), batch_size):
+            stop = min(len(data), start + batch_size)
+            yield data.render(torch.arange(start, stop), device=device)
+        return
+    yield from loader
+
+
 def extract_features(
     model: nn.Module,
     data: Dataset[Any] | DataLoader[Any],
@@ -137,7 +152,9 @@ def extract_features(
             ``(image, label)`` pairs of :class:`~nodulebench.SyntheticNodules`.
         layers: One name or several from ``model.named_modules()``; ``""`` is the whole
             model (its output).
-        batch_size: Batch size when ``data`` is a dataset (ignored for a loader).
+        batch_size: Batch size when ``data`` is a dataset (ignored for a loader). A
+            :class:`~nodulebench.SyntheticNodules` without ``transform`` is rendered a
+            whole batch at a time with its vectorised ``render``, on ``device``.
         device: Where the model runs; default: the device of its parameters. Inputs are
             moved there.
 
@@ -180,7 +197,7 @@ def extract_features(
     target = model_device(model) if device is None else torch.device(device)
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     with evaluation_mode(model), torch.no_grad(), capture_outputs(model, names) as captured:
-        for batch in loader:
+        for batch in _batches(data, loader, batch_size, target):
             inputs = batch_inputs(batch).to(target)
             captured.clear()
             model(inputs)
