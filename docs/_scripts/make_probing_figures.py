@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -92,16 +93,26 @@ def accuracy(model: nn.Module, data: SyntheticNodules) -> float:
     return float((predicted == data.labels).double().mean())
 
 
+def rounded(model: str, record: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """One table row: the model's name and the chosen fields, floats to 3 decimals."""
+    fields = record.to_dict()
+    return {"model": model, **{
+        key: round(fields[key], 3) if isinstance(fields[key], float) else fields[key]
+        for key in keys
+    }}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=150)
     args = parser.parse_args()
     torch.set_num_threads(2)
     start = time.perf_counter()
+
     def lap(what: str) -> None:
         print(f"{time.perf_counter() - start:6.1f} s  {what}", flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
 
+    OUT.mkdir(parents=True, exist_ok=True)
     train_spec = NoduleSpec().with_shortcut("diameter_mm", 1.0)
     models = {
         "size shortcut": train(train_spec, args.steps, seed=1),
@@ -119,23 +130,15 @@ def main() -> None:
             model, test, factors=list(SHOWN_FACTORS), n=128, seed=0, embedding_layer="pool",
             values={"calcification": [0, 1]},  # absent vs central, not all 10 pairs
         )
-        summary.append({"model": name, "decorrelated test accuracy": round(accuracy(model, test), 3)})
+        summary.append({"model": name, "decorrelated test accuracy":
+                        round(accuracy(model, test), 3)})
     lap("probed and intervened")
-    write_records(
-        [{"model": m, **{k: (round(v, 3) if isinstance(v, float) else v)
-                         for k, v in r.to_dict().items() if k in ("factor", "metric", "score",
-                                                                   "control", "selectivity")}}
-         for m, rs in probes.items() for r in rs],
-        OUT / "probe_table.csv",
-    )
-    write_records(
-        [{"model": m, **{k: (round(v, 3) if isinstance(v, float) else v)
-                         for k, v in r.to_dict().items()
-                         if k in ("factor", "flip_rate", "mean_abs_probability_change",
-                                  "relative_embedding_displacement")}}
-         for m, rs in sensitivities.items() for r in rs],
-        OUT / "sensitivity_table.csv",
-    )
+    write_records([rounded(m, r, ("factor", "metric", "score", "control", "selectivity"))
+                   for m, rs in probes.items() for r in rs], OUT / "probe_table.csv")
+    write_records([rounded(m, r, ("factor", "flip_rate", "mean_abs_probability_change",
+                                  "relative_embedding_displacement"))
+                   for m, rs in sensitivities.items() for r in rs],
+                  OUT / "sensitivity_table.csv")
     write_records(summary, OUT / "accuracy.csv")
 
     ax = plot_probe_heatmap(probes, value="selectivity")

@@ -149,11 +149,11 @@ def extract_features(
         data: A :class:`torch.utils.data.Dataset` (iterated in index order with
             ``batch_size``) or a :class:`torch.utils.data.DataLoader` that does not
             shuffle. Items are tensors or tuples whose first item is the input, e.g. the
-            ``(image, label)`` pairs of :class:`~nodulebench.SyntheticNodules`.
+            ``(image, label)`` pairs of ``SyntheticNodules``.
         layers: One name or several from ``model.named_modules()``; ``""`` is the whole
             model (its output).
         batch_size: Batch size when ``data`` is a dataset (ignored for a loader). A
-            :class:`~nodulebench.SyntheticNodules` without ``transform`` is rendered a
+            ``SyntheticNodules`` without ``transform`` is rendered a
             whole batch at a time with its vectorised ``render``, on ``device``.
         device: Where the model runs; default: the device of its parameters. Inputs are
             moved there.

@@ -34,7 +34,7 @@ _PERCENTILES = (10.0, 90.0)
 class InterventionDataset(Protocol):
     """What :func:`intervention_sensitivity` needs of a dataset.
 
-    :class:`~nodulebench.SyntheticNodules` provides it: ``len``, the ``factors`` of every
+    ``SyntheticNodules`` provides it: ``len``, the ``factors`` of every
     sample, and a batched ``render`` whose ``overrides`` re-render the given samples with
     the same exogenous noise and only the named factors changed.
     """
@@ -180,7 +180,7 @@ def intervention_sensitivity(
     Args:
         model: Maps images ``(N, 1, H, W)`` to logits ``(N, 2)``, ``(N, 1)`` or ``(N,)``
             (the malignant logit). Runs in eval mode without gradients.
-        dataset: A :class:`~nodulebench.SyntheticNodules` (or anything with its
+        dataset: A ``SyntheticNodules`` (or anything with its
             ``factors``, ``__len__`` and batched ``render(..., overrides=...)``).
         factors: Names to intervene on, in order; default every factor that varies in the
             dataset (a factor the dataset holds fixed is skipped unless ``values`` names

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from nodulebench._validation import check_choice, check_ndim
@@ -197,7 +198,8 @@ def plot_gradcam_overlays(
 ) -> Any:
     """Grad-CAM maps over the images, optionally with a mask's contour, one panel each.
 
-    Each map is scaled by its own maximum for display.
+    Each map is scaled by its own maximum for display; values below 5 % of it are left
+    transparent.
 
     Args:
         images: ``(N, 1, H, W)`` images.
@@ -230,8 +232,10 @@ def plot_gradcam_overlays(
         ax.imshow(images[i, 0].detach().cpu().numpy(), cmap="gray")
         heat = maps[i, 0].detach().cpu().double()
         peak = float(heat.max())
-        ax.imshow((heat / peak if peak > 0 else heat).numpy(), cmap="jet", alpha=alpha,
-                  vmin=0.0, vmax=1.0)
+        scaled = (heat / peak if peak > 0 else heat).numpy()
+        # Near-zero attribution stays transparent so the image shows through.
+        ax.imshow(np.ma.masked_less(scaled, 0.05), cmap="jet", alpha=alpha, vmin=0.0,
+                  vmax=1.0)
         if masks is not None and bool(masks[i, 0].any()):
             ax.contour(masks[i, 0].detach().cpu().double().numpy(), levels=[0.5],
                        colors="white", linewidths=0.8)

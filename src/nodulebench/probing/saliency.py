@@ -1,6 +1,6 @@
 r"""Grad-CAM saliency, and how much of it falls inside the generator's ground-truth masks.
 
-Because :class:`~nodulebench.SyntheticNodules` knows where the nodule core, the spicules
+Because ``SyntheticNodules`` knows where the nodule core, the spicules
 and the calcification are, a saliency map can be scored exactly: :func:`mask_energy`
 says which share of the attribution lies in each region.
 """
