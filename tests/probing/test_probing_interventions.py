@@ -175,3 +175,19 @@ def test_empty_dataset_and_bad_model_output() -> None:
     three = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 3))
     with pytest.raises(ValueError, match=re.escape("binary logits (N, 2)")):
         intervention_sensitivity(three, DiscNodules(10), n=4)
+
+
+def test_category_names_become_codes_and_bad_values_raise() -> None:
+    from nodulebench import NoduleSpec, SyntheticNodules
+
+    data = SyntheticNodules(NoduleSpec(), n=8, seed=0, image_size=16)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 2))
+    [named] = intervention_sensitivity(model, data, factors=["calcification"], n=4,
+                                       values={"calcification": ["absent", "popcorn"]})
+    [coded] = intervention_sensitivity(model, data, factors=["calcification"], n=4,
+                                       values={"calcification": [0, 3]})
+    assert named == coded and named.values == (0.0, 3.0)
+    with pytest.raises(ValueError, match=re.escape("category names of calcification")):
+        intervention_sensitivity(model, data, values={"calcification": ["absent", "big"]})
+    with pytest.raises(TypeError, match=re.escape("values['diameter_mm'] must hold numbers")):
+        intervention_sensitivity(model, data, values={"diameter_mm": [None, 3.0]})

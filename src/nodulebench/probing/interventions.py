@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nodulebench._validation import check_int
+from nodulebench.data import FACTORS
 from nodulebench.probing.features import (
     capture_outputs,
     evaluation_mode,
@@ -73,12 +74,27 @@ def _malignant_probability(output: torch.Tensor, rows: int) -> torch.Tensor:
     )
 
 
+def _as_number(name: str, value: float | str) -> float:
+    """A value of ``values[name]`` as a number; category names become their codes."""
+    if isinstance(value, str):
+        categories = FACTORS[name].categories if name in FACTORS else ()
+        if value not in categories:
+            raise ValueError(
+                f"values[{name!r}] must hold numbers or category names of {name} "
+                f"{categories}; got {value!r}"
+            )
+        return float(categories.index(value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"values[{name!r}] must hold numbers; got {type(value).__name__}")
+    return float(value)
+
+
 def _choose_values(
-    name: str, observed: torch.Tensor, given: Sequence[float] | None
+    name: str, observed: torch.Tensor, given: Sequence[float | str] | None
 ) -> tuple[tuple[float, ...], str] | None:
     """The values to move a factor between, and where they came from (None: degenerate)."""
     if given is not None:
-        chosen = tuple(float(v) for v in given)
+        chosen = tuple(_as_number(name, v) for v in given)
         if len(chosen) < 2 or len(set(chosen)) != len(chosen):
             raise ValueError(
                 f"values[{name!r}] must hold at least two distinct values; got {list(given)}"
@@ -143,7 +159,7 @@ def intervention_sensitivity(
     factors: Sequence[str] | None = None,
     n: int = 256,
     seed: int = 0,
-    values: Mapping[str, Sequence[float]] | None = None,
+    values: Mapping[str, Sequence[float | str]] | None = None,
     embedding_layer: str | None = None,
     batch_size: int = 128,
     device: torch.device | str | None = None,
@@ -187,7 +203,9 @@ def intervention_sensitivity(
             it). A named factor that does not vary and has no ``values`` raises.
         n: Number of samples (capped at ``len(dataset)``).
         seed: Seed of the sample draw.
-        values: Optional ``{factor: values}`` to move between instead of the defaults.
+        values: Optional ``{factor: values}`` to move between instead of the defaults;
+            categories may be given by name (``{"calcification": ["absent", "central"]}``)
+            and are reported as codes.
         embedding_layer: Optional module name in ``model`` whose output is the embedding.
         batch_size: Images rendered and evaluated at once.
         device: Where rendering and the model run; default the model's device.
@@ -202,10 +220,14 @@ def intervention_sensitivity(
         TypeError: If an argument has the wrong type.
 
     Example:
-        >>> from nodulebench import SyntheticNodules, NoduleSpec  # doctest: +SKIP
-        >>> ds = SyntheticNodules(NoduleSpec(), n=512, seed=0)  # doctest: +SKIP
-        >>> for r in intervention_sensitivity(model, ds, n=128):  # doctest: +SKIP
-        ...     print(r.factor, r.flip_rate, r.mean_abs_probability_change)
+        >>> from torch import nn
+        >>> from nodulebench import SyntheticNodules
+        >>> from nodulebench.probing import intervention_sensitivity
+        >>> ds = SyntheticNodules(n=32, seed=0, image_size=16)
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 2))
+        >>> [r] = intervention_sensitivity(model, ds, factors=["diameter_mm"], n=8)
+        >>> r.factor, r.values_from, 0.0 <= r.flip_rate <= 1.0
+        ('diameter_mm', 'percentiles', True)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
