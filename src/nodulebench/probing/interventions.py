@@ -286,9 +286,10 @@ def intervention_sensitivity(
         for name, column, chosen, source in plans:
             dtype = column.dtype
             flips, abs_changes, changes, displacements = [], [], [], []
+            # Each value is rendered once; every pair compares the cached outputs.
+            outputs = {value: run({name: (value, dtype)}) for value in chosen}
             for a, b in itertools.combinations(chosen, 2):
-                p_a, e_a = run({name: (a, dtype)})
-                p_b, e_b = run({name: (b, dtype)})
+                (p_a, e_a), (p_b, e_b) = outputs[a], outputs[b]
                 flips.append(float(((p_a > 0.5) != (p_b > 0.5)).double().mean()))
                 abs_changes.append(float((p_b - p_a).abs().mean()))
                 changes.append(float((p_b - p_a).mean()))
