@@ -50,6 +50,36 @@ def bench(ds: SyntheticNodules, device: torch.device, batch: int, repeats: int,
     return batch / statistics.median(times), batch / statistics.median(cpu_times)
 
 
+class _Batches(torch.utils.data.Dataset[torch.Tensor]):
+    """Batch ``b`` of a dataset, rendered in one call (a DataLoader item per batch)."""
+
+    def __init__(self, ds: SyntheticNodules, batch: int) -> None:
+        self.ds, self.batch = ds, batch
+
+    def __len__(self) -> int:
+        return self.ds.n // self.batch
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        return self.ds.render(torch.arange(b * self.batch, (b + 1) * self.batch))
+
+
+def bench_workers(ds: SyntheticNodules, batch: int, workers: int) -> float:
+    """Images/s of ``workers`` DataLoader processes rendering whole batches.
+
+    DataLoader workers run torch with one thread each: one core per worker, no intra-op
+    synchronisation (the way to use several cores, especially on a shared machine).
+    """
+    loader = torch.utils.data.DataLoader(_Batches(ds, batch), batch_size=None,
+                                         num_workers=workers, prefetch_factor=2)
+    it = iter(loader)
+    for _ in range(workers):  # let every worker start and render once
+        next(it)
+    count, t0 = 0, time.perf_counter()
+    for images in it:
+        count += images.shape[0]
+    return count / (time.perf_counter() - t0)
+
+
 def peak_memory_mb(ds: SyntheticNodules, device: torch.device, batch: int) -> float:
     idx = torch.arange(batch)
     if device.type == "cuda":
@@ -73,6 +103,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", action="append", default=None,
                         help="cpu and/or cuda (default: cpu, plus cuda when available)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also time this many DataLoader worker processes (CPU)")
     parser.add_argument("--json", default=None, help="append JSON lines to this file")
     args = parser.parse_args()
     if args.threads:
@@ -99,6 +131,13 @@ def main() -> None:
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             print(f"    {per_cpu_s:,.0f} images per CPU-second; load average {load:.1f} "
                   f"on {os.cpu_count()} cores")
+        workers_rate = None
+        if device.type == "cpu" and args.workers > 0:
+            big = SyntheticNodules(NoduleSpec(), n=args.batch_size * (args.workers + 12),
+                                   seed=0, image_size=args.image_size)
+            workers_rate = bench_workers(big, args.batch_size, args.workers)
+            print(f"    {args.workers} DataLoader workers (1 thread each): "
+                  f"{workers_rate:,.0f} images/s")
         if args.json:
             with open(args.json, "a") as fh:
                 fh.write(json.dumps({
@@ -106,6 +145,7 @@ def main() -> None:
                     "image_size": args.image_size, "batch_size": batch,
                     "images_per_s": rate, "images_per_s_masks": rate_masks,
                     "peak_mb": peak, "images_per_cpu_s": per_cpu_s,
+                    "workers": args.workers, "images_per_s_workers": workers_rate,
                     "torch": torch.__version__,
                 }) + "\n")
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ._validation import check_positive
 from .data.dataset import SyntheticNodules
 from .data.factors import get_factor
-
-if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
 
 __all__ = ["plot_sample_grid", "plot_traversals"]
 
@@ -40,9 +37,9 @@ def plot_sample_grid(
     per_group: int = 8,
     *,
     bins: int = 4,
-    path: str | Path | None = None,
+    path: str | pathlib.Path | None = None,
     title: str | None = None,
-) -> Figure:
+) -> Any:
     """A grid of samples, one row per group of the label or of a factor.
 
     Args:
@@ -55,7 +52,7 @@ def plot_sample_grid(
         title: figure title (default: the spec's one-line description).
 
     Returns:
-        The matplotlib figure.
+        The ``matplotlib.figure.Figure``.
 
     Raises:
         ValueError: unknown ``by`` or non-positive ``per_group`` / ``bins``.
@@ -95,8 +92,8 @@ def plot_traversals(
     index: int,
     traversals: Sequence[tuple[str, Sequence[Any]]],
     *,
-    path: str | Path | None = None,
-) -> Figure:
+    path: str | pathlib.Path | None = None,
+) -> Any:
     """One row per ``(factor, values)``: sample ``index`` re-rendered along that factor.
 
     Args:
@@ -106,7 +103,7 @@ def plot_traversals(
         path: save the figure there as PNG when given.
 
     Returns:
-        The matplotlib figure.
+        The ``matplotlib.figure.Figure``.
     """
     import matplotlib
 

@@ -100,3 +100,16 @@ def test_cpu_and_cuda_agree() -> None:
     for k in cpu_masks:
         # a pixel centre exactly on an outline may fall either way
         assert int((gpu_masks[k].cpu() != cpu_masks[k]).sum()) <= 64
+
+
+def test_images_are_continuous_in_the_factors() -> None:
+    # no nearest-bin lookups or hard thresholds: float32-sized differences between devices
+    # (atan2, sqrt) cannot flip a pixel, which is what lets CPU and CUDA agree to 1e-3
+    ds = SyntheticNodules(NoduleSpec(marginals={"margin_sharpness": Fixed(1.0)}), n=32,
+                          seed=8)
+    idx = list(range(32))
+    base = ds.render(idx)
+    nudged = ds.render(idx, overrides={
+        "offset_x_mm": ds.factors["offset_x_mm"] + 1e-5,
+        "orientation_deg": ds.factors["orientation_deg"] + 1e-5})
+    assert float((nudged - base).abs().max()) < 1e-3

@@ -264,3 +264,12 @@ def test_shortcut_counts_property(n: int, strength: float, factor: str) -> None:
     spec = NoduleSpec().with_shortcut(factor, strength)
     for agree, size in agree_counts(spec, n, n)[factor].values():
         assert agree == expected_agree(size, strength)
+
+
+def test_describe_names_rule_shortcuts_and_changed_marginals() -> None:
+    spec = NoduleSpec(label_noise=0.05).with_shortcut("texture", 0.5).covariate_shift()
+    text = spec.describe()
+    assert text.startswith("covariate: label: malignant iff spiculation > 0.5")
+    assert "label noise 0.05" in text
+    assert "shortcut texture in {solid, part-solid} strength +0.5" in text
+    assert "non-default marginals: noise_hu, blur_mm, pixel_spacing_mm" in text

@@ -8,15 +8,17 @@ rendered on demand, one at a time through ``ds[i]`` or vectorised through
 from __future__ import annotations
 
 import operator
+import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
 
-from .._validation import check_choice
+from .._validation import check_choice, check_int
+from .cache import load_images, materialize
 from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, get_factor
-from .render import MASK_NAMES, render_hu, window
+from .render import MASK_NAMES, render_hu
 from .sampling import derive_children, sample_factors
 from .spec import NoduleSpec
 
@@ -25,15 +27,6 @@ __all__ = ["SyntheticNodules"]
 _MAX_N = 2**31 - 1  # indices are hashed as 32-bit words
 
 Override = float | int | str | torch.Tensor
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an int {bound}; got {value!r}")
-    return value
 
 
 class SyntheticNodules(Dataset[Any]):
@@ -53,9 +46,14 @@ class SyntheticNodules(Dataset[Any]):
             ``"hu"`` (raw Hounsfield units).
         transform: applied to each ``(1, H, W)`` image in ``ds[i]``.
         target_transform: applied to each label in ``ds[i]``.
+        cache: a folder written by :meth:`materialize` for this very dataset; ``ds[i]`` and
+            plain :meth:`render` calls then read images from its memory map. The manifest
+            (spec SHA-256, ``n``, ``seed``, ``image_size``, ``output``) must match.
 
     Raises:
-        ValueError: ``n <= 0``, ``image_size < 16``, or an unknown ``output``.
+        ValueError: ``n <= 0``, ``image_size < 16``, an unknown ``output``, or a cache made
+            from another dataset.
+        FileNotFoundError: ``cache`` holds no complete cache.
 
     Example:
         >>> ds = SyntheticNodules(NoduleSpec().with_shortcut("diameter_mm", 0.8), n=8)
@@ -77,20 +75,22 @@ class SyntheticNodules(Dataset[Any]):
         output: Literal["window", "hu"] = "window",
         transform: Callable[[torch.Tensor], Any] | None = None,
         target_transform: Callable[[torch.Tensor], Any] | None = None,
+        cache: str | pathlib.Path | None = None,
     ) -> None:
         spec = NoduleSpec() if spec is None else spec
         if not isinstance(spec, NoduleSpec):
             raise TypeError(f"spec must be a NoduleSpec; got {type(spec).__name__}")
         self.spec = spec
-        self.n = _check_int("n", n, 1, _MAX_N)
-        self.seed = _check_int("seed", seed, 0, 2**64 - 1)
-        self.image_size = _check_int("image_size", image_size, 16, 1024)
+        self.n = check_int("n", n, 1, _MAX_N)
+        self.seed = check_int("seed", seed, 0, 2**64 - 1)
+        self.image_size = check_int("image_size", image_size, 16, 1024)
         check_choice("output", output, ("window", "hu"))
         self.output = output
         self.return_factors = bool(return_factors)
         self.transform = transform
         self.target_transform = target_transform
         self._factors, self._labels = sample_factors(spec, self.n, self.seed)
+        self._cached: Any = None if cache is None else load_images(self, cache)
 
     # ------------------------------------------------------------------ table
     @property
@@ -212,14 +212,17 @@ class SyntheticNodules(Dataset[Any]):
         """
         idx = self._indices(indices)
         dev = torch.device(device) if device is not None else torch.device("cpu")
+        if self._cached is not None and not overrides and not return_masks:
+            return torch.from_numpy(self._cached[idx.numpy()]).to(dev)
         batch = {name: v[idx] for name, v in self._factors.items()}
         if overrides:
             changed = self._override_values(overrides, idx.numel())
             batch.update(changed)
             derive_children(self.spec, self.seed, idx, batch, set(changed))
         batch = {name: v.to(dev) for name, v in batch.items()}
-        hu, masks = render_hu(batch, self.seed, idx, self.image_size, with_masks=return_masks)
-        images = window(hu, *LUNG_WINDOW_HU) if self.output == "window" else hu
+        images, masks = render_hu(batch, self.seed, idx, self.image_size,
+                                  with_masks=return_masks,
+                                  window_hu=LUNG_WINDOW_HU if self.output == "window" else None)
         if return_masks:
             assert masks is not None  # with_masks=True always returns them
             return images, {k: masks[k] for k in MASK_NAMES}
@@ -247,6 +250,13 @@ class SyntheticNodules(Dataset[Any]):
             raise ValueError(f"values must be one-dimensional; got shape {tuple(vals.shape)}")
         k = self._index(i)
         return self.render([k] * len(vals), overrides={factor: vals})  # type: ignore[no-any-return]
+
+    def materialize(self, path: str | pathlib.Path, batch_size: int = 1024) -> pathlib.Path:
+        """Render every image once into ``path`` (``.npy`` memory maps + JSON manifest).
+
+        Reuse it with ``SyntheticNodules(..., cache=path)`` and the same arguments.
+        """
+        return materialize(self, path, batch_size)
 
     def factor_names(self) -> tuple[str, ...]:
         """Names of the factors, in table order."""

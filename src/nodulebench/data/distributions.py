@@ -126,31 +126,18 @@ class Uniform:
         which = torch.searchsorted(ends, t, right=True).clamp(max=len(parts) - 1)
         return lows[which] + (t - (ends - lengths)[which])
 
-    def restrict(self, split: Split, malignant: bool) -> Uniform | _Union:
-        """This distribution conditioned on one side of ``split``."""
+    def restrict(self, split: Split, malignant: bool) -> Uniform:
+        """This distribution conditioned on one side of ``split`` (same density there)."""
         t = float(split.threshold)  # type: ignore[arg-type]  # validated
-        keep_above = malignant == split.malignant_above
-        parts = tuple(
-            (max(lo, t), hi) if keep_above else (lo, min(hi, t)) for lo, hi in self.intervals()
-        )
-        parts = tuple(p for p in parts if p[1] > p[0])
-        if not parts:
+        if malignant == split.malignant_above:
+            restricted = Uniform(max(self.low, t), self.high, self.exclude)
+        else:
+            restricted = Uniform(self.low, min(self.high, t), self.exclude)
+        if restricted.high <= restricted.low or not restricted.intervals():
             side = "malignant" if malignant else "benign"
             raise ValueError(f"the {side}-looking side of {split.describe()} has no mass "
                              f"under {self!r}")
-        return _Union(parts)
-
-
-@dataclass(frozen=True)
-class _Union:
-    """Uniform over a union of disjoint intervals (the result of a restriction)."""
-
-    parts: tuple[tuple[float, float], ...]
-
-    def intervals(self) -> tuple[tuple[float, float], ...]:
-        return self.parts
-
-    sample = Uniform.sample
+        return restricted
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import math
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 
 from . import rng
 from .factors import (
@@ -39,8 +38,7 @@ __all__ = ["MASK_NAMES", "render_hu", "window"]
 #: Keys of the ground-truth mask dict.
 MASK_NAMES: tuple[str, ...] = ("nodule", "spicules", "calcification")
 
-_ANGLES = 256  # angular grid on which r(theta) is evaluated
-_FINE_ANGLES = 1024  # lookup grid (nearest bin) after linear refinement
+_ANGLES = 256  # angular grid of r(theta), a power of two (wrap by bit mask)
 _HARMONICS = (2, 3, 4, 5)  # lobulation orders
 _MAX_SPICULES = 14
 _MAX_VESSELS = max(VESSEL_COUNTS)
@@ -109,14 +107,26 @@ def _outline(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor, pixel_m
     # outside its angular window (or when absent) a spike contributes nothing
     inside = (taper > 0) & (active > 0)[:, :, None]
     spikes = ((base_r[:, :, None] + length[:, :, None] * taper) * inside).amax(1)
-    total = torch.maximum(body, spikes)
-    # refine both tables to the fine lookup grid (circular linear interpolation)
-    both = torch.stack((body, total), 1)
-    both = torch.cat((both, both[:, :, :1]), 2)
-    fine = F.interpolate(both, size=_FINE_ANGLES + 1, mode="linear",
-                         align_corners=True)[:, :, :_FINE_ANGLES]
     del n
-    return fine[:, 0].contiguous(), fine[:, 1].contiguous()
+    return body, torch.maximum(body, spikes)
+
+
+def _lookup_pair(body: torch.Tensor, total: torch.Tensor, angle: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Periodic linear interpolation of two ``(N, K)`` tables at ``angle (N, P)`` radians.
+
+    Linear (not nearest-bin) so that the radius is a continuous function of the angle: a
+    last-bit difference in ``atan2`` between devices moves an edge by a last-bit amount.
+    """
+    pos = angle.mul_(_ANGLES / (2 * math.pi))
+    base = torch.floor(pos)
+    frac = pos.sub_(base)
+    i0 = base.long().bitwise_and_(_ANGLES - 1)  # "& (K - 1)" wraps negative angles
+    body_r, total_r = (
+        torch.addcmul(torch.gather(t, 1, i0), frac, torch.gather(t.roll(-1, 1) - t, 1, i0))
+        for t in (body, total)
+    )
+    return body_r, total_r
 
 
 def _calcification_sdf(code: torch.Tensor, rho: torch.Tensor, body_r: torch.Tensor,
@@ -178,9 +188,10 @@ _BSPLINE_STD = 0.48
 
 
 def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Tensor,
-              image_size: int, *, with_masks: bool = False, chunk_size: int = 128
+              image_size: int, *, with_masks: bool = False, chunk_size: int = 128,
+              window_hu: tuple[float, float] | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """Render a batch of patches in HU.
+    """Render a batch of patches in HU (or windowed to ``[0, 1]``).
 
     Args:
         factors: name -> ``(N,)`` tensor on the target device (continuous as floats,
@@ -191,10 +202,13 @@ def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Ten
         with_masks: also return the ground-truth masks.
         chunk_size: samples rendered together (cache-sized working set); does not change
             the result.
+        window_hu: when given, map ``[low, high]`` HU to ``[0, 1]`` (see :func:`window`)
+            while each chunk is still in cache.
 
     Returns:
-        ``hu`` of shape ``(N, 1, S, S)`` float32, and ``None`` or a dict with keys
-        :data:`MASK_NAMES` of ``(N, 1, S, S)`` bool masks (before blur and noise).
+        ``hu`` of shape ``(N, 1, S, S)`` float32 (windowed if asked), and ``None`` or a
+        dict with keys :data:`MASK_NAMES` of ``(N, 1, S, S)`` bool masks (before blur and
+        noise).
     """
     dev = factors["diameter_mm"].device
     n, s = indices.shape[0], image_size
@@ -205,8 +219,11 @@ def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Ten
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         part = {k: v[sl] for k, v in factors.items()}
-        out, m = _render_chunk(part, seed, indices[sl].to(dev), s, with_masks)
-        hu[sl, 0] = out
+        out = hu[sl, 0]
+        m = _render_chunk(part, seed, indices[sl].to(dev), s, with_masks, out)
+        if window_hu is not None:
+            low, high = window_hu
+            out.sub_(low).mul_(1.0 / (high - low)).clamp_(0.0, 1.0)
         if masks is not None and m is not None:
             for k in MASK_NAMES:
                 masks[k][sl, 0] = m[k]
@@ -214,7 +231,8 @@ def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Ten
 
 
 def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Tensor, s: int,
-                  with_masks: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+                  with_masks: bool, out: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Render ``(n, S, S)`` HU into ``out``; return the masks when asked."""
     dev = idx.device
     dt = torch.float32
     n = idx.shape[0]
@@ -231,12 +249,9 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     dy = y - f32("offset_y_mm")[:, None, None]
     r = torch.sqrt(dx * dx + dy * dy)  # (N, S, S)
     # nearest bin of the fine angular grid; "& (K - 1)" wraps negative angles (K = 2^k)
-    angle_bin = torch.atan2(dy, dx).mul_(_FINE_ANGLES / (2 * math.pi)).floor_().long()
-    angle_bin = angle_bin.bitwise_and_(_FINE_ANGLES - 1).reshape(n, -1)
-
     body_k, total_k = _outline(factors, shape_u, pixel_mm)
-    body_r = torch.gather(body_k, 1, angle_bin).reshape(n, s, s)
-    total_r = torch.gather(total_k, 1, angle_bin).reshape(n, s, s)
+    body_r, total_r = _lookup_pair(body_k, total_k, torch.atan2(dy, dx).reshape(n, -1))
+    body_r, total_r = body_r.reshape(n, s, s), total_r.reshape(n, s, s)
     edge_mm = (0.1 + 2.9 * (1 - f32("margin_sharpness")))[:, None, None]
     alpha_body = _ramp(body_r - r, edge_mm)
     alpha_total = _ramp(total_r - r, edge_mm)
@@ -245,7 +260,7 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     noise_key = rng.key_words(seed, idx, _NOISE_STREAM)
     g = _TEXTURE_GRID
     half_bins = s * (s // 2 + 1)
-    white = rng.uniform_pairs(noise_key, (g * g + 2 * half_bins + 1) // 2, dt)
+    white = rng.centered_halves(noise_key, (g * g + 2 * half_bins + 1) // 2, dt)
     background = _background(factors, shape_u, white[:, :g * g], pixel_mm, s)
 
     # --- nodule: body (solid core if part-solid), spicules, calcification
@@ -278,10 +293,11 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     spectrum = torch.fft.rfft2(hu, norm="ortho")
     blur_px = f32("blur_mm") / pixel_mm
     spectrum *= torch.exp(freq2_px[None] * (-2 * math.pi ** 2 * blur_px ** 2)[:, None, None])
-    w = (white[:, g * g:g * g + 2 * half_bins] - 0.5).mul_(math.sqrt(6.0))
-    w = torch.view_as_complex(w.reshape(n, s, s // 2 + 1, 2))
-    spectrum += w * (_noise_amplitude(s, str(dev)) * f32("noise_hu")[:, None, None])
-    out = torch.fft.irfft2(spectrum, s=(s, s), norm="ortho")
+    # centred uniforms times sqrt(6): variance 1/2 per part, unit complex variance
+    amp = _noise_amplitude(s, str(dev)) * (math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
+    w = torch.view_as_complex(white[:, g * g:g * g + 2 * half_bins].reshape(n, s, s // 2 + 1, 2))
+    spectrum += w * amp
+    torch.fft.irfft2(spectrum, s=(s, s), norm="ortho", out=out)
 
     masks = None
     if with_masks:
@@ -291,7 +307,7 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         if calc_sdf is not None:
             calc[calcified] = body[calcified] & (calc_sdf > 0)
         masks = {"nodule": nodule, "spicules": nodule & ~body, "calcification": calc}
-    return out, masks
+    return masks
 
 
 @functools.lru_cache(maxsize=32)
@@ -324,7 +340,7 @@ def _background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
     n = shape_u.shape[0]
     low = max(16, s // 2)
     g = _TEXTURE_GRID
-    coarse = (coarse_white.reshape(n, g, g) - 0.5) * math.sqrt(12.0)
+    coarse = coarse_white.reshape(n, g, g) * math.sqrt(12.0)
     up = _upsample_matrix(low, g, True, str(dev))
     amplitude = factors["background_texture_hu"].to(dt) / _BSPLINE_STD
     field = (up @ coarse @ up.T).mul_(amplitude[:, None, None])

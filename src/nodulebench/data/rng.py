@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["hash32", "key_words", "uniform", "uniform_pairs"]
+__all__ = ["centered_halves", "hash32", "key_words", "uniform", "uniform_pairs"]
 
 _M1 = 0x7FEB352D
 _M2 = 0x846CA68B - (1 << 32)  # the same 32-bit pattern as a signed int32
@@ -88,4 +88,20 @@ def uniform_pairs(
     """
     bits = _bits(key, count)
     halves = torch.stack(((bits >> 16) & 0xFFFF, bits & 0xFFFF), dim=-1).flatten(-2)
+    return (halves.to(dtype) + 0.5) * (1.0 / 65536.0)
+
+
+def centered_halves(
+    key: torch.Tensor, count: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``2 * count`` uniform numbers in ``(-0.5, 0.5)`` per key, 16 bits each.
+
+    The hashed 32-bit words are reinterpreted as pairs of signed 16-bit integers (a view,
+    no arithmetic), so white-noise fields cost one hash per two pixels. The pairing follows
+    little-endian byte order, which CPUs and GPUs that torch supports share.
+
+    Returns:
+        ``(N, 2 * count)`` tensor.
+    """
+    halves = _bits(key, count).view(torch.int16)
     return (halves.to(dtype) + 0.5) * (1.0 / 65536.0)

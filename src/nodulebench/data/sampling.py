@@ -57,7 +57,7 @@ def _draw_sided(dist: Distribution, split: Split, u: torch.Tensor,
         sel = malignant_side == side
         if bool(sel.any()):
             restricted = dist.restrict(split, side)  # type: ignore[union-attr]
-            out[sel] = _draw(restricted, split.factor, u[sel], {})  # type: ignore[arg-type]
+            out[sel] = _draw(restricted, split.factor, u[sel], {})
     return out
 
 

@@ -207,10 +207,10 @@ class NoduleSpec:
 
     Args:
         marginals: factor name -> distribution; factors not named keep
-            :data:`DEFAULT_MARGINALS`.
-        label_rule: a :class:`~nodulebench.data.distributions.Split` (default:
-            malignant iff ``spiculation > 0.5``), a :class:`LinearLabelRule` or a
-            :class:`LabelFunction`.
+            :data:`~nodulebench.data.DEFAULT_MARGINALS`.
+        label_rule: a :class:`~nodulebench.data.Split` (default:
+            malignant iff ``spiculation > 0.5``), a :class:`~nodulebench.data.LinearLabelRule`
+            or a :class:`~nodulebench.data.LabelFunction`.
         shortcuts: factors correlated with the label (see :meth:`with_shortcut`).
         malignant_fraction: exact fraction of malignant samples (the label factor is drawn
             from its marginal restricted to the label's side), or ``None`` to let the rule
@@ -330,7 +330,7 @@ class NoduleSpec:
     # ------------------------------------------------------------------ derived views
     @property
     def causal_factors(self) -> tuple[str, ...]:
-        """Factors the label rule reads (default: ``("spiculation",)``)."""
+        """Factors the label rule reads, ``("spiculation",)`` by default."""
         return _rule_inputs(self.label_rule)
 
     @property
@@ -339,7 +339,7 @@ class NoduleSpec:
         return tuple(sc.split.factor for sc in self.shortcuts)
 
     def describe(self) -> str:
-        """One line: label rule, class balance, shortcuts."""
+        """One line: label rule, class balance, shortcuts, non-default marginals."""
         parts = [f"label: malignant iff {self.label_rule.describe()}"]
         if self.malignant_fraction is not None:
             parts.append(f"malignant fraction {self.malignant_fraction:g}")
@@ -347,10 +347,14 @@ class NoduleSpec:
             parts.append(f"label noise {self.label_noise:g}")
         parts += [f"shortcut {sc.split.describe()} strength {sc.strength:+g}"
                   for sc in self.shortcuts]
+        changed = [name for name, dist in self.marginals.items()
+                   if dist != DEFAULT_MARGINALS[name]]
+        if changed:
+            parts.append(f"non-default marginals: {', '.join(changed)}")
         return f"{self.name}: " + "; ".join(parts)
 
     def fingerprint(self) -> str:
-        """SHA-256 of everything that decides the samples (not :attr:`name`)."""
+        """SHA-256 of everything that decides the samples (not the display ``name``)."""
         rule = self.label_rule
         rule_text = (f"LabelFunction({rule.name}, {rule.inputs})"
                      if isinstance(rule, LabelFunction) else repr(rule))

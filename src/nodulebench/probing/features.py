@@ -149,11 +149,11 @@ def extract_features(
         data: A :class:`torch.utils.data.Dataset` (iterated in index order with
             ``batch_size``) or a :class:`torch.utils.data.DataLoader` that does not
             shuffle. Items are tensors or tuples whose first item is the input, e.g. the
-            ``(image, label)`` pairs of ``SyntheticNodules``.
+            ``(image, label)`` pairs of :class:`~nodulebench.SyntheticNodules`.
         layers: One name or several from ``model.named_modules()``; ``""`` is the whole
             model (its output).
         batch_size: Batch size when ``data`` is a dataset (ignored for a loader). A
-            ``SyntheticNodules`` without ``transform`` is rendered a
+            :class:`~nodulebench.SyntheticNodules` without ``transform`` is rendered a
             whole batch at a time with its vectorised ``render``, on ``device``.
         device: Where the model runs; default: the device of its parameters. Inputs are
             moved there.
@@ -188,7 +188,7 @@ def extract_features(
             )
         loader: DataLoader[Any] = data
     elif isinstance(data, Dataset):
-        check_int("batch_size", batch_size, minimum=1)
+        check_int("batch_size", batch_size, 1)
         loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     else:
         raise TypeError(

@@ -35,7 +35,7 @@ _PERCENTILES = (10.0, 90.0)
 class InterventionDataset(Protocol):
     """What :func:`intervention_sensitivity` needs of a dataset.
 
-    ``SyntheticNodules`` provides it: ``len``, the ``factors`` of every
+    :class:`~nodulebench.SyntheticNodules` provides it: ``len``, the ``factors`` of every
     sample, and a batched ``render`` whose ``overrides`` re-render the given samples with
     the same exogenous noise and only the named factors changed.
     """
@@ -196,7 +196,7 @@ def intervention_sensitivity(
     Args:
         model: Maps images ``(N, 1, H, W)`` to logits ``(N, 2)``, ``(N, 1)`` or ``(N,)``
             (the malignant logit). Runs in eval mode without gradients.
-        dataset: A ``SyntheticNodules`` (or anything with its
+        dataset: A :class:`~nodulebench.SyntheticNodules` (or anything with its
             ``factors``, ``__len__`` and batched ``render(..., overrides=...)``).
         factors: Names to intervene on, in order; default every factor that varies in the
             dataset (a factor the dataset holds fixed is skipped unless ``values`` names
@@ -231,9 +231,9 @@ def intervention_sensitivity(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    check_int("n", n, minimum=1)
-    check_int("seed", seed, minimum=0)
-    check_int("batch_size", batch_size, minimum=1)
+    check_int("n", n, 1)
+    check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1)
     size = len(dataset)
     if size == 0:
         raise ValueError("dataset must contain at least one sample; got an empty dataset")

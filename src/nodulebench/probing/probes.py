@@ -178,8 +178,8 @@ def probe_factors(
       each training split by exact leave-one-out error (one SVD per split); scored by
       :math:`R^2 = 1 - \sum (y - \hat y)^2 / \sum (y - \bar y)^2` on the held-out fold
       (chance: 0, or slightly below).
-    * Categorical factors (integer dtype, e.g. the int64 codes of
-      ``dataset.factors`` of a SyntheticNodules): multinomial logistic regression, mean
+    * Categorical factors (integer dtype, e.g. the int64 codes in the ``factors`` of a
+      :class:`~nodulebench.SyntheticNodules`): multinomial logistic regression, mean
       cross-entropy plus :math:`\tfrac{\lambda}{2}\lVert W\rVert_F^2` with
       :math:`\lambda` = ``logistic_l2``, fitted by L-BFGS in float64 from zeros; folds
       are stratified by class; scored by balanced accuracy (mean per-class recall over
@@ -221,8 +221,8 @@ def probe_factors(
         >>> r.metric, r.score > 0.8, abs(r.control) < 0.1
         ('r2', True, True)
     """
-    check_int("folds", folds, minimum=2)
-    check_int("seed", seed, minimum=0)
+    check_int("folds", folds, 2)
+    check_int("seed", seed, 0)
     check_positive("logistic_l2", logistic_l2)
     feature_sets = {"features": features} if isinstance(features, torch.Tensor) else features
     if not isinstance(feature_sets, Mapping) or not feature_sets:

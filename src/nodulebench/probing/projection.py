@@ -66,7 +66,7 @@ def project_embeddings(features: torch.Tensor, dim: int = 2) -> EmbeddingProject
     """
     check_ndim("features", features, (2,), "(N, D)")
     check_floating("features", features)
-    check_int("dim", dim, minimum=1)
+    check_int("dim", dim, 1)
     n, d = features.shape
     if dim > min(n, d):
         raise ValueError(f"dim must be <= min(N, D) = {min(n, d)}; got {dim}")

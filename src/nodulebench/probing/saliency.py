@@ -1,6 +1,6 @@
 r"""Grad-CAM saliency, and how much of it falls inside the generator's ground-truth masks.
 
-Because ``SyntheticNodules`` knows where the nodule core, the spicules
+Because :class:`~nodulebench.SyntheticNodules` knows where the nodule core, the spicules
 and the calcification are, a saliency map can be scored exactly: :func:`mask_energy`
 says which share of the attribution lies in each region.
 """
@@ -53,7 +53,7 @@ def _target_scores(
             )
         classes = target.to(output.device, torch.int64)
     else:
-        check_int("target", target, minimum=0)
+        check_int("target", target, 0)
         classes = torch.full((n,), target, dtype=torch.int64, device=output.device)
     if bool(((classes < 0) | (classes >= output.shape[1])).any()):
         raise ValueError(
