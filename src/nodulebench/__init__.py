@@ -7,6 +7,7 @@ tell which factors a network encodes and which it uses.
 
 from __future__ import annotations
 
+from nodulebench import probing
 from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
     ContrastiveLoss,
@@ -41,4 +42,6 @@ __all__ = [
     "get_loss_info",
     "list_losses",
     "register_loss",
+    # probing: its functions live in the namespace, e.g. nodulebench.probing.probe_factors
+    "probing",
 ]

@@ -102,7 +102,7 @@ def _median_threshold(dist: Distribution, factor_name: str) -> float:
 
 @dataclass(frozen=True)
 class NoduleSpec:
-    """The distribution a :class:`~nodulebench.SyntheticNodules` dataset is drawn from.
+    """The distribution a ``SyntheticNodules`` dataset is drawn from.
 
     Args:
         marginals: factor name -> distribution; factors not named keep
