@@ -120,7 +120,7 @@ class _SupConTiledFunction(torch.autograd.Function):
             raw = lse - lse_pos + torch.log(num_pos.clamp(min=1).to(z.dtype))
         loss = torch.where(valid, raw, torch.zeros_like(raw))
         ctx.save_for_backward(z, class_id, lse, lse_pos, num_pos, valid)
-        ctx.options = (inv_tau, variant, block_size, column_block_size)
+        ctx.options = (inv_tau, variant, block_size, column_block_size, class_size.shape[0])
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -129,7 +129,7 @@ class _SupConTiledFunction(torch.autograd.Function):
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, class_id, lse, lse_pos, num_pos, valid = ctx.saved_tensors
-        inv_tau, variant, block_size, column_block_size = ctx.options
+        inv_tau, variant, block_size, column_block_size, num_classes = ctx.options
         n = z.shape[0]
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
         lse = _finite_or_zero(lse)
@@ -151,7 +151,6 @@ class _SupConTiledFunction(torch.autograd.Function):
                 grad_z[c0:c1].addmm_(tile.T, z_rows, alpha=inv_tau)
         if variant == "out":
             w = g / num_pos.clamp(min=1).to(z.dtype)
-            num_classes = int(class_id.max().item()) + 1 if n else 0
             sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype, device=z.device)
             class_sum = sums.index_add(0, class_id, z)
             weighted_sum = sums.index_add(0, class_id, w[:, None] * z)
