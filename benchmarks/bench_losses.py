@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _harness import DENSE, device_name, forward_backward, median_ms, peak_extra_bytes
 
+from _harness import DENSE, device_name, forward_backward, median_ms, peak_extra_bytes
 from nodulebench.kernels import KERNEL_LOSSES, run_per_anchor
 
 OPTIONS: dict[str, dict[str, object]] = {

@@ -16,7 +16,7 @@ import torch
 from nodulebench._validation import check_choice, check_floating, check_ndim
 
 __all__ = [
-    "DEFAULT_BLOCK_SIZE",
+    "TILE_ELEMENTS",
     "DISTANCES",
     "EUCLIDEAN_EPS",
     "check_prepared",
@@ -26,8 +26,8 @@ __all__ = [
     "scatter_pair_grad",
 ]
 
-DEFAULT_BLOCK_SIZE = 256
-"""Anchor rows per block: a 256 x N float32 tile is 8 MiB at N = 8192."""
+TILE_ELEMENTS = 2**22
+"""Default size of a ``b x N`` tile: 16 MiB in float32 (b = 512 rows at N = 8192)."""
 
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 
@@ -35,8 +35,11 @@ EUCLIDEAN_EPS = 1e-12
 """Floor of the squared distance under the square root (pinned contract)."""
 
 
-def check_prepared(z: torch.Tensor, labels: torch.Tensor, block_size: int) -> None:
-    """Check the prepared inputs shared by every tiled kernel."""
+def check_prepared(z: torch.Tensor, labels: torch.Tensor, block_size: int | None) -> int:
+    """Check the prepared inputs shared by every tiled kernel; return the block size.
+
+    ``block_size=None`` picks ``TILE_ELEMENTS // N`` rows (at least 16, at most ``N``).
+    """
     check_ndim("z", z, (2,), "(N, D)")
     check_floating("z", z)
     if z.dtype not in (torch.float32, torch.float64):
@@ -52,8 +55,12 @@ def check_prepared(z: torch.Tensor, labels: torch.Tensor, block_size: int) -> No
         )
     if labels.device != z.device:
         raise ValueError(f"labels must be on z's device {z.device}; got {labels.device}")
+    n = z.shape[0]
+    if block_size is None:
+        return max(16, min(n, TILE_ELEMENTS // max(n, 1)))
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int; got {block_size!r}")
+        raise ValueError(f"block_size must be a positive int or None; got {block_size!r}")
+    return block_size
 
 
 def check_distance(distance: str) -> None:

@@ -10,7 +10,6 @@ matrix, in the forward or the backward pass; it runs on any device.
 
 from __future__ import annotations
 
-from nodulebench.kernels._tiling import DEFAULT_BLOCK_SIZE
 from nodulebench.kernels.tiled_distance import (
     contrastive_tiled,
     triplet_all_tiled,
@@ -20,7 +19,6 @@ from nodulebench.kernels.tiled_multisim import multi_similarity_tiled
 from nodulebench.kernels.tiled_supcon import supcon_tiled
 
 __all__ = [
-    "DEFAULT_BLOCK_SIZE",
     "contrastive_tiled",
     "multi_similarity_tiled",
     "supcon_tiled",

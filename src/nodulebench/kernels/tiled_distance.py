@@ -31,7 +31,6 @@ import torch
 
 from nodulebench._validation import check_positive
 from nodulebench.kernels._tiling import (
-    DEFAULT_BLOCK_SIZE,
     check_distance,
     check_prepared,
     distance_tile,
@@ -63,7 +62,7 @@ def _masks(
 
 class _ContrastiveTiledFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, block_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = z.shape[0]
@@ -82,7 +81,7 @@ class _ContrastiveTiledFunction(torch.autograd.Function):
         return loss, valid
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, sq = ctx.saved_tensors
@@ -106,7 +105,7 @@ class _ContrastiveTiledFunction(torch.autograd.Function):
 @torch.compiler.disable
 def contrastive_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 1.0,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor Hadsell contrastive loss (Euclidean) without an ``N x N`` matrix.
 
@@ -114,7 +113,7 @@ def contrastive_tiled(
         z: Prepared embeddings, shape ``(N, D)``, float32 or float64.
         labels: Class of each row, shape ``(N,)``, int64.
         margin: :math:`m > 0`, the distance beyond which negatives cost nothing.
-        block_size: Anchor rows per block.
+        block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 16 MiB.
 
     Returns:
         ``(loss, valid)``, both of shape ``(N,)``: the mean pair cost of each anchor over
@@ -125,9 +124,11 @@ def contrastive_tiled(
         >>> contrastive_tiled(z, torch.tensor([0, 0, 1]), margin=1.0)[0]
         tensor([0.0625, 0.0625, 0.0000], dtype=torch.float64)
     """
-    check_prepared(z, labels, block_size)
+    block_size = check_prepared(z, labels, block_size)
     check_positive("margin", margin)
-    loss, valid = _ContrastiveTiledFunction.apply(z, labels, float(margin), block_size)
+    loss, valid = _ContrastiveTiledFunction.apply(  # type: ignore[no-untyped-call]
+        z, labels, float(margin), block_size
+    )
     return loss, valid
 
 
@@ -136,7 +137,7 @@ def contrastive_tiled(
 
 class _TripletHardTiledFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, distance: str,
         block_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +161,7 @@ class _TripletHardTiledFunction(torch.autograd.Function):
         return loss, valid
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, hardest_pos, hardest_neg, raw, valid = ctx.saved_tensors
@@ -176,7 +177,7 @@ class _TripletHardTiledFunction(torch.autograd.Function):
 @torch.compiler.disable
 def triplet_hard_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
-    distance: str = "euclidean", block_size: int = DEFAULT_BLOCK_SIZE,
+    distance: str = "euclidean", block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor batch-hard triplet loss (Hermans et al. 2017) in :math:`O(N D + b N)`.
 
@@ -190,7 +191,7 @@ def triplet_hard_tiled(
         margin: :math:`m \ge 0`.
         distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"`` (one minus the
             cosine similarity; the rows are normalized inside).
-        block_size: Anchor rows per block.
+        block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 16 MiB.
 
     Returns:
         ``(loss, valid)``, shape ``(N,)`` each; ``loss`` is 0 where the anchor has no
@@ -201,10 +202,10 @@ def triplet_hard_tiled(
         >>> triplet_hard_tiled(z, torch.tensor([0, 0, 1]), margin=0.2)[0]
         tensor([0.0000, 0.7000, 0.0000], dtype=torch.float64)
     """
-    check_prepared(z, labels, block_size)
+    block_size = check_prepared(z, labels, block_size)
     check_positive("margin", margin, allow_zero=True)
     check_distance(distance)
-    loss, valid = _TripletHardTiledFunction.apply(
+    loss, valid = _TripletHardTiledFunction.apply(  # type: ignore[no-untyped-call]
         _cosine_ready(z, distance), labels, float(margin), distance, block_size
     )
     return loss, valid
@@ -230,7 +231,7 @@ def _triplet_all_tile(
 
 class _TripletAllTiledFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, distance: str,
         block_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -250,7 +251,7 @@ class _TripletAllTiledFunction(torch.autograd.Function):
         return total, count, valid
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_total: torch.Tensor, _grad_count: torch.Tensor | None,
         _grad_valid: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, ...]:
@@ -275,7 +276,7 @@ class _TripletAllTiledFunction(torch.autograd.Function):
 @torch.compiler.disable
 def triplet_all_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
-    distance: str = "euclidean", block_size: int = DEFAULT_BLOCK_SIZE,
+    distance: str = "euclidean", block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Per-anchor batch-all triplet sums and counts in :math:`O(N^2 \log N)` time.
 
@@ -288,7 +289,7 @@ def triplet_all_tiled(
         labels: Class of each row, shape ``(N,)``, int64.
         margin: :math:`m \ge 0`.
         distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
-        block_size: Anchor rows per block.
+        block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 16 MiB.
 
     Returns:
         ``(total, count, valid)``, each of shape ``(N,)``: :math:`S_i`, the sum of
@@ -302,10 +303,10 @@ def triplet_all_tiled(
         >>> count.tolist()
         [0, 1, 2, 0]
     """
-    check_prepared(z, labels, block_size)
+    block_size = check_prepared(z, labels, block_size)
     check_positive("margin", margin, allow_zero=True)
     check_distance(distance)
-    total, count, valid = _TripletAllTiledFunction.apply(
+    total, count, valid = _TripletAllTiledFunction.apply(  # type: ignore[no-untyped-call]
         _cosine_ready(z, distance), labels, float(margin), distance, block_size
     )
     return total, count, valid

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_positive
-from nodulebench.kernels._tiling import DEFAULT_BLOCK_SIZE, check_prepared, row_blocks, self_mask
+from nodulebench.kernels._tiling import check_prepared, row_blocks, self_mask
 
 __all__ = ["multi_similarity_tiled"]
 
@@ -47,7 +47,7 @@ def _kept_terms(
 
 class _MultiSimilarityTiledFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor,
         options: tuple[float, float, float, float], block_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +76,7 @@ class _MultiSimilarityTiledFunction(torch.autograd.Function):
         return loss, valid
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, stats, valid = ctx.saved_tensors
@@ -103,7 +103,7 @@ class _MultiSimilarityTiledFunction(torch.autograd.Function):
 @torch.compiler.disable
 def multi_similarity_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, alpha: float = 2.0, beta: float = 50.0,
-    base: float = 0.5, epsilon: float = 0.1, block_size: int = DEFAULT_BLOCK_SIZE,
+    base: float = 0.5, epsilon: float = 0.1, block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor multi-similarity loss with mining, in :math:`O(N D + b N)` memory.
 
@@ -114,7 +114,7 @@ def multi_similarity_tiled(
         beta: Negative scale :math:`\beta > 0`.
         base: Similarity offset :math:`\lambda`.
         epsilon: Mining margin :math:`\epsilon \ge 0`.
-        block_size: Anchor rows per block.
+        block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 16 MiB.
 
     Returns:
         ``(loss, valid)``, shape ``(N,)`` each; ``loss`` is 0 where the anchor has no
@@ -126,12 +126,14 @@ def multi_similarity_tiled(
         >>> loss.shape, bool(valid.all())
         (torch.Size([6]), True)
     """
-    check_prepared(z, labels, block_size)
+    block_size = check_prepared(z, labels, block_size)
     check_positive("alpha", alpha)
     check_positive("beta", beta)
     check_positive("epsilon", epsilon, allow_zero=True)
     if isinstance(base, bool) or not isinstance(base, (int, float)):
         raise TypeError(f"base must be a real number; got {type(base).__name__}")
     options = (float(alpha), float(beta), float(base), float(epsilon))
-    loss, valid = _MultiSimilarityTiledFunction.apply(z, labels, options, block_size)
+    loss, valid = _MultiSimilarityTiledFunction.apply(  # type: ignore[no-untyped-call]
+        z, labels, options, block_size
+    )
     return loss, valid

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_choice, check_positive
-from nodulebench.kernels._tiling import DEFAULT_BLOCK_SIZE, check_prepared, row_blocks
+from nodulebench.kernels._tiling import check_prepared, row_blocks
 
 __all__ = ["supcon_tiled"]
 
@@ -47,34 +47,13 @@ def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return class_id, torch.bincount(class_id)
 
 
-def _similarity_tile(
-    z_rows: torch.Tensor, z_cols: torch.Tensor, row0: int, col0: int, inv_tau: float
-) -> torch.Tensor:
-    """``s`` for rows ``row0:`` x columns ``col0:``, self-pairs set to ``-inf``."""
-    s = (z_rows @ z_cols.T).mul_(inv_tau)
-    lo, hi = max(row0, col0), min(row0 + z_rows.shape[0], col0 + z_cols.shape[0])
+def _mask_self(s: torch.Tensor, row0: int, col0: int) -> torch.Tensor:
+    """Set the self-pairs of the tile at rows ``row0:`` x columns ``col0:`` to ``-inf``."""
+    lo, hi = max(row0, col0), min(row0 + s.shape[0], col0 + s.shape[1])
     if lo < hi:
         idx = torch.arange(lo, hi, device=s.device)
         s[idx - row0, idx - col0] = float("-inf")
     return s
-
-
-def _online_lse_update(
-    running_max: torch.Tensor, running_sum: torch.Tensor, tile: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold a tile into ``(max, sum exp(x - max))``; ``tile`` is consumed (exp in place)."""
-    new_max = torch.maximum(running_max, tile.amax(dim=1))
-    # A row that has seen only -inf keeps a finite shift of 0, so nothing becomes NaN.
-    shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
-    running_sum = running_sum * torch.exp(running_max - shift) + (
-        tile.sub_(shift[:, None]).exp_().sum(dim=1)
-    )
-    return new_max, running_sum
-
-
-def _finalize_lse(running_max: torch.Tensor, running_sum: torch.Tensor) -> torch.Tensor:
-    shift = torch.where(torch.isinf(running_max), torch.zeros_like(running_max), running_max)
-    return shift + torch.log(running_sum)
 
 
 def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +62,7 @@ def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
 
 class _SupConTiledFunction(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str,
         block_size: int, column_block_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,24 +71,20 @@ class _SupConTiledFunction(torch.autograd.Function):
         class_id, class_size = _class_index(labels)
         num_pos = class_size[class_id] - 1
         valid = num_pos > 0
-        lse = torch.empty(n, dtype=z.dtype, device=z.device)
-        lse_pos = torch.empty_like(lse)
+        lse = torch.full((n,), float("-inf"), dtype=z.dtype, device=z.device)
+        lse_pos = torch.full_like(lse, float("-inf"))
         for r0, r1 in row_blocks(n, block_size):
-            z_rows, id_rows = z[r0:r1], class_id[r0:r1]
-            run_max = torch.full((r1 - r0,), float("-inf"), dtype=z.dtype, device=z.device)
-            run_sum = torch.zeros_like(run_max)
-            pos_max, pos_sum = run_max.clone(), run_sum.clone()
+            # Scaling the b x D rows by 1/tau is cheaper than scaling the b x N tile.
+            z_rows, id_rows = z[r0:r1] * inv_tau, class_id[r0:r1]
             for c0, c1 in row_blocks(n, column_block_size):
-                s = _similarity_tile(z_rows, z[c0:c1], r0, c0, inv_tau)
+                s = _mask_self(z_rows @ z[c0:c1].T, r0, c0)
                 if variant == "in":
                     same = id_rows[:, None] == class_id[None, c0:c1]
-                    pos_max, pos_sum = _online_lse_update(
-                        pos_max, pos_sum, s.masked_fill(~same, float("-inf"))
+                    # Online LSE over column tiles: combine the running and the tile LSE.
+                    lse_pos[r0:r1] = torch.logaddexp(
+                        lse_pos[r0:r1], torch.logsumexp(s.masked_fill(~same, -torch.inf), 1)
                     )
-                run_max, run_sum = _online_lse_update(run_max, run_sum, s)
-            lse[r0:r1] = _finalize_lse(run_max, run_sum)
-            if variant == "in":
-                lse_pos[r0:r1] = _finalize_lse(pos_max, pos_sum)
+                lse[r0:r1] = torch.logaddexp(lse[r0:r1], torch.logsumexp(s, dim=1))
         if variant == "out":
             class_sum = torch.zeros(
                 class_size.shape[0], z.shape[1], dtype=z.dtype, device=z.device
@@ -125,7 +100,7 @@ class _SupConTiledFunction(torch.autograd.Function):
         return loss, valid
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, class_id, lse, lse_pos, num_pos, valid = ctx.saved_tensors
@@ -135,20 +110,26 @@ class _SupConTiledFunction(torch.autograd.Function):
         lse = _finite_or_zero(lse)
         lse_pos = _finite_or_zero(lse_pos)
         grad_z = torch.zeros_like(z)
+        ones = torch.ones(n, 1, dtype=z.dtype, device=z.device)
         for r0, r1 in row_blocks(n, block_size):
             z_rows, g_rows = z[r0:r1], g[r0:r1, None]
+            # [z_i / tau, -lse_i] . [z_j, 1] = s_ij - lse_i: the shift rides on the product.
+            shifted_rows = torch.cat([z_rows * inv_tau, -lse[r0:r1, None]], dim=1)
+            scaled_rows = z_rows * g_rows
             for c0, c1 in row_blocks(n, column_block_size):
-                s = _similarity_tile(z_rows, z[c0:c1], r0, c0, inv_tau)
+                z_cols = z[c0:c1]
+                shifted = _mask_self(shifted_rows @ torch.cat([z_cols, ones[c0:c1]], 1).T, r0, c0)
                 if variant == "in":
                     same = class_id[r0:r1, None] == class_id[None, c0:c1]
-                    q = torch.exp(s - lse_pos[r0:r1, None]).masked_fill_(~same, 0.0)
-                # G = g_i * (softmax over A(i) [- softmax over P(i) for "in"]).
-                tile = s.sub_(lse[r0:r1, None]).exp_()
+                    # q_ij = exp(s_ij - lse_pos_i) on positives, from the shifted tile.
+                    q = torch.exp(shifted + (lse - lse_pos)[r0:r1, None]).masked_fill_(~same, 0)
+                # P_ij = softmax over A(i); G = g_i * (P [- Q for "in"]), never stored whole:
+                # G z = g * (P z) and G^T z_rows = P^T (g * z_rows).
+                tile = shifted.exp_()
                 if variant == "in":
                     tile.sub_(q)
-                tile.mul_(g_rows)
-                grad_z[r0:r1].addmm_(tile, z[c0:c1], alpha=inv_tau)
-                grad_z[c0:c1].addmm_(tile.T, z_rows, alpha=inv_tau)
+                grad_z[r0:r1].add_((tile @ z_cols) * (g_rows * inv_tau))
+                grad_z[c0:c1].addmm_(tile.T, scaled_rows, alpha=inv_tau)
         if variant == "out":
             w = g / num_pos.clamp(min=1).to(z.dtype)
             sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype, device=z.device)
@@ -164,7 +145,7 @@ class _SupConTiledFunction(torch.autograd.Function):
 @torch.compiler.disable
 def supcon_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
-    block_size: int = DEFAULT_BLOCK_SIZE, column_block_size: int | None = None,
+    block_size: int | None = None, column_block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor SupCon loss in :math:`O(N D + b N)` memory, forward and backward.
 
@@ -178,7 +159,8 @@ def supcon_tiled(
         temperature: :math:`\tau > 0`.
         variant: ``"out"`` (mean of log-probabilities over positives) or ``"in"``
             (log of the mean probability); see the module docstring.
-        block_size: Anchor rows per block ``b``.
+        block_size: Anchor rows per block ``b``; ``None`` sizes a ``b x N`` tile to
+            16 MiB (float32).
         column_block_size: Columns per tile of the online log-sum-exp; ``None`` (default)
             uses one tile of all ``N`` columns, which is fastest while ``b x N`` fits.
 
@@ -192,7 +174,7 @@ def supcon_tiled(
         >>> valid.tolist()
         [True, True, True, True, False, False]
     """
-    check_prepared(z, labels, block_size)
+    block_size = check_prepared(z, labels, block_size)
     check_positive("temperature", temperature)
     check_choice("variant", variant, _VARIANTS)
     if column_block_size is None:
@@ -204,7 +186,7 @@ def supcon_tiled(
         raise ValueError(
             f"column_block_size must be a positive int or None; got {column_block_size!r}"
         )
-    loss, valid = _SupConTiledFunction.apply(
+    loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]
         z, labels, float(temperature), variant, block_size, column_block_size
     )
     return loss, valid
