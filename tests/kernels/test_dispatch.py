@@ -98,3 +98,11 @@ def test_run_per_anchor_calls_the_selected_kernel() -> None:
     assert loss.shape == (10,) and valid.all()
     total, count, valid = run_per_anchor("triplet_all", z, labels, backend="tiled", margin=0.2)
     assert total.shape == count.shape == valid.shape == (10,)
+
+
+def test_importing_the_kernels_does_not_import_triton() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, nodulebench.kernels; assert 'triton' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,11 +3,11 @@
 Three backends compute the same per-anchor quantities on prepared inputs (``z`` of shape
 ``(N, D)``, ``labels`` of shape ``(N,)`` int64):
 
-* ``"reference"``: the dense definitions of :mod:`nodulebench.losses` (``N x N`` matrices,
+* ``"reference"``: the dense definitions of ``nodulebench.losses`` (``N x N`` matrices,
   plain autograd); any device, float32/float64.
 * ``"tiled"``: :mod:`nodulebench.kernels.tiled`, row blocks with recompute backward,
   :math:`O(N D + bN)` memory; any device, float32/float64.
-* ``"triton"``: :mod:`nodulebench.kernels.triton_supcon`, fused kernels for SupCon; CUDA
+* ``"triton"``: ``nodulebench.kernels.triton_supcon``, fused kernels for SupCon; CUDA
   (or CPU under ``TRITON_INTERPRET=1``), needs the optional ``triton`` package.
 
 Each backend is described by a :class:`BackendInfo` that declares its devices, dtypes,
