@@ -57,9 +57,11 @@ def test_compiled_training_step_matches_eager(loss_name: str, compile_backend: s
     compiled_step = torch.compile(compiled_fn, backend=compile_backend)
     for _ in range(2):
         # The optimizer step stays outside: what is tested is the forward and backward.
-        expected = eager_step(x, labels)  # type: ignore[operator]
-        eager_optimizer.step()
+        # Compiled first: the kernels must also work when Dynamo traces them before any
+        # eager call.
         got = compiled_step(x, labels)
         compiled_optimizer.step()
+        expected = eager_step(x, labels)  # type: ignore[operator]
+        eager_optimizer.step()
         torch.testing.assert_close(got, expected)
     torch.testing.assert_close(compiled_model.weight, eager_model.weight)

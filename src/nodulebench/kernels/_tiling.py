@@ -9,7 +9,10 @@ contributions (the distance is symmetric in its two arguments).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
@@ -21,6 +24,7 @@ __all__ = [
     "EUCLIDEAN_EPS",
     "check_prepared",
     "distance_tile",
+    "eager_under_compile",
     "row_blocks",
     "scatter_distance_grad",
     "scatter_pair_grad",
@@ -33,6 +37,30 @@ DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 
 EUCLIDEAN_EPS = 1e-12
 """Floor of the squared distance under the square root (pinned contract)."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def eager_under_compile(fn: _F) -> _F:
+    """Run ``fn`` eagerly inside ``torch.compile`` (a graph break), importing nothing.
+
+    ``torch.compiler.disable`` imports Dynamo, which imports Triton; applying it at import
+    time would make ``import nodulebench`` pull both in. Dynamo can only be tracing if it
+    was imported, so until then ``fn`` is called directly; afterwards through a disabled
+    wrapper built once.
+    """
+    disabled: list[Callable[..., Any]] = []
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))  # type: ignore[no-untyped-call]
+        return disabled[0](*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def check_prepared(z: torch.Tensor, labels: torch.Tensor, block_size: int | None) -> int:

@@ -112,14 +112,11 @@ class BackendInfo:
             return f"it supports dtypes {names}, got {z.dtype}"
         if self.max_dim is not None and z.ndim == 2 and z.shape[1] > self.max_dim:
             return f"it supports D <= {self.max_dim}, got D = {z.shape[1]}"
-        if self.requires is not None and importlib.util.find_spec(self.requires) is None:
-            return f"the optional package {self.requires!r} is not installed"
-        module_name, attribute = self._kernel_names[loss]
+        if self.requires is not None and not _module_available(self.requires):
+            return f"the module {self.requires!r} it needs is not available"
+        module_name, _ = self._kernel_names[loss]
         if not _module_available(module_name):
             return f"its module {module_name} is not available"
-        if self.requires is None and not hasattr(importlib.import_module(module_name), attribute):
-            # Pure-PyTorch modules are cheap to import, so check the function exists too.
-            return f"{module_name} has no {attribute}"
         return None
 
     def devices_now(self) -> frozenset[str]:
@@ -154,9 +151,10 @@ BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
         dtypes=_FLOAT,
         options=_frozen(_ALL_OPTIONS),
         tolerances=_frozen({torch.float64: (0.0, 0.0), torch.float32: (0.0, 0.0)}),
+        requires="nodulebench.losses._dense",
         summary="dense N x N definitions with autograd (nodulebench.losses)",
         _kernel_names=_frozen({
-            loss: ("nodulebench.losses.functional", f"_{loss}_per_anchor")
+            loss: ("nodulebench.kernels._reference", f"{loss}_reference")
             for loss in KERNEL_LOSSES
         }),
     ),

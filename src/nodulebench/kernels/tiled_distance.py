@@ -34,6 +34,7 @@ from nodulebench.kernels._tiling import (
     check_distance,
     check_prepared,
     distance_tile,
+    eager_under_compile,
     row_blocks,
     scatter_distance_grad,
     scatter_pair_grad,
@@ -102,7 +103,7 @@ class _ContrastiveTiledFunction(torch.autograd.Function):
         return grad_z, None, None, None
 
 
-@torch.compiler.disable
+@eager_under_compile
 def contrastive_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 1.0,
     block_size: int | None = None,
@@ -174,7 +175,7 @@ class _TripletHardTiledFunction(torch.autograd.Function):
         return grad_z, None, None, None, None
 
 
-@torch.compiler.disable
+@eager_under_compile
 def triplet_hard_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
     distance: str = "euclidean", block_size: int | None = None,
@@ -273,7 +274,7 @@ class _TripletAllTiledFunction(torch.autograd.Function):
         return grad_z, None, None, None, None
 
 
-@torch.compiler.disable
+@eager_under_compile
 def triplet_all_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
     distance: str = "euclidean", block_size: int | None = None,

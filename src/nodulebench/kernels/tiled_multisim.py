@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_positive
-from nodulebench.kernels._tiling import check_prepared, row_blocks, self_mask
+from nodulebench.kernels._tiling import check_prepared, eager_under_compile, row_blocks, self_mask
 
 __all__ = ["multi_similarity_tiled"]
 
@@ -100,7 +100,7 @@ class _MultiSimilarityTiledFunction(torch.autograd.Function):
         return grad_z, None, None, None
 
 
-@torch.compiler.disable
+@eager_under_compile
 def multi_similarity_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, alpha: float = 2.0, beta: float = 50.0,
     base: float = 0.5, epsilon: float = 0.1, block_size: int | None = None,

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_choice, check_positive
-from nodulebench.kernels._tiling import check_prepared, row_blocks
+from nodulebench.kernels._tiling import check_prepared, eager_under_compile, row_blocks
 
 __all__ = ["supcon_tiled"]
 
@@ -142,7 +142,7 @@ class _SupConTiledFunction(torch.autograd.Function):
         return grad_z, None, None, None, None, None
 
 
-@torch.compiler.disable
+@eager_under_compile
 def supcon_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
     block_size: int | None = None, column_block_size: int | None = None,
