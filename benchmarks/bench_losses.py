@@ -139,6 +139,20 @@ def print_table(records: list[dict[str, object]]) -> None:
         print(f"{r['loss']:<17}{r['backend']:<10}{r['B']:>8}{ms:>12}{mib:>12}  {r['note']}")
 
 
+def rst_table(records: list[dict[str, object]]) -> str:
+    """The measured rows as an RST list-table (what the docs page shows)."""
+    lines = [".. list-table::", "   :header-rows: 1", "",
+             "   * - loss", "     - backend", "     - B", "     - ms", "     - peak MiB"]
+    for r in records:
+        if r["ms"] is None:
+            continue
+        peak = r["peak_bytes"]
+        mib = f"{peak / 2**20:.1f}" if isinstance(peak, int) else "-"
+        lines += [f"   * - {r['loss']}", f"     - {r['backend']}", f"     - {r['B']}",
+                  f"     - {r['ms']:.1f}", f"     - {mib}"]
+    return "\n".join(lines)
+
+
 def crossover(records: list[dict[str, object]], loss: str) -> int | None:
     """Smallest B from which tiled is faster than dense at every larger measured B."""
     times: dict[tuple[str, int], float] = {
@@ -168,9 +182,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: PyTorch's choice)")
     parser.add_argument("--max-dense-bytes", type=float, default=6 * 2**30)
     parser.add_argument("--output", type=Path, default=None,
                         help="JSON-lines file to append to (default: stdout only)")
+    parser.add_argument("--rst", type=Path, default=None,
+                        help="also write the table as an RST list-table to this file")
     parser.add_argument("--crossover", action="store_true",
                         help="dense vs tiled at B = 128 ... 2048, report the crossover")
     return parser.parse_args(argv)
@@ -179,6 +197,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.crossover:
         args.backends, args.sizes = ["dense", "tiled"], [128, 256, 512, 1024, 2048]
     records = []
@@ -194,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                         handle.write(line + "\n")
     print()
     print_table(records)
+    if args.rst is not None:
+        args.rst.write_text(rst_table(records) + "\n")
     if args.crossover:
         for loss in args.losses:
             print(f"crossover {loss}: tiled wins from B = {crossover(records, loss)}")
