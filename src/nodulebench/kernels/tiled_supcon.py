@@ -1,4 +1,4 @@
-r"""Tiled SupCon / NT-Xent: online log-sum-exp over column tiles, recompute backward.
+r"""Tiled SupCon / NT-Xent: online log-sum-exp over symmetric tile pairs, recompute backward.
 
 With :math:`s_{ij} = z_i \cdot z_j / \tau`, :math:`A(i) = \{j \ne i\}` and
 :math:`P(i) = \{p \in A(i) : y_p = y_i\}`, the per-anchor losses are
@@ -12,18 +12,21 @@ With :math:`s_{ij} = z_i \cdot z_j / \tau`, :math:`A(i) = \{j \ne i\}` and
         - \operatorname{LSE}_{p \in P(i)} s_{ip} + \log |P(i)|,
 
 where :math:`S_c = \sum_{j: y_j = c} z_j` is the class sum, so the positive term of
-``"out"`` costs :math:`O(ND)`. Both log-sum-exps are accumulated online over column
-tiles, with the self-pair set to :math:`-\infty` inside the tile. The forward pass keeps
-only :math:`O(N)` per-row statistics; the backward pass recomputes each tile. Writing
-:math:`G_{ij} = g_i\,(\partial \ell_i / \partial s_{ij})`, the similarity is symmetric, so
+``"out"`` costs :math:`O(ND)`. Since :math:`s` is symmetric, the kernel visits only the
+square tiles :math:`(I, J)` with :math:`J \ge I` and uses each for the rows of both
+blocks. Both log-sum-exps are accumulated online over the tiles, with the self-pair set
+to :math:`-\infty` inside the diagonal tiles. The forward pass keeps only :math:`O(N)`
+per-row statistics; the backward pass recomputes each tile. Writing
+:math:`G_{ij} = g_i\,(\partial \ell_i / \partial s_{ij})`,
 
 .. math::
 
     \frac{\partial L}{\partial z} = \frac{(G + G^\top)\, z}{\tau},
 
-and the row part :math:`G z` and the column part :math:`G^\top z` are both accumulated
-block by block, never holding :math:`G`. The ``"out"`` positive term contributes
-:math:`-\frac{1}{\tau}\big(w_i (S_{y_i} - z_i) + W_{y_i} - w_i z_i\big)` with
+and a tile pair adds :math:`M z_J / \tau` to the rows of :math:`I` and
+:math:`M^\top z_I / \tau` to those of :math:`J`, with :math:`M = G_{IJ} + G_{JI}^\top`:
+the row and the column contributions, never holding :math:`G`. The ``"out"`` positive
+term contributes :math:`-\frac{1}{\tau}\big(w_i (S_{y_i} - z_i) + W_{y_i} - w_i z_i\big)` with
 :math:`w_i = g_i / |P(i)|` and the weighted class sums :math:`W_c = \sum_{y_j = c} w_j z_j`.
 """
 
@@ -39,6 +42,9 @@ from nodulebench.kernels._tiling import check_prepared, eager_under_compile, row
 __all__ = ["supcon_tiled"]
 
 _VARIANTS = ("out", "in")
+
+_DEFAULT_TILE_EDGE = 1024
+"""Default tile edge: a 1024 x 1024 float32 tile is 4 MiB; a few live at once."""
 
 
 def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,11 +66,22 @@ def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
+def _tile_pairs(n: int, block_size: int) -> list[tuple[int, int, int, int]]:
+    """Blocks ``(r0, r1, c0, c1)`` of the upper block triangle: each tile serves twice."""
+    blocks = list(row_blocks(n, block_size))
+    return [(r0, r1, c0, c1) for i, (r0, r1) in enumerate(blocks) for c0, c1 in blocks[i:]]
+
+
+def _fold_lse(running: torch.Tensor, tile: torch.Tensor, dim: int) -> None:
+    """Online log-sum-exp: fold the tile's LSE along ``dim`` into ``running`` in place."""
+    running.copy_(torch.logaddexp(running, torch.logsumexp(tile, dim=dim)))
+
+
 class _SupConTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str,
-        block_size: int, column_block_size: int,
+        block_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = z.shape[0]
         inv_tau = 1.0 / temperature
@@ -73,18 +90,20 @@ class _SupConTiledFunction(torch.autograd.Function):
         valid = num_pos > 0
         lse = torch.full((n,), float("-inf"), dtype=z.dtype, device=z.device)
         lse_pos = torch.full_like(lse, float("-inf"))
-        for r0, r1 in row_blocks(n, block_size):
-            # Scaling the b x D rows by 1/tau is cheaper than scaling the b x N tile.
-            z_rows, id_rows = z[r0:r1] * inv_tau, class_id[r0:r1]
-            for c0, c1 in row_blocks(n, column_block_size):
-                s = _mask_self(z_rows @ z[c0:c1].T, r0, c0)
-                if variant == "in":
-                    same = id_rows[:, None] == class_id[None, c0:c1]
-                    # Online LSE over column tiles: combine the running and the tile LSE.
-                    lse_pos[r0:r1] = torch.logaddexp(
-                        lse_pos[r0:r1], torch.logsumexp(s.masked_fill(~same, -torch.inf), 1)
-                    )
-                lse[r0:r1] = torch.logaddexp(lse[r0:r1], torch.logsumexp(s, dim=1))
+        # s is symmetric: the tile of row block I x column block J is the transpose of
+        # J x I, so one product serves the row LSEs of I (along dim 1) and of J (dim 0).
+        for r0, r1, c0, c1 in _tile_pairs(n, block_size):
+            s = _mask_self((z[r0:r1] * inv_tau) @ z[c0:c1].T, r0, c0)
+            mirrored = c0 != r0
+            _fold_lse(lse[r0:r1], s, 1)
+            if mirrored:
+                _fold_lse(lse[c0:c1], s, 0)
+            if variant == "in":
+                same = class_id[r0:r1, None] == class_id[None, c0:c1]
+                s_pos = s.masked_fill_(~same, float("-inf"))
+                _fold_lse(lse_pos[r0:r1], s_pos, 1)
+                if mirrored:
+                    _fold_lse(lse_pos[c0:c1], s_pos, 0)
         if variant == "out":
             class_sum = torch.zeros(
                 class_size.shape[0], z.shape[1], dtype=z.dtype, device=z.device
@@ -95,7 +114,7 @@ class _SupConTiledFunction(torch.autograd.Function):
             raw = lse - lse_pos + torch.log(num_pos.clamp(min=1).to(z.dtype))
         loss = torch.where(valid, raw, torch.zeros_like(raw))
         ctx.save_for_backward(z, class_id, lse, lse_pos, num_pos, valid)
-        ctx.options = (inv_tau, variant, block_size, column_block_size, class_size.shape[0])
+        ctx.options = (inv_tau, variant, block_size, class_size.shape[0])
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -104,32 +123,35 @@ class _SupConTiledFunction(torch.autograd.Function):
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, class_id, lse, lse_pos, num_pos, valid = ctx.saved_tensors
-        inv_tau, variant, block_size, column_block_size, num_classes = ctx.options
+        inv_tau, variant, block_size, num_classes = ctx.options
         n = z.shape[0]
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
         lse = _finite_or_zero(lse)
         lse_pos = _finite_or_zero(lse_pos)
         grad_z = torch.zeros_like(z)
-        ones = torch.ones(n, 1, dtype=z.dtype, device=z.device)
-        for r0, r1 in row_blocks(n, block_size):
-            z_rows, g_rows = z[r0:r1], g[r0:r1, None]
-            # [z_i / tau, -lse_i] . [z_j, 1] = s_ij - lse_i: the shift rides on the product.
-            shifted_rows = torch.cat([z_rows * inv_tau, -lse[r0:r1, None]], dim=1)
-            scaled_rows = z_rows * g_rows
-            for c0, c1 in row_blocks(n, column_block_size):
-                z_cols = z[c0:c1]
-                shifted = _mask_self(shifted_rows @ torch.cat([z_cols, ones[c0:c1]], 1).T, r0, c0)
-                if variant == "in":
-                    same = class_id[r0:r1, None] == class_id[None, c0:c1]
-                    # q_ij = exp(s_ij - lse_pos_i) on positives, from the shifted tile.
-                    q = torch.exp(shifted + (lse - lse_pos)[r0:r1, None]).masked_fill_(~same, 0)
-                # P_ij = softmax over A(i); G = g_i * (P [- Q for "in"]), never stored whole:
-                # G z = g * (P z) and G^T z_rows = P^T (g * z_rows).
-                tile = shifted.exp_()
-                if variant == "in":
-                    tile.sub_(q)
-                grad_z[r0:r1].add_((tile @ z_cols) * (g_rows * inv_tau))
-                grad_z[c0:c1].addmm_(tile.T, scaled_rows, alpha=inv_tau)
+
+        def weights(s: torch.Tensor, rows: slice, cols: slice, same: torch.Tensor | None,
+                    dim: int) -> torch.Tensor:
+            """G of the anchors along ``dim``: g_i (P_ij [- Q_ij]), oriented like ``s``."""
+            shape = (-1, 1) if dim == 1 else (1, -1)
+            anchors = rows if dim == 1 else cols
+            tile = torch.exp(s - lse[anchors].view(shape))
+            if same is not None:
+                tile.sub_(torch.exp(s - lse_pos[anchors].view(shape)).masked_fill_(~same, 0.0))
+            return tile.mul_(g[anchors].view(shape))
+
+        for r0, r1, c0, c1 in _tile_pairs(n, block_size):
+            rows, cols = slice(r0, r1), slice(c0, c1)
+            s = _mask_self((z[rows] * inv_tau) @ z[cols].T, r0, c0)
+            same = class_id[rows, None] == class_id[None, cols] if variant == "in" else None
+            # M_ij = G_ij + G_ji couples row i and column j both ways; dz = M z / tau.
+            m = weights(s, rows, cols, same, 1)
+            if c0 != r0:
+                m.add_(weights(s, rows, cols, same, 0))
+                grad_z[rows].addmm_(m, z[cols], alpha=inv_tau)
+                grad_z[cols].addmm_(m.T, z[rows], alpha=inv_tau)
+            else:
+                grad_z[rows].addmm_(m + m.T, z[rows], alpha=inv_tau)
         if variant == "out":
             w = g / num_pos.clamp(min=1).to(z.dtype)
             sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype, device=z.device)
@@ -139,15 +161,15 @@ class _SupConTiledFunction(torch.autograd.Function):
                 (w[:, None] * (class_sum[class_id] - 2.0 * z) + weighted_sum[class_id])
                 * inv_tau
             )
-        return grad_z, None, None, None, None, None
+        return grad_z, None, None, None, None
 
 
 @eager_under_compile
 def supcon_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
-    block_size: int | None = None, column_block_size: int | None = None,
+    block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Per-anchor SupCon loss in :math:`O(N D + b N)` memory, forward and backward.
+    r"""Per-anchor SupCon loss in :math:`O(N D + b^2)` memory, forward and backward.
 
     Works on *prepared* inputs: views already flattened sample-major, rows already
     normalized if the loss normalizes, dtype already float32 or float64. NT-Xent is this
@@ -159,10 +181,8 @@ def supcon_tiled(
         temperature: :math:`\tau > 0`.
         variant: ``"out"`` (mean of log-probabilities over positives) or ``"in"``
             (log of the mean probability); see the module docstring.
-        block_size: Anchor rows per block ``b``; ``None`` sizes a ``b x N`` tile to
-            16 MiB (float32).
-        column_block_size: Columns per tile of the online log-sum-exp; ``None`` (default)
-            uses one tile of all ``N`` columns, which is fastest while ``b x N`` fits.
+        block_size: Edge ``b`` of the square ``b x b`` similarity tiles; ``None`` picks
+            ``min(N, 1024)`` (a 4 MiB float32 tile).
 
     Returns:
         ``(loss, valid)``: ``loss`` of shape ``(N,)`` in ``z``'s dtype, exactly 0 where
@@ -174,19 +194,12 @@ def supcon_tiled(
         >>> valid.tolist()
         [True, True, True, True, False, False]
     """
-    block_size = check_prepared(z, labels, block_size)
+    edge = check_prepared(z, labels, block_size)
     check_positive("temperature", temperature)
     check_choice("variant", variant, _VARIANTS)
-    if column_block_size is None:
-        column_block_size = max(z.shape[0], 1)
-    elif (
-        isinstance(column_block_size, bool) or not isinstance(column_block_size, int)
-        or column_block_size < 1
-    ):
-        raise ValueError(
-            f"column_block_size must be a positive int or None; got {column_block_size!r}"
-        )
+    if block_size is None:
+        edge = max(1, min(z.shape[0], _DEFAULT_TILE_EDGE))
     loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]
-        z, labels, float(temperature), variant, block_size, column_block_size
+        z, labels, float(temperature), variant, edge
     )
     return loss, valid
