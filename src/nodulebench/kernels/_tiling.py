@@ -22,12 +22,15 @@ __all__ = [
     "TILE_ELEMENTS",
     "DISTANCES",
     "EUCLIDEAN_EPS",
+    "check_distance",
     "check_prepared",
     "distance_tile",
     "eager_under_compile",
+    "pair_distance",
     "row_blocks",
     "scatter_distance_grad",
     "scatter_pair_grad",
+    "self_mask",
 ]
 
 TILE_ELEMENTS = 2**22
