@@ -31,6 +31,7 @@ import torch
 
 from nodulebench._validation import check_positive
 from nodulebench.kernels._tiling import (
+    TILE_ELEMENTS,
     check_distance,
     check_prepared,
     distance_tile,
@@ -290,7 +291,7 @@ def triplet_all_tiled(
         labels: Class of each row, shape ``(N,)``, int64.
         margin: :math:`m \ge 0`.
         distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
-        block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 16 MiB.
+        block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 4 MiB.
 
     Returns:
         ``(total, count, valid)``, each of shape ``(N,)``: :math:`S_i`, the sum of
@@ -304,10 +305,14 @@ def triplet_all_tiled(
         >>> count.tolist()
         [0, 1, 2, 0]
     """
-    block_size = check_prepared(z, labels, block_size)
+    rows = check_prepared(z, labels, block_size)
     check_positive("margin", margin, allow_zero=True)
     check_distance(distance)
+    if block_size is None:
+        # A block holds about 15 numbers per pair (sorts, prefix sums, int64 counts), so
+        # it gets a quarter of the usual tile.
+        rows = max(16, min(z.shape[0], TILE_ELEMENTS // 4 // max(z.shape[0], 1)))
     total, count, valid = _TripletAllTiledFunction.apply(  # type: ignore[no-untyped-call]
-        _cosine_ready(z, distance), labels, float(margin), distance, block_size
+        _cosine_ready(z, distance), labels, float(margin), distance, rows
     )
     return total, count, valid
