@@ -31,6 +31,7 @@ __all__ = [
     "scatter_distance_grad",
     "scatter_pair_grad",
     "self_mask",
+    "tile_pairs",
 ]
 
 TILE_ELEMENTS = 2**22
@@ -140,26 +141,35 @@ def _d_distance_d_sq(dist: torch.Tensor, distance: str) -> torch.Tensor:
 
 
 def scatter_distance_grad(
-    weights: torch.Tensor, dist: torch.Tensor, z: torch.Tensor, start: int, stop: int,
+    weights: torch.Tensor, dist: torch.Tensor, z: torch.Tensor, rows: slice, cols: slice,
     distance: str, grad_z: torch.Tensor,
 ) -> None:
-    """Add the gradient of ``sum_ij weights_ij * d_ij`` for one row block to ``grad_z``.
+    """Add the gradient of ``sum_ij weights_ij * d_ij`` over one tile to ``grad_z``.
 
-    ``weights`` and ``dist`` are ``(b, N)`` tiles of rows ``start:stop``. With
+    ``weights`` and ``dist`` are tiles of rows ``rows`` x columns ``cols``. With
     ``d2_ij = |z_i|^2 + |z_j|^2 - 2 z_i . z_j`` and ``H = weights * dd/dd2`` the row
-    contribution is ``2 (rowsum(H) z_i - H z)`` and the column contribution
+    contribution is ``2 (rowsum(H) z_i - H z_cols)`` and the column contribution
     ``2 (colsum(H) z_j - H^T z_rows)``; cosine distance has ``dd/d(z_i . z_j) = -1``.
     """
-    z_rows = z[start:stop]
+    z_rows, z_cols = z[rows], z[cols]
     if distance == "cosine":
-        grad_z[start:stop].addmm_(weights, z, alpha=-1.0)
-        grad_z.addmm_(weights.T, z_rows, alpha=-1.0)
+        grad_z[rows].addmm_(weights, z_cols, alpha=-1.0)
+        grad_z[cols].addmm_(weights.T, z_rows, alpha=-1.0)
         return
     h = weights * _d_distance_d_sq(dist, distance)
-    grad_z[start:stop].add_(2.0 * h.sum(dim=1, keepdim=True) * z_rows)
-    grad_z[start:stop].addmm_(h, z, alpha=-2.0)
-    grad_z.add_(2.0 * h.sum(dim=0)[:, None] * z)
-    grad_z.addmm_(h.T, z_rows, alpha=-2.0)
+    grad_z[rows].add_(2.0 * h.sum(dim=1, keepdim=True) * z_rows)
+    grad_z[rows].addmm_(h, z_cols, alpha=-2.0)
+    grad_z[cols].add_(2.0 * h.sum(dim=0)[:, None] * z_cols)
+    grad_z[cols].addmm_(h.T, z_rows, alpha=-2.0)
+
+
+def tile_pairs(n: int, block_size: int) -> list[tuple[int, int, int, int]]:
+    """Blocks ``(r0, r1, c0, c1)`` of the upper block triangle of a symmetric matrix.
+
+    Each off-diagonal tile serves its rows along dim 1 and its columns along dim 0.
+    """
+    blocks = list(row_blocks(n, block_size))
+    return [(r0, r1, c0, c1) for i, (r0, r1) in enumerate(blocks) for c0, c1 in blocks[i:]]
 
 
 def pair_distance(z: torch.Tensor, i: torch.Tensor, j: torch.Tensor, distance: str) -> torch.Tensor:

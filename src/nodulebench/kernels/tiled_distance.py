@@ -40,6 +40,7 @@ from nodulebench.kernels._tiling import (
     scatter_distance_grad,
     scatter_pair_grad,
     self_mask,
+    tile_pairs,
 )
 
 __all__ = ["contrastive_tiled", "triplet_all_tiled", "triplet_hard_tiled"]
@@ -62,6 +63,17 @@ def _masks(
 # ---------------------------------------------------------------- contrastive (Hadsell)
 
 
+def _contrastive_tile(
+    z: torch.Tensor, labels: torch.Tensor, sq: torch.Tensor, r0: int, r1: int, c0: int,
+    c1: int, margin: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distances, masks (same label / other label, self excluded) of a tile."""
+    d = distance_tile(z[r0:r1], z[c0:c1], sq[r0:r1], sq[c0:c1], "euclidean")
+    same = labels[r0:r1, None] == labels[None, c0:c1]
+    pos = same & ~self_mask(r0, r1, c1, labels.device)[:, c0:c1] if c0 == r0 else same
+    return d, pos, ~same, (margin - d).clamp(min=0.0)
+
+
 class _ContrastiveTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -69,13 +81,16 @@ class _ContrastiveTiledFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = z.shape[0]
         sq = (z * z).sum(dim=1)
-        loss = torch.zeros(n, dtype=z.dtype, device=z.device)
-        for r0, r1 in row_blocks(n, block_size):
-            d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, "euclidean")
-            pos, neg = _masks(labels, r0, r1)
+        total = torch.zeros(n, dtype=z.dtype, device=z.device)
+        # c_ij = c_ji: one tile of the upper block triangle serves rows and columns.
+        for r0, r1, c0, c1 in tile_pairs(n, block_size):
+            d, pos, neg, hinge = _contrastive_tile(z, labels, sq, r0, r1, c0, c1, margin)
             cost = torch.where(pos, d * d, torch.zeros_like(d))
-            cost += torch.where(neg, (margin - d).clamp_(min=0.0).square_(), 0.0)
-            loss[r0:r1] = cost.sum(dim=1) * (0.5 / max(n - 1, 1))
+            cost += torch.where(neg, hinge.square_(), 0.0)
+            total[r0:r1] += cost.sum(dim=1)
+            if c0 != r0:
+                total[c0:c1] += cost.sum(dim=0)
+        loss = total * (0.5 / max(n - 1, 1))
         valid = torch.full((n,), n >= 2, dtype=torch.bool, device=z.device)
         ctx.save_for_backward(z, labels, sq)
         ctx.options = (margin, block_size)
@@ -93,14 +108,16 @@ class _ContrastiveTiledFunction(torch.autograd.Function):
         if n < 2:
             return grad_z, None, None, None
         g = grad_loss / (n - 1)
-        for r0, r1 in row_blocks(n, block_size):
-            d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, "euclidean")
-            pos, neg = _masks(labels, r0, r1)
-            # dc/dd: d for positives, -max(0, m - d) for negatives, 0 on the diagonal.
+        for r0, r1, c0, c1 in tile_pairs(n, block_size):
+            d, pos, neg, hinge = _contrastive_tile(z, labels, sq, r0, r1, c0, c1, margin)
+            # dc/dd: d for positives, -max(0, m - d) for negatives, 0 on the diagonal;
+            # an off-diagonal tile carries the pair for both of its anchors.
             weight = torch.where(pos, d, torch.zeros_like(d))
-            weight -= torch.where(neg, (margin - d).clamp(min=0.0), 0.0)
-            weight.mul_(g[r0:r1, None])
-            scatter_distance_grad(weight, d, z, r0, r1, "euclidean", grad_z)
+            weight -= torch.where(neg, hinge, 0.0)
+            anchors = g[r0:r1, None] + g[None, c0:c1] if c0 != r0 else g[r0:r1, None]
+            weight.mul_(anchors)
+            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(c0, c1), "euclidean",
+                                  grad_z)
         return grad_z, None, None, None
 
 
@@ -271,7 +288,7 @@ class _TripletAllTiledFunction(torch.autograd.Function):
             active = num_pos - torch.searchsorted(thr_sorted, d, side="right")
             weight = k.to(d.dtype) - torch.where(neg, active, 0).to(d.dtype)
             weight.mul_(grad_total[r0:r1, None])
-            scatter_distance_grad(weight, d, z, r0, r1, distance, grad_z)
+            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(None), distance, grad_z)
         return grad_z, None, None, None, None
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_choice, check_positive
-from nodulebench.kernels._tiling import check_prepared, eager_under_compile, row_blocks
+from nodulebench.kernels._tiling import check_prepared, eager_under_compile, tile_pairs
 
 __all__ = ["supcon_tiled"]
 
@@ -66,12 +66,6 @@ def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
-def _tile_pairs(n: int, block_size: int) -> list[tuple[int, int, int, int]]:
-    """Blocks ``(r0, r1, c0, c1)`` of the upper block triangle: each tile serves twice."""
-    blocks = list(row_blocks(n, block_size))
-    return [(r0, r1, c0, c1) for i, (r0, r1) in enumerate(blocks) for c0, c1 in blocks[i:]]
-
-
 def _fold_lse(running: torch.Tensor, tile: torch.Tensor, dim: int) -> None:
     """Online log-sum-exp: fold the tile's LSE along ``dim`` into ``running`` in place."""
     running.copy_(torch.logaddexp(running, torch.logsumexp(tile, dim=dim)))
@@ -92,7 +86,7 @@ class _SupConTiledFunction(torch.autograd.Function):
         lse_pos = torch.full_like(lse, float("-inf"))
         # s is symmetric: the tile of row block I x column block J is the transpose of
         # J x I, so one product serves the row LSEs of I (along dim 1) and of J (dim 0).
-        for r0, r1, c0, c1 in _tile_pairs(n, block_size):
+        for r0, r1, c0, c1 in tile_pairs(n, block_size):
             s = _mask_self((z[r0:r1] * inv_tau) @ z[c0:c1].T, r0, c0)
             mirrored = c0 != r0
             _fold_lse(lse[r0:r1], s, 1)
@@ -140,7 +134,7 @@ class _SupConTiledFunction(torch.autograd.Function):
                 tile.sub_(torch.exp(s - lse_pos[anchors].view(shape)).masked_fill_(~same, 0.0))
             return tile.mul_(g[anchors].view(shape))
 
-        for r0, r1, c0, c1 in _tile_pairs(n, block_size):
+        for r0, r1, c0, c1 in tile_pairs(n, block_size):
             rows, cols = slice(r0, r1), slice(c0, c1)
             s = _mask_self((z[rows] * inv_tau) @ z[cols].T, r0, c0)
             same = class_id[rows, None] == class_id[None, cols] if variant == "in" else None
