@@ -19,6 +19,7 @@ import torch
 from nodulebench._validation import check_choice, check_floating, check_ndim
 
 __all__ = [
+    "TILE_EDGE",
     "TILE_ELEMENTS",
     "DISTANCES",
     "EUCLIDEAN_EPS",
@@ -33,6 +34,9 @@ __all__ = [
     "self_mask",
     "tile_pairs",
 ]
+
+TILE_EDGE = 1024
+"""Default edge of the square tiles of symmetric kernels: 4 MiB in float32."""
 
 TILE_ELEMENTS = 2**22
 """Default size of a ``b x N`` tile: 16 MiB in float32 (b = 512 rows at N = 8192)."""

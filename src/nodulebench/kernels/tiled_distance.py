@@ -31,6 +31,7 @@ import torch
 
 from nodulebench._validation import check_positive
 from nodulebench.kernels._tiling import (
+    TILE_EDGE,
     TILE_ELEMENTS,
     check_distance,
     check_prepared,
@@ -126,13 +127,15 @@ def contrastive_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 1.0,
     block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Per-anchor Hadsell contrastive loss (Euclidean) without an ``N x N`` matrix.
+    r"""Per-anchor Hadsell contrastive loss (Euclidean) in :math:`O(N D + b^2)` memory.
 
     Args:
         z: Prepared embeddings, shape ``(N, D)``, float32 or float64.
         labels: Class of each row, shape ``(N,)``, int64.
         margin: :math:`m > 0`, the distance beyond which negatives cost nothing.
-        block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 16 MiB.
+        block_size: Edge ``b`` of the square distance tiles (the cost is symmetric, so
+            each tile serves both its rows and its columns); ``None`` picks
+            ``min(N, 1024)``.
 
     Returns:
         ``(loss, valid)``, both of shape ``(N,)``: the mean pair cost of each anchor over
@@ -143,10 +146,12 @@ def contrastive_tiled(
         >>> contrastive_tiled(z, torch.tensor([0, 0, 1]), margin=1.0)[0]
         tensor([0.0625, 0.0625, 0.0000], dtype=torch.float64)
     """
-    block_size = check_prepared(z, labels, block_size)
+    edge = check_prepared(z, labels, block_size)
     check_positive("margin", margin)
+    if block_size is None:
+        edge = max(1, min(z.shape[0], TILE_EDGE))
     loss, valid = _ContrastiveTiledFunction.apply(  # type: ignore[no-untyped-call]
-        z, labels, float(margin), block_size
+        z, labels, float(margin), edge
     )
     return loss, valid
 

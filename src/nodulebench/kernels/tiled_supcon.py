@@ -37,14 +37,16 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_choice, check_positive
-from nodulebench.kernels._tiling import check_prepared, eager_under_compile, tile_pairs
+from nodulebench.kernels._tiling import (
+    TILE_EDGE,
+    check_prepared,
+    eager_under_compile,
+    tile_pairs,
+)
 
 __all__ = ["supcon_tiled"]
 
 _VARIANTS = ("out", "in")
-
-_DEFAULT_TILE_EDGE = 1024
-"""Default tile edge: a 1024 x 1024 float32 tile is 4 MiB; a few live at once."""
 
 
 def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +194,7 @@ def supcon_tiled(
     check_positive("temperature", temperature)
     check_choice("variant", variant, _VARIANTS)
     if block_size is None:
-        edge = max(1, min(z.shape[0], _DEFAULT_TILE_EDGE))
+        edge = max(1, min(z.shape[0], TILE_EDGE))
     loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]
         z, labels, float(temperature), variant, edge
     )
