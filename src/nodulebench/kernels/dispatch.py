@@ -50,12 +50,13 @@ TILED_CROSSOVER: Mapping[str, int] = MappingProxyType({
     # dense reference. Measured 2026-11-26 on the shared 2-core CPU (AMD EPYC, busy with
     # other jobs, so 1 thread), float32, D = 128, forward + backward median of 5:
     #   python benchmarks/bench_losses.py --crossover --repeats 5 --threads 1
-    # (tiled vs dense ms at the crossover: supcon 1.3 vs 1.4 at 256, contrastive 21.5 vs
-    # 21.9 at 1024, triplet_hard 1.4 vs 1.6 at 256, triplet_all 2.5 vs 7.2 at 128).
-    # Multi-similarity was still 1.4x slower tiled at 2048 (167 vs 122 ms); from 4096 on
-    # the dense version needs > 0.5 GB, so the tiled engine takes over there.
-    "supcon": 256,
-    "contrastive": 1024,
+    # tiled vs dense ms: supcon about even up to 1024 (1.1 vs 1.3 at 256, 18.0 vs 16.9
+    # at 1024: one tile covers the batch there), 49 vs 89 at 2048; contrastive 5.9 vs 9.6
+    # at 512; triplet_hard 1.4 vs 1.6 at 256; triplet_all 2.5 vs 7.2 at 128.
+    # Multi-similarity was still 1.4x slower tiled at 2048 (167 vs 122 ms) and faster at
+    # 4096 (669 vs 992 ms), where the dense version needs 0.5 GB.
+    "supcon": 1024,
+    "contrastive": 512,
     "triplet_hard": 256,
     "triplet_all": 128,
     "multi_similarity": 4096,
