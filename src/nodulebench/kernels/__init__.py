@@ -1,0 +1,1 @@
+"""Pairwise-loss kernels: tiled PyTorch and Triton backends."""
