@@ -8,6 +8,7 @@ The ``gpu``-marked tests run the kernels at realistic sizes on CUDA.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import re
@@ -195,3 +196,24 @@ def test_cuda_b32768_is_deterministic_and_small_in_memory() -> None:
         results.append((loss.detach(), zz.grad))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
+
+
+@needs_triton
+def test_gpu_check_script_dry_run_writes_its_json(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # the script must set it itself for --dry-run
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"),
+                                                      env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(REPO / "benchmarks" / "gpu_check.py"),
+         "--dry-run", "--no-sweep", "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "triton_supcon_gpu_check.json").read_text())
+    assert report["dry_run"] is True and report["sweep"] == []
+    assert len(report["correctness"]) == 6 and all(row["ok"] for row in report["correctness"])
+    assert {(row["variant"], row["dtype"]) for row in report["timing"]} >= {
+        ("out", "bfloat16"), ("out", "float32")}
+    assert all(row["bitwise_deterministic"] for row in report["timing"])
+    assert report["huge"]["finite"] is True

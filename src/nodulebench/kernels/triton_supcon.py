@@ -240,7 +240,7 @@ def _supcon_bwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
 
 def _block_dim(dim: int) -> int:
     # tl.arange needs a power of two; tl.dot needs at least 16.
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, int(triton.next_power_of_2(dim)))
 
 
 def _dot_precision(dtype: torch.dtype, precision: str) -> str:
@@ -251,7 +251,7 @@ class _SupConTriton(torch.autograd.Function):
     """Autograd wrapper: forward and backward kernels, O(N) saved statistics."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor, temperature: float,
         variant: str, precision: str, config: KernelConfig,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,7 +287,7 @@ class _SupConTriton(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_loss: torch.Tensor, grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, lse2, pos_stat2, count, valid = ctx.saved_tensors
@@ -385,7 +385,8 @@ def supcon_triton(
                          "without it (use the 'tiled' backend on the CPU)")
     if z.device.type not in caps.devices:
         raise ValueError(f"z must be on one of {caps.devices}; got {z.device}")
-    return _SupConTriton.apply(  # type: ignore[no-any-return]
+    outputs: tuple[torch.Tensor, torch.Tensor] = _SupConTriton.apply(  # type: ignore[no-untyped-call]
         z.contiguous(), labels.to(torch.int64).contiguous(), float(temperature), variant,
         precision, config if config is not None else default_config(z.dtype, dim),
     )
+    return outputs
