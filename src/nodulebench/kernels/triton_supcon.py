@@ -116,11 +116,15 @@ def _supcon_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
     n_rows, dim, stride_row, scale_log2,
     VARIANT_IN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_in = rows < n_rows
     dims = tl.arange(0, BLOCK_D)
-    dim_in = dims < dim
+    if EVEN_D:  # an all-true constant mask lets loads vectorize over whole rows
+        dim_in = tl.full([BLOCK_D], 1, tl.int1)
+    else:
+        dim_in = dims < dim
     q = tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride_row + dims[None, :],
                 mask=row_in[:, None] & dim_in[None, :], other=0.0)
     if UPCAST:  # the CPU interpreter mishandles low-precision dots
@@ -133,11 +137,13 @@ def _supcon_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
     pos_count = tl.zeros([BLOCK_M], tl.int32)
     pos_max = tl.full([BLOCK_M], -1.0e30, tl.float32)
     pos_acc = tl.zeros([BLOCK_M], tl.float32)  # "in": sum of exp2; "out": sum of s
+    # 64-bit offsets once, then a 32-bit step per tile: no overflow for N * D >= 2**31.
+    k_ptrs = z_ptr + tl.arange(0, BLOCK_N).to(tl.int64)[:, None] * stride_row + dims[None, :]
     for start in range(0, n_rows, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_in = cols < n_rows
-        k = tl.load(z_ptr + cols.to(tl.int64)[:, None] * stride_row + dims[None, :],
-                    mask=col_in[:, None] & dim_in[None, :], other=0.0)
+        k = tl.load(k_ptrs, mask=col_in[:, None] & dim_in[None, :], other=0.0)
+        k_ptrs += BLOCK_N * stride_row
         if UPCAST:
             k = k.to(tl.float32)
         col_labels = tl.load(labels_ptr + cols, mask=col_in, other=0)
@@ -176,11 +182,15 @@ def _supcon_bwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
     VARIANT_IN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     GRAD_DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_in = rows < n_rows
     dims = tl.arange(0, BLOCK_D)
-    dim_in = dims < dim
+    if EVEN_D:  # an all-true constant mask lets loads vectorize over whole rows
+        dim_in = tl.full([BLOCK_D], 1, tl.int1)
+    else:
+        dim_in = dims < dim
     q = tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride_row + dims[None, :],
                 mask=row_in[:, None] & dim_in[None, :], other=0.0)
     if UPCAST:
@@ -195,11 +205,13 @@ def _supcon_bwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
         row_pos_lse = tl.load(pos_lse_ptr + rows, mask=row_in, other=float("inf"))
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # 64-bit offsets once, then a 32-bit step per tile: no overflow for N * D >= 2**31.
+    k_ptrs = z_ptr + tl.arange(0, BLOCK_N).to(tl.int64)[:, None] * stride_row + dims[None, :]
     for start in range(0, n_rows, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_in = cols < n_rows
-        k = tl.load(z_ptr + cols.to(tl.int64)[:, None] * stride_row + dims[None, :],
-                    mask=col_in[:, None] & dim_in[None, :], other=0.0)
+        k = tl.load(k_ptrs, mask=col_in[:, None] & dim_in[None, :], other=0.0)
+        k_ptrs += BLOCK_N * stride_row
         k_dot = k
         if UPCAST:
             k_dot = k.to(tl.float32)
@@ -267,8 +279,9 @@ class _SupConTriton(torch.autograd.Function):
             VARIANT_IN=variant_in, UPCAST=interpreter_enabled(),
             DOT_PRECISION=_dot_precision(z.dtype, precision),
             BLOCK_M=config.fwd_block_rows, BLOCK_N=config.fwd_block_cols,
-            BLOCK_D=_block_dim(dim), num_warps=config.fwd_num_warps,
-            num_stages=config.num_stages,
+            BLOCK_D=_block_dim(dim), EVEN_D=_block_dim(dim) == dim,
+            num_warps=config.fwd_num_warps,
+            num_stages=config.num_stages, enable_fp_fusion=True,
         )
         valid = pos_count > 0
         count = pos_count.to(torch.float32).clamp_min(1.0)
@@ -312,8 +325,9 @@ class _SupConTriton(torch.autograd.Function):
             DOT_PRECISION=_dot_precision(z.dtype, ctx.precision),
             GRAD_DOT_FP32=z.dtype != torch.bfloat16,
             BLOCK_M=config.bwd_block_rows, BLOCK_N=config.bwd_block_cols,
-            BLOCK_D=_block_dim(dim), num_warps=config.bwd_num_warps,
-            num_stages=config.num_stages,
+            BLOCK_D=_block_dim(dim), EVEN_D=_block_dim(dim) == dim,
+            num_warps=config.bwd_num_warps,
+            num_stages=config.num_stages, enable_fp_fusion=True,
         )
         return dz, None, None, None, None, None
 
