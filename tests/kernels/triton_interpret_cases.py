@@ -26,7 +26,8 @@ from nodulebench.kernels.triton_supcon import KernelConfig, supcon_triton  # noq
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 # Small tiles so that N <= 70 spans several row and column blocks with ragged edges.
 SMALL_TILES = KernelConfig(fwd_block_rows=16, fwd_block_cols=32, bwd_block_rows=32,
-                           bwd_block_cols=16, fwd_num_warps=1, bwd_num_warps=1, num_stages=1)
+                           bwd_block_cols=16, fwd_num_warps=1, bwd_num_warps=1, fwd_num_stages=1,
+                           bwd_num_stages=1)
 
 
 def reference_supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float,
