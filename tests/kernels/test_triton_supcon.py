@@ -217,3 +217,15 @@ def test_gpu_check_script_dry_run_writes_its_json(tmp_path: Path) -> None:
         ("out", "bfloat16"), ("out", "float32")}
     assert all(row["bitwise_deterministic"] for row in report["timing"])
     assert report["huge"]["finite"] is True
+
+
+@needs_triton
+def test_compact_labels_preserves_equality_and_avoids_int32_aliasing() -> None:
+    from nodulebench.kernels.triton_supcon import compact_labels
+
+    big = 2**40
+    labels = torch.tensor([big, big + 2**32, -5, big, 7, -5, big + 2**32, 0])
+    ids = compact_labels(labels)
+    assert ids.dtype == torch.int32 and ids.shape == labels.shape
+    assert torch.equal(ids[:, None] == ids[None, :], labels[:, None] == labels[None, :])
+    assert int(ids.min()) == 0 and int(ids.max()) == labels.unique().numel() - 1

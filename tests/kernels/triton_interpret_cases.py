@@ -190,3 +190,10 @@ def test_property_matches_reference(n_rows: int, dim: int, n_classes: int, varia
                            generator=torch.Generator().manual_seed(seed + 1))
     check_against_reference(z, labels, temperature=temperature, variant=variant,
                             config=SMALL_TILES)
+
+
+def test_labels_that_alias_in_int32_stay_distinct() -> None:
+    z = unit_rows(30, 16, seed=17, dtype=torch.float32)
+    big = 2**40
+    labels = torch.tensor([big, big + 2**32, -3] * 10)  # equal modulo 2**32 for the first two
+    check_against_reference(z, labels, temperature=0.1, variant="out", config=SMALL_TILES)
