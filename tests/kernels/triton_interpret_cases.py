@@ -197,3 +197,21 @@ def test_labels_that_alias_in_int32_stay_distinct() -> None:
     big = 2**40
     labels = torch.tensor([big, big + 2**32, -3] * 10)  # equal modulo 2**32 for the first two
     check_against_reference(z, labels, temperature=0.1, variant="out", config=SMALL_TILES)
+
+
+# Dynamo itself reads .grad of non-leaf tensors while tracing the step; not our warning.
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+def test_works_inside_a_compiled_step_with_a_graph_break() -> None:
+    def step(raw: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        z = torch.nn.functional.normalize(raw, dim=1)
+        loss, valid = supcon_triton(z, labels, temperature=0.1)
+        return loss.sum() / valid.sum().clamp_min(1)
+
+    raw = torch.randn(40, 16, generator=torch.Generator().manual_seed(18), requires_grad=True)
+    labels = torch.arange(40) % 7
+    (grad_eager,) = torch.autograd.grad(step(raw, labels), raw)
+    compiled = torch.compile(step, backend="eager", fullgraph=False)
+    loss = compiled(raw, labels)
+    (grad_compiled,) = torch.autograd.grad(loss, raw)
+    torch.testing.assert_close(loss, step(raw, labels).detach(), rtol=0, atol=0)
+    torch.testing.assert_close(grad_compiled, grad_eager, rtol=0, atol=0)

@@ -367,6 +367,9 @@ class _SupConTriton(torch.autograd.Function):
         return dz, None, None, None, None, None
 
 
+# Dynamo would trace into the kernel launches (and, under the CPU interpreter, into
+# Triton's NumPy emulation) and fail; a graph break here is the supported behaviour.
+@torch.compiler.disable
 def supcon_triton(
     z: torch.Tensor,
     labels: torch.Tensor,
@@ -403,8 +406,8 @@ def supcon_triton(
             ``temperature`` the kernels do not serve.
 
     Example:
-        >>> z = torch.nn.functional.normalize(torch.randn(8, 32, device="cuda"), dim=1)
-        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3], device="cuda")
+        >>> z = torch.nn.functional.normalize(torch.randn(8, 32, device="cuda"), dim=1)  # doctest: +SKIP
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3], device="cuda")  # doctest: +SKIP
         >>> loss, valid = supcon_triton(z, labels, temperature=0.1)  # doctest: +SKIP
         >>> loss[valid].mean()  # doctest: +SKIP
     """
