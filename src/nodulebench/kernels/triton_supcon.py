@@ -406,7 +406,8 @@ def supcon_triton(
             ``temperature`` the kernels do not serve.
 
     Example:
-        >>> z = torch.nn.functional.normalize(torch.randn(8, 32, device="cuda"), dim=1)  # doctest: +SKIP
+        >>> raw = torch.randn(8, 32, device="cuda")  # doctest: +SKIP
+        >>> z = torch.nn.functional.normalize(raw, dim=1)  # doctest: +SKIP
         >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3], device="cuda")  # doctest: +SKIP
         >>> loss, valid = supcon_triton(z, labels, temperature=0.1)  # doctest: +SKIP
         >>> loss[valid].mean()  # doctest: +SKIP
