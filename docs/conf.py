@@ -52,4 +52,5 @@ html_theme = "furo"
 html_title = f"nodulebench {release}"
 html_static_path = ["_static"]
 templates_path = ["_templates"]
-exclude_patterns = ["_build"]
+# "_*.rst" files are fragments that other pages pull in with ".. include::".
+exclude_patterns = ["_build", "_*.rst"]

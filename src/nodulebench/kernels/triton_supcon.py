@@ -2,16 +2,7 @@ r"""Fused Triton kernels for SupCon and NT-Xent, forward and backward in O(N * D
 
 The kernels work on *prepared* inputs: ``z`` (N, D), views already flattened and rows
 already L2-normalized, and ``labels`` (N,) already expanded per view (NT-Xent passes the
-sample index as the label). With :math:`s_{ij} = z_i \cdot z_j / \tau`,
-:math:`A(i) = \{j \ne i\}` and :math:`P(i) = \{p \in A(i) : y_p = y_i\}`:
-
-.. math::
-
-    \ell^{out}_i = \operatorname{LSE}_{a \in A(i)} s_{ia}
-                   - \frac{1}{|P(i)|} \sum_{p \in P(i)} s_{ip},
-    \qquad
-    \ell^{in}_i = \operatorname{LSE}_{a \in A(i)} s_{ia}
-                  - \operatorname{LSE}_{p \in P(i)} s_{ip} + \log |P(i)|.
+sample index as the label); :func:`supcon_triton` states the loss.
 
 **Forward.** One program per block of rows streams over column tiles: it computes the
 tile :math:`S = Z_{rows} Z_{cols}^\top / \tau` with a tensor-core dot, masks the
@@ -381,8 +372,19 @@ def supcon_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor SupCon loss with fused Triton kernels (differentiable in ``z``).
 
-    Computes :math:`\ell_i` of the module docstring without ever holding an
-    :math:`N \times N` matrix: memory is O(N * D) in the forward and the backward.
+    With :math:`s_{ij} = z_i \cdot z_j / \tau`, :math:`A(i) = \{j \ne i\}` and
+    :math:`P(i) = \{p \in A(i) : y_p = y_i\}`:
+
+    .. math::
+
+        \ell^{out}_i = \operatorname{LSE}_{a \in A(i)} s_{ia}
+                       - \frac{1}{|P(i)|} \sum_{p \in P(i)} s_{ip},
+        \qquad
+        \ell^{in}_i = \operatorname{LSE}_{a \in A(i)} s_{ia}
+                      - \operatorname{LSE}_{p \in P(i)} s_{ip} + \log |P(i)|,
+
+    and :math:`\ell_i = 0` where :math:`P(i)` is empty. No :math:`N \times N` matrix is
+    ever held: memory is O(N * D) in the forward and the backward.
 
     Args:
         z: (N, D) prepared embeddings: views flattened sample-major and rows already
