@@ -28,6 +28,8 @@ extensions = [
 autosummary_generate = True
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_typehints = "description"
+# Triton is an optional extra: the docs build must not need it (nor a GPU).
+autodoc_mock_imports = ["triton"]
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
