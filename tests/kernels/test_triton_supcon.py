@@ -229,3 +229,20 @@ def test_compact_labels_preserves_equality_and_avoids_int32_aliasing() -> None:
     assert ids.dtype == torch.int32 and ids.shape == labels.shape
     assert torch.equal(ids[:, None] == ids[None, :], labels[:, None] == labels[None, :])
     assert int(ids.min()) == 0 and int(ids.max()) == labels.unique().numel() - 1
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@needs_triton
+def test_cuda_one_million_rows_complete() -> None:
+    from nodulebench.kernels.triton_supcon import supcon_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    n_rows = 1_048_576
+    z = torch.nn.functional.normalize(
+        torch.randn(n_rows, 128, device="cuda", generator=gen), dim=1
+    ).to(torch.bfloat16).requires_grad_(True)
+    labels = torch.randint(0, n_rows // 32, (n_rows,), device="cuda", generator=gen)
+    loss, valid = supcon_triton(z, labels, temperature=0.1)
+    (loss.sum() / valid.sum()).backward()
+    assert torch.isfinite(loss).all() and z.grad is not None and torch.isfinite(z.grad).all()
