@@ -40,7 +40,7 @@ def compile_kernel(kind: str, dtype: torch.dtype, dim: int, variant_in: bool,
     if kind == "fwd":
         fn = triton_supcon._supcon_fwd_kernel
         signature = {"z_ptr": z, "labels_ptr": "*i32", "lse_ptr": "*fp32",
-                     "pos_stat_ptr": "*fp32", "pos_count_ptr": "*i32", "n_rows": "i32",
+                     "pos_stat_ptr": "*fp32", "n_rows": "i32",
                      "dim": "i32", "stride_row": "i32", "scale_log2": "fp32"}
         constants = {**shared, "BLOCK_M": config.fwd_block_rows,
                      "BLOCK_N": config.fwd_block_cols}

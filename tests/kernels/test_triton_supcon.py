@@ -220,15 +220,17 @@ def test_gpu_check_script_dry_run_writes_its_json(tmp_path: Path) -> None:
 
 
 @needs_triton
-def test_compact_labels_preserves_equality_and_avoids_int32_aliasing() -> None:
+def test_compact_labels_preserves_equality_and_counts_positives() -> None:
     from nodulebench.kernels.triton_supcon import compact_labels
 
-    big = 2**40
-    labels = torch.tensor([big, big + 2**32, -5, big, 7, -5, big + 2**32, 0])
-    ids = compact_labels(labels)
-    assert ids.dtype == torch.int32 and ids.shape == labels.shape
-    assert torch.equal(ids[:, None] == ids[None, :], labels[:, None] == labels[None, :])
+    big = 2**40  # big and big + 2**32 collide if merely cast to int32
+    labels = torch.tensor([big, big + 2**32, -5, big, 7, -5, big + 2**32, 0, big])
+    ids, positives = compact_labels(labels)
+    assert ids.dtype == torch.int32 and positives.dtype == torch.int32
+    same = labels[:, None] == labels[None, :]
+    assert torch.equal(ids[:, None] == ids[None, :], same)
     assert int(ids.min()) == 0 and int(ids.max()) == labels.unique().numel() - 1
+    assert torch.equal(positives, (same.sum(1) - 1).to(torch.int32))
 
 
 @pytest.mark.gpu

@@ -8,8 +8,9 @@ sample index as the label); :func:`supcon_triton` states the loss.
 tile :math:`S = Z_{rows} Z_{cols}^\top / \tau` with a tensor-core dot, masks the
 self-pair and the padding to :math:`-\infty` inside the tile, builds the positive mask from
 the two label vectors, and updates an online log-sum-exp (base 2) plus the positive
-statistics (masked sum for ``"out"``, a second online LSE for ``"in"``). It saves only
-O(N) per-row statistics.
+statistics (masked sum for ``"out"``, a second online LSE for ``"in"``); :math:`|P(i)|`
+comes from a sort of the labels outside the kernel. It saves only O(N) per-row
+statistics.
 
 **Backward.** With upstream gradient :math:`g_i` (0 for anchors without positives),
 :math:`G_{ij} = \partial L / \partial s_{ij} = g_i (\operatorname{softmax}_{A(i)}(s_i)_j
@@ -117,28 +118,35 @@ def default_config(dtype: torch.dtype, dim: int) -> KernelConfig:
     return _CONFIGS[(dtype, dim > 128)]
 
 
-def compact_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Relabel to int32 ids ``0..K-1`` that are equal exactly where ``labels`` are equal.
+def compact_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relabel to int32 ids ``0..K-1`` and count each row's positives.
 
     Sort-based, so it needs no device synchronisation and is deterministic; int32 ids
-    halve the registers that the in-tile label comparison needs.
+    halve the registers that the in-tile label comparison needs, and counting here
+    keeps that work out of the kernel's inner loop.
 
     Args:
         labels: (N,) integer labels.
 
     Returns:
-        (N,) int32 ids.
+        ``(ids, positives)``: (N,) int32 ids, equal exactly where ``labels`` are equal,
+        and (N,) int32 :math:`|P(i)|`, the number of other rows with row i's label.
     """
     sorted_labels, order = torch.sort(labels, stable=True)
     starts_group = torch.ones_like(sorted_labels, dtype=torch.int32)
     starts_group[1:] = (sorted_labels[1:] != sorted_labels[:-1]).to(torch.int32)
     group_of_sorted = torch.cumsum(starts_group, 0, dtype=torch.int32) - 1
-    return group_of_sorted[torch.argsort(order)].contiguous()
+    group_size_of_sorted = (torch.searchsorted(sorted_labels, sorted_labels, right=True)
+                            - torch.searchsorted(sorted_labels, sorted_labels))
+    unsort = torch.argsort(order)
+    ids = group_of_sorted[unsort].contiguous()
+    positives = (group_size_of_sorted[unsort] - 1).to(torch.int32)
+    return ids, positives
 
 
 @triton.jit
 def _supcon_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the annotations
-    z_ptr, labels_ptr, lse_ptr, pos_stat_ptr, pos_count_ptr,
+    z_ptr, labels_ptr, lse_ptr, pos_stat_ptr,
     n_rows, dim, stride_row, scale_log2,
     VARIANT_IN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -160,7 +168,6 @@ def _supcon_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
     # A finite start keeps exp2(m_old - m_new) defined when a whole tile is masked.
     row_max = tl.full([BLOCK_M], -1.0e30, tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
-    pos_count = tl.zeros([BLOCK_M], tl.int32)
     pos_max = tl.full([BLOCK_M], -1.0e30, tl.float32)
     pos_acc = tl.zeros([BLOCK_M], tl.float32)  # "in": sum of exp2; "out": sum of s
     # 64-bit offsets once, then a 32-bit step per tile: no overflow for N * D >= 2**31.
@@ -181,7 +188,6 @@ def _supcon_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
             tl.exp2(s - new_max[:, None]), 1)
         row_max = new_max
         is_pos = in_a & (row_labels[:, None] == col_labels[None, :])
-        pos_count += tl.sum(is_pos.to(tl.int32), 1)
         if VARIANT_IN:
             s_pos = tl.where(is_pos, s, float("-inf"))
             new_pos_max = tl.maximum(pos_max, tl.max(s_pos, 1))
@@ -198,7 +204,6 @@ def _supcon_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
                  mask=row_in)
     else:
         tl.store(pos_stat_ptr + rows, pos_acc, mask=row_in)
-    tl.store(pos_count_ptr + rows, pos_count, mask=row_in)
 
 
 @triton.jit
@@ -290,17 +295,16 @@ class _SupConTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, labels: torch.Tensor, temperature: float,
-        variant: str, precision: str, config: KernelConfig,
+        ctx: Any, z: torch.Tensor, label_ids: torch.Tensor, positives: torch.Tensor,
+        temperature: float, variant: str, precision: str, config: KernelConfig,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n_rows, dim = z.shape
         lse2 = torch.empty(n_rows, device=z.device, dtype=torch.float32)
         pos_stat2 = torch.empty_like(lse2)
-        pos_count = torch.empty(n_rows, device=z.device, dtype=torch.int32)
         variant_in = variant == "in"
         grid = (triton.cdiv(n_rows, config.fwd_block_rows),)
         _supcon_fwd_kernel[grid](
-            z, labels, lse2, pos_stat2, pos_count,
+            z, label_ids, lse2, pos_stat2,
             n_rows, dim, z.stride(0), _LOG2E / temperature,
             VARIANT_IN=variant_in, UPCAST=interpreter_enabled(),
             DOT_PRECISION=_dot_precision(z.dtype, precision),
@@ -309,14 +313,14 @@ class _SupConTriton(torch.autograd.Function):
             num_warps=config.fwd_num_warps,
             num_stages=config.fwd_num_stages, enable_fp_fusion=True,
         )
-        valid = pos_count > 0
-        count = pos_count.to(torch.float32).clamp_min(1.0)
+        valid = positives > 0
+        count = positives.to(torch.float32).clamp_min(1.0)
         if variant_in:
             loss = _LN2 * (lse2 - pos_stat2) + torch.log(count)
         else:
             loss = _LN2 * (lse2 - pos_stat2 / count)
         loss = torch.where(valid, loss, torch.zeros_like(loss))
-        ctx.save_for_backward(z, labels, lse2, pos_stat2, count, valid)
+        ctx.save_for_backward(z, label_ids, lse2, pos_stat2, count, valid)
         ctx.temperature = temperature
         ctx.variant_in = variant_in
         ctx.precision = precision
@@ -329,7 +333,7 @@ class _SupConTriton(torch.autograd.Function):
     def backward(
         ctx: Any, grad_loss: torch.Tensor, grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        z, labels, lse2, pos_stat2, count, valid = ctx.saved_tensors
+        z, label_ids, lse2, pos_stat2, count, valid = ctx.saved_tensors
         config: KernelConfig = ctx.config
         inf = torch.full_like(lse2, math.inf)
         coef = torch.where(valid, grad_loss.to(torch.float32), torch.zeros_like(lse2))
@@ -344,7 +348,7 @@ class _SupConTriton(torch.autograd.Function):
         dz = torch.empty_like(z)
         grid = (triton.cdiv(n_rows, config.bwd_block_rows),)
         _supcon_bwd_kernel[grid](
-            z, labels, lse_bwd, pos_lse_bwd, coef.contiguous(), pos_coef.contiguous(), dz,
+            z, label_ids, lse_bwd, pos_lse_bwd, coef.contiguous(), pos_coef.contiguous(), dz,
             n_rows, dim, z.stride(0), dz.stride(0), _LOG2E / ctx.temperature,
             1.0 / ctx.temperature,
             VARIANT_IN=ctx.variant_in, UPCAST=interpreter_enabled(),
@@ -355,7 +359,7 @@ class _SupConTriton(torch.autograd.Function):
             num_warps=config.bwd_num_warps,
             num_stages=config.bwd_num_stages, enable_fp_fusion=True,
         )
-        return dz, None, None, None, None, None
+        return dz, None, None, None, None, None, None
 
 
 # Dynamo would trace into the kernel launches (and, under the CPU interpreter, into
@@ -441,7 +445,7 @@ def supcon_triton(
     if z.device.type not in caps.devices:
         raise ValueError(f"z must be on one of {caps.devices}; got {z.device}")
     outputs: tuple[torch.Tensor, torch.Tensor] = _SupConTriton.apply(  # type: ignore[no-untyped-call]
-        z.contiguous(), compact_labels(labels), float(temperature), variant,
+        z.contiguous(), *compact_labels(labels), float(temperature), variant,
         precision, config if config is not None else default_config(z.dtype, dim),
     )
     return outputs
