@@ -47,6 +47,7 @@ SWEEP = {
         {"fwd_block_rows": 64, "fwd_num_warps": 4, "bwd_num_stages": 3},
     ],
     "float32": [
+        {"fwd_num_stages": 2, "bwd_block_rows": 32, "bwd_block_cols": 64},
         {"fwd_block_cols": 32, "fwd_num_stages": 2, "bwd_block_rows": 32, "bwd_block_cols": 64},
         {"fwd_block_rows": 64, "fwd_block_cols": 32, "fwd_num_warps": 4, "fwd_num_stages": 2,
          "bwd_block_rows": 32, "bwd_block_cols": 32},

@@ -92,8 +92,8 @@ class KernelConfig:
 _CONFIGS = {
     (torch.bfloat16, False): KernelConfig(),
     (torch.float16, False): KernelConfig(bwd_block_rows=32, bwd_block_cols=64),
-    (torch.float32, False): KernelConfig(fwd_block_cols=32, fwd_num_stages=2,
-                                         bwd_block_rows=32, bwd_block_cols=64),
+    (torch.float32, False): KernelConfig(fwd_num_stages=2, bwd_block_rows=32,
+                                         bwd_block_cols=64),
     (torch.bfloat16, True): KernelConfig(fwd_block_rows=64, fwd_block_cols=32, fwd_num_warps=4,
                                          bwd_block_rows=32, bwd_block_cols=32),
     (torch.float16, True): KernelConfig(fwd_block_rows=64, fwd_block_cols=32, fwd_num_warps=4,
