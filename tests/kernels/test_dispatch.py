@@ -23,14 +23,23 @@ def test_every_backend_declares_tolerances_for_its_dtypes() -> None:
         assert info.summary
 
 
-def test_tiled_serves_every_loss_on_cpu() -> None:
+def test_tiled_serves_every_loss_but_semihard_on_cpu() -> None:
     z = torch.randn(8, 4)
-    for loss in KERNEL_LOSSES:
+    assert set(BACKENDS["tiled"].options) == set(KERNEL_LOSSES) - {"triplet_semihard"}
+    for loss in BACKENDS["tiled"].options:
         assert select_backend(loss, "tiled", z) == "tiled"
 
 
+def test_semihard_triplets_are_served_by_the_reference_only() -> None:
+    big = torch.randn(4096, 4)
+    assert select_backend("triplet_semihard", "auto", big) == "reference"
+    with pytest.raises(ValueError, match=r"backend='tiled' cannot compute 'triplet_semihard'"):
+        select_backend("triplet_semihard", "tiled", big)
+
+
 def test_auto_picks_tiled_from_the_crossover_on_cpu() -> None:
-    for loss in KERNEL_LOSSES:
+    assert set(TILED_CROSSOVER) == set(BACKENDS["tiled"].options)
+    for loss in TILED_CROSSOVER:
         big = torch.randn(TILED_CROSSOVER[loss], 4)
         assert select_backend(loss, "auto", big) == "tiled"
 

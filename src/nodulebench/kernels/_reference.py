@@ -20,6 +20,7 @@ __all__ = [
     "supcon_reference",
     "triplet_all_reference",
     "triplet_hard_reference",
+    "triplet_semihard_reference",
 ]
 
 DENSE_MODULE = "nodulebench.losses._dense"
@@ -67,6 +68,16 @@ def triplet_all_reference(
         z, labels, margin=margin, distance=distance, mining="all"
     )
     return _zero_invalid(total, valid), count, valid
+
+
+def triplet_semihard_reference(
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, distance: str = "euclidean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense semi-hard triplet loss per anchor (Schroff et al. 2015): ``(loss, valid)``."""
+    loss, valid, _ = _dense().triplet_per_anchor(
+        z, labels, margin=margin, distance=distance, mining="semihard"
+    )
+    return _zero_invalid(loss, valid), valid
 
 
 def multi_similarity_reference(

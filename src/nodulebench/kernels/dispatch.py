@@ -29,9 +29,11 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_choice
+from nodulebench.kernels._triton_utils import TRITON_SUPCON_CAPABILITIES
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_CHOICES",
     "KERNEL_LOSSES",
     "TILED_CROSSOVER",
     "BackendInfo",
@@ -40,10 +42,12 @@ __all__ = [
     "select_backend",
 ]
 
-KERNEL_LOSSES = ("supcon", "contrastive", "triplet_hard", "triplet_all", "multi_similarity")
+KERNEL_LOSSES = ("supcon", "contrastive", "triplet_hard", "triplet_all", "triplet_semihard",
+                 "multi_similarity")
 """Per-anchor computations a backend may implement (triplet mining is part of the name)."""
 
 BACKEND_CHOICES = ("auto", "reference", "tiled", "triton")
+"""Values of every pairwise loss's ``backend=`` argument."""
 
 TILED_CROSSOVER: Mapping[str, int] = MappingProxyType({
     # Smallest N (rows after flattening views) from which "auto" prefers "tiled" to the
@@ -145,20 +149,24 @@ class BackendInfo:
 
 _FLOAT = frozenset({torch.float32, torch.float64})
 _DISTANCES = ("euclidean", "squared_euclidean", "cosine")
-_ALL_OPTIONS = {
+_TILED_OPTIONS = {
     "supcon": {"variant": ("out", "in")},
     "contrastive": {},
     "triplet_hard": {"distance": _DISTANCES},
     "triplet_all": {"distance": _DISTANCES},
     "multi_similarity": {},
 }
+# Semi-hard mining picks a different negative per positive pair: only the dense
+# definition serves it.
+_REFERENCE_OPTIONS = {**_TILED_OPTIONS, "triplet_semihard": {"distance": _DISTANCES}}
+_TRITON = TRITON_SUPCON_CAPABILITIES
 
 BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
     "reference": BackendInfo(
         name="reference",
         devices=frozenset(),
         dtypes=_FLOAT,
-        options=_frozen(_ALL_OPTIONS),
+        options=_frozen(_REFERENCE_OPTIONS),
         # It is the definition; float32 differs from float64 only by its own rounding.
         tolerances=_frozen({torch.float64: (0.0, 0.0), torch.float32: (1e-4, 1e-5)}),
         requires="nodulebench.losses._dense",
@@ -172,24 +180,23 @@ BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
         name="tiled",
         devices=frozenset(),
         dtypes=_FLOAT,
-        options=_frozen(_ALL_OPTIONS),
+        options=_frozen(_TILED_OPTIONS),
         tolerances=_frozen({torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}),
         summary="row blocks, online log-sum-exp, recompute backward; O(N D + b N) memory",
         _kernel_names=_frozen({
-            loss: ("nodulebench.kernels.tiled", f"{loss}_tiled") for loss in KERNEL_LOSSES
+            loss: ("nodulebench.kernels.tiled", f"{loss}_tiled") for loss in _TILED_OPTIONS
         }),
     ),
+    # Declared once, beside the kernels, in nodulebench.kernels._triton_utils.
     "triton": BackendInfo(
         name="triton",
-        devices=frozenset({"cuda"}),
-        dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
-        options=_frozen({"supcon": {"variant": ("out", "in")}}),
-        # fp32 dots run on TF32 tensor cores: about 1e-3 relative error per dot product.
+        devices=frozenset(d for d in _TRITON.devices if d != "cpu"),
+        dtypes=frozenset(_TRITON.dtypes),
+        options=_frozen({"supcon": {"variant": _TRITON.variants}}),
         tolerances=_frozen({
-            torch.float32: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2),
-            torch.float16: (2e-2, 2e-2),
+            dtype: (tol.loss_rtol, tol.loss_atol) for dtype, tol in _TRITON.tolerances.items()
         }),
-        max_dim=256,
+        max_dim=_TRITON.max_dim,
         requires="triton",
         interpreter_env="TRITON_INTERPRET",
         summary="fused CUDA kernels for SupCon / NT-Xent, fp32 accumulation, deterministic",
