@@ -16,7 +16,7 @@ gathering the columns are the rows themselves, and nothing else changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -102,15 +102,16 @@ class PreparedEmbeddings:
         """Whether the columns come from several ranks."""
         return self.world_size > 1
 
-    def column_options(self) -> dict[str, Any]:
-        """Keyword arguments of a per-anchor function for these columns.
+    @property
+    def row_range(self) -> tuple[int, int] | None:
+        """The anchors' rows ``(start, stop)`` in ``columns``; None when they are all rows.
 
-        Empty without gathering, so the single-process call stays exactly what it was.
+        Passed to the per-anchor backends, which then compute only those anchors against
+        every column; None keeps the single-process call exactly what it was.
         """
         if not self.gathered:
-            return {}
-        return {"columns": self.columns, "column_labels": self.column_labels,
-                "row_offset": self.row_offset}
+            return None
+        return self.row_offset, self.row_offset + self.rows.shape[0]
 
 
 def prepare_embeddings(

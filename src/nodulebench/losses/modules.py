@@ -84,6 +84,8 @@ class SupConLoss(PairwiseLoss):
         base_temperature: if set, the loss is scaled by ``temperature / base_temperature``.
         normalize: L2-normalize embeddings first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
+            :mod:`nodulebench.kernels.dispatch`).
         gather_distributed: gather the embeddings of all ranks (see
             :class:`~nodulebench.losses.modules.PairwiseLoss`).
         process_group: the group to gather over; ``None`` means the default group.
@@ -100,6 +102,7 @@ class SupConLoss(PairwiseLoss):
         base_temperature: float | None = None,
         normalize: bool = True,
         reduction: str = "mean",
+        backend: str = "auto",
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
@@ -110,6 +113,7 @@ class SupConLoss(PairwiseLoss):
         self.base_temperature = base_temperature
         self.normalize = normalize
         self.reduction = reduction
+        self.backend = _options.check_backend(backend)
 
     def forward(
         self, embeddings: torch.Tensor, labels: torch.Tensor | None = None
@@ -118,16 +122,15 @@ class SupConLoss(PairwiseLoss):
         return self._record(LF._supcon(
             embeddings, labels, temperature=self.temperature, variant=self.variant,
             base_temperature=self.base_temperature, normalize=self.normalize,
-            reduction=self.reduction,
-            **self._gather_options(),
+            reduction=self.reduction, backend=self.backend, **self._gather_options(),
         ))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"temperature={self.temperature}, variant={self.variant!r}, "
                 f"base_temperature={self.base_temperature}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}"
-                + self._gather_repr())
+                f"reduction={self.reduction!r}, "
+                f"backend={self.backend!r}" + self._gather_repr())
 
 
 @register_loss("ntxent", consumes="embeddings", requires_labels=False,
@@ -141,6 +144,8 @@ class NTXentLoss(PairwiseLoss):
             pytorch-metric-learning).
         normalize: L2-normalize embeddings first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
+            :mod:`nodulebench.kernels.dispatch`).
         gather_distributed: gather the embeddings of all ranks (see
             :class:`~nodulebench.losses.modules.PairwiseLoss`).
         process_group: the group to gather over; ``None`` means the default group.
@@ -150,10 +155,8 @@ class NTXentLoss(PairwiseLoss):
     """
 
     def __init__(
-        self,
-        temperature: float = 0.1,
-        normalize: bool = True,
-        reduction: str = "mean",
+        self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean",
+        backend: str = "auto",
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
@@ -162,18 +165,19 @@ class NTXentLoss(PairwiseLoss):
         self.temperature = temperature
         self.normalize = normalize
         self.reduction = reduction
+        self.backend = _options.check_backend(backend)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor | None = None) -> torch.Tensor:
         """Loss of ``(B, V, D)`` views, or of two ``(B, D)`` views."""
         return self._record(LF._ntxent(view1, view2, temperature=self.temperature,
                                        normalize=self.normalize, reduction=self.reduction,
-                                       **self._gather_options()))
+                                       backend=self.backend, **self._gather_options()))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"temperature={self.temperature}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}"
-                + self._gather_repr())
+                f"reduction={self.reduction!r}, "
+                f"backend={self.backend!r}" + self._gather_repr())
 
 
 @register_loss("contrastive", consumes="embeddings", requires_labels=True,
@@ -186,6 +190,8 @@ class ContrastiveLoss(PairwiseLoss):
         margin: ``m >= 0``.
         normalize: L2-normalize embeddings first (off by default).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
+            :mod:`nodulebench.kernels.dispatch`).
         gather_distributed: gather the embeddings of all ranks (see
             :class:`~nodulebench.losses.modules.PairwiseLoss`).
         process_group: the group to gather over; ``None`` means the default group.
@@ -195,10 +201,8 @@ class ContrastiveLoss(PairwiseLoss):
     """
 
     def __init__(
-        self,
-        margin: float = 1.0,
-        normalize: bool = False,
-        reduction: str = "mean",
+        self, margin: float = 1.0, normalize: bool = False, reduction: str = "mean",
+        backend: str = "auto",
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
@@ -207,17 +211,18 @@ class ContrastiveLoss(PairwiseLoss):
         self.margin = margin
         self.normalize = normalize
         self.reduction = reduction
+        self.backend = _options.check_backend(backend)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``."""
         return self._record(LF._contrastive(embeddings, labels, margin=self.margin,
                                             normalize=self.normalize, reduction=self.reduction,
-                                            **self._gather_options()))
+                                       backend=self.backend, **self._gather_options()))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"margin={self.margin}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}" + self._gather_repr())
+                f"reduction={self.reduction!r}, backend={self.backend!r}" + self._gather_repr())
 
 
 @register_loss("triplet", consumes="embeddings", requires_labels=True,
@@ -232,6 +237,8 @@ class TripletMarginLoss(PairwiseLoss):
         mining: ``"hard"``, ``"all"`` or ``"semihard"``.
         normalize: L2-normalize embeddings first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
+            :mod:`nodulebench.kernels.dispatch`).
         gather_distributed: gather the embeddings of all ranks (see
             :class:`~nodulebench.losses.modules.PairwiseLoss`).
         process_group: the group to gather over; ``None`` means the default group.
@@ -247,6 +254,7 @@ class TripletMarginLoss(PairwiseLoss):
         mining: str = "hard",
         normalize: bool = True,
         reduction: str = "mean",
+        backend: str = "auto",
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
@@ -257,20 +265,21 @@ class TripletMarginLoss(PairwiseLoss):
         self.mining = mining
         self.normalize = normalize
         self.reduction = reduction
+        self.backend = _options.check_backend(backend)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``."""
         return self._record(LF._triplet(
             embeddings, labels, margin=self.margin, distance=self.distance, mining=self.mining,
-            normalize=self.normalize, reduction=self.reduction,
+            normalize=self.normalize, reduction=self.reduction, backend=self.backend,
             **self._gather_options(),
         ))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"margin={self.margin}, distance={self.distance!r}, mining={self.mining!r}, "
-                f"normalize={self.normalize}, reduction={self.reduction!r}"
-                + self._gather_repr())
+                f"normalize={self.normalize}, reduction={self.reduction!r}, "
+                f"backend={self.backend!r}" + self._gather_repr())
 
 
 @register_loss("multi_similarity", consumes="embeddings", requires_labels=True,
@@ -286,6 +295,8 @@ class MultiSimilarityLoss(PairwiseLoss):
         epsilon: mining margin (published 0.1).
         normalize: L2-normalize embeddings first (cosine similarity).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
+            :mod:`nodulebench.kernels.dispatch`).
         gather_distributed: gather the embeddings of all ranks (see
             :class:`~nodulebench.losses.modules.PairwiseLoss`).
         process_group: the group to gather over; ``None`` means the default group.
@@ -302,6 +313,7 @@ class MultiSimilarityLoss(PairwiseLoss):
         epsilon: float = 0.1,
         normalize: bool = True,
         reduction: str = "mean",
+        backend: str = "auto",
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
@@ -313,21 +325,22 @@ class MultiSimilarityLoss(PairwiseLoss):
         self.epsilon = epsilon
         self.normalize = normalize
         self.reduction = reduction
+        self.backend = _options.check_backend(backend)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``."""
         return self._record(LF._multi_similarity(
             embeddings, labels, alpha=self.alpha, beta=self.beta, base=self.base,
             epsilon=self.epsilon, normalize=self.normalize, reduction=self.reduction,
-            **self._gather_options(),
+            backend=self.backend, **self._gather_options(),
         ))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"alpha={self.alpha}, beta={self.beta}, base={self.base}, "
                 f"epsilon={self.epsilon}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}"
-                + self._gather_repr())
+                f"reduction={self.reduction!r}, "
+                f"backend={self.backend!r}" + self._gather_repr())
 
 
 @register_loss("cross_entropy", consumes="logits", requires_labels=True,
