@@ -223,9 +223,10 @@ CASES: dict[str, Callable[[int, int], dict[str, Any]]] = {
 
 
 def run_all_cases(rank: int, world_size: int) -> dict[str, Any]:
-    from _dist_loss_cases import case_losses  # imports this module: import it late
+    from _dist_loss_cases import case_backend_refusal, case_losses  # imports this module
 
     CASES["losses"] = case_losses
+    CASES["backend_refusal"] = case_backend_refusal
     results: dict[str, Any] = {}
     for name, case in CASES.items():
         try:

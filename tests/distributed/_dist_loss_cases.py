@@ -34,8 +34,12 @@ LOSS_SPECS: dict[str, tuple[Callable[..., torch.Tensor], dict[str, Any], bool]] 
     "triplet-semihard": (LF.triplet_margin_loss, {"mining": "semihard", "margin": 0.5}, True),
     "multi-similarity": (LF.multi_similarity_loss, {"base": 0.2}, True),
 }
-# Backends that each loss name is run with (the dense reference serves every loss).
-LOSS_BACKENDS: dict[str, tuple[str, ...]] = {name: ("reference",) for name in LOSS_SPECS}
+# Backends that each loss is run with: the dense reference serves every loss, the tiled
+# engine all but semi-hard mining (Triton cannot serve a subset of anchors).
+LOSS_BACKENDS: dict[str, tuple[str, ...]] = {
+    name: ("reference",) if name == "triplet-semihard" else ("reference", "tiled")
+    for name in LOSS_SPECS
+}
 INPUTS = ("labels", "views")  # (B, D) with labels; (B, 3, D) multi-view
 
 
@@ -64,11 +68,10 @@ def call_loss(
     **gather: Any,
 ) -> torch.Tensor:
     fn, options, needs_labels = LOSS_SPECS[name]
-    del backend  # one backend so far: the reference
     if fn is LF.ntxent_loss:
-        return fn(embeddings, reduction=reduction, **options, **gather)
-    return fn(embeddings, labels if needs_labels else None, reduction=reduction, **options,
-              **gather)
+        return fn(embeddings, reduction=reduction, backend=backend, **options, **gather)
+    return fn(embeddings, labels if needs_labels else None, reduction=reduction,
+              backend=backend, **options, **gather)
 
 
 def case_losses(rank: int, world_size: int) -> dict[str, Any]:
@@ -87,3 +90,13 @@ def case_losses(rank: int, world_size: int) -> dict[str, Any]:
                 "loss": value.detach(), "grad": rows.grad,
             }
     return results
+
+
+def case_backend_refusal(rank: int, world_size: int) -> dict[str, Any]:
+    """Forcing Triton with gather_distributed=True fails the same way on every rank."""
+    embeddings, labels = loss_inputs("even", "labels", world_size)
+    try:
+        LF.supcon_loss(embeddings[:2], labels[:2], backend="triton", gather_distributed=True)
+    except ValueError as error:
+        return {"message": str(error)}
+    return {"message": "no error"}

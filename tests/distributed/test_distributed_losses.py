@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from _dist_cases import LAYOUTS, REDUCTIONS, WORLD_SIZES
-from _dist_loss_cases import LOSS_SPECS, call_loss, loss_inputs, loss_keys
+from _dist_loss_cases import LOSS_BACKENDS, call_loss, loss_inputs, loss_keys
 
 import nodulebench
+from nodulebench.kernels.dispatch import TILED_CROSSOVER, select_backend
 from nodulebench.losses import functional as LF
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
@@ -43,14 +44,34 @@ def test_loss_and_gradient_equal_single_process(
         torch.testing.assert_close(grads, rows.grad, **TIGHT)
 
 
-@pytest.mark.parametrize("name", sorted(LOSS_SPECS))
-def test_gather_without_process_group_is_the_plain_loss(name: str) -> None:
+@pytest.mark.parametrize(("name", "backend"),
+                         [(name, b) for name, bs in LOSS_BACKENDS.items() for b in bs])
+def test_gather_without_process_group_is_the_plain_loss(name: str, backend: str) -> None:
     embeddings, labels = loss_inputs("uneven", "views", 2)
     for reduction in REDUCTIONS:
-        plain = call_loss(name, "reference", embeddings, labels, reduction)
-        gathered = call_loss(name, "reference", embeddings, labels, reduction,
+        plain = call_loss(name, backend, embeddings, labels, reduction)
+        gathered = call_loss(name, backend, embeddings, labels, reduction,
                              gather_distributed=True)
         torch.testing.assert_close(gathered, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_forcing_triton_with_gather_fails_on_every_rank(distributed_results, world_size):
+    for res in distributed_results(world_size, "backend_refusal"):
+        assert "backend='triton' cannot compute 'supcon' here" in res["message"]
+        assert "gather_distributed=True needs this rank's rows" in res["message"]
+
+
+def test_dispatch_with_an_anchor_range() -> None:
+    z = torch.nn.functional.normalize(torch.randn(2048, 8), dim=1)
+    with pytest.raises(ValueError, match="it computes every row against every row only"):
+        select_backend("supcon", "triton", z, variant="out", row_range=(0, 2))
+    # "auto" compares anchors x rows with the square of the single-process crossover.
+    crossover = TILED_CROSSOVER["supcon"]
+    wide = (0, crossover**2 // z.shape[0])
+    assert select_backend("supcon", "auto", z, variant="out", row_range=wide) == "tiled"
+    narrow = (0, wide[1] - 1)
+    assert select_backend("supcon", "auto", z, variant="out", row_range=narrow) == "reference"
 
 
 def test_modules_and_registry_accept_the_distributed_options() -> None:
