@@ -13,9 +13,9 @@ Three backends compute the same per-anchor quantities on prepared inputs (``z`` 
 Each backend is described by a :class:`BackendInfo` that declares its devices, dtypes,
 losses, option values, whether it serves a subset of anchor rows (``row_range=``, which
 ``gather_distributed=True`` needs: this rank's rows against the gathered batch) and the
-tolerances its tests use. :func:`select_backend` turns
-``"auto"`` into a name and checks a forced one, raising :class:`ValueError` that says why
-it cannot serve; :func:`run_per_anchor` selects and calls.
+tolerances its tests use. :func:`select_backend` turns ``"auto"`` into a name and checks
+a forced one, raising :class:`ValueError` that says why it cannot serve;
+:func:`run_per_anchor` selects and calls.
 """
 
 from __future__ import annotations
