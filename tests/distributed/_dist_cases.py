@@ -1,9 +1,12 @@
 """What every rank runs in the distributed tests, and the inputs it shares with the parent.
 
-Each rank rebuilds the same global batch from a fixed seed, keeps its own contiguous
-slice of samples, runs every case and returns plain tensors; the parent recomputes the
-single-process result on the whole batch and compares. ``run_all_cases`` catches each
-case's exception, so one broken case reports its traceback without hiding the others.
+One launch of 3 processes serves both world sizes: the 3-rank cases run on the default
+(world) group, the 2-rank cases on a subgroup of ranks 0 and 1 passed as ``group`` /
+``process_group``, so the non-default group path is exercised too. Each rank rebuilds
+the same global batch from a fixed seed, keeps its own contiguous slice of samples, runs
+every case and returns plain tensors; the parent recomputes the single-process result on
+the whole batch and compares. ``run_all_cases`` catches each case's exception, so one
+broken case reports its traceback without hiding the others.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from nodulebench.distributed import (
 )
 
 WORLD_SIZES = (2, 3)
+LAUNCH_WORLD_SIZE = max(WORLD_SIZES)
+Group = dist.ProcessGroup | None
 # Local batch sizes (samples per rank); "uneven" includes a rank with a single sample.
 LAYOUTS: dict[str, dict[int, tuple[int, ...]]] = {
     "even": {2: (4, 4), 3: (4, 4, 4)},
@@ -36,6 +41,9 @@ LAYOUTS: dict[str, dict[int, tuple[int, ...]]] = {
 # The gather helpers must also cope with a rank that holds no rows at all.
 GATHER_SIZES: dict[int, tuple[int, ...]] = {2: (3, 0), 3: (2, 0, 5)}
 REDUCTIONS = ("mean", "sum", "none")
+# The loss cases check every reduction on uneven local batches (the harder case) and the
+# default "mean" on even ones, to keep the multi-process tests within seconds.
+LAYOUT_REDUCTIONS: dict[str, tuple[str, ...]] = {"even": ("mean",), "uneven": REDUCTIONS}
 DIM = 5
 
 
@@ -60,25 +68,25 @@ def gather_weights(total_rows: int, rank: int) -> torch.Tensor:
     return torch.randn(total_rows, 2, DIM, generator=gen, dtype=torch.float64)
 
 
-def case_gather(rank: int, world_size: int) -> dict[str, Any]:
+def case_gather(rank: int, world_size: int, group: Group) -> dict[str, Any]:
     sizes = GATHER_SIZES[world_size]
     full = global_batch(sum(sizes), 2, seed=7)[0]
     start = sample_offset(sizes, rank)
     local = full[start : start + sizes[rank]].clone().requires_grad_(True)
-    gathered = all_gather_with_grad(local)
+    gathered = all_gather_with_grad(local, group)
     (gathered * gather_weights(sum(sizes), rank)).sum().backward()
     labels = torch.arange(start, start + sizes[rank]) * 10
-    known = gather_sizes(local)
+    known = gather_sizes(local, group)
     return {
-        "rank": get_rank(), "world_size": get_world_size(), "distributed": is_distributed(),
-        "sizes": torch.tensor(known), "offset": local_row_offset(local),
+        "rank": get_rank(group), "world_size": get_world_size(group),
+        "distributed": is_distributed(group), "global_world_size": get_world_size(),
+        "sizes": torch.tensor(known), "offset": local_row_offset(local, group),
         "gathered": gathered.detach(), "grad": local.grad,
-        "gathered_with_sizes": all_gather_with_grad(local, sizes=known).detach(),
-        "labels": all_gather_no_grad(labels),
-        "labels_with_sizes": all_gather_no_grad(labels, sizes=known),
-        "labels_requires_grad": all_gather_no_grad(local).requires_grad,
-        "group_world_size": get_world_size(dist.group.WORLD),
-        "summed": sum_over_ranks(torch.tensor([rank, 1])),
+        "gathered_with_sizes": all_gather_with_grad(local, group, sizes=known).detach(),
+        "labels": all_gather_no_grad(labels, group),
+        "labels_with_sizes": all_gather_no_grad(labels, group, sizes=known),
+        "labels_requires_grad": all_gather_no_grad(local, group).requires_grad,
+        "summed": sum_over_ranks(torch.tensor([rank, 1]), group),
     }
 
 
@@ -90,16 +98,18 @@ def _error_message(call: Callable[[], Any]) -> str:
     return "no error"
 
 
-def case_shape_errors(rank: int, world_size: int) -> dict[str, Any]:
+def case_shape_errors(rank: int, world_size: int, group: Group) -> dict[str, Any]:
     trailing = torch.zeros(2, 3 + rank)
     rank_of_tensor = torch.zeros((2, 3) if rank == 0 else (2, 3, 1))
     wrong_sizes = [1] * world_size
     dtype = torch.zeros(2, 3, dtype=torch.float32 if rank == 0 else torch.float64)
     return {
-        "dtype": _error_message(lambda: all_gather_with_grad(dtype)),
-        "trailing": _error_message(lambda: all_gather_with_grad(trailing)),
-        "ndim": _error_message(lambda: gather_sizes(rank_of_tensor)),
-        "sizes": _error_message(lambda: all_gather_no_grad(trailing, sizes=wrong_sizes)),
+        "dtype": _error_message(lambda: all_gather_with_grad(dtype, group)),
+        "trailing": _error_message(lambda: all_gather_with_grad(trailing, group)),
+        "ndim": _error_message(lambda: gather_sizes(rank_of_tensor, group)),
+        "sizes": _error_message(
+            lambda: all_gather_no_grad(trailing, group, sizes=wrong_sizes)
+        ),
     }
 
 
@@ -131,7 +141,8 @@ def supcon_rows_vs_columns(
 
 
 def reduce_like_contract(
-    loss: torch.Tensor, valid: torch.Tensor, reduction: str, world_size: int
+    loss: torch.Tensor, valid: torch.Tensor, reduction: str, world_size: int,
+    group: Group = None,
 ) -> torch.Tensor:
     """Rank r's share of the global loss, normalised so that DDP's average is exact."""
     if reduction == "none":
@@ -140,7 +151,7 @@ def reduce_like_contract(
         return world_size * loss.sum()
     num_valid = valid.sum()
     if world_size > 1:
-        dist.all_reduce(num_valid)
+        dist.all_reduce(num_valid, group=group)
     return world_size * loss.sum() / num_valid
 
 
@@ -150,7 +161,7 @@ def contract_inputs(layout: str, world_size: int, views: int) -> tuple[torch.Ten
     return embeddings.flatten(0, 1), labels.repeat_interleave(views)
 
 
-def case_contract(rank: int, world_size: int) -> dict[str, Any]:
+def case_contract(rank: int, world_size: int, group: Group) -> dict[str, Any]:
     results: dict[str, Any] = {}
     views = 2
     for layout in LAYOUTS:
@@ -160,13 +171,13 @@ def case_contract(rank: int, world_size: int) -> dict[str, Any]:
         stop = start + sizes[rank] * views
         for reduction in REDUCTIONS:
             local = rows[start:stop].clone().requires_grad_(True)
-            columns = all_gather_with_grad(local)
-            column_labels = all_gather_no_grad(labels[start:stop])
-            offset = local_row_offset(local)
+            columns = all_gather_with_grad(local, group)
+            column_labels = all_gather_no_grad(labels[start:stop], group)
+            offset = local_row_offset(local, group)
             loss, valid = supcon_rows_vs_columns(
                 local, columns, labels[start:stop], column_labels, offset
             )
-            value = reduce_like_contract(loss, valid, reduction, world_size)
+            value = reduce_like_contract(loss, valid, reduction, world_size, group)
             value.sum().backward()
             results[f"{layout}-{reduction}"] = {
                 "loss": value.detach(), "grad": local.grad, "offset": offset
@@ -192,11 +203,11 @@ def ddp_inputs(world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # DDP's constructor imports torch._dynamo (about 1.5 s of CPU per process), so the
-# end-to-end DDP step runs on 2 ranks only; the loss cases cover 3 ranks.
+# end-to-end DDP step runs on 2 ranks only (the subgroup); the loss cases cover 3 ranks.
 DDP_WORLD_SIZES = (2,)
 
 
-def case_ddp(rank: int, world_size: int) -> dict[str, Any]:
+def case_ddp(rank: int, world_size: int, group: Group) -> dict[str, Any]:
     """One DDP step with uneven local batches: the averaged parameter gradients."""
     if world_size not in DDP_WORLD_SIZES:
         return {}
@@ -204,17 +215,17 @@ def case_ddp(rank: int, world_size: int) -> dict[str, Any]:
     features, labels = ddp_inputs(world_size)
     start = sample_offset(sizes, rank)
     local = slice(start, start + sizes[rank])
-    model = torch.nn.parallel.DistributedDataParallel(ddp_model())
+    model = torch.nn.parallel.DistributedDataParallel(ddp_model(), process_group=group)
     embeddings = model(features[local])
-    columns = all_gather_with_grad(embeddings)
+    columns = all_gather_with_grad(embeddings, group)
     loss, valid = supcon_rows_vs_columns(
-        embeddings, columns, labels[local], all_gather_no_grad(labels[local]), start
+        embeddings, columns, labels[local], all_gather_no_grad(labels[local], group), start
     )
-    reduce_like_contract(loss, valid, "mean", world_size).backward()
+    reduce_like_contract(loss, valid, "mean", world_size, group).backward()
     return {name: p.grad for name, p in model.module.named_parameters()}
 
 
-CASES: dict[str, Callable[[int, int], dict[str, Any]]] = {
+CASES: dict[str, Callable[[int, int, Group], dict[str, Any]]] = {
     "gather": case_gather,
     "shape_errors": case_shape_errors,
     "contract": case_contract,
@@ -222,15 +233,23 @@ CASES: dict[str, Callable[[int, int], dict[str, Any]]] = {
 }
 
 
-def run_all_cases(rank: int, world_size: int) -> dict[str, Any]:
+def run_all_cases(rank: int, launch_world_size: int) -> dict[int, dict[str, Any]]:
+    """Every case on 3 ranks (world group), then on ranks 0 and 1 (a subgroup)."""
     from _dist_loss_cases import case_backend_refusal, case_losses  # imports this module
 
     CASES["losses"] = case_losses
     CASES["backend_refusal"] = case_backend_refusal
-    results: dict[str, Any] = {}
-    for name, case in CASES.items():
-        try:
-            results[name] = case(rank, world_size)
-        except Exception:
-            results[name] = {"error": traceback.format_exc()}
+    assert launch_world_size == LAUNCH_WORLD_SIZE
+    subgroup = dist.new_group(list(range(min(WORLD_SIZES))))  # every rank must call it
+    results: dict[int, dict[str, Any]] = {}
+    for world_size in sorted(WORLD_SIZES, reverse=True):
+        if rank >= world_size:
+            continue
+        group = None if world_size == launch_world_size else subgroup
+        results[world_size] = {}
+        for name, case in CASES.items():
+            try:
+                results[world_size][name] = case(rank, world_size, group)
+            except Exception:
+                results[world_size][name] = {"error": traceback.format_exc()}
     return results

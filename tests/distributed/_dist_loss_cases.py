@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from _dist_cases import DIM, LAYOUTS, REDUCTIONS, sample_offset
+from _dist_cases import DIM, LAYOUT_REDUCTIONS, LAYOUTS, Group, sample_offset
 
 from nodulebench.losses import functional as LF
 
@@ -74,17 +74,17 @@ def call_loss(
               backend=backend, **options, **gather)
 
 
-def case_losses(rank: int, world_size: int) -> dict[str, Any]:
+def case_losses(rank: int, world_size: int, group: Group) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, backend, layout, input_kind in loss_keys():
         sizes = LAYOUTS[layout][world_size]
         embeddings, labels = loss_inputs(layout, input_kind, world_size)
         start = sample_offset(sizes, rank)
         local = slice(start, start + sizes[rank])
-        for reduction in REDUCTIONS:
+        for reduction in LAYOUT_REDUCTIONS[layout]:
             rows = embeddings[local].clone().requires_grad_(True)
             value = call_loss(name, backend, rows, labels[local], reduction,
-                              gather_distributed=True)
+                              gather_distributed=True, process_group=group)
             value.sum().backward()
             results["/".join((name, backend, layout, input_kind, reduction))] = {
                 "loss": value.detach(), "grad": rows.grad,
@@ -92,11 +92,12 @@ def case_losses(rank: int, world_size: int) -> dict[str, Any]:
     return results
 
 
-def case_backend_refusal(rank: int, world_size: int) -> dict[str, Any]:
+def case_backend_refusal(rank: int, world_size: int, group: Group) -> dict[str, Any]:
     """Forcing Triton with gather_distributed=True fails the same way on every rank."""
     embeddings, labels = loss_inputs("even", "labels", world_size)
     try:
-        LF.supcon_loss(embeddings[:2], labels[:2], backend="triton", gather_distributed=True)
+        LF.supcon_loss(embeddings[:2], labels[:2], backend="triton", gather_distributed=True,
+                       process_group=group)
     except ValueError as error:
         return {"message": str(error)}
     return {"message": "no error"}

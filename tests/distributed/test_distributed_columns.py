@@ -17,7 +17,7 @@ from nodulebench.kernels.tiled import supcon_tiled
 from nodulebench.losses import _dense
 
 N, D = 23, 5
-ROW_RANGES = [(0, N), (3, 11), (17, 23), (5, 5)]
+ROW_RANGES = [(3, 11), (17, 23), (5, 5)]
 KERNELS = {
     "supcon-out": ("supcon", {"temperature": 0.3, "variant": "out"}),
     "supcon-in": ("supcon", {"temperature": 0.3, "variant": "in"}),
@@ -43,7 +43,7 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("row_range", ROW_RANGES, ids=str)
-@pytest.mark.parametrize(("name", "backend"), CASES, ids="-".join)
+@pytest.mark.parametrize(("name", "backend"), CASES, ids=["-".join(case) for case in CASES])
 def test_anchor_range_matches_whole_batch(name: str, backend: str, row_range) -> None:
     loss, options = KERNELS[name]
     start, stop = row_range

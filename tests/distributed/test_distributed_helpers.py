@@ -67,8 +67,8 @@ def test_gather_values_gradients_and_queries(distributed_results, world_size: in
     weight_sum = sum(gather_weights(sum(sizes), r) for r in range(world_size))
     for rank, res in enumerate(distributed_results(world_size, "gather")):
         start = sum(sizes[:rank])
-        assert (res["rank"], res["world_size"], res["group_world_size"]) == (
-            rank, world_size, world_size)
+        assert (res["rank"], res["world_size"], res["global_world_size"]) == (
+            rank, world_size, 3)
         assert res["distributed"] is True
         assert res["sizes"].tolist() == list(sizes)
         assert res["offset"] == start

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _dist_cases import LAYOUTS, REDUCTIONS, WORLD_SIZES
+from _dist_cases import LAYOUT_REDUCTIONS, LAYOUTS, REDUCTIONS, WORLD_SIZES
 from _dist_loss_cases import LOSS_BACKENDS, call_loss, loss_inputs, loss_keys
 
 import nodulebench
@@ -24,7 +24,7 @@ def test_loss_and_gradient_equal_single_process(
     embeddings, labels = loss_inputs(layout, input_kind, world_size)
     per_rank = distributed_results(world_size, "losses")
     sizes = LAYOUTS[layout][world_size]
-    for reduction in REDUCTIONS:
+    for reduction in LAYOUT_REDUCTIONS[layout]:
         rows = embeddings.clone().requires_grad_(True)
         single = call_loss(name, backend, rows, labels, reduction)
         single.sum().backward()
