@@ -50,18 +50,19 @@ def run_distributed(
         timeout=timedelta(seconds=timeout_s),
     )
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([_SRC, env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, env.get("PYTHONPATH")) if p)
     env["GLOO_SOCKET_IFNAME"] = _loopback_interface()
     env["OMP_NUM_THREADS"] = "1"  # W processes share the machine's cores
-    procs = []
-    for rank in range(world_size):
-        log = (workdir / f"rank{rank}.log").open("w")
-        cmd = [sys.executable, __file__, str(rank), str(world_size), str(store.port),
-               str(target), fn.__name__, str(workdir), str(timeout_s)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-        log.close()
+    procs: list[subprocess.Popen[bytes]] = []
     deadline = time.monotonic() + timeout_s
     try:
+        for rank in range(world_size):
+            with (workdir / f"rank{rank}.log").open("w") as log:
+                cmd = [sys.executable, __file__, str(rank), str(world_size), str(store.port),
+                       str(target), fn.__name__, str(workdir), str(timeout_s)]
+                procs.append(
+                    subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+                )
         # Poll rather than wait in turn: once one rank fails, the others would only
         # block in their next collective, so they are stopped at once.
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
