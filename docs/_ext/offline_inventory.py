@@ -63,6 +63,11 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "torch.profiler": ("py:module", "profiler.html#module-$"),
         "torch.Tensor.max": ("py:method", "generated/$.html#$"),
         "torch.distributed.ProcessGroup": ("py:class", "distributed.html#$"),
+        "torch.distributed": ("py:module", "distributed.html#module-$"),
+        # autodoc spells ProcessGroup by its defining module
+        "torch.distributed.distributed_c10d.ProcessGroup": (
+            "py:class", "distributed.html#torch.distributed.ProcessGroup"
+        ),
     },
     "numpy": {
         "numpy.ndarray": ("py:class", "reference/generated/$.html#$"),

@@ -7,7 +7,7 @@ tell which factors a network encodes and which it uses.
 
 from __future__ import annotations
 
-from nodulebench import probing
+from nodulebench import distributed, probing
 from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
     ContrastiveLoss,
@@ -44,4 +44,6 @@ __all__ = [
     "register_loss",
     # probing: its functions live in the namespace, e.g. nodulebench.probing.probe_factors
     "probing",
+    # distributed training
+    "distributed",
 ]

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 import torch
+
+from nodulebench.kernels._tiling import check_row_range
 
 __all__ = [
     "DENSE_MODULE",
@@ -34,58 +37,87 @@ def _zero_invalid(loss: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, loss, torch.zeros_like(loss))
 
 
+def _anchors(
+    z: torch.Tensor, labels: torch.Tensor, row_range: tuple[int, int] | None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Anchors, their labels and the dense functions' column arguments for ``row_range``.
+
+    Rows ``start:stop`` of ``z`` are the anchors and every row a column (a distributed
+    loss's own rows of the gathered batch); ``None`` keeps the plain all-rows call.
+    """
+    if row_range is None:
+        return z, labels, {}
+    start, stop = check_row_range(row_range, z.shape[0])
+    columns = {"columns": z, "column_labels": labels, "row_offset": start}
+    return z[start:stop], labels[start:stop], columns
+
+
 def supcon_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out"
+    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
+    row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense SupCon per anchor: ``(loss, valid)``."""
-    loss, valid = _dense().supcon_per_anchor(z, labels, temperature=temperature, variant=variant)
+    anchors, anchor_labels, columns = _anchors(z, labels, row_range)
+    loss, valid = _dense().supcon_per_anchor(
+        anchors, anchor_labels, temperature=temperature, variant=variant, **columns
+    )
     return _zero_invalid(loss, valid), valid
 
 
 def contrastive_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 1.0
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 1.0,
+    row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense contrastive loss per anchor: ``(loss, valid)``."""
-    loss, valid = _dense().contrastive_per_anchor(z, labels, margin=margin)
+    anchors, anchor_labels, columns = _anchors(z, labels, row_range)
+    loss, valid = _dense().contrastive_per_anchor(anchors, anchor_labels, margin=margin,
+                                                  **columns)
     return _zero_invalid(loss, valid), valid
 
 
 def triplet_hard_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, distance: str = "euclidean"
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, distance: str = "euclidean",
+    row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense batch-hard triplet loss per anchor: ``(loss, valid)``."""
+    anchors, anchor_labels, columns = _anchors(z, labels, row_range)
     loss, valid, _ = _dense().triplet_per_anchor(
-        z, labels, margin=margin, distance=distance, mining="hard"
+        anchors, anchor_labels, margin=margin, distance=distance, mining="hard", **columns
     )
     return _zero_invalid(loss, valid), valid
 
 
 def triplet_all_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, distance: str = "euclidean"
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, distance: str = "euclidean",
+    row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense batch-all triplet sums and counts per anchor: ``(total, count, valid)``."""
+    anchors, anchor_labels, columns = _anchors(z, labels, row_range)
     total, valid, count = _dense().triplet_per_anchor(
-        z, labels, margin=margin, distance=distance, mining="all"
+        anchors, anchor_labels, margin=margin, distance=distance, mining="all", **columns
     )
     return _zero_invalid(total, valid), count, valid
 
 
 def triplet_semihard_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, distance: str = "euclidean"
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, distance: str = "euclidean",
+    row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense semi-hard triplet loss per anchor (Schroff et al. 2015): ``(loss, valid)``."""
+    anchors, anchor_labels, columns = _anchors(z, labels, row_range)
     loss, valid, _ = _dense().triplet_per_anchor(
-        z, labels, margin=margin, distance=distance, mining="semihard"
+        anchors, anchor_labels, margin=margin, distance=distance, mining="semihard", **columns
     )
     return _zero_invalid(loss, valid), valid
 
 
 def multi_similarity_reference(
     z: torch.Tensor, labels: torch.Tensor, *, alpha: float = 2.0, beta: float = 50.0,
-    base: float = 0.5, epsilon: float = 0.1,
+    base: float = 0.5, epsilon: float = 0.1, row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense multi-similarity loss per anchor: ``(loss, valid)``."""
+    anchors, anchor_labels, columns = _anchors(z, labels, row_range)
     loss, valid = _dense().multi_similarity_per_anchor(
-        z, labels, alpha=alpha, beta=beta, base=base, epsilon=epsilon
+        anchors, anchor_labels, alpha=alpha, beta=beta, base=base, epsilon=epsilon, **columns
     )
     return _zero_invalid(loss, valid), valid

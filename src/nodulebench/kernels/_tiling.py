@@ -23,8 +23,10 @@ __all__ = [
     "TILE_ELEMENTS",
     "DISTANCES",
     "EUCLIDEAN_EPS",
+    "anchor_tiles",
     "check_distance",
     "check_prepared",
+    "check_row_range",
     "distance_tile",
     "eager_under_compile",
     "pair_distance",
@@ -104,10 +106,30 @@ def check_distance(distance: str) -> None:
     check_choice("distance", distance, DISTANCES)
 
 
-def row_blocks(n: int, block_size: int) -> Iterator[tuple[int, int]]:
-    """Yield ``(start, stop)`` of consecutive row blocks covering ``range(n)``."""
-    for start in range(0, n, block_size):
+def row_blocks(n: int, block_size: int, first: int = 0) -> Iterator[tuple[int, int]]:
+    """Yield ``(start, stop)`` of consecutive row blocks covering ``range(first, n)``."""
+    for start in range(first, n, block_size):
         yield start, min(start + block_size, n)
+
+
+def check_row_range(row_range: tuple[int, int] | None, n: int) -> tuple[int, int]:
+    """The anchor rows ``(start, stop)`` of a kernel call; ``None`` means all ``n`` rows.
+
+    A distributed loss passes the gathered global batch as ``z`` and its own rows as
+    the range: those rows are the anchors, every row of ``z`` is a column.
+    """
+    if row_range is None:
+        return 0, n
+    if (
+        not isinstance(row_range, tuple) or len(row_range) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in row_range)
+        or not 0 <= row_range[0] <= row_range[1] <= n
+    ):
+        raise ValueError(
+            f"row_range must be a (start, stop) pair of ints with 0 <= start <= stop <= "
+            f"N = {n}, or None; got {row_range!r}"
+        )
+    return row_range
 
 
 def self_mask(start: int, stop: int, n: int, device: torch.device) -> torch.Tensor:
@@ -165,6 +187,22 @@ def scatter_distance_grad(
     grad_z[rows].addmm_(h, z_cols, alpha=-2.0)
     grad_z[cols].add_(2.0 * h.sum(dim=0)[:, None] * z_cols)
     grad_z[cols].addmm_(h.T, z_rows, alpha=-2.0)
+
+
+def anchor_tiles(
+    n: int, block_size: int, row_range: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(r0, r1, c0, c1)`` of the anchors ``row_range`` against all ``n`` columns.
+
+    When every row is an anchor, the upper block triangle of :func:`tile_pairs` (for a
+    symmetric pair function an off-diagonal tile serves its rows and its columns); else
+    every anchor block against every column block.
+    """
+    a0, a1 = row_range
+    if (a0, a1) == (0, n):
+        return tile_pairs(n, block_size)
+    columns = list(row_blocks(n, block_size))
+    return [(r0, r1, c0, c1) for r0, r1 in row_blocks(a1, block_size, a0) for c0, c1 in columns]
 
 
 def tile_pairs(n: int, block_size: int) -> list[tuple[int, int, int, int]]:

@@ -11,9 +11,11 @@ Three backends compute the same per-anchor quantities on prepared inputs (``z`` 
   (or CPU under ``TRITON_INTERPRET=1``), needs the optional ``triton`` package.
 
 Each backend is described by a :class:`BackendInfo` that declares its devices, dtypes,
-losses, option values and the tolerances its tests use. :func:`select_backend` turns
-``"auto"`` into a name and checks a forced one, raising :class:`ValueError` that says why
-it cannot serve; :func:`run_per_anchor` selects and calls.
+losses, option values, whether it serves a subset of anchor rows (``row_range=``, which
+``gather_distributed=True`` needs: this rank's rows against the gathered batch) and the
+tolerances its tests use. :func:`select_backend` turns ``"auto"`` into a name and checks
+a forced one, raising :class:`ValueError` that says why it cannot serve;
+:func:`run_per_anchor` selects and calls.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class BackendInfo:
         requires: Optional module that must be importable, or None.
         interpreter_env: Environment variable that, set to ``"1"``, lets the backend
             also run on CPU (Triton's ``TRITON_INTERPRET``), or None.
+        anchor_subsets: Whether it computes only rows ``row_range`` as anchors against
+            all rows (what a loss with ``gather_distributed=True`` asks for).
         summary: One line for the docs and error messages.
     """
 
@@ -106,6 +110,7 @@ class BackendInfo:
     max_dim: int | None = None
     requires: str | None = None
     interpreter_env: str | None = None
+    anchor_subsets: bool = True
     summary: str = ""
     _kernel_names: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
@@ -117,6 +122,9 @@ class BackendInfo:
         for option, accepted in self.options[loss].items():
             if option in options and options[option] not in accepted:
                 return f"it supports {option} in {accepted}, got {options[option]!r}"
+        if options.get("row_range") is not None and not self.anchor_subsets:
+            return ("it computes every row against every row only, and "
+                    "gather_distributed=True needs this rank's rows against the gathered batch")
         devices = self.devices_now()
         if devices and z.device.type not in devices:
             return f"it runs on {sorted(devices)} devices, got {z.device.type!r}"
@@ -199,6 +207,9 @@ BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
         max_dim=_TRITON.max_dim,
         requires="triton",
         interpreter_env="TRITON_INTERPRET",
+        # Its kernels take every row as an anchor; the distributed losses fall back to
+        # the tiled engine rather than a second kernel variant.
+        anchor_subsets=False,
         summary="fused CUDA kernels for SupCon / NT-Xent, fp32 accumulation, deterministic",
         _kernel_names=_frozen({
             "supcon": ("nodulebench.kernels.triton_supcon", "supcon_triton"),
@@ -221,15 +232,17 @@ def select_backend(
     """Name the backend that will compute ``loss`` on these prepared inputs.
 
     ``"auto"`` takes Triton on CUDA when it is installed and serves the inputs; else the
-    tiled engine when ``N`` reaches :data:`TILED_CROSSOVER` for the loss; else the dense
-    reference (or the tiled engine if the reference is unavailable).
+    tiled engine when ``N`` reaches :data:`TILED_CROSSOVER` for the loss (with
+    ``row_range``: when anchors x rows reaches its square, the same amount of work); else
+    the dense reference (or the tiled engine if the reference is unavailable).
 
     Args:
         loss: One of :data:`KERNEL_LOSSES`.
         backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"``.
         z: Prepared embeddings, shape ``(N, D)``.
         labels: Prepared labels, shape ``(N,)`` (not consulted by the current rules).
-        **options: The loss options that restrict backends (``variant``, ``distance``).
+        **options: The loss options that restrict backends (``variant``, ``distance``,
+            ``row_range``).
 
     Returns:
         The backend name.
@@ -256,7 +269,9 @@ def select_backend(
     if z.device.type == "cuda" and BACKENDS["triton"].why_not(loss, z, options) is None:
         return "triton"
     tiled_ok = BACKENDS["tiled"].why_not(loss, z, options) is None
-    if tiled_ok and z.shape[0] >= TILED_CROSSOVER[loss]:
+    row_range = options.get("row_range")
+    anchors = z.shape[0] if row_range is None else row_range[1] - row_range[0]
+    if tiled_ok and anchors * z.shape[0] >= TILED_CROSSOVER[loss] ** 2:
         return "tiled"
     if BACKENDS["reference"].why_not(loss, z, options) is None:
         return "reference"
@@ -275,7 +290,8 @@ def run_per_anchor(
     """Select a backend and return its per-anchor result for ``loss``.
 
     The result is ``(loss, valid)`` for every loss except ``"triplet_all"``, which
-    returns ``(total, count, valid)``; all have shape ``(N,)``.
+    returns ``(total, count, valid)``; all have shape ``(N,)``, or ``(stop - start,)``
+    with ``row_range``.
 
     Args:
         loss: One of :data:`KERNEL_LOSSES`.
@@ -283,7 +299,10 @@ def run_per_anchor(
         labels: Prepared labels, shape ``(N,)``, int64.
         backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"``.
         **options: Keyword options of the per-anchor function (``temperature``,
-            ``variant``, ``margin``, ``distance``, ...).
+            ``variant``, ``margin``, ``distance``, ...), and ``row_range``: ``None``
+            (every row is an anchor) or ``(start, stop)``, the anchors of a distributed
+            loss (its own rows of the gathered batch ``z``), served by the backends that
+            declare ``anchor_subsets``.
 
     Returns:
         The per-anchor tensors of the chosen backend.
@@ -296,4 +315,7 @@ def run_per_anchor(
         torch.Size([8])
     """
     name = select_backend(loss, backend, z, labels, **options)
+    if options.get("row_range", ()) is None:
+        # Every row is an anchor: the call every backend serves, unchanged.
+        options = {key: value for key, value in options.items() if key != "row_range"}
     return BACKENDS[name].kernel(loss)(z, labels, **options)

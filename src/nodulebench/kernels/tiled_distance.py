@@ -33,15 +33,16 @@ from nodulebench._validation import check_positive
 from nodulebench.kernels._tiling import (
     TILE_EDGE,
     TILE_ELEMENTS,
+    anchor_tiles,
     check_distance,
     check_prepared,
+    check_row_range,
     distance_tile,
     eager_under_compile,
     row_blocks,
     scatter_distance_grad,
     scatter_pair_grad,
     self_mask,
-    tile_pairs,
 )
 
 __all__ = ["contrastive_tiled", "triplet_all_tiled", "triplet_hard_tiled"]
@@ -71,30 +72,33 @@ def _contrastive_tile(
     """Distances, masks (same label / other label, self excluded) of a tile."""
     d = distance_tile(z[r0:r1], z[c0:c1], sq[r0:r1], sq[c0:c1], "euclidean")
     same = labels[r0:r1, None] == labels[None, c0:c1]
-    pos = same & ~self_mask(r0, r1, c1, labels.device)[:, c0:c1] if c0 == r0 else same
+    holds_self_pairs = r0 < c1 and c0 < r1
+    pos = same & ~self_mask(r0, r1, c1, labels.device)[:, c0:c1] if holds_self_pairs else same
     return d, pos, ~same, (margin - d).clamp(min=0.0)
 
 
 class _ContrastiveTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, block_size: int
+        ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, block_size: int,
+        row_range: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = z.shape[0]
+        a0, a1 = row_range  # anchors are rows a0:a1; every row is a column
+        symmetric = (a0, a1) == (0, n)
         sq = (z * z).sum(dim=1)
-        total = torch.zeros(n, dtype=z.dtype, device=z.device)
-        # c_ij = c_ji: one tile of the upper block triangle serves rows and columns.
-        for r0, r1, c0, c1 in tile_pairs(n, block_size):
+        total = torch.zeros(a1 - a0, dtype=z.dtype, device=z.device)
+        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
             d, pos, neg, hinge = _contrastive_tile(z, labels, sq, r0, r1, c0, c1, margin)
             cost = torch.where(pos, d * d, torch.zeros_like(d))
             cost += torch.where(neg, hinge.square_(), 0.0)
-            total[r0:r1] += cost.sum(dim=1)
-            if c0 != r0:
+            total[r0 - a0 : r1 - a0] += cost.sum(dim=1)
+            if symmetric and c0 != r0:
                 total[c0:c1] += cost.sum(dim=0)
         loss = total * (0.5 / max(n - 1, 1))
-        valid = torch.full((n,), n >= 2, dtype=torch.bool, device=z.device)
+        valid = torch.full((a1 - a0,), n >= 2, dtype=torch.bool, device=z.device)
         ctx.save_for_backward(z, labels, sq)
-        ctx.options = (margin, block_size)
+        ctx.options = (margin, block_size, row_range)
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -103,29 +107,31 @@ class _ContrastiveTiledFunction(torch.autograd.Function):
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, sq = ctx.saved_tensors
-        margin, block_size = ctx.options
+        margin, block_size, row_range = ctx.options
         n = z.shape[0]
+        a0, a1 = row_range
+        symmetric = (a0, a1) == (0, n)
         grad_z = torch.zeros_like(z)
         if n < 2:
-            return grad_z, None, None, None
+            return grad_z, None, None, None, None
         g = grad_loss / (n - 1)
-        for r0, r1, c0, c1 in tile_pairs(n, block_size):
+        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
             d, pos, neg, hinge = _contrastive_tile(z, labels, sq, r0, r1, c0, c1, margin)
             # dc/dd: d for positives, -max(0, m - d) for negatives, 0 on the diagonal;
-            # an off-diagonal tile carries the pair for both of its anchors.
+            # an off-diagonal tile of the triangle carries the pair for both its anchors.
             weight = torch.where(pos, d, torch.zeros_like(d))
             weight -= torch.where(neg, hinge, 0.0)
-            anchors = g[r0:r1, None] + g[None, c0:c1] if c0 != r0 else g[r0:r1, None]
-            weight.mul_(anchors)
+            g_rows = g[r0 - a0 : r1 - a0, None]
+            weight.mul_(g_rows + g[None, c0:c1] if symmetric and c0 != r0 else g_rows)
             scatter_distance_grad(weight, d, z, slice(r0, r1), slice(c0, c1), "euclidean",
                                   grad_z)
-        return grad_z, None, None, None
+        return grad_z, None, None, None, None
 
 
 @eager_under_compile
 def contrastive_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 1.0,
-    block_size: int | None = None,
+    block_size: int | None = None, row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor Hadsell contrastive loss (Euclidean) in :math:`O(N D + b^2)` memory.
 
@@ -136,6 +142,9 @@ def contrastive_tiled(
         block_size: Edge ``b`` of the square distance tiles (the cost is symmetric, so
             each tile serves both its rows and its columns); ``None`` picks
             ``min(N, 1024)``.
+        row_range: ``(start, stop)``: only rows ``start:stop`` of ``z`` are anchors (all
+            rows stay columns; shapes ``(N,)`` below become ``(stop - start,)``);
+            ``None`` means every row.
 
     Returns:
         ``(loss, valid)``, both of shape ``(N,)``: the mean pair cost of each anchor over
@@ -151,7 +160,7 @@ def contrastive_tiled(
     if block_size is None:
         edge = max(1, min(z.shape[0], TILE_EDGE))
     loss, valid = _ContrastiveTiledFunction.apply(  # type: ignore[no-untyped-call]
-        z, labels, float(margin), edge
+        z, labels, float(margin), edge, check_row_range(row_range, z.shape[0])
     )
     return loss, valid
 
@@ -163,24 +172,26 @@ class _TripletHardTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, distance: str,
-        block_size: int,
+        block_size: int, row_range: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        n = z.shape[0]
+        a0, a1 = row_range  # anchors are rows a0:a1; every row is a column
         sq = (z * z).sum(dim=1)
-        hardest_pos = torch.zeros(n, dtype=torch.int64, device=z.device)
+        hardest_pos = torch.zeros(a1 - a0, dtype=torch.int64, device=z.device)
         hardest_neg = torch.zeros_like(hardest_pos)
-        raw = torch.zeros(n, dtype=z.dtype, device=z.device)
-        valid = torch.zeros(n, dtype=torch.bool, device=z.device)
-        for r0, r1 in row_blocks(n, block_size):
+        raw = torch.zeros(a1 - a0, dtype=z.dtype, device=z.device)
+        valid = torch.zeros(a1 - a0, dtype=torch.bool, device=z.device)
+        for r0, r1 in row_blocks(a1, block_size, a0):
+            k0, k1 = r0 - a0, r1 - a0
             d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
             pos, neg = _masks(labels, r0, r1)
-            d_pos, hardest_pos[r0:r1] = d.masked_fill(~pos, float("-inf")).max(dim=1)
-            d_neg, hardest_neg[r0:r1] = d.masked_fill_(~neg, float("inf")).min(dim=1)
-            valid[r0:r1] = pos.any(dim=1) & neg.any(dim=1)
-            raw[r0:r1] = torch.where(valid[r0:r1], d_pos - d_neg + margin, 0.0)
+            d_pos, hardest_pos[k0:k1] = d.masked_fill(~pos, float("-inf")).max(dim=1)
+            d_neg, hardest_neg[k0:k1] = d.masked_fill_(~neg, float("inf")).min(dim=1)
+            valid[k0:k1] = pos.any(dim=1) & neg.any(dim=1)
+            raw[k0:k1] = torch.where(valid[k0:k1], d_pos - d_neg + margin, 0.0)
         loss = torch.relu(raw)
         ctx.save_for_backward(z, hardest_pos, hardest_neg, raw, valid)
         ctx.distance = distance
+        ctx.row_range = row_range
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -191,17 +202,18 @@ class _TripletHardTiledFunction(torch.autograd.Function):
         z, hardest_pos, hardest_neg, raw, valid = ctx.saved_tensors
         # relu passes the gradient where its input is > 0, as torch.relu does.
         g = torch.where(valid & (raw > 0), grad_loss, torch.zeros_like(grad_loss))
-        anchors = torch.arange(z.shape[0], device=z.device)
+        anchors = torch.arange(*ctx.row_range, device=z.device)
         grad_z = torch.zeros_like(z)
         scatter_pair_grad(g, z, anchors, hardest_pos, ctx.distance, grad_z)
         scatter_pair_grad(-g, z, anchors, hardest_neg, ctx.distance, grad_z)
-        return grad_z, None, None, None, None
+        return grad_z, None, None, None, None, None
 
 
 @eager_under_compile
 def triplet_hard_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
     distance: str = "euclidean", block_size: int | None = None,
+    row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor batch-hard triplet loss (Hermans et al. 2017) in :math:`O(N D + b N)`.
 
@@ -216,6 +228,9 @@ def triplet_hard_tiled(
         distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"`` (one minus the
             cosine similarity; the rows are normalized inside).
         block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 16 MiB.
+        row_range: ``(start, stop)``: only rows ``start:stop`` of ``z`` are anchors (all
+            rows stay columns; shapes ``(N,)`` below become ``(stop - start,)``);
+            ``None`` means every row.
 
     Returns:
         ``(loss, valid)``, shape ``(N,)`` each; ``loss`` is 0 where the anchor has no
@@ -230,7 +245,8 @@ def triplet_hard_tiled(
     check_positive("margin", margin, allow_zero=True)
     check_distance(distance)
     loss, valid = _TripletHardTiledFunction.apply(  # type: ignore[no-untyped-call]
-        _cosine_ready(z, distance), labels, float(margin), distance, block_size
+        _cosine_ready(z, distance), labels, float(margin), distance, block_size,
+        check_row_range(row_range, z.shape[0]),
     )
     return loss, valid
 
@@ -257,20 +273,21 @@ class _TripletAllTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, distance: str,
-        block_size: int,
+        block_size: int, row_range: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = z.shape[0]
+        a0, a1 = row_range  # anchors are rows a0:a1; every row is a column
         sq = (z * z).sum(dim=1)
-        total = torch.zeros(n, dtype=z.dtype, device=z.device)
-        count = torch.zeros(n, dtype=torch.int64, device=z.device)
-        valid = torch.zeros(n, dtype=torch.bool, device=z.device)
-        for r0, r1 in row_blocks(n, block_size):
+        total = torch.zeros(a1 - a0, dtype=z.dtype, device=z.device)
+        count = torch.zeros(a1 - a0, dtype=torch.int64, device=z.device)
+        valid = torch.zeros(a1 - a0, dtype=torch.bool, device=z.device)
+        for r0, r1 in row_blocks(a1, block_size, a0):
+            k0, k1 = r0 - a0, r1 - a0
             d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
             pos, neg = _masks(labels, r0, r1)
-            total[r0:r1], count[r0:r1], _ = _triplet_all_tile(d, pos, neg, margin)
-            valid[r0:r1] = pos.any(dim=1) & neg.any(dim=1)
+            total[k0:k1], count[k0:k1], _ = _triplet_all_tile(d, pos, neg, margin)
+            valid[k0:k1] = pos.any(dim=1) & neg.any(dim=1)
         ctx.save_for_backward(z, labels, sq)
-        ctx.options = (margin, distance, block_size)
+        ctx.options = (margin, distance, block_size, row_range)
         ctx.mark_non_differentiable(count, valid)
         return total, count, valid
 
@@ -280,10 +297,9 @@ class _TripletAllTiledFunction(torch.autograd.Function):
         _grad_valid: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, sq = ctx.saved_tensors
-        margin, distance, block_size = ctx.options
-        n = z.shape[0]
+        margin, distance, block_size, (a0, a1) = ctx.options
         grad_z = torch.zeros_like(z)
-        for r0, r1 in row_blocks(n, block_size):
+        for r0, r1 in row_blocks(a1, block_size, a0):
             d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
             pos, neg = _masks(labels, r0, r1)
             _, _, k = _triplet_all_tile(d, pos, neg, margin)
@@ -292,15 +308,16 @@ class _TripletAllTiledFunction(torch.autograd.Function):
             num_pos = pos.sum(dim=1, keepdim=True)
             active = num_pos - torch.searchsorted(thr_sorted, d, side="right")
             weight = k.to(d.dtype) - torch.where(neg, active, 0).to(d.dtype)
-            weight.mul_(grad_total[r0:r1, None])
+            weight.mul_(grad_total[r0 - a0 : r1 - a0, None])
             scatter_distance_grad(weight, d, z, slice(r0, r1), slice(None), distance, grad_z)
-        return grad_z, None, None, None, None
+        return grad_z, None, None, None, None, None
 
 
 @eager_under_compile
 def triplet_all_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
     distance: str = "euclidean", block_size: int | None = None,
+    row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Per-anchor batch-all triplet sums and counts in :math:`O(N^2 \log N)` time.
 
@@ -314,6 +331,9 @@ def triplet_all_tiled(
         margin: :math:`m \ge 0`.
         distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
         block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 4 MiB.
+        row_range: ``(start, stop)``: only rows ``start:stop`` of ``z`` are anchors (all
+            rows stay columns; shapes ``(N,)`` below become ``(stop - start,)``);
+            ``None`` means every row.
 
     Returns:
         ``(total, count, valid)``, each of shape ``(N,)``: :math:`S_i`, the sum of
@@ -335,6 +355,7 @@ def triplet_all_tiled(
         # it gets a quarter of the usual tile.
         rows = max(16, min(z.shape[0], TILE_ELEMENTS // 4 // max(z.shape[0], 1)))
     total, count, valid = _TripletAllTiledFunction.apply(  # type: ignore[no-untyped-call]
-        _cosine_ready(z, distance), labels, float(margin), distance, rows
+        _cosine_ready(z, distance), labels, float(margin), distance, rows,
+        check_row_range(row_range, z.shape[0]),
     )
     return total, count, valid

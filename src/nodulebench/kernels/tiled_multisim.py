@@ -24,7 +24,13 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_positive
-from nodulebench.kernels._tiling import check_prepared, eager_under_compile, row_blocks, self_mask
+from nodulebench.kernels._tiling import (
+    check_prepared,
+    check_row_range,
+    eager_under_compile,
+    row_blocks,
+    self_mask,
+)
 
 __all__ = ["multi_similarity_tiled"]
 
@@ -50,28 +56,32 @@ class _MultiSimilarityTiledFunction(torch.autograd.Function):
     def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor,
         options: tuple[float, float, float, float], block_size: int,
+        row_range: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = z.shape[0]
+        # Anchors are rows a0:a1 of z; every row of z is a column (all of them by default).
+        a0, a1 = row_range
         alpha, beta = options[0], options[1]
-        stats = torch.zeros(4, n, dtype=z.dtype, device=z.device)
+        stats = torch.zeros(4, a1 - a0, dtype=z.dtype, device=z.device)
         max_neg, min_pos, pos_sum, neg_sum = stats.unbind(0)
-        valid = torch.zeros(n, dtype=torch.bool, device=z.device)
-        for r0, r1 in row_blocks(n, block_size):
+        valid = torch.zeros(a1 - a0, dtype=torch.bool, device=z.device)
+        for r0, r1 in row_blocks(a1, block_size, a0):
+            k0, k1 = r0 - a0, r1 - a0
             s = z[r0:r1] @ z.T
             same = labels[r0:r1, None] == labels[None, :]
             pos = same & ~self_mask(r0, r1, n, z.device)
-            max_neg[r0:r1] = s.masked_fill(same, float("-inf")).amax(dim=1)
-            min_pos[r0:r1] = s.masked_fill(~pos, float("inf")).amin(dim=1)
-            valid[r0:r1] = pos.any(dim=1)
+            max_neg[k0:k1] = s.masked_fill(same, float("-inf")).amax(dim=1)
+            min_pos[k0:k1] = s.masked_fill(~pos, float("inf")).amin(dim=1)
+            valid[k0:k1] = pos.any(dim=1)
             pos_terms, neg_terms = _kept_terms(
-                s, labels, r0, r1, max_neg[r0:r1], min_pos[r0:r1], options
+                s, labels, r0, r1, max_neg[k0:k1], min_pos[k0:k1], options
             )
-            pos_sum[r0:r1] = pos_terms.sum(dim=1)
-            neg_sum[r0:r1] = neg_terms.sum(dim=1)
+            pos_sum[k0:k1] = pos_terms.sum(dim=1)
+            neg_sum[k0:k1] = neg_terms.sum(dim=1)
         raw = torch.log1p(pos_sum) / alpha + torch.log1p(neg_sum) / beta
         loss = torch.where(valid, raw, torch.zeros_like(raw))
         ctx.save_for_backward(z, labels, stats, valid)
-        ctx.options = (options, block_size)
+        ctx.options = (options, block_size, row_range)
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -80,30 +90,32 @@ class _MultiSimilarityTiledFunction(torch.autograd.Function):
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, stats, valid = ctx.saved_tensors
-        options, block_size = ctx.options
+        options, block_size, (a0, a1) = ctx.options
         max_neg, min_pos, pos_sum, neg_sum = stats.unbind(0)
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
         grad_z = torch.zeros_like(z)
-        for r0, r1 in row_blocks(z.shape[0], block_size):
+        for r0, r1 in row_blocks(a1, block_size, a0):
+            k0, k1 = r0 - a0, r1 - a0
             z_rows = z[r0:r1]
             s = z_rows @ z.T
             pos_terms, neg_terms = _kept_terms(
-                s, labels, r0, r1, max_neg[r0:r1], min_pos[r0:r1], options
+                s, labels, r0, r1, max_neg[k0:k1], min_pos[k0:k1], options
             )
             # d/dS of (1/a) log(1 + sum e^{-a(S-l)}) is -e^{-a(S-l)} / (1 + sum), and
             # of (1/b) log(1 + sum e^{b(S-l)}) is e^{b(S-l)} / (1 + sum).
-            weight = neg_terms.div_(1.0 + neg_sum[r0:r1, None])
-            weight.sub_(pos_terms.div_(1.0 + pos_sum[r0:r1, None]))
-            weight.mul_(g[r0:r1, None])
+            weight = neg_terms.div_(1.0 + neg_sum[k0:k1, None])
+            weight.sub_(pos_terms.div_(1.0 + pos_sum[k0:k1, None]))
+            weight.mul_(g[k0:k1, None])
             grad_z[r0:r1].addmm_(weight, z)
             grad_z.addmm_(weight.T, z_rows)
-        return grad_z, None, None, None
+        return grad_z, None, None, None, None
 
 
 @eager_under_compile
 def multi_similarity_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, alpha: float = 2.0, beta: float = 50.0,
     base: float = 0.5, epsilon: float = 0.1, block_size: int | None = None,
+    row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor multi-similarity loss with mining, in :math:`O(N D + b N)` memory.
 
@@ -115,10 +127,12 @@ def multi_similarity_tiled(
         base: Similarity offset :math:`\lambda`.
         epsilon: Mining margin :math:`\epsilon \ge 0`.
         block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 16 MiB.
+        row_range: ``(start, stop)``: only rows ``start:stop`` of ``z`` are anchors (all
+            rows stay columns); ``None`` means every row.
 
     Returns:
-        ``(loss, valid)``, shape ``(N,)`` each; ``loss`` is 0 where the anchor has no
-        positive (``valid`` False).
+        ``(loss, valid)``, shape ``(A,)`` each (``A`` anchors, ``N`` by default);
+        ``loss`` is 0 where the anchor has no positive (``valid`` False).
 
     Example:
         >>> z = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
@@ -134,6 +148,6 @@ def multi_similarity_tiled(
         raise TypeError(f"base must be a real number; got {type(base).__name__}")
     options = (float(alpha), float(beta), float(base), float(epsilon))
     loss, valid = _MultiSimilarityTiledFunction.apply(  # type: ignore[no-untyped-call]
-        z, labels, options, block_size
+        z, labels, options, block_size, check_row_range(row_range, z.shape[0])
     )
     return loss, valid

@@ -39,9 +39,10 @@ import torch
 from nodulebench._validation import check_choice, check_positive
 from nodulebench.kernels._tiling import (
     TILE_EDGE,
+    anchor_tiles,
     check_prepared,
+    check_row_range,
     eager_under_compile,
-    tile_pairs,
 )
 
 __all__ = ["supcon_tiled"]
@@ -77,40 +78,45 @@ class _SupConTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str,
-        block_size: int,
+        block_size: int, row_range: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = z.shape[0]
+        # Anchors are rows a0:a1 of z; every row of z is a column (all of them by default).
+        a0, a1 = row_range
+        symmetric = (a0, a1) == (0, n)
         inv_tau = 1.0 / temperature
         class_id, class_size = _class_index(labels)
-        num_pos = class_size[class_id] - 1
+        num_pos = class_size[class_id[a0:a1]] - 1
         valid = num_pos > 0
-        lse = torch.full((n,), float("-inf"), dtype=z.dtype, device=z.device)
+        lse = torch.full((a1 - a0,), float("-inf"), dtype=z.dtype, device=z.device)
         lse_pos = torch.full_like(lse, float("-inf"))
-        # s is symmetric: the tile of row block I x column block J is the transpose of
-        # J x I, so one product serves the row LSEs of I (along dim 1) and of J (dim 0).
-        for r0, r1, c0, c1 in tile_pairs(n, block_size):
+        # s is symmetric: when every row is an anchor, the tile of row block I x column
+        # block J is the transpose of J x I, so one product serves the row LSEs of I
+        # (along dim 1) and of J (dim 0).
+        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
             s = _mask_self((z[r0:r1] * inv_tau) @ z[c0:c1].T, r0, c0)
-            mirrored = c0 != r0
-            _fold_lse(lse[r0:r1], s, 1)
+            mirrored = symmetric and c0 != r0
+            _fold_lse(lse[r0 - a0 : r1 - a0], s, 1)
             if mirrored:
                 _fold_lse(lse[c0:c1], s, 0)
             if variant == "in":
                 same = class_id[r0:r1, None] == class_id[None, c0:c1]
                 s_pos = s.masked_fill_(~same, float("-inf"))
-                _fold_lse(lse_pos[r0:r1], s_pos, 1)
+                _fold_lse(lse_pos[r0 - a0 : r1 - a0], s_pos, 1)
                 if mirrored:
                     _fold_lse(lse_pos[c0:c1], s_pos, 0)
         if variant == "out":
             class_sum = torch.zeros(
                 class_size.shape[0], z.shape[1], dtype=z.dtype, device=z.device
             ).index_add_(0, class_id, z)
-            pos_term = (z * (class_sum[class_id] - z)).sum(dim=1) * inv_tau
+            anchors = z[a0:a1]
+            pos_term = (anchors * (class_sum[class_id[a0:a1]] - anchors)).sum(dim=1) * inv_tau
             raw = lse - pos_term / num_pos.clamp(min=1).to(z.dtype)
         else:
             raw = lse - lse_pos + torch.log(num_pos.clamp(min=1).to(z.dtype))
         loss = torch.where(valid, raw, torch.zeros_like(raw))
         ctx.save_for_backward(z, class_id, lse, lse_pos, num_pos, valid)
-        ctx.options = (inv_tau, variant, block_size, class_size.shape[0])
+        ctx.options = (inv_tau, variant, block_size, class_size.shape[0], row_range)
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -119,8 +125,10 @@ class _SupConTiledFunction(torch.autograd.Function):
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, class_id, lse, lse_pos, num_pos, valid = ctx.saved_tensors
-        inv_tau, variant, block_size, num_classes = ctx.options
+        inv_tau, variant, block_size, num_classes, row_range = ctx.options
         n = z.shape[0]
+        a0, a1 = row_range
+        symmetric = (a0, a1) == (0, n)
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
         lse = _finite_or_zero(lse)
         lse_pos = _finite_or_zero(lse_pos)
@@ -130,40 +138,43 @@ class _SupConTiledFunction(torch.autograd.Function):
                     dim: int) -> torch.Tensor:
             """G of the anchors along ``dim``: g_i (P_ij [- Q_ij]), oriented like ``s``."""
             shape = (-1, 1) if dim == 1 else (1, -1)
-            anchors = rows if dim == 1 else cols
+            anchors = slice(rows.start - a0, rows.stop - a0) if dim == 1 else cols
             tile = torch.exp(s - lse[anchors].view(shape))
             if same is not None:
                 tile.sub_(torch.exp(s - lse_pos[anchors].view(shape)).masked_fill_(~same, 0.0))
             return tile.mul_(g[anchors].view(shape))
 
-        for r0, r1, c0, c1 in tile_pairs(n, block_size):
+        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
             rows, cols = slice(r0, r1), slice(c0, c1)
             s = _mask_self((z[rows] * inv_tau) @ z[cols].T, r0, c0)
             same = class_id[rows, None] == class_id[None, cols] if variant == "in" else None
             # M_ij = G_ij + G_ji couples row i and column j both ways; dz = M z / tau.
+            # Without the mirror (anchor subsets), M = G of the tile's anchors only.
             m = weights(s, rows, cols, same, 1)
-            if c0 != r0:
-                m.add_(weights(s, rows, cols, same, 0))
-                grad_z[rows].addmm_(m, z[cols], alpha=inv_tau)
-                grad_z[cols].addmm_(m.T, z[rows], alpha=inv_tau)
-            else:
+            if symmetric and c0 == r0:
                 grad_z[rows].addmm_(m + m.T, z[rows], alpha=inv_tau)
+                continue
+            if symmetric:
+                m.add_(weights(s, rows, cols, same, 0))
+            grad_z[rows].addmm_(m, z[cols], alpha=inv_tau)
+            grad_z[cols].addmm_(m.T, z[rows], alpha=inv_tau)
         if variant == "out":
+            # d/dz of sum_i w_i z_i . (S_{y_i} - z_i) over the anchors i: every row j gets
+            # the anchors' weighted class sum W_{y_j}; anchor rows also w_i (S_{y_i} - 2 z_i).
             w = g / num_pos.clamp(min=1).to(z.dtype)
+            anchors, anchor_id = z[a0:a1], class_id[a0:a1]
             sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype, device=z.device)
             class_sum = sums.index_add(0, class_id, z)
-            weighted_sum = sums.index_add(0, class_id, w[:, None] * z)
-            grad_z.sub_(
-                (w[:, None] * (class_sum[class_id] - 2.0 * z) + weighted_sum[class_id])
-                * inv_tau
-            )
-        return grad_z, None, None, None, None
+            weighted_sum = sums.index_add(0, anchor_id, w[:, None] * anchors)
+            grad_z.sub_(weighted_sum[class_id] * inv_tau)
+            grad_z[a0:a1].sub_(w[:, None] * (class_sum[anchor_id] - 2.0 * anchors) * inv_tau)
+        return grad_z, None, None, None, None, None
 
 
 @eager_under_compile
 def supcon_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
-    block_size: int | None = None,
+    block_size: int | None = None, row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor SupCon loss in :math:`O(N D + b^2)` memory, forward and backward.
 
@@ -179,10 +190,14 @@ def supcon_tiled(
             (log of the mean probability); see the module docstring.
         block_size: Edge ``b`` of the square ``b x b`` similarity tiles; ``None`` picks
             ``min(N, 1024)`` (a 4 MiB float32 tile).
+        row_range: ``(start, stop)``: only rows ``start:stop`` of ``z`` are anchors (all
+            rows stay columns; a distributed loss passes the gathered batch and its own
+            rows); ``None`` means every row.
 
     Returns:
-        ``(loss, valid)``: ``loss`` of shape ``(N,)`` in ``z``'s dtype, exactly 0 where
-        ``valid`` (shape ``(N,)``, bool) is False, i.e. for anchors without positives.
+        ``(loss, valid)``: ``loss`` of shape ``(A,)`` (``A`` anchors, ``N`` by default)
+        in ``z``'s dtype, exactly 0 where ``valid`` (shape ``(A,)``, bool) is False,
+        i.e. for anchors without positives.
 
     Example:
         >>> z = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
@@ -196,6 +211,6 @@ def supcon_tiled(
     if block_size is None:
         edge = max(1, min(z.shape[0], TILE_EDGE))
     loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]
-        z, labels, float(temperature), variant, edge
+        z, labels, float(temperature), variant, edge, check_row_range(row_range, z.shape[0])
     )
     return loss, valid

@@ -7,6 +7,12 @@ also returns per-anchor counts). Values on invalid rows are arbitrary: the calle
 replaces them with 0. This is the boundary where faster backends plug in; they must
 return the same tensors. The functions build dense ``(N, N)`` (and, for triplet
 ``"all"``/``"semihard"``, ``(N, N, N)``) tensors: they are definitions, not kernels.
+
+Every function also takes keyword-only ``columns`` ``(M, D)``, ``column_labels``
+``(M,)`` and ``row_offset``: the anchors ``z`` are then compared with the columns, and
+anchor ``i`` is column ``row_offset + i`` (its self-pair). That is how a distributed
+loss computes its local anchors against the gathered global batch; the default
+(``columns=None``) is the whole batch against itself.
 """
 
 from __future__ import annotations
@@ -28,12 +34,33 @@ __all__ = [
 ]
 
 
-def pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(N, N)`` bool masks: self pairs, positives ``P(i)`` and negatives ``Neg(i)``."""
-    n = labels.shape[0]
-    self_pair = torch.eye(n, dtype=torch.bool, device=labels.device)
-    same = labels[:, None] == labels[None, :]
+def pair_masks(
+    labels: torch.Tensor, column_labels: torch.Tensor | None = None, row_offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(N, M)`` bool masks: self pairs, positives ``P(i)`` and negatives ``Neg(i)``.
+
+    Anchor ``i`` (label ``labels[i]``) is column ``row_offset + i``; the columns'
+    labels are ``column_labels`` (default: ``labels``, so ``M = N``).
+    """
+    column_labels = labels if column_labels is None else column_labels
+    anchor_index = torch.arange(labels.shape[0], device=labels.device) + row_offset
+    column_index = torch.arange(column_labels.shape[0], device=labels.device)
+    self_pair = anchor_index[:, None] == column_index[None, :]
+    same = labels[:, None] == column_labels[None, :]
     return self_pair, same & ~self_pair, ~same
+
+
+def _column_set(
+    z: torch.Tensor, labels: torch.Tensor, columns: torch.Tensor | None,
+    column_labels: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The columns and their labels: the anchors themselves unless given."""
+    if (columns is None) != (column_labels is None):
+        raise ValueError("columns and column_labels must be given together; got only "
+                         + ("columns" if column_labels is None else "column_labels"))
+    if columns is None or column_labels is None:
+        return z, labels
+    return columns, column_labels
 
 
 def masked_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -47,7 +74,9 @@ def masked_min(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def supcon_per_anchor(
-    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str
+    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str,
+    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    row_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor SupCon loss (the backend boundary).
 
@@ -56,15 +85,19 @@ def supcon_per_anchor(
         labels: ``(N,)`` int64 row labels.
         temperature: ``tau > 0``.
         variant: ``"out"`` or ``"in"``.
+        columns: ``(M, D)`` rows compared with the anchors; ``None`` means ``z``.
+        column_labels: ``(M,)`` their labels (with ``columns``).
+        row_offset: column index of anchor 0 (see the module docstring).
 
     Returns:
         ``loss (N,)`` and ``valid (N,)`` bool (``|P(i)| > 0``); ``loss`` is finite on
         valid rows, arbitrary (later replaced by 0) on invalid ones.
     """
-    self_pair, positive, _ = pair_masks(labels)
+    columns, column_labels = _column_set(z, labels, columns, column_labels)
+    self_pair, positive, _ = pair_masks(labels, column_labels, row_offset)
     num_positives = positive.sum(dim=1)
     valid = num_positives > 0
-    logits = (z @ z.T) / temperature
+    logits = (z @ columns.T) / temperature
     # Self pair masked to -inf before the LSE (never computed then subtracted). Rows of
     # invalid anchors are zeroed so that their LSE, and its gradient, stay finite.
     keep_rows = valid[:, None]
@@ -82,26 +115,31 @@ def supcon_per_anchor(
 
 
 def contrastive_per_anchor(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float,
+    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    row_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor Hadsell contrastive loss (the backend boundary).
 
-    Returns ``loss (N,)`` (mean over the ``N - 1`` other rows) and ``valid (N,)``
-    (true iff ``N >= 2``).
+    Returns ``loss (N,)`` (mean over the ``M - 1`` other columns, ``M = N`` without
+    ``columns``) and ``valid (N,)`` (true iff ``M >= 2``).
     """
-    n = labels.shape[0]
-    self_pair, positive, _ = pair_masks(labels)
-    distance = euclidean_distance(z)
+    columns, column_labels = _column_set(z, labels, columns, column_labels)
+    n = column_labels.shape[0]
+    self_pair, positive, _ = pair_masks(labels, column_labels, row_offset)
+    distance = euclidean_distance(z, columns)
     pull = 0.5 * distance.square()
     push = 0.5 * (margin - distance).clamp(min=0.0).square()
     cost = torch.where(positive, pull, push).masked_fill(self_pair, 0.0)
     loss = cost.sum(dim=1) / max(n - 1, 1)
-    valid = torch.full((n,), n >= 2, dtype=torch.bool, device=z.device)
+    valid = torch.full((z.shape[0],), n >= 2, dtype=torch.bool, device=z.device)
     return loss, valid
 
 
 def triplet_per_anchor(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float, distance: str, mining: str
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float, distance: str, mining: str,
+    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    row_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-anchor triplet loss (the backend boundary).
 
@@ -111,15 +149,19 @@ def triplet_per_anchor(
         margin: ``m >= 0``.
         distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
         mining: ``"all"``, ``"hard"`` or ``"semihard"``.
+        columns: ``(M, D)`` rows compared with the anchors; ``None`` means ``z``.
+        column_labels: ``(M,)`` their labels (with ``columns``).
+        row_offset: column index of anchor 0 (see the module docstring).
 
     Returns:
         ``loss (N,)``, ``valid (N,)`` (``P(i)`` and ``Neg(i)`` nonempty) and ``counts``:
         for ``"all"`` the loss is the per-anchor sum ``S_i`` of the triplet losses and
         ``counts`` the number ``C_i`` of positive ones; ``None`` for the other minings.
     """
-    _, positive, negative = pair_masks(labels)
+    columns, column_labels = _column_set(z, labels, columns, column_labels)
+    _, positive, negative = pair_masks(labels, column_labels, row_offset)
     valid = positive.any(dim=1) & negative.any(dim=1)
-    d = pairwise_distance(z, distance)
+    d = pairwise_distance(z, distance, None if columns is z else columns)
     if mining == "hard":
         hardest_positive = torch.where(valid, masked_max(d, positive), 0.0)
         hardest_negative = torch.where(valid, masked_min(d, negative), 0.0)
@@ -153,18 +195,24 @@ def multi_similarity_per_anchor(
     beta: float,
     base: float,
     epsilon: float,
+    columns: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
+    row_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor multi-similarity loss with its pair mining (the backend boundary).
 
-    ``S = z z^T`` (cosine similarity for normalized rows). Keeps positive ``p`` when
-    ``S_ip - epsilon < max_n S_in`` and negative ``n`` when ``S_in + epsilon > min_p S_ip``.
+    ``S = z z^T`` (``z columns^T`` with ``columns``; cosine similarity for normalized
+    rows). Keeps positive ``p`` when ``S_ip - epsilon < max_n S_in`` and negative ``n``
+    when ``S_in + epsilon > min_p S_ip``. ``columns``, ``column_labels`` and
+    ``row_offset`` as for :func:`supcon_per_anchor`.
 
     Returns:
         ``loss (N,)`` and ``valid (N,)`` (``P(i)`` nonempty).
     """
-    _, positive, negative = pair_masks(labels)
+    columns, column_labels = _column_set(z, labels, columns, column_labels)
+    _, positive, negative = pair_masks(labels, column_labels, row_offset)
     valid = positive.any(dim=1)
-    similarity = z @ z.T
+    similarity = z @ columns.T
     # Mining decides which pairs count; it is a selection, so no gradient flows through it.
     # Written as negated comparisons so that a NaN similarity keeps its pair and the NaN
     # reaches the loss instead of being silently mined away.

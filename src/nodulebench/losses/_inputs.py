@@ -5,14 +5,21 @@ flatten views sample-major, expand labels, normalize, upcast), a per-anchor dens
 function that returns ``(loss (N,), valid (N,))``, and :func:`reduce_per_anchor`. Keeping
 the first and last step here means each loss body only holds its own maths, and a fast
 kernel only has to replace the per-anchor step.
+
+With ``gather_distributed=True`` under an initialised process group, the first step also
+gathers every rank's prepared rows (the *columns*) and the per-anchor step computes this
+rank's rows (the *anchors*) against them; the last step normalises with the global count
+so that DDP's gradient averaging is exact (see :mod:`nodulebench.distributed`). Without
+gathering the columns are the rows themselves, and nothing else changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from nodulebench._validation import (
@@ -21,6 +28,19 @@ from nodulebench._validation import (
     check_integer_tensor,
     check_ndim,
 )
+from nodulebench.distributed import (
+    all_gather_no_grad,
+    all_gather_with_grad,
+    gather_sizes,
+    get_rank,
+    get_world_size,
+    is_distributed,
+    sum_over_ranks,
+)
+
+# Imported at run time where available so that the docs resolve the annotation.
+if TYPE_CHECKING or dist.is_available():
+    from torch.distributed import ProcessGroup
 
 __all__ = [
     "REDUCTIONS",
@@ -58,12 +78,40 @@ class PreparedEmbeddings:
             were given).
         leading_shape: ``(B,)`` or ``(B, V)``, the shape of ``reduction="none"`` output.
         source: the embeddings as passed in, used for a graph-connected zero.
+        columns: ``(M, D)`` the rows every anchor is compared with: ``rows`` itself, or
+            with ``gather_distributed=True`` the prepared rows of all ranks in rank order.
+        column_labels: ``(M,)`` int64 labels of ``columns``.
+        row_offset: index in ``columns`` of ``rows[0]``, so anchor ``i``'s self-pair is
+            column ``row_offset + i`` (0 without gathering).
+        world_size: ranks that share the loss (1 without gathering).
+        group: the process group of the gather, or None.
     """
 
     rows: torch.Tensor
     labels: torch.Tensor
     leading_shape: tuple[int, ...]
     source: torch.Tensor
+    columns: torch.Tensor
+    column_labels: torch.Tensor
+    row_offset: int = 0
+    world_size: int = 1
+    group: ProcessGroup | None = None
+
+    @property
+    def gathered(self) -> bool:
+        """Whether the columns come from several ranks."""
+        return self.world_size > 1
+
+    @property
+    def row_range(self) -> tuple[int, int] | None:
+        """The anchors' rows ``(start, stop)`` in ``columns``; None when they are all rows.
+
+        Passed to the per-anchor backends, which then compute only those anchors against
+        every column; None keeps the single-process call exactly what it was.
+        """
+        if not self.gathered:
+            return None
+        return self.row_offset, self.row_offset + self.rows.shape[0]
 
 
 def prepare_embeddings(
@@ -72,11 +120,16 @@ def prepare_embeddings(
     *,
     normalize: bool,
     labels_required: bool,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> PreparedEmbeddings:
     """Validate and flatten ``embeddings`` ``(B, D)`` or ``(B, V, D)`` and ``labels`` ``(B,)``.
 
     With ``labels=None`` (only where ``labels_required`` is false) the label of row
     ``b * V + v`` is ``b``: the views of one sample are each other's only positives.
+    With ``gather_distributed=True`` and more than one rank in ``process_group``, the
+    prepared rows and labels of every rank are gathered as the columns (a collective
+    call), and ``b`` above is the *global* sample index.
 
     Raises:
         TypeError: non-tensor or non-floating ``embeddings``; non-integer ``labels``;
@@ -88,16 +141,16 @@ def prepare_embeddings(
     check_floating("embeddings", embeddings)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool; got {type(normalize).__name__}")
+    if not isinstance(gather_distributed, bool):
+        raise TypeError(
+            f"gather_distributed must be a bool; got {type(gather_distributed).__name__}"
+        )
     if embeddings.numel() == 0:
         raise ValueError("embeddings must hold at least one sample, view and feature "
                          f"(B, V, D >= 1); got shape {tuple(embeddings.shape)}")
     batch = embeddings.shape[0]
     views = embeddings.shape[1] if embeddings.ndim == 3 else 1
-    if labels is None:
-        if labels_required:
-            raise TypeError("labels must be a (B,) integer tensor for this loss; got None")
-        sample_labels = torch.arange(batch, device=embeddings.device)
-    else:
+    if labels is not None:
         check_ndim("labels", labels, (1,), "(B,)")
         check_integer_tensor("labels", labels)
         if labels.shape[0] != batch:
@@ -105,14 +158,35 @@ def prepare_embeddings(
                 f"labels must have shape (B,) = ({batch},) to match embeddings of shape "
                 f"{tuple(embeddings.shape)}; got shape {tuple(labels.shape)}"
             )
-        sample_labels = labels.to(device=embeddings.device, dtype=torch.int64)
+    elif labels_required:
+        raise TypeError("labels must be a (B,) integer tensor for this loss; got None")
     rows = embeddings.reshape(batch * views, embeddings.shape[-1])
     rows = rows.to(compute_dtype(embeddings.dtype))
     if normalize:
         rows = F.normalize(rows, p=2.0, dim=1, eps=1e-12)
-    row_labels = sample_labels.repeat_interleave(views)
     leading_shape = tuple(embeddings.shape[:-1])
-    return PreparedEmbeddings(rows, row_labels, leading_shape, embeddings)
+    gather = gather_distributed and is_distributed(process_group)
+    # One exchange of (B_r, [V,] D) and the compute dtype: checks that the ranks agree.
+    sample_sizes = (
+        gather_sizes(rows.reshape(*leading_shape, -1), process_group) if gather else (batch,)
+    )
+    first_sample = sum(sample_sizes[: get_rank(process_group)]) if gather else 0
+    if labels is None:
+        sample_labels = torch.arange(first_sample, first_sample + batch, device=rows.device)
+    else:
+        sample_labels = labels.to(device=embeddings.device, dtype=torch.int64)
+    row_labels = sample_labels.repeat_interleave(views)
+    if not gather:
+        return PreparedEmbeddings(rows, row_labels, leading_shape, embeddings, rows, row_labels)
+    row_sizes = [size * views for size in sample_sizes]
+    return PreparedEmbeddings(
+        rows, row_labels, leading_shape, embeddings,
+        columns=all_gather_with_grad(rows, process_group, sizes=row_sizes),
+        column_labels=all_gather_no_grad(row_labels, process_group, sizes=row_sizes),
+        row_offset=first_sample * views,
+        world_size=get_world_size(process_group),
+        group=process_group,
+    )
 
 
 class ReducedLoss(NamedTuple):
@@ -143,7 +217,7 @@ def reduce_per_anchor(
         valid: ``(N,)`` bool, anchors that take part; the others get exactly 0 in
             ``"none"`` and are left out of ``"mean"`` and ``"sum"``.
         reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"``.
-        prepared: the prepared inputs (output shape, graph-connected zero).
+        prepared: the prepared inputs (output shape, graph-connected zero, ranks).
         counts: optional ``(N,)`` number of terms in each anchor's sum (triplet
             ``mining="all"``). Then ``"mean"`` is ``sum(per_anchor) / sum(counts)``
             and ``"none"`` is ``per_anchor / counts`` (0 where ``counts`` is 0).
@@ -152,6 +226,11 @@ def reduce_per_anchor(
         The loss (scalar, or ``prepared.leading_shape`` for ``"none"``) in float32 or
         float64, and the number of invalid anchors. With no valid anchor (or no
         counted term) ``"mean"`` and ``"sum"`` give a zero still connected to the graph.
+        For gathered inputs on :math:`W` ranks, ``"mean"`` is :math:`W` times this
+        rank's sum over the *global* count (summed over ranks) and ``"sum"`` is
+        :math:`W` times this rank's sum, so that the average over ranks (what DDP
+        applies to gradients) is the single-process loss; ``"none"`` stays local and
+        the excluded anchors are this rank's.
     """
     # torch.where, not a product: an invalid anchor's NaN/inf must not leak through.
     per_anchor = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
@@ -163,8 +242,15 @@ def reduce_per_anchor(
             per_anchor = torch.where(counts > 0, per_anchor / counts.clamp(min=1), 0.0)
         return ReducedLoss(per_anchor.reshape(prepared.leading_shape), num_excluded)
     denominator = valid.sum() if counts is None else counts.sum()
+    if prepared.gathered:
+        # Global count, so every rank takes the same branch below (and the same
+        # collectives in backward).
+        denominator = sum_over_ranks(denominator, prepared.group)
     if bool(denominator == 0):
         return ReducedLoss(_connected_zero(prepared), num_excluded)
     total = per_anchor.sum()
+    if prepared.gathered:
+        # W * (local share): DDP divides by W; see nodulebench.distributed.
+        total = total * prepared.world_size
     loss = total if reduction == "sum" else total / denominator.to(total.dtype)
     return ReducedLoss(loss, num_excluded)

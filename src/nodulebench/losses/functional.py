@@ -27,12 +27,16 @@ infinite entry can also give ``inf``), never a finite number, so it is visible a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from nodulebench._validation import check_floating, check_integer_tensor, check_ndim
 from nodulebench.kernels.dispatch import run_per_anchor, select_backend
 from nodulebench.losses._inputs import (
+    PreparedEmbeddings,
     ReducedLoss,
     compute_dtype,
     prepare_embeddings,
@@ -46,6 +50,10 @@ from nodulebench.losses._options import (
     check_supcon_options,
     check_triplet_options,
 )
+
+# Imported at run time where available so that the docs resolve the annotation.
+if TYPE_CHECKING or dist.is_available():
+    from torch.distributed import ProcessGroup
 
 __all__ = [
     "contrastive_loss",
@@ -69,13 +77,19 @@ def _supcon(
     normalize: bool,
     reduction: str,
     backend: str,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> ReducedLoss:
     check_supcon_options(temperature, variant, base_temperature, reduction)
     check_backend(backend)
-    prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=False)
+    prepared = prepare_embeddings(
+        embeddings, labels, normalize=normalize, labels_required=False,
+        gather_distributed=gather_distributed, process_group=process_group,
+    )
     loss, valid = run_per_anchor(
-        "supcon", _kernel_rows(prepared.rows, embeddings.dtype, backend, variant),
-        prepared.labels, backend=backend, temperature=temperature, variant=variant,
+        "supcon", _kernel_rows(prepared, embeddings.dtype, backend, variant),
+        prepared.column_labels, backend=backend, row_range=prepared.row_range,
+        temperature=temperature, variant=variant,
     )
     if base_temperature is not None:
         loss = loss * (temperature / base_temperature)
@@ -83,19 +97,22 @@ def _supcon(
 
 
 def _kernel_rows(
-    rows: torch.Tensor, input_dtype: torch.dtype, backend: str, variant: str
+    prepared: PreparedEmbeddings, input_dtype: torch.dtype, backend: str, variant: str
 ) -> torch.Tensor:
     """The rows a SupCon backend computes on: fp16/bf16 again where Triton will serve them.
 
     Rows are normalized in float32; Triton's tensor-core kernels read half-precision
     embeddings directly (accumulating in float32), the other backends want float32.
     """
+    rows = prepared.columns
     if input_dtype not in (torch.float16, torch.bfloat16) or backend not in ("auto", "triton"):
         return rows
     if backend == "auto" and rows.device.type != "cuda":
         return rows
     low = rows.to(input_dtype)
-    return low if select_backend("supcon", backend, low, variant=variant) == "triton" else rows
+    chosen = select_backend("supcon", backend, low, variant=variant,
+                            row_range=prepared.row_range)
+    return low if chosen == "triton" else rows
 
 
 def supcon_loss(
@@ -108,6 +125,8 @@ def supcon_loss(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> torch.Tensor:
     r"""Supervised contrastive loss (Khosla et al. 2020); SimCLR with ``labels=None``.
 
@@ -137,6 +156,10 @@ def supcon_loss(
         backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
             ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
             (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
+        gather_distributed: compute this rank's anchors against the embeddings of
+            all ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -154,7 +177,7 @@ def supcon_loss(
     return _supcon(
         embeddings, labels, temperature=temperature, variant=variant,
         base_temperature=base_temperature, normalize=normalize, reduction=reduction,
-        backend=backend,
+        backend=backend, gather_distributed=gather_distributed, process_group=process_group,
     ).loss
 
 
@@ -189,11 +212,14 @@ def _ntxent(
     normalize: bool,
     reduction: str,
     backend: str,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> ReducedLoss:
     embeddings = _stack_views(view1, view2)
     return _supcon(embeddings, None, temperature=temperature, variant="out",
                    base_temperature=None, normalize=normalize, reduction=reduction,
-                   backend=backend)
+                   backend=backend, gather_distributed=gather_distributed,
+                   process_group=process_group)
 
 
 def ntxent_loss(
@@ -204,6 +230,8 @@ def ntxent_loss(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> torch.Tensor:
     r"""NT-Xent, the SimCLR loss (Chen et al. 2020): SupCon "out" with ``labels=None``.
 
@@ -226,6 +254,10 @@ def ntxent_loss(
         backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
             ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
             (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
+        gather_distributed: compute this rank's anchors against the embeddings of
+            all ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -236,7 +268,8 @@ def ntxent_loss(
         torch.Size([])
     """
     return _ntxent(view1, view2, temperature=temperature, normalize=normalize,
-                   reduction=reduction, backend=backend).loss
+                   reduction=reduction, backend=backend,
+                   gather_distributed=gather_distributed, process_group=process_group).loss
 
 
 # --------------------------------------------------------------------------- Contrastive
@@ -250,12 +283,17 @@ def _contrastive(
     normalize: bool,
     reduction: str,
     backend: str,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> ReducedLoss:
     check_contrastive_options(margin, reduction)
     check_backend(backend)
-    prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=True)
-    loss, valid = run_per_anchor("contrastive", prepared.rows, prepared.labels,
-                                 backend=backend, margin=margin)
+    prepared = prepare_embeddings(
+        embeddings, labels, normalize=normalize, labels_required=True,
+        gather_distributed=gather_distributed, process_group=process_group,
+    )
+    loss, valid = run_per_anchor("contrastive", prepared.columns, prepared.column_labels,
+                                 backend=backend, row_range=prepared.row_range, margin=margin)
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared)
 
 
@@ -267,6 +305,8 @@ def contrastive_loss(
     normalize: bool = False,
     reduction: str = "mean",
     backend: str = "auto",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> torch.Tensor:
     r"""Pairwise contrastive loss (Hadsell, Chopra & LeCun 2006), Euclidean distance.
 
@@ -288,6 +328,10 @@ def contrastive_loss(
         backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
             ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
             (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
+        gather_distributed: compute this rank's anchors against the embeddings of
+            all ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -297,7 +341,8 @@ def contrastive_loss(
         torch.Size([])
     """
     return _contrastive(embeddings, labels, margin=margin, normalize=normalize,
-                        reduction=reduction, backend=backend).loss
+                        reduction=reduction, backend=backend,
+                        gather_distributed=gather_distributed, process_group=process_group).loss
 
 
 # --------------------------------------------------------------------------- Triplet
@@ -313,20 +358,25 @@ def _triplet(
     normalize: bool,
     reduction: str,
     backend: str,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> ReducedLoss:
     check_triplet_options(margin, distance, mining, reduction)
     check_backend(backend)
-    prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=True)
+    prepared = prepare_embeddings(
+        embeddings, labels, normalize=normalize, labels_required=True,
+        gather_distributed=gather_distributed, process_group=process_group,
+    )
     counts = None
     if mining == "all":
         loss, counts, valid = run_per_anchor(
-            "triplet_all", prepared.rows, prepared.labels, backend=backend, margin=margin,
-            distance=distance,
+            "triplet_all", prepared.columns, prepared.column_labels, backend=backend,
+            row_range=prepared.row_range, margin=margin, distance=distance,
         )
     else:
         loss, valid = run_per_anchor(
-            f"triplet_{mining}", prepared.rows, prepared.labels, backend=backend, margin=margin,
-            distance=distance,
+            f"triplet_{mining}", prepared.columns, prepared.column_labels, backend=backend,
+            row_range=prepared.row_range, margin=margin, distance=distance,
         )
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared, counts=counts)
 
@@ -341,6 +391,8 @@ def triplet_margin_loss(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> torch.Tensor:
     r"""Triplet margin loss over the triplets of a batch, with batch mining.
 
@@ -369,6 +421,10 @@ def triplet_margin_loss(
         backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
             ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
             (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
+        gather_distributed: compute this rank's anchors against the embeddings of
+            all ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -379,7 +435,8 @@ def triplet_margin_loss(
         torch.Size([])
     """
     return _triplet(embeddings, labels, margin=margin, distance=distance, mining=mining,
-                    normalize=normalize, reduction=reduction, backend=backend).loss
+                    normalize=normalize, reduction=reduction, backend=backend,
+                    gather_distributed=gather_distributed, process_group=process_group).loss
 
 
 # --------------------------------------------------------------------------- Multi-similarity
@@ -396,13 +453,18 @@ def _multi_similarity(
     normalize: bool,
     reduction: str,
     backend: str,
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> ReducedLoss:
     check_multi_similarity_options(alpha, beta, base, epsilon, reduction)
     check_backend(backend)
-    prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=True)
+    prepared = prepare_embeddings(
+        embeddings, labels, normalize=normalize, labels_required=True,
+        gather_distributed=gather_distributed, process_group=process_group,
+    )
     loss, valid = run_per_anchor(
-        "multi_similarity", prepared.rows, prepared.labels, backend=backend, alpha=alpha,
-        beta=beta, base=base, epsilon=epsilon,
+        "multi_similarity", prepared.columns, prepared.column_labels, backend=backend,
+        row_range=prepared.row_range, alpha=alpha, beta=beta, base=base, epsilon=epsilon,
     )
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared)
 
@@ -418,6 +480,8 @@ def multi_similarity_loss(
     normalize: bool = True,
     reduction: str = "mean",
     backend: str = "auto",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
 ) -> torch.Tensor:
     r"""Multi-similarity loss with its pair mining (Wang et al. 2019).
 
@@ -447,6 +511,10 @@ def multi_similarity_loss(
         backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
             ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
             (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
+        gather_distributed: compute this rank's anchors against the embeddings of
+            all ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -458,7 +526,9 @@ def multi_similarity_loss(
     """
     return _multi_similarity(embeddings, labels, alpha=alpha, beta=beta, base=base,
                              epsilon=epsilon, normalize=normalize, reduction=reduction,
-                             backend=backend).loss
+                             backend=backend,
+                             gather_distributed=gather_distributed,
+                             process_group=process_group).loss
 
 
 # --------------------------------------------------------------------------- Cross-entropy

@@ -2,10 +2,14 @@
 
 The maths and its documentation live once, in :mod:`nodulebench.losses.functional`.
 Each pairwise module records in ``num_excluded_anchors`` how many anchors its last call
-left out (anchors without a positive, or without a negative for triplets).
+left out (anchors without a positive, or without a negative for triplets), and takes
+``gather_distributed`` / ``process_group`` for exact losses under DDP (see
+:doc:`/scaling`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -26,18 +30,43 @@ __all__ = [
 
 
 class PairwiseLoss(torch.nn.Module):
-    """Base of the pairwise losses: records how many anchors the last call excluded.
+    """Base of the pairwise losses: distributed options and the excluded-anchor count.
+
+    Args:
+        gather_distributed: compute this rank's anchors against the embeddings of all
+            ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
 
     Attributes:
         num_excluded_anchors: anchors of the last call that had no positive (or, for
-            triplets, no negative) and so were left out of the reduction; 0 before any call.
+            triplets, no negative) and so were left out of the reduction; 0 before any
+            call. With ``gather_distributed=True``, this rank's anchors.
     """
 
     num_excluded_anchors: int
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        gather_distributed: bool = False,
+        process_group: torch.distributed.ProcessGroup | None = None,
+    ) -> None:
         super().__init__()
+        if not isinstance(gather_distributed, bool):
+            raise TypeError(
+                f"gather_distributed must be a bool; got {type(gather_distributed).__name__}"
+            )
+        self.gather_distributed = gather_distributed
+        self.process_group = process_group
         self.num_excluded_anchors = 0
+
+    def _gather_options(self) -> dict[str, Any]:
+        return {"gather_distributed": self.gather_distributed,
+                "process_group": self.process_group}
+
+    def _gather_repr(self) -> str:
+        return ", gather_distributed=True" if self.gather_distributed else ""
 
     def _record(self, result: ReducedLoss) -> torch.Tensor:
         self.num_excluded_anchors = result.num_excluded_anchors
@@ -57,6 +86,9 @@ class SupConLoss(PairwiseLoss):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
             :mod:`nodulebench.kernels.dispatch`).
+        gather_distributed: gather the embeddings of all ranks (see
+            :class:`~nodulebench.losses.modules.PairwiseLoss`).
+        process_group: the group to gather over; ``None`` means the default group.
 
     Example:
         >>> loss_fn = SupConLoss(temperature=0.1)
@@ -71,8 +103,10 @@ class SupConLoss(PairwiseLoss):
         normalize: bool = True,
         reduction: str = "mean",
         backend: str = "auto",
+        gather_distributed: bool = False,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(gather_distributed=gather_distributed, process_group=process_group)
         _options.check_supcon_options(temperature, variant, base_temperature, reduction)
         self.temperature = temperature
         self.variant = variant
@@ -88,7 +122,7 @@ class SupConLoss(PairwiseLoss):
         return self._record(LF._supcon(
             embeddings, labels, temperature=self.temperature, variant=self.variant,
             base_temperature=self.base_temperature, normalize=self.normalize,
-            reduction=self.reduction, backend=self.backend,
+            reduction=self.reduction, backend=self.backend, **self._gather_options(),
         ))
 
     def extra_repr(self) -> str:
@@ -96,7 +130,7 @@ class SupConLoss(PairwiseLoss):
         return (f"temperature={self.temperature}, variant={self.variant!r}, "
                 f"base_temperature={self.base_temperature}, normalize={self.normalize}, "
                 f"reduction={self.reduction!r}, "
-                f"backend={self.backend!r}")
+                f"backend={self.backend!r}" + self._gather_repr())
 
 
 @register_loss("ntxent", consumes="embeddings", requires_labels=False,
@@ -112,6 +146,9 @@ class NTXentLoss(PairwiseLoss):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
             :mod:`nodulebench.kernels.dispatch`).
+        gather_distributed: gather the embeddings of all ranks (see
+            :class:`~nodulebench.losses.modules.PairwiseLoss`).
+        process_group: the group to gather over; ``None`` means the default group.
 
     Example:
         >>> loss = NTXentLoss()(torch.randn(4, 8), torch.randn(4, 8))
@@ -120,8 +157,10 @@ class NTXentLoss(PairwiseLoss):
     def __init__(
         self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean",
         backend: str = "auto",
+        gather_distributed: bool = False,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(gather_distributed=gather_distributed, process_group=process_group)
         _options.check_supcon_options(temperature, "out", None, reduction)
         self.temperature = temperature
         self.normalize = normalize
@@ -132,13 +171,13 @@ class NTXentLoss(PairwiseLoss):
         """Loss of ``(B, V, D)`` views, or of two ``(B, D)`` views."""
         return self._record(LF._ntxent(view1, view2, temperature=self.temperature,
                                        normalize=self.normalize, reduction=self.reduction,
-                                       backend=self.backend))
+                                       backend=self.backend, **self._gather_options()))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"temperature={self.temperature}, normalize={self.normalize}, "
                 f"reduction={self.reduction!r}, "
-                f"backend={self.backend!r}")
+                f"backend={self.backend!r}" + self._gather_repr())
 
 
 @register_loss("contrastive", consumes="embeddings", requires_labels=True,
@@ -153,6 +192,9 @@ class ContrastiveLoss(PairwiseLoss):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
             :mod:`nodulebench.kernels.dispatch`).
+        gather_distributed: gather the embeddings of all ranks (see
+            :class:`~nodulebench.losses.modules.PairwiseLoss`).
+        process_group: the group to gather over; ``None`` means the default group.
 
     Example:
         >>> loss = ContrastiveLoss(margin=1.0)(torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2]))
@@ -161,8 +203,10 @@ class ContrastiveLoss(PairwiseLoss):
     def __init__(
         self, margin: float = 1.0, normalize: bool = False, reduction: str = "mean",
         backend: str = "auto",
+        gather_distributed: bool = False,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(gather_distributed=gather_distributed, process_group=process_group)
         _options.check_contrastive_options(margin, reduction)
         self.margin = margin
         self.normalize = normalize
@@ -173,12 +217,12 @@ class ContrastiveLoss(PairwiseLoss):
         """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``."""
         return self._record(LF._contrastive(embeddings, labels, margin=self.margin,
                                             normalize=self.normalize, reduction=self.reduction,
-                                       backend=self.backend))
+                                       backend=self.backend, **self._gather_options()))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"margin={self.margin}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}, backend={self.backend!r}")
+                f"reduction={self.reduction!r}, backend={self.backend!r}" + self._gather_repr())
 
 
 @register_loss("triplet", consumes="embeddings", requires_labels=True,
@@ -195,6 +239,9 @@ class TripletMarginLoss(PairwiseLoss):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
             :mod:`nodulebench.kernels.dispatch`).
+        gather_distributed: gather the embeddings of all ranks (see
+            :class:`~nodulebench.losses.modules.PairwiseLoss`).
+        process_group: the group to gather over; ``None`` means the default group.
 
     Example:
         >>> loss = TripletMarginLoss(mining="all")(torch.randn(4, 8), torch.tensor([0, 0, 1, 1]))
@@ -208,8 +255,10 @@ class TripletMarginLoss(PairwiseLoss):
         normalize: bool = True,
         reduction: str = "mean",
         backend: str = "auto",
+        gather_distributed: bool = False,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(gather_distributed=gather_distributed, process_group=process_group)
         _options.check_triplet_options(margin, distance, mining, reduction)
         self.margin = margin
         self.distance = distance
@@ -223,13 +272,14 @@ class TripletMarginLoss(PairwiseLoss):
         return self._record(LF._triplet(
             embeddings, labels, margin=self.margin, distance=self.distance, mining=self.mining,
             normalize=self.normalize, reduction=self.reduction, backend=self.backend,
+            **self._gather_options(),
         ))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"margin={self.margin}, distance={self.distance!r}, mining={self.mining!r}, "
                 f"normalize={self.normalize}, reduction={self.reduction!r}, "
-                f"backend={self.backend!r}")
+                f"backend={self.backend!r}" + self._gather_repr())
 
 
 @register_loss("multi_similarity", consumes="embeddings", requires_labels=True,
@@ -247,6 +297,9 @@ class MultiSimilarityLoss(PairwiseLoss):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
             :mod:`nodulebench.kernels.dispatch`).
+        gather_distributed: gather the embeddings of all ranks (see
+            :class:`~nodulebench.losses.modules.PairwiseLoss`).
+        process_group: the group to gather over; ``None`` means the default group.
 
     Example:
         >>> loss = MultiSimilarityLoss()(torch.randn(4, 8), torch.tensor([0, 0, 1, 1]))
@@ -261,8 +314,10 @@ class MultiSimilarityLoss(PairwiseLoss):
         normalize: bool = True,
         reduction: str = "mean",
         backend: str = "auto",
+        gather_distributed: bool = False,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(gather_distributed=gather_distributed, process_group=process_group)
         _options.check_multi_similarity_options(alpha, beta, base, epsilon, reduction)
         self.alpha = alpha
         self.beta = beta
@@ -277,7 +332,7 @@ class MultiSimilarityLoss(PairwiseLoss):
         return self._record(LF._multi_similarity(
             embeddings, labels, alpha=self.alpha, beta=self.beta, base=self.base,
             epsilon=self.epsilon, normalize=self.normalize, reduction=self.reduction,
-            backend=self.backend,
+            backend=self.backend, **self._gather_options(),
         ))
 
     def extra_repr(self) -> str:
@@ -285,7 +340,7 @@ class MultiSimilarityLoss(PairwiseLoss):
         return (f"alpha={self.alpha}, beta={self.beta}, base={self.base}, "
                 f"epsilon={self.epsilon}, normalize={self.normalize}, "
                 f"reduction={self.reduction!r}, "
-                f"backend={self.backend!r}")
+                f"backend={self.backend!r}" + self._gather_repr())
 
 
 @register_loss("cross_entropy", consumes="logits", requires_labels=True,

@@ -1,0 +1,385 @@
+r"""Process-group helpers and an exact, autograd-aware all-gather.
+
+Contrastive losses need negatives from the whole global batch. Under data parallelism
+(DDP launched by ``torchrun``) each rank ``r`` holds ``B_r`` local samples; a loss with
+``gather_distributed=True`` gathers the embeddings of every rank with
+:func:`all_gather_with_grad`, uses its *local* rows as anchors and the *global* batch as
+columns, and reduces so that DDP's gradient averaging gives exactly the gradient of the
+single-process loss on the concatenated batch.
+
+Every helper works without an initialised process group: then there is one process,
+of rank 0, and a gather returns its input unchanged.
+
+**Why the gradient is exact.** Let the global loss be :math:`L = \frac{1}{V}\sum_i l_i`
+over the :math:`V` valid anchors of the concatenated batch (:math:`V_r` of them on rank
+:math:`r`, :math:`V = \sum_r V_r`). Rank :math:`r` returns
+
+.. math::
+
+    L_r = \frac{W}{V} \sum_{i \in \text{rank } r} l_i
+    \quad\Longrightarrow\quad
+    \frac{1}{W}\sum_r L_r = L.
+
+Autograd on rank :math:`r` differentiates :math:`L_r` with respect to its local rows
+directly (anchor path) and with respect to every rank's rows through the gathered
+columns. The gather's backward all-reduces (sums) those column gradients over ranks and
+keeps this rank's slice, so rank :math:`r` ends up with
+:math:`g_r = \partial (\sum_s L_s) / \partial z_r`. DDP then averages parameter
+gradients, :math:`\frac{1}{W}\sum_r J_r^\top g_r = J^\top \nabla_z \frac{1}{W}\sum_s L_s
+= \nabla_\theta L`: the factor :math:`W` is the normalisation that cancels DDP's
+:math:`1/W`, not a fudge, and it holds for uneven local batches because :math:`V` is
+the global count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch.autograd.function import once_differentiable
+
+# A runtime import (where available) lets the docs resolve the annotation.
+if TYPE_CHECKING or dist.is_available():
+    from torch.distributed import ProcessGroup
+
+__all__ = [
+    "all_gather_no_grad",
+    "all_gather_with_grad",
+    "gather_sizes",
+    "get_rank",
+    "get_world_size",
+    "is_distributed",
+    "local_row_offset",
+    "sum_over_ranks",
+]
+
+# Shapes are exchanged as fixed-length vectors (dtype code, ndim, then the padded sizes),
+# so that ranks whose tensors differ even in rank still meet in one collective and all
+# raise the same clear error instead of hanging.
+_MAX_NDIM = 8
+_DTYPES = (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
+)
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    return _DTYPES.index(dtype) if dtype in _DTYPES else len(_DTYPES)
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _check_group(group: ProcessGroup | None) -> None:
+    if group is None:
+        return
+    if not dist.is_available() or not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            f"group must be a torch.distributed.ProcessGroup or None; got {type(group).__name__}"
+        )
+
+
+def get_rank(group: ProcessGroup | None = None) -> int:
+    """This process's rank in ``group``; 0 without an initialised process group.
+
+    Args:
+        group: The process group; ``None`` means the default (world) group.
+
+    Returns:
+        The rank, in ``[0, get_world_size(group))``.
+
+    Example:
+        >>> from nodulebench.distributed import get_rank
+        >>> get_rank()  # a plain, single-process run
+        0
+    """
+    _check_group(group)
+    return dist.get_rank(group) if _initialized() else 0
+
+
+def get_world_size(group: ProcessGroup | None = None) -> int:
+    """The number of processes in ``group``; 1 without an initialised process group.
+
+    Args:
+        group: The process group; ``None`` means the default (world) group.
+
+    Returns:
+        The world size, at least 1.
+
+    Example:
+        >>> from nodulebench.distributed import get_world_size
+        >>> get_world_size()
+        1
+    """
+    _check_group(group)
+    return dist.get_world_size(group) if _initialized() else 1
+
+
+def is_distributed(group: ProcessGroup | None = None) -> bool:
+    """Whether a gather over ``group`` exchanges data with other processes.
+
+    True when :mod:`torch.distributed` is available, its process group is initialised
+    and ``group`` spans more than one process.
+
+    Args:
+        group: The process group; ``None`` means the default (world) group.
+
+    Returns:
+        ``False`` in a plain single-process run (the gathers are then identities).
+
+    Example:
+        >>> from nodulebench.distributed import is_distributed
+        >>> is_distributed()
+        False
+    """
+    return get_world_size(group) > 1
+
+
+def _check_gatherable(name: str, tensor: Any) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}")
+    if not 1 <= tensor.ndim <= _MAX_NDIM:
+        raise ValueError(
+            f"{name} must have between 1 and {_MAX_NDIM} dimensions (it is gathered along "
+            f"dim 0); got shape {tuple(tensor.shape)}"
+        )
+
+
+def gather_sizes(tensor: torch.Tensor, group: ProcessGroup | None = None) -> tuple[int, ...]:
+    """The first-dimension size of ``tensor`` on every rank (a collective call).
+
+    Every rank of ``group`` must call it. It also checks that all ranks agree on the
+    trailing shape and the dtype, so that a later gather cannot fail obscurely or hang.
+
+    Args:
+        tensor: (B_r, ...) this rank's tensor; ``B_r`` may differ between ranks.
+        group: The process group; ``None`` means the default (world) group.
+
+    Returns:
+        ``(B_0, ..., B_{W-1})``; ``(B,)`` without an initialised process group.
+
+    Raises:
+        ValueError: If the ranks' tensors differ in dtype or in anything but the first
+            dimension (raised on every rank, naming each rank's shape or dtype).
+
+    Example:
+        >>> import torch
+        >>> from nodulebench.distributed import gather_sizes
+        >>> gather_sizes(torch.zeros(5, 3))
+        (5,)
+    """
+    _check_gatherable("tensor", tensor)
+    if not is_distributed(group):
+        return (int(tensor.shape[0]),)
+    local = torch.zeros(_MAX_NDIM + 2, dtype=torch.int64, device=tensor.device)
+    local[0] = _dtype_code(tensor.dtype)
+    local[1] = tensor.ndim
+    local[2 : tensor.ndim + 2] = torch.tensor(tensor.shape, dtype=torch.int64)
+    exchanged = [torch.empty_like(local) for _ in range(get_world_size(group))]
+    dist.all_gather(exchanged, local, group=group)
+    rows = [t.tolist() for t in exchanged]
+    rank_shapes = [tuple(row[2 : row[1] + 2]) for row in rows]
+    if len({shape[1:] for shape in rank_shapes}) > 1:
+        listed = ", ".join(f"rank {r}: {shape}" for r, shape in enumerate(rank_shapes))
+        raise ValueError(
+            "tensor must have the same shape on every rank except for the first "
+            f"dimension; got {listed}"
+        )
+    if len({row[0] for row in rows}) > 1:
+        names = [str(_DTYPES[row[0]]) if row[0] < len(_DTYPES) else "other" for row in rows]
+        listed = ", ".join(f"rank {r}: {name}" for r, name in enumerate(names))
+        raise ValueError(f"tensor must have the same dtype on every rank; got {listed}")
+    return tuple(int(shape[0]) for shape in rank_shapes)
+
+
+def _resolve_sizes(
+    tensor: torch.Tensor, group: ProcessGroup | None, sizes: Sequence[int] | None
+) -> tuple[int, ...]:
+    if sizes is None:
+        return gather_sizes(tensor, group)
+    resolved = tuple(int(s) for s in sizes)
+    rank, world_size = get_rank(group), get_world_size(group)
+    if len(resolved) != world_size or resolved[rank] != tensor.shape[0]:
+        raise ValueError(
+            f"sizes must list every rank's first dimension ({world_size} entries, entry "
+            f"{rank} equal to this rank's {tensor.shape[0]} rows); got {resolved}"
+        )
+    return resolved
+
+
+def _gather_padded(
+    tensor: torch.Tensor, sizes: tuple[int, ...], group: ProcessGroup | None
+) -> torch.Tensor:
+    """Concatenate every rank's rows: pad to the largest size, all-gather, trim."""
+    max_rows = max(sizes)
+    padded = tensor.new_zeros((max_rows, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    buffers = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(buffers, padded, group=group)
+    return torch.cat([buffer[:rows] for buffer, rows in zip(buffers, sizes, strict=True)], dim=0)
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums the gradients of every rank's copy."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        tensor: torch.Tensor,
+        sizes: tuple[int, ...],
+        rank: int,
+        group: ProcessGroup | None,
+    ) -> torch.Tensor:
+        ctx.start = sum(sizes[:rank])
+        ctx.rows = sizes[rank]
+        ctx.group = group
+        return _gather_padded(tensor.detach(), sizes, group)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        # Every rank's loss may depend on this rank's rows through its gathered copy:
+        # the total derivative is the sum over ranks of the slice that belongs here.
+        grad = grad_output.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.start : ctx.start + ctx.rows], None, None, None
+
+
+def all_gather_with_grad(
+    tensor: torch.Tensor,
+    group: ProcessGroup | None = None,
+    *,
+    sizes: Sequence[int] | None = None,
+) -> torch.Tensor:
+    r"""Concatenate ``tensor`` over the ranks of ``group`` along dim 0, with autograd.
+
+    The first dimension may differ between ranks (rows are padded to the largest size
+    for the exchange, then trimmed). In the backward pass the incoming gradient of the
+    gathered tensor is all-reduced (summed) over ranks and this rank's slice is
+    returned: every rank's output may depend on this rank's rows, so the gradient of the
+    sum of all ranks' outputs with respect to them is the sum of the slices. With a loss
+    normalised as in the module docstring this gives DDP exactly the single-process
+    gradient. A collective call in both passes: every rank of ``group`` must call it,
+    and must run the backward pass.
+
+    Args:
+        tensor: (B_r, ...) this rank's rows; the trailing shape must agree on all ranks.
+        group: The process group; ``None`` means the default (world) group.
+        sizes: Every rank's first dimension, when already known from
+            :func:`gather_sizes` on a tensor with the same first dimension on every
+            rank (saves one collective); ``None`` exchanges them.
+
+    Returns:
+        (sum_r B_r, ...) the rows of rank 0, then rank 1, ...; ``tensor`` itself when
+        :func:`is_distributed` is false.
+
+    Raises:
+        ValueError: If the ranks disagree on the trailing shape or the dtype, or
+            ``sizes`` does not match this rank's tensor.
+
+    Example:
+        >>> import torch
+        >>> from nodulebench.distributed import all_gather_with_grad
+        >>> z = torch.randn(4, 8, requires_grad=True)
+        >>> all_gather_with_grad(z).shape  # single process: the identity
+        torch.Size([4, 8])
+    """
+    _check_gatherable("tensor", tensor)
+    if not is_distributed(group):
+        return tensor
+    resolved = _resolve_sizes(tensor, group, sizes)
+    gathered: torch.Tensor = _AllGatherWithGrad.apply(  # type: ignore[no-untyped-call]
+        tensor, resolved, get_rank(group), group
+    )
+    return gathered
+
+
+def all_gather_no_grad(
+    tensor: torch.Tensor,
+    group: ProcessGroup | None = None,
+    *,
+    sizes: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Concatenate ``tensor`` over the ranks of ``group`` along dim 0, without autograd.
+
+    For tensors no gradient flows through, such as integer labels. The first dimension
+    may differ between ranks. A collective call: every rank of ``group`` must call it.
+
+    Args:
+        tensor: (B_r, ...) this rank's rows, any dtype the backend supports.
+        group: The process group; ``None`` means the default (world) group.
+        sizes: Every rank's first dimension, as for :func:`all_gather_with_grad`.
+
+    Returns:
+        (sum_r B_r, ...) detached from the graph; ``tensor.detach()`` when
+        :func:`is_distributed` is false.
+
+    Raises:
+        ValueError: If the ranks disagree on the trailing shape or the dtype, or
+            ``sizes`` does not match this rank's tensor.
+
+    Example:
+        >>> import torch
+        >>> from nodulebench.distributed import all_gather_no_grad
+        >>> all_gather_no_grad(torch.tensor([0, 1, 1]))
+        tensor([0, 1, 1])
+    """
+    _check_gatherable("tensor", tensor)
+    if not is_distributed(group):
+        return tensor.detach()
+    resolved = _resolve_sizes(tensor, group, sizes)
+    with torch.no_grad():
+        return _gather_padded(tensor.detach(), resolved, group)
+
+
+def local_row_offset(tensor: torch.Tensor, group: ProcessGroup | None = None) -> int:
+    """The global index of this rank's first row in the gathered tensor.
+
+    Equals ``sum(gather_sizes(tensor, group)[:get_rank(group)])``: a collective call.
+
+    Args:
+        tensor: (B_r, ...) this rank's rows.
+        group: The process group; ``None`` means the default (world) group.
+
+    Returns:
+        0 on rank 0 and without an initialised process group.
+
+    Example:
+        >>> import torch
+        >>> from nodulebench.distributed import local_row_offset
+        >>> local_row_offset(torch.zeros(3, 2))
+        0
+    """
+    sizes = gather_sizes(tensor, group)
+    return sum(sizes[: get_rank(group)])
+
+
+def sum_over_ranks(tensor: torch.Tensor, group: ProcessGroup | None = None) -> torch.Tensor:
+    """The element-wise sum of ``tensor`` over the ranks of ``group``, without autograd.
+
+    For counts that a normalisation needs globally, such as the number of valid anchors.
+    A collective call: every rank of ``group`` must call it, with the same shape.
+
+    Args:
+        tensor: Any shape; the input is left unchanged.
+        group: The process group; ``None`` means the default (world) group.
+
+    Returns:
+        A new detached tensor; a detached copy of ``tensor`` when :func:`is_distributed`
+        is false.
+
+    Example:
+        >>> import torch
+        >>> from nodulebench.distributed import sum_over_ranks
+        >>> sum_over_ranks(torch.tensor(3))
+        tensor(3)
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor must be a torch.Tensor; got {type(tensor).__name__}")
+    total = tensor.detach().clone(memory_format=torch.contiguous_format)
+    if is_distributed(group):
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    return total
