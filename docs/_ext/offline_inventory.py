@@ -43,6 +43,12 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "torch.device": ("py:class", "tensor_attributes.html#$"),
         "torch.Generator": ("py:class", "generated/$.html#$"),
         "torch.nn.Module": ("py:class", "generated/$.html#$"),
+        # autodoc names nn.Module by its defining module in signatures and bases.
+        "torch.nn.modules.module.Module": (
+            "py:class", "generated/torch.nn.Module.html#torch.nn.Module"
+        ),
+        "torch.nn.functional.normalize": ("py:function", "generated/$.html#$"),
+        "torch.nn.functional.cross_entropy": ("py:function", "generated/$.html#$"),
         "torch.nn.CrossEntropyLoss": ("py:class", "generated/$.html#$"),
         "torch.utils.data.Dataset": ("py:class", "data.html#$"),
         "torch.utils.data.DataLoader": ("py:class", "data.html#$"),

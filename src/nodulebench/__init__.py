@@ -7,6 +7,34 @@ tell which factors a network encodes and which it uses.
 
 from __future__ import annotations
 
+from nodulebench.losses import (
+    ContrastiveLoss,
+    CrossEntropyLoss,
+    LossInfo,
+    MultiSimilarityLoss,
+    NTXentLoss,
+    SupConLoss,
+    TripletMarginLoss,
+    create_loss,
+    get_loss_info,
+    list_losses,
+    register_loss,
+)
+
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    # losses
+    "ContrastiveLoss",
+    "CrossEntropyLoss",
+    "LossInfo",
+    "MultiSimilarityLoss",
+    "NTXentLoss",
+    "SupConLoss",
+    "TripletMarginLoss",
+    "create_loss",
+    "get_loss_info",
+    "list_losses",
+    "register_loss",
+]

@@ -1,0 +1,42 @@
+"""Losses: cross-entropy and contrastive / metric losses, a registry to build them by name.
+
+:mod:`~nodulebench.losses.functional` holds the definitions (dense, autograd),
+``nodulebench.losses.modules`` the ``nn.Module`` faces (exported at the top level),
+:mod:`~nodulebench.losses.registry` the name-to-loss registry and
+:mod:`~nodulebench.losses.distances` the pairwise distances.
+"""
+
+from __future__ import annotations
+
+from nodulebench.losses import distances, functional
+from nodulebench.losses.modules import (
+    ContrastiveLoss,
+    CrossEntropyLoss,
+    MultiSimilarityLoss,
+    NTXentLoss,
+    SupConLoss,
+    TripletMarginLoss,
+)
+from nodulebench.losses.registry import (
+    LossInfo,
+    create_loss,
+    get_loss_info,
+    list_losses,
+    register_loss,
+)
+
+__all__ = [
+    "ContrastiveLoss",
+    "CrossEntropyLoss",
+    "LossInfo",
+    "MultiSimilarityLoss",
+    "NTXentLoss",
+    "SupConLoss",
+    "TripletMarginLoss",
+    "create_loss",
+    "distances",
+    "functional",
+    "get_loss_info",
+    "list_losses",
+    "register_loss",
+]

@@ -1,0 +1,185 @@
+"""Dense per-anchor loss functions: the reference backend of every pairwise loss.
+
+Each ``*_per_anchor`` function takes prepared rows ``z`` ``(N, D)`` (float32 or
+float64, already normalized if asked) and row labels ``(N,)`` int64, and returns the
+per-anchor loss ``(N,)`` and a ``valid`` mask ``(N,)`` bool (triplet ``mining="all"``
+also returns per-anchor counts). Values on invalid rows are arbitrary: the caller
+replaces them with 0. This is the boundary where faster backends plug in; they must
+return the same tensors. The functions build dense ``(N, N)`` (and, for triplet
+``"all"``/``"semihard"``, ``(N, N, N)``) tensors: they are definitions, not kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nodulebench.losses.distances import euclidean_distance, pairwise_distance
+
+__all__ = [
+    "contrastive_per_anchor",
+    "masked_max",
+    "masked_min",
+    "multi_similarity_per_anchor",
+    "pair_masks",
+    "supcon_per_anchor",
+    "triplet_per_anchor",
+]
+
+
+def pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(N, N)`` bool masks: self pairs, positives ``P(i)`` and negatives ``Neg(i)``."""
+    n = labels.shape[0]
+    self_pair = torch.eye(n, dtype=torch.bool, device=labels.device)
+    same = labels[:, None] == labels[None, :]
+    return self_pair, same & ~self_pair, ~same
+
+
+def masked_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise max of ``values`` over ``mask`` (``-inf`` where a row's mask is empty)."""
+    return torch.where(mask, values, -math.inf).amax(dim=1)
+
+
+def masked_min(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise min of ``values`` over ``mask`` (``+inf`` where a row's mask is empty)."""
+    return torch.where(mask, values, math.inf).amin(dim=1)
+
+
+def supcon_per_anchor(
+    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor SupCon loss (the backend boundary).
+
+    Args:
+        z: ``(N, D)`` prepared rows (float32 or float64).
+        labels: ``(N,)`` int64 row labels.
+        temperature: ``tau > 0``.
+        variant: ``"out"`` or ``"in"``.
+
+    Returns:
+        ``loss (N,)`` and ``valid (N,)`` bool (``|P(i)| > 0``); ``loss`` is finite on
+        valid rows, arbitrary (later replaced by 0) on invalid ones.
+    """
+    self_pair, positive, _ = pair_masks(labels)
+    num_positives = positive.sum(dim=1)
+    valid = num_positives > 0
+    logits = (z @ z.T) / temperature
+    # Self pair masked to -inf before the LSE (never computed then subtracted). Rows of
+    # invalid anchors are zeroed so that their LSE, and its gradient, stay finite.
+    keep_rows = valid[:, None]
+    anchor_logits = torch.where(keep_rows, logits.masked_fill(self_pair, -math.inf), 0.0)
+    log_denominator = torch.logsumexp(anchor_logits, dim=1)
+    count = num_positives.clamp(min=1).to(z.dtype)
+    if variant == "out":
+        mean_positive_logit = torch.where(positive, logits, 0.0).sum(dim=1) / count
+        loss = log_denominator - mean_positive_logit
+    else:
+        positive_logits = torch.where(keep_rows, logits.masked_fill(~positive, -math.inf), 0.0)
+        log_mean_exp_positive = torch.logsumexp(positive_logits, dim=1) - count.log()
+        loss = log_denominator - log_mean_exp_positive
+    return loss, valid
+
+
+def contrastive_per_anchor(
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor Hadsell contrastive loss (the backend boundary).
+
+    Returns ``loss (N,)`` (mean over the ``N - 1`` other rows) and ``valid (N,)``
+    (true iff ``N >= 2``).
+    """
+    n = labels.shape[0]
+    self_pair, positive, _ = pair_masks(labels)
+    distance = euclidean_distance(z)
+    pull = 0.5 * distance.square()
+    push = 0.5 * (margin - distance).clamp(min=0.0).square()
+    cost = torch.where(positive, pull, push).masked_fill(self_pair, 0.0)
+    loss = cost.sum(dim=1) / max(n - 1, 1)
+    valid = torch.full((n,), n >= 2, dtype=torch.bool, device=z.device)
+    return loss, valid
+
+
+def triplet_per_anchor(
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float, distance: str, mining: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-anchor triplet loss (the backend boundary).
+
+    Args:
+        z: ``(N, D)`` prepared rows.
+        labels: ``(N,)`` int64 row labels.
+        margin: ``m >= 0``.
+        distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+        mining: ``"all"``, ``"hard"`` or ``"semihard"``.
+
+    Returns:
+        ``loss (N,)``, ``valid (N,)`` (``P(i)`` and ``Neg(i)`` nonempty) and ``counts``:
+        for ``"all"`` the loss is the per-anchor sum ``S_i`` of the triplet losses and
+        ``counts`` the number ``C_i`` of positive ones; ``None`` for the other minings.
+    """
+    _, positive, negative = pair_masks(labels)
+    valid = positive.any(dim=1) & negative.any(dim=1)
+    d = pairwise_distance(z, distance)
+    if mining == "hard":
+        hardest_positive = torch.where(valid, masked_max(d, positive), 0.0)
+        hardest_negative = torch.where(valid, masked_min(d, negative), 0.0)
+        return (hardest_positive - hardest_negative + margin).clamp(min=0.0), valid, None
+    # t[i, p, n] = d_ip - d_in + m over valid (p, n) for anchor i.
+    triplet_valid = positive[:, :, None] & negative[:, None, :]
+    raw = d[:, :, None] - d[:, None, :] + margin
+    if mining == "all":
+        losses = torch.where(triplet_valid, raw.clamp(min=0.0), 0.0)
+        counts = (triplet_valid & (raw > 0)).sum(dim=(1, 2))
+        return losses.sum(dim=(1, 2)), valid, counts
+    # semihard: per positive pair, the closest negative farther than the positive;
+    # if no negative is farther, the farthest negative.
+    d_positive = d[:, :, None]
+    d_negative = d[:, None, :].expand_as(raw)
+    farther = triplet_valid & (d_negative > d_positive)
+    closest_farther = torch.where(farther, d_negative, math.inf).amin(dim=2)
+    farthest = masked_max(d, negative)[:, None].expand_as(closest_farther)
+    chosen = torch.where(farther.any(dim=2), closest_farther, farthest)
+    chosen = torch.where(positive & valid[:, None], chosen, 0.0)
+    pair_loss = torch.where(positive, (d - chosen + margin).clamp(min=0.0), 0.0)
+    num_positives = positive.sum(dim=1).clamp(min=1).to(z.dtype)
+    return pair_loss.sum(dim=1) / num_positives, valid, None
+
+
+def multi_similarity_per_anchor(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    base: float,
+    epsilon: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor multi-similarity loss with its pair mining (the backend boundary).
+
+    ``S = z z^T`` (cosine similarity for normalized rows). Keeps positive ``p`` when
+    ``S_ip - epsilon < max_n S_in`` and negative ``n`` when ``S_in + epsilon > min_p S_ip``.
+
+    Returns:
+        ``loss (N,)`` and ``valid (N,)`` (``P(i)`` nonempty).
+    """
+    _, positive, negative = pair_masks(labels)
+    valid = positive.any(dim=1)
+    similarity = z @ z.T
+    # Mining decides which pairs count; it is a selection, so no gradient flows through it.
+    # Written as negated comparisons so that a NaN similarity keeps its pair and the NaN
+    # reaches the loss instead of being silently mined away.
+    with torch.no_grad():
+        hardest_negative = masked_max(similarity, negative)
+        hardest_positive = masked_min(similarity, positive)
+        kept_positive = positive & ~(similarity - epsilon >= hardest_negative[:, None])
+        kept_negative = negative & ~(similarity + epsilon <= hardest_positive[:, None])
+    positive_term = _log1p_sum_exp(-alpha * (similarity - base), kept_positive) / alpha
+    negative_term = _log1p_sum_exp(beta * (similarity - base), kept_negative) / beta
+    return positive_term + negative_term, valid
+
+
+def _log1p_sum_exp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``log(1 + sum_{mask} exp(x))``, stable: an LSE with a zero column."""
+    masked = torch.where(mask, x, -math.inf)
+    with_one = torch.cat((torch.zeros_like(masked[:, :1]), masked), dim=1)
+    return torch.logsumexp(with_one, dim=1)

@@ -1,0 +1,170 @@
+"""Input preparation and reduction shared by every pairwise loss.
+
+Every pairwise loss runs the same three steps: :func:`prepare_embeddings` (validate,
+flatten views sample-major, expand labels, normalize, upcast), a per-anchor dense
+function that returns ``(loss (N,), valid (N,))``, and :func:`reduce_per_anchor`. Keeping
+the first and last step here means each loss body only holds its own maths, and a fast
+kernel only has to replace the per-anchor step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from nodulebench._validation import (
+    check_choice,
+    check_floating,
+    check_integer_tensor,
+    check_ndim,
+)
+
+__all__ = [
+    "REDUCTIONS",
+    "PreparedEmbeddings",
+    "ReducedLoss",
+    "check_reduction",
+    "compute_dtype",
+    "prepare_embeddings",
+    "reduce_per_anchor",
+]
+
+REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_reduction(reduction: str) -> None:
+    """Raise ``ValueError`` unless ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"``."""
+    check_choice("reduction", reduction, REDUCTIONS)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the maths runs in: float32 for fp16/bf16 inputs, the input dtype otherwise."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+@dataclass(frozen=True)
+class PreparedEmbeddings:
+    """Embeddings flattened to anchor rows, ready for a per-anchor loss function.
+
+    Attributes:
+        rows: ``(N, D)`` embeddings, ``N = B * V``, row ``b * V + v`` is view ``v`` of
+            sample ``b``; L2-normalized if asked; float32 or float64.
+        labels: ``(N,)`` int64 label of each row (the sample index when no labels
+            were given).
+        leading_shape: ``(B,)`` or ``(B, V)``, the shape of ``reduction="none"`` output.
+        source: the embeddings as passed in, used for a graph-connected zero.
+    """
+
+    rows: torch.Tensor
+    labels: torch.Tensor
+    leading_shape: tuple[int, ...]
+    source: torch.Tensor
+
+
+def prepare_embeddings(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    normalize: bool,
+    labels_required: bool,
+) -> PreparedEmbeddings:
+    """Validate and flatten ``embeddings`` ``(B, D)`` or ``(B, V, D)`` and ``labels`` ``(B,)``.
+
+    With ``labels=None`` (only where ``labels_required`` is false) the label of row
+    ``b * V + v`` is ``b``: the views of one sample are each other's only positives.
+
+    Raises:
+        TypeError: non-tensor or non-floating ``embeddings``; non-integer ``labels``;
+            missing ``labels`` where they are required.
+        ValueError: wrong ranks, an empty dimension, or ``labels`` whose length differs
+            from ``B``.
+    """
+    check_ndim("embeddings", embeddings, (2, 3), "(B, D) or (B, V, D)")
+    check_floating("embeddings", embeddings)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool; got {type(normalize).__name__}")
+    if embeddings.numel() == 0:
+        raise ValueError("embeddings must hold at least one sample, view and feature "
+                         f"(B, V, D >= 1); got shape {tuple(embeddings.shape)}")
+    batch = embeddings.shape[0]
+    views = embeddings.shape[1] if embeddings.ndim == 3 else 1
+    if labels is None:
+        if labels_required:
+            raise TypeError("labels must be a (B,) integer tensor for this loss; got None")
+        sample_labels = torch.arange(batch, device=embeddings.device)
+    else:
+        check_ndim("labels", labels, (1,), "(B,)")
+        check_integer_tensor("labels", labels)
+        if labels.shape[0] != batch:
+            raise ValueError(
+                f"labels must have shape (B,) = ({batch},) to match embeddings of shape "
+                f"{tuple(embeddings.shape)}; got shape {tuple(labels.shape)}"
+            )
+        sample_labels = labels.to(device=embeddings.device, dtype=torch.int64)
+    rows = embeddings.reshape(batch * views, embeddings.shape[-1])
+    rows = rows.to(compute_dtype(embeddings.dtype))
+    if normalize:
+        rows = F.normalize(rows, p=2.0, dim=1, eps=1e-12)
+    row_labels = sample_labels.repeat_interleave(views)
+    leading_shape = tuple(embeddings.shape[:-1])
+    return PreparedEmbeddings(rows, row_labels, leading_shape, embeddings)
+
+
+class ReducedLoss(NamedTuple):
+    """A reduced loss and the number of anchors that were excluded from it."""
+
+    loss: torch.Tensor
+    num_excluded_anchors: int
+
+
+def _connected_zero(prepared: PreparedEmbeddings) -> torch.Tensor:
+    # Zero that keeps the graph (so backward() works) and gives a zero gradient.
+    zero = prepared.source.sum() * 0.0
+    return zero.to(prepared.rows.dtype)
+
+
+def reduce_per_anchor(
+    per_anchor: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    reduction: str,
+    prepared: PreparedEmbeddings,
+    counts: torch.Tensor | None = None,
+) -> ReducedLoss:
+    """Reduce a per-anchor loss over the valid anchors.
+
+    Args:
+        per_anchor: ``(N,)`` loss of each anchor (with ``counts``: a per-anchor sum).
+        valid: ``(N,)`` bool, anchors that take part; the others get exactly 0 in
+            ``"none"`` and are left out of ``"mean"`` and ``"sum"``.
+        reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"``.
+        prepared: the prepared inputs (output shape, graph-connected zero).
+        counts: optional ``(N,)`` number of terms in each anchor's sum (triplet
+            ``mining="all"``). Then ``"mean"`` is ``sum(per_anchor) / sum(counts)``
+            and ``"none"`` is ``per_anchor / counts`` (0 where ``counts`` is 0).
+
+    Returns:
+        The loss (scalar, or ``prepared.leading_shape`` for ``"none"``) in float32 or
+        float64, and the number of invalid anchors. With no valid anchor (or no
+        counted term) ``"mean"`` and ``"sum"`` give a zero still connected to the graph.
+    """
+    # torch.where, not a product: an invalid anchor's NaN/inf must not leak through.
+    per_anchor = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
+    num_excluded = int((~valid).sum().item())
+    if counts is not None:
+        counts = torch.where(valid, counts, torch.zeros_like(counts)).to(per_anchor.dtype)
+    if reduction == "none":
+        if counts is not None:
+            per_anchor = torch.where(counts > 0, per_anchor / counts.clamp(min=1), 0.0)
+        return ReducedLoss(per_anchor.reshape(prepared.leading_shape), num_excluded)
+    denominator = valid.sum() if counts is None else counts.sum()
+    if bool(denominator == 0):
+        return ReducedLoss(_connected_zero(prepared), num_excluded)
+    total = per_anchor.sum()
+    loss = total if reduction == "sum" else total / denominator.to(total.dtype)
+    return ReducedLoss(loss, num_excluded)
