@@ -25,7 +25,7 @@ from .analysis import (
 )
 from .config import StudyConfig
 from .models import STAGES
-from .runner import PROBE_SEED_OFFSET, run_id, training_spec
+from .runner import PROBE_SEED_OFFSET, causal_factor, run_id, training_spec
 from .store import RunStore
 
 SAMPLES_PER_CLASS = 4
@@ -141,8 +141,6 @@ def embedding_figure(config: StudyConfig, store: RunStore, experiment: Any, caus
 def write_figures(config: StudyConfig, store: RunStore,
                   records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Write every figure; return ``{experiment: {figure kind: relative path(s)}}``."""
-    from .narrative import causal_factor
-
     folder = store.root / "figures"
     groups = group_runs(records)
     out: dict[str, dict[str, Any]] = {}

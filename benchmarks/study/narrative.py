@@ -19,6 +19,7 @@ from .analysis import (
 )
 from .config import StudyConfig
 from .models import STAGES
+from .runner import causal_factor
 from .store import RunStore
 
 METRIC_TITLES = {
@@ -37,13 +38,6 @@ TEST_MEANINGS = {
     "heldout": "only the (label, shortcut side) group that training lacked",
     "covariate": "acquisition shift: noise, blur and pixel spacing changed",
 }
-
-
-def causal_factor() -> str:
-    """The factor the default label rule reads (spiculation)."""
-    from .runner import default_label_factor
-
-    return default_label_factor()
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

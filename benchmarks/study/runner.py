@@ -43,6 +43,11 @@ def run_id(experiment: str, loss: str, seed: int) -> str:
     return f"{experiment}__{loss}__seed{seed}"
 
 
+def causal_factor() -> str:
+    """The factor the default label rule reads (spiculation)."""
+    return NoduleSpec().causal_factors[0]
+
+
 def training_spec(experiment: ExperimentConfig) -> NoduleSpec:
     """The training distribution: default label rule plus the experiment's shortcut."""
     return NoduleSpec().with_shortcut(experiment.shortcut, experiment.strength)
