@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
+
 from nodulebench.probing import (
     extract_features,
     grad_cam,
@@ -15,10 +17,11 @@ from nodulebench.probing import (
     project_embeddings,
 )
 
-from nodulebench import SyntheticNodules
-
-from .config import ExperimentConfig, StudyConfig
+from .config import StudyConfig
 from .models import STAGES, StudyModel
+
+if TYPE_CHECKING:
+    from .runner import ExperimentData
 
 GRADCAM_LAYER = "encoder.stage4"
 EMBEDDING_LAYER = "encoder.pool"
@@ -26,8 +29,8 @@ OVERLAY_SAMPLES = 6
 
 
 def identify_features(
-    config: StudyConfig, experiment: ExperimentConfig, model: StudyModel,
-    probe_set: SyntheticNodules, seed: int, device: torch.device,
+    config: StudyConfig, model: StudyModel, data: ExperimentData, seed: int,
+    device: torch.device,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Probe, intervene on and explain one trained model on the (decorrelated) probe set.
 
@@ -37,14 +40,16 @@ def identify_features(
         projection of the encoder output, a few Grad-CAM maps).
     """
     p = config.probe
-    features = extract_features(model.encoder, probe_set, list(STAGES), device=device)
+    probe_set = data.probe_set
+    features = extract_features(model.encoder, TensorDataset(data.probe_images), list(STAGES),
+                                device=device)
     probes = probe_factors(features["pool"], probe_set.factors, folds=p.folds, seed=seed)
     sensitivity = intervention_sensitivity(
         model, probe_set, n=p.intervention_n, seed=seed, embedding_layer=EMBEDDING_LAYER,
         device=device,
     )
-    indices = list(range(min(p.gradcam_n, len(probe_set))))
-    images, masks = probe_set.render(indices, return_masks=True)
+    images = data.probe_images[:p.gradcam_n]
+    masks = {name: mask[:p.gradcam_n] for name, mask in data.probe_masks.items()}
     maps = grad_cam(model, GRADCAM_LAYER, images.to(device)).cpu()
     # A map that is zero everywhere attributes nothing; its shares are undefined.
     attributed = maps.flatten(1).amax(dim=1) > 0

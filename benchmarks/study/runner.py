@@ -36,6 +36,8 @@ class ExperimentData:
     train_labels: torch.Tensor
     test_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
     probe_set: SyntheticNodules
+    probe_images: torch.Tensor
+    probe_masks: dict[str, torch.Tensor]
 
 
 def run_id(experiment: str, loss: str, seed: int) -> str:
@@ -66,8 +68,9 @@ def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -
         test_sets[name] = (test.render(range(len(test))), test.labels)
     probe_set = SyntheticNodules(distributions[PROBE_DISTRIBUTION], n=d.n_probe,
                                  seed=seed + PROBE_SEED_OFFSET, image_size=d.image_size)
+    probe_images, probe_masks = probe_set.render(range(len(probe_set)), return_masks=True)
     return ExperimentData(spec, train_set.render(range(len(train_set))), train_set.labels,
-                          test_sets, probe_set)
+                          test_sets, probe_set, probe_images, probe_masks)
 
 
 def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: int,
@@ -84,8 +87,7 @@ def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: 
         name: binary_metrics(predict_proba(trained.model, images, device), labels).to_dict()
         for name, (images, labels) in data.test_sets.items()
     }
-    identified, arrays = identify_features(config, experiment, trained.model, data.probe_set,
-                                           seed, device)
+    identified, arrays = identify_features(config, trained.model, data, seed, device)
     record = {
         "run_id": run_id(experiment.name, loss, seed),
         "experiment": experiment.name,
