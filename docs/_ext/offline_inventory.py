@@ -49,6 +49,11 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         ),
         "torch.nn.functional.normalize": ("py:function", "generated/$.html#$"),
         "torch.nn.functional.cross_entropy": ("py:function", "generated/$.html#$"),
+        "torch.utils.data.dataset.Dataset": ("py:class", "data.html#torch.utils.data.Dataset"),
+        "torch.utils.data.dataloader.DataLoader": (
+            "py:class", "data.html#torch.utils.data.DataLoader"
+        ),
+        "torch.autograd.grad": ("py:function", "generated/$.html#$"),
         "torch.nn.CrossEntropyLoss": ("py:class", "generated/$.html#$"),
         "torch.utils.data.Dataset": ("py:class", "data.html#$"),
         "torch.utils.data.DataLoader": ("py:class", "data.html#$"),

@@ -7,6 +7,8 @@ tell which factors a network encodes and which it uses.
 
 from __future__ import annotations
 
+from nodulebench import probing
+from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
     ContrastiveLoss,
     CrossEntropyLoss,
@@ -25,6 +27,9 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "__version__",
+    # data
+    "NoduleSpec",
+    "SyntheticNodules",
     # losses
     "ContrastiveLoss",
     "CrossEntropyLoss",
@@ -37,4 +42,6 @@ __all__ = [
     "get_loss_info",
     "list_losses",
     "register_loss",
+    # probing: its functions live in the namespace, e.g. nodulebench.probing.probe_factors
+    "probing",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "check_choice",
     "check_floating",
     "check_in_range",
+    "check_int",
     "check_integer_tensor",
     "check_ndim",
     "check_positive",
@@ -73,3 +74,13 @@ def check_integer_tensor(name: str, tensor: torch.Tensor) -> None:
     """Raise ``TypeError`` unless ``tensor`` has an integer (not bool) dtype."""
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise TypeError(f"{name} must have an integer dtype; got {tensor.dtype}")
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """Return ``value`` unless it is not an ``int`` (bool excluded) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {bound}; got {value!r}")
+    return value

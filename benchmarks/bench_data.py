@@ -1,0 +1,154 @@
+"""Throughput and peak memory of the SyntheticNodules batch renderer.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/bench_data.py            # CPU, and CUDA when present
+    PYTHONPATH=src python benchmarks/bench_data.py --threads 2 --image-size 32 --json out.jsonl
+
+Prints images/s (median over repeats, after a warm-up) of ``ds.render`` for the default spec
+(with masks off and on) and the peak memory of one batch: CPU resident-set growth
+(``ru_maxrss``) or CUDA ``max_memory_allocated``. One JSON line per measurement is appended
+to ``--json`` when given, with the device named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from nodulebench import NoduleSpec, SyntheticNodules
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(ds: SyntheticNodules, device: torch.device, batch: int, repeats: int,
+          masks: bool) -> tuple[float, float]:
+    """Median images/s over wall-clock time, and images per CPU-second of this process."""
+    starts = range(0, ds.n - batch + 1, batch)
+    chunks = [torch.arange(s, s + batch) for s in starts]
+    ds.render(chunks[0], device=device, return_masks=masks)  # warm-up
+    _sync(device)
+    times, cpu_times = [], []
+    for r in range(repeats):
+        idx = chunks[r % len(chunks)]
+        t0, c0 = time.perf_counter(), time.process_time()
+        ds.render(idx, device=device, return_masks=masks)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+    return batch / statistics.median(times), batch / statistics.median(cpu_times)
+
+
+class _Batches(torch.utils.data.Dataset[torch.Tensor]):
+    """Batch ``b`` of a dataset, rendered in one call (a DataLoader item per batch)."""
+
+    def __init__(self, ds: SyntheticNodules, batch: int) -> None:
+        self.ds, self.batch = ds, batch
+
+    def __len__(self) -> int:
+        return self.ds.n // self.batch
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        return self.ds.render(torch.arange(b * self.batch, (b + 1) * self.batch))
+
+
+def bench_workers(ds: SyntheticNodules, batch: int, workers: int) -> float:
+    """Images/s of ``workers`` DataLoader processes rendering whole batches.
+
+    DataLoader workers run torch with one thread each: one core per worker, no intra-op
+    synchronisation (the way to use several cores, especially on a shared machine).
+    """
+    loader = torch.utils.data.DataLoader(_Batches(ds, batch), batch_size=None,
+                                         num_workers=workers, prefetch_factor=2)
+    it = iter(loader)
+    for _ in range(workers):  # let every worker start and render once
+        next(it)
+    count, t0 = 0, time.perf_counter()
+    for images in it:
+        count += images.shape[0]
+    return count / (time.perf_counter() - t0)
+
+
+def peak_memory_mb(ds: SyntheticNodules, device: torch.device, batch: int) -> float:
+    idx = torch.arange(batch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        ds.render(idx, device=device)
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    scale = 1024 if sys.platform != "darwin" else 1  # ru_maxrss: KiB on Linux, bytes on macOS
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    ds.render(idx, device=device)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return (after - before) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", action="append", default=None,
+                        help="cpu and/or cuda (default: cpu, plus cuda when available)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also time this many DataLoader worker processes (CPU)")
+    parser.add_argument("--json", default=None, help="append JSON lines to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    for name in devices:
+        device = torch.device(name)
+        # memory first, so that the CPU high-water mark starts low
+        n = args.batch_size * (4 if device.type == "cpu" else 16)
+        ds = SyntheticNodules(NoduleSpec(), n=n, seed=0, image_size=args.image_size)
+        ds.render([0, 1], device=device)
+        peak = peak_memory_mb(ds, device, args.batch_size)
+        batch = args.batch_size if device.type == "cpu" else min(n, 16 * args.batch_size)
+        rate, per_cpu_s = bench(ds, device, batch, args.repeats, masks=False)
+        rate_masks, _ = bench(ds, device, batch, args.repeats, masks=True)
+        label = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                 else f"{platform.processor() or platform.machine()}, "
+                      f"{torch.get_num_threads()} threads")
+        print(f"{name} ({label}) {args.image_size}x{args.image_size}, batch {batch}: "
+              f"{rate:,.0f} images/s, {rate_masks:,.0f} images/s with masks; "
+              f"peak memory of a {args.batch_size}-image batch {peak:,.0f} MB")
+        if device.type == "cpu":
+            # on a shared machine wall-clock rates depend on the other jobs; CPU time less so
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            print(f"    {per_cpu_s:,.0f} images per CPU-second; load average {load:.1f} "
+                  f"on {os.cpu_count()} cores")
+        workers_rate = None
+        if device.type == "cpu" and args.workers > 0:
+            big = SyntheticNodules(NoduleSpec(), n=args.batch_size * (args.workers + 12),
+                                   seed=0, image_size=args.image_size)
+            workers_rate = bench_workers(big, args.batch_size, args.workers)
+            print(f"    {args.workers} DataLoader workers (1 thread each): "
+                  f"{workers_rate:,.0f} images/s")
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.write(json.dumps({
+                    "bench": "render", "device": name, "device_name": label,
+                    "image_size": args.image_size, "batch_size": batch,
+                    "images_per_s": rate, "images_per_s_masks": rate_masks,
+                    "peak_mb": peak, "images_per_cpu_s": per_cpu_s,
+                    "workers": args.workers, "images_per_s_workers": workers_rate,
+                    "torch": torch.__version__,
+                }) + "\n")
+
+
+if __name__ == "__main__":
+    main()

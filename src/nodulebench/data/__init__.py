@@ -1,0 +1,36 @@
+"""Synthetic lung nodules with known, controllable factors (the data pillar)."""
+
+from __future__ import annotations
+
+from .dataset import SyntheticNodules
+from .distributions import ByCategory, Categorical, Fixed, Split, Uniform
+from .factors import FACTORS, LUNG_WINDOW_HU, Factor
+from .measure import Measurements, measure
+from .spec import (
+    DEFAULT_MARGINALS,
+    TEST_DISTRIBUTIONS,
+    LabelFunction,
+    LinearLabelRule,
+    NoduleSpec,
+    Shortcut,
+)
+
+__all__ = [
+    "DEFAULT_MARGINALS",
+    "FACTORS",
+    "LUNG_WINDOW_HU",
+    "TEST_DISTRIBUTIONS",
+    "ByCategory",
+    "Categorical",
+    "Factor",
+    "Fixed",
+    "LabelFunction",
+    "LinearLabelRule",
+    "Measurements",
+    "NoduleSpec",
+    "Shortcut",
+    "Split",
+    "SyntheticNodules",
+    "Uniform",
+    "measure",
+]

@@ -1,0 +1,49 @@
+"""Probing: which factors a network *encodes* (probes) and which it *uses* (interventions).
+
+* :func:`extract_features` collects pooled activations of named modules;
+* :func:`probe_factors` fits cross-validated linear probes with shuffled-target controls;
+* :func:`intervention_sensitivity` changes one generative factor at a time and measures
+  the model's response;
+* :func:`linear_cka` compares two representations;
+* :func:`grad_cam` and :func:`mask_energy` score saliency against ground-truth masks;
+* :func:`project_embeddings` gives PCA coordinates for plotting;
+* the ``plot_*`` functions (matplotlib, optional) draw the results.
+
+Results are frozen dataclasses with ``to_dict()``; :func:`write_records` writes them to
+CSV or JSON.
+"""
+
+from __future__ import annotations
+
+from nodulebench.probing.cka import linear_cka
+from nodulebench.probing.features import extract_features
+from nodulebench.probing.interventions import InterventionDataset, intervention_sensitivity
+from nodulebench.probing.plotting import (
+    plot_embedding_scatter,
+    plot_gradcam_overlays,
+    plot_probe_heatmap,
+    plot_sensitivity_bars,
+)
+from nodulebench.probing.probes import probe_factors
+from nodulebench.probing.projection import EmbeddingProjection, project_embeddings
+from nodulebench.probing.records import ProbeResult, SensitivityResult, write_records
+from nodulebench.probing.saliency import grad_cam, mask_energy
+
+__all__ = [
+    "EmbeddingProjection",
+    "InterventionDataset",
+    "ProbeResult",
+    "SensitivityResult",
+    "extract_features",
+    "grad_cam",
+    "intervention_sensitivity",
+    "linear_cka",
+    "mask_energy",
+    "plot_embedding_scatter",
+    "plot_gradcam_overlays",
+    "plot_probe_heatmap",
+    "plot_sensitivity_bars",
+    "probe_factors",
+    "project_embeddings",
+    "write_records",
+]
