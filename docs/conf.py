@@ -28,6 +28,8 @@ extensions = [
 autosummary_generate = True
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_typehints = "description"
+# Triton is an optional extra: the docs build must not need it (nor a GPU).
+autodoc_mock_imports = ["triton"]
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -52,4 +54,5 @@ html_theme = "furo"
 html_title = f"nodulebench {release}"
 html_static_path = ["_static"]
 templates_path = ["_templates"]
-exclude_patterns = ["_build"]
+# "_*.rst" files are fragments that other pages pull in with ".. include::".
+exclude_patterns = ["_build", "_*.rst"]

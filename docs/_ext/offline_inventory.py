@@ -19,6 +19,7 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "dict": ("py:class", "library/stdtypes.html#dict"),
         "list": ("py:class", "library/stdtypes.html#list"),
         "tuple": ("py:class", "library/stdtypes.html#tuple"),
+        "frozenset": ("py:class", "library/stdtypes.html#frozenset"),
         "object": ("py:class", "library/functions.html#object"),
         "None": ("py:data", "library/constants.html#None"),
         "ValueError": ("py:exception", "library/exceptions.html#ValueError"),
@@ -58,6 +59,9 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "torch.utils.data.Dataset": ("py:class", "data.html#$"),
         "torch.utils.data.DataLoader": ("py:class", "data.html#$"),
         "torch.autograd.Function": ("py:class", "autograd.html#$"),
+        "torch.compiler.disable": ("py:function", "generated/$.html#$"),
+        "torch.profiler": ("py:module", "profiler.html#module-$"),
+        "torch.Tensor.max": ("py:method", "generated/$.html#$"),
         "torch.distributed.ProcessGroup": ("py:class", "distributed.html#$"),
     },
     "numpy": {

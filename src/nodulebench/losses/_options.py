@@ -15,11 +15,13 @@ from nodulebench._validation import (
     check_ndim,
     check_positive,
 )
+from nodulebench.kernels.dispatch import BACKEND_CHOICES
 from nodulebench.losses._inputs import check_reduction
 from nodulebench.losses.distances import DISTANCES
 
 __all__ = [
     "SUPCON_VARIANTS",
+    "check_backend",
     "TRIPLET_MININGS",
     "check_contrastive_options",
     "check_cross_entropy_options",
@@ -30,6 +32,12 @@ __all__ = [
 
 SUPCON_VARIANTS: tuple[str, ...] = ("out", "in")
 TRIPLET_MININGS: tuple[str, ...] = ("all", "hard", "semihard")
+
+
+def check_backend(backend: str) -> str:
+    """Return ``backend`` if it is a backend choice, else raise ``ValueError``."""
+    check_choice("backend", backend, BACKEND_CHOICES)
+    return backend
 
 
 def check_supcon_options(

@@ -6,11 +6,12 @@ Every pairwise loss here runs three steps:
    and ``labels`` ``(B,)``, flattens the views to ``N = B * V`` rows in sample-major
    order (row ``b * V + v`` is view ``v`` of sample ``b`` and carries ``labels[b]``),
    L2-normalizes if asked and upcasts fp16/bf16 to float32.
-2. A per-anchor dense function of ``nodulebench.losses._dense``
-   (``supcon_per_anchor`` and friends) computes, from the prepared rows ``(N, D)`` and
-   labels ``(N,)``, the loss of each anchor ``(N,)`` and which anchors are valid
-   ``(N,)`` bool. This call is the boundary where faster backends plug in: they take
-   the same arguments and must return the same tensors.
+2. A per-anchor function computes, from the prepared rows ``(N, D)`` and labels
+   ``(N,)``, the loss of each anchor ``(N,)`` and which anchors are valid ``(N,)`` bool.
+   ``backend=`` picks who computes it (:func:`nodulebench.kernels.dispatch.run_per_anchor`):
+   the dense definitions of ``nodulebench.losses._dense`` (``"reference"``), the tiled
+   engine (``"tiled"``, never an ``N x N`` matrix) or the Triton kernels (``"triton"``);
+   ``"auto"`` chooses from the inputs. All return the same tensors.
 3. ``_inputs.reduce_per_anchor`` applies the reduction: ``"mean"`` over valid anchors,
    ``"sum"``, or ``"none"`` (per-anchor loss of shape ``(B,)`` or ``(B, V)``, 0 for
    invalid anchors). With no valid anchor the loss is a zero still connected to the
@@ -30,12 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from nodulebench._validation import check_floating, check_integer_tensor, check_ndim
-from nodulebench.losses._dense import (
-    contrastive_per_anchor,
-    multi_similarity_per_anchor,
-    supcon_per_anchor,
-    triplet_per_anchor,
-)
+from nodulebench.kernels.dispatch import run_per_anchor, select_backend
 from nodulebench.losses._inputs import (
     ReducedLoss,
     compute_dtype,
@@ -43,6 +39,7 @@ from nodulebench.losses._inputs import (
     reduce_per_anchor,
 )
 from nodulebench.losses._options import (
+    check_backend,
     check_contrastive_options,
     check_cross_entropy_options,
     check_multi_similarity_options,
@@ -71,15 +68,34 @@ def _supcon(
     base_temperature: float | None,
     normalize: bool,
     reduction: str,
+    backend: str,
 ) -> ReducedLoss:
     check_supcon_options(temperature, variant, base_temperature, reduction)
+    check_backend(backend)
     prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=False)
-    loss, valid = supcon_per_anchor(
-        prepared.rows, prepared.labels, temperature=temperature, variant=variant
+    loss, valid = run_per_anchor(
+        "supcon", _kernel_rows(prepared.rows, embeddings.dtype, backend, variant),
+        prepared.labels, backend=backend, temperature=temperature, variant=variant,
     )
     if base_temperature is not None:
         loss = loss * (temperature / base_temperature)
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared)
+
+
+def _kernel_rows(
+    rows: torch.Tensor, input_dtype: torch.dtype, backend: str, variant: str
+) -> torch.Tensor:
+    """The rows a SupCon backend computes on: fp16/bf16 again where Triton will serve them.
+
+    Rows are normalized in float32; Triton's tensor-core kernels read half-precision
+    embeddings directly (accumulating in float32), the other backends want float32.
+    """
+    if input_dtype not in (torch.float16, torch.bfloat16) or backend not in ("auto", "triton"):
+        return rows
+    if backend == "auto" and rows.device.type != "cuda":
+        return rows
+    low = rows.to(input_dtype)
+    return low if select_backend("supcon", backend, low, variant=variant) == "triton" else rows
 
 
 def supcon_loss(
@@ -91,6 +107,7 @@ def supcon_loss(
     base_temperature: float | None = None,
     normalize: bool = True,
     reduction: str = "mean",
+    backend: str = "auto",
 ) -> torch.Tensor:
     r"""Supervised contrastive loss (Khosla et al. 2020); SimCLR with ``labels=None``.
 
@@ -117,6 +134,9 @@ def supcon_loss(
         normalize: L2-normalize each view first.
         reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"`` (shape
             ``(B,)`` or ``(B, V)``).
+        backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
+            ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
+            (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -134,6 +154,7 @@ def supcon_loss(
     return _supcon(
         embeddings, labels, temperature=temperature, variant=variant,
         base_temperature=base_temperature, normalize=normalize, reduction=reduction,
+        backend=backend,
     ).loss
 
 
@@ -167,10 +188,12 @@ def _ntxent(
     temperature: float,
     normalize: bool,
     reduction: str,
+    backend: str,
 ) -> ReducedLoss:
     embeddings = _stack_views(view1, view2)
     return _supcon(embeddings, None, temperature=temperature, variant="out",
-                   base_temperature=None, normalize=normalize, reduction=reduction)
+                   base_temperature=None, normalize=normalize, reduction=reduction,
+                   backend=backend)
 
 
 def ntxent_loss(
@@ -180,6 +203,7 @@ def ntxent_loss(
     temperature: float = 0.1,
     normalize: bool = True,
     reduction: str = "mean",
+    backend: str = "auto",
 ) -> torch.Tensor:
     r"""NT-Xent, the SimCLR loss (Chen et al. 2020): SupCon "out" with ``labels=None``.
 
@@ -199,6 +223,9 @@ def ntxent_loss(
             pytorch-metric-learning.
         normalize: L2-normalize each view first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (shape ``(B, V)``).
+        backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
+            ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
+            (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -209,7 +236,7 @@ def ntxent_loss(
         torch.Size([])
     """
     return _ntxent(view1, view2, temperature=temperature, normalize=normalize,
-                   reduction=reduction).loss
+                   reduction=reduction, backend=backend).loss
 
 
 # --------------------------------------------------------------------------- Contrastive
@@ -222,10 +249,13 @@ def _contrastive(
     margin: float,
     normalize: bool,
     reduction: str,
+    backend: str,
 ) -> ReducedLoss:
     check_contrastive_options(margin, reduction)
+    check_backend(backend)
     prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=True)
-    loss, valid = contrastive_per_anchor(prepared.rows, prepared.labels, margin=margin)
+    loss, valid = run_per_anchor("contrastive", prepared.rows, prepared.labels,
+                                 backend=backend, margin=margin)
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared)
 
 
@@ -236,6 +266,7 @@ def contrastive_loss(
     margin: float = 1.0,
     normalize: bool = False,
     reduction: str = "mean",
+    backend: str = "auto",
 ) -> torch.Tensor:
     r"""Pairwise contrastive loss (Hadsell, Chopra & LeCun 2006), Euclidean distance.
 
@@ -254,6 +285,9 @@ def contrastive_loss(
         margin: ``m >= 0``.
         normalize: L2-normalize first (off by default, as in the paper).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
+            ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
+            (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -263,7 +297,7 @@ def contrastive_loss(
         torch.Size([])
     """
     return _contrastive(embeddings, labels, margin=margin, normalize=normalize,
-                        reduction=reduction).loss
+                        reduction=reduction, backend=backend).loss
 
 
 # --------------------------------------------------------------------------- Triplet
@@ -278,12 +312,22 @@ def _triplet(
     mining: str,
     normalize: bool,
     reduction: str,
+    backend: str,
 ) -> ReducedLoss:
     check_triplet_options(margin, distance, mining, reduction)
+    check_backend(backend)
     prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=True)
-    loss, valid, counts = triplet_per_anchor(
-        prepared.rows, prepared.labels, margin=margin, distance=distance, mining=mining
-    )
+    counts = None
+    if mining == "all":
+        loss, counts, valid = run_per_anchor(
+            "triplet_all", prepared.rows, prepared.labels, backend=backend, margin=margin,
+            distance=distance,
+        )
+    else:
+        loss, valid = run_per_anchor(
+            f"triplet_{mining}", prepared.rows, prepared.labels, backend=backend, margin=margin,
+            distance=distance,
+        )
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared, counts=counts)
 
 
@@ -296,6 +340,7 @@ def triplet_margin_loss(
     mining: str = "hard",
     normalize: bool = True,
     reduction: str = "mean",
+    backend: str = "auto",
 ) -> torch.Tensor:
     r"""Triplet margin loss over the triplets of a batch, with batch mining.
 
@@ -321,6 +366,9 @@ def triplet_margin_loss(
         mining: ``"hard"``, ``"all"`` or ``"semihard"``.
         normalize: L2-normalize first (FaceNet embeds on the unit sphere).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
+            ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
+            (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -331,7 +379,7 @@ def triplet_margin_loss(
         torch.Size([])
     """
     return _triplet(embeddings, labels, margin=margin, distance=distance, mining=mining,
-                    normalize=normalize, reduction=reduction).loss
+                    normalize=normalize, reduction=reduction, backend=backend).loss
 
 
 # --------------------------------------------------------------------------- Multi-similarity
@@ -347,11 +395,14 @@ def _multi_similarity(
     epsilon: float,
     normalize: bool,
     reduction: str,
+    backend: str,
 ) -> ReducedLoss:
     check_multi_similarity_options(alpha, beta, base, epsilon, reduction)
+    check_backend(backend)
     prepared = prepare_embeddings(embeddings, labels, normalize=normalize, labels_required=True)
-    loss, valid = multi_similarity_per_anchor(
-        prepared.rows, prepared.labels, alpha=alpha, beta=beta, base=base, epsilon=epsilon
+    loss, valid = run_per_anchor(
+        "multi_similarity", prepared.rows, prepared.labels, backend=backend, alpha=alpha,
+        beta=beta, base=base, epsilon=epsilon,
     )
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared)
 
@@ -366,6 +417,7 @@ def multi_similarity_loss(
     epsilon: float = 0.1,
     normalize: bool = True,
     reduction: str = "mean",
+    backend: str = "auto",
 ) -> torch.Tensor:
     r"""Multi-similarity loss with its pair mining (Wang et al. 2019).
 
@@ -392,6 +444,9 @@ def multi_similarity_loss(
         normalize: L2-normalize first, so that ``S`` is the cosine similarity; with
             ``False`` ``S`` is the raw dot product.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
+            ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
+            (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -402,7 +457,8 @@ def multi_similarity_loss(
         torch.Size([])
     """
     return _multi_similarity(embeddings, labels, alpha=alpha, beta=beta, base=base,
-                             epsilon=epsilon, normalize=normalize, reduction=reduction).loss
+                             epsilon=epsilon, normalize=normalize, reduction=reduction,
+                             backend=backend).loss
 
 
 # --------------------------------------------------------------------------- Cross-entropy

@@ -55,6 +55,8 @@ class SupConLoss(PairwiseLoss):
         base_temperature: if set, the loss is scaled by ``temperature / base_temperature``.
         normalize: L2-normalize embeddings first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
+            :mod:`nodulebench.kernels.dispatch`).
 
     Example:
         >>> loss_fn = SupConLoss(temperature=0.1)
@@ -68,6 +70,7 @@ class SupConLoss(PairwiseLoss):
         base_temperature: float | None = None,
         normalize: bool = True,
         reduction: str = "mean",
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         _options.check_supcon_options(temperature, variant, base_temperature, reduction)
@@ -76,6 +79,7 @@ class SupConLoss(PairwiseLoss):
         self.base_temperature = base_temperature
         self.normalize = normalize
         self.reduction = reduction
+        self.backend = _options.check_backend(backend)
 
     def forward(
         self, embeddings: torch.Tensor, labels: torch.Tensor | None = None
@@ -84,14 +88,15 @@ class SupConLoss(PairwiseLoss):
         return self._record(LF._supcon(
             embeddings, labels, temperature=self.temperature, variant=self.variant,
             base_temperature=self.base_temperature, normalize=self.normalize,
-            reduction=self.reduction,
+            reduction=self.reduction, backend=self.backend,
         ))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"temperature={self.temperature}, variant={self.variant!r}, "
                 f"base_temperature={self.base_temperature}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}")
+                f"reduction={self.reduction!r}, "
+                f"backend={self.backend!r}")
 
 
 @register_loss("ntxent", consumes="embeddings", requires_labels=False,
@@ -105,29 +110,35 @@ class NTXentLoss(PairwiseLoss):
             pytorch-metric-learning).
         normalize: L2-normalize embeddings first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
+            :mod:`nodulebench.kernels.dispatch`).
 
     Example:
         >>> loss = NTXentLoss()(torch.randn(4, 8), torch.randn(4, 8))
     """
 
     def __init__(
-        self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean"
+        self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean",
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         _options.check_supcon_options(temperature, "out", None, reduction)
         self.temperature = temperature
         self.normalize = normalize
         self.reduction = reduction
+        self.backend = _options.check_backend(backend)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor | None = None) -> torch.Tensor:
         """Loss of ``(B, V, D)`` views, or of two ``(B, D)`` views."""
         return self._record(LF._ntxent(view1, view2, temperature=self.temperature,
-                                       normalize=self.normalize, reduction=self.reduction))
+                                       normalize=self.normalize, reduction=self.reduction,
+                                       backend=self.backend))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"temperature={self.temperature}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}")
+                f"reduction={self.reduction!r}, "
+                f"backend={self.backend!r}")
 
 
 @register_loss("contrastive", consumes="embeddings", requires_labels=True,
@@ -140,28 +151,34 @@ class ContrastiveLoss(PairwiseLoss):
         margin: ``m >= 0``.
         normalize: L2-normalize embeddings first (off by default).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
+            :mod:`nodulebench.kernels.dispatch`).
 
     Example:
         >>> loss = ContrastiveLoss(margin=1.0)(torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2]))
     """
 
     def __init__(
-        self, margin: float = 1.0, normalize: bool = False, reduction: str = "mean"
+        self, margin: float = 1.0, normalize: bool = False, reduction: str = "mean",
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         _options.check_contrastive_options(margin, reduction)
         self.margin = margin
         self.normalize = normalize
         self.reduction = reduction
+        self.backend = _options.check_backend(backend)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``."""
         return self._record(LF._contrastive(embeddings, labels, margin=self.margin,
-                                            normalize=self.normalize, reduction=self.reduction))
+                                            normalize=self.normalize, reduction=self.reduction,
+                                       backend=self.backend))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
-        return f"margin={self.margin}, normalize={self.normalize}, reduction={self.reduction!r}"
+        return (f"margin={self.margin}, normalize={self.normalize}, "
+                f"reduction={self.reduction!r}, backend={self.backend!r}")
 
 
 @register_loss("triplet", consumes="embeddings", requires_labels=True,
@@ -176,6 +193,8 @@ class TripletMarginLoss(PairwiseLoss):
         mining: ``"hard"``, ``"all"`` or ``"semihard"``.
         normalize: L2-normalize embeddings first.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
+            :mod:`nodulebench.kernels.dispatch`).
 
     Example:
         >>> loss = TripletMarginLoss(mining="all")(torch.randn(4, 8), torch.tensor([0, 0, 1, 1]))
@@ -188,6 +207,7 @@ class TripletMarginLoss(PairwiseLoss):
         mining: str = "hard",
         normalize: bool = True,
         reduction: str = "mean",
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         _options.check_triplet_options(margin, distance, mining, reduction)
@@ -196,18 +216,20 @@ class TripletMarginLoss(PairwiseLoss):
         self.mining = mining
         self.normalize = normalize
         self.reduction = reduction
+        self.backend = _options.check_backend(backend)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``."""
         return self._record(LF._triplet(
             embeddings, labels, margin=self.margin, distance=self.distance, mining=self.mining,
-            normalize=self.normalize, reduction=self.reduction,
+            normalize=self.normalize, reduction=self.reduction, backend=self.backend,
         ))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"margin={self.margin}, distance={self.distance!r}, mining={self.mining!r}, "
-                f"normalize={self.normalize}, reduction={self.reduction!r}")
+                f"normalize={self.normalize}, reduction={self.reduction!r}, "
+                f"backend={self.backend!r}")
 
 
 @register_loss("multi_similarity", consumes="embeddings", requires_labels=True,
@@ -223,6 +245,8 @@ class MultiSimilarityLoss(PairwiseLoss):
         epsilon: mining margin (published 0.1).
         normalize: L2-normalize embeddings first (cosine similarity).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
+            :mod:`nodulebench.kernels.dispatch`).
 
     Example:
         >>> loss = MultiSimilarityLoss()(torch.randn(4, 8), torch.tensor([0, 0, 1, 1]))
@@ -236,6 +260,7 @@ class MultiSimilarityLoss(PairwiseLoss):
         epsilon: float = 0.1,
         normalize: bool = True,
         reduction: str = "mean",
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         _options.check_multi_similarity_options(alpha, beta, base, epsilon, reduction)
@@ -245,19 +270,22 @@ class MultiSimilarityLoss(PairwiseLoss):
         self.epsilon = epsilon
         self.normalize = normalize
         self.reduction = reduction
+        self.backend = _options.check_backend(backend)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``."""
         return self._record(LF._multi_similarity(
             embeddings, labels, alpha=self.alpha, beta=self.beta, base=self.base,
             epsilon=self.epsilon, normalize=self.normalize, reduction=self.reduction,
+            backend=self.backend,
         ))
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return (f"alpha={self.alpha}, beta={self.beta}, base={self.base}, "
                 f"epsilon={self.epsilon}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}")
+                f"reduction={self.reduction!r}, "
+                f"backend={self.backend!r}")
 
 
 @register_loss("cross_entropy", consumes="logits", requires_labels=True,

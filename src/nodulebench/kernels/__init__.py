@@ -1,0 +1,38 @@
+"""Fast backends for the pairwise losses: the tiled engine, Triton kernels, dispatch.
+
+``nodulebench.kernels.tiled`` is pure PyTorch and always available;
+``nodulebench.kernels.triton_supcon`` needs the optional ``triton`` package and is imported
+only when the ``"triton"`` backend is used; ``nodulebench.kernels.dispatch`` chooses.
+"""
+
+from __future__ import annotations
+
+from nodulebench.kernels.dispatch import (
+    BACKENDS,
+    KERNEL_LOSSES,
+    BackendInfo,
+    get_backend_info,
+    run_per_anchor,
+    select_backend,
+)
+from nodulebench.kernels.tiled import (
+    contrastive_tiled,
+    multi_similarity_tiled,
+    supcon_tiled,
+    triplet_all_tiled,
+    triplet_hard_tiled,
+)
+
+__all__ = [
+    "BACKENDS",
+    "KERNEL_LOSSES",
+    "BackendInfo",
+    "contrastive_tiled",
+    "get_backend_info",
+    "multi_similarity_tiled",
+    "run_per_anchor",
+    "select_backend",
+    "supcon_tiled",
+    "triplet_all_tiled",
+    "triplet_hard_tiled",
+]

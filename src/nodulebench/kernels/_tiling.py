@@ -1,0 +1,205 @@
+"""Shared pieces of the tiled engine: row blocks, argument checks, distance tiles.
+
+Every tiled kernel walks over blocks of ``block_size`` anchor rows; a block sees all ``N``
+columns, so the largest temporary is ``block_size x N`` and nothing of size ``N x N`` is
+ever held. The helpers here build the distance tile of a row block and push a tile of
+upstream weights ``dL/dd_ij`` back to the embeddings, both as row and as column
+contributions (the distance is symmetric in its two arguments).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import torch
+
+from nodulebench._validation import check_choice, check_floating, check_ndim
+
+__all__ = [
+    "TILE_EDGE",
+    "TILE_ELEMENTS",
+    "DISTANCES",
+    "EUCLIDEAN_EPS",
+    "check_distance",
+    "check_prepared",
+    "distance_tile",
+    "eager_under_compile",
+    "pair_distance",
+    "row_blocks",
+    "scatter_distance_grad",
+    "scatter_pair_grad",
+    "self_mask",
+    "tile_pairs",
+]
+
+TILE_EDGE = 1024
+"""Default edge of the square tiles of symmetric kernels: 4 MiB in float32."""
+
+TILE_ELEMENTS = 2**22
+"""Default size of a ``b x N`` tile: 16 MiB in float32 (b = 512 rows at N = 8192)."""
+
+DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+
+EUCLIDEAN_EPS = 1e-12
+"""Floor of the squared distance under the square root (pinned contract)."""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def eager_under_compile(fn: _F) -> _F:
+    """Run ``fn`` eagerly inside ``torch.compile`` (a graph break), importing nothing.
+
+    ``torch.compiler.disable`` imports Dynamo, which imports Triton; applying it at import
+    time would make ``import nodulebench`` pull both in. Dynamo can only be tracing if it
+    was imported, so until then ``fn`` is called directly; afterwards through a disabled
+    wrapper built once.
+    """
+    disabled: list[Callable[..., Any]] = []
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))  # type: ignore[no-untyped-call]
+        return disabled[0](*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_prepared(z: torch.Tensor, labels: torch.Tensor, block_size: int | None) -> int:
+    """Check the prepared inputs shared by every tiled kernel; return the block size.
+
+    ``block_size=None`` picks ``TILE_ELEMENTS // N`` rows (at least 16, at most ``N``).
+    """
+    check_ndim("z", z, (2,), "(N, D)")
+    check_floating("z", z)
+    if z.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"z must be float32 or float64 (prepared inputs are upcast); got {z.dtype}"
+        )
+    check_ndim("labels", labels, (1,), "(N,)")
+    if labels.dtype != torch.int64:
+        raise TypeError(f"labels must have dtype torch.int64; got {labels.dtype}")
+    if labels.shape[0] != z.shape[0]:
+        raise ValueError(
+            f"labels must have one entry per row of z ({z.shape[0]}); got {labels.shape[0]}"
+        )
+    if labels.device != z.device:
+        raise ValueError(f"labels must be on z's device {z.device}; got {labels.device}")
+    n = z.shape[0]
+    if block_size is None:
+        return max(16, min(n, TILE_ELEMENTS // max(n, 1)))
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int or None; got {block_size!r}")
+    return block_size
+
+
+def check_distance(distance: str) -> None:
+    """Raise ``ValueError`` unless ``distance`` is a supported distance name."""
+    check_choice("distance", distance, DISTANCES)
+
+
+def row_blocks(n: int, block_size: int) -> Iterator[tuple[int, int]]:
+    """Yield ``(start, stop)`` of consecutive row blocks covering ``range(n)``."""
+    for start in range(0, n, block_size):
+        yield start, min(start + block_size, n)
+
+
+def self_mask(start: int, stop: int, n: int, device: torch.device) -> torch.Tensor:
+    """Boolean ``(stop - start, n)`` tile that is True on the self-pairs ``(i, i)``."""
+    rows = torch.arange(start, stop, device=device)
+    cols = torch.arange(n, device=device)
+    return rows[:, None] == cols[None, :]
+
+
+def distance_tile(
+    z_rows: torch.Tensor, z: torch.Tensor, sq_rows: torch.Tensor, sq: torch.Tensor,
+    distance: str,
+) -> torch.Tensor:
+    """Distances between a block of rows and all rows, shape ``(b, N)``.
+
+    ``sq`` holds the squared row norms. For ``"cosine"`` the rows must already be unit
+    vectors (the caller normalizes them outside the kernel, under autograd).
+    """
+    gram = z_rows @ z.T
+    if distance == "cosine":
+        return gram.neg_().add_(1.0)
+    d2 = gram.mul_(-2.0).add_(sq_rows[:, None]).add_(sq[None, :]).clamp_(min=0.0)
+    if distance == "squared_euclidean":
+        return d2
+    return d2.clamp_(min=EUCLIDEAN_EPS).sqrt_()
+
+
+def _d_distance_d_sq(dist: torch.Tensor, distance: str) -> torch.Tensor:
+    """``dd/d(d2_raw)`` from the distance values, following ``clamp``'s gradient rule."""
+    if distance == "squared_euclidean":
+        return torch.ones_like(dist)
+    # d = sqrt(max(d2, eps)): derivative 1 / (2 d), and 0 where the floor is active.
+    floor = torch.tensor(EUCLIDEAN_EPS, dtype=dist.dtype).sqrt()
+    return torch.where(dist > floor, 0.5 / dist, torch.zeros_like(dist))
+
+
+def scatter_distance_grad(
+    weights: torch.Tensor, dist: torch.Tensor, z: torch.Tensor, rows: slice, cols: slice,
+    distance: str, grad_z: torch.Tensor,
+) -> None:
+    """Add the gradient of ``sum_ij weights_ij * d_ij`` over one tile to ``grad_z``.
+
+    ``weights`` and ``dist`` are tiles of rows ``rows`` x columns ``cols``. With
+    ``d2_ij = |z_i|^2 + |z_j|^2 - 2 z_i . z_j`` and ``H = weights * dd/dd2`` the row
+    contribution is ``2 (rowsum(H) z_i - H z_cols)`` and the column contribution
+    ``2 (colsum(H) z_j - H^T z_rows)``; cosine distance has ``dd/d(z_i . z_j) = -1``.
+    """
+    z_rows, z_cols = z[rows], z[cols]
+    if distance == "cosine":
+        grad_z[rows].addmm_(weights, z_cols, alpha=-1.0)
+        grad_z[cols].addmm_(weights.T, z_rows, alpha=-1.0)
+        return
+    h = weights * _d_distance_d_sq(dist, distance)
+    grad_z[rows].add_(2.0 * h.sum(dim=1, keepdim=True) * z_rows)
+    grad_z[rows].addmm_(h, z_cols, alpha=-2.0)
+    grad_z[cols].add_(2.0 * h.sum(dim=0)[:, None] * z_cols)
+    grad_z[cols].addmm_(h.T, z_rows, alpha=-2.0)
+
+
+def tile_pairs(n: int, block_size: int) -> list[tuple[int, int, int, int]]:
+    """Blocks ``(r0, r1, c0, c1)`` of the upper block triangle of a symmetric matrix.
+
+    Each off-diagonal tile serves its rows along dim 1 and its columns along dim 0.
+    """
+    blocks = list(row_blocks(n, block_size))
+    return [(r0, r1, c0, c1) for i, (r0, r1) in enumerate(blocks) for c0, c1 in blocks[i:]]
+
+
+def pair_distance(z: torch.Tensor, i: torch.Tensor, j: torch.Tensor, distance: str) -> torch.Tensor:
+    """Distances of the pairs ``(i[k], j[k])``, shape ``(K,)``, by the tile formula."""
+    zi, zj = z[i], z[j]
+    dot = (zi * zj).sum(dim=1)
+    if distance == "cosine":
+        return 1.0 - dot
+    d2 = ((zi * zi).sum(dim=1) + (zj * zj).sum(dim=1) - 2.0 * dot).clamp(min=0.0)
+    if distance == "squared_euclidean":
+        return d2
+    return d2.clamp(min=EUCLIDEAN_EPS).sqrt()
+
+
+def scatter_pair_grad(
+    weights: torch.Tensor, z: torch.Tensor, i: torch.Tensor, j: torch.Tensor, distance: str,
+    grad_z: torch.Tensor,
+) -> None:
+    """Add the gradient of ``sum_k weights_k * d(z_i[k], z_j[k])`` to ``grad_z`` (O(K D))."""
+    zi, zj = z[i], z[j]
+    if distance == "cosine":
+        grad_z.index_add_(0, i, -weights[:, None] * zj)
+        grad_z.index_add_(0, j, -weights[:, None] * zi)
+        return
+    dist = pair_distance(z, i, j, distance)
+    coeff = (2.0 * weights * _d_distance_d_sq(dist, distance))[:, None]
+    diff = zi - zj
+    grad_z.index_add_(0, i, coeff * diff)
+    grad_z.index_add_(0, j, -coeff * diff)

@@ -1,0 +1,299 @@
+"""Backend choice for the pairwise losses: who can serve these inputs, and why not.
+
+Three backends compute the same per-anchor quantities on prepared inputs (``z`` of shape
+``(N, D)``, ``labels`` of shape ``(N,)`` int64):
+
+* ``"reference"``: the dense definitions of ``nodulebench.losses`` (``N x N`` matrices,
+  plain autograd); any device, float32/float64.
+* ``"tiled"``: :mod:`nodulebench.kernels.tiled`, row blocks with recompute backward,
+  :math:`O(N D + bN)` memory; any device, float32/float64.
+* ``"triton"``: ``nodulebench.kernels.triton_supcon``, fused kernels for SupCon; CUDA
+  (or CPU under ``TRITON_INTERPRET=1``), needs the optional ``triton`` package.
+
+Each backend is described by a :class:`BackendInfo` that declares its devices, dtypes,
+losses, option values and the tolerances its tests use. :func:`select_backend` turns
+``"auto"`` into a name and checks a forced one, raising :class:`ValueError` that says why
+it cannot serve; :func:`run_per_anchor` selects and calls.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from nodulebench._validation import check_choice
+from nodulebench.kernels._triton_utils import TRITON_SUPCON_CAPABILITIES
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_CHOICES",
+    "KERNEL_LOSSES",
+    "TILED_CROSSOVER",
+    "BackendInfo",
+    "get_backend_info",
+    "run_per_anchor",
+    "select_backend",
+]
+
+KERNEL_LOSSES = ("supcon", "contrastive", "triplet_hard", "triplet_all", "triplet_semihard",
+                 "multi_similarity")
+"""Per-anchor computations a backend may implement (triplet mining is part of the name)."""
+
+BACKEND_CHOICES = ("auto", "reference", "tiled", "triton")
+"""Values of every pairwise loss's ``backend=`` argument."""
+
+TILED_CROSSOVER: Mapping[str, int] = MappingProxyType({
+    # Smallest N (rows after flattening views) from which "auto" prefers "tiled" to the
+    # dense reference. Measured 2026-11-26 on the shared 2-core CPU (AMD EPYC, busy with
+    # other jobs, so 1 thread), float32, D = 128, forward + backward median of 5:
+    #   python benchmarks/bench_losses.py --crossover --repeats 5 --threads 1
+    # tiled vs dense ms: supcon about even up to 1024 (1.1 vs 1.3 at 256, 18.0 vs 16.9
+    # at 1024: one tile covers the batch there), 49 vs 89 at 2048; contrastive 5.9 vs 9.6
+    # at 512; triplet_hard 1.4 vs 1.6 at 256; triplet_all 2.5 vs 7.2 at 128.
+    # Multi-similarity was still 1.4x slower tiled at 2048 (167 vs 122 ms) and faster at
+    # 4096 (669 vs 992 ms), where the dense version needs 0.5 GB.
+    "supcon": 1024,
+    "contrastive": 512,
+    "triplet_hard": 256,
+    "triplet_all": 128,
+    "multi_similarity": 4096,
+})
+
+
+def _module_available(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (parents excepted)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _frozen(mapping: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What one backend can serve, and how closely its tests must match the reference.
+
+    Attributes:
+        name: Backend name used by ``backend=``.
+        devices: Device types it runs on (e.g. ``{"cpu", "cuda"}``); empty means any.
+        dtypes: Accepted dtypes of the prepared embeddings.
+        options: For each supported loss, the accepted values of the options it
+            restricts (e.g. ``{"supcon": {"variant": ("out", "in")}}``).
+        tolerances: ``(rtol, atol)`` per dtype, for values and gradients against the
+            float64 reference.
+        max_dim: Largest embedding dimension ``D`` it handles, or None for no limit.
+        requires: Optional module that must be importable, or None.
+        interpreter_env: Environment variable that, set to ``"1"``, lets the backend
+            also run on CPU (Triton's ``TRITON_INTERPRET``), or None.
+        summary: One line for the docs and error messages.
+    """
+
+    name: str
+    devices: frozenset[str]
+    dtypes: frozenset[torch.dtype]
+    options: Mapping[str, Mapping[str, tuple[Any, ...]]]
+    tolerances: Mapping[torch.dtype, tuple[float, float]]
+    max_dim: int | None = None
+    requires: str | None = None
+    interpreter_env: str | None = None
+    summary: str = ""
+    _kernel_names: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+
+    def why_not(self, loss: str, z: torch.Tensor, options: Mapping[str, Any]) -> str | None:
+        """Return why this backend cannot serve the inputs, or None if it can."""
+        if loss not in self.options:
+            served = ", ".join(repr(name) for name in self.options)
+            return f"it implements only {served}, not {loss!r}"
+        for option, accepted in self.options[loss].items():
+            if option in options and options[option] not in accepted:
+                return f"it supports {option} in {accepted}, got {options[option]!r}"
+        devices = self.devices_now()
+        if devices and z.device.type not in devices:
+            return f"it runs on {sorted(devices)} devices, got {z.device.type!r}"
+        if z.dtype not in self.dtypes:
+            names = sorted(str(d).removeprefix("torch.") for d in self.dtypes)
+            return f"it supports dtypes {names}, got {z.dtype}"
+        if self.max_dim is not None and z.ndim == 2 and z.shape[1] > self.max_dim:
+            return f"it supports D <= {self.max_dim}, got D = {z.shape[1]}"
+        if self.requires is not None and not _module_available(self.requires):
+            return f"the module {self.requires!r} it needs is not available"
+        module_name, _ = self._kernel_names[loss]
+        if not _module_available(module_name):
+            return f"its module {module_name} is not available"
+        return None
+
+    def devices_now(self) -> frozenset[str]:
+        """Device types served in this process (CPU too when interpreted)."""
+        if self.interpreter_env is not None and os.environ.get(self.interpreter_env) == "1":
+            return self.devices | {"cpu"}
+        return self.devices
+
+    def kernel(self, loss: str) -> Callable[..., tuple[torch.Tensor, ...]]:
+        """Import (lazily) and return this backend's per-anchor function for ``loss``."""
+        module_name, attribute = self._kernel_names[loss]
+        fn: Callable[..., tuple[torch.Tensor, ...]] = getattr(
+            importlib.import_module(module_name), attribute
+        )
+        return fn
+
+
+_FLOAT = frozenset({torch.float32, torch.float64})
+_DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+_TILED_OPTIONS = {
+    "supcon": {"variant": ("out", "in")},
+    "contrastive": {},
+    "triplet_hard": {"distance": _DISTANCES},
+    "triplet_all": {"distance": _DISTANCES},
+    "multi_similarity": {},
+}
+# Semi-hard mining picks a different negative per positive pair: only the dense
+# definition serves it.
+_REFERENCE_OPTIONS = {**_TILED_OPTIONS, "triplet_semihard": {"distance": _DISTANCES}}
+_TRITON = TRITON_SUPCON_CAPABILITIES
+
+BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
+    "reference": BackendInfo(
+        name="reference",
+        devices=frozenset(),
+        dtypes=_FLOAT,
+        options=_frozen(_REFERENCE_OPTIONS),
+        # It is the definition; float32 differs from float64 only by its own rounding.
+        tolerances=_frozen({torch.float64: (0.0, 0.0), torch.float32: (1e-4, 1e-5)}),
+        requires="nodulebench.losses._dense",
+        summary="dense N x N definitions with autograd (nodulebench.losses)",
+        _kernel_names=_frozen({
+            loss: ("nodulebench.kernels._reference", f"{loss}_reference")
+            for loss in KERNEL_LOSSES
+        }),
+    ),
+    "tiled": BackendInfo(
+        name="tiled",
+        devices=frozenset(),
+        dtypes=_FLOAT,
+        options=_frozen(_TILED_OPTIONS),
+        tolerances=_frozen({torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}),
+        summary="row blocks, online log-sum-exp, recompute backward; O(N D + b N) memory",
+        _kernel_names=_frozen({
+            loss: ("nodulebench.kernels.tiled", f"{loss}_tiled") for loss in _TILED_OPTIONS
+        }),
+    ),
+    # Declared once, beside the kernels, in nodulebench.kernels._triton_utils.
+    "triton": BackendInfo(
+        name="triton",
+        devices=frozenset(d for d in _TRITON.devices if d != "cpu"),
+        dtypes=frozenset(_TRITON.dtypes),
+        options=_frozen({"supcon": {"variant": _TRITON.variants}}),
+        tolerances=_frozen({
+            dtype: (tol.loss_rtol, tol.loss_atol) for dtype, tol in _TRITON.tolerances.items()
+        }),
+        max_dim=_TRITON.max_dim,
+        requires="triton",
+        interpreter_env="TRITON_INTERPRET",
+        summary="fused CUDA kernels for SupCon / NT-Xent, fp32 accumulation, deterministic",
+        _kernel_names=_frozen({
+            "supcon": ("nodulebench.kernels.triton_supcon", "supcon_triton"),
+        }),
+    ),
+})
+"""Every backend by name, in the order ``"auto"`` prefers them after Triton."""
+
+
+def get_backend_info(name: str) -> BackendInfo:
+    """Return the :class:`BackendInfo` of backend ``name``."""
+    check_choice("backend", name, tuple(BACKENDS))
+    return BACKENDS[name]
+
+
+def select_backend(
+    loss: str, backend: str, z: torch.Tensor, labels: torch.Tensor | None = None,
+    **options: Any,
+) -> str:
+    """Name the backend that will compute ``loss`` on these prepared inputs.
+
+    ``"auto"`` takes Triton on CUDA when it is installed and serves the inputs; else the
+    tiled engine when ``N`` reaches :data:`TILED_CROSSOVER` for the loss; else the dense
+    reference (or the tiled engine if the reference is unavailable).
+
+    Args:
+        loss: One of :data:`KERNEL_LOSSES`.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"``.
+        z: Prepared embeddings, shape ``(N, D)``.
+        labels: Prepared labels, shape ``(N,)`` (not consulted by the current rules).
+        **options: The loss options that restrict backends (``variant``, ``distance``).
+
+    Returns:
+        The backend name.
+
+    Raises:
+        ValueError: If ``loss`` or ``backend`` is unknown, or if a forced backend cannot
+            serve the inputs; the message says why.
+
+    Example:
+        >>> z = torch.randn(8, 4)
+        >>> select_backend("supcon", "tiled", z, variant="out")
+        'tiled'
+    """
+    del labels
+    check_choice("loss", loss, KERNEL_LOSSES)
+    check_choice("backend", backend, BACKEND_CHOICES)
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"z must be a torch.Tensor; got {type(z).__name__}")
+    if backend != "auto":
+        reason = BACKENDS[backend].why_not(loss, z, options)
+        if reason is not None:
+            raise ValueError(f"backend={backend!r} cannot compute {loss!r} here: {reason}")
+        return backend
+    if z.device.type == "cuda" and BACKENDS["triton"].why_not(loss, z, options) is None:
+        return "triton"
+    tiled_ok = BACKENDS["tiled"].why_not(loss, z, options) is None
+    if tiled_ok and z.shape[0] >= TILED_CROSSOVER[loss]:
+        return "tiled"
+    if BACKENDS["reference"].why_not(loss, z, options) is None:
+        return "reference"
+    if tiled_ok:
+        return "tiled"
+    reasons = "; ".join(
+        f"{name}: {BACKENDS[name].why_not(loss, z, options)}" for name in BACKENDS
+    )
+    raise ValueError(f"no backend can compute {loss!r} here: {reasons}")
+
+
+def run_per_anchor(
+    loss: str, z: torch.Tensor, labels: torch.Tensor, *, backend: str = "auto",
+    **options: Any,
+) -> tuple[torch.Tensor, ...]:
+    """Select a backend and return its per-anchor result for ``loss``.
+
+    The result is ``(loss, valid)`` for every loss except ``"triplet_all"``, which
+    returns ``(total, count, valid)``; all have shape ``(N,)``.
+
+    Args:
+        loss: One of :data:`KERNEL_LOSSES`.
+        z: Prepared embeddings, shape ``(N, D)``.
+        labels: Prepared labels, shape ``(N,)``, int64.
+        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"``.
+        **options: Keyword options of the per-anchor function (``temperature``,
+            ``variant``, ``margin``, ``distance``, ...).
+
+    Returns:
+        The per-anchor tensors of the chosen backend.
+
+    Example:
+        >>> z = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+        >>> loss, valid = run_per_anchor(
+        ...     "supcon", z, torch.arange(8) % 2, backend="tiled", temperature=0.1)
+        >>> loss.shape
+        torch.Size([8])
+    """
+    name = select_backend(loss, backend, z, labels, **options)
+    return BACKENDS[name].kernel(loss)(z, labels, **options)

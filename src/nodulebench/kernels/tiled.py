@@ -1,0 +1,27 @@
+"""The pure-PyTorch tiled engine (``backend="tiled"``): one import point for its kernels.
+
+Every kernel takes *prepared* inputs (``z`` of shape ``(N, D)``, already flattened,
+normalized where the loss normalizes, and upcast to float32 or float64; ``labels`` of shape
+``(N,)`` int64, already expanded per view) and returns the per-anchor quantities of the
+pinned loss definitions together with the valid-anchor mask. Each is a custom
+:class:`torch.autograd.Function` over blocks of anchor rows that never holds an ``N x N``
+matrix, in the forward or the backward pass; it runs on any device.
+"""
+
+from __future__ import annotations
+
+from nodulebench.kernels.tiled_distance import (
+    contrastive_tiled,
+    triplet_all_tiled,
+    triplet_hard_tiled,
+)
+from nodulebench.kernels.tiled_multisim import multi_similarity_tiled
+from nodulebench.kernels.tiled_supcon import supcon_tiled
+
+__all__ = [
+    "contrastive_tiled",
+    "multi_similarity_tiled",
+    "supcon_tiled",
+    "triplet_all_tiled",
+    "triplet_hard_tiled",
+]

@@ -1,0 +1,340 @@
+r"""Tiled distance-based losses: contrastive, batch-hard and batch-all triplet.
+
+Each kernel walks over blocks of anchor rows, builds the ``(b, N)`` distance tile from the
+row norms and one matrix product, and keeps only :math:`O(N)` per-row results. The
+backward pass recomputes the tiles (contrastive, batch-all) or, for batch-hard, touches
+only the two pairs per anchor whose indices the forward pass saved.
+
+Per anchor :math:`i`, with :math:`d_{ij}` the distance, :math:`P(i)` the positives and
+:math:`\mathrm{Neg}(i)` the negatives:
+
+.. math::
+
+    \ell^{contrastive}_i &= \frac{1}{N-1} \sum_{j \ne i}
+        \begin{cases} \tfrac12 d_{ij}^2 & y_j = y_i \\
+        \tfrac12 \max(0, m - d_{ij})^2 & y_j \ne y_i \end{cases} \\
+    \ell^{hard}_i &= \max\big(0, \max_{p \in P(i)} d_{ip} - \min_{n \in \mathrm{Neg}(i)} d_{in}
+        + m\big) \\
+    S_i &= \sum_{p \in P(i)} \sum_{n \in \mathrm{Neg}(i)} \max(0, d_{ip} - d_{in} + m)
+        = \sum_{p \in P(i)} \Big(k_{ip}\,(d_{ip} + m) - \sum_{r \le k_{ip}} e_{i(r)}\Big),
+
+where :math:`e_{i(1)} \le e_{i(2)} \le \dots` are anchor :math:`i`'s negative distances
+sorted once and :math:`k_{ip} = \#\{n : d_{in} < d_{ip} + m\}` comes from a binary search,
+so batch-all costs :math:`O(N^2 \log N)` time instead of the :math:`O(N^3)` enumeration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nodulebench._validation import check_positive
+from nodulebench.kernels._tiling import (
+    TILE_EDGE,
+    TILE_ELEMENTS,
+    check_distance,
+    check_prepared,
+    distance_tile,
+    eager_under_compile,
+    row_blocks,
+    scatter_distance_grad,
+    scatter_pair_grad,
+    self_mask,
+    tile_pairs,
+)
+
+__all__ = ["contrastive_tiled", "triplet_all_tiled", "triplet_hard_tiled"]
+
+
+def _cosine_ready(z: torch.Tensor, distance: str) -> torch.Tensor:
+    # Cosine distance needs unit rows; normalizing under autograd keeps the kernels simple.
+    return torch.nn.functional.normalize(z, dim=1) if distance == "cosine" else z
+
+
+def _masks(
+    labels: torch.Tensor, r0: int, r1: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive (same label, not self) and negative (other label) masks of a row block."""
+    same = labels[r0:r1, None] == labels[None, :]
+    pos = same & ~self_mask(r0, r1, labels.shape[0], labels.device)
+    return pos, ~same
+
+
+# ---------------------------------------------------------------- contrastive (Hadsell)
+
+
+def _contrastive_tile(
+    z: torch.Tensor, labels: torch.Tensor, sq: torch.Tensor, r0: int, r1: int, c0: int,
+    c1: int, margin: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distances, masks (same label / other label, self excluded) of a tile."""
+    d = distance_tile(z[r0:r1], z[c0:c1], sq[r0:r1], sq[c0:c1], "euclidean")
+    same = labels[r0:r1, None] == labels[None, c0:c1]
+    pos = same & ~self_mask(r0, r1, c1, labels.device)[:, c0:c1] if c0 == r0 else same
+    return d, pos, ~same, (margin - d).clamp(min=0.0)
+
+
+class _ContrastiveTiledFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, block_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = z.shape[0]
+        sq = (z * z).sum(dim=1)
+        total = torch.zeros(n, dtype=z.dtype, device=z.device)
+        # c_ij = c_ji: one tile of the upper block triangle serves rows and columns.
+        for r0, r1, c0, c1 in tile_pairs(n, block_size):
+            d, pos, neg, hinge = _contrastive_tile(z, labels, sq, r0, r1, c0, c1, margin)
+            cost = torch.where(pos, d * d, torch.zeros_like(d))
+            cost += torch.where(neg, hinge.square_(), 0.0)
+            total[r0:r1] += cost.sum(dim=1)
+            if c0 != r0:
+                total[c0:c1] += cost.sum(dim=0)
+        loss = total * (0.5 / max(n - 1, 1))
+        valid = torch.full((n,), n >= 2, dtype=torch.bool, device=z.device)
+        ctx.save_for_backward(z, labels, sq)
+        ctx.options = (margin, block_size)
+        ctx.mark_non_differentiable(valid)
+        return loss, valid
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        z, labels, sq = ctx.saved_tensors
+        margin, block_size = ctx.options
+        n = z.shape[0]
+        grad_z = torch.zeros_like(z)
+        if n < 2:
+            return grad_z, None, None, None
+        g = grad_loss / (n - 1)
+        for r0, r1, c0, c1 in tile_pairs(n, block_size):
+            d, pos, neg, hinge = _contrastive_tile(z, labels, sq, r0, r1, c0, c1, margin)
+            # dc/dd: d for positives, -max(0, m - d) for negatives, 0 on the diagonal;
+            # an off-diagonal tile carries the pair for both of its anchors.
+            weight = torch.where(pos, d, torch.zeros_like(d))
+            weight -= torch.where(neg, hinge, 0.0)
+            anchors = g[r0:r1, None] + g[None, c0:c1] if c0 != r0 else g[r0:r1, None]
+            weight.mul_(anchors)
+            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(c0, c1), "euclidean",
+                                  grad_z)
+        return grad_z, None, None, None
+
+
+@eager_under_compile
+def contrastive_tiled(
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 1.0,
+    block_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-anchor Hadsell contrastive loss (Euclidean) in :math:`O(N D + b^2)` memory.
+
+    Args:
+        z: Prepared embeddings, shape ``(N, D)``, float32 or float64.
+        labels: Class of each row, shape ``(N,)``, int64.
+        margin: :math:`m > 0`, the distance beyond which negatives cost nothing.
+        block_size: Edge ``b`` of the square distance tiles (the cost is symmetric, so
+            each tile serves both its rows and its columns); ``None`` picks
+            ``min(N, 1024)``.
+
+    Returns:
+        ``(loss, valid)``, both of shape ``(N,)``: the mean pair cost of each anchor over
+        the other ``N - 1`` rows, and ``valid`` (all True iff ``N >= 2``).
+
+    Example:
+        >>> z = torch.tensor([[0.0, 0.0], [0.0, 0.5], [3.0, 0.0]], dtype=torch.float64)
+        >>> contrastive_tiled(z, torch.tensor([0, 0, 1]), margin=1.0)[0]
+        tensor([0.0625, 0.0625, 0.0000], dtype=torch.float64)
+    """
+    edge = check_prepared(z, labels, block_size)
+    check_positive("margin", margin)
+    if block_size is None:
+        edge = max(1, min(z.shape[0], TILE_EDGE))
+    loss, valid = _ContrastiveTiledFunction.apply(  # type: ignore[no-untyped-call]
+        z, labels, float(margin), edge
+    )
+    return loss, valid
+
+
+# ---------------------------------------------------------------- batch-hard triplet
+
+
+class _TripletHardTiledFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, distance: str,
+        block_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = z.shape[0]
+        sq = (z * z).sum(dim=1)
+        hardest_pos = torch.zeros(n, dtype=torch.int64, device=z.device)
+        hardest_neg = torch.zeros_like(hardest_pos)
+        raw = torch.zeros(n, dtype=z.dtype, device=z.device)
+        valid = torch.zeros(n, dtype=torch.bool, device=z.device)
+        for r0, r1 in row_blocks(n, block_size):
+            d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
+            pos, neg = _masks(labels, r0, r1)
+            d_pos, hardest_pos[r0:r1] = d.masked_fill(~pos, float("-inf")).max(dim=1)
+            d_neg, hardest_neg[r0:r1] = d.masked_fill_(~neg, float("inf")).min(dim=1)
+            valid[r0:r1] = pos.any(dim=1) & neg.any(dim=1)
+            raw[r0:r1] = torch.where(valid[r0:r1], d_pos - d_neg + margin, 0.0)
+        loss = torch.relu(raw)
+        ctx.save_for_backward(z, hardest_pos, hardest_neg, raw, valid)
+        ctx.distance = distance
+        ctx.mark_non_differentiable(valid)
+        return loss, valid
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        z, hardest_pos, hardest_neg, raw, valid = ctx.saved_tensors
+        # relu passes the gradient where its input is > 0, as torch.relu does.
+        g = torch.where(valid & (raw > 0), grad_loss, torch.zeros_like(grad_loss))
+        anchors = torch.arange(z.shape[0], device=z.device)
+        grad_z = torch.zeros_like(z)
+        scatter_pair_grad(g, z, anchors, hardest_pos, ctx.distance, grad_z)
+        scatter_pair_grad(-g, z, anchors, hardest_neg, ctx.distance, grad_z)
+        return grad_z, None, None, None, None
+
+
+@eager_under_compile
+def triplet_hard_tiled(
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
+    distance: str = "euclidean", block_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-anchor batch-hard triplet loss (Hermans et al. 2017) in :math:`O(N D + b N)`.
+
+    The forward pass saves, per anchor, the index of its farthest positive and of its
+    closest negative; the backward pass differentiates only those two pairs. Ties go to
+    the first index, as :meth:`torch.Tensor.max` does.
+
+    Args:
+        z: Prepared embeddings, shape ``(N, D)``, float32 or float64.
+        labels: Class of each row, shape ``(N,)``, int64.
+        margin: :math:`m \ge 0`.
+        distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"`` (one minus the
+            cosine similarity; the rows are normalized inside).
+        block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 16 MiB.
+
+    Returns:
+        ``(loss, valid)``, shape ``(N,)`` each; ``loss`` is 0 where the anchor has no
+        positive or no negative (``valid`` False).
+
+    Example:
+        >>> z = torch.tensor([[0.0], [1.0], [1.5]], dtype=torch.float64)
+        >>> triplet_hard_tiled(z, torch.tensor([0, 0, 1]), margin=0.2)[0]
+        tensor([0.0000, 0.7000, 0.0000], dtype=torch.float64)
+    """
+    block_size = check_prepared(z, labels, block_size)
+    check_positive("margin", margin, allow_zero=True)
+    check_distance(distance)
+    loss, valid = _TripletHardTiledFunction.apply(  # type: ignore[no-untyped-call]
+        _cosine_ready(z, distance), labels, float(margin), distance, block_size
+    )
+    return loss, valid
+
+
+# ---------------------------------------------------------------- batch-all triplet
+
+
+def _triplet_all_tile(
+    d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-anchor ``(S, C)`` of a block and ``k`` (active negatives per positive pair)."""
+    neg_sorted = d.masked_fill(~neg, float("inf")).sort(dim=1).values
+    # prefix[:, r] = sum of the r smallest negative distances (inf never gets read).
+    prefix = torch.nn.functional.pad(neg_sorted.cumsum(dim=1), (1, 0))
+    threshold = d + margin
+    k = torch.searchsorted(neg_sorted, threshold, side="left")
+    pair_sum = k.to(d.dtype) * threshold - prefix.gather(1, k)
+    k = k.masked_fill_(~pos, 0)
+    total = torch.where(pos, pair_sum, torch.zeros_like(pair_sum)).sum(dim=1)
+    return total, k.sum(dim=1), k
+
+
+class _TripletAllTiledFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, distance: str,
+        block_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = z.shape[0]
+        sq = (z * z).sum(dim=1)
+        total = torch.zeros(n, dtype=z.dtype, device=z.device)
+        count = torch.zeros(n, dtype=torch.int64, device=z.device)
+        valid = torch.zeros(n, dtype=torch.bool, device=z.device)
+        for r0, r1 in row_blocks(n, block_size):
+            d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
+            pos, neg = _masks(labels, r0, r1)
+            total[r0:r1], count[r0:r1], _ = _triplet_all_tile(d, pos, neg, margin)
+            valid[r0:r1] = pos.any(dim=1) & neg.any(dim=1)
+        ctx.save_for_backward(z, labels, sq)
+        ctx.options = (margin, distance, block_size)
+        ctx.mark_non_differentiable(count, valid)
+        return total, count, valid
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_total: torch.Tensor, _grad_count: torch.Tensor | None,
+        _grad_valid: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, ...]:
+        z, labels, sq = ctx.saved_tensors
+        margin, distance, block_size = ctx.options
+        n = z.shape[0]
+        grad_z = torch.zeros_like(z)
+        for r0, r1 in row_blocks(n, block_size):
+            d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
+            pos, neg = _masks(labels, r0, r1)
+            _, _, k = _triplet_all_tile(d, pos, neg, margin)
+            # dS/dd_in = -#{p : d_ip + m > d_in}, with the same thresholds as the forward.
+            thr_sorted = d.masked_fill(~pos, float("inf")).sort(dim=1).values + margin
+            num_pos = pos.sum(dim=1, keepdim=True)
+            active = num_pos - torch.searchsorted(thr_sorted, d, side="right")
+            weight = k.to(d.dtype) - torch.where(neg, active, 0).to(d.dtype)
+            weight.mul_(grad_total[r0:r1, None])
+            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(None), distance, grad_z)
+        return grad_z, None, None, None, None
+
+
+@eager_under_compile
+def triplet_all_tiled(
+    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
+    distance: str = "euclidean", block_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Per-anchor batch-all triplet sums and counts in :math:`O(N^2 \log N)` time.
+
+    Each anchor's negative distances are sorted once; every positive then finds by binary
+    search how many negatives violate the margin and reads their sum from a prefix sum.
+    Extra memory is :math:`O(b N)` per block of ``b`` anchors, never :math:`O(N^2)`.
+
+    Args:
+        z: Prepared embeddings, shape ``(N, D)``, float32 or float64.
+        labels: Class of each row, shape ``(N,)``, int64.
+        margin: :math:`m \ge 0`.
+        distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+        block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 4 MiB.
+
+    Returns:
+        ``(total, count, valid)``, each of shape ``(N,)``: :math:`S_i`, the sum of
+        :math:`\max(0, d_{ip} - d_{in} + m)` over the anchor's triplets (differentiable),
+        :math:`C_i`, how many of those are positive (int64), and whether the anchor has
+        both a positive and a negative.
+
+    Example:
+        >>> z = torch.tensor([[0.0], [1.0], [1.5], [3.0]], dtype=torch.float64)
+        >>> total, count, valid = triplet_all_tiled(z, torch.tensor([0, 0, 1, 1]), margin=0.2)
+        >>> count.tolist()
+        [0, 1, 2, 0]
+    """
+    rows = check_prepared(z, labels, block_size)
+    check_positive("margin", margin, allow_zero=True)
+    check_distance(distance)
+    if block_size is None:
+        # A block holds about 15 numbers per pair (sorts, prefix sums, int64 counts), so
+        # it gets a quarter of the usual tile.
+        rows = max(16, min(z.shape[0], TILE_ELEMENTS // 4 // max(z.shape[0], 1)))
+    total, count, valid = _TripletAllTiledFunction.apply(  # type: ignore[no-untyped-call]
+        _cosine_ready(z, distance), labels, float(margin), distance, rows
+    )
+    return total, count, valid

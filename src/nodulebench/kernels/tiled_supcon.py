@@ -1,0 +1,201 @@
+r"""Tiled SupCon / NT-Xent: online log-sum-exp over symmetric tile pairs, recompute backward.
+
+With :math:`s_{ij} = z_i \cdot z_j / \tau`, :math:`A(i) = \{j \ne i\}` and
+:math:`P(i) = \{p \in A(i) : y_p = y_i\}`, the per-anchor losses are
+
+.. math::
+
+    \ell^{out}_i = \operatorname{LSE}_{a \in A(i)} s_{ia}
+        - \frac{z_i \cdot (S_{y_i} - z_i)}{\tau\,|P(i)|},
+    \qquad
+    \ell^{in}_i = \operatorname{LSE}_{a \in A(i)} s_{ia}
+        - \operatorname{LSE}_{p \in P(i)} s_{ip} + \log |P(i)|,
+
+where :math:`S_c = \sum_{j: y_j = c} z_j` is the class sum, so the positive term of
+``"out"`` costs :math:`O(ND)`. Since :math:`s` is symmetric, the kernel visits only the
+square tiles :math:`(I, J)` with :math:`J \ge I` and uses each for the rows of both
+blocks. Both log-sum-exps are accumulated online over the tiles, with the self-pair set
+to :math:`-\infty` inside the diagonal tiles. The forward pass keeps only :math:`O(N)`
+per-row statistics; the backward pass recomputes each tile. Writing
+:math:`G_{ij} = g_i\,(\partial \ell_i / \partial s_{ij})`,
+
+.. math::
+
+    \frac{\partial L}{\partial z} = \frac{(G + G^\top)\, z}{\tau},
+
+and a tile pair adds :math:`M z_J / \tau` to the rows of :math:`I` and
+:math:`M^\top z_I / \tau` to those of :math:`J`, with :math:`M = G_{IJ} + G_{JI}^\top`:
+the row and the column contributions, never holding :math:`G`. The ``"out"`` positive
+term contributes :math:`-\frac{1}{\tau}\big(w_i (S_{y_i} - z_i) + W_{y_i} - w_i z_i\big)` with
+:math:`w_i = g_i / |P(i)|` and the weighted class sums :math:`W_c = \sum_{y_j = c} w_j z_j`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nodulebench._validation import check_choice, check_positive
+from nodulebench.kernels._tiling import (
+    TILE_EDGE,
+    check_prepared,
+    eager_under_compile,
+    tile_pairs,
+)
+
+__all__ = ["supcon_tiled"]
+
+_VARIANTS = ("out", "in")
+
+
+def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense class ids ``0..C-1`` per row and the size of each class."""
+    _, class_id = torch.unique(labels, return_inverse=True)
+    return class_id, torch.bincount(class_id)
+
+
+def _mask_self(s: torch.Tensor, row0: int, col0: int) -> torch.Tensor:
+    """Set the self-pairs of the tile at rows ``row0:`` x columns ``col0:`` to ``-inf``."""
+    lo, hi = max(row0, col0), min(row0 + s.shape[0], col0 + s.shape[1])
+    if lo < hi:
+        idx = torch.arange(lo, hi, device=s.device)
+        s[idx - row0, idx - col0] = float("-inf")
+    return s
+
+
+def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def _fold_lse(running: torch.Tensor, tile: torch.Tensor, dim: int) -> None:
+    """Online log-sum-exp: fold the tile's LSE along ``dim`` into ``running`` in place."""
+    running.copy_(torch.logaddexp(running, torch.logsumexp(tile, dim=dim)))
+
+
+class _SupConTiledFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str,
+        block_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = z.shape[0]
+        inv_tau = 1.0 / temperature
+        class_id, class_size = _class_index(labels)
+        num_pos = class_size[class_id] - 1
+        valid = num_pos > 0
+        lse = torch.full((n,), float("-inf"), dtype=z.dtype, device=z.device)
+        lse_pos = torch.full_like(lse, float("-inf"))
+        # s is symmetric: the tile of row block I x column block J is the transpose of
+        # J x I, so one product serves the row LSEs of I (along dim 1) and of J (dim 0).
+        for r0, r1, c0, c1 in tile_pairs(n, block_size):
+            s = _mask_self((z[r0:r1] * inv_tau) @ z[c0:c1].T, r0, c0)
+            mirrored = c0 != r0
+            _fold_lse(lse[r0:r1], s, 1)
+            if mirrored:
+                _fold_lse(lse[c0:c1], s, 0)
+            if variant == "in":
+                same = class_id[r0:r1, None] == class_id[None, c0:c1]
+                s_pos = s.masked_fill_(~same, float("-inf"))
+                _fold_lse(lse_pos[r0:r1], s_pos, 1)
+                if mirrored:
+                    _fold_lse(lse_pos[c0:c1], s_pos, 0)
+        if variant == "out":
+            class_sum = torch.zeros(
+                class_size.shape[0], z.shape[1], dtype=z.dtype, device=z.device
+            ).index_add_(0, class_id, z)
+            pos_term = (z * (class_sum[class_id] - z)).sum(dim=1) * inv_tau
+            raw = lse - pos_term / num_pos.clamp(min=1).to(z.dtype)
+        else:
+            raw = lse - lse_pos + torch.log(num_pos.clamp(min=1).to(z.dtype))
+        loss = torch.where(valid, raw, torch.zeros_like(raw))
+        ctx.save_for_backward(z, class_id, lse, lse_pos, num_pos, valid)
+        ctx.options = (inv_tau, variant, block_size, class_size.shape[0])
+        ctx.mark_non_differentiable(valid)
+        return loss, valid
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        z, class_id, lse, lse_pos, num_pos, valid = ctx.saved_tensors
+        inv_tau, variant, block_size, num_classes = ctx.options
+        n = z.shape[0]
+        g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
+        lse = _finite_or_zero(lse)
+        lse_pos = _finite_or_zero(lse_pos)
+        grad_z = torch.zeros_like(z)
+
+        def weights(s: torch.Tensor, rows: slice, cols: slice, same: torch.Tensor | None,
+                    dim: int) -> torch.Tensor:
+            """G of the anchors along ``dim``: g_i (P_ij [- Q_ij]), oriented like ``s``."""
+            shape = (-1, 1) if dim == 1 else (1, -1)
+            anchors = rows if dim == 1 else cols
+            tile = torch.exp(s - lse[anchors].view(shape))
+            if same is not None:
+                tile.sub_(torch.exp(s - lse_pos[anchors].view(shape)).masked_fill_(~same, 0.0))
+            return tile.mul_(g[anchors].view(shape))
+
+        for r0, r1, c0, c1 in tile_pairs(n, block_size):
+            rows, cols = slice(r0, r1), slice(c0, c1)
+            s = _mask_self((z[rows] * inv_tau) @ z[cols].T, r0, c0)
+            same = class_id[rows, None] == class_id[None, cols] if variant == "in" else None
+            # M_ij = G_ij + G_ji couples row i and column j both ways; dz = M z / tau.
+            m = weights(s, rows, cols, same, 1)
+            if c0 != r0:
+                m.add_(weights(s, rows, cols, same, 0))
+                grad_z[rows].addmm_(m, z[cols], alpha=inv_tau)
+                grad_z[cols].addmm_(m.T, z[rows], alpha=inv_tau)
+            else:
+                grad_z[rows].addmm_(m + m.T, z[rows], alpha=inv_tau)
+        if variant == "out":
+            w = g / num_pos.clamp(min=1).to(z.dtype)
+            sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype, device=z.device)
+            class_sum = sums.index_add(0, class_id, z)
+            weighted_sum = sums.index_add(0, class_id, w[:, None] * z)
+            grad_z.sub_(
+                (w[:, None] * (class_sum[class_id] - 2.0 * z) + weighted_sum[class_id])
+                * inv_tau
+            )
+        return grad_z, None, None, None, None
+
+
+@eager_under_compile
+def supcon_tiled(
+    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
+    block_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-anchor SupCon loss in :math:`O(N D + b^2)` memory, forward and backward.
+
+    Works on *prepared* inputs: views already flattened sample-major, rows already
+    normalized if the loss normalizes, dtype already float32 or float64. NT-Xent is this
+    function with ``labels`` equal to the sample index of each row.
+
+    Args:
+        z: Embeddings, shape ``(N, D)``, float32 or float64.
+        labels: Class of each row, shape ``(N,)``, int64.
+        temperature: :math:`\tau > 0`.
+        variant: ``"out"`` (mean of log-probabilities over positives) or ``"in"``
+            (log of the mean probability); see the module docstring.
+        block_size: Edge ``b`` of the square ``b x b`` similarity tiles; ``None`` picks
+            ``min(N, 1024)`` (a 4 MiB float32 tile).
+
+    Returns:
+        ``(loss, valid)``: ``loss`` of shape ``(N,)`` in ``z``'s dtype, exactly 0 where
+        ``valid`` (shape ``(N,)``, bool) is False, i.e. for anchors without positives.
+
+    Example:
+        >>> z = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
+        >>> loss, valid = supcon_tiled(z, torch.tensor([0, 0, 1, 1, 2, 3]), temperature=0.1)
+        >>> valid.tolist()
+        [True, True, True, True, False, False]
+    """
+    edge = check_prepared(z, labels, block_size)
+    check_positive("temperature", temperature)
+    check_choice("variant", variant, _VARIANTS)
+    if block_size is None:
+        edge = max(1, min(z.shape[0], TILE_EDGE))
+    loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]
+        z, labels, float(temperature), variant, edge
+    )
+    return loss, valid

@@ -1,0 +1,70 @@
+"""What autograd keeps between forward and backward must grow like N, never like N^2."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from nodulebench.kernels.tiled import (
+    contrastive_tiled,
+    multi_similarity_tiled,
+    supcon_tiled,
+    triplet_all_tiled,
+    triplet_hard_tiled,
+)
+
+D = 8
+
+KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "supcon_out": lambda z, y: supcon_tiled(z, y, temperature=0.1, block_size=32)[0],
+    "supcon_in": lambda z, y: supcon_tiled(z, y, temperature=0.1, variant="in",
+                                           block_size=32)[0],
+    "contrastive": lambda z, y: contrastive_tiled(z, y, block_size=32)[0],
+    "triplet_hard": lambda z, y: triplet_hard_tiled(z, y, block_size=32)[0],
+    "triplet_all": lambda z, y: triplet_all_tiled(z, y, block_size=32)[0],
+    "multi_similarity": lambda z, y: multi_similarity_tiled(z, y, block_size=32)[0],
+}
+
+
+def saved_bytes(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n: int) -> int:
+    """Bytes of every distinct tensor autograd saves for backward during ``fn``."""
+    gen = torch.Generator().manual_seed(n)
+    z = torch.nn.functional.normalize(torch.randn(n, D, generator=gen), dim=1)
+    z.requires_grad_()
+    labels = torch.randint(0, 8, (n,), generator=gen)
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(z, labels)
+    out.sum().backward()
+    return sum(seen.values())
+
+
+def dense_supcon(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(z.shape[0], dtype=torch.bool)
+    s = (z @ z.T / 0.1).masked_fill(eye, float("-inf"))
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    log_prob = s - torch.logsumexp(s, dim=1, keepdim=True)
+    return -torch.where(pos, log_prob, 0.0).sum(dim=1) / pos.sum(dim=1).clamp(min=1)
+
+
+def grows_linearly(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    small, large = saved_bytes(fn, 128), saved_bytes(fn, 512)
+    # 4x the rows: linear storage grows ~4x, quadratic storage ~16x.
+    return large <= 6 * small and large <= 32 * 512 * D
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_saved_tensors_grow_linearly(name: str) -> None:
+    assert grows_linearly(KERNELS[name])
+
+
+def test_the_check_catches_a_dense_implementation() -> None:
+    assert not grows_linearly(dense_supcon)

@@ -1,0 +1,153 @@
+"""Tiled SupCon against a dense per-anchor reference written here from the formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nodulebench.kernels.dispatch import get_backend_info
+from nodulebench.kernels.tiled import supcon_tiled
+
+TOL = get_backend_info("tiled").tolerances
+
+
+def dense_supcon(
+    z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """l_i from the pinned definition, with the full N x N similarity matrix."""
+    n = z.shape[0]
+    eye = torch.eye(n, dtype=torch.bool)
+    s = (z @ z.T / temperature).masked_fill(eye, float("-inf"))
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    num_pos = pos.sum(dim=1)
+    log_den = torch.logsumexp(s, dim=1)
+    if variant == "out":
+        log_prob = s - log_den[:, None]
+        loss = -torch.where(pos, log_prob, 0.0).sum(dim=1) / num_pos.clamp(min=1)
+    else:
+        mean_prob = torch.where(pos, torch.exp(s - log_den[:, None]), 0.0).sum(dim=1)
+        loss = -torch.log(mean_prob / num_pos.clamp(min=1))
+    valid = num_pos > 0
+    return torch.where(valid, loss, 0.0), valid
+
+
+def make_case(name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    if name == "random_with_singletons":
+        labels = torch.randint(0, 5, (37,), generator=gen)
+        labels[:3] = torch.tensor([100, 101, 102])  # rows without positives
+    elif name == "duplicates":
+        labels = torch.randint(0, 4, (29,), generator=gen)
+    elif name == "multi_view":  # 13 samples x 3 views, sample-major, 4 classes
+        labels = torch.randint(0, 4, (13,), generator=gen).repeat_interleave(3)
+    else:  # "labels_none": SimCLR labels, the sample index of each of 2 views
+        labels = torch.arange(19).repeat_interleave(2)
+    z = torch.randn(labels.shape[0], 6, generator=gen, dtype=torch.float64)
+    if name == "duplicates":
+        z[5] = z[2]
+        z[9] = z[2]
+        labels[9] = labels[2] + 1
+    return torch.nn.functional.normalize(z, dim=1).to(dtype), labels
+
+
+CASES = ["random_with_singletons", "duplicates", "multi_view", "labels_none"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("case", CASES)
+def test_values_and_gradients_match_dense(case: str, variant: str, dtype: torch.dtype) -> None:
+    z, labels = make_case(case, dtype)
+    weights = torch.randn(z.shape[0], dtype=dtype, generator=torch.Generator().manual_seed(1))
+    z_ref = z.detach().double().requires_grad_()
+    expected, expected_valid = dense_supcon(z_ref, labels, 0.2, variant)
+    (expected_grad,) = torch.autograd.grad((expected * weights.double()).sum(), z_ref)
+    rtol, atol = TOL[dtype]
+    for block_size in (1, 5, 8, None):  # N is never a multiple of 5 or 8 here
+        z_k = z.detach().clone().requires_grad_()
+        loss, valid = supcon_tiled(
+            z_k, labels, temperature=0.2, variant=variant, block_size=block_size
+        )
+        (grad,) = torch.autograd.grad((loss * weights).sum(), z_k)
+        assert loss.dtype == dtype
+        assert torch.equal(valid, expected_valid)
+        assert torch.all(loss[~valid] == 0)
+        torch.testing.assert_close(loss.double(), expected.detach(), rtol=rtol, atol=atol)
+        torch.testing.assert_close(grad.double(), expected_grad, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_gradcheck_float64(variant: str) -> None:
+    z, labels = make_case("random_with_singletons", torch.float64)
+    z = z[:11].clone().requires_grad_()
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return supcon_tiled(x, labels[:11], temperature=0.5, variant=variant, block_size=4)[0]
+
+    assert torch.autograd.gradcheck(fn, (z,))
+
+
+def test_low_temperature_stays_finite() -> None:
+    z, labels = make_case("multi_view", torch.float32)
+    z.requires_grad_()
+    loss, _ = supcon_tiled(z, labels, temperature=1e-3, variant="in", block_size=8)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+def test_no_valid_anchor_gives_zero_loss_and_zero_gradient() -> None:
+    z = torch.nn.functional.normalize(torch.randn(5, 3, dtype=torch.float64), dim=1)
+    z.requires_grad_()
+    loss, valid = supcon_tiled(z, torch.arange(5), temperature=0.1, block_size=2)
+    loss.sum().backward()
+    assert not valid.any()
+    assert torch.equal(loss, torch.zeros(5, dtype=torch.float64))
+    assert z.grad is not None and torch.equal(z.grad, torch.zeros_like(z))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(min_value=2, max_value=24),
+    num_classes=st.integers(min_value=1, max_value=6),
+    block_size=st.integers(min_value=1, max_value=9),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_rows_permute_with_the_inputs(n: int, num_classes: int, block_size: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.nn.functional.normalize(torch.randn(n, 4, generator=gen, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, num_classes, (n,), generator=gen)
+    perm = torch.randperm(n, generator=gen)
+    loss, valid = supcon_tiled(z, labels, temperature=0.3, block_size=block_size)
+    loss_p, valid_p = supcon_tiled(z[perm], labels[perm], temperature=0.3, block_size=block_size)
+    torch.testing.assert_close(loss_p, loss[perm], rtol=1e-10, atol=1e-12)
+    assert torch.equal(valid_p, valid[perm])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"temperature": 0.0}, ValueError, "temperature"),
+        ({"temperature": 0.1, "variant": "both"}, ValueError, "variant"),
+        ({"temperature": 0.1, "block_size": 0}, ValueError, "block_size"),
+        ({"temperature": 0.1, "block_size": 2.5}, ValueError, "block_size"),
+    ],
+)
+def test_bad_options(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
+    z = torch.randn(4, 3)
+    with pytest.raises(error, match=match):
+        supcon_tiled(z, torch.zeros(4, dtype=torch.int64), **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_inputs() -> None:
+    labels = torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"z must have shape \(N, D\)"):
+        supcon_tiled(torch.randn(4, 2, 3), labels, temperature=0.1)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        supcon_tiled(torch.randn(4, 3).half(), labels, temperature=0.1)
+    with pytest.raises(TypeError, match="labels must have dtype torch.int64"):
+        supcon_tiled(torch.randn(4, 3), labels.int(), temperature=0.1)
+    with pytest.raises(ValueError, match="one entry per row"):
+        supcon_tiled(torch.randn(5, 3), labels, temperature=0.1)
