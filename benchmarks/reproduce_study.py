@@ -7,6 +7,8 @@ Grad-CAM, CKA) and writes ``report.md``, ``metrics.json``, ``metrics.csv`` and f
     python benchmarks/reproduce_study.py --preset quick --out results/quick
 
 Rerunning the same command resumes: finished runs are skipped. ``--fresh`` starts over.
+Under ``torchrun --nproc_per_node N`` the runs train with DDP on N processes; only rank 0
+evaluates and writes.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from study.config import (
     load_config,
     preset_path,
 )
+from study.parallel import Parallel, close_parallel, init_parallel
 from study.progress import Progress
 from study.report import write_report
 from study.runner import check_output_folder, run_grid
+from study.store import RunStore
 
 log = logging.getLogger("study")
 
@@ -95,25 +99,56 @@ def setup_logging(out: Path) -> None:
         log.addHandler(handler)
 
 
+def prepare_output(args: argparse.Namespace, config: StudyConfig,
+                   parallel: Parallel) -> RunStore:
+    """Rank 0 checks (or resets) the output folder; every rank learns the verdict."""
+    out = args.out or Path("results") / config.name
+    error = None
+    if parallel.is_main:
+        try:
+            check_output_folder(out, config, args.fresh)
+        except ConfigError as err:
+            error = str(err)
+    error = parallel.broadcast(error)
+    if error is not None:
+        raise ConfigError(error)
+    return RunStore(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = resolve_config(args)
-        device = resolve_device(config.device)
-        out = args.out or Path("results") / config.name
-        store = check_output_folder(out, config, args.fresh)
+        resolve_device(config.device)
     except ConfigError as err:
         print(f"reproduce_study.py: error: {err}", file=sys.stderr)
         return 2
+    parallel, device_name = init_parallel(config.device)
+    try:
+        device = resolve_device(device_name)
+        if config.train.batch_size % parallel.world_size:
+            raise ConfigError(f"train.batch_size ({config.train.batch_size}) must be divisible "
+                              f"by the number of processes ({parallel.world_size})")
+        store = prepare_output(args, config, parallel)
+    except ConfigError as err:
+        print(f"reproduce_study.py: error: {err}", file=sys.stderr)
+        close_parallel(parallel)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    setup_logging(out)
+    if parallel.is_main:
+        setup_logging(store.root)
     runs = len(config.experiments) * len(config.seeds) * len(config.losses)
-    log.info("study '%s': %d runs on %s, results in %s", config.name, runs, device, out)
+    log.info("study '%s': %d runs on %s x %d process(es), results in %s", config.name, runs,
+             device, parallel.world_size, store.root)
     start = time.perf_counter()
-    run_grid(config, store, device, Progress(enabled=not args.no_progress))
-    write_report(config, store)
-    log.info("finished in %.0f s; report: %s", time.perf_counter() - start, out / "report.md")
+    progress = Progress(enabled=not args.no_progress and parallel.is_main)
+    run_grid(config, store, device, progress, parallel)
+    if parallel.is_main:
+        write_report(config, store)
+        log.info("finished in %.0f s; report: %s", time.perf_counter() - start,
+                 store.root / "report.md")
+    close_parallel(parallel)
     return 0
 
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import platform
 from typing import Any
-
-import torch
 
 from .config import StudyConfig
 from .runner import run_id
@@ -54,21 +51,19 @@ def write_metrics(store: RunStore, records: list[dict[str, Any]]) -> None:
     atomic_write_bytes(store.root / "metrics.csv", buffer.getvalue().encode())
 
 
-def machine() -> str:
-    """The machine that produced the numbers, in words."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA), torch {torch.__version__}"
-    return (f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}")
+def machine_of(records: list[dict[str, Any]]) -> str:
+    """The machine(s) that produced the runs, in words."""
+    return "; ".join(sorted({r["machine"] for r in records})) or "no run yet"
 
 
 def write_report(config: StudyConfig, store: RunStore) -> None:
     """Write every aggregate output of the study from the finished runs."""
+    from .document import to_markdown
     from .figures import write_figures
-    from .narrative import render_report
+    from .narrative import report_blocks
 
     records = load_records(config, store)
     write_metrics(store, records)
     figures = write_figures(config, store, records)
-    text = render_report(config, store, records, figures, machine())
-    atomic_write_bytes(store.root / "report.md", text.encode())
+    blocks = report_blocks(config, store, records, figures, machine_of(records))
+    atomic_write_bytes(store.root / "report.md", to_markdown(blocks).encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from nodulebench.metrics import binary_metrics
 
 from .config import ConfigError, ExperimentConfig, StudyConfig
 from .identify import identify_features
+from .parallel import Parallel
 from .store import RunStore, atomic_write_json
 from .training import predict_proba, train
 
@@ -43,6 +45,15 @@ class ExperimentData:
 def run_id(experiment: str, loss: str, seed: int) -> str:
     """The name of one run's files."""
     return f"{experiment}__{loss}__seed{seed}"
+
+
+def machine(device: torch.device) -> str:
+    """This machine, in words: the device that trains and the software."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s)"
+    return f"{name}, torch {torch.__version__}"
 
 
 def causal_factor() -> str:
@@ -74,15 +85,19 @@ def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -
 
 
 def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: int,
-            data: ExperimentData, device: torch.device, progress: Any) -> tuple[dict, dict]:
-    """Train, evaluate and probe one model; return its record and arrays."""
+            data: ExperimentData, device: torch.device, progress: Any,
+            parallel: Parallel | None = None) -> tuple[dict, dict] | None:
+    """Train, evaluate and probe one model; return its record and arrays (rank 0 only)."""
+    parallel = parallel or Parallel()
     start = time.perf_counter()
     steps = config.train.epochs * (config.data.n_train // min(config.train.batch_size,
                                                               config.data.n_train))
     with progress.bar(total=steps, desc=run_id(experiment.name, loss, seed)) as bar:
         trained = train(config, loss, data.train_images, data.train_labels, seed, device,
-                        on_step=lambda: bar.update(1))
+                        on_step=lambda: bar.update(1), parallel=parallel)
     train_seconds = time.perf_counter() - start
+    if not parallel.is_main:
+        return None
     metrics = {
         name: binary_metrics(predict_proba(trained.model, images, device), labels).to_dict()
         for name, (images, labels) in data.test_sets.items()
@@ -98,6 +113,7 @@ def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: 
         "metrics": metrics,
         "loss_history": trained.loss_history,
         "train_seconds": train_seconds,
+        "machine": machine(device),
         "total_seconds": time.perf_counter() - start,
         **identified,
     }
@@ -141,15 +157,23 @@ def _resumable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in ("seeds", "losses", "device", "name")}
 
 
-def run_grid(config: StudyConfig, store: RunStore, device: torch.device, progress: Any) -> None:
-    """Run every (experiment, seed, loss) not finished yet, in a fixed order."""
+def run_grid(config: StudyConfig, store: RunStore, device: torch.device, progress: Any,
+             parallel: Parallel | None = None) -> None:
+    """Run every (experiment, seed, loss) not finished yet, in a fixed order.
+
+    Under torchrun rank 0 decides which runs are pending and every rank trains them
+    together; rank 0 alone evaluates and writes each finished run.
+    """
+    parallel = parallel or Parallel()
     todo = [(e, s, loss) for e in config.experiments for s in config.seeds
             for loss in config.losses]
     with progress.bar(total=len(todo), desc="study", position=0) as overall:
         for experiment in config.experiments:
             for seed in config.seeds:
-                pending = [loss for loss in config.losses
-                           if not store.is_done(run_id(experiment.name, loss, seed))]
+                pending = parallel.broadcast(
+                    [loss for loss in config.losses
+                     if not store.is_done(run_id(experiment.name, loss, seed))]
+                )
                 overall.update(len(config.losses) - len(pending))
                 for loss in config.losses:
                     if loss not in pending:
@@ -160,11 +184,14 @@ def run_grid(config: StudyConfig, store: RunStore, device: torch.device, progres
                 for loss in pending:
                     rid = run_id(experiment.name, loss, seed)
                     log.info("run %s", rid)
-                    record, arrays = run_one(config, experiment, loss, seed, data, device,
-                                             progress)
-                    store.save(rid, record, arrays)
-                    log.info("done %s in %.1f s: %s", rid, record["total_seconds"],
-                             _headline(record))
+                    result = run_one(config, experiment, loss, seed, data, device, progress,
+                                     parallel)
+                    if result is not None:
+                        record, arrays = result
+                        store.save(rid, record, arrays)
+                        log.info("done %s in %.1f s: %s", rid, record["total_seconds"],
+                                 _headline(record))
+                    parallel.barrier()
                     overall.update(1)
 
 

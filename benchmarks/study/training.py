@@ -23,6 +23,7 @@ from nodulebench import create_loss
 from .augment import dihedral_views
 from .config import STUDY_LOSSES, StudyConfig
 from .models import StudyModel
+from .parallel import Parallel
 
 
 @dataclass
@@ -33,10 +34,33 @@ class TrainedModel:
     loss_history: list[float]
 
 
-def build_losses(config: StudyConfig, study_loss: str) -> list[nn.Module]:
-    """The registry losses one study loss trains with, configured from ``loss_options``."""
-    return [create_loss(name, **config.loss_options.get(name, {}))
-            for name in STUDY_LOSSES[study_loss]]
+def build_losses(config: StudyConfig, study_loss: str,
+                 parallel: Parallel | None = None) -> list[nn.Module]:
+    """The registry losses one study loss trains with, configured from ``loss_options``.
+
+    Under torchrun the embedding losses gather the global batch, so that each rank's
+    anchors meet every rank's negatives and DDP's averaged gradient is exact.
+    """
+    losses = []
+    for name in STUDY_LOSSES[study_loss]:
+        options = dict(config.loss_options.get(name, {}))
+        if parallel is not None and parallel.active and name != "cross_entropy":
+            options["gather_distributed"] = True
+        losses.append(create_loss(name, **options))
+    return losses
+
+
+class _Heads(nn.Module):
+    """One forward for training: encoder features, projection and logits (DDP needs one)."""
+
+    def __init__(self, model: StudyModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projection ``(N, P)`` and logits ``(N, 2)`` of ``images``."""
+        features = self.model.encoder(images)
+        return self.model.projection(features), self.model.classifier(features)
 
 
 def new_model(config: StudyConfig, seed: int) -> StudyModel:
@@ -54,12 +78,27 @@ def train(
     seed: int,
     device: torch.device,
     on_step: Callable[[], None] | None = None,
+    parallel: Parallel | None = None,
 ) -> TrainedModel:
-    """Train one model with one study loss on ``images`` ``(N, 1, H, W)`` / ``labels`` ``(N,)``."""
+    """Train one model with one study loss on ``images`` ``(N, 1, H, W)`` / ``labels`` ``(N,)``.
+
+    Under torchrun every rank draws the same global batch and views, trains on its shard
+    through DDP, and only rank 0 fits the linear classifier of stage 2.
+    """
     t = config.train
+    parallel = parallel or Parallel()
     generator = torch.Generator().manual_seed(seed)
     model = new_model(config, seed).to(device)
-    losses = build_losses(config, study_loss)
+    heads: nn.Module = _Heads(model)
+    if parallel.active:
+        if device.type == "cuda":
+            heads = nn.SyncBatchNorm.convert_sync_batchnorm(heads)
+        # Each loss leaves one head unused: DDP must not wait for its gradients.
+        heads = nn.parallel.DistributedDataParallel(
+            heads, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    losses = build_losses(config, study_loss, parallel)
     embedding_loss = None if study_loss == "cross_entropy" else losses[0]
     cross_entropy = losses[-1] if STUDY_LOSSES[study_loss][-1] == "cross_entropy" else None
     use_labels = study_loss != "ntxent"
@@ -83,28 +122,29 @@ def train(
         for step in range(steps_per_epoch):  # full batches only: pairs need partners
             index = order[step * batch_size:(step + 1) * batch_size]
             x, y = images[index].to(device), labels[index].to(device)
+            # Views of the whole global batch (same on every rank), then this rank's shard.
+            views = parallel.shard(dihedral_views(x, 1 if embedding_loss is None else 2,
+                                                  generator))
+            y = parallel.shard(y)
+            projections, logits = heads(views.flatten(0, 1))
             if embedding_loss is None:
-                view = dihedral_views(x, 1, generator)[:, 0]
-                loss = cross_entropy(model(view), y)  # type: ignore[misc]
+                loss = cross_entropy(logits, y)  # type: ignore[misc]
             else:
-                views = dihedral_views(x, 2, generator)
-                features = model.encoder(views.flatten(0, 1))
-                z = model.projection(features).unflatten(0, (x.shape[0], 2))
+                z = projections.unflatten(0, (y.shape[0], 2))
                 loss = embedding_loss(z, y if use_labels else None)
                 if cross_entropy is not None:
-                    logits = model.classifier(features)
                     loss = loss + t.ce_weight * cross_entropy(logits, y.repeat_interleave(2))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            epoch_loss += float(loss.detach())
+            epoch_loss += parallel.mean(loss) if parallel.active else float(loss.detach())
             if on_step is not None:
                 on_step()
         history.append(epoch_loss / steps_per_epoch)
     if not math.isfinite(history[-1]):
         raise RuntimeError(f"{study_loss}: training diverged (loss {history[-1]})")
-    if embedding_loss is not None and cross_entropy is None:
+    if embedding_loss is not None and cross_entropy is None and parallel.is_main:
         fit_linear_classifier(config, model, images, labels, seed, device)
     model.eval()
     return TrainedModel(model, history)

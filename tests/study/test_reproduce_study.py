@@ -129,3 +129,25 @@ def test_output_folder_of_another_config_is_refused(tmp_path: Path) -> None:
     result = run_study("--preset", "smoke", "--out", str(out), check=False)
     assert result.returncode == 2
     assert "holds results of a different configuration; pass --fresh" in result.stderr
+
+
+@pytest.mark.slow
+def test_study_runs_under_torchrun_on_two_processes(tmp_path: Path) -> None:
+    preset = (ROOT / "benchmarks" / "study" / "presets" / "smoke.toml").read_text()
+    head, _, _ = preset.partition("[[experiments]]\nname = \"calcification\"")
+    config = tmp_path / "ddp.toml"
+    config.write_text(head.replace(preset[preset.index("losses = "):preset.index("device")],
+                                   'losses = ["cross_entropy", "supcon"]\n')
+                      + preset[preset.index("[data]"):])
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(SCRIPT), "--config", str(config), "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = json.loads((out / "metrics.json").read_text())
+    assert [r["loss"] for r in records] == ["cross_entropy", "supcon"]
+    assert "2 process(es)" in (out / "study.log").read_text()
+    assert (out / "report.md").exists()
