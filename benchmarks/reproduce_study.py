@@ -1,0 +1,156 @@
+"""Reproduce *The Effect of the Loss on Generalization* (Baltatzis et al., 2021) end to end.
+
+Trains one model per (training distribution, loss, seed) on SyntheticNodules, evaluates it on
+every shifted test distribution, identifies the features it learned (probes, interventions,
+Grad-CAM, CKA) and writes ``report.md``, ``metrics.json``, ``metrics.csv`` and figures.
+
+    python benchmarks/reproduce_study.py --preset quick --out results/quick
+
+Rerunning the same command resumes: finished runs are skipped. ``--fresh`` starts over.
+Under ``torchrun --nproc_per_node N`` the runs train with DDP on N processes; only rank 0
+evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from study.config import (
+    PRESETS,
+    STUDY_LOSSES,
+    ConfigError,
+    StudyConfig,
+    check_losses,
+    load_config,
+    preset_path,
+)
+from study.parallel import Parallel, close_parallel, init_parallel
+from study.progress import Progress
+from study.report import write_report
+from study.runner import check_output_folder, run_grid
+from study.store import RunStore
+
+log = logging.getLogger("study")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="quick",
+                        help=f"one of {', '.join(PRESETS)} (default: quick)")
+    source.add_argument("--config", type=Path, help="a TOML config (copy a preset to start)")
+    parser.add_argument("--out", type=Path, help="results folder (default: results/<name>)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
+    parser.add_argument("--losses", nargs="+",
+                        help=f"override the config's losses ({', '.join(STUDY_LOSSES)})")
+    parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> StudyConfig:
+    """The config file or preset, with command-line overrides applied and checked."""
+    import dataclasses
+
+    config = load_config(args.config if args.config else preset_path(args.preset))
+    changes: dict[str, object] = {}
+    if args.seeds:
+        if any(s < 0 for s in args.seeds):
+            raise ConfigError(f"--seeds must be integers >= 0; got {args.seeds}")
+        changes["seeds"] = tuple(args.seeds)
+    if args.losses:
+        check_losses(tuple(args.losses))
+        changes["losses"] = tuple(args.losses)
+    if args.device:
+        changes["device"] = args.device
+    return dataclasses.replace(config, **changes)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device, checked to exist on this machine."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device '{name}'; accepted: cpu, cuda, cuda:N") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{name}' asked for, but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{name}' does not exist: "
+                              f"{torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device '{name}'; accepted: cpu, cuda, cuda:N")
+    return device
+
+
+def setup_logging(out: Path) -> None:
+    log.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    for handler in (logging.FileHandler(out / "study.log"), logging.StreamHandler(sys.stderr)):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+
+
+def prepare_output(args: argparse.Namespace, config: StudyConfig,
+                   parallel: Parallel) -> RunStore:
+    """Rank 0 checks (or resets) the output folder; every rank learns the verdict."""
+    out = args.out or Path("results") / config.name
+    error = None
+    if parallel.is_main:
+        try:
+            check_output_folder(out, config, args.fresh)
+        except ConfigError as err:
+            error = str(err)
+    error = parallel.broadcast(error)
+    if error is not None:
+        raise ConfigError(error)
+    return RunStore(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = resolve_config(args)
+        resolve_device(config.device)
+    except ConfigError as err:
+        print(f"reproduce_study.py: error: {err}", file=sys.stderr)
+        return 2
+    parallel, device_name = init_parallel(config.device)
+    try:
+        device = resolve_device(device_name)
+        if config.train.batch_size % parallel.world_size:
+            raise ConfigError(f"train.batch_size ({config.train.batch_size}) must be divisible "
+                              f"by the number of processes ({parallel.world_size})")
+        store = prepare_output(args, config, parallel)
+    except ConfigError as err:
+        print(f"reproduce_study.py: error: {err}", file=sys.stderr)
+        close_parallel(parallel)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if parallel.is_main:
+        setup_logging(store.root)
+    runs = len(config.experiments) * len(config.seeds) * len(config.losses)
+    log.info("study '%s': %d runs on %s x %d process(es), results in %s", config.name, runs,
+             device, parallel.world_size, store.root)
+    start = time.perf_counter()
+    progress = Progress(enabled=not args.no_progress and parallel.is_main)
+    run_grid(config, store, device, progress, parallel)
+    if parallel.is_main:
+        write_report(config, store)
+        log.info("finished in %.0f s; report: %s", time.perf_counter() - start,
+                 store.root / "report.md")
+    close_parallel(parallel)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Helpers of ``benchmarks/reproduce_study.py``, built on nodulebench's public API."""

@@ -1,0 +1,32 @@
+"""Views for contrastive training: random flips and 90-degree rotations.
+
+The eight symmetries of the square only permute pixels, so they leave every generative
+factor of a nodule intact — size, shape, lobulation, spiculation, margin, texture,
+attenuation, calcification, background and acquisition — except its orientation (and the
+direction of its position offset), which are uniform nuisances that the study never ties
+to the label. Intensity, crop or blur augmentations would change margin, noise or size,
+the very factors under study, so they are left out on purpose.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def dihedral_views(images: torch.Tensor, n_views: int, generator: torch.Generator) -> torch.Tensor:
+    """Return ``n_views`` randomly flipped / rotated copies of each image.
+
+    Args:
+        images: ``(B, C, H, W)`` with ``H == W``.
+        n_views: views per image.
+        generator: the source of randomness (CPU generator), so runs are reproducible.
+
+    Returns:
+        ``(B, n_views, C, H, W)``.
+    """
+    variants = [torch.rot90(images, k, dims=(-2, -1)) for k in range(4)]
+    variants += [v.flip(-1) for v in variants]
+    stacked = torch.stack(variants, dim=1)  # (B, 8, C, H, W)
+    choice = torch.randint(0, 8, (images.shape[0], n_views), generator=generator)
+    index = choice.to(images.device)[:, :, None, None, None].expand(-1, -1, *images.shape[1:])
+    return torch.gather(stacked, 1, index)

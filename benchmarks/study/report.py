@@ -1,0 +1,69 @@
+"""Aggregate finished runs into ``metrics.json``, ``metrics.csv``, figures and ``report.md``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from .config import StudyConfig
+from .runner import run_id
+from .store import RunStore, atomic_write_bytes, atomic_write_json
+
+METRICS = ("balanced_accuracy", "accuracy", "sensitivity", "specificity", "roc_auc", "ece")
+
+
+def load_records(config: StudyConfig, store: RunStore) -> list[dict[str, Any]]:
+    """The records of every run of the config that has finished, in grid order."""
+    records = []
+    for experiment in config.experiments:
+        for seed in config.seeds:
+            for loss in config.losses:
+                rid = run_id(experiment.name, loss, seed)
+                if store.is_done(rid):
+                    records.append(json.loads(store.json_path(rid).read_text()))
+    return records
+
+
+def flat_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row per run: identity, then ``<test>.<metric>`` columns."""
+    row: dict[str, Any] = {k: record[k] for k in ("run_id", "experiment", "shortcut",
+                                                  "strength", "loss", "seed")}
+    for test, metrics in record["metrics"].items():
+        for metric in METRICS:
+            row[f"{test}.{metric}"] = metrics[metric]
+    row["train_seconds"] = round(record["train_seconds"], 3)
+    return row
+
+
+def write_metrics(store: RunStore, records: list[dict[str, Any]]) -> None:
+    """``metrics.json`` (the full run records) and ``metrics.csv`` (one row per run)."""
+    atomic_write_json(store.root / "metrics.json", records)
+    rows = [flat_row(r) for r in records]
+    header: list[str] = []
+    for row in rows:
+        header += [k for k in row if k not in header]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(store.root / "metrics.csv", buffer.getvalue().encode())
+
+
+def machine_of(records: list[dict[str, Any]]) -> str:
+    """The machine(s) that produced the runs, in words."""
+    return "; ".join(sorted({r["machine"] for r in records})) or "no run yet"
+
+
+def write_report(config: StudyConfig, store: RunStore) -> None:
+    """Write every aggregate output of the study from the finished runs."""
+    from .document import to_markdown
+    from .figures import write_figures
+    from .narrative import report_blocks
+
+    records = load_records(config, store)
+    write_metrics(store, records)
+    figures = write_figures(config, store, records)
+    blocks = report_blocks(config, store, records, figures, machine_of(records))
+    atomic_write_bytes(store.root / "report.md", to_markdown(blocks).encode())
