@@ -11,8 +11,8 @@ from nodulebench.metrics import binary_metrics, expected_calibration_error, roc_
 
 
 def auc_by_pairs(scores: list[float], labels: list[int]) -> float:
-    pos = [s for s, y in zip(scores, labels) if y == 1]
-    neg = [s for s, y in zip(scores, labels) if y == 0]
+    pos = [s for s, y in zip(scores, labels, strict=True) if y == 1]
+    neg = [s for s, y in zip(scores, labels, strict=True) if y == 0]
     wins = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg)
     return wins / (len(pos) * len(neg))
 
@@ -22,7 +22,7 @@ def ece_by_loop(probs: list[float], labels: list[int], n_bins: int) -> float:
     for k in range(n_bins):
         lo, hi = 0.5 + k * 0.5 / n_bins, 0.5 + (k + 1) * 0.5 / n_bins
         members = []
-        for p, y in zip(probs, labels):
+        for p, y in zip(probs, labels, strict=True):
             pred = 1 if p >= 0.5 else 0
             conf = p if pred == 1 else 1 - p
             last = k == n_bins - 1
@@ -44,7 +44,7 @@ samples = st.lists(
 @settings(max_examples=40, deadline=None)
 @given(samples)
 def test_auc_matches_pair_counting_with_ties(data: list[tuple[float, int]]) -> None:
-    scores, labels = zip(*data)
+    scores, labels = zip(*data, strict=True)
     got = roc_auc(torch.tensor(scores), torch.tensor(labels))
     if len(set(labels)) < 2:
         assert got is None
@@ -55,7 +55,7 @@ def test_auc_matches_pair_counting_with_ties(data: list[tuple[float, int]]) -> N
 @settings(max_examples=40, deadline=None)
 @given(samples, st.integers(1, 20))
 def test_ece_matches_loop(data: list[tuple[float, int]], n_bins: int) -> None:
-    probs, labels = zip(*data)
+    probs, labels = zip(*data, strict=True)
     got = expected_calibration_error(
         torch.tensor(probs, dtype=torch.float64), torch.tensor(labels), n_bins=n_bins
     )

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+
 from nodulebench.probing import ProbeResult, SensitivityResult, linear_cka
 
 from .config import StudyConfig

@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from nodulebench import SyntheticNodules
 from nodulebench.probing import (
     plot_embedding_scatter,
     plot_gradcam_overlays,
     plot_probe_heatmap,
     plot_sensitivity_bars,
 )
-
-from nodulebench import SyntheticNodules
 
 from .analysis import (
     cka_by_layer,

@@ -134,7 +134,6 @@ def expected_calibration_error(
     correct = (predicted == y).to(torch.float64)
     # Confidence 1.0 falls into the last bin.
     bin_index = ((confidence - 0.5) * 2 * n_bins).floor().clamp_(0, n_bins - 1).long()
-    counts = torch.bincount(bin_index, minlength=n_bins).to(torch.float64)
     conf_sum = torch.bincount(bin_index, weights=confidence, minlength=n_bins)
     acc_sum = torch.bincount(bin_index, weights=correct, minlength=n_bins)
     return float((conf_sum - acc_sum).abs().sum() / p.numel())
