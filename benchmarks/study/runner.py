@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import shutil
@@ -138,10 +139,9 @@ def check_output_folder(out: Path, config: StudyConfig, fresh: bool) -> RunStore
     except OSError as err:
         raise ConfigError(f"cannot write to the output folder {out}: {err}") from err
     saved = out / "config.json"
-    wanted = _resumable(config.to_dict())
+    # Compared in their JSON form, where tuples have become lists.
+    wanted = _resumable(json.loads(json.dumps(config.to_dict())))
     if saved.exists():
-        import json
-
         previous = _resumable(json.loads(saved.read_text()))
         if previous != wanted:
             raise ConfigError(
