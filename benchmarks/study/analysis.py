@@ -21,11 +21,15 @@ REFERENCE_LOSS = "cross_entropy"
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation of the defined values (``None`` if none)."""
+    """Mean and sample standard deviation of the defined values.
+
+    The mean is ``None`` without any defined value; the deviation is ``None`` with fewer
+    than two.
+    """
     defined = [float(v) for v in values if v is not None]
     if not defined:
         return None, None
-    return statistics.fmean(defined), statistics.stdev(defined) if len(defined) > 1 else 0.0
+    return statistics.fmean(defined), statistics.stdev(defined) if len(defined) > 1 else None
 
 
 def group_runs(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:

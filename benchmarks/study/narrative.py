@@ -49,10 +49,10 @@ SENSITIVITY_MARGIN = 0.02
 
 
 def cell(mean: float | None, std: float | None = None, digits: int = 3) -> str:
-    """``mean ± std`` (or ``—`` where undefined)."""
+    """``mean ± std``, the mean alone for a single seed, ``—`` where undefined."""
     if mean is None:
         return "—"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std else f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def metric_table(config: StudyConfig, records: list[dict[str, Any]], experiment: str,
