@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
 from nodulebench.distributed import get_rank, get_world_size, sum_over_ranks
 
 
