@@ -34,7 +34,6 @@ PROBE_DISTRIBUTION = "decorrelated"
 class ExperimentData:
     """Everything one (experiment, seed) needs, rendered once and shared by all losses."""
 
-    train_spec: NoduleSpec
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -81,7 +80,7 @@ def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -
     probe_set = SyntheticNodules(distributions[PROBE_DISTRIBUTION], n=d.n_probe,
                                  seed=seed + PROBE_SEED_OFFSET, image_size=d.image_size)
     probe_images, probe_masks = probe_set.render(range(len(probe_set)), return_masks=True)
-    return ExperimentData(spec, train_set.render(range(len(train_set))), train_set.labels,
+    return ExperimentData(train_set.render(range(len(train_set))), train_set.labels,
                           test_sets, probe_set, probe_images, probe_masks)
 
 
@@ -121,7 +120,7 @@ def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: 
     return record, arrays
 
 
-def check_output_folder(out: Path, config: StudyConfig, fresh: bool) -> RunStore:
+def check_output_folder(out: Path, config: StudyConfig, fresh: bool) -> None:
     """Create (or reset) the results folder; refuse one that holds another config's runs."""
     try:
         if fresh and out.exists():
@@ -149,7 +148,6 @@ def check_output_folder(out: Path, config: StudyConfig, fresh: bool) -> RunStore
                 "over or choose another --out"
             )
     atomic_write_json(saved, config.to_dict())
-    return RunStore(out)
 
 
 def _resumable(config: dict) -> dict:
