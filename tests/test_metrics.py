@@ -100,3 +100,10 @@ def test_bad_input_is_named(probs: torch.Tensor, labels: torch.Tensor, fragment:
     with pytest.raises(ValueError, match=None) as info:
         binary_metrics(probs, labels)
     assert fragment in str(info.value)
+
+
+def test_confidence_on_a_bin_edge_falls_into_the_bin_that_starts_there() -> None:
+    # Confidences 0.75 and 0.7 share the bin [0.7, 0.8) of 5: |0.5 - 0.725| = 0.225.
+    probs = torch.tensor([0.25, 0.7], dtype=torch.float64)
+    got = expected_calibration_error(probs, torch.tensor([0, 0]), n_bins=5)
+    assert got == pytest.approx(0.225, abs=1e-12)

@@ -132,8 +132,11 @@ def expected_calibration_error(
     predicted = (p >= 0.5).to(y.dtype)
     confidence = torch.where(predicted == 1, p, 1 - p)
     correct = (predicted == y).to(torch.float64)
-    # Confidence 1.0 falls into the last bin.
-    bin_index = ((confidence - 0.5) * 2 * n_bins).floor().clamp_(0, n_bins - 1).long()
+    # Bin k holds [0.5 + k w, 0.5 + (k + 1) w), the last one also 1.0. Comparing with the
+    # edges themselves, not flooring (c - 0.5) / w, keeps a confidence that sits on an edge
+    # in the bin that starts there despite rounding.
+    inner_edges = 0.5 + torch.arange(1, n_bins, dtype=torch.float64) * 0.5 / n_bins
+    bin_index = torch.bucketize(confidence, inner_edges, right=True)
     conf_sum = torch.bincount(bin_index, weights=confidence, minlength=n_bins)
     acc_sum = torch.bincount(bin_index, weights=correct, minlength=n_bins)
     return float((conf_sum - acc_sum).abs().sum() / p.numel())
