@@ -80,3 +80,15 @@ def test_validation_accepts_valid_values() -> None:
     v.check_ndim("labels", torch.zeros(3), (1,), "(B,)")
     v.check_floating("embeddings", torch.zeros(2))
     v.check_integer_tensor("labels", torch.zeros(2, dtype=torch.int32))
+
+
+def test_did_you_mean_names_the_closest_choice_or_nothing() -> None:
+    from nodulebench._validation import check_choice, did_you_mean
+
+    assert did_you_mean("diamter_mm", ["diameter_mm", "spiculation"]) == (
+        " (did you mean 'diameter_mm'?)"
+    )
+    assert did_you_mean("zzz", ["diameter_mm"]) == ""
+    assert did_you_mean(3, ["diameter_mm"]) == ""
+    with pytest.raises(ValueError, match=r"got 'supconn' \(did you mean 'supcon'\?\)"):
+        check_choice("loss", "supconn", ["supcon", "ntxent"])

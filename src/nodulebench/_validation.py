@@ -6,6 +6,7 @@ what was expected and what was received, so a user sees at once what to change.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Collection
 from typing import Any
@@ -20,14 +21,34 @@ __all__ = [
     "check_integer_tensor",
     "check_ndim",
     "check_positive",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(value: Any, choices: Collection[Any]) -> str:
+    """A `` (did you mean 'x'?)`` suffix naming the choice closest to a misspelt string.
+
+    Empty when ``value`` is not a string or nothing is close, so callers can always append
+    it to their message.
+
+    Example:
+        >>> did_you_mean("diamter_mm", ["diameter_mm", "spiculation"])
+        " (did you mean 'diameter_mm'?)"
+    """
+    if not isinstance(value, str):
+        return ""
+    names = [c for c in choices if isinstance(c, str)]
+    close = difflib.get_close_matches(value, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         accepted = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{name} must be one of {accepted}; got {value!r}")
+        raise ValueError(
+            f"{name} must be one of {accepted}; got {value!r}{did_you_mean(value, choices)}"
+        )
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
