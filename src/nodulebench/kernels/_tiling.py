@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import torch
 
 from nodulebench._validation import check_choice, check_floating, check_ndim
+from nodulebench.kernels.distances import DISTANCES, EUCLIDEAN_EPS
 
 __all__ = [
     "TILE_EDGE",
@@ -43,10 +44,6 @@ TILE_EDGE = 1024
 TILE_ELEMENTS = 2**22
 """Default size of a ``b x N`` tile: 16 MiB in float32 (b = 512 rows at N = 8192)."""
 
-DISTANCES = ("euclidean", "squared_euclidean", "cosine")
-
-EUCLIDEAN_EPS = 1e-12
-"""Floor of the squared distance under the square root (pinned contract)."""
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
