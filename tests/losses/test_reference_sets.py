@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+
 from _loss_cases import (
     make_batch,
     ref_contrastive,
@@ -13,7 +14,6 @@ from _loss_cases import (
     ref_supcon,
     ref_triplet,
 )
-
 from nodulebench import SupConLoss, create_loss, list_losses
 from nodulebench.losses import functional as LF
 
