@@ -117,6 +117,43 @@ def ref_contrastive(embeddings: Tensor, labels: Tensor, *, margin: float = 1.0,
     return reduce(losses, valid, reduction, shape)
 
 
+def ref_contrastive_pml(embeddings: Tensor, labels: Tensor, *, margin: float = 1.0,
+                        pos_margin: float = 0.0, normalize: bool = False,
+                        reduction: str = "mean", ref_emb: Tensor | None = None,
+                        ref_labels: Tensor | None = None, form: str = "pml") -> Tensor:
+    """pytorch-metric-learning's ContrastiveLoss, from its definition (v2.x).
+
+    Over every ordered pair (i, j), i != j: positive pairs give relu(d - pos_margin),
+    negative pairs relu(neg_margin - d), unsquared; its default reducer (AvgNonZero)
+    averages each kind over its non-zero terms and adds the two averages.
+    """
+    assert form == "pml"
+    z, y, c, yc, has_self, shape = pair_sets(embeddings, labels, normalize, ref_emb, ref_labels)
+    pos_terms: list[list[float]] = [[] for _ in z]
+    neg_terms: list[list[float]] = [[] for _ in z]
+    for i in range(len(z)):
+        for j in others(i, len(c), has_self):
+            d = dist(z[i], c[j])
+            if yc[j] == y[i]:
+                pos_terms[i].append(max(0.0, d - pos_margin))
+            else:
+                neg_terms[i].append(max(0.0, margin - d))
+
+    def mean_nonzero(terms: list[float]) -> float:
+        nonzero = [t for t in terms if t > 0]
+        return sum(nonzero) / len(nonzero) if nonzero else 0.0
+
+    if reduction == "none":
+        per = [mean_nonzero(p) + mean_nonzero(n) for p, n in zip(pos_terms, neg_terms,
+                                                                 strict=True)]
+        return torch.tensor(per, dtype=torch.float64).reshape(shape)
+    every_pos = [t for terms in pos_terms for t in terms]
+    every_neg = [t for terms in neg_terms for t in terms]
+    if reduction == "sum":
+        return torch.tensor(sum(every_pos) + sum(every_neg), dtype=torch.float64)
+    return torch.tensor(mean_nonzero(every_pos) + mean_nonzero(every_neg), dtype=torch.float64)
+
+
 def ref_triplet(embeddings: Tensor, labels: Tensor, *, margin: float = 0.2,
                 distance: str = "euclidean", mining: str = "hard", normalize: bool = True,
                 reduction: str = "mean", ref_emb: Tensor | None = None,

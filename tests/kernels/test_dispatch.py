@@ -23,9 +23,10 @@ def test_every_backend_declares_tolerances_for_its_dtypes() -> None:
         assert info.summary
 
 
-def test_tiled_serves_every_loss_but_semihard_on_cpu() -> None:
+def test_tiled_serves_every_loss_but_semihard_and_pml_contrastive_on_cpu() -> None:
     z = torch.randn(8, 4)
-    assert set(BACKENDS["tiled"].options) == set(KERNEL_LOSSES) - {"triplet_semihard"}
+    assert set(BACKENDS["tiled"].options) == set(KERNEL_LOSSES) - {"triplet_semihard",
+                                                                   "contrastive_pml"}
     for loss in BACKENDS["tiled"].options:
         assert select_backend(loss, "tiled", z) == "tiled"
 

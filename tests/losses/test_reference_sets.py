@@ -10,6 +10,7 @@ import torch
 from _loss_cases import (
     make_batch,
     ref_contrastive,
+    ref_contrastive_pml,
     ref_multi_similarity,
     ref_supcon,
     ref_triplet,
@@ -23,6 +24,8 @@ CASES: dict[str, Case] = {
     "supcon-in": (LF.supcon_loss, ref_supcon, {"temperature": 0.5, "variant": "in",
                                                "base_temperature": 0.07}),
     "contrastive": (LF.contrastive_loss, ref_contrastive, {"margin": 2.5}),
+    "contrastive-pml": (LF.contrastive_loss, ref_contrastive_pml,
+                        {"form": "pml", "margin": 2.5, "pos_margin": 0.5}),
     "triplet-hard": (LF.triplet_margin_loss, ref_triplet, {"margin": 0.5}),
     "triplet-all": (LF.triplet_margin_loss, ref_triplet, {"mining": "all", "margin": 0.5}),
     "triplet-semihard-cos": (LF.triplet_margin_loss, ref_triplet,

@@ -28,6 +28,7 @@ __all__ = [
     "SUPCON_VARIANTS",
     "TRIPLET_MININGS",
     "contrastive_per_anchor",
+    "contrastive_pml_per_anchor",
     "masked_max",
     "masked_min",
     "multi_similarity_per_anchor",
@@ -149,6 +150,32 @@ def contrastive_per_anchor(
     loss = cost.sum(dim=1) / max(n - 1, 1)
     valid = torch.full((z.shape[0],), n >= 2, dtype=torch.bool, device=z.device)
     return loss, valid
+
+
+def contrastive_pml_per_anchor(
+    z: torch.Tensor, labels: torch.Tensor, *, pos_margin: float, neg_margin: float,
+    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    row_offset: int | None = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-anchor pytorch-metric-learning contrastive terms (the backend boundary).
+
+    With the Euclidean distance ``d``, a positive pair costs ``max(0, d - pos_margin)``
+    and a negative pair ``max(0, neg_margin - d)``, unsquared.
+
+    Returns:
+        ``sums (N, 2)``: each anchor's sum over its positive pairs and over its negative
+        pairs; ``valid (N,)`` (at least one other column); ``counts (N, 2)``: how many of
+        those terms are positive (what the mean over non-zero terms divides by).
+    """
+    columns, column_labels = _column_set(z, labels, columns, column_labels)
+    _, positive, negative = pair_masks(labels, column_labels, row_offset)
+    distance = euclidean_distance(z, columns)
+    pull = torch.where(positive, (distance - pos_margin).clamp(min=0.0), 0.0)
+    push = torch.where(negative, (neg_margin - distance).clamp(min=0.0), 0.0)
+    sums = torch.stack((pull.sum(dim=1), push.sum(dim=1)), dim=1)
+    counts = torch.stack(((pull > 0).sum(dim=1), (push > 0).sum(dim=1)), dim=1)
+    valid = (positive | negative).any(dim=1)
+    return sums, valid, counts
 
 
 def triplet_per_anchor(

@@ -16,6 +16,7 @@ from nodulebench.kernels import _dense
 from nodulebench.kernels._tiling import check_row_range
 
 __all__ = [
+    "contrastive_pml_reference",
     "contrastive_reference",
     "multi_similarity_reference",
     "supcon_reference",
@@ -76,6 +77,20 @@ def contrastive_reference(
     loss, valid = _dense.contrastive_per_anchor(anchors, anchor_labels, margin=margin,
                                                   **columns)
     return _zero_invalid(loss, valid), valid
+
+
+def contrastive_pml_reference(
+    z: torch.Tensor, labels: torch.Tensor, *, pos_margin: float = 0.0, neg_margin: float = 1.0,
+    row_range: tuple[int, int] | None = None, reference: Reference | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense pytorch-metric-learning contrastive sums and counts per anchor and part:
+    ``(total (N, 2), count (N, 2), valid)``.
+    """
+    anchors, anchor_labels, columns = _anchors(z, labels, row_range, reference)
+    total, valid, count = _dense.contrastive_pml_per_anchor(
+        anchors, anchor_labels, pos_margin=pos_margin, neg_margin=neg_margin, **columns
+    )
+    return torch.where(valid[:, None], total, 0.0), count, valid
 
 
 def triplet_hard_reference(

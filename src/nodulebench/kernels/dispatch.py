@@ -47,8 +47,8 @@ __all__ = [
     "select_backend",
 ]
 
-KERNEL_LOSSES = ("supcon", "contrastive", "triplet_hard", "triplet_all", "triplet_semihard",
-                 "multi_similarity")
+KERNEL_LOSSES = ("supcon", "contrastive", "contrastive_pml", "triplet_hard", "triplet_all",
+                 "triplet_semihard", "multi_similarity")
 """Per-anchor computations a backend may implement (triplet mining is part of the name)."""
 
 BACKEND_CHOICES = ("auto", "reference", "tiled", "triton")
@@ -56,7 +56,7 @@ BACKEND_CHOICES = ("auto", "reference", "tiled", "triton")
 
 KernelFunction = Callable[..., tuple[torch.Tensor, ...]]
 """A per-anchor function: ``(z, labels, **options)`` to ``(loss, valid)`` (or, for
-``"triplet_all"``, ``(total, count, valid)``)."""
+``"triplet_all"`` and ``"contrastive_pml"``, ``(total, count, valid)``)."""
 
 TILED_CROSSOVER: Mapping[str, int] = MappingProxyType({
     # Smallest N (rows after flattening views) from which "auto" prefers "tiled" to the
@@ -172,14 +172,17 @@ _TILED_OPTIONS = {
     "triplet_all": {"distance": DISTANCES},
     "multi_similarity": {},
 }
-# Semi-hard mining picks a different negative per positive pair: only the dense
-# definition serves it.
-_REFERENCE_OPTIONS = {**_TILED_OPTIONS, "triplet_semihard": {"distance": DISTANCES}}
+# Semi-hard mining picks a different negative per positive pair, and the
+# pytorch-metric-learning contrastive form counts its non-zero terms: only the dense
+# definitions serve them.
+_REFERENCE_OPTIONS = {**_TILED_OPTIONS, "triplet_semihard": {"distance": DISTANCES},
+                      "contrastive_pml": {}}
 _TRITON = TRITON_SUPCON_CAPABILITIES
 
 _REFERENCE_KERNELS: Mapping[str, KernelFunction] = _frozen({
     "supcon": _reference.supcon_reference,
     "contrastive": _reference.contrastive_reference,
+    "contrastive_pml": _reference.contrastive_pml_reference,
     "triplet_hard": _reference.triplet_hard_reference,
     "triplet_all": _reference.triplet_all_reference,
     "triplet_semihard": _reference.triplet_semihard_reference,
@@ -321,9 +324,10 @@ def run_per_anchor(
 ) -> tuple[torch.Tensor, ...]:
     """Select a backend and return its per-anchor result for ``loss``.
 
-    The result is ``(loss, valid)`` for every loss except ``"triplet_all"``, which
-    returns ``(total, count, valid)``; all have shape ``(N,)``, or ``(stop - start,)``
-    with ``row_range``.
+    The result is ``(loss, valid)`` for every loss except ``"triplet_all"`` and
+    ``"contrastive_pml"``, which return ``(total, count, valid)`` (``(N, 2)`` sums and
+    counts for the latter: positive and negative pairs); the leading dimension is ``N``,
+    or ``stop - start`` with ``row_range``.
 
     Args:
         loss: One of :data:`KERNEL_LOSSES`.

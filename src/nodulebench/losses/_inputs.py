@@ -293,14 +293,18 @@ def reduce_per_anchor(
     """Reduce a per-anchor loss over the valid anchors.
 
     Args:
-        per_anchor: ``(N,)`` loss of each anchor (with ``counts``: a per-anchor sum).
+        per_anchor: ``(N,)`` loss of each anchor; with ``counts``, ``(N,)`` or ``(N, K)``
+            per-anchor sums of ``K`` parts of the loss.
         valid: ``(N,)`` bool, anchors that take part; the others get exactly 0 in
             ``"none"`` and are left out of ``"mean"`` and ``"sum"``.
         reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"``.
         prepared: the prepared inputs (output shape, ranks).
-        counts: optional ``(N,)`` number of terms in each anchor's sum (triplet
-            ``mining="all"``). Then ``"mean"`` is ``sum(per_anchor) / sum(counts)``
-            and ``"none"`` is ``per_anchor / counts`` (0 where ``counts`` is 0).
+        counts: optional number of terms in each sum, shaped like ``per_anchor``
+            (triplet ``mining="all"``; the two parts of the pytorch-metric-learning
+            contrastive form). Then ``"mean"`` is, summed over the parts,
+            ``sum(per_anchor) / sum(counts)`` (0 for a part without terms) and
+            ``"none"`` is, summed over the parts, ``per_anchor / counts`` (0 where
+            ``counts`` is 0).
 
     Returns:
         The loss (scalar, or ``prepared.leading_shape`` for ``"none"``) in float32 or
@@ -312,24 +316,26 @@ def reduce_per_anchor(
         applies to gradients) is the single-process loss; ``"none"`` stays local and
         the excluded anchors are this rank's. Nothing here synchronises with the host.
     """
+    keep = valid.reshape(valid.shape + (1,) * (per_anchor.ndim - 1))
     # torch.where, not a product: an invalid anchor's NaN/inf must not leak through.
-    per_anchor = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
+    per_anchor = torch.where(keep, per_anchor, torch.zeros_like(per_anchor))
     excluded = (~valid).sum()
     if counts is not None:
-        counts = torch.where(valid, counts, torch.zeros_like(counts)).to(per_anchor.dtype)
+        counts = torch.where(keep, counts, torch.zeros_like(counts)).to(per_anchor.dtype)
     if reduction == "none":
         if counts is not None:
             per_anchor = torch.where(counts > 0, per_anchor / counts.clamp(min=1), 0.0)
+        per_anchor = per_anchor.reshape(per_anchor.shape[0], -1).sum(dim=1)
         return ReducedLoss(per_anchor.reshape(prepared.leading_shape), excluded)
-    denominator = valid.sum() if counts is None else counts.sum()
+    denominator = valid.sum() if counts is None else counts.sum(dim=0)
     if prepared.gathered:
         # Global count, so that every rank divides by the same number.
         denominator = sum_over_ranks(denominator, prepared.group)
-    total = per_anchor.sum()
+    total = per_anchor.sum(dim=0)
     if prepared.gathered:
         # W * (local share): DDP divides by W; see nodulebench.distributed.
         total = total * prepared.world_size
     if reduction == "sum":
-        return ReducedLoss(total, excluded)
+        return ReducedLoss(total.sum(), excluded)
     # With no valid anchor the total is a graph-connected 0, and so is the mean.
-    return ReducedLoss(total / denominator.clamp(min=1).to(total.dtype), excluded)
+    return ReducedLoss((total / denominator.clamp(min=1).to(total.dtype)).sum(), excluded)

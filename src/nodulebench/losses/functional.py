@@ -66,6 +66,7 @@ from nodulebench.losses._declaration import (
 from nodulebench.losses._inputs import REDUCTIONS, PreparedEmbeddings, compute_dtype
 
 __all__ = [
+    "CONTRASTIVE_FORMS",
     "ContrastiveOptions",
     "MultiSimilarityOptions",
     "NTXentOptions",
@@ -280,6 +281,10 @@ def ntxent_loss(
 # --------------------------------------------------------------------------- Contrastive
 
 
+CONTRASTIVE_FORMS: tuple[str, ...] = ("hadsell", "pml")
+"""The two contrastive losses: Hadsell et al.'s squared form, pytorch-metric-learning's."""
+
+
 @dataclass(frozen=True)
 class ContrastiveOptions(PairwiseOptions):
     """The options of :func:`contrastive_loss` and :class:`~nodulebench.ContrastiveLoss`."""
@@ -289,17 +294,35 @@ class ContrastiveOptions(PairwiseOptions):
                                "Learning an Invariant Mapping, CVPR 2006")
 
     margin: float = option(1.0, "``m >= 0``, the distance beyond which a negative pair "
-                           "costs nothing", non_negative)
+                           "costs nothing (pytorch-metric-learning's ``neg_margin``)",
+                           non_negative)
+    form: str = option("hadsell", '``"hadsell"`` (squared hinge terms, mean over all '
+                       'pairs) or ``"pml"`` (pytorch-metric-learning\'s: unsquared hinge '
+                       "terms, mean over the non-zero ones); see above",
+                       choice(CONTRASTIVE_FORMS))
+    pos_margin: float = option(0.0, '``>= 0``, with ``form="pml"``: positive pairs cost '
+                               "only beyond this distance; Hadsell's form needs 0",
+                               non_negative)
     normalize: bool = option(False, "L2-normalize each embedding first (off, as in the "
-                             "paper)", check_bool, kw_only=True)
+                             'paper; pytorch-metric-learning normalizes: pass ``True`` '
+                             'with ``form="pml"``)', check_bool, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.form == "hadsell" and self.pos_margin != 0:
+            raise ValueError('pos_margin must be 0 with form="hadsell" (its positive pairs '
+                             f'are pulled to distance 0); got {self.pos_margin!r}; '
+                             'pass form="pml" for a positive margin')
 
     def kernel(self) -> str:
-        """The Hadsell contrastive loss."""
-        return "contrastive"
+        """The per-anchor computation of the chosen form."""
+        return "contrastive" if self.form == "hadsell" else "contrastive_pml"
 
     def kernel_options(self) -> Mapping[str, Any]:
-        """The margin."""
-        return {"margin": self.margin}
+        """The margins."""
+        if self.form == "hadsell":
+            return {"margin": self.margin}
+        return {"pos_margin": self.pos_margin, "neg_margin": self.margin}
 
 
 @functional_form(ContrastiveOptions)
@@ -313,6 +336,8 @@ def contrastive_loss(
 ) -> torch.Tensor:
     r"""Pairwise contrastive loss (Hadsell, Chopra & LeCun 2006), Euclidean distance.
 
+    With ``form="hadsell"`` (the default),
+
     .. math::
 
         c_{ij} = \begin{cases} \tfrac12 d_{ij}^2 & y_i = y_j \\
@@ -321,6 +346,13 @@ def contrastive_loss(
 
     so the mean over anchors is the mean over all unordered pairs. Every anchor with at
     least one other row is valid (an anchor without positives still has its negatives).
+
+    With ``form="pml"``, pytorch-metric-learning's ``ContrastiveLoss``: unsquared terms
+    :math:`c^+_{ij} = \max(0, d_{ij} - m^+)` on positive pairs and
+    :math:`c^-_{ij} = \max(0, m - d_{ij})` on negative pairs, and ``"mean"`` is the mean
+    of the non-zero positive terms plus the mean of the non-zero negative terms (each 0
+    when there is none); ``"sum"`` adds every term, ``"none"`` gives each anchor its own
+    two means, added. The same inputs give different numbers in the two forms.
 
     Args:
         embeddings: ``(B, D)`` or ``(B, V, D)`` floating.
@@ -340,6 +372,8 @@ def contrastive_loss(
         >>> y = torch.tensor([0, 0, 1, 1])
         >>> print(f"{contrastive_loss(z, y, margin=1.0).item():.4f}")
         0.2015
+        >>> print(f"{contrastive_loss(z, y, form='pml').item():.4f}")  # 0.95 + 0.3095
+        1.2595
     """
     return compute_pairwise(ContrastiveOptions.from_kwargs(**options), embeddings, labels,
                             ref_emb=ref_emb, ref_labels=ref_labels).loss
