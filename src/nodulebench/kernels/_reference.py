@@ -83,8 +83,9 @@ def contrastive_pml_reference(
     z: torch.Tensor, labels: torch.Tensor, *, pos_margin: float = 0.0, neg_margin: float = 1.0,
     row_range: tuple[int, int] | None = None, reference: Reference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dense pytorch-metric-learning contrastive sums and counts per anchor and part:
-    ``(total (N, 2), count (N, 2), valid)``.
+    """Dense pytorch-metric-learning contrastive sums and counts: ``(total, count, valid)``.
+
+    ``total`` and ``count`` have shape ``(N, 2)``: positive pairs, negative pairs.
     """
     anchors, anchor_labels, columns = _anchors(z, labels, row_range, reference)
     total, valid, count = _dense.contrastive_pml_per_anchor(
