@@ -3,7 +3,7 @@
 Three backends compute the same per-anchor quantities on prepared inputs (``z`` of shape
 ``(N, D)``, ``labels`` of shape ``(N,)`` int64):
 
-* ``"reference"``: the dense definitions of :mod:`nodulebench.kernels._dense` (``N x N``
+* ``"reference"``: the dense definitions of ``nodulebench.kernels._dense`` (``N x N``
   matrices, plain autograd); any device, float32/float64.
 * ``"tiled"``: :mod:`nodulebench.kernels.tiled`, row blocks with recompute backward,
   :math:`O(N D + bN)` memory; any device, float32/float64.
@@ -104,9 +104,9 @@ class BackendInfo:
             first use only, so that a backend with an optional dependency imports it then.
         max_dim: Largest embedding dimension ``D`` it handles, or None for no limit.
         requires: Optional module that must be importable, or None.
-        interpreted_on_cpu: Whether it also runs on the CPU when
-            :func:`~nodulebench.kernels._triton_utils.interpreter_enabled` (Triton's
-            ``TRITON_INTERPRET``).
+        interpreted_on_cpu: Whether it also runs on the CPU when Triton's
+            ``TRITON_INTERPRET`` is on (read as Triton reads it: ``1``, ``true``, ``on``
+            or ``yes``).
         anchor_subsets: Whether it computes only rows ``row_range`` as anchors against
             all rows (what a loss with ``gather_distributed=True`` asks for).
         reference_sets: Whether it compares the anchors with a separate reference set

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -60,7 +61,7 @@ def option(default: Any, doc: str, check: Check | None = None, *, kw_only: bool 
         kw_only: keyword-only in the derived signatures.
 
     Returns:
-        A :func:`dataclasses.field` carrying ``doc`` and ``check`` as metadata.
+        A dataclass ``field`` carrying ``doc`` and ``check`` as metadata.
     """
     return field(default=default, metadata={"doc": doc, "check": check}, kw_only=kw_only)
 
@@ -207,26 +208,27 @@ def _signature_with_options(
     """``function``'s signature with ``**options`` replaced by the declared options."""
     parameters = [p for p in inspect.signature(function).parameters.values()
                   if p.kind != inspect.Parameter.VAR_KEYWORD]
+    hints = typing.get_type_hints(options_type)
     declared = [
         inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=item.default,
-                          annotation=item.type)
+                          annotation=hints[item.name])
         for item in declared_fields(options_type)
     ]
     return inspect.signature(function).replace(parameters=parameters + declared)
 
 
-_Function = TypeVar("_Function", bound=Callable[..., torch.Tensor])
+LossFunction = Callable[..., torch.Tensor]
 
 
-def functional_form(options_type: type[LossOptions]) -> Callable[[_Function], _Function]:
+def functional_form(options_type: type[LossOptions]) -> Callable[[LossFunction], LossFunction]:
     """Give a functional loss that takes ``**options`` the declared options' signature.
 
     The function is returned unchanged but for its ``__signature__`` (so that
-    :func:`inspect.signature`, ``help`` and the docs list every option with its default)
+    ``inspect.signature``, ``help`` and the docs list every option with its default)
     and its docstring, which gains the options table.
     """
 
-    def decorate(function: _Function) -> _Function:
+    def decorate(function: LossFunction) -> LossFunction:
         function.__signature__ = _signature_with_options(  # type: ignore[attr-defined]
             function, options_type
         )
@@ -238,7 +240,10 @@ def functional_form(options_type: type[LossOptions]) -> Callable[[_Function], _F
 
 def constructor_signature(options_type: type[LossOptions]) -> inspect.Signature:
     """The signature of a module built from ``options_type`` (without ``self``)."""
-    return inspect.signature(options_type).replace(return_annotation=inspect.Signature.empty)
+    hints = typing.get_type_hints(options_type)
+    parameters = [p.replace(annotation=hints[p.name])
+                  for p in inspect.signature(options_type).parameters.values()]
+    return inspect.Signature(parameters)
 
 
 # --------------------------------------------------------------------------- pairwise
@@ -275,7 +280,7 @@ class PairwiseOptions(LossOptions):
         None, "the group to gather over; ``None`` means the default group", kw_only=True)
 
     def kernel(self) -> str:
-        """The per-anchor computation (one of :data:`~nodulebench.kernels.KERNEL_LOSSES`)."""
+        """The name of the per-anchor computation (see ``KERNEL_LOSSES``)."""
         raise NotImplementedError(f"{type(self).__name__} names no kernel")
 
     def kernel_options(self) -> Mapping[str, Any]:

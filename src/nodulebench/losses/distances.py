@@ -1,6 +1,6 @@
 """Pairwise distances between embedding rows, safe where two rows coincide.
 
-The definitions live in :mod:`nodulebench.kernels.distances`, beside the dense
+The definitions live in ``nodulebench.kernels.distances``, beside the dense
 reference losses that use them; this module is their public name on the losses side.
 """
 

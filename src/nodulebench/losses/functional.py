@@ -1,6 +1,7 @@
 r"""The losses: each declared once (its options), with its maths documented here.
 
-Every pairwise loss runs three steps (:func:`~nodulebench.losses._declaration.compute_pairwise`):
+Every pairwise loss runs the same three steps
+(:func:`~nodulebench.losses._declaration.compute_pairwise`):
 
 1. ``_inputs.prepare_embeddings`` validates ``embeddings`` ``(B, D)`` or ``(B, V, D)``
    and ``labels`` ``(B,)``, flattens the views to ``N = B * V`` rows in sample-major
@@ -10,7 +11,7 @@ Every pairwise loss runs three steps (:func:`~nodulebench.losses._declaration.co
 2. A per-anchor function computes, from the prepared rows ``(N, D)`` and labels
    ``(N,)``, the loss of each anchor ``(N,)`` and which anchors are valid ``(N,)`` bool.
    ``backend=`` picks who computes it (:func:`nodulebench.kernels.dispatch.run_per_anchor`):
-   the dense definitions of :mod:`nodulebench.kernels._dense` (``"reference"``), the
+   the dense definitions of ``nodulebench.kernels._dense`` (``"reference"``), the
    tiled engine (``"tiled"``, never an ``N x N`` matrix) or the Triton kernels
    (``"triton"``); ``"auto"`` chooses from the inputs. All return the same tensors.
 3. ``_inputs.reduce_per_anchor`` applies the reduction: ``"mean"`` over valid anchors,
@@ -282,7 +283,7 @@ def ntxent_loss(
 
 
 CONTRASTIVE_FORMS: tuple[str, ...] = ("hadsell", "pml")
-"""The two contrastive losses: Hadsell et al.'s squared form, pytorch-metric-learning's."""
+"""Values of ``form``: Hadsell et al.'s squared contrastive loss, or pytorch-metric-learning's."""
 
 
 @dataclass(frozen=True)
