@@ -215,3 +215,21 @@ def test_works_inside_a_compiled_step_with_a_graph_break() -> None:
     (grad_compiled,) = torch.autograd.grad(loss, raw)
     torch.testing.assert_close(loss, step(raw, labels).detach(), rtol=0, atol=0)
     torch.testing.assert_close(grad_compiled, grad_eager, rtol=0, atol=0)
+
+
+def test_learnable_temperature_reaches_the_kernel() -> None:
+    from nodulebench.losses.functional import supcon_loss
+
+    embeddings = torch.randn(12, 2, 16, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(12) % 4
+    results = []
+    for backend in ("triton", "reference"):
+        tau = torch.tensor(0.2, requires_grad=True)
+        loss = supcon_loss(embeddings, labels, temperature=tau, backend=backend)
+        loss.backward()
+        assert tau.grad is not None
+        results.append((loss.detach(), tau.grad))
+    (loss, grad), (want, want_grad) = results
+    tol = TRITON_SUPCON_CAPABILITIES.tolerances[torch.float32]
+    assert abs(loss - want) <= tol.loss_atol + tol.loss_rtol * abs(want)
+    assert abs(grad - want_grad) <= tol.grad_rel * abs(want_grad)

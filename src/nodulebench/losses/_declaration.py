@@ -91,6 +91,23 @@ def non_negative(name: str, value: Any) -> None:
     check_positive(name, value, allow_zero=True)
 
 
+def temperature_value(name: str, value: Any) -> None:
+    """A check that ``value`` is a real number or a 0-dim floating tensor (maybe learnable).
+
+    Its sign is checked by the loss, which knows whether it is a log-scale.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0:
+            raise ValueError(f"{name} must be a float or a 0-dim tensor; got a tensor of "
+                             f"shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor; got dtype {value.dtype}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number or a 0-dim tensor; "
+                        f"got {type(value).__name__}")
+
+
 def in_range(low: float, high: float) -> Check:
     """A check that ``value`` lies in ``[low, high]``."""
 

@@ -34,6 +34,7 @@ infinite entry can also give ``inf``), never a finite number, so it is visible a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -63,6 +64,7 @@ from nodulebench.losses._declaration import (
     option,
     optional,
     positive,
+    temperature_value,
 )
 from nodulebench.losses._inputs import REDUCTIONS, PreparedEmbeddings, compute_dtype
 
@@ -72,6 +74,7 @@ __all__ = [
     "MultiSimilarityOptions",
     "NTXentOptions",
     "SupConOptions",
+    "Temperature",
     "TripletOptions",
     "contrastive_loss",
     "cross_entropy_loss",
@@ -84,6 +87,45 @@ __all__ = [
 # --------------------------------------------------------------------------- SupCon
 
 
+Temperature = float | torch.Tensor
+"""A temperature: a number, or a 0-dim floating tensor (a learnable one gets its gradient)."""
+
+_TEMPERATURE_DOC = (
+    "a 0-dim tensor may require grad (a learnable temperature); with ``log_scale`` "
+    "it is CLIP's ``logit_scale``")
+_LOG_SCALE_DOC = (
+    "read ``temperature`` as CLIP's ``logit_scale`` :math:`t`: :math:`\\tau = e^{-t}`, "
+    "positive for every real :math:`t` (the safe form for a learnable temperature)")
+
+
+def check_temperature(temperature: Temperature, log_scale: bool) -> None:
+    """Raise ``ValueError`` unless the temperature is positive (any real on a log-scale).
+
+    A tensor's value is read once here (a host synchronisation): when the options are
+    built, so once per module but on every call of a functional form.
+    """
+    if log_scale:
+        finite = (bool(torch.isfinite(temperature)) if isinstance(temperature, torch.Tensor)
+                  else math.isfinite(temperature))
+        if not finite:
+            raise ValueError(f"temperature (a log-scale) must be finite; got {temperature!r}")
+        return
+    positive = (bool(temperature > 0) if isinstance(temperature, torch.Tensor)
+                else math.isfinite(temperature) and temperature > 0)
+    if not positive:
+        raise ValueError(f"temperature must be > 0; got {temperature!r} (a learnable one "
+                         "stays positive as a log-scale: log_scale=True)")
+
+
+def effective_temperature(temperature: Temperature, log_scale: bool) -> Temperature:
+    r""":math:`\tau` itself: ``temperature``, or :math:`e^{-t}` on a log-scale."""
+    if not log_scale:
+        return temperature
+    if isinstance(temperature, torch.Tensor):
+        return torch.exp(-temperature)
+    return math.exp(-temperature)
+
+
 @dataclass(frozen=True)
 class SupConOptions(PairwiseOptions):
     """The options of :func:`supcon_loss` and :class:`~nodulebench.SupConLoss`."""
@@ -92,33 +134,58 @@ class SupConOptions(PairwiseOptions):
     citation: ClassVar[str] = "Khosla et al., Supervised Contrastive Learning, NeurIPS 2020"
     labels_required: ClassVar[bool] = False
 
-    temperature: float = option(
+    temperature: Temperature = option(
         0.1, "``tau > 0`` (0.1 here and in pytorch-metric-learning's SupConLoss, 0.07 in "
-        "the SupCon reference code)", positive)
+        "the SupCon reference code); " + _TEMPERATURE_DOC, temperature_value)
     variant: str = option("out", '``"out"`` (the paper\'s recommended '
                           ':math:`L_{out}`) or ``"in"``', choice(SUPCON_VARIANTS))
     base_temperature: float | None = option(
         None, "if set, each anchor's loss is multiplied by ``temperature / "
         "base_temperature`` (the reference code's convention)", optional(positive))
+    log_scale: bool = option(False, _LOG_SCALE_DOC, check_bool)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_temperature(self.temperature, self.log_scale)
 
     def kernel(self) -> str:
         """SupCon's per-anchor computation."""
         return "supcon"
 
-    def kernel_options(self) -> Mapping[str, Any]:
-        """Temperature and variant."""
-        return {"temperature": self.temperature, "variant": self.variant}
-
     def per_anchor(self, prepared: PreparedEmbeddings) -> PerAnchor:
         """The kernel's per-anchor loss, rescaled by ``base_temperature`` if set."""
-        z, labels, where = prepared.kernel_inputs()
-        if where["reference"] is None:
-            z = _kernel_rows(z, prepared, self.backend, self.variant)
-        loss, valid = run_per_anchor("supcon", z, labels, backend=self.backend, **where,
-                                     **self.kernel_options())
-        if self.base_temperature is not None:
-            loss = loss * (self.temperature / self.base_temperature)
-        return loss, valid, None
+        tau = effective_temperature(self.temperature, self.log_scale)
+        return _supcon_per_anchor(prepared, tau, self.variant, self.base_temperature,
+                                  self.backend)
+
+
+def _supcon_per_anchor(
+    prepared: PreparedEmbeddings, tau: Temperature, variant: str,
+    base_temperature: float | None, backend: str,
+) -> PerAnchor:
+    r"""SupCon's per-anchor loss at temperature ``tau``, on the chosen backend.
+
+    A tensor temperature reaches every backend as a scale of the rows,
+    :math:`z / \sqrt{\tau}`, so that :math:`s_{ij} = z_i \cdot z_j / \tau` and
+    autograd carries its gradient; the kernels then run at temperature 1.
+    """
+    z, labels, where = prepared.kernel_inputs()
+    kernel_tau = 1.0
+    if isinstance(tau, torch.Tensor):
+        scale = tau.to(device=z.device, dtype=z.dtype).rsqrt()
+        z = z * scale
+        if where["reference"] is not None:
+            ref_z, ref_labels = where["reference"]
+            where = {**where, "reference": (ref_z * scale, ref_labels)}
+    else:
+        kernel_tau = float(tau)
+    if where["reference"] is None:
+        z = _kernel_rows(z, prepared, backend, variant)
+    loss, valid = run_per_anchor("supcon", z, labels, backend=backend, **where,
+                                 temperature=kernel_tau, variant=variant)
+    if base_temperature is not None:
+        loss = loss * (tau / base_temperature)
+    return loss, valid, None
 
 
 def _kernel_rows(
@@ -203,22 +270,23 @@ class NTXentOptions(PairwiseOptions):
                                "Visual Representations (SimCLR), ICML 2020")
     labels_required: ClassVar[bool] = False
 
-    temperature: float = option(
+    temperature: Temperature = option(
         0.1, "``tau > 0`` (0.1 here; 0.5 in SimCLR and lightly, 0.07 in "
-        "pytorch-metric-learning)", positive)
+        "pytorch-metric-learning); " + _TEMPERATURE_DOC, temperature_value)
+    log_scale: bool = option(False, _LOG_SCALE_DOC, check_bool)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_temperature(self.temperature, self.log_scale)
 
     def kernel(self) -> str:
         """NT-Xent is SupCon ``"out"`` with each sample its own class."""
         return "supcon"
 
-    def kernel_options(self) -> Mapping[str, Any]:
-        """Temperature; the variant is ``"out"``."""
-        return {"temperature": self.temperature, "variant": "out"}
-
     def per_anchor(self, prepared: PreparedEmbeddings) -> PerAnchor:
         """SupCon ``"out"``'s per-anchor loss."""
-        supcon = SupConOptions(temperature=self.temperature, backend=self.backend)
-        return supcon.per_anchor(prepared)
+        tau = effective_temperature(self.temperature, self.log_scale)
+        return _supcon_per_anchor(prepared, tau, "out", None, self.backend)
 
 
 def _stack_views(view1: torch.Tensor, view2: torch.Tensor | None) -> torch.Tensor:

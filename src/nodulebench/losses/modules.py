@@ -53,7 +53,9 @@ class PairwiseLoss(torch.nn.Module):
     A subclass sets ``Options`` to its options class; its constructor then takes exactly
     those options (positional for the loss's own, keyword-only for the shared ones),
     validates them once, and keeps them in ``options`` (each also readable as an
-    attribute, e.g. ``loss.temperature``).
+    attribute, e.g. ``loss.temperature``). An option given as a
+    :class:`torch.nn.Parameter` (a learnable temperature) is registered as a parameter
+    of the loss, so that ``loss.parameters()`` and ``state_dict`` include it.
 
     Attributes:
         options: the validated options (a frozen dataclass).
@@ -86,6 +88,11 @@ class PairwiseLoss(torch.nn.Module):
                             "both by position and by keyword")
         self.options = self.Options.from_kwargs(**positional, **kwargs)
         self._excluded: torch.Tensor | None = None
+        for name, value in vars(self.options).items():
+            if isinstance(value, torch.nn.Parameter):
+                # A learnable option (a temperature) belongs to the loss's parameters.
+                # (Not register_parameter: the name already reads through to the option.)
+                self._parameters[name] = value
 
     def __getattr__(self, name: str) -> Any:
         options = self.__dict__.get("options")
