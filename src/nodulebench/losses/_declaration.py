@@ -41,6 +41,7 @@ __all__ = [
     "PairwiseOptions",
     "PerAnchor",
     "compute_pairwise",
+    "compute_prepared",
     "functional_form",
     "option",
     "options_table",
@@ -324,12 +325,28 @@ def compute_pairwise(
     ref_labels: torch.Tensor | None = None,
 ) -> ReducedLoss:
     """Prepare the inputs, compute the per-anchor loss, reduce: every pairwise loss."""
+    return compute_prepared(options, embeddings, labels, ref_emb=ref_emb,
+                            ref_labels=ref_labels)[0]
+
+
+def compute_prepared(
+    options: PairwiseOptions,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor | None,
+    **columns: Any,
+) -> tuple[ReducedLoss, PreparedEmbeddings]:
+    """:func:`compute_pairwise`, also returning the prepared inputs (for a memory bank).
+
+    ``columns`` are ``ref_emb`` / ``ref_labels`` or ``memory`` of
+    ``nodulebench.losses._inputs.prepare_embeddings``.
+    """
     prepared = prepare_embeddings(
         embeddings, labels, normalize=options.normalize,
         labels_required=options.labels_required,
         gather_distributed=options.gather_distributed, process_group=options.process_group,
-        ref_emb=ref_emb, ref_labels=ref_labels,
+        **columns,
     )
     loss, valid, counts = options.per_anchor(prepared)
-    return reduce_per_anchor(loss, valid, reduction=options.reduction, prepared=prepared,
-                             counts=counts)
+    reduced = reduce_per_anchor(loss, valid, reduction=options.reduction, prepared=prepared,
+                                counts=counts)
+    return reduced, prepared

@@ -104,9 +104,10 @@ class PreparedEmbeddings:
         """The anchors' rows ``(start, stop)`` in ``columns``; None when they are all rows.
 
         Passed to the per-anchor backends, which then compute only those anchors against
-        every column; None keeps the single-process call exactly what it was.
+        every column (the gathered batch, a memory bank's rows after the batch); None
+        keeps the single-process call exactly what it was.
         """
-        if not self.gathered or self.reference:
+        if self.reference or self.columns.shape[0] == self.rows.shape[0]:
             return None
         return self.row_offset, self.row_offset + self.rows.shape[0]
 
@@ -172,6 +173,7 @@ def prepare_embeddings(
     process_group: ProcessGroup | None = None,
     ref_emb: torch.Tensor | None = None,
     ref_labels: torch.Tensor | None = None,
+    memory: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PreparedEmbeddings:
     """Validate and flatten ``embeddings`` ``(B, D)`` or ``(B, V, D)`` and ``labels`` ``(B,)``.
 
@@ -223,16 +225,20 @@ def prepare_embeddings(
     if row_labels is None:
         sample_labels = torch.arange(first_sample, first_sample + batch, device=rows.device)
         row_labels = sample_labels.repeat_interleave(views)
-    if not gather:
-        return PreparedEmbeddings(rows, row_labels, leading_shape, embeddings, rows, row_labels)
-    row_sizes = [size * views for size in sample_sizes]
+    columns, column_labels = rows, row_labels
+    if gather:
+        row_sizes = [size * views for size in sample_sizes]
+        columns = all_gather_with_grad(rows, process_group, sizes=row_sizes)
+        column_labels = all_gather_no_grad(row_labels, process_group, sizes=row_sizes)
+    if memory is not None:
+        memory_rows, memory_labels = memory
+        columns = torch.cat((columns, memory_rows.to(columns.dtype)))
+        column_labels = torch.cat((column_labels, memory_labels))
     return PreparedEmbeddings(
-        rows, row_labels, leading_shape, embeddings,
-        columns=all_gather_with_grad(rows, process_group, sizes=row_sizes),
-        column_labels=all_gather_no_grad(row_labels, process_group, sizes=row_sizes),
+        rows, row_labels, leading_shape, embeddings, columns, column_labels,
         row_offset=first_sample * views,
-        world_size=get_world_size(process_group),
-        group=process_group,
+        world_size=get_world_size(process_group) if gather else 1,
+        group=process_group if gather else None,
     )
 
 

@@ -88,7 +88,7 @@ __all__ = [
 
 
 Temperature = float | torch.Tensor
-"""A temperature: a number, or a 0-dim floating tensor (a learnable one gets its gradient)."""
+"""The type of ``temperature``, a number or a 0-dim floating tensor (learnable or not)."""
 
 _TEMPERATURE_DOC = (
     "a 0-dim tensor may require grad (a learnable temperature); with ``log_scale`` "

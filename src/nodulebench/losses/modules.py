@@ -54,7 +54,7 @@ class PairwiseLoss(torch.nn.Module):
     those options (positional for the loss's own, keyword-only for the shared ones),
     validates them once, and keeps them in ``options`` (each also readable as an
     attribute, e.g. ``loss.temperature``). An option given as a
-    :class:`torch.nn.Parameter` (a learnable temperature) is registered as a parameter
+    ``torch.nn.Parameter`` (a learnable temperature) is registered as a parameter
     of the loss, so that ``loss.parameters()`` and ``state_dict`` include it.
 
     Attributes:

@@ -1,9 +1,11 @@
-"""A reference set with gather_distributed=True: each rank's anchors meet every rank's refs.
+"""Reference sets and the cross-batch memory with gather_distributed=True.
 
-The exactness contract of :mod:`nodulebench.distributed` holds for both tensors: the
-average over ranks of the losses is the single-process loss, and each rank's gradients
-of its anchors and of its reference rows, divided by the world size, are the
-single-process gradients of those rows.
+A reference set: each rank's anchors meet every rank's reference rows, and the exactness
+contract of :mod:`nodulebench.distributed` holds for both tensors (the average over ranks
+of the losses is the single-process loss; each rank's gradients of its anchors and of its
+reference rows, divided by the world size, are the single-process gradients of those
+rows). The memory: every rank enqueues the gathered batch once, so all ranks hold the
+same memory, and the next step's loss is exact too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from nodulebench import SupConLoss
+from nodulebench.losses import CrossBatchMemory
 from nodulebench.losses import functional as LF
 
 WORLD_SIZE = 2
@@ -52,6 +56,15 @@ def run_ranks(rank: int, world_size: int) -> dict[str, Any]:
                   gather_distributed=True, **options)
         loss.backward()
         results[name] = {"loss": loss.detach(), "grad": rows.grad, "ref_grad": refs.grad}
+    memory = CrossBatchMemory(SupConLoss(gather_distributed=True), embedding_size=3,
+                              memory_size=16, dtype=torch.float64)
+    memory(embeddings[mine], labels[mine])  # fills the memory with the gathered batch
+    rows = ref_emb[my_refs].clone().requires_grad_(True)
+    loss = memory(rows, ref_labels[my_refs])
+    loss.backward()
+    results["memory"] = {"loss": loss.detach(), "grad": rows.grad,
+                         "rows": memory.embeddings[: memory.filled].clone(),
+                         "labels": memory.labels[: memory.filled].clone()}
     return results
 
 
@@ -85,3 +98,31 @@ def test_loss_and_both_gradients_equal_single_process(
                                embeddings.grad, **tight)
     torch.testing.assert_close(torch.cat([r["ref_grad"] for r in results]) / WORLD_SIZE,
                                ref_emb.grad, **tight)
+
+
+def test_memory_holds_the_gathered_batches_and_its_loss_is_exact(
+    per_rank: list[dict[str, Any]],
+) -> None:
+    embeddings, labels, ref_emb, ref_labels = inputs()
+    unit = torch.nn.functional.normalize
+    first = unit(embeddings.reshape(-1, 3), dim=1)
+    second = unit(ref_emb, dim=1)
+    for result in per_rank:
+        memory = result["memory"]
+        torch.testing.assert_close(memory["rows"], torch.cat([first, second]))
+        torch.testing.assert_close(memory["labels"],
+                                   torch.cat([labels.repeat_interleave(2), ref_labels]))
+    # The second step: every rank's anchors against the gathered batch and the first one.
+    rows = ref_emb.clone().requires_grad_(True)
+    everything = torch.cat([rows, embeddings.detach().reshape(-1, 3)])
+    every_label = torch.cat([ref_labels, labels.repeat_interleave(2)])
+    per_anchor = LF.supcon_loss(everything, every_label, reduction="none")[: rows.shape[0]]
+    assert (per_anchor > 0).all(), "every anchor has a positive here"
+    single = per_anchor.mean()
+    single.backward()
+    tight = {"rtol": 1e-10, "atol": 1e-12}
+    results = [r["memory"] for r in per_rank]
+    torch.testing.assert_close(sum(r["loss"] for r in results) / WORLD_SIZE, single.detach(),
+                               **tight)
+    torch.testing.assert_close(torch.cat([r["grad"] for r in results]) / WORLD_SIZE,
+                               rows.grad, **tight)
