@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .cache import CacheError
 from .dataset import SyntheticNodules
 from .distributions import ByCategory, Categorical, Fixed, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
@@ -21,6 +22,7 @@ __all__ = [
     "LUNG_WINDOW_HU",
     "TEST_DISTRIBUTIONS",
     "ByCategory",
+    "CacheError",
     "Categorical",
     "Factor",
     "Fixed",

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._validation import check_choice, check_int
-from .cache import load_images, materialize
+from .cache import VERIFY_MODES, load_images, materialize
 from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, get_factor
 from .render import MASK_NAMES, render_hu
 from .sampling import derive_children, sample_factors
@@ -49,10 +49,16 @@ class SyntheticNodules(Dataset[Any]):
         cache: a folder written by :meth:`materialize` for this very dataset; ``ds[i]`` and
             plain :meth:`render` calls then read images from its memory map. The manifest
             (spec SHA-256, ``n``, ``seed``, ``image_size``, ``output``) must match.
+        verify_cache: how a ``cache`` is checked on opening: ``"full"`` hashes every image
+            against the digest in the manifest (reads the file once); ``"size"`` checks only
+            the images' shape, dtype and file length (instant, misses modified values).
+            Labels and factors are compared in both.
 
     Raises:
-        ValueError: ``n <= 0``, ``image_size < 16``, an unknown ``output``, or a cache made
-            from another dataset.
+        ValueError: ``n <= 0``, ``image_size < 16``, an unknown ``output`` or
+            ``verify_cache``.
+        nodulebench.data.CacheError: a ``ValueError``: the cache was made from another
+            dataset, or is damaged (a file missing, truncated, garbled or modified).
         FileNotFoundError: ``cache`` holds no complete cache.
 
     Example:
@@ -76,6 +82,7 @@ class SyntheticNodules(Dataset[Any]):
         transform: Callable[[torch.Tensor], Any] | None = None,
         target_transform: Callable[[torch.Tensor], Any] | None = None,
         cache: str | pathlib.Path | None = None,
+        verify_cache: Literal["full", "size"] = "full",
     ) -> None:
         spec = NoduleSpec() if spec is None else spec
         if not isinstance(spec, NoduleSpec):
@@ -86,11 +93,12 @@ class SyntheticNodules(Dataset[Any]):
         self.image_size = check_int("image_size", image_size, 16, 1024)
         check_choice("output", output, ("window", "hu"))
         self.output = output
+        check_choice("verify_cache", verify_cache, VERIFY_MODES)
         self.return_factors = bool(return_factors)
         self.transform = transform
         self.target_transform = target_transform
         self._factors, self._labels = sample_factors(spec, self.n, self.seed)
-        self._cached: Any = None if cache is None else load_images(self, cache)
+        self._cached: Any = None if cache is None else load_images(self, cache, verify_cache)
 
     # ------------------------------------------------------------------ table
     @property
@@ -267,7 +275,17 @@ class SyntheticNodules(Dataset[Any]):
     def materialize(self, path: str | pathlib.Path, batch_size: int = 1024) -> pathlib.Path:
         """Render every image once into ``path`` (``.npy`` memory maps + JSON manifest).
 
-        Reuse it with ``SyntheticNodules(..., cache=path)`` and the same arguments.
+        Reuse it with ``SyntheticNodules(..., cache=path)`` and the same arguments. The
+        files are written into a hidden folder beside ``path`` and renamed into place when
+        complete, so an interrupted run leaves the previous cache (or none), never a mix.
+
+        Args:
+            path: the cache folder: new, empty, or a cache to replace.
+            batch_size: images rendered per step, ``>= 1``.
+
+        Raises:
+            ValueError: ``batch_size`` is not an int ``>= 1``.
+            FileExistsError: ``path`` is a file, or a folder holding other files.
         """
         return materialize(self, path, batch_size)
 
