@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .cache import CacheError
-from .dataset import SyntheticNodules
+from .dataset import CLASSES, SyntheticNodules
 from .distributions import ByCategory, Categorical, Fixed, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
 from .measure import Measurements, measure
@@ -17,6 +17,7 @@ from .spec import (
 )
 
 __all__ = [
+    "CLASSES",
     "DEFAULT_MARGINALS",
     "FACTORS",
     "LUNG_WINDOW_HU",
