@@ -223,7 +223,7 @@ def load_images(ds: Any, path: str | pathlib.Path,
         path: the folder :func:`materialize` wrote.
         verify: ``"full"`` hashes every image and compares with the manifest's digest (reads
             the whole file once); ``"size"`` checks only the images' shape, dtype and file
-            length (instant, but misses modified values).
+            length (no image is read, so modified values go unnoticed).
 
     Raises:
         FileNotFoundError: no manifest at ``path``.

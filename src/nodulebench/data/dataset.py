@@ -78,8 +78,8 @@ class SyntheticNodules(Dataset[Any]):
             (spec SHA-256, ``n``, ``seed``, ``image_size``, ``output``) must match.
         verify_cache: how a ``cache`` is checked on opening: ``"full"`` hashes every image
             against the digest in the manifest (reads the file once); ``"size"`` checks only
-            the images' shape, dtype and file length (instant, misses modified values).
-            Labels and factors are compared in both.
+            the images' shape, dtype and file length (no image is read, so modified values
+            go unnoticed). Labels and factors are compared in both.
 
     Raises:
         ValueError: ``n <= 0``, ``image_size < 16``, an unknown ``output`` or
