@@ -277,6 +277,12 @@ def _with_reference(
     )
 
 
+def _connected_zero(prepared: PreparedEmbeddings) -> torch.Tensor:
+    # Each entry times 0 before the sum: the sum of a large float16 batch would overflow
+    # to inf (and inf * 0 is NaN); a NaN or inf entry still gives NaN.
+    return (prepared.source * 0.0).sum().to(prepared.rows.dtype)
+
+
 class ReducedLoss(NamedTuple):
     """A reduced loss and the number of anchors that were excluded from it.
 
@@ -337,11 +343,13 @@ def reduce_per_anchor(
     if prepared.gathered:
         # Global count, so that every rank divides by the same number.
         denominator = sum_over_ranks(denominator, prepared.group)
-    total = per_anchor.sum(dim=0)
+    # Plus a zero built from every input entry: connected to the graph even without a
+    # valid anchor, and NaN when an entry is NaN or infinite (never a silent 0).
+    total = per_anchor.sum(dim=0) + _connected_zero(prepared)
     if prepared.gathered:
         # W * (local share): DDP divides by W; see nodulebench.distributed.
         total = total * prepared.world_size
     if reduction == "sum":
         return ReducedLoss(total.sum(), excluded)
-    # With no valid anchor the total is a graph-connected 0, and so is the mean.
+    # With no valid anchor the total is that zero, and so is the mean.
     return ReducedLoss((total / denominator.clamp(min=1).to(total.dtype)).sum(), excluded)
