@@ -2,7 +2,7 @@
 
 A tiled kernel walks row blocks in Python and sizes some temporaries from the data (the
 number of classes), which Dynamo cannot trace into one graph. Under compilation each
-kernel therefore runs as a custom operator (:func:`torch.library.custom_op`): the graph
+kernel therefore runs as a custom operator (``torch.library.custom_op``): the graph
 holds one node whose output shapes are known from the inputs, and the kernel itself runs
 eagerly when the graph runs. Its backward is a second operator that recomputes the
 kernel's forward with autograd and differentiates it (the kernel's own recompute
