@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from nodulebench.kernels.dispatch import BACKENDS, TWO_TOWER_LOSSES, run_two_tower, select_backend
+from nodulebench.kernels.dispatch import (
+    BACKENDS,
+    TWO_TOWER_LOSSES,
+    run_per_anchor,
+    run_two_tower,
+    select_backend,
+)
 from nodulebench.kernels.tiled_two_tower import clip_tiled, siglip_tiled
 from nodulebench.kernels.two_tower_reference import clip_reference, siglip_reference
 
@@ -158,6 +164,8 @@ def test_dispatch_serves_two_tower_losses_and_triton_declines() -> None:
             select_backend(loss, "triton", x)
     with pytest.raises(ValueError, match="loss must be one of 'clip', 'siglip'; got 'supcon'"):
         run_two_tower("supcon", x, y, scale=scale)
+    with pytest.raises(ValueError, match="loss must be one of 'supcon', .*; got 'clip'"):
+        run_per_anchor("clip", x, torch.arange(6), scale=scale)
 
 
 @pytest.mark.parametrize(

@@ -345,6 +345,7 @@ def run_per_anchor(
         >>> loss.shape
         torch.Size([8])
     """
+    check_choice("loss", loss, KERNEL_LOSSES)  # two-tower losses: run_two_tower
     name = select_backend(loss, backend, z, labels, **options)
     if options.get("row_range", ()) is None:
         # Every row is an anchor: the call every backend serves, unchanged.
@@ -375,8 +376,7 @@ def run_two_tower(
         >>> round(float(loss[0]), 4)  # log(e^2 + 2) - 2
         0.2395
     """
-    if loss not in TWO_TOWER_LOSSES:
-        check_choice("loss", loss, TWO_TOWER_LOSSES)
+    check_choice("loss", loss, TWO_TOWER_LOSSES)
     name = select_backend(loss, backend, image, **options)
     loss_value, valid = BACKENDS[name].kernel(loss)(image, text, **options)
     return loss_value, valid
