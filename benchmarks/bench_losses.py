@@ -87,12 +87,12 @@ def pml_loss(loss: str) -> PerAnchor | None:
     return lambda z, y: fn(z, y)[None]
 
 
-def two_tower_fn(loss: str, backend: str) -> PerAnchor | None:
+def two_tower_fn(loss: str, backend: str) -> PerAnchor:
     """Per-pair losses of the towers side by side in ``z`` of shape ``(B, 2 D)``."""
-    if backend == "pml":
-        return None
 
     def fn(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if backend == "pml":
+            raise ValueError("pytorch-metric-learning has no two-tower loss")
         image, text = z.chunk(2, dim=1)
         scalars = {key: torch.tensor(value, dtype=z.dtype, device=z.device)
                    for key, value in OPTIONS[loss].items()}
