@@ -192,3 +192,37 @@ def test_tiled_bad_inputs_are_named(call, exc, fragment) -> None:
     with pytest.raises(exc) as info:
         call(x, scale)
     assert fragment in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_training_step_with_a_learnable_scale_matches_eager() -> None:
+    gen = torch.Generator().manual_seed(0)
+    images, texts = (torch.randn(9, 5, generator=gen, dtype=torch.float64) for _ in range(2))
+
+    def make_step() -> tuple[torch.nn.Module, torch.Tensor, object]:
+        towers = torch.nn.Linear(5, 4, dtype=torch.float64)
+        with torch.no_grad():
+            towers.weight.copy_(torch.linspace(-1, 1, 20, dtype=torch.float64).reshape(4, 5))
+            towers.bias.zero_()
+        logit_scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            towers.zero_grad()
+            logit_scale.grad = None
+            image, text = (torch.nn.functional.normalize(towers(t), dim=1) for t in (x, y))
+            loss = clip_tiled(image, text, scale=logit_scale.exp(), block_size=4)[0].mean()
+            loss = loss + siglip_tiled(image, text, scale=logit_scale.exp(),
+                                       bias=-logit_scale, block_size=4)[0].mean()
+            loss.backward()
+            return loss.detach()
+
+        return towers, logit_scale, step
+
+    eager_towers, eager_scale, eager_step = make_step()
+    compiled_towers, compiled_scale, compiled_fn = make_step()
+    compiled_step = torch.compile(compiled_fn, backend="aot_eager")
+    torch.testing.assert_close(compiled_step(images, texts), eager_step(images, texts))
+    torch.testing.assert_close(compiled_towers.weight.grad, eager_towers.weight.grad)
+    assert eager_scale.grad is not None and eager_scale.grad != 0
+    torch.testing.assert_close(compiled_scale.grad, eager_scale.grad)

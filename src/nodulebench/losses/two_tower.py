@@ -168,7 +168,8 @@ def clip_loss(
         image_emb: ``(B, D)`` floating, the first tower.
         text_emb: ``(B, D)``, the second tower, same dtype and device; row ``i`` pairs
             with ``image_emb[i]``.
-        temperature: :math:`\tau > 0`, a float or a 0-dim tensor (learnable).
+        temperature: :math:`\tau > 0`, a float or a 0-dim tensor (learnable; its value
+            is checked, one host synchronisation, except while ``torch.compile`` traces).
         logit_scale: :math:`t`, a float or a 0-dim tensor (learnable); :math:`s = e^t`.
             CLIP clips :math:`s` at 100 (:class:`~nodulebench.ClipLoss` does); this
             function does not.
