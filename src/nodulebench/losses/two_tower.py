@@ -29,6 +29,7 @@ from nodulebench.losses._inputs import (
     PreparedEmbeddings,
     ReducedLoss,
     check_reduction,
+    compute_dtype,
     prepare_embeddings,
     reduce_per_anchor,
 )
@@ -63,7 +64,11 @@ Scalar = float | torch.Tensor
 
 
 def _scalar(name: str, value: Scalar, like: torch.Tensor, *, positive: bool) -> torch.Tensor:
-    """``value`` as a 0-dim tensor of ``like``'s dtype and device, gradient kept."""
+    """``value`` as a 0-dim tensor in the compute dtype of ``like``, on its device.
+
+    A tensor keeps its gradient.
+    """
+    dtype = compute_dtype(like.dtype)
     if isinstance(value, torch.Tensor):
         check_floating(name, value)
         if value.shape != ():
@@ -75,7 +80,7 @@ def _scalar(name: str, value: Scalar, like: torch.Tensor, *, positive: bool) -> 
             (value > 0) & torch.isfinite(value)
         ):
             raise ValueError(f"{name} must be a finite number > 0; got {value.detach().item()!r}")
-        return value.to(dtype=like.dtype, device=like.device)
+        return value.to(dtype=dtype, device=like.device)
     if positive:
         check_positive(name, value)
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -83,14 +88,11 @@ def _scalar(name: str, value: Scalar, like: torch.Tensor, *, positive: bool) -> 
                         f"got {type(value).__name__}")
     elif not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number; got {value!r}")
-    return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    return torch.tensor(float(value), dtype=dtype, device=like.device)
 
 
-def _prepare_towers(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, *, normalize: bool,
-    gather_distributed: bool, process_group: ProcessGroup | None,
-) -> tuple[PreparedEmbeddings, PreparedEmbeddings]:
-    """Check that the towers pair up, then prepare (and gather) each of them."""
+def _check_towers(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
+    """Raise unless the towers are floating ``(B, D)`` tensors that pair up row by row."""
     check_ndim("image_emb", image_emb, (2,), "(B, D)")
     check_ndim("text_emb", text_emb, (2,), "(B, D)")
     check_floating("image_emb", image_emb)
@@ -105,6 +107,13 @@ def _prepare_towers(
     if text_emb.device != image_emb.device:
         raise ValueError(f"text_emb must be on image_emb's device {image_emb.device}; "
                          f"got {text_emb.device}")
+
+
+def _prepare_towers(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, *, normalize: bool,
+    gather_distributed: bool, process_group: ProcessGroup | None,
+) -> tuple[PreparedEmbeddings, PreparedEmbeddings]:
+    """Prepare (and, with ``gather_distributed``, gather) each checked tower."""
     image, text = (
         prepare_embeddings(emb, None, normalize=normalize, labels_required=False,
                            gather_distributed=gather_distributed, process_group=process_group)
@@ -123,14 +132,16 @@ def _clip(
                          f"{temperature!r} and logit_scale={logit_scale!r}")
     check_reduction(reduction)
     check_backend(backend)
+    _check_towers(image_emb, text_emb)
+    # Every check before the gather's collectives.
+    if logit_scale is not None:
+        scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
+    else:
+        tau = CLIP_TEMPERATURE if temperature is None else temperature
+        scale = 1.0 / _scalar("temperature", tau, image_emb, positive=True)
     image, text = _prepare_towers(image_emb, text_emb, normalize=normalize,
                                   gather_distributed=gather_distributed,
                                   process_group=process_group)
-    if logit_scale is not None:
-        scale = _scalar("logit_scale", logit_scale, image.rows, positive=False).exp()
-    else:
-        tau = CLIP_TEMPERATURE if temperature is None else temperature
-        scale = 1.0 / _scalar("temperature", tau, image.rows, positive=True)
     loss, valid = run_two_tower("clip", image.columns, text.columns, backend=backend,
                                 row_range=image.row_range, scale=scale)
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=image)
@@ -209,13 +220,15 @@ def _siglip(
 ) -> ReducedLoss:
     check_reduction(reduction)
     check_backend(backend)
+    _check_towers(image_emb, text_emb)
+    scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
+    bias_tensor = _scalar("bias", bias, image_emb, positive=False)
     image, text = _prepare_towers(image_emb, text_emb, normalize=normalize,
                                   gather_distributed=gather_distributed,
                                   process_group=process_group)
-    scale = _scalar("logit_scale", logit_scale, image.rows, positive=False).exp()
     loss, valid = run_two_tower(
         "siglip", image.columns, text.columns, backend=backend, row_range=image.row_range,
-        scale=scale, bias=_scalar("bias", bias, image.rows, positive=False),
+        scale=scale, bias=bias_tensor,
     )
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=image)
 
