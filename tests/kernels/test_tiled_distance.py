@@ -109,17 +109,18 @@ def weights_for(z: torch.Tensor) -> torch.Tensor:
     return torch.randn(z.shape[0], dtype=z.dtype, generator=torch.Generator().manual_seed(3))
 
 
+@pytest.mark.parametrize("margin", [1.5, 0.0])
 @pytest.mark.parametrize(("case", "dtype"), cases_and_dtypes())
-def test_contrastive_matches_dense(case: str, dtype: torch.dtype) -> None:
+def test_contrastive_matches_dense(case: str, dtype: torch.dtype, margin: float) -> None:
     z, labels = make_case(case, dtype)
     w = weights_for(z)
     z_ref = z.double().requires_grad_()
-    expected = dense_contrastive(z_ref, labels, 1.5)
+    expected = dense_contrastive(z_ref, labels, margin)
     (expected_grad,) = torch.autograd.grad((expected * w.double()).sum(), z_ref)
     rtol, atol = TOL[dtype]
     for block_size in (4, 7, 64):
         z_k = z.clone().requires_grad_()
-        loss, valid = contrastive_tiled(z_k, labels, margin=1.5, block_size=block_size)
+        loss, valid = contrastive_tiled(z_k, labels, margin=margin, block_size=block_size)
         (grad,) = torch.autograd.grad((loss * w).sum(), z_k)
         assert valid.all()
         torch.testing.assert_close(loss.double(), expected.detach(), rtol=rtol, atol=atol)

@@ -138,7 +138,8 @@ def contrastive_tiled(
     Args:
         z: Prepared embeddings, shape ``(N, D)``, float32 or float64.
         labels: Class of each row, shape ``(N,)``, int64.
-        margin: :math:`m > 0`, the distance beyond which negatives cost nothing.
+        margin: :math:`m \ge 0`, the distance beyond which negatives cost nothing (0: they
+            never cost anything, the pull term alone).
         block_size: Edge ``b`` of the square distance tiles (the cost is symmetric, so
             each tile serves both its rows and its columns); ``None`` picks
             ``min(N, 1024)``.
@@ -156,7 +157,7 @@ def contrastive_tiled(
         tensor([0.0625, 0.0625, 0.0000], dtype=torch.float64)
     """
     edge = check_prepared(z, labels, block_size)
-    check_positive("margin", margin)
+    check_positive("margin", margin, allow_zero=True)
     if block_size is None:
         edge = max(1, min(z.shape[0], TILE_EDGE))
     loss, valid = _ContrastiveTiledFunction.apply(  # type: ignore[no-untyped-call]
