@@ -165,12 +165,14 @@ def triplet_per_anchor(
     if mining == "hard":
         hardest_positive = torch.where(valid, masked_max(d, positive), 0.0)
         hardest_negative = torch.where(valid, masked_min(d, negative), 0.0)
-        return (hardest_positive - hardest_negative + margin).clamp(min=0.0), valid, None
-    # t[i, p, n] = d_ip - d_in + m over valid (p, n) for anchor i.
+        return torch.relu(hardest_positive - hardest_negative + margin), valid, None
+    # t[i, p, n] = d_ip - d_in + m over valid (p, n) for anchor i. The hinge is relu, whose
+    # gradient is 0 at 0: a triplet exactly at the margin is satisfied (and not counted).
+    # Ties in the max / min share the gradient equally (amax / amin).
     triplet_valid = positive[:, :, None] & negative[:, None, :]
     raw = d[:, :, None] - d[:, None, :] + margin
     if mining == "all":
-        losses = torch.where(triplet_valid, raw.clamp(min=0.0), 0.0)
+        losses = torch.where(triplet_valid, torch.relu(raw), 0.0)
         counts = (triplet_valid & (raw > 0)).sum(dim=(1, 2))
         return losses.sum(dim=(1, 2)), valid, counts
     # semihard: per positive pair, the closest negative farther than the positive;
@@ -182,7 +184,7 @@ def triplet_per_anchor(
     farthest = masked_max(d, negative)[:, None].expand_as(closest_farther)
     chosen = torch.where(farther.any(dim=2), closest_farther, farthest)
     chosen = torch.where(positive & valid[:, None], chosen, 0.0)
-    pair_loss = torch.where(positive, (d - chosen + margin).clamp(min=0.0), 0.0)
+    pair_loss = torch.where(positive, torch.relu(d - chosen + margin), 0.0)
     num_positives = positive.sum(dim=1).clamp(min=1).to(z.dtype)
     return pair_loss.sum(dim=1) / num_positives, valid, None
 
