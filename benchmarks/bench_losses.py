@@ -38,6 +38,7 @@ OPTIONS: dict[str, dict[str, object]] = {
     "contrastive": {"margin": 1.0},
     "triplet_hard": {"margin": 0.2, "distance": "euclidean"},
     "triplet_all": {"margin": 0.2, "distance": "euclidean"},
+    "triplet_semihard": {"margin": 0.2, "distance": "euclidean"},
     "multi_similarity": {},
 }
 BACKENDS = ("dense", "compiled", "reference", "tiled", "triton", "pml")
@@ -82,6 +83,8 @@ def pml_loss(loss: str) -> PerAnchor | None:
 def per_anchor_fn(loss: str, backend: str) -> PerAnchor | None:
     """The function a backend row measures, or None when it is unavailable."""
     if backend in ("dense", "compiled"):
+        if loss not in DENSE:
+            return None
         dense = DENSE[loss]
         return torch.compile(dense) if backend == "compiled" else dense
     if backend == "pml":
@@ -112,7 +115,7 @@ def measure(
     }
     fn = per_anchor_fn(loss, backend)
     if fn is None:
-        record["note"] = "not installed"
+        record["note"] = "not installed" if backend == "pml" else "no such recipe"
         return record
     if backend in ("dense", "compiled", "pml") and (
         dense_bytes_estimate(loss, n, z.element_size()) > args.max_dense_bytes
