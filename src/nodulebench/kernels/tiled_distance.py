@@ -255,7 +255,7 @@ def triplet_hard_tiled(
     The forward pass saves, per anchor, the index of its farthest positive and of its
     closest negative; the backward pass differentiates only those two pairs. Where several
     positives (or negatives) tie for the extreme distance, the gradient is shared equally
-    among them, as :func:`torch.amax` shares it in the reference; the backward pass then
+    among them, as ``torch.amax`` shares it in the reference; the backward pass then
     recomputes the tiles of the blocks holding such anchors.
 
     Args:
