@@ -225,6 +225,20 @@ def test_gradcheck_float64(distance: str) -> None:
     )
 
 
+@pytest.mark.parametrize("column", [0, 1, 2])
+def test_triplet_all_nan_distance_gives_nan_like_the_enumeration(column: int) -> None:
+    # A NaN row as positive, negative or anchor: every anchor whose triplets it enters
+    # gets a NaN sum (the sort and the binary search must not drop it).
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=torch.float64)
+    z[column, 1] = float("nan")
+    labels = torch.tensor([0, 0, 1, 1])
+    expected, _ = loop_triplet_all(z, labels, 0.2, "euclidean")
+    total, _, valid = triplet_all_tiled(z, labels, margin=0.2, block_size=3)
+    assert valid.all()
+    assert torch.equal(torch.isnan(total), torch.isnan(expected))
+    assert torch.isnan(total).any()
+
+
 def test_single_row_is_invalid_and_zero() -> None:
     z = torch.randn(1, 3, dtype=torch.float64, requires_grad=True)
     labels = torch.zeros(1, dtype=torch.int64)

@@ -119,8 +119,12 @@ def pair_scale(case: dict[str, Any]) -> float:
 
 
 def normalize_gain(case: dict[str, Any]) -> float:
-    """How much L2 normalization scales a gradient on the way back: 1 / the smallest norm."""
-    if not case["options"].get("normalize", False):
+    """How much L2 normalization scales a gradient on the way back: 1 / the smallest norm.
+
+    The cosine distance normalizes the rows itself, whatever ``normalize`` says.
+    """
+    options = case["options"]
+    if not (options.get("normalize", False) or options.get("distance") == "cosine"):
         return 1.0
     norms = case["embeddings"].reshape(-1, case["embeddings"].shape[-1]).norm(dim=1)
     return 1.0 / min(1.0, float(norms.min()))

@@ -303,6 +303,9 @@ def _triplet_all_tile(
     pair_sum = k.to(d.dtype) * threshold - prefix.gather(1, k)
     k = k.masked_fill_(~pos, 0)
     total = torch.where(pos, pair_sum, torch.zeros_like(pair_sum)).sum(dim=1)
+    # The sort and the search drop a NaN distance silently; in the enumeration it makes
+    # every triplet it enters NaN, so it makes the anchor's sum NaN here too.
+    total = torch.where(torch.isnan(d).any(dim=1), torch.nan, total)
     return total, k.sum(dim=1), k
 
 
