@@ -169,17 +169,15 @@ def contrastive_tiled(
 # ---------------------------------------------------------------- batch-hard triplet
 
 
-def _hardest(
+def _tied_extremes(
     d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of a tile: farthest positive and closest negative, first index, tie count."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks of a tile's farthest positives and closest negatives, every tied one."""
     pos_d = d.masked_fill(~pos, float("-inf"))
     neg_d = d.masked_fill(~neg, float("inf"))
-    d_pos, first_pos = pos_d.max(dim=1)
-    d_neg, first_neg = neg_d.min(dim=1)
-    pos_ties = (pos_d == d_pos[:, None]).sum(dim=1)
-    neg_ties = (neg_d == d_neg[:, None]).sum(dim=1)
-    return d_pos, first_pos, pos_ties, d_neg, first_neg, neg_ties
+    at_pos = pos & (pos_d == pos_d.amax(dim=1, keepdim=True))
+    at_neg = neg & (neg_d == neg_d.amin(dim=1, keepdim=True))
+    return at_pos, at_neg
 
 
 class _TripletHardTiledFunction(torch.autograd.Function):
@@ -199,11 +197,16 @@ class _TripletHardTiledFunction(torch.autograd.Function):
             k0, k1 = r0 - a0, r1 - a0
             d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
             pos, neg = _masks(labels, r0, r1)
-            d_pos, hardest_pos[k0:k1], pos_ties, d_neg, hardest_neg[k0:k1], neg_ties = (
-                _hardest(d, pos, neg)
-            )
+            pos_d = d.masked_fill(~pos, float("-inf"))
+            d_pos, first_pos = pos_d.max(dim=1)
+            neg_d = d.masked_fill_(~neg, float("inf"))
+            d_neg, first_neg = neg_d.min(dim=1)
+            hardest_pos[k0:k1], hardest_neg[k0:k1] = first_pos, first_neg
             valid[k0:k1] = pos.any(dim=1) & neg.any(dim=1)
-            tied[k0:k1] = valid[k0:k1] & ((pos_ties > 1) | (neg_ties > 1))
+            # A tie: the extreme is still there once its first occurrence is removed.
+            second_pos = pos_d.scatter_(1, first_pos[:, None], float("-inf")).amax(dim=1)
+            second_neg = neg_d.scatter_(1, first_neg[:, None], float("inf")).amin(dim=1)
+            tied[k0:k1] = valid[k0:k1] & ((second_pos == d_pos) | (second_neg == d_neg))
             raw[k0:k1] = torch.where(valid[k0:k1], d_pos - d_neg + margin, 0.0)
         loss = torch.relu(raw)
         ctx.save_for_backward(z, labels, sq, hardest_pos, hardest_neg, tied, raw, valid)
@@ -234,12 +237,10 @@ class _TripletHardTiledFunction(torch.autograd.Function):
                 continue
             d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
             pos, neg = _masks(labels, r0, r1)
-            d_pos, _, pos_ties, d_neg, _, neg_ties = _hardest(d, pos, neg)
-            g_tied = torch.where(tied[r0 - a0 : r1 - a0], g[r0 - a0 : r1 - a0], 0.0)
-            at_pos = pos & (d == d_pos[:, None])
-            at_neg = neg & (d == d_neg[:, None])
-            weight = torch.where(at_pos, (g_tied / pos_ties)[:, None], 0.0)
-            weight -= torch.where(at_neg, (g_tied / neg_ties)[:, None], 0.0)
+            at_pos, at_neg = _tied_extremes(d, pos, neg)
+            g_tied = torch.where(tied[r0 - a0 : r1 - a0], g[r0 - a0 : r1 - a0], 0.0)[:, None]
+            weight = torch.where(at_pos, g_tied / at_pos.sum(dim=1, keepdim=True), 0.0)
+            weight -= torch.where(at_neg, g_tied / at_neg.sum(dim=1, keepdim=True), 0.0)
             scatter_distance_grad(weight, d, z, slice(r0, r1), slice(None), distance, grad_z)
         return grad_z, None, None, None, None, None
 
