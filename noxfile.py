@@ -45,6 +45,14 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session(venv_params=VENV, default=False)
+def fuzz(session: nox.Session) -> None:
+    """Run the loss fuzz harness with its large Hypothesis profile (arguments go to pytest)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/losses/test_fuzz.py", *session.posargs,
+                env={"NODULEBENCH_FUZZ_PROFILE": "fuzz-deep"})
+
+
+@nox.session(venv_params=VENV, default=False)
 def bench(session: nox.Session) -> None:
     """Run the speed and memory benchmarks (arguments go to each script)."""
     session.install("-e", ".[study]")
