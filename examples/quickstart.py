@@ -15,24 +15,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# [imports]
 import matplotlib
+import torch
+from torch import nn
+from torch.nn import functional as F
 
-matplotlib.use("Agg")  # a headless backend, chosen by the script (the library never does)
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+from nodulebench import NoduleSpec, SupConLoss, SyntheticNodules
+from nodulebench.plotting import plot_probe_heatmap, plot_sample_grid, plot_sensitivity_bars
+from nodulebench.probing import extract_features, intervention_sensitivity, probe_factors
 
-from nodulebench import NoduleSpec, SupConLoss, SyntheticNodules  # noqa: E402
-from nodulebench.plotting import (  # noqa: E402
-    plot_probe_heatmap,
-    plot_sample_grid,
-    plot_sensitivity_bars,
-)
-from nodulebench.probing import (  # noqa: E402
-    extract_features,
-    intervention_sensitivity,
-    probe_factors,
-)
+# [/imports]
 
 SIZES = {  # full: what the docs show; tiny: what the tests run
     "full": {"n_train": 4096, "n_test": 1000, "epochs": 8, "interventions": 256},
@@ -59,8 +52,11 @@ def main() -> None:
     args = parse_args()
     size = SIZES["tiny" if args.tiny else "full"]
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)  # the script's weights; the library never touches this RNG
-    generator = torch.Generator().manual_seed(0)
+    # [setup]
+    matplotlib.use("Agg")  # figures to files; nodulebench never changes the backend itself
+    torch.manual_seed(0)  # the model's initial weights; nodulebench never touches this RNG
+    generator = torch.Generator().manual_seed(0)  # batches and augmentation
+    # [/setup]
 
     # [data]
     spec = NoduleSpec().with_shortcut("diameter_mm", 0.9)

@@ -117,8 +117,9 @@ def main() -> None:
     for k, loss_name in enumerate(results):
         ax_acc.bar([i - 0.2 + 0.4 * k for i in range(len(names))],
                    [results[loss_name][name] for name in names], width=0.4, label=loss_name)
-    ax_acc.set_xticks(range(len(names)), names)
-    ax_acc.set(ylabel="accuracy", ylim=(0, 1))
+    ax_acc.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax_acc.set(ylabel="test accuracy", ylim=(0, 1))
+    ax_acc.legend(frameon=False, loc="lower left", fontsize=8)
     ax_acc.axhline(0.5, color="grey", lw=0.8, ls="--")
     figure.savefig(args.out / "supcon_vs_ce.png", dpi=90)
 

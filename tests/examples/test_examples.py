@@ -155,3 +155,26 @@ def test_custom_study_toml_round_trips() -> None:
     assert module.tomllib.loads(module.to_toml(preset)) == preset
     with pytest.raises(TypeError, match="cannot write NoneType"):
         module.toml_value(None)
+
+
+def test_quickstart_page_shows_only_code_from_the_tested_script() -> None:
+    page = (ROOT / "docs" / "quickstart.rst").read_text()
+    script = (EXAMPLES / "quickstart.py").read_text()
+    assert ".. code-block:: python" not in page and ".. code:: python" not in page
+    includes = re.findall(r"\.\. literalinclude:: (\S+)\n((?:   :.*\n)+)", page)
+    shown = [options for path, options in includes if path == "../examples/quickstart.py"]
+    assert len(shown) >= 5
+    for options in shown:
+        start = re.search(r":start-after: (.*)", options)
+        end = re.search(r":end-before: (.*)", options)
+        assert start and end
+        assert script.count(start.group(1).strip()) == 1
+        assert script.count(end.group(1).strip()) == 1
+
+
+def test_examples_page_shows_every_script_and_its_figures() -> None:
+    page = (ROOT / "docs" / "examples.rst").read_text()
+    for name in set(SCRIPTS) - {"quickstart"}:
+        assert f".. literalinclude:: ../examples/{name}.py" in page, name
+    for image in re.findall(r"\.\. image:: (\S+)", page):
+        assert (ROOT / "docs" / image).is_file(), image
