@@ -2,7 +2,9 @@
 
 Every session's virtualenv sees the interpreter's site-packages, so the PyTorch build
 you installed once (CPU or CUDA) is reused instead of being downloaded again: install
-it first, e.g. ``python -m pip install torch``, then run ``nox``.
+it first, e.g. ``python -m pip install torch``, then run ``nox``. The exception is
+``tests_oldest``: it installs the oldest PyTorch that ``pyproject.toml`` accepts (a CPU
+build) into a virtualenv of its own.
 """
 
 from __future__ import annotations
