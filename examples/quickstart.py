@@ -27,10 +27,12 @@ from nodulebench.probing import extract_features, intervention_sensitivity, prob
 
 # [/imports]
 
+# [sizes]
 SIZES = {  # full: what the docs show; tiny: what the tests run
     "full": {"n_train": 4096, "n_test": 1000, "epochs": 8, "interventions": 256},
     "tiny": {"n_train": 128, "n_test": 64, "epochs": 1, "interventions": 16},
 }
+# [/sizes]
 
 
 def parse_args() -> argparse.Namespace:
