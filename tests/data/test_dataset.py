@@ -114,10 +114,12 @@ def test_global_rng_is_never_touched() -> None:
 def test_masks_contract(ds: SyntheticNodules) -> None:
     images, masks = ds.render([0, 1, 2, 3], return_masks=True)
     assert images.shape == (4, 1, 32, 32)
-    assert set(masks) == {"nodule", "spicules", "calcification"}
+    assert set(masks) == {"nodule", "body", "spicules", "calcification", "vessels"}
     for m in masks.values():
         assert m.shape == (4, 1, 32, 32) and m.dtype == torch.bool
     assert bool((masks["spicules"] <= masks["nodule"]).all())
+    assert torch.equal(masks["body"] | masks["spicules"], masks["nodule"])
+    assert not bool((masks["body"] & masks["spicules"]).any())
     assert bool((masks["calcification"] <= masks["nodule"]).all())
     assert bool(masks["nodule"].flatten(1).any(1).all())
 
@@ -221,10 +223,10 @@ def test_golden_images() -> None:
                                atol=0.05)
 
 
-GOLDEN_TABLE = "b3cc2956aab98fb2"
+GOLDEN_TABLE = "0a24566b2272506d"
 GOLDEN_LABELS = "6caa3de1a74ae105"
-GOLDEN_MEANS = [-834.993, -603.591, -740.4]
-GOLDEN_CENTRES = [-356.655, 95.922, -12.814]
+GOLDEN_MEANS = [-814.489, -801.731, -779.964]
+GOLDEN_CENTRES = [-339.98, -295.948, 38.463]
 
 
 def test_materialize_and_reload(tmp_path) -> None:

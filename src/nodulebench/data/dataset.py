@@ -204,6 +204,7 @@ class SyntheticNodules(Dataset[Any]):
         device: torch.device | str | None = None,
         return_masks: bool = False,
         overrides: Mapping[str, Override] | None = None,
+        return_factors: bool = False,
     ) -> Any:
         """Render a batch of samples at once (the fast path).
 
@@ -217,39 +218,54 @@ class SyntheticNodules(Dataset[Any]):
                 overridden one (``attenuation_hu`` on ``texture``) are re-derived from their
                 own exogenous noise. Labels are not re-derived: use
                 ``ds.spec.rule_labels(factors)`` for counterfactual labels.
+            return_factors: also return the factor values actually rendered (after the
+                overrides and what they re-derived), on CPU.
 
         Returns:
-            ``(N, 1, H, W)`` float32 images (``[0, 1]`` or HU, see ``output``), or
-            ``(images, masks)`` with ``masks`` a dict with keys ``"nodule"``,
-            ``"spicules"``, ``"calcification"`` of ``(N, 1, H, W)`` bool tensors.
+            ``(N, 1, H, W)`` float32 images (``[0, 1]`` or HU, see ``output``); with
+            ``return_masks`` also a dict with keys ``"nodule"`` (body and spicules),
+            ``"body"``, ``"spicules"``, ``"calcification"``, ``"vessels"`` of
+            ``(N, 1, H, W)`` bool tensors; with ``return_factors`` also the factor dict of
+            ``(N,)`` tensors; in that order, as a tuple.
         """
         idx = self._indices(indices)
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        if self._cached is not None and not overrides and not return_masks:
-            return torch.from_numpy(self._cached[idx.numpy()]).to(dev)
         batch = {name: v[idx] for name, v in self._factors.items()}
         if overrides:
             changed = self._override_values(overrides, idx.numel())
             batch.update(changed)
             derive_children(self.spec, self.seed, idx, batch, set(changed))
-        batch = {name: v.to(dev) for name, v in batch.items()}
-        images, masks = render_hu(batch, self.seed, idx, self.image_size,
+        if self._cached is not None and not overrides and not return_masks:
+            images = torch.from_numpy(self._cached[idx.numpy()]).to(dev)
+            return (images, batch) if return_factors else images
+        on_device = {name: v.to(dev) for name, v in batch.items()}
+        images, masks = render_hu(on_device, self.seed, idx, self.image_size,
                                   with_masks=return_masks,
                                   window_hu=LUNG_WINDOW_HU if self.output == "window" else None)
-        if return_masks:
-            assert masks is not None  # with_masks=True always returns them
-            return images, {k: masks[k] for k in MASK_NAMES}
-        return images
+        out: tuple[Any, ...] = (images,)
+        if return_masks and masks is not None:
+            out += ({k: masks[k] for k in MASK_NAMES},)
+        if return_factors:
+            out += (batch,)
+        return out if len(out) > 1 else images
 
-    def intervene(self, i: int, **changes: Override) -> torch.Tensor:
+    def intervene(self, i: int, *, return_factors: bool = False, **changes: Override) -> Any:
         """Sample ``i`` re-rendered with only the named factors changed: ``(1, H, W)``.
+
+        With ``return_factors=True``, ``(image, factors)``: the factor values rendered, as
+        0-d tensors, including those the change re-derived (``attenuation_hu`` follows
+        ``texture``; ``kernel``, ``noise_hu`` and ``pixel_spacing_mm`` follow ``site``).
 
         Example:
             >>> ds = SyntheticNodules(n=4)
-            >>> ds.intervene(0, spiculation=1.0, calcification="central").shape
-            torch.Size([1, 64, 64])
+            >>> image, used = ds.intervene(0, texture="ground-glass", return_factors=True)
+            >>> image.shape, -750 <= float(used["attenuation_hu"]) <= -450
+            (torch.Size([1, 64, 64]), True)
         """
-        return self.render([self._index(i)], overrides=changes)[0]  # type: ignore[no-any-return]
+        images, factors = self.render([self._index(i)], overrides=changes, return_factors=True)
+        if return_factors:
+            return images[0], {name: v[0] for name, v in factors.items()}
+        return images[0]
 
     def traverse(self, i: int, factor: str,
                  values: Sequence[float] | Sequence[str] | torch.Tensor) -> torch.Tensor:

@@ -10,17 +10,17 @@ the same ``u``. No global RNG is read or written.
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 
 from . import rng
-from .distributions import ByCategory, Categorical, Distribution, Fixed, Split
+from .distributions import ByCategory, Distribution, Split, draw
 from .factors import FACTORS
 from .spec import NoduleSpec
 
 __all__ = ["derive_children", "exogenous_uniforms", "sample_factors"]
 
-_FACTOR_STREAM = 1000
 _LABEL_STREAM = 2000
 _NOISE_STREAM = 2001
 _SHORTCUT_STREAM = 3000
@@ -31,21 +31,17 @@ def _round_half_up(x: float) -> int:
 
 
 def exogenous_uniforms(seed: int, indices: torch.Tensor, factor: str) -> torch.Tensor:
-    """``(N,)`` float64 exogenous uniforms of ``factor`` for the given sample indices."""
-    stream = _FACTOR_STREAM + list(FACTORS).index(factor)
+    """``(N,)`` float64 exogenous uniforms of ``factor`` for the given sample indices.
+
+    The stream is keyed by the factor's name, so adding a factor changes no other one.
+    """
+    stream = zlib.crc32(factor.encode())
     return rng.uniform(rng.key_words(seed, indices, stream), 1, torch.float64)[:, 0]
 
 
 def _draw(dist: Distribution, factor: str, u: torch.Tensor,
           values: dict[str, torch.Tensor]) -> torch.Tensor:
-    info = FACTORS[factor]
-    if isinstance(dist, Categorical):
-        return dist.sample_codes(info, u)
-    if isinstance(dist, Fixed):
-        if info.is_categorical:
-            return torch.full_like(u, info.categories.index(str(dist.value)), dtype=torch.int64)
-        return torch.full_like(u, float(dist.value))
-    return dist.sample(u, values)
+    return draw(dist, FACTORS[factor], u, values)
 
 
 def _draw_sided(dist: Distribution, split: Split, u: torch.Tensor,
@@ -140,6 +136,6 @@ def derive_children(spec: NoduleSpec, seed: int, indices: torch.Tensor,
         if (isinstance(dist, ByCategory) and name not in changed
                 and (dist.parent in changed or dist.parent in redrawn)):
             u = exogenous_uniforms(seed, indices.cpu(), name).to(factors[dist.parent].device)
-            factors[name] = dist.sample(u, factors).to(factors[name].dtype)
+            factors[name] = dist.sample(u, factors, FACTORS[name]).to(factors[name].dtype)
             redrawn.add(name)
     return redrawn

@@ -19,7 +19,7 @@ import torch
 
 from .._validation import check_in_range
 from .distributions import ByCategory, Categorical, Distribution, Fixed, Split, Uniform
-from .factors import FACTORS, get_factor
+from .factors import FACTORS, SITES, get_factor
 from .labels import AnyLabelRule, LabelFunction, LabelRule, LinearLabelRule, rule_inputs
 
 __all__ = [
@@ -47,16 +47,22 @@ DEFAULT_MARGINALS: Mapping[str, Distribution] = MappingProxyType({
         "part-solid": Uniform(-650.0, -400.0),
         "ground-glass": Uniform(-750.0, -450.0),
     }),
-    "calcification": Categorical({"absent": 0.8, "central": 0.05, "laminated": 0.05,
-                                  "popcorn": 0.05, "diffuse": 0.05}),
+    "calcification": Categorical({"absent": 0.76, "central": 0.04, "laminated": 0.04,
+                                  "popcorn": 0.04, "diffuse": 0.04, "eccentric": 0.04,
+                                  "stippled": 0.04}),
+    "calcification_hu": Uniform(200.0, 900.0),
     "offset_x_mm": Uniform(-3.0, 3.0),
     "offset_y_mm": Uniform(-3.0, 3.0),
     "background_hu": Uniform(-890.0, -840.0),
     "background_texture_hu": Uniform(10.0, 40.0),
     "vessels": Categorical({"none": 0.3, "few": 0.4, "many": 0.3}),
-    "noise_hu": Uniform(10.0, 30.0),
-    "blur_mm": Uniform(0.3, 0.6),
-    "pixel_spacing_mm": Uniform(0.6, 0.8),
+    # the scanner bundles kernel, dose (noise) and spacing: a shortcut on "site" moves all
+    "site": Categorical({name: 1.0 for name in SITES}),
+    "kernel": ByCategory("site", {name: Fixed(s.kernel) for name, s in SITES.items()}),
+    "noise_hu": ByCategory("site", {name: Uniform(*s.noise_hu) for name, s in SITES.items()}),
+    "blur_mm": Uniform(0.2, 0.5),
+    "pixel_spacing_mm": ByCategory("site", {name: Uniform(*s.pixel_spacing_mm)
+                                            for name, s in SITES.items()}),
 })
 
 #: Acquisition marginals of the default covariate shift (noisier, blurrier, coarser).
