@@ -249,3 +249,20 @@ def test_materialize_and_reload(tmp_path) -> None:
     # a cache holds plain .npy arrays: no pickle needed to read them
     import numpy as np
     assert np.load(tmp_path / "c" / "labels.npy", allow_pickle=False).shape == (10,)
+
+
+def test_render_and_intervene_return_the_factors_used() -> None:
+    ds = SyntheticNodules(NoduleSpec(), n=8, seed=4, image_size=32)
+    images, used = ds.render([1, 5], return_factors=True)
+    for name, v in ds.factors.items():
+        assert torch.equal(used[name], v[[1, 5]])
+    # overriding texture re-derives attenuation from its own exogenous noise: reported
+    _, masks, used = ds.render([1, 5], return_masks=True, return_factors=True,
+                               overrides={"texture": "ground-glass"})
+    assert set(masks) >= {"nodule", "vessels"}
+    assert used["texture"].tolist() == [2, 2]
+    assert bool(((used["attenuation_hu"] >= -750) & (used["attenuation_hu"] <= -450)).all())
+    image, one = ds.intervene(5, site="scanner_c", return_factors=True)
+    assert image.shape == (1, 32, 32) and int(one["site"]) == 2
+    assert 28.0 <= float(one["noise_hu"]) <= 40.0 and 0.74 <= float(one["pixel_spacing_mm"])
+    torch.testing.assert_close(image, ds.intervene(5, site="scanner_c"), rtol=0, atol=0)

@@ -11,6 +11,7 @@ from .spec import (
     TEST_DISTRIBUTIONS,
     LabelFunction,
     LinearLabelRule,
+    LogisticLabelRule,
     NoduleSpec,
     Shortcut,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Fixed",
     "LabelFunction",
     "LinearLabelRule",
+    "LogisticLabelRule",
     "Measurements",
     "NoduleSpec",
     "Shortcut",

@@ -19,11 +19,12 @@ from .distributions import ByCategory, Distribution, Split, draw
 from .factors import FACTORS
 from .spec import NoduleSpec
 
-__all__ = ["derive_children", "exogenous_uniforms", "sample_factors"]
+__all__ = ["derive_children", "exogenous_uniforms", "label_coins", "sample_factors"]
 
 _LABEL_STREAM = 2000
 _NOISE_STREAM = 2001
 _SHORTCUT_STREAM = 3000
+_COIN_STREAM = 2002
 
 
 def _round_half_up(x: float) -> int:
@@ -37,6 +38,11 @@ def exogenous_uniforms(seed: int, indices: torch.Tensor, factor: str) -> torch.T
     """
     stream = zlib.crc32(factor.encode())
     return rng.uniform(rng.key_words(seed, indices, stream), 1, torch.float64)[:, 0]
+
+
+def label_coins(seed: int, indices: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` float64 label coins of a probabilistic label rule (exogenous uniforms)."""
+    return rng.uniform(rng.key_words(seed, indices, _COIN_STREAM), 1, torch.float64)[:, 0]
 
 
 def _draw(dist: Distribution, factor: str, u: torch.Tensor,
@@ -98,7 +104,7 @@ def sample_factors(spec: NoduleSpec, n: int, seed: int) -> tuple[dict[str, torch
         if name not in values and name not in deferred:
             values[name] = _draw(spec.marginals[name], name, u[name], values)
     if labels is None:
-        labels = spec.rule_labels(values)
+        labels = spec.rule_labels(values, label_coins(seed, idx))
     if spec.label_noise > 0:
         flip = _allocate(seed, idx, _round_half_up(n * spec.label_noise), _NOISE_STREAM)
         labels = torch.where(flip, 1 - labels, labels)

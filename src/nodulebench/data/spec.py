@@ -20,7 +20,15 @@ import torch
 from .._validation import check_in_range
 from .distributions import ByCategory, Categorical, Distribution, Fixed, Split, Uniform
 from .factors import FACTORS, SITES, get_factor
-from .labels import AnyLabelRule, LabelFunction, LabelRule, LinearLabelRule, rule_inputs
+from .labels import (
+    AnyLabelRule,
+    LabelFunction,
+    LabelRule,
+    LinearLabelRule,
+    LogisticLabelRule,
+    callable_digest,
+    rule_inputs,
+)
 
 __all__ = [
     "COVARIATE_SHIFT",
@@ -29,6 +37,7 @@ __all__ = [
     "LabelFunction",
     "LabelRule",
     "LinearLabelRule",
+    "LogisticLabelRule",
     "NoduleSpec",
     "Shortcut",
 ]
@@ -163,9 +172,9 @@ class NoduleSpec:
 
     def _validate_label(self) -> None:
         rule = self.label_rule
-        if not isinstance(rule, (Split, LinearLabelRule, LabelFunction)):
-            raise TypeError(f"label_rule must be a Split, LinearLabelRule or LabelFunction; "
-                            f"got {type(rule).__name__}")
+        if not isinstance(rule, (Split, LinearLabelRule, LogisticLabelRule, LabelFunction)):
+            raise TypeError(f"label_rule must be a Split, LinearLabelRule, LogisticLabelRule "
+                            f"or LabelFunction; got {type(rule).__name__}")
         rule.validate("label_rule")
         check_in_range("label_noise", self.label_noise, 0.0, 0.5)
         if self.malignant_fraction is not None:
@@ -243,14 +252,20 @@ class NoduleSpec:
         """Factors correlated with the label on purpose."""
         return tuple(sc.split.factor for sc in self.shortcuts)
 
-    def rule_labels(self, factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def rule_labels(self, factors: Mapping[str, torch.Tensor],
+                    coin: torch.Tensor | None = None) -> torch.Tensor:
         """Labels the rule gives to ``factors`` (no label noise): ``(N,)`` int64.
 
         Use it for counterfactual labels after an intervention, e.g. on ``spiculation``.
+        A :class:`~nodulebench.data.LogisticLabelRule` also needs the samples' label coins,
+        ``nodulebench.data.sampling.label_coins(seed, indices)`` (the same coins as at
+        sampling: a counterfactual keeps the exogenous noise).
         """
         rule = self.label_rule
         if isinstance(rule, Split):
             return rule.malignant_side(factors[rule.factor]).long()
+        if isinstance(rule, LogisticLabelRule):
+            return rule(factors, coin)
         return rule(factors)
 
     def describe(self) -> str:
@@ -271,7 +286,7 @@ class NoduleSpec:
     def fingerprint(self) -> str:
         """SHA-256 of everything that decides the samples (not the display ``name``)."""
         rule = self.label_rule
-        rule_text = (f"LabelFunction({rule.name}, {rule.inputs})"
+        rule_text = (f"LabelFunction({rule.name}, {rule.inputs}, {callable_digest(rule.fn)})"
                      if isinstance(rule, LabelFunction) else repr(rule))
         text = repr((tuple(self.marginals.items()), rule_text, self.shortcuts,
                      self.malignant_fraction, self.label_noise))
@@ -360,15 +375,17 @@ class NoduleSpec:
 
         The group is ``label`` with the side of ``factor``'s split that *disagrees* with it
         under a positive strength (the side that agrees under a negative one): absent from
-        training when ``|strength| = 1``, the only group at test.
+        training when ``|strength| = 1``, the only group at test. A rule that cannot fix the
+        label (anything but a :class:`~nodulebench.data.Split`) keeps both classes, each
+        entirely in its rarest group (``label`` is then not used).
 
         Args:
             factor: a shortcut factor of this spec (default: the first shortcut).
             label: ``1`` (malignant) or ``0`` (benign).
 
         Raises:
-            ValueError: no shortcut, ``factor`` not a shortcut, ``label`` not 0/1, a label
-                rule that cannot be conditioned (not a Split), or an empty group.
+            ValueError: no shortcut, ``factor`` not a shortcut, ``label`` not 0/1, or an
+                empty group.
         """
         if label not in (0, 1) or isinstance(label, bool):
             raise ValueError(f"label must be 0 or 1; got {label!r}")
@@ -380,16 +397,14 @@ class NoduleSpec:
         if factor not in names:
             raise ValueError(f"factor must be one of the shortcut factors {names}; "
                              f"got {factor!r}")
-        if not isinstance(self.label_rule, Split):
-            raise ValueError("heldout needs a Split label rule to fix the label; got "
-                             f"{self.label_rule.describe()}")
         shortcuts = []
         for sc in self.shortcuts:
             if sc.split.factor == factor:
                 sc = Shortcut(sc.split, -1.0 if sc.strength >= 0 else 1.0)
             shortcuts.append(sc)
+        fraction = float(label) if isinstance(self.label_rule, Split) else None
         return self.replace(name="heldout", shortcuts=tuple(shortcuts),
-                            malignant_fraction=float(label), label_noise=0.0)
+                            malignant_fraction=fraction, label_noise=0.0)
 
     def covariate_shift(self, **marginals: Distribution) -> NoduleSpec:
         """Acquisition changed: noise, blur and pixel spacing (defaults: ``COVARIATE_SHIFT``)."""
@@ -403,7 +418,7 @@ class NoduleSpec:
         """
         out = {"iid": self.iid(), "decorrelated": self.decorrelated(),
                "reversed": self.reversed()}
-        if self.shortcuts and isinstance(self.label_rule, Split):
+        if self.shortcuts:
             out["heldout"] = self.heldout()
         out["covariate"] = self.covariate_shift()
         return out
