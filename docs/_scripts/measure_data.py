@@ -26,7 +26,7 @@ from nodulebench.data.render import render_hu
 
 QUIET = {"background_texture_hu": Fixed(0.0), "vessels": Fixed("none"), "blur_mm": Fixed(0.0),
          "noise_hu": Fixed(0.0), "calcification": Fixed("absent"), "texture": Fixed("solid"),
-         "attenuation_hu": Fixed(40.0)}
+         "attenuation_hu": Fixed(40.0), "location": Fixed("isolated"), "fissure": Fixed("absent")}
 
 
 def spicule_areas() -> None:

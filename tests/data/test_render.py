@@ -11,7 +11,7 @@ from nodulebench.data.render import render_hu, window
 from nodulebench.data.sampling import sample_factors
 
 QUIET = {"background_texture_hu": Fixed(0.0), "vessels": Fixed("none"), "blur_mm": Fixed(0.0),
-         "noise_hu": Fixed(0.0)}
+         "noise_hu": Fixed(0.0), "location": Fixed("isolated"), "fissure": Fixed("absent")}
 
 
 def test_noise_std_is_noise_hu() -> None:

@@ -12,7 +12,9 @@ from types import MappingProxyType
 from typing import Literal
 
 __all__ = [
+    "CHEST_WALL_HU",
     "FACTORS",
+    "FISSURE_HU",
     "KERNELS",
     "LUNG_WINDOW_HU",
     "REFERENCE_PATCH_PIXELS",
@@ -30,6 +32,10 @@ __all__ = [
 LUNG_WINDOW_HU: tuple[float, float] = (-1000.0, 400.0)
 #: Attenuation of the solid core of a part-solid nodule (soft tissue).
 SOLID_CORE_HU: float = 40.0
+#: Attenuation of the chest wall beyond the pleura (muscle) and of a fissure's tissue.
+CHEST_WALL_HU: float = 40.0
+#: Attenuation of the thin fissure (partial volume makes it read far lower).
+FISSURE_HU: float = 0.0
 #: Number of vessels drawn for each category of the ``vessels`` factor.
 VESSEL_COUNTS: tuple[int, ...] = (0, 2, 5)
 #: A patch spans this many acquisition pixels whatever the output ``image_size``, so its
@@ -173,6 +179,11 @@ _TABLE = (
                 "Standard deviation of the smooth parenchymal texture."),
     _categorical("vessels", ("none", "few", "many"),
                  "Number of vessel segments in the patch (0, 2 or 5).", "", ("many",)),
+    _categorical("location", ("isolated", "juxta-vascular", "juxta-pleural"),
+                 "Context: alone in the parenchyma, touching a vessel, or touching the "
+                 "pleura with the chest wall beyond.", "", ("juxta-pleural",)),
+    _categorical("fissure", ("absent", "present"),
+                 "A thin interlobar fissure crossing the patch.", "", ("present",)),
     _categorical("site", tuple(SITES),
                  "Scanner; by default it sets the kernel, noise (dose) and spacing ranges.",
                  "", ("scanner_c", "scanner_d")),

@@ -60,6 +60,8 @@ SHAPE_SLOTS: tuple[tuple[str, int], ...] = (
     ("calcification", 3 * CALCIFICATION_BLOBS),
     ("solid_core", 3),
     ("vessels", 6 * MAX_VESSELS),
+    ("pleura", 2),
+    ("fissure", 2),
 )
 _OFFSETS: dict[str, tuple[int, int]] = {}
 _start = 0

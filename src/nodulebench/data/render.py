@@ -32,7 +32,9 @@ import torch
 
 from . import geometry, rng
 from .factors import (
+    CHEST_WALL_HU,
     FACTORS,
+    FISSURE_HU,
     KERNELS,
     LUNG_WINDOW_HU,
     REFERENCE_PATCH_PIXELS,
@@ -44,7 +46,8 @@ from .geometry import ANGLES, CALCIFICATION_BLOBS, shape_slice
 __all__ = ["MASK_NAMES", "render_hu", "window"]
 
 #: Keys of the ground-truth mask dict.
-MASK_NAMES: tuple[str, ...] = ("nodule", "body", "spicules", "calcification", "vessels")
+MASK_NAMES: tuple[str, ...] = ("nodule", "body", "spicules", "calcification", "vessels",
+                                "pleura")
 
 _MAX_VESSELS = max(VESSEL_COUNTS)
 _TEXTURE_GRID = 16  # coarse grid of the parenchymal texture across the patch
@@ -261,10 +264,15 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     # --- background, on a half-resolution grid: parenchyma + smooth texture + vessels
     noise_key = rng.key_words(seed, idx, _NOISE_STREAM)
     g = _TEXTURE_GRID
-    half_bins = s * (s // 2 + 1)
+    # the acquisition works on a replicate-padded grid: a chest wall at one border must not
+    # wrap round to the other through the FFT's periodic blur
+    pad = max(2, s // 8)
+    sp = s + 2 * pad
+    half_bins = sp * (sp // 2 + 1)
     white = rng.centered_halves(noise_key, (g * g + 2 * half_bins + 1) // 2, dt)
     background, vessel_alpha = _background(factors, shape_u, white[:, :g * g], pixel_mm, s,
-                                           with_masks)
+                                           with_masks, body_k)
+    wall_alpha = _context(factors, shape_u, background, dx, dy, body_k, pixel_mm)
 
     # --- nodule: a fill fraction f of dense tissue D, so ground glass adds to what is behind
     att = f32("attenuation_hu")[:, None, None]
@@ -301,18 +309,20 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     psf_px = torch.tensor([k.psf_pixels for k in KERNELS.values()], device=dev, dtype=dt)
     sigma_mm = torch.sqrt(f32("blur_mm") ** 2
                           + (psf_px[kernel] * f32("pixel_spacing_mm")) ** 2)
-    fy = torch.fft.fftfreq(s, device=dev, dtype=dt)[:, None]
-    fx = torch.fft.rfftfreq(s, device=dev, dtype=dt)[None, :]
+    fy = torch.fft.fftfreq(sp, device=dev, dtype=dt)[:, None]
+    fx = torch.fft.rfftfreq(sp, device=dev, dtype=dt)[None, :]
     freq2_px = fy ** 2 + fx ** 2  # (cycles / output pixel)^2
-    spectrum = torch.fft.rfft2(hu, norm="ortho")
+    padded = torch.nn.functional.pad(hu[:, None], (pad, pad, pad, pad), mode="replicate")
+    spectrum = torch.fft.rfft2(padded[:, 0], norm="ortho")
     blur_px = sigma_mm / pixel_mm
     spectrum *= torch.exp(freq2_px[None] * (-2 * math.pi ** 2 * blur_px ** 2)[:, None, None])
     # centred uniforms times sqrt(6): variance 1/2 per part, unit complex variance
-    amp = _noise_amplitude(s, str(dev))[kernel] * (
+    amp = _noise_amplitude(sp, s, str(dev))[kernel] * (
         math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
-    w = torch.view_as_complex(white[:, g * g:g * g + 2 * half_bins].reshape(n, s, s // 2 + 1, 2))
+    w = torch.view_as_complex(white[:, g * g:g * g + 2 * half_bins].reshape(n, sp, sp // 2 + 1,
+                                                                            2))
     spectrum += w * amp
-    torch.fft.irfft2(spectrum, s=(s, s), norm="ortho", out=out)
+    out.copy_(torch.fft.irfft2(spectrum, s=(sp, sp), norm="ortho")[:, pad:pad + s, pad:pad + s])
 
     masks = None
     if with_masks:
@@ -321,25 +331,70 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         calc = torch.zeros_like(body)
         if calc_sdf is not None:
             calc[calcified] = body[calcified] & (calc_sdf > 0)
-        vessels = (vessel_alpha > 0.5 if vessel_alpha is not None
+        # thin vessels cover a pixel partly: mark the pixels they pass through
+        vessels = (vessel_alpha > 0.25 if vessel_alpha is not None
                    else torch.zeros_like(body))
         masks = {"nodule": body | spicules, "body": body, "spicules": spicules,
-                 "calcification": calc, "vessels": vessels}
+                 "calcification": calc, "vessels": vessels, "pleura": wall_alpha > 0.5}
     return masks
 
 
-@functools.lru_cache(maxsize=32)
-def _noise_amplitude(s: int, device: str) -> torch.Tensor:
-    """``(kernels, S, S // 2 + 1)`` amplitude of unit-std CT-like noise, half spectrum.
+def _context(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor, hu: torch.Tensor,
+             dx: torch.Tensor, dy: torch.Tensor, body_k: torch.Tensor, pixel_mm: torch.Tensor
+             ) -> torch.Tensor:
+    """Draw the fissure and the chest wall into ``hu`` in place; return the wall's coverage.
 
-    The noise power spectrum of each kernel is ``f exp(-(f / f0)^2)`` with ``f0`` in cycles
-    per *acquisition* pixel (:data:`~nodulebench.data.factors.KERNELS`), so the grain
-    follows the acquisition spacing whatever the output size. Normalised on the full
-    frequency grid so that the image-domain standard deviation is 1 (``norm="ortho"``).
+    The pleura of a juxta-pleural nodule is an arc of a 100 mm circle (the thorax) touching
+    the body on a random side; the chest wall beyond it is muscle. A fissure is a 0.4 mm
+    line across the patch, partial-volume averaged like a spicule.
     """
-    full = torch.fft.fftfreq(s, dtype=torch.float64)
+    s = hu.shape[-1]
+    p = pixel_mm[:, None, None]
+    wall = torch.zeros_like(hu)
+    fis = torch.nonzero(factors["fissure"] == 1).flatten()
+    if fis.numel():
+        u = shape_slice(shape_u[fis], "fissure")
+        angle = math.pi * u[:, 0]
+        fov = pixel_mm[fis] * s
+        offset = (u[:, 1] - 0.5) * 0.8 * fov
+        x = dx[fis] + factors["offset_x_mm"][fis].to(hu.dtype)[:, None, None]
+        y = dy[fis] + factors["offset_y_mm"][fis].to(hu.dtype)[:, None, None]
+        d = (x * torch.cos(angle)[:, None, None] + y * torch.sin(angle)[:, None, None]
+             - offset[:, None, None])
+        half, pf = 0.2, p[fis]
+        cover = (torch.minimum(d + half, 0.5 * pf) - torch.maximum(d - half, -0.5 * pf))
+        cover = cover.clamp_(min=0.0) / pf
+        hu[fis] += cover * (FISSURE_HU - hu[fis])
+    pleural = torch.nonzero(factors["location"] == 2).flatten()
+    if pleural.numel():
+        u = shape_slice(shape_u[pleural], "pleura")
+        phi = 2 * math.pi * u[:, 0]
+        bins = (u[:, 0] * ANGLES).long().clamp_(0, ANGLES - 1)
+        touch = torch.gather(body_k[pleural], 1, bins[:, None])[:, 0] + (u[:, 1] - 0.7)
+        radius = 100.0
+        cx = (touch - radius) * torch.cos(phi)  # the thorax centre, relative to the nodule
+        cy = (touch - radius) * torch.sin(phi)
+        sd = torch.sqrt((dx[pleural] - cx[:, None, None]) ** 2
+                        + (dy[pleural] - cy[:, None, None]) ** 2) - radius
+        alpha = _ramp(sd, p[pleural])
+        hu[pleural] += alpha * (CHEST_WALL_HU - hu[pleural])
+        wall[pleural] = alpha
+    return wall
+
+
+@functools.lru_cache(maxsize=32)
+def _noise_amplitude(size: int, s: int, device: str) -> torch.Tensor:
+    """``(kernels, size, size // 2 + 1)`` amplitude of unit-std CT-like noise, half spectrum.
+
+    ``size`` is the (padded) FFT grid, ``s`` the output size. The noise power spectrum of
+    each kernel is ``f exp(-(f / f0)^2)`` with ``f0`` in cycles per *acquisition* pixel
+    (:data:`~nodulebench.data.factors.KERNELS`), so the grain follows the acquisition
+    spacing whatever the output size. Normalised on the full frequency grid so that the
+    image-domain standard deviation is 1 (``norm="ortho"``).
+    """
+    full = torch.fft.fftfreq(size, dtype=torch.float64)
     full2 = full[:, None] ** 2 + full[None, :] ** 2
-    half2 = full2[:, : s // 2 + 1]
+    half2 = full2[:, : size // 2 + 1]
     out = []
     for kernel in KERNELS.values():
         f0 = kernel.noise_peak * s / REFERENCE_PATCH_PIXELS
@@ -350,12 +405,16 @@ def _noise_amplitude(s: int, device: str) -> torch.Tensor:
 
 def _background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
                 coarse_white: torch.Tensor, pixel_mm: torch.Tensor, s: int,
-                with_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                with_mask: bool, body_k: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Parenchyma, texture and vessels in HU, ``(N, S, S)``, and the vessel mask if asked.
 
     Drawn on a half-resolution grid (vessels are 1-3 mm wide, the texture is smoother) and
     resampled linearly: a quarter of the per-pixel work. Vessels taper along their length;
-    every odd-numbered vessel is a branch leaving the previous one at 20-50 degrees.
+    every odd-numbered vessel is a branch leaving the previous one at 20-50 degrees. A
+    juxta-vascular nodule (``body_k``: its body radius on the angular grid) has a first
+    vessel, present whatever ``vessels`` says, whose wall touches the body where the vessel
+    is densest.
     """
     dev = shape_u.device
     dt = shape_u.dtype
@@ -381,6 +440,19 @@ def _background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
     v_radius = 0.35 + 0.55 * vu[:, 4]
     # small vessels are partial-volume averaged: peak contrast below soft tissue
     v_peak = -450.0 + 450.0 * vu[:, 5]
+    juxta = factors["location"] == 1
+    if bool(juxta.any()):
+        # vessel 0 runs beside a juxta-vascular nodule, its wall touching the body
+        ox, oy = factors["offset_x_mm"].to(dt), factors["offset_y_mm"].to(dt)
+        c0, s0 = torch.cos(v_angle[:, 0]), torch.sin(v_angle[:, 0])
+        side = torch.where(vu[:, 1, 0] < 0.5, -1.0, 1.0)
+        toward = torch.atan2(side * s0, side * c0) % (2 * math.pi)
+        bins = (toward * (ANGLES / (2 * math.pi))).long().clamp_(0, ANGLES - 1)
+        radius = torch.gather(body_k, 1, bins[:, None])[:, 0]
+        touch = ox * c0 + oy * s0 + side * (radius + 0.6 * v_radius[:, 0])
+        v_offset[:, 0] = torch.where(juxta, touch, v_offset[:, 0])
+        v_middle[:, 0] = torch.where(juxta, oy * c0 - ox * s0, v_middle[:, 0])
+        v_peak[:, 0] = torch.where(juxta, -150.0 + 150.0 * vu[:, 5, 0], v_peak[:, 0])
     # a branch starts where its parent is densest and runs off at 20-50 degrees, thinner
     branch = torch.arange(_MAX_VESSELS, device=dev) % 2 == 1
     parent = (torch.arange(_MAX_VESSELS, device=dev) - 1).clamp(min=0)
@@ -397,6 +469,7 @@ def _background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
     v_radius = torch.where(branch, 0.7 * v_radius[:, parent], v_radius)
     v_peak = torch.where(branch, v_peak[:, parent] - 100.0, v_peak)
     counts = torch.tensor(VESSEL_COUNTS, device=dev)[factors["vessels"]]
+    counts = torch.where(juxta, counts.clamp(min=1), counts)
     inv_edge = (1 / low_mm)[:, None, None]
     mask = torch.zeros_like(field) if with_mask else None
     for j in range(_MAX_VESSELS):

@@ -65,6 +65,8 @@ DEFAULT_MARGINALS: Mapping[str, Distribution] = MappingProxyType({
     "background_hu": Uniform(-890.0, -840.0),
     "background_texture_hu": Uniform(10.0, 40.0),
     "vessels": Categorical({"none": 0.3, "few": 0.4, "many": 0.3}),
+    "location": Categorical({"isolated": 0.6, "juxta-vascular": 0.2, "juxta-pleural": 0.2}),
+    "fissure": Categorical({"absent": 0.85, "present": 0.15}),
     # the scanner bundles kernel, dose (noise) and spacing: a shortcut on "site" moves all
     "site": Categorical({name: 1.0 for name in SITES}),
     "kernel": ByCategory("site", {name: Fixed(s.kernel) for name, s in SITES.items()}),
