@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .dataset import SyntheticNodules
-from .distributions import ByCategory, Categorical, Fixed, Split, Uniform
+from .distributions import ByCategory, Categorical, Fixed, LogUniform, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
 from .measure import Measurements, measure
 from .spec import (
@@ -27,6 +27,7 @@ __all__ = [
     "Fixed",
     "LabelFunction",
     "LinearLabelRule",
+    "LogUniform",
     "LogisticLabelRule",
     "Measurements",
     "NoduleSpec",

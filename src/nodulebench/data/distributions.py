@@ -17,7 +17,8 @@ import torch
 
 from .factors import Factor, get_factor
 
-__all__ = ["ByCategory", "Categorical", "Distribution", "Fixed", "Split", "Uniform", "draw"]
+__all__ = ["ByCategory", "Categorical", "Distribution", "Fixed", "LogUniform", "Split", "Uniform",
+           "draw"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,48 @@ class Uniform:
             raise ValueError(f"the {side}-looking side of {split.describe()} has no mass "
                              f"under {self!r}")
         return restricted
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """Log-uniform over ``[low, high]`` (``0 < low``): small values far more frequent.
+
+    Density proportional to ``1 / x``; the median is ``sqrt(low * high)``. Used for
+    screening-like diameters (:meth:`~nodulebench.NoduleSpec.screening`).
+    """
+
+    low: float
+    high: float
+
+    def validate(self, factor: Factor, argument: str) -> None:
+        """Raise ``ValueError`` unless ``0 < low < high`` lies inside the factor's range."""
+        if factor.is_categorical:
+            raise ValueError(f"{argument} must be Categorical or Fixed for the categorical "
+                             f"factor {factor.name}; got {self!r}")
+        ok = all(math.isfinite(v) for v in (self.low, self.high)) and (
+            0 < self.low < self.high and factor.low <= self.low and self.high <= factor.high
+        )
+        if not ok:
+            raise ValueError(f"{argument} must satisfy 0 < low < high within [{factor.low}, "
+                             f"{factor.high}] {factor.unit}; got [{self.low}, {self.high}]")
+
+    def sample(self, u: torch.Tensor, parents: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Inverse CDF ``low * (high / low) ** u``."""
+        del parents
+        return self.low * torch.exp(u * math.log(self.high / self.low))
+
+    def restrict(self, split: Split, malignant: bool) -> LogUniform:
+        """This distribution conditioned on one side of ``split`` (same density there)."""
+        t = float(split.threshold)  # type: ignore[arg-type]  # validated
+        if malignant == split.malignant_above:
+            low, high = max(self.low, t), self.high
+        else:
+            low, high = self.low, min(self.high, t)
+        if not low < high:
+            side = "malignant" if malignant else "benign"
+            raise ValueError(f"the {side}-looking side of {split.describe()} has no mass "
+                             f"under {self!r}")
+        return LogUniform(low, high)
 
 
 @dataclass(frozen=True)
@@ -274,7 +317,7 @@ class ByCategory:
         return out
 
 
-def draw(dist: Uniform | Categorical | Fixed | ByCategory, factor: Factor | None,
+def draw(dist: Uniform | LogUniform | Categorical | Fixed | ByCategory, factor: Factor | None,
          u: torch.Tensor, parents: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Values of ``factor`` from exogenous uniforms ``u``: floats, or int64 category codes.
 
@@ -296,4 +339,4 @@ def draw(dist: Uniform | Categorical | Fixed | ByCategory, factor: Factor | None
 
 
 #: Any marginal a :class:`~nodulebench.NoduleSpec` accepts.
-Distribution = Union[Uniform, Categorical, Fixed, ByCategory]  # noqa: UP007
+Distribution = Union[Uniform, LogUniform, Categorical, Fixed, ByCategory]  # noqa: UP007

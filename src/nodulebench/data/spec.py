@@ -18,7 +18,15 @@ from types import MappingProxyType
 import torch
 
 from .._validation import check_in_range
-from .distributions import ByCategory, Categorical, Distribution, Fixed, Split, Uniform
+from .distributions import (
+    ByCategory,
+    Categorical,
+    Distribution,
+    Fixed,
+    LogUniform,
+    Split,
+    Uniform,
+)
 from .factors import FACTORS, SITES, get_factor
 from .labels import (
     AnyLabelRule,
@@ -104,7 +112,9 @@ class Shortcut:
 
 
 def _median_threshold(dist: Distribution, factor_name: str) -> float:
-    """Point that splits a Uniform marginal's mass in half."""
+    """Point that splits a Uniform (or LogUniform) marginal's mass in half."""
+    if isinstance(dist, LogUniform):
+        return float((dist.low * dist.high) ** 0.5)
     if not isinstance(dist, Uniform):
         raise ValueError(f"a shortcut on {factor_name} needs a Uniform marginal or an explicit "
                          f"threshold; got {dist!r}")
@@ -158,9 +168,9 @@ class NoduleSpec:
             get_factor(key, argument="marginals")
         full = {name: self.marginals.get(name, DEFAULT_MARGINALS[name]) for name in FACTORS}
         for name, dist in full.items():
-            if not isinstance(dist, (Uniform, Categorical, Fixed, ByCategory)):
-                raise TypeError(f"marginals[{name!r}] must be Uniform, Categorical, Fixed or "
-                                f"ByCategory; got {type(dist).__name__}")
+            if not isinstance(dist, (Uniform, LogUniform, Categorical, Fixed, ByCategory)):
+                raise TypeError(f"marginals[{name!r}] must be Uniform, LogUniform, Categorical, "
+                                f"Fixed or ByCategory; got {type(dist).__name__}")
             dist.validate(FACTORS[name], f"marginals[{name!r}]")
             if isinstance(dist, ByCategory) and list(FACTORS).index(dist.parent) > list(
                 FACTORS
@@ -301,6 +311,43 @@ class NoduleSpec:
         if not isinstance(other, NoduleSpec):
             return NotImplemented
         return self.fingerprint() == other.fingerprint() and self.name == other.name
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def screening(cls) -> NoduleSpec:
+        """A screening-like spec: small nodules common, size and shape going with malignancy.
+
+        Differences from the default (independent) spec, with their basis:
+
+        - ``diameter_mm`` log-uniform on 4 - 30 mm (LIDC outlines 3 - 30 mm; that small
+          nodules dominate screening is the premise of the Fleischner size bands < 6, 6 - 8,
+          > 8 mm; the exact shape is an assumption); with the size correlation below, about
+          30 % of nodules are under 6 mm and half under 8 mm;
+        - size and lobulation go with malignancy (larger diameter and lobulated margins are
+          malignancy cues): malignant nodules lie above 8 mm (the Fleischner band) and above
+          the median lobulation with strength 0.5 and 0.4, so both correlate with
+          ``spiculation`` through the label (the strengths are assumptions);
+        - textures solid / part-solid / ground glass 0.75 / 0.1 / 0.15, calcified 15 %
+          (assumptions).
+
+        The label rule and class balance are the default's. Its "shortcuts" are the
+        cohort's real correlations: ``decorrelated()`` removes them.
+
+        Example:
+            >>> spec = NoduleSpec.screening()
+            >>> spec.name, spec.shortcut_factors
+            ('screening', ('diameter_mm', 'lobulation'))
+        """
+        spec = cls(marginals={
+            "diameter_mm": LogUniform(4.0, 30.0),
+            "lobulation": Uniform(0.0, 0.8),
+            "texture": Categorical({"solid": 0.75, "part-solid": 0.1, "ground-glass": 0.15}),
+            "calcification": Categorical({"absent": 0.85, "central": 0.03, "laminated": 0.03,
+                                          "popcorn": 0.03, "diffuse": 0.03, "eccentric": 0.015,
+                                          "stippled": 0.015}),
+        }, name="screening")
+        return spec.with_shortcut("diameter_mm", 0.5, threshold=8.0).with_shortcut(
+            "lobulation", 0.4)
 
     # ------------------------------------------------------------------ builders
     def replace(self, **changes: object) -> NoduleSpec:
