@@ -11,7 +11,9 @@ Prints, for the default spec at seed 3:
 - a bright-pixel counter's response to spiculation and to diameter (10th -> 90th
   percentile), the cue-strength check of the first generator's audit;
 - the largest difference between renders of one sample in batches of 1 and 64, and in
-  chunks of 1 and 128.
+  chunks of 1 and 128;
+- the cost of a 10,000,000-sample dataset: construction, memory, pickled size, and the
+  whole factor table when asked for.
 """
 
 from __future__ import annotations
@@ -81,9 +83,32 @@ def batch_bound() -> None:
           f"chunk 1 vs 128: {float((a - b).abs().max()):.2e} HU")
 
 
+
+def ten_million() -> None:
+    import pickle
+    import resource
+    import time
+
+    t0 = time.perf_counter()
+    ds = SyntheticNodules(NoduleSpec().with_shortcut("site", 0.9), n=10_000_000, seed=0)
+    built = time.perf_counter() - t0
+    ds.render([0, 9_999_999])
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    state = {k: v for k, v in ds.__getstate__().items() if k != "spec"}
+    print(f"n = 10,000,000: built in {built * 1e3:.1f} ms, process peak {peak_mb:.0f} MB after "
+          f"rendering two samples, pickled state without the spec {len(pickle.dumps(state))} "
+          "bytes")
+    t0 = time.perf_counter()
+    labels = ds.labels
+    print(f"    the whole table on request: {time.perf_counter() - t0:.1f} s, "
+          f"{labels.numel():,} labels, process peak "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     spicule_areas()
     benign_without_spicules()
     bright_fraction()
     batch_bound()
+    ten_million()

@@ -1,8 +1,9 @@
 """``SyntheticNodules``: a map-style dataset of synthetic CT lung-nodule patches.
 
-The factor table and labels are drawn at construction (cheap: a few vectors); images are
-rendered on demand, one at a time through ``ds[i]`` or vectorised through
-:meth:`SyntheticNodules.render`. A sample is a pure function of ``(spec, n, seed, index)``.
+The factor table and labels are computed per index when needed (construction is O(1) for
+the default spec, so ``n`` may be ten million), and images are rendered on demand, one at a
+time through ``ds[i]`` or vectorised through :meth:`SyntheticNodules.render`. A sample is a
+pure function of ``(spec, n, seed, index)``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .._validation import check_choice, check_int
 from .cache import load_images, materialize
 from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, get_factor
 from .render import MASK_NAMES, render_hu
-from .sampling import derive_children, sample_factors
+from .sampling import derive_children, factor_rows, is_lazy, sample_factors
 from .spec import NoduleSpec
 
 __all__ = ["SyntheticNodules"]
@@ -89,15 +90,47 @@ class SyntheticNodules(Dataset[Any]):
         self.return_factors = bool(return_factors)
         self.transform = transform
         self.target_transform = target_transform
-        self._factors, self._labels = sample_factors(spec, self.n, self.seed)
+        # the whole table only on request (or when shortcuts or label noise allocate within
+        # classes that a non-Split rule makes: then every label is needed first)
+        self._full: tuple[dict[str, torch.Tensor], torch.Tensor] | None = (
+            None if is_lazy(spec) else sample_factors(spec, self.n, self.seed))
         self._cached: Any = None if cache is None else load_images(self, cache)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without a lazily built table (workers recompute rows per index)."""
+        state = dict(self.__dict__)
+        if is_lazy(self.spec):
+            state["_full"] = None
+        return state
+
+    def _table(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if self._full is None:
+            self._full = sample_factors(self.spec, self.n, self.seed)
+        return self._full
+
+    @property
+    def _factors(self) -> dict[str, torch.Tensor]:
+        return self._table()[0]
+
+    @property
+    def _labels(self) -> torch.Tensor:
+        return self._table()[1]
+
+    def _rows(self, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Factors and labels of the (non-negative) indices ``idx``, without the full table."""
+        if self._full is not None:
+            factors, labels = self._full
+            return {name: v[idx] for name, v in factors.items()}, labels[idx]
+        return factor_rows(self.spec, self.n, self.seed, idx)
 
     # ------------------------------------------------------------------ table
     @property
     def factors(self) -> dict[str, torch.Tensor]:
         """Factor name -> ``(n,)`` tensor (float32, or int64 category codes). No rendering.
 
-        A new dict each call; the tensors are the dataset's own: do not modify them in place.
+        Built on first access (about 90 bytes per sample) and kept; rendering and ``ds[i]``
+        never need it. A new dict each call; the tensors are the dataset's own: do not
+        modify them in place.
         """
         return dict(self._factors)
 
@@ -130,7 +163,8 @@ class SyntheticNodules(Dataset[Any]):
 
     def __getitem__(self, i: int) -> Any:
         k = self._index(i)
-        return self._sample(k, self.render([k])[0])
+        factors, labels = self._rows(torch.tensor([k]))
+        return self._sample(0, self.render([k])[0], factors, labels)
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """Samples ``[ds[i] for i in indices]``, rendered as one batch.
@@ -140,14 +174,17 @@ class SyntheticNodules(Dataset[Any]):
         """
         ks = [self._index(i) for i in indices]
         images = self.render(ks)
-        return [self._sample(k, images[j]) for j, k in enumerate(ks)]
+        factors, labels = self._rows(torch.tensor(ks, dtype=torch.int64))
+        return [self._sample(j, images[j], factors, labels) for j in range(len(ks))]
 
-    def _sample(self, k: int, image: torch.Tensor) -> Any:
-        label = self._labels[k]
+    def _sample(self, j: int, image: torch.Tensor, factors: dict[str, torch.Tensor],
+                labels: torch.Tensor) -> Any:
+        """Sample ``j`` of a batch whose factor rows and labels are given."""
+        label = labels[j]
         out: Any = image if self.transform is None else self.transform(image)
         target: Any = label if self.target_transform is None else self.target_transform(label)
         if self.return_factors:
-            return out, target, {name: v[k] for name, v in self._factors.items()}
+            return out, target, {name: v[j] for name, v in factors.items()}
         return out, target
 
     def _indices(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -230,7 +267,7 @@ class SyntheticNodules(Dataset[Any]):
         """
         idx = self._indices(indices)
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        batch = {name: v[idx] for name, v in self._factors.items()}
+        batch, _ = self._rows(idx)
         if overrides:
             changed = self._override_values(overrides, idx.numel())
             batch.update(changed)
