@@ -51,9 +51,9 @@ def upsample_matrix(size: int, grid: int, periodic: bool, device: str) -> torch.
 _BSPLINE_STD = 0.48
 
 
-def draw_context(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor, hu: torch.Tensor,
-             dx: torch.Tensor, dy: torch.Tensor, body_k: torch.Tensor, pixel_mm: torch.Tensor
-             ) -> torch.Tensor:
+def draw_context(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
+                 hu: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, body_k: torch.Tensor,
+                 pixel_mm: torch.Tensor) -> torch.Tensor:
     """Draw the fissure and the chest wall into ``hu`` in place; return the wall's coverage.
 
     The pleura of a juxta-pleural nodule is an arc of a 100 mm circle (the thorax) touching

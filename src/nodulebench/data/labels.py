@@ -204,7 +204,7 @@ class LabelFunction:
         fn: maps the factor dict (``(N,)`` tensors) to ``(N,)`` integer labels.
         inputs: the factors ``fn`` reads (shortcuts must not be among them).
         name: a stable name, shown by ``describe``; the spec's fingerprint (cache keys) also
-            digests the function's code and closure (:func:`callable_digest`).
+            digests the function's code and closure.
     """
 
     fn: Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
