@@ -124,6 +124,11 @@ class Spicules:
     ripple: torch.Tensor
     nearest: torch.Tensor
 
+    def select(self, rows: torch.Tensor) -> Spicules:
+        """The spicules of some samples of the batch."""
+        return Spicules(*(getattr(self, f)[rows] for f in (
+            "angle", "base_mm", "length_mm", "width_mm", "bend_mm", "ripple", "nearest")))
+
     def table(self) -> torch.Tensor:
         """``(N, ANGLES, 7)`` parameters of the nearest spicule per angular bin.
 

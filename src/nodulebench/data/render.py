@@ -211,10 +211,16 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     pos = angle * (ANGLES / (2 * math.pi))
     i0 = torch.floor(pos)
     body_r = _lookup(body_k, pos, i0).reshape(n, s, s)
-    nearest_bin = torch.round(pos).to(torch.int64)
-    spic_cover, spic_inside = _spicule_coverage(spic, dx.expand(n, s, s).reshape(n, -1),
-                                                dy.expand(n, s, s).reshape(n, -1), nearest_bin,
-                                                pixel_mm)
+    # spicules only where there are some (most benign nodules have none)
+    spic_cover = torch.zeros(n, s * s, device=dev, dtype=dt)
+    spic_inside = torch.zeros(n, s * s, device=dev, dtype=torch.bool)
+    spiky = torch.nonzero(factors["spiculation"] > geometry.SPICULE_ONSET).flatten()
+    if spiky.numel():
+        k = spiky
+        nearest_bin = torch.round(pos[k]).to(torch.int64)
+        spic_cover[k], spic_inside[k] = _spicule_coverage(
+            spic.select(k), dx[k].expand(-1, s, s).reshape(k.numel(), -1),
+            dy[k].expand(-1, s, s).reshape(k.numel(), -1), nearest_bin, pixel_mm[k])
     # partial volume: an edge is never sharper than one output pixel
     pv = pixel_mm[:, None, None]
     margin_mm = (0.1 + 2.9 * (1 - f32("margin_sharpness")))[:, None, None]
