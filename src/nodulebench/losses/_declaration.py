@@ -303,6 +303,21 @@ class PairwiseOptions(EmbeddingOptions):
     citation: ClassVar[str]
     labels_required: ClassVar[bool] = True
 
+    def header(self) -> dict[str, None | bool | int | float | str]:
+        """The loss's name and options, as the ranks of a gather must agree on them.
+
+        Plain values only (a tensor option, such as a learnable temperature, appears as
+        ``"tensor"``: its value may differ between ranks only through training); the
+        process group and the gather switch are left out.
+        """
+        header: dict[str, None | bool | int | float | str] = {"loss": self.name}
+        for item in declared_fields(type(self)):
+            if item.name in ("gather_distributed", "process_group"):
+                continue
+            value = getattr(self, item.name)
+            header[item.name] = "tensor" if isinstance(value, torch.Tensor) else value
+        return header
+
     def kernel(self) -> str:
         """The name of the per-anchor computation (see ``KERNEL_LOSSES``)."""
         raise NotImplementedError(f"{type(self).__name__} names no kernel")
