@@ -161,8 +161,10 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *,
     Two losses trained on the same seed see the same data, so the seed's luck is shared
     and the differences :math:`d_i = a_i - b_i` are compared with zero:
     :math:`t = \bar d / (s_d / \sqrt n)` on :math:`n - 1` degrees of freedom. Pairs whose
-    differences are all equal have no spread: the p-value is then 0 (all differ by the same
-    non-zero amount) or 1 (none differs), which is the limit of the test.
+    differences are all equal have no spread and no t statistic (accuracies on a finite test
+    set are discrete, so this happens): the p-value is then that of the exact two-sided sign
+    test, :math:`2 \cdot 2^{-n}` when all differ by the same non-zero amount, 1 when none
+    differs.
 
     Args:
         a: ``n >= 2`` finite values of the first condition, one per seed.
@@ -192,10 +194,12 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *,
     mean = math.fsum(differences) / n
     std = math.sqrt(math.fsum((d - mean) ** 2 for d in differences) / (n - 1))
     if std <= 1e-12 * max(1.0, abs(mean)):
+        # No spread: the t statistic is undefined. Fall back on the exact sign test, which
+        # needs no variance: n equal non-zero differences have p = 2 * 2^-n.
         no_difference = abs(mean) <= 1e-12
         effect = 0.0 if no_difference else math.copysign(math.inf, mean)
-        return PairedComparison(mean, mean, mean, effect, 1.0 if no_difference else 0.0, n,
-                                confidence)
+        p_value = 1.0 if no_difference else min(1.0, 2.0 ** (1 - n))
+        return PairedComparison(mean, mean, mean, effect, p_value, n, confidence)
     from scipy import stats
 
     standard_error = std / math.sqrt(n)
