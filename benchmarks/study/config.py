@@ -100,7 +100,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation of stage 1 (the loss) and stage 2 (the linear classifier)."""
+    """Optimisation of stage 1 (the loss) and stage 2 (the linear classifier).
+
+    ``autocast`` runs the encoder and heads of stage 1 in mixed precision (``"bfloat16"``,
+    fast on CPUs with bf16 instructions and on GPUs) or not at all (``"none"``); the
+    losses, the linear heads and every evaluation stay in float32. ``channels_last`` is
+    the memory layout of the convolutions (faster on CPU, same arithmetic).
+    """
 
     epochs: int = 10
     batch_size: int = 128
@@ -109,6 +115,8 @@ class TrainConfig:
     linear_steps: int = 300
     linear_lr: float = 1e-2
     ce_weight: float = 1.0
+    autocast: str = "none"
+    channels_last: bool = True
 
 
 @dataclass(frozen=True)
@@ -258,6 +266,7 @@ def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
 
 
 EXPERIMENT_KEYS = ("name", "shortcut", "strength")
+AUTOCAST = ("none", "bfloat16", "float16")
 
 
 def _build_experiment(table: Any, index: int) -> ExperimentConfig:
@@ -370,6 +379,9 @@ def _check_values(config: StudyConfig) -> None:
                          ("probe.gradcam_n", p.gradcam_n), ("probe.cka_n", p.cka_n)]:
         if value > d.n_probe:
             raise ConfigError(f"{where} ({value}) must not exceed data.n_probe ({d.n_probe})")
+    if t.autocast not in AUTOCAST:
+        raise ConfigError(f"train.autocast must be one of {', '.join(AUTOCAST)}; got "
+                          f"{t.autocast!r}{did_you_mean(t.autocast, AUTOCAST)}")
     if p.cka_n < 4:
         raise ConfigError(f"probe.cka_n must be >= 4 (debiased CKA); got {p.cka_n}")
     if d.n_dfr < 8:

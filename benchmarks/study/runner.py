@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -220,42 +221,94 @@ def _resumable(config: dict) -> dict:
 
 
 def run_grid(config: StudyConfig, store: RunStore, device: torch.device, progress: Any,
-             parallel: Parallel | None = None) -> None:
+             parallel: Parallel | None = None, workers: int = 1) -> None:
     """Run every (experiment, seed, loss) not finished yet, in a fixed order.
 
     Under torchrun rank 0 decides which runs are pending and every rank trains them
-    together; rank 0 alone evaluates and writes each finished run.
+    together; rank 0 alone evaluates and writes each finished run. With ``workers > 1``
+    the (experiment, seed) groups are shared out among that many processes, each with
+    ``torch.get_num_threads() // workers`` threads: small convolutions use two cores
+    better as two processes than as two threads of one.
     """
     parallel = parallel or Parallel()
-    todo = [(e, s, loss) for e in config.experiments for s in config.seeds
-            for loss in config.losses]
-    with progress.bar(total=len(todo), desc="study", position=0) as overall:
-        for experiment in config.experiments:
-            for seed in config.seeds:
-                pending = parallel.broadcast(
-                    [loss for loss in config.losses
-                     if not _finished(store, run_id(experiment.name, loss, seed))]
-                    if parallel.is_main else None
-                )
-                overall.update(len(config.losses) - len(pending))
-                for loss in config.losses:
-                    if loss not in pending:
-                        log.info("skip %s (finished earlier)", run_id(experiment.name, loss, seed))
-                if not pending:
-                    continue
-                data = prepare_data(config, experiment, seed)
-                for loss in pending:
-                    rid = run_id(experiment.name, loss, seed)
-                    log.info("run %s", rid)
-                    result = run_one(config, experiment, loss, seed, data, device, progress,
-                                     parallel)
-                    if result is not None:
-                        record, arrays = result
-                        store.save(rid, record, arrays)
-                        log.info("done %s in %.1f s: %s", rid, record["total_seconds"],
-                                 _headline(record))
-                    parallel.barrier()
-                    overall.update(1)
+    groups = [(e, s) for e in config.experiments for s in config.seeds]
+    if workers > 1:
+        _run_in_workers(config, store, device, groups, workers)
+        return
+    with progress.bar(total=len(groups) * len(config.losses), desc="study",
+                      position=0) as overall:
+        for experiment, seed in groups:
+            _run_group(config, store, experiment, seed, device, progress, parallel, overall)
+
+
+def _run_group(config: StudyConfig, store: RunStore, experiment: ExperimentConfig, seed: int,
+               device: torch.device, progress: Any, parallel: Parallel, overall: Any) -> None:
+    """The pending runs of one (experiment, seed): the data is rendered once for all."""
+    pending = parallel.broadcast(
+        [loss for loss in config.losses
+         if not _finished(store, run_id(experiment.name, loss, seed))]
+        if parallel.is_main else None
+    )
+    overall.update(len(config.losses) - len(pending))
+    for loss in config.losses:
+        if loss not in pending:
+            log.info("skip %s (finished earlier)", run_id(experiment.name, loss, seed))
+    if not pending:
+        return
+    data = prepare_data(config, experiment, seed)
+    for loss in pending:
+        rid = run_id(experiment.name, loss, seed)
+        log.info("run %s", rid)
+        result = run_one(config, experiment, loss, seed, data, device, progress, parallel)
+        if result is not None:
+            record, arrays = result
+            store.save(rid, record, arrays)
+            log.info("done %s in %.1f s: %s", rid, record["total_seconds"],
+                     _headline(record))
+        parallel.barrier()
+        overall.update(1)
+
+
+def _run_in_workers(config: StudyConfig, store: RunStore, device: torch.device,
+                    groups: list[tuple[ExperimentConfig, int]], workers: int) -> None:
+    """Share the groups out round-robin among ``workers`` spawned processes and wait."""
+    import multiprocessing
+
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker, args=(config, store.root, str(device),
+                                              groups[k::workers], threads, os.getpid()),
+                        name=f"study-worker-{k}")
+        for k in range(min(workers, len(groups)))
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    failed = [f"{p.name} (exit code {p.exitcode})" for p in processes if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"study worker(s) failed: {', '.join(failed)}; see study.log")
+
+
+def _worker(config: StudyConfig, root: Path, device: str,
+            groups: list[tuple[ExperimentConfig, int]], threads: int, parent: int) -> None:
+    """One worker process: its groups, one after another, without progress bars."""
+    from .progress import Progress
+
+    torch.set_num_threads(threads)
+    log.setLevel(logging.INFO)
+    handler = logging.FileHandler(root / "study.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    store = RunStore(root)
+    progress = Progress(enabled=False)
+    with progress.bar(total=0, desc="") as overall:
+        for experiment, seed in groups:
+            if os.getppid() != parent:  # the study was stopped: do not run on alone
+                return
+            _run_group(config, store, experiment, seed, torch.device(device), progress,
+                       Parallel(), overall)
 
 
 def _finished(store: RunStore, rid: str) -> bool:

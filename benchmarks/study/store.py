@@ -56,7 +56,8 @@ def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     """Read an ``.npz`` written by :func:`atomic_write_npz` (pickles refused)."""
-    with np.load(path, allow_pickle=False) as data:
+    # Opened here, so that the handle is closed even when numpy rejects the contents.
+    with path.open("rb") as handle, np.load(handle, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
 
 

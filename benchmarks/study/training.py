@@ -18,11 +18,12 @@ training groups, which :func:`train` already takes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -110,6 +111,8 @@ def train(
     parallel = parallel or Parallel()
     generator = torch.Generator().manual_seed(seed)
     model = new_model(config, study_loss, seed).to(device)
+    layout = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     heads: nn.Module = _Heads(model)
     if parallel.active:
         if device.type == "cuda":
@@ -131,7 +134,7 @@ def train(
     n = images.shape[0]
     steps_per_epoch = n // t.batch_size
     optimizer = torch.optim.AdamW(parameters, lr=t.lr, weight_decay=t.weight_decay,
-                                  **_fast_optimizer(device))
+                                  foreach=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=t.lr, total_steps=t.epochs * steps_per_epoch, pct_start=0.15
     )
@@ -146,7 +149,9 @@ def train(
             # Views of the whole global batch (same on every rank), then this rank's shard.
             views = parallel.shard(dihedral_views(x, how.views, generator))
             y = parallel.shard(y)
-            projections, logits = heads(views.flatten(0, 1))
+            with _autocast(t.autocast, device):
+                projections, logits = heads(views.flatten(0, 1).contiguous(memory_format=layout))
+            projections, logits = projections.float(), logits.float()
             y_views = y.repeat_interleave(how.views)
             if embedding_loss is None:
                 loss = cross_entropy(logits, y_views)  # type: ignore[misc]
@@ -170,9 +175,11 @@ def train(
     return TrainedModel(model, history, study_loss)
 
 
-def _fast_optimizer(device: torch.device) -> dict[str, bool]:
-    """The fused AdamW kernel where this torch has one for the device."""
-    return {"foreach": True}
+def _autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision for the encoder and heads (the losses then run in float32)."""
+    if dtype == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
 @torch.no_grad()
