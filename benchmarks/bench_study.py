@@ -95,9 +95,13 @@ def run_setting(name: str, raw: dict, threads: int, workers: int, folder: Path) 
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    runs = len(list((folder / name / "runs").glob("*.json")))
+    records = json.loads((folder / name / "metrics.json").read_text())
+    runs = len(records)
+    # The same models in quality? Mean i.i.d. balanced accuracy over the runs, as a check.
+    iid = sum(r["metrics"]["iid"]["balanced_accuracy"] for r in records) / runs
     return {"setting": name, "runs": runs, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "runs_per_min": round(60 * runs / wall, 2), "cpu_s_per_run": round(cpu / runs, 2)}
+            "runs_per_min": round(60 * runs / wall, 2), "cpu_s_per_run": round(cpu / runs, 2),
+            "iid_balanced_accuracy": round(iid, 3)}
 
 
 def main() -> None:
@@ -105,6 +109,7 @@ def main() -> None:
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--experiment", default="diameter")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--losses", nargs="+", help="a subset of the preset's losses")
     parser.add_argument("--epochs", type=int, help="override train.epochs (default: preset's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
@@ -113,6 +118,8 @@ def main() -> None:
     raw = tomllib.loads((HERE / "study" / "presets" / f"{args.preset}.toml").read_text())
     raw["experiments"] = [e for e in raw["experiments"] if e["name"] == args.experiment]
     raw["seeds"] = args.seeds
+    if args.losses:
+        raw["losses"] = args.losses
     if args.epochs:
         raw["train"]["epochs"] = args.epochs
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,13 +127,14 @@ def main() -> None:
                 for name in SETTINGS]
     ratio = rows[0]["cpu_s_per_run"] / rows[1]["cpu_s_per_run"]
     wall_ratio = rows[1]["runs_per_min"] / rows[0]["runs_per_min"]
-    header = (f"{args.preset}/{args.experiment}, seeds {args.seeds}, epochs "
-              f"{raw['train']['epochs']}, {args.threads} thread(s), after with "
+    header = (f"{args.preset}/{args.experiment}, losses {raw['losses']}, seeds {args.seeds}, "
+              f"epochs {raw['train']['epochs']}, {args.threads} thread(s), after with "
               f"{args.workers} worker(s), on {cpu_name()}")
     print(header)
     for row in rows:
         print(f"  {row['setting']:>6}: {row['runs']} runs in {row['wall_s']} s = "
-              f"{row['runs_per_min']} runs/min; {row['cpu_s_per_run']} CPU s per run")
+              f"{row['runs_per_min']} runs/min; {row['cpu_s_per_run']} CPU s per run; mean "
+              f"i.i.d. balanced accuracy {row['iid_balanced_accuracy']}")
     print(f"  speed-up: {wall_ratio:.2f}x runs/min, {ratio:.2f}x less CPU per run")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as handle:

@@ -97,8 +97,8 @@ def _loss_styles(losses: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def interval_figure(rows: dict[str, dict[str, MeanInterval | None]], columns: list[str],
-                    ylabel: str, title: str, path: Path, ylim: tuple[float, float] | None
-                    ) -> str:
+                    ylabel: str, title: str, path: Path, ylim: tuple[float, float] | None,
+                    zero_line: bool = False) -> str:
     """One point with its 95 % interval per (loss, column), losses side by side."""
     plt = _pyplot()
     losses = list(rows)
@@ -112,6 +112,8 @@ def interval_figure(rows: dict[str, dict[str, MeanInterval | None]], columns: li
                 style.pop("label")
             _errorbars(ax, j - 0.4 + (i + 0.5) * width, rows[loss].get(column), **style)
     ax.set_xticks(range(len(columns)), columns, rotation=20, ha="right")
+    if zero_line:
+        ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=0)
     if ylim:
         ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
@@ -148,10 +150,9 @@ def sensitivity_figure(config: StudyConfig, records: list[dict[str, Any]], exper
 def cka_figure(cka: dict[str, dict[str, Any]], experiment: str, path: Path) -> str:
     """CKA with cross-entropy minus the seed-to-seed floor, stage by stage, with intervals."""
     rows = {loss: {s: row.excess for s, row in stages.items()} for loss, stages in cka.items()}
-    name = interval_figure(rows, list(STAGES), "CKA with cross_entropy minus floor",
+    return interval_figure(rows, list(STAGES), "CKA with cross_entropy minus floor",
                            f"{experiment}: below 0 = more different than two seeds", path,
-                           None)
-    return name
+                           None, zero_line=True)
 
 
 def sweep_figure(config: StudyConfig, records: list[dict[str, Any]], shortcut: str,

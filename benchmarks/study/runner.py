@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,8 +243,12 @@ def run_grid(config: StudyConfig, store: RunStore, device: torch.device, progres
 
 
 def _run_group(config: StudyConfig, store: RunStore, experiment: ExperimentConfig, seed: int,
-               device: torch.device, progress: Any, parallel: Parallel, overall: Any) -> None:
-    """The pending runs of one (experiment, seed): the data is rendered once for all."""
+               device: torch.device, progress: Any, parallel: Parallel, overall: Any,
+               stopped: Callable[[], bool] = lambda: False) -> None:
+    """The pending runs of one (experiment, seed): the data is rendered once for all.
+
+    ``stopped`` is asked before each run; a worker whose study was stopped returns.
+    """
     pending = parallel.broadcast(
         [loss for loss in config.losses
          if not _finished(store, run_id(experiment.name, loss, seed))]
@@ -257,6 +262,8 @@ def _run_group(config: StudyConfig, store: RunStore, experiment: ExperimentConfi
         return
     data = prepare_data(config, experiment, seed)
     for loss in pending:
+        if stopped():
+            return
         rid = run_id(experiment.name, loss, seed)
         log.info("run %s", rid)
         result = run_one(config, experiment, loss, seed, data, device, progress, parallel)
@@ -303,12 +310,15 @@ def _worker(config: StudyConfig, root: Path, device: str,
     log.addHandler(handler)
     store = RunStore(root)
     progress = Progress(enabled=False)
+    def stopped() -> bool:  # the study was stopped: do not run on alone
+        return os.getppid() != parent
+
     with progress.bar(total=0, desc="") as overall:
         for experiment, seed in groups:
-            if os.getppid() != parent:  # the study was stopped: do not run on alone
+            if stopped():
                 return
             _run_group(config, store, experiment, seed, torch.device(device), progress,
-                       Parallel(), overall)
+                       Parallel(), overall, stopped)
 
 
 def _finished(store: RunStore, rid: str) -> bool:

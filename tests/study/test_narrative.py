@@ -6,11 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from nodulebench.stats import mean_interval
 from study.analysis import cka_against_floor, underfit_losses
 from study.narrative import cell, comparison_findings
 from study.runner import run_id
-
-from nodulebench.stats import mean_interval
 
 
 def runs(loss: str, iid: list[float], worst: list[float]) -> list[dict[str, Any]]:
