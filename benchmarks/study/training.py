@@ -12,8 +12,9 @@
 After training, :func:`fit_heads` adds two more linear heads on the frozen encoder, so every
 loss is also read under the two-stage protocol and with last-layer retraining on a small
 group-balanced set (DFR, Kirichenko et al. 2022). A new protocol (e.g. JTT's two rounds)
-is a new ``protocol`` value here; a loss on logits and group ids (GroupDRO) receives the
-training groups, which :func:`train` already takes.
+is a new ``protocol`` value of :class:`~study.config.StudyLoss` handled in :func:`train`; a
+loss on logits and group ids (GroupDRO) needs the training groups, which the experiment's
+data already holds (``ExperimentData.train.groups``) for :func:`train` to pass on.
 """
 
 from __future__ import annotations
