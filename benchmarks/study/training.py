@@ -104,13 +104,17 @@ def train(
     """Train one model with one study loss on ``images`` ``(N, 1, H, W)`` / ``labels`` ``(N,)``.
 
     The batch order and the views depend on ``seed`` alone, so every loss of one seed sees
-    the same batches. Under torchrun every rank draws the same global batch and views,
-    trains on its shard through DDP, and only rank 0 fits the linear classifier of stage 2.
+    the same batches in the same order. Under torchrun every rank draws the same global
+    batch and views, trains on its shard through DDP, and only rank 0 fits the linear
+    classifier of stage 2.
     """
     t = config.train
     how = STUDY_LOSSES[study_loss]
     parallel = parallel or Parallel()
-    generator = torch.Generator().manual_seed(seed)
+    # Two streams, so that the batch order is the same for every loss of a seed whatever
+    # number of views a loss draws.
+    order_generator = torch.Generator().manual_seed(seed)
+    view_generator = torch.Generator().manual_seed(seed + 1)
     model = new_model(config, study_loss, seed).to(device)
     layout = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
@@ -142,13 +146,13 @@ def train(
     history = []
     model.train()
     for _ in range(t.epochs):
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=order_generator)
         epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
         for step in range(steps_per_epoch):  # full batches only: pairs need partners
             index = order[step * t.batch_size:(step + 1) * t.batch_size]
             x, y = images[index].to(device), labels[index].to(device)
             # Views of the whole global batch (same on every rank), then this rank's shard.
-            views = parallel.shard(dihedral_views(x, how.views, generator))
+            views = parallel.shard(dihedral_views(x, how.views, view_generator))
             y = parallel.shard(y)
             with _autocast(t.autocast, device):
                 projections, logits = heads(views.flatten(0, 1).contiguous(memory_format=layout))
