@@ -48,7 +48,7 @@ def test_smoke_writes_every_output(smoke: Path) -> None:
         for head in (record["metrics"], *record["heads"].values()):
             for test, metrics in head.items():
                 assert 0.0 <= metrics["balanced_accuracy"] <= 1.0
-                assert 0.0 <= metrics["ece"] <= 0.5
+                assert 0.0 <= metrics["ece"] <= 1.0
                 groups = metrics["group_accuracy"]
                 assert set(groups) == ({"malignant-conflicting"} if test == "heldout"
                                        else GROUPS)
