@@ -10,8 +10,10 @@ from __future__ import annotations
 from nodulebench import distributed, probing
 from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
+    CnCLoss,
     ContrastiveLoss,
     CrossEntropyLoss,
+    GroupDROLoss,
     LossInfo,
     MultiSimilarityLoss,
     NTXentLoss,
@@ -31,8 +33,10 @@ __all__ = [
     "NoduleSpec",
     "SyntheticNodules",
     # losses
+    "CnCLoss",
     "ContrastiveLoss",
     "CrossEntropyLoss",
+    "GroupDROLoss",
     "LossInfo",
     "MultiSimilarityLoss",
     "NTXentLoss",

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from nodulebench.kernels._reference import supcon_reference
+from nodulebench.kernels._dense import pack_pair_labels
 from nodulebench.kernels.tiled import (
+    cnc_tiled,
     contrastive_tiled,
     multi_similarity_tiled,
     supcon_tiled,
@@ -26,6 +28,8 @@ KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "triplet_hard": lambda z, y: triplet_hard_tiled(z, y, block_size=32)[0],
     "triplet_all": lambda z, y: triplet_all_tiled(z, y, block_size=32)[0],
     "multi_similarity": lambda z, y: multi_similarity_tiled(z, y, block_size=32)[0],
+    "cnc": lambda z, y: cnc_tiled(z, pack_pair_labels(y % 2, y // 2 % 2), temperature=0.1,
+                                  block_size=32)[0],
 }
 
 

@@ -16,6 +16,7 @@ from nodulebench.kernels.dispatch import (
     select_backend,
 )
 from nodulebench.kernels.tiled import (
+    cnc_tiled,
     contrastive_tiled,
     multi_similarity_tiled,
     supcon_tiled,
@@ -27,6 +28,7 @@ __all__ = [
     "BACKENDS",
     "KERNEL_LOSSES",
     "BackendInfo",
+    "cnc_tiled",
     "contrastive_tiled",
     "get_backend_info",
     "multi_similarity_tiled",

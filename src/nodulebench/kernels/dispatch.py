@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 KERNEL_LOSSES = ("supcon", "contrastive", "contrastive_pml", "triplet_hard", "triplet_all",
-                 "triplet_semihard", "multi_similarity")
+                 "triplet_semihard", "multi_similarity", "cnc")
 """Per-anchor computations a backend may implement (triplet mining is part of the name)."""
 
 BACKEND_CHOICES = ("auto", "reference", "tiled", "triton")
@@ -73,6 +73,7 @@ TILED_CROSSOVER: Mapping[str, int] = MappingProxyType({
     "triplet_hard": 256,
     "triplet_all": 128,
     "multi_similarity": 4096,
+    "cnc": 1024,  # SupCon's engine with two more masks per tile: SupCon's crossover
 })
 
 
@@ -171,6 +172,7 @@ _TILED_OPTIONS = {
     "triplet_hard": {"distance": DISTANCES},
     "triplet_all": {"distance": DISTANCES},
     "multi_similarity": {},
+    "cnc": {"variant": SUPCON_VARIANTS},
 }
 # Semi-hard mining picks a different negative per positive pair, and the
 # pytorch-metric-learning contrastive form counts its non-zero terms: only the dense
@@ -187,6 +189,7 @@ _REFERENCE_KERNELS: Mapping[str, KernelFunction] = _frozen({
     "triplet_all": _reference.triplet_all_reference,
     "triplet_semihard": _reference.triplet_semihard_reference,
     "multi_similarity": _reference.multi_similarity_reference,
+    "cnc": _reference.cnc_reference,
 })
 
 _TILED_KERNELS: Mapping[str, KernelFunction] = _frozen({
@@ -195,6 +198,7 @@ _TILED_KERNELS: Mapping[str, KernelFunction] = _frozen({
     "triplet_hard": tiled.triplet_hard_tiled,
     "triplet_all": tiled.triplet_all_tiled,
     "multi_similarity": tiled.multi_similarity_tiled,
+    "cnc": tiled.cnc_tiled,
 })
 
 

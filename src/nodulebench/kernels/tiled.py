@@ -16,9 +16,10 @@ from nodulebench.kernels.tiled_distance import (
     triplet_hard_tiled,
 )
 from nodulebench.kernels.tiled_multisim import multi_similarity_tiled
-from nodulebench.kernels.tiled_supcon import supcon_tiled
+from nodulebench.kernels.tiled_supcon import cnc_tiled, supcon_tiled
 
 __all__ = [
+    "cnc_tiled",
     "contrastive_tiled",
     "multi_similarity_tiled",
     "supcon_tiled",

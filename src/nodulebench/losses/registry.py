@@ -22,8 +22,9 @@ from nodulebench._validation import check_choice, did_you_mean
 
 __all__ = ["LossInfo", "create_loss", "get_loss_info", "list_losses", "register_loss"]
 
-Consumes = Literal["embeddings", "logits"]
-_CONSUMES: tuple[str, ...] = ("embeddings", "logits")
+Consumes = Literal["embeddings", "logits", "embeddings_and_predictions", "logits_and_groups"]
+_CONSUMES: tuple[str, ...] = ("embeddings", "logits", "embeddings_and_predictions",
+                              "logits_and_groups")
 
 LossFactory = TypeVar("LossFactory", bound=Callable[..., torch.nn.Module])
 
@@ -35,8 +36,10 @@ class LossInfo:
     Attributes:
         name: the registry name, e.g. ``"supcon"``.
         factory: the class (or callable) that builds the loss module.
-        consumes: ``"embeddings"`` (called as ``loss(embeddings, labels)``) or
-            ``"logits"`` (called as ``loss(logits, targets)``).
+        consumes: ``"embeddings"`` (called as ``loss(embeddings, labels)``),
+            ``"logits"`` (``loss(logits, targets)``), ``"embeddings_and_predictions"``
+            (``loss(embeddings, labels, predictions)``, a first model's predictions) or
+            ``"logits_and_groups"`` (``loss(logits, labels, groups)``, group ids).
         requires_labels: whether labels must be given (``False``: they are optional).
         citation: the paper that defines the loss.
         accepted_kwargs: the keyword arguments :func:`create_loss` accepts.
@@ -67,7 +70,7 @@ def register_loss(
 
     Args:
         name: the registry name; must not be taken yet unless ``override``.
-        consumes: ``"embeddings"`` or ``"logits"``.
+        consumes: what the loss is called with (see :class:`LossInfo`).
         requires_labels: whether the loss needs labels.
         citation: the defining paper, e.g. ``"Khosla et al., NeurIPS 2020"``.
         override: replace a loss already registered under ``name`` (re-running a
