@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from nodulebench.kernels._reference import supcon_reference
 from nodulebench.kernels._dense import pack_pair_labels
+from nodulebench.kernels._reference import supcon_reference
 from nodulebench.kernels.tiled import (
     cnc_tiled,
     contrastive_tiled,
