@@ -250,3 +250,37 @@ def make_batch(seed: int, batch: int, views: int | None, dim: int,
     embeddings = torch.randn(shape, generator=gen, dtype=torch.float64)
     labels = torch.randint(0, classes, (batch,), generator=gen)
     return embeddings, labels
+
+
+KERNEL_CASES = ["random_with_singletons", "duplicates", "multi_view", "labels_none"]
+"""The prepared batches every kernel is checked on (see :func:`make_case`)."""
+
+
+def make_case(name: str, dtype: torch.dtype, *, rows: int, dim: int, classes: int,
+              seed: int, views: int = 2, singletons: int = 1,
+              normalize: bool = True) -> tuple[Tensor, Tensor]:
+    """Prepared rows ``(N, D)`` and int64 labels ``(N,)`` of one kernel case.
+
+    - ``"random_with_singletons"``: random labels, the first ``singletons`` rows alone in
+      their class (anchors without positives);
+    - ``"duplicates"``: row 1 copied to rows 4 (same label) and 7 (another label);
+    - ``"multi_view"``: ``rows // views`` samples of ``views`` rows, sample-major;
+    - ``"labels_none"``: each sample its own class (SimCLR's labels).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if name == "multi_view":
+        labels = torch.randint(0, classes, (rows // views,), generator=gen)
+        labels = labels.repeat_interleave(views)
+    elif name == "labels_none":
+        labels = torch.arange(rows // views).repeat_interleave(views)
+    else:
+        labels = torch.randint(0, classes, (rows,), generator=gen)
+        if name == "random_with_singletons":
+            labels[:singletons] = 100 + torch.arange(singletons)
+    z = torch.randn(labels.shape[0], dim, generator=gen, dtype=torch.float64)
+    if name == "duplicates":
+        z[4], z[7] = z[1], z[1]
+        labels[4], labels[7] = labels[1], labels[1] + 1
+    if normalize:
+        z = torch.nn.functional.normalize(z, dim=1)
+    return z.to(dtype), labels

@@ -10,6 +10,7 @@ from __future__ import annotations
 from nodulebench import distributed, probing
 from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
+    ClipLoss,
     CnCLoss,
     ContrastiveLoss,
     CrossEntropyLoss,
@@ -17,6 +18,7 @@ from nodulebench.losses import (
     LossInfo,
     MultiSimilarityLoss,
     NTXentLoss,
+    SigLipLoss,
     SupConLoss,
     TripletMarginLoss,
     create_loss,
@@ -33,6 +35,7 @@ __all__ = [
     "NoduleSpec",
     "SyntheticNodules",
     # losses
+    "ClipLoss",
     "CnCLoss",
     "ContrastiveLoss",
     "CrossEntropyLoss",
@@ -40,6 +43,7 @@ __all__ = [
     "LossInfo",
     "MultiSimilarityLoss",
     "NTXentLoss",
+    "SigLipLoss",
     "SupConLoss",
     "TripletMarginLoss",
     "create_loss",

@@ -6,7 +6,8 @@ kernel therefore runs as a custom operator (``torch.library.custom_op``): the gr
 holds one node whose output shapes are known from the inputs, and the kernel itself runs
 eagerly when the graph runs. Its backward is a second operator that recomputes the
 kernel's forward with autograd and differentiates it (the kernel's own recompute
-backward), so a compiled step is exact and ``fullgraph=True`` holds. Outside compilation
+backward) with respect to every floating input, tensor options such as a learnable
+scale included, so a compiled step is exact and ``fullgraph=True`` holds. Outside compilation
 the kernel is called directly, as before.
 
 Defining the operators imports neither Dynamo nor Triton, so ``import nodulebench`` stays
@@ -30,9 +31,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 KernelFunction = Callable[..., tuple[torch.Tensor, ...]]
 
 
-def _anchors(z: torch.Tensor, options: dict[str, Any]) -> int:
-    row_range = options.get("row_range")
-    return z.shape[0] if row_range is None else row_range[1] - row_range[0]
+def _decode(options_text: str) -> dict[str, Any]:
+    options: dict[str, Any] = ast.literal_eval(options_text)
+    return options
 
 
 def _encode(options: dict[str, Any]) -> str:
@@ -40,9 +41,14 @@ def _encode(options: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{key!r}: {value!r}" for key, value in sorted(options.items())) + "}"
 
 
-def _decode(options_text: str) -> dict[str, Any]:
-    options: dict[str, Any] = ast.literal_eval(options_text)
-    return options
+def _call(fn: KernelFunction, tensors: Sequence[torch.Tensor], options_text: str
+          ) -> tuple[torch.Tensor, ...]:
+    """``fn`` on the positional tensors, with the tensor options put back by name."""
+    options = _decode(options_text)
+    names: list[str] = options.pop("__tensor_options__")
+    positional = len(tensors) - len(names)
+    by_name = dict(zip(names, tensors[positional:], strict=True))
+    return fn(*tensors[:positional], **options, **by_name)
 
 
 def _operators(name: str, fn: KernelFunction, outputs: int) -> Callable[..., Any]:
@@ -53,56 +59,72 @@ def _operators(name: str, fn: KernelFunction, outputs: int) -> Callable[..., Any
     )
 
     @torch.library.custom_op(f"nodulebench::{name}", mutates_args=())
-    def forward(z: torch.Tensor, labels: torch.Tensor, options_text: str) -> list[torch.Tensor]:
+    def forward(tensors: list[torch.Tensor], options_text: str) -> list[torch.Tensor]:
         with torch.no_grad():
-            return [t.clone() for t in fn(z, labels, **_decode(options_text))]
+            return [t.clone() for t in _call(fn, tensors, options_text)]
 
     @forward.register_fake
-    def _(z: torch.Tensor, labels: torch.Tensor, options_text: str) -> list[torch.Tensor]:
-        size = _anchors(z, _decode(options_text))
-        return [z.new_empty(size, dtype=dtype or z.dtype) for dtype in dtypes]
+    def _(tensors: list[torch.Tensor], options_text: str) -> list[torch.Tensor]:
+        first = tensors[0]
+        row_range = _decode(options_text).get("row_range")
+        size = first.shape[0] if row_range is None else row_range[1] - row_range[0]
+        return [first.new_empty(size, dtype=dtype or first.dtype) for dtype in dtypes]
 
     @torch.library.custom_op(f"nodulebench::{name}_backward", mutates_args=())
-    def backward(z: torch.Tensor, labels: torch.Tensor, options_text: str,
-                 grad: torch.Tensor) -> torch.Tensor:
+    def backward(tensors: list[torch.Tensor], options_text: str,
+                 grad: torch.Tensor) -> list[torch.Tensor]:
         with torch.enable_grad():
-            rows = z.detach().requires_grad_(True)
-            value = fn(rows, labels, **_decode(options_text))[0]
-            (grad_z,) = torch.autograd.grad(value, rows, grad)
-        return grad_z
+            inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in tensors]
+            value = _call(fn, inputs, options_text)[0]
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(value, wanted, grad, allow_unused=True))
+        return [_or_zeros(next(grads), t) if t.requires_grad else torch.zeros_like(t)
+                for t in inputs]
 
     @backward.register_fake
-    def _(z: torch.Tensor, labels: torch.Tensor, options_text: str,
-          grad: torch.Tensor) -> torch.Tensor:
-        return torch.empty_like(z)
+    def _(tensors: list[torch.Tensor], options_text: str,
+          grad: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.empty_like(t) for t in tensors]
 
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        z, labels, options_text = inputs
-        ctx.save_for_backward(z, labels)
+        tensors, options_text = inputs
+        ctx.save_for_backward(*tensors)
         ctx.options_text = options_text
 
     def differentiate(ctx: Any, grads: list[torch.Tensor]) -> tuple[Any, ...]:
-        z, labels = ctx.saved_tensors
-        return backward(z, labels, ctx.options_text, grads[0]), None, None
+        tensors = list(ctx.saved_tensors)
+        computed = backward(tensors, ctx.options_text, grads[0])
+        return [g if t.is_floating_point() else None
+                for g, t in zip(computed, tensors, strict=True)], None
 
     forward.register_autograd(differentiate, setup_context=setup_context)
     return forward
 
 
+def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
 def eager_under_compile(fn: _F) -> _F:
     """Run the tiled kernel ``fn`` eagerly, as one opaque operator under ``torch.compile``.
 
-    ``fn(z, labels, **options)`` must return ``(loss, valid)`` or ``(total, count,
-    valid)`` with one entry per anchor, differentiable in ``loss``/``total`` only; its
-    options must be Python literals (numbers, strings, ``row_range`` pairs).
+    ``fn(*tensors, **options)`` must return ``(loss, valid)`` or ``(total, count,
+    valid)`` with one entry per anchor (the rows of its first tensor, or ``row_range``),
+    differentiable in ``loss``/``total`` only; an option is a tensor (a learnable
+    scale) or a Python literal (numbers, strings, ``row_range`` pairs).
     """
     outputs = len(typing.get_args(typing.get_type_hints(fn)["return"]))
     operator = _operators(fn.__name__, fn, outputs)
 
     @functools.wraps(fn)
-    def wrapper(z: torch.Tensor, labels: torch.Tensor, **options: Any) -> Any:
+    def wrapper(*tensors: torch.Tensor, **options: Any) -> Any:
         if not torch.compiler.is_compiling():
-            return fn(z, labels, **options)
-        return tuple(operator(z, labels, _encode(options)))
+            return fn(*tensors, **options)
+        names = sorted(key for key, value in options.items()
+                       if isinstance(value, torch.Tensor))
+        literals = {key: value for key, value in options.items() if key not in names}
+        literals["__tensor_options__"] = names
+        extra = [options[key] for key in names]
+        return tuple(operator([*tensors, *extra], _encode(literals)))
 
     return wrapper  # type: ignore[return-value]

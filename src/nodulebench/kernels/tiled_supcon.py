@@ -6,16 +6,19 @@ With :math:`s_{ij} = z_i \cdot z_j / \tau`, :math:`A(i) = \{j \ne i\}` and
 .. math::
 
     \ell^{out}_i = \operatorname{LSE}_{a \in A(i)} s_{ia}
-        - \frac{z_i \cdot (S_{y_i} - z_i)}{\tau\,|P(i)|},
+        - \frac{1}{|P(i)|} \sum_{p \in P(i)} s_{ip},
     \qquad
     \ell^{in}_i = \operatorname{LSE}_{a \in A(i)} s_{ia}
         - \operatorname{LSE}_{p \in P(i)} s_{ip} + \log |P(i)|,
 
-where :math:`S_c = \sum_{j: y_j = c} z_j` is the class sum, so the positive term of
-``"out"`` costs :math:`O(ND)`. Since :math:`s` is symmetric, the kernel visits only the
-square tiles :math:`(I, J)` with :math:`J \ge I` and uses each for the rows of both
-blocks. Both log-sum-exps are accumulated online over the tiles, with the self-pair set
-to :math:`-\infty` inside the diagonal tiles. The forward pass keeps only :math:`O(N)`
+Since :math:`s` is symmetric, the kernel visits only the square tiles :math:`(I, J)` with
+:math:`J \ge I` and uses each for the rows of both blocks. Both log-sum-exps, and the
+positive sum of ``"out"``, are accumulated online over the tiles, with the self-pair set
+to :math:`-\infty` (0 in the positive sum) inside the diagonal tiles. The positive sum is
+taken from the same tile entries as the log-sum-exp, not from class sums
+(:math:`z_i \cdot (S_{y_i} - z_i)` cancels catastrophically on large unnormalized rows),
+so the rounding error is relative to the logits, and a loss that is exactly 0 (one
+positive, no negative) comes out as 0. The forward pass keeps only :math:`O(N)`
 per-row statistics; the backward pass recomputes each tile. Writing
 :math:`G_{ij} = g_i\,(\partial \ell_i / \partial s_{ij})`,
 
@@ -25,15 +28,13 @@ per-row statistics; the backward pass recomputes each tile. Writing
 
 and a tile pair adds :math:`M z_J / \tau` to the rows of :math:`I` and
 :math:`M^\top z_I / \tau` to those of :math:`J`, with :math:`M = G_{IJ} + G_{JI}^\top`:
-the row and the column contributions, never holding :math:`G`. The ``"out"`` positive
-term contributes :math:`-\frac{1}{\tau}\big(w_i (S_{y_i} - z_i) + W_{y_i} - w_i z_i\big)` with
-:math:`w_i = g_i / |P(i)|` and the weighted class sums :math:`W_c = \sum_{y_j = c} w_j z_j`.
+the row and the column contributions, never holding :math:`G`. For ``"out"``,
+:math:`G_{ij} = g_i\,(e^{s_{ij} - \mathrm{LSE}_i} - [j \in P(i)] / |P(i)|)`.
 
 Correct-N-Contrast (:func:`cnc_tiled`) is the same engine with other sets: each row also
 carries a prediction :math:`k_j`, :math:`P(i) = \{j: y_j = y_i, k_j \ne k_i\}` and
 :math:`A(i) = P(i) \cup \{j: k_j = k_i, y_j \ne y_i\}`. Both masks are symmetric, so the
-tiles are still shared, and the positive sum is the class sum minus the sum over the
-anchor's cell :math:`(y_i, k_i)`; for SupCon the cell is the row itself.
+tiles are still shared.
 """
 
 from __future__ import annotations
@@ -63,12 +64,12 @@ def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Sets:
-    """Who is a candidate and a positive of whom: classes, and cells for CnC.
+    """Who is a candidate and a positive of whom: SupCon's sets, or CnC's.
 
-    Without predictions (SupCon) the cell of a row is the row itself and only the
-    self-pair is excluded from the candidates; with them (``pairs=True``, the labels
-    are packed pair labels) the cell is ``(y, k)`` and a pair is a candidate iff it
-    agrees in exactly one of class and prediction.
+    Without predictions (SupCon) every other row is a candidate and those of the same
+    class are positives. With them (``pairs=True``: the labels are packed pair labels of
+    a class and a prediction) a pair is a candidate iff it agrees in exactly one of the
+    two, and a positive iff it agrees in the class.
     """
 
     def __init__(self, labels: torch.Tensor, pairs: bool) -> None:
@@ -77,15 +78,16 @@ class _Sets:
         if pairs:
             classes, self.predictions = unpack_pair_labels(labels)
         self.class_id, self.class_size = _class_index(classes)
-        self.cell_id: torch.Tensor | None = None
-        self.cell_size: torch.Tensor | None = None
+        # The rows that share an anchor's class and are no positive: itself, for CnC
+        # its cell (same class and prediction).
+        self.cell_size = self.class_size.new_ones(labels.shape[0])[:, None]
         if pairs:
-            self.cell_id, self.cell_size = _class_index(labels)
+            cell_id, cell_size = _class_index(labels)
+            self.cell_size = cell_size[cell_id][:, None]
 
     def num_positives(self, a0: int, a1: int) -> torch.Tensor:
-        own = 1 if self.cell_id is None or self.cell_size is None \
-            else self.cell_size[self.cell_id[a0:a1]]
-        return self.class_size[self.class_id[a0:a1]] - own
+        """``|P(i)|`` of the anchors ``a0:a1``."""
+        return self.class_size[self.class_id[a0:a1]] - self.cell_size[a0:a1, 0]
 
     def scores(self, z: torch.Tensor, inv_tau: float, r0: int, r1: int, c0: int,
                c1: int) -> torch.Tensor:
@@ -93,40 +95,32 @@ class _Sets:
         s = _mask_self((z[r0:r1] * inv_tau) @ z[c0:c1].T, r0, c0)
         if self.predictions is None:
             return s
-        same_class = self.class_id[r0:r1, None] == self.class_id[None, c0:c1]
-        same_prediction = self.predictions[r0:r1, None] == self.predictions[None, c0:c1]
-        return s.masked_fill_(same_class == same_prediction, float("-inf"))
+        return s.masked_fill_(self._same_class(r0, r1, c0, c1)
+                              == self._same_prediction(r0, r1, c0, c1), float("-inf"))
 
     def positive(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        """Same class (the self-pair and, for CnC, the own cell are ``-inf`` already)."""
+        """Positive pairs of the tile (for SupCon the self-pairs too: callers mask them)."""
+        same = self._same_class(r0, r1, c0, c1)
+        if self.predictions is None:
+            return same
+        return same & ~self._same_prediction(r0, r1, c0, c1)
+
+    def _same_class(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
         return self.class_id[r0:r1, None] == self.class_id[None, c0:c1]
 
-    def sums(self, rows: torch.Tensor, weights: torch.Tensor | None, first: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row of ``rows`` (rows ``first:`` of the batch): weighted class and cell sums.
-
-        Returns ``(class, cell)``, each of shape ``(N, D)`` indexed by the batch's rows.
-        """
-        weighted = rows if weights is None else weights[:, None] * rows
-        last = first + rows.shape[0]
-        num_classes = self.class_size.shape[0]
-        by_class = rows.new_zeros(num_classes, rows.shape[1]).index_add_(
-            0, self.class_id[first:last], weighted)[self.class_id]
-        if self.cell_id is None or self.cell_size is None:
-            by_cell = torch.zeros_like(by_class)
-            by_cell[first:last] = weighted
-            return by_class, by_cell
-        by_cell = rows.new_zeros(self.cell_size.shape[0], rows.shape[1]).index_add_(
-            0, self.cell_id[first:last], weighted)[self.cell_id]
-        return by_class, by_cell
+    def _same_prediction(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        assert self.predictions is not None  # only called for CnC
+        return self.predictions[r0:r1, None] == self.predictions[None, c0:c1]
 
 
-def _mask_self(s: torch.Tensor, row0: int, col0: int) -> torch.Tensor:
-    """Set the self-pairs of the tile at rows ``row0:`` x columns ``col0:`` to ``-inf``."""
+def _mask_self(
+    s: torch.Tensor, row0: int, col0: int, value: float | bool = float("-inf")
+) -> torch.Tensor:
+    """Set the self-pairs of the tile at rows ``row0:`` x columns ``col0:`` to ``value``."""
     lo, hi = max(row0, col0), min(row0 + s.shape[0], col0 + s.shape[1])
     if lo < hi:
         idx = torch.arange(lo, hi, device=s.device)
-        s[idx - row0, idx - col0] = float("-inf")
+        s[idx - row0, idx - col0] = value
     return s
 
 
@@ -155,6 +149,7 @@ class _SupConTiledFunction(torch.autograd.Function):
         valid = num_pos > 0
         lse = torch.full((a1 - a0,), float("-inf"), dtype=z.dtype, device=z.device)
         lse_pos = torch.full_like(lse, float("-inf"))
+        pos_sum = torch.zeros_like(lse)
         # s is symmetric: when every row is an anchor, the tile of row block I x column
         # block J is the transpose of J x I, so one product serves the row LSEs of I
         # (along dim 1) and of J (dim 0).
@@ -164,17 +159,19 @@ class _SupConTiledFunction(torch.autograd.Function):
             _fold_lse(lse[r0 - a0 : r1 - a0], s, 1)
             if mirrored:
                 _fold_lse(lse[c0:c1], s, 0)
-            if variant == "in":
-                s_pos = s.masked_fill_(~sets.positive(r0, r1, c0, c1), float("-inf"))
+            same = sets.positive(r0, r1, c0, c1)
+            if variant == "out":
+                s_pos = _mask_self(torch.where(same, s, 0.0), r0, c0, 0.0)
+                pos_sum[r0 - a0 : r1 - a0] += s_pos.sum(dim=1)
+                if mirrored:
+                    pos_sum[c0:c1] += s_pos.sum(dim=0)
+            else:
+                s_pos = s.masked_fill_(~same, float("-inf"))
                 _fold_lse(lse_pos[r0 - a0 : r1 - a0], s_pos, 1)
                 if mirrored:
                     _fold_lse(lse_pos[c0:c1], s_pos, 0)
         if variant == "out":
-            anchors = z[a0:a1]
-            by_class, by_cell = sets.sums(z, None, 0)
-            positive_sum = (by_class - by_cell)[a0:a1]
-            pos_term = (anchors * positive_sum).sum(dim=1) * inv_tau
-            raw = lse - pos_term / num_pos.clamp(min=1).to(z.dtype)
+            raw = lse - pos_sum / num_pos.clamp(min=1).to(z.dtype)
         else:
             raw = lse - lse_pos + torch.log(num_pos.clamp(min=1).to(z.dtype))
         loss = torch.where(valid, raw, torch.zeros_like(raw))
@@ -194,43 +191,45 @@ class _SupConTiledFunction(torch.autograd.Function):
         a0, a1 = row_range
         symmetric = (a0, a1) == (0, n)
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
+        # "out": each positive's share of the mean positive logit.
+        pos_share = g / num_pos.clamp(min=1).to(z.dtype)
         lse = _finite_or_zero(lse)
         lse_pos = _finite_or_zero(lse_pos)
         grad_z = torch.zeros_like(z)
 
-        def weights(s: torch.Tensor, rows: slice, cols: slice, same: torch.Tensor | None,
+        def weights(s: torch.Tensor, rows: slice, cols: slice, same: torch.Tensor,
                     dim: int) -> torch.Tensor:
-            """G of the anchors along ``dim``: g_i (P_ij [- Q_ij]), oriented like ``s``."""
+            """G of the anchors along ``dim``, oriented like ``s`` ("out": softmax part only)."""
             shape = (-1, 1) if dim == 1 else (1, -1)
             anchors = slice(rows.start - a0, rows.stop - a0) if dim == 1 else cols
             tile = torch.exp(s - lse[anchors].view(shape))
-            if same is not None:
+            if variant == "in":
                 tile.sub_(torch.exp(s - lse_pos[anchors].view(shape)).masked_fill_(~same, 0.0))
             return tile.mul_(g[anchors].view(shape))
 
         for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
             rows, cols = slice(r0, r1), slice(c0, c1)
             s = sets.scores(z, inv_tau, r0, r1, c0, c1)
-            same = sets.positive(r0, r1, c0, c1) if variant == "in" else None
+            same = sets.positive(r0, r1, c0, c1)
             # M_ij = G_ij + G_ji couples row i and column j both ways; dz = M z / tau.
             # Without the mirror (anchor subsets), M = G of the tile's anchors only.
             m = weights(s, rows, cols, same, 1)
             if symmetric and c0 == r0:
-                grad_z[rows].addmm_(m + m.T, z[rows], alpha=inv_tau)
-                continue
-            if symmetric:
+                m = m + m.T
+            elif symmetric:
                 m.add_(weights(s, rows, cols, same, 0))
+            if variant == "out":
+                # The positive part of M, -(w_i + w_j) on the positive pairs (w_j = 0 for a
+                # column that is not an anchor of this call), subtracted once per tile.
+                share = pos_share[r0 - a0 : r1 - a0, None]
+                if symmetric:
+                    share = share + pos_share[None, c0:c1]
+                m.sub_(_mask_self(same, r0, c0, False) * share)
+            if symmetric and c0 == r0:
+                grad_z[rows].addmm_(m, z[rows], alpha=inv_tau)
+                continue
             grad_z[rows].addmm_(m, z[cols], alpha=inv_tau)
             grad_z[cols].addmm_(m.T, z[rows], alpha=inv_tau)
-        if variant == "out":
-            # d/dz of sum_i w_i z_i . (S_{y_i} - C_i) over the anchors i (C_i: the sum over
-            # i's cell): every row j gets the anchors' weighted class sum minus their
-            # weighted cell sum at j; anchor rows also w_i (S_{y_i} - C_i).
-            w = g / num_pos.clamp(min=1).to(z.dtype)
-            by_class, by_cell = sets.sums(z, None, 0)
-            weighted_class, weighted_cell = sets.sums(z[a0:a1], w, a0)
-            grad_z.sub_((weighted_class - weighted_cell) * inv_tau)
-            grad_z[a0:a1].sub_(w[:, None] * (by_class - by_cell)[a0:a1] * inv_tau)
         return grad_z, None, None, None, None, None, None
 
 

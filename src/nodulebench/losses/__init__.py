@@ -29,8 +29,10 @@ from nodulebench.losses.registry import (
     list_losses,
     register_loss,
 )
+from nodulebench.losses.two_tower import ClipLoss, SigLipLoss
 
 __all__ = [
+    "ClipLoss",
     "CnCLoss",
     "ContrastiveLoss",
     "CrossBatchMemory",
@@ -39,6 +41,7 @@ __all__ = [
     "LossInfo",
     "MultiSimilarityLoss",
     "NTXentLoss",
+    "SigLipLoss",
     "SupConLoss",
     "TripletMarginLoss",
     "create_loss",

@@ -37,6 +37,7 @@ if TYPE_CHECKING or dist.is_available():
     from torch.distributed import ProcessGroup
 
 __all__ = [
+    "EmbeddingOptions",
     "LossOptions",
     "PairwiseOptions",
     "PerAnchor",
@@ -275,17 +276,8 @@ _BACKEND_DOC = ('who computes the per-anchor losses: ``"auto"``, ``"reference"``
 
 
 @dataclass(frozen=True)
-class PairwiseOptions(LossOptions):
-    """Options every pairwise loss has, after its own (keyword-only).
-
-    A subclass declares its own options and, as class variables, its registry
-    ``name``, ``citation``, whether ``labels_required``, and the kernel that computes
-    it (:meth:`kernel` and :meth:`kernel_options`, or an override of :meth:`per_anchor`).
-    """
-
-    name: ClassVar[str]
-    citation: ClassVar[str]
-    labels_required: ClassVar[bool] = True
+class EmbeddingOptions(LossOptions):
+    """Options every loss on embeddings has, after its own (keyword-only)."""
 
     normalize: bool = option(True, "L2-normalize each embedding first", check_bool,
                              kw_only=True)
@@ -296,6 +288,20 @@ class PairwiseOptions(LossOptions):
         "under DDP's gradient averaging (see :doc:`/scaling`)", check_bool, kw_only=True)
     process_group: ProcessGroup | None = option(
         None, "the group to gather over; ``None`` means the default group", kw_only=True)
+
+
+@dataclass(frozen=True)
+class PairwiseOptions(EmbeddingOptions):
+    """Options of a pairwise loss: its own, then those of :class:`EmbeddingOptions`.
+
+    A subclass declares its own options and, as class variables, its registry
+    ``name``, ``citation``, whether ``labels_required``, and the kernel that computes
+    it (:meth:`kernel` and :meth:`kernel_options`, or an override of :meth:`per_anchor`).
+    """
+
+    name: ClassVar[str]
+    citation: ClassVar[str]
+    labels_required: ClassVar[bool] = True
 
     def kernel(self) -> str:
         """The name of the per-anchor computation (see ``KERNEL_LOSSES``)."""

@@ -67,6 +67,7 @@ from nodulebench.losses._declaration import (
     temperature_value,
 )
 from nodulebench.losses._inputs import REDUCTIONS, PreparedEmbeddings, compute_dtype
+from nodulebench.losses.two_tower import clip_loss, siglip_loss
 
 __all__ = [
     "CONTRASTIVE_FORMS",
@@ -76,10 +77,12 @@ __all__ = [
     "SupConOptions",
     "Temperature",
     "TripletOptions",
+    "clip_loss",
     "contrastive_loss",
     "cross_entropy_loss",
     "multi_similarity_loss",
     "ntxent_loss",
+    "siglip_loss",
     "supcon_loss",
     "triplet_margin_loss",
 ]

@@ -22,9 +22,10 @@ from nodulebench._validation import check_choice, did_you_mean
 
 __all__ = ["LossInfo", "create_loss", "get_loss_info", "list_losses", "register_loss"]
 
-Consumes = Literal["embeddings", "logits", "embeddings_and_predictions", "logits_and_groups"]
-_CONSUMES: tuple[str, ...] = ("embeddings", "logits", "embeddings_and_predictions",
-                              "logits_and_groups")
+Consumes = Literal["embeddings", "logits", "paired_embeddings", "embeddings_and_predictions",
+                   "logits_and_groups"]
+_CONSUMES: tuple[str, ...] = ("embeddings", "logits", "paired_embeddings",
+                              "embeddings_and_predictions", "logits_and_groups")
 
 LossFactory = TypeVar("LossFactory", bound=Callable[..., torch.nn.Module])
 
@@ -37,7 +38,8 @@ class LossInfo:
         name: the registry name, e.g. ``"supcon"``.
         factory: the class (or callable) that builds the loss module.
         consumes: ``"embeddings"`` (called as ``loss(embeddings, labels)``),
-            ``"logits"`` (``loss(logits, targets)``), ``"embeddings_and_predictions"``
+            ``"logits"`` (``loss(logits, targets)``), ``"paired_embeddings"`` (two towers,
+            ``loss(image_emb, text_emb)``), ``"embeddings_and_predictions"``
             (``loss(embeddings, labels, predictions)``, a first model's predictions) or
             ``"logits_and_groups"`` (``loss(logits, labels, groups)``, group ids).
         requires_labels: whether labels must be given (``False``: they are optional).
