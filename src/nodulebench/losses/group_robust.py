@@ -10,6 +10,7 @@ confuses. Each is declared once (its options class), like every other loss; see
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -416,12 +417,12 @@ class GroupDROLoss(torch.nn.Module):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor,
                 groups: torch.Tensor) -> torch.Tensor:
         """Loss of ``logits`` ``(B, C)`` with ``labels`` and group ids ``groups`` ``(B,)``."""
-        values = {name: getattr(self.options, name) for name in GroupDROOptions.__match_args__}
-        values["group_counts"] = self.group_counts
+        # The options as given, but the group sizes from the buffer (it follows .to()).
+        options = {item.name: getattr(self.options, item.name)
+                   for item in dataclasses.fields(self.options)}
+        options["group_counts"] = self.group_counts
         result = group_dro_loss(logits, labels, groups, self.group_weights,
-                                update=self.training, reduction=self.options.reduction,
-                                gather_distributed=self.options.gather_distributed,
-                                process_group=self.options.process_group, **values)
+                                update=self.training, **options)
         if self.training:
             with torch.no_grad():
                 self.group_weights.copy_(result.group_weights)
