@@ -12,6 +12,9 @@ distorts least):
 
     python benchmarks/bench_study.py --threads 2 --workers 2
 
+``--train-only`` measures stage 1 alone, in this process on one thread, alternating the
+two settings: CPU seconds per training, a ratio that a loaded machine distorts little.
+
 Results are appended to ``benchmarks/results/bench_study.jsonl`` with the CPU named.
 """
 
@@ -104,6 +107,35 @@ def run_setting(name: str, raw: dict, threads: int, workers: int, folder: Path) 
             "iid_balanced_accuracy": round(iid, 3)}
 
 
+def train_only(raw: dict, repeats: int) -> dict:
+    """CPU seconds of stage-1 training per loss, both settings alternated, one thread."""
+    import dataclasses
+
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from study.config import config_from_dict
+    from study.runner import prepare_data
+    from study.training import train
+
+    torch.set_num_threads(1)
+    config = config_from_dict(raw)
+    data = prepare_data(config, config.experiments[0], config.seeds[0])
+    seconds = {name: 0.0 for name in SETTINGS}
+    for _ in range(repeats + 1):  # the first round warms up and is not counted
+        for name, options in SETTINGS.items():
+            changed = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                            **options))
+            start = time.process_time()
+            for loss in config.losses:
+                train(changed, loss, data.train.images, data.train.labels, config.seeds[0],
+                      torch.device("cpu"))
+            if _ > 0:
+                seconds[name] += (time.process_time() - start) / (repeats * len(config.losses))
+    return {"cpu_s_per_training": {k: round(v, 3) for k, v in seconds.items()},
+            "ratio": round(seconds["before"] / seconds["after"], 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick")
@@ -113,6 +145,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override train.epochs (default: preset's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--train-only", action="store_true",
+                        help="time stage-1 training alone, in this process")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of --train-only")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_study.jsonl")
     args = parser.parse_args()
     raw = tomllib.loads((HERE / "study" / "presets" / f"{args.preset}.toml").read_text())
@@ -122,6 +157,18 @@ def main() -> None:
         raw["losses"] = args.losses
     if args.epochs:
         raw["train"]["epochs"] = args.epochs
+    if args.train_only:
+        result = train_only(raw, args.repeats)
+        header = (f"{args.preset}/{args.experiment}: stage-1 training of {raw['losses']}, "
+                  f"epochs {raw['train']['epochs']}, one thread, on {cpu_name()}")
+        print(header)
+        for name, value in result["cpu_s_per_training"].items():
+            print(f"  {name:>6}: {value} CPU s per training")
+        print(f"  speed-up: {result['ratio']:.2f}x less CPU per training")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as handle:
+            handle.write(json.dumps({"config": header, **result}) + "\n")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run_setting(name, raw, args.threads, args.workers, Path(tmp))
                 for name in SETTINGS]
