@@ -36,15 +36,28 @@ class StudyLoss:
             ``cross_entropy`` when the classifier trains jointly.
         protocol: ``"end_to_end"`` (encoder + classifier by cross-entropy), ``"two_stage"``
             (encoder + projection by the embedding loss, then a linear classifier on the
-            frozen encoder) or ``"joint"`` (embedding loss + cross-entropy together).
+            frozen encoder), ``"joint"`` (embedding loss + cross-entropy together), or one
+            of the group-robust protocols: ``"group_dro"`` (encoder + classifier by
+            GroupDRO on group ids), ``"jtt"`` (cross-entropy with the identification
+            model's errors upweighted) and ``"cnc"`` (Correct-N-Contrast on the
+            identification model's predictions + cross-entropy).
         views: augmented views of each image per step (1 or 2).
         uses_labels: whether the embedding loss sees the labels.
+        groups: where GroupDRO's group ids come from: ``"generator"`` (the ground-truth
+            label x shortcut side), ``"inferred"`` (label x whether the identification
+            model was right) or ``"none"``.
     """
 
     registry: tuple[str, ...]
     protocol: str
     views: int = 2
     uses_labels: bool = True
+    groups: str = "none"
+
+    @property
+    def needs_identification(self) -> bool:
+        """Whether it trains on a first (identification) model's predictions."""
+        return self.protocol in ("jtt", "cnc") or self.groups == "inferred"
 
 
 # The study's losses. ``cross_entropy_2view`` is a protocol control: cross-entropy on the
@@ -58,6 +71,12 @@ STUDY_LOSSES: dict[str, StudyLoss] = {
     "triplet": StudyLoss(("triplet",), "two_stage"),
     "multi_similarity": StudyLoss(("multi_similarity",), "two_stage"),
     "ntxent": StudyLoss(("ntxent",), "two_stage", uses_labels=False),
+    # Methods built against shortcuts; all but "group_dro" find the shortcut through the
+    # errors of a short cross-entropy run (TrainConfig.identification_epochs).
+    "group_dro": StudyLoss(("group_dro",), "group_dro", views=1, groups="generator"),
+    "group_dro_inferred": StudyLoss(("group_dro",), "group_dro", views=1, groups="inferred"),
+    "jtt": StudyLoss(("cross_entropy",), "jtt", views=1),
+    "cnc": StudyLoss(("cnc", "cross_entropy"), "cnc", views=1),
 }
 
 
@@ -106,6 +125,10 @@ class TrainConfig:
     fast on CPUs with bf16 instructions and on GPUs) or not at all (``"none"``); the
     losses, the linear heads and every evaluation stay in float32. ``channels_last`` is
     the memory layout of the convolutions (faster on CPU, same arithmetic).
+
+    ``identification_epochs`` (JTT's T) trains the cross-entropy model whose
+    training-set errors JTT upweights by ``jtt_upweight`` (JTT's lambda_up), whose
+    predictions CnC contrasts and whose errors give ``group_dro_inferred`` its groups.
     """
 
     epochs: int = 10
@@ -117,6 +140,8 @@ class TrainConfig:
     ce_weight: float = 1.0
     autocast: str = "none"
     channels_last: bool = True
+    identification_epochs: int = 2
+    jtt_upweight: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -354,6 +379,8 @@ def _check_values(config: StudyConfig) -> None:
         ("model.projection_dim", config.model.projection_dim),
         ("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
         ("train.lr", t.lr), ("train.linear_steps", t.linear_steps),
+        ("train.identification_epochs", t.identification_epochs),
+        ("train.jtt_upweight", t.jtt_upweight),
         ("train.linear_lr", t.linear_lr), ("probe.folds", p.folds),
         ("probe.intervention_n", p.intervention_n), ("probe.gradcam_n", p.gradcam_n),
         ("probe.cka_n", p.cka_n),

@@ -19,11 +19,11 @@ from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.metrics import binary_metrics
 from nodulebench.stats import group_accuracy
 
-from .config import ConfigError, ExperimentConfig, StudyConfig
+from .config import STUDY_LOSSES, ConfigError, ExperimentConfig, StudyConfig
 from .identify import identify_features
 from .parallel import Parallel
 from .store import RunStore, atomic_write_json
-from .training import encode, fit_heads, head_probabilities, train
+from .training import encode, fit_heads, head_probabilities, identify, train
 
 log = logging.getLogger("study")
 
@@ -62,6 +62,35 @@ class ExperimentData:
     probe_set: SyntheticNodules
     probe_images: torch.Tensor
     probe_masks: dict[str, torch.Tensor]
+    #: The identification model's training-set predictions, computed on first need.
+    identification: torch.Tensor | None = None
+
+
+def group_robust_inputs(config: StudyConfig, loss: str, data: ExperimentData, seed: int,
+                        device: torch.device, parallel: Parallel | None = None
+                        ) -> dict[str, torch.Tensor]:
+    """The per-sample inputs of a group-robust loss (none for the others).
+
+    ``group_dro`` gets the generator's ground-truth groups (label x shortcut side), which a
+    user of real data rarely has; ``group_dro_inferred`` gets label x whether the
+    identification model was right, as JTT and CnC use that model.
+    """
+    how = STUDY_LOSSES[loss]
+    train_set = data.train
+    if how.groups == "generator":
+        return {"groups": train_set.groups}
+    if not how.needs_identification:
+        return {}
+    if data.identification is None:
+        data.identification = identify(config, train_set.images, train_set.labels, seed,
+                                       device, parallel)
+    wrong = data.identification != train_set.labels
+    if how.groups == "inferred":
+        return {"groups": 2 * train_set.labels + wrong.long()}
+    if how.protocol == "jtt":
+        upweight = torch.full(wrong.shape, config.train.jtt_upweight)
+        return {"weights": torch.where(wrong, upweight, torch.ones_like(upweight))}
+    return {"predictions": data.identification}
 
 
 def run_id(experiment: str, loss: str, seed: int) -> str:
@@ -156,8 +185,10 @@ def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: 
     start = time.perf_counter()
     steps = config.train.epochs * (config.data.n_train // config.train.batch_size)
     with progress.bar(total=steps, desc=run_id(experiment.name, loss, seed)) as bar:
+        per_sample = group_robust_inputs(config, loss, data, seed, device, parallel)
         trained = train(config, loss, data.train.images, data.train.labels, seed, device,
-                        on_step=lambda: bar.update(1), parallel=parallel)
+                        on_step=lambda: bar.update(1), parallel=parallel,
+                        per_sample=per_sample)
     train_seconds = time.perf_counter() - start
     if not parallel.is_main:
         return None
@@ -183,6 +214,11 @@ def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: 
         "total_seconds": time.perf_counter() - start,
         **identified,
     }
+    if STUDY_LOSSES[loss].needs_identification and data.identification is not None:
+        # The identification run is trained once per (experiment, seed), in the first run
+        # that needs it (and counted in that run's time).
+        wrong = data.identification != data.train.labels
+        record["identification_error_rate"] = float(wrong.float().mean())
     return record, arrays
 
 

@@ -8,6 +8,16 @@
   features. ``ntxent`` ignores the labels in stage 1 (self-supervised).
 * ``joint`` (``supcon_ce``): encoder, projection head and classifier trained together with
   SupCon + ``ce_weight`` x cross-entropy; the classifier is used as is.
+* ``group_dro`` (``group_dro``, ``group_dro_inferred``): encoder + classifier trained by
+  GroupDRO on per-sample group ids (the generator's, or inferred from an identification
+  model's errors).
+* ``jtt`` (Liu et al. 2021): a first cross-entropy model trained for
+  ``identification_epochs`` (:func:`identify`); a second, fresh model trained by
+  cross-entropy with that model's training-set errors weighted ``jtt_upweight`` times
+  (a weighted loss, the expectation of the paper's upsampling).
+* ``cnc`` (Zhang et al. 2022): encoder, projection head and classifier trained together
+  with Correct-N-Contrast on the identification model's predictions + ``ce_weight`` x
+  cross-entropy.
 
 After training, :func:`fit_heads` adds two more linear heads on the frozen encoder, so every
 loss is also read under the two-stage protocol and with last-layer retraining on a small
@@ -30,6 +40,7 @@ import torch
 from torch import nn
 
 from nodulebench import create_loss
+from nodulebench.losses.functional import cross_entropy_loss
 
 from .augment import dihedral_views
 from .config import STUDY_LOSSES, StudyConfig
@@ -100,6 +111,8 @@ def train(
     device: torch.device,
     on_step: Callable[[], None] | None = None,
     parallel: Parallel | None = None,
+    per_sample: dict[str, torch.Tensor] | None = None,
+    epochs: int | None = None,
 ) -> TrainedModel:
     """Train one model with one study loss on ``images`` ``(N, 1, H, W)`` / ``labels`` ``(N,)``.
 
@@ -107,8 +120,14 @@ def train(
     the same batches in the same order. Under torchrun every rank draws the same global
     batch and views, trains on its shard through DDP, and only rank 0 fits the linear
     classifier of stage 2.
+
+    ``per_sample`` holds the ``(N,)`` inputs of the group-robust protocols, indexed like
+    ``labels``: ``groups`` (GroupDRO), ``weights`` (JTT) or ``predictions`` (CnC).
+    ``epochs`` overrides ``config.train.epochs`` (the identification model's run).
     """
     t = config.train
+    epochs = t.epochs if epochs is None else epochs
+    per_sample = per_sample or {}
     how = STUDY_LOSSES[study_loss]
     parallel = parallel or Parallel()
     # Two streams, so that the batch order is the same for every loss of a seed whatever
@@ -128,29 +147,33 @@ def train(
             find_unused_parameters=True,
         )
     losses = build_losses(config, study_loss, parallel)
-    embedding_loss = None if how.protocol == "end_to_end" else losses[0]
+    projected = how.protocol in ("two_stage", "joint", "cnc")
+    embedding_loss = losses[0] if projected else None
     cross_entropy = losses[-1] if how.registry[-1] == "cross_entropy" else None
+    group_dro = losses[0] if how.protocol == "group_dro" else None
 
     parameters = list(model.encoder.parameters())
     if embedding_loss is not None:
         parameters += list(model.projection.parameters())
-    if cross_entropy is not None:
+    if cross_entropy is not None or group_dro is not None:
         parameters += list(model.classifier.parameters())
     n = images.shape[0]
     steps_per_epoch = n // t.batch_size
     optimizer = torch.optim.AdamW(parameters, lr=t.lr, weight_decay=t.weight_decay,
                                   foreach=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=t.lr, total_steps=t.epochs * steps_per_epoch, pct_start=0.15
+        optimizer, max_lr=t.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
     )
     history = []
     model.train()
-    for _ in range(t.epochs):
+    for _ in range(epochs):
         order = torch.randperm(n, generator=order_generator)
         epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
         for step in range(steps_per_epoch):  # full batches only: pairs need partners
             index = order[step * t.batch_size:(step + 1) * t.batch_size]
             x, y = images[index].to(device), labels[index].to(device)
+            extra = {name: parallel.shard(values[index].to(device))
+                     for name, values in per_sample.items()}
             # Views of the whole global batch (same on every rank), then this rank's shard.
             views = parallel.shard(dihedral_views(x, how.views, view_generator))
             y = parallel.shard(y)
@@ -158,11 +181,20 @@ def train(
                 projections, logits = heads(views.flatten(0, 1).contiguous(memory_format=layout))
             projections, logits = projections.float(), logits.float()
             y_views = y.repeat_interleave(how.views)
-            if embedding_loss is None:
+            if group_dro is not None:
+                loss = group_dro(logits, y, extra["groups"])
+            elif how.protocol == "jtt":
+                weights = extra["weights"]
+                per_image = cross_entropy_loss(logits, y, reduction="none")
+                loss = (weights * per_image).sum() / weights.sum()
+            elif embedding_loss is None:
                 loss = cross_entropy(logits, y_views)  # type: ignore[misc]
             else:
                 z = projections.unflatten(0, (y.shape[0], how.views))
-                loss = embedding_loss(z, y if how.uses_labels else None)
+                if how.protocol == "cnc":
+                    loss = embedding_loss(z, y, extra["predictions"])
+                else:
+                    loss = embedding_loss(z, y if how.uses_labels else None)
                 if cross_entropy is not None:
                     loss = loss + t.ce_weight * cross_entropy(logits, y_views)
             optimizer.zero_grad(set_to_none=True)
@@ -178,6 +210,20 @@ def train(
         raise RuntimeError(f"{study_loss}: training diverged (loss {history[-1]})")
     model.eval()
     return TrainedModel(model, history, study_loss)
+
+
+def identify(config: StudyConfig, images: torch.Tensor, labels: torch.Tensor, seed: int,
+             device: torch.device, parallel: Parallel | None = None) -> torch.Tensor:
+    """The identification model's predictions ``(N,)`` on its own training set.
+
+    A cross-entropy model (the study's, stopped after ``identification_epochs``); JTT
+    upweights its errors, CnC contrasts its predictions, ``group_dro_inferred`` groups by
+    label x its correctness.
+    """
+    trained = train(config, "cross_entropy", images, labels, seed, device, parallel=parallel,
+                    epochs=config.train.identification_epochs)
+    features = encode(trained.model, images, device)
+    return (head_probabilities(trained.model.classifier, features) >= 0.5).long()
 
 
 def _autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:

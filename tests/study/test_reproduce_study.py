@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "reproduce_study.py"
 STUDY_LOSSES = ["cross_entropy", "cross_entropy_2view", "supcon", "supcon_ce", "contrastive",
-                "triplet", "multi_similarity", "ntxent"]
+                "triplet", "multi_similarity", "ntxent", "group_dro", "group_dro_inferred", "jtt",
+                "cnc"]
 EXPERIMENTS = {"control", "diameter", "calcification", "acquisition"}
 GROUPS = {"benign-aligned", "benign-conflicting", "malignant-aligned", "malignant-conflicting"}
 TESTS = ["iid", "decorrelated", "reversed", "heldout", "covariate"]
