@@ -1,10 +1,11 @@
 """On-disk cache of rendered images: ``.npy`` memory maps plus a JSON manifest.
 
-``materialize`` renders a dataset once into ``images.npy`` (float32 ``(n, 1, H, W)``),
-``labels.npy`` and ``factors.npy`` (float64 ``(F, n)``, rows in ``FACTORS`` order) next to a
-``manifest.json`` that records the spec's fingerprint (SHA-256), ``n``, ``seed``,
-``image_size`` and ``output``. Loading compares the manifest with the dataset that asks for
-it and refuses a mismatch. Arrays are written and read with ``allow_pickle=False``.
+``materialize`` renders a dataset once into ``images.npy`` (float32 ``(n, 1, H, W)``, or
+``(n, 1, D, H, W)`` for volumes), ``labels.npy`` and ``factors.npy`` (float64 ``(F, n)``,
+rows in ``FACTORS`` order) next to a ``manifest.json`` that records the spec's fingerprint
+(SHA-256), ``n``, ``seed``, ``image_size``, ``volume_size`` and ``output``. Loading
+compares the manifest with the dataset that asks for it and refuses a mismatch. Arrays are
+written and read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def manifest_for(ds: Any) -> dict[str, Any]:
         "n": ds.n,
         "seed": ds.seed,
         "image_size": ds.image_size,
+        "volume_size": ds.volume_size,
         "output": ds.output,
         "factors": list(FACTORS),
     }
@@ -43,9 +45,8 @@ def materialize(ds: Any, path: str | pathlib.Path, batch_size: int = 1024) -> pa
     """Render every image of ``ds`` into ``path`` (created if needed); returns ``path``."""
     root = pathlib.Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    s = ds.image_size
     images = np.lib.format.open_memmap(root / "images.npy", mode="w+", dtype=np.float32,
-                                       shape=(ds.n, 1, s, s))
+                                       shape=(ds.n, *ds.sample_shape))
     for start in range(0, ds.n, batch_size):
         idx = torch.arange(start, min(ds.n, start + batch_size))
         images[start:start + idx.numel()] = ds.render(idx).numpy()
@@ -84,8 +85,8 @@ def load_images(ds: Any, path: str | pathlib.Path) -> np.ndarray[Any, Any]:
         raise ValueError(f"cache at {root} does not match this dataset: labels or factors "
                          "differ (made by another version of nodulebench?)")
     images = np.load(root / "images.npy", mmap_mode="r", allow_pickle=False)
-    s = ds.image_size
-    if images.shape != (ds.n, 1, s, s) or images.dtype != np.float32:
+    shape = (ds.n, *ds.sample_shape)
+    if images.shape != shape or images.dtype != np.float32:
         raise ValueError(f"cache at {root} does not match this dataset: images must be float32 "
-                         f"{(ds.n, 1, s, s)}; got {images.dtype} {images.shape}")
+                         f"{shape}; got {images.dtype} {images.shape}")
     return images  # type: ignore[no-any-return]
