@@ -230,3 +230,23 @@ def test_chest_wall_is_muscle_and_fissure_is_a_thin_line() -> None:
     touched = (lift > 20).flatten(1).sum(1).float()
     # a line across the patch, partial-volume averaged over about two pixels
     assert bool((touched > 32).all()) and bool((touched < 4 * 64).all())
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragments"),
+    [
+        ({"location": "pleural"}, ("overrides['location']", "'pleural'")),
+        ({"calcification_hu": 50.0}, ("overrides['calcification_hu']", "[150.0, 1000.0]",
+                                      "50.0")),
+        ({"kernel": 3}, ("overrides['kernel']", "[0, 2]")),
+        ({"site": "scanner_e"}, ("overrides['site']", "'scanner_e'")),
+        ({"fissure": 1.5}, ("overrides['fissure']", "[0, 1]")),
+    ],
+)
+def test_bad_values_of_new_factors_are_named(changes: dict, fragments: tuple) -> None:
+    # the argument, what was expected and what was received
+    ds = SyntheticNodules(n=2, image_size=16)
+    with pytest.raises(ValueError) as info:
+        ds.intervene(0, **changes)
+    for fragment in fragments:
+        assert fragment in str(info.value)

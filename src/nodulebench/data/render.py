@@ -43,9 +43,13 @@ from .geometry import ANGLES, CALCIFICATION_BLOBS, shape_slice
 
 __all__ = ["MASK_NAMES", "render_hu", "window"]
 
-#: Keys of the ground-truth mask dict.
-MASK_NAMES: tuple[str, ...] = ("nodule", "body", "spicules", "calcification", "vessels",
-                                "pleura")
+#: Keys of the ground-truth mask dict, general to specific: context first, then the nodule
+#: (body and spicules), its spicules and its calcification, so that
+#: :func:`~nodulebench.probing.mask_energy`, where the last region containing a pixel takes
+#: it, scores ``"nodule"`` as the body core and gives vessels inside a nodule to the nodule
+#: (``"body"`` equals ``"nodule"`` minus ``"spicules"`` and so receives no share there).
+MASK_NAMES: tuple[str, ...] = ("vessels", "pleura", "body", "nodule", "spicules",
+                                "calcification")
 
 _SOFT_TISSUE_HU = 40.0
 _SHAPE_STREAM = 100
