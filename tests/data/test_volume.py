@@ -165,13 +165,18 @@ def test_spicules_are_tubes_and_grow_with_spiculation() -> None:
                                                             "diameter_mm": 6.0})
     per_slice = masks["spicules"][0, 0].flatten(1).sum(1)
     assert int(per_slice[16]) > 0
+    # the oblique set leaves the body upwards and downwards, beyond the body's top and bottom
+    body_slices = torch.nonzero(masks["body"][0, 0].flatten(1).any(1)).flatten()
+    assert int(per_slice[int(body_slices.max()) + 1:].sum()) > 0
+    assert int(per_slice[:int(body_slices.min())].sum()) > 0
 
 
 def test_volumes_materialize_and_reload(tmp_path: Path) -> None:
     ds = SyntheticNodules(n=6, seed=6, volume_size=16)
     ds.materialize(tmp_path / "v", batch_size=4)
     cached = SyntheticNodules(n=6, seed=6, volume_size=16, cache=tmp_path / "v")
-    torch.testing.assert_close(cached.render(range(6)), ds.render(range(6)), rtol=0, atol=1e-5)
+    # batches of 4 then 2 against one of 6: FFT batch sizes change the last bits only
+    torch.testing.assert_close(cached.render(range(6)), ds.render(range(6)), rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="volume_size must be None; got 16"):
         SyntheticNodules(n=6, seed=6, image_size=16, cache=tmp_path / "v")
 

@@ -11,10 +11,17 @@ description, exactly:
   minor and major axes, times lobulation harmonics that are the 2-D ones at the equator
   (sectoral harmonics ``cos^k(psi) cos(k theta + p_k)``) plus tilted ones that vanish there
   (``cos^(k-1)(psi) sin(psi) cos((k-1) theta + q_k)``); the equator row is the 2-D outline;
-- spicules, vessels and the solid core are round tubes and balls whose axes and centres
-  lie in the axial plane through the nodule centre; calcification blobs are balls centred
-  in that plane; the pleura (a cylinder along z: the thorax) and the fissure (a plane)
-  are their 2-D curves extruded along z;
+- spicules are round tapered tubes: the 2-D set lies in the axial plane through the
+  nodule centre, and as many *oblique* spicules (same count, length, width, taper, bend
+  and ripple formulas of ``spiculation``, their own exogenous numbers) leave the body at
+  35-75 degrees of elevation, alternately up and down, golden-angle spaced in azimuth;
+  their partial volume is a radial ramp one voxel wide scaled to conserve the tube's
+  cross-section area. They are drawn outside the central slice only, which keeps that
+  slice the 2-D section;
+- vessels and the solid core are round tubes and balls whose axes and centres lie in the
+  axial plane through the nodule centre; calcification blobs are balls centred there;
+- the pleura (a cylinder along z: the thorax) and the fissure (a plane) are their 2-D
+  curves extruded along z;
 - the parenchymal texture is interpolated along z between coarse 2-D fields spaced twice
   as far apart as its in-plane nodes, with weights ``cos``/``sin`` of a quarter turn
   (constant variance; about the same mean change from slice to slice as from pixel to
@@ -55,7 +62,8 @@ ELEVATIONS = 65
 _SHAPE_STREAM = 100  # the 2-D shape numbers (geometry.SHAPE_SLOTS)
 _NOISE_STREAM = 101  # the 2-D texture and noise field, here the central slice's
 _SHAPE3_STREAM = 102  # numbers only a volume uses
-_SHAPE3_NUMBERS = 1 + 2 * len(HARMONICS)  # third axis, tilted harmonics' amplitude, phase
+_OBLIQUE = 1 + 2 * len(HARMONICS)  # after the third axis and the tilted harmonics
+_SHAPE3_NUMBERS = _OBLIQUE + 1 + 6 * geometry.MAX_SPICULES  # then the oblique spicules
 _FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
 _SSP_CUTOFF = 3.0  # profile truncated (smoothly) at this many standard deviations
 
@@ -121,6 +129,76 @@ def _lookup_3d(table: torch.Tensor, pos: torch.Tensor, i0: torch.Tensor,
 
     low = at(row)
     return torch.addcmul(low, efrac, at(row + k) - low)
+
+
+def _oblique_spicules(factors: Mapping[str, torch.Tensor], shape3_u: torch.Tensor,
+                      table: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor,
+                      dz: torch.Tensor, pixel_mm: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coverage ``(N, D, S, S)`` of the oblique spicules and the voxels they pass through.
+
+    ``dx (N, 1, 1, S)``, ``dy (N, 1, S, 1)``, ``dz (N, D, 1, 1)``: voxel centres relative
+    to the nodule centre in mm; ``table``: the body radius ``(N, E, K)``.
+    """
+    n, e, k = table.shape
+    j_count = geometry.MAX_SPICULES
+    j = torch.arange(j_count, device=dx.device, dtype=dx.dtype)
+
+    def numbers(i: int) -> torch.Tensor:
+        lo = _OBLIQUE + 1 + i * j_count
+        return shape3_u[:, lo:lo + j_count]
+
+    s = factors["spiculation"].to(dx.dtype)[:, None]
+    onset = geometry.SPICULE_ONSET + geometry.SPICULE_STEP * j
+    grown = ((s - onset[None, :]) / geometry.SPICULE_GROWTH).clamp(0.0, 1.0)
+    length = (2 + 8 * s) * (0.6 + 0.8 * numbers(2)) * grown
+    width = 0.5 + numbers(3)
+    bend = 0.4 * (numbers(4) - 0.5) * length
+    ripple = 2 * math.pi * numbers(5)
+    azimuth = (2 * math.pi * shape3_u[:, _OBLIQUE, None] + j * geometry.GOLDEN_ANGLE
+               + 0.15 * (numbers(0) - 0.5)) % (2 * math.pi)
+    up = torch.where(j % 2 == 0, 1.0, -1.0).to(dx.dtype)
+    psi = up * torch.deg2rad(35 + 40 * numbers(1))
+    azimuth_bin = torch.round(azimuth * (k / (2 * math.pi))).long().bitwise_and_(k - 1)
+    elevation_bin = torch.round((psi + math.pi / 2) * ((e - 1) / math.pi)).long()
+    radius = torch.gather(table.reshape(n, -1), 1, elevation_bin * k + azimuth_bin)
+    base = torch.maximum(radius - 1.0, 0.5 * radius)  # start inside the body, as in 2-D
+    cos_psi, sin_psi = torch.cos(psi), torch.sin(psi)
+    axis = (cos_psi * torch.cos(azimuth), cos_psi * torch.sin(azimuth), sin_psi)
+    sideways = (-sin_psi * torch.cos(azimuth), -sin_psi * torch.sin(azimuth), cos_psi)
+    p = pixel_mm[:, None, None, None]
+    cover = torch.zeros(n, dz.shape[1], dy.shape[2], dx.shape[3], device=dx.device,
+                        dtype=dx.dtype)
+    inside = torch.zeros_like(cover, dtype=torch.bool)
+    for i in range(j_count):
+        if not bool((length[:, i] > 0).any()):
+            break  # spicules grow in order: none further either
+
+        def col(t: torch.Tensor, i: int = i) -> torch.Tensor:
+            return t[:, i, None, None, None]
+
+        ux, uy, uz = (col(c) for c in axis)
+        wx, wy, wz = (col(c) for c in sideways)
+        along = dx * ux + dy * uy + dz * uz - col(base)
+        t = (along / col(length).clamp(min=1e-6)).clamp_(0.0, 1.0)
+        off = col(bend) * t * t
+        reach = col(base) + along
+        rho = torch.sqrt((dx - reach * ux - off * wx) ** 2 + (dy - reach * uy - off * wy) ** 2
+                         + (dz - reach * uz - off * wz) ** 2)
+        half = 0.5 * col(width) * (1 - 0.85 * t) * (1 + 0.2 * torch.sin(3 * math.pi * t
+                                                                       + col(ripple)))
+        # a ramp one voxel wide holds pi (half^2 + p^2 / 12) of cross-section, or
+        # pi (half + p / 2)^3 / (3 p) when thinner than a voxel: scale to pi half^2
+        conserve = torch.where(half >= 0.5 * p, half ** 2 / (half ** 2 + p ** 2 / 12),
+                               3 * p * half ** 2 / (half + 0.5 * p) ** 3)
+        c = ramp(half - rho, p) * (conserve * (col(length) > 0))
+        c *= (along / p + 0.5).clamp_(0.0, 1.0) * ((col(length) - along) / p + 0.5).clamp_(
+            0.0, 1.0)
+        torch.maximum(cover, c, out=cover)
+        inside |= ((rho < torch.maximum(half, 0.5 * p)) & (along >= 0)
+                   & (along <= col(length)) & (col(length) > 0))
+    off_centre = dz != 0
+    return cover * off_centre, inside & off_centre
 
 
 def _slice_keys(seed: int, idx: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -243,6 +321,12 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
             spic.select(k), dx[k, None].expand(-1, d, s, s).reshape(m, -1),
             dy[k, None].expand(-1, d, s, s).reshape(m, -1), nearest_bin.reshape(m, -1),
             pixel_mm[k], dz=dz[k].expand(-1, d, s, s).reshape(m, -1))
+        cover, inside = _oblique_spicules({"spiculation": factors["spiculation"][k]},
+                                          shape3_u[k], table[k], dx[k, None], dy[k, None],
+                                          dz[k], pixel_mm[k])
+        in_plane = spic_cover[k]
+        spic_cover[k] = in_plane + (1 - in_plane) * cover.reshape(m, -1)
+        spic_inside[k] |= inside.reshape(m, -1)
     pv = pixel_mm[:, None, None, None]
     margin_mm = (0.1 + 2.9 * (1 - f32("margin_sharpness")))[:, None, None, None]
     edge_mm = torch.sqrt(margin_mm ** 2 + pv ** 2)
