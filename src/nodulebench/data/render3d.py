@@ -133,22 +133,27 @@ def _lookup_3d(table: torch.Tensor, pos: torch.Tensor, i0: torch.Tensor,
 
 def _oblique_spicules(factors: Mapping[str, torch.Tensor], shape3_u: torch.Tensor,
                       table: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor,
-                      dz: torch.Tensor, pixel_mm: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      dz: torch.Tensor, pixel_mm: torch.Tensor, azimuth_pos: torch.Tensor,
+                      elevation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Coverage ``(N, D, S, S)`` of the oblique spicules and the voxels they pass through.
 
     ``dx (N, 1, 1, S)``, ``dy (N, 1, S, 1)``, ``dz (N, D, 1, 1)``: voxel centres relative
-    to the nodule centre in mm; ``table``: the body radius ``(N, E, K)``.
+    to the nodule centre in mm; ``table``: the body radius ``(N, E, K)``; ``azimuth_pos``
+    ``(N, S * S)`` and ``elevation`` ``(N, D, S * S)``: each voxel's direction from the
+    centre, in azimuth bins and radians. As in 2-D, a voxel meets at most the spicule whose
+    axis direction is nearest to its own (looked up on the angular grid), so the cost does
+    not grow with the number of spicules.
     """
     n, e, k = table.shape
+    dev, dt = dx.device, dx.dtype
     j_count = geometry.MAX_SPICULES
-    j = torch.arange(j_count, device=dx.device, dtype=dx.dtype)
+    j = torch.arange(j_count, device=dev, dtype=dt)
 
     def numbers(i: int) -> torch.Tensor:
         lo = _OBLIQUE + 1 + i * j_count
         return shape3_u[:, lo:lo + j_count]
 
-    s = factors["spiculation"].to(dx.dtype)[:, None]
+    s = factors["spiculation"].to(dt)[:, None]
     onset = geometry.SPICULE_ONSET + geometry.SPICULE_STEP * j
     grown = ((s - onset[None, :]) / geometry.SPICULE_GROWTH).clamp(0.0, 1.0)
     length = (2 + 8 * s) * (0.6 + 0.8 * numbers(2)) * grown
@@ -157,48 +162,55 @@ def _oblique_spicules(factors: Mapping[str, torch.Tensor], shape3_u: torch.Tenso
     ripple = 2 * math.pi * numbers(5)
     azimuth = (2 * math.pi * shape3_u[:, _OBLIQUE, None] + j * geometry.GOLDEN_ANGLE
                + 0.15 * (numbers(0) - 0.5)) % (2 * math.pi)
-    up = torch.where(j % 2 == 0, 1.0, -1.0).to(dx.dtype)
+    up = torch.where(j % 2 == 0, 1.0, -1.0).to(dt)
     psi = up * torch.deg2rad(35 + 40 * numbers(1))
     azimuth_bin = torch.round(azimuth * (k / (2 * math.pi))).long().bitwise_and_(k - 1)
     elevation_bin = torch.round((psi + math.pi / 2) * ((e - 1) / math.pi)).long()
     radius = torch.gather(table.reshape(n, -1), 1, elevation_bin * k + azimuth_bin)
     base = torch.maximum(radius - 1.0, 0.5 * radius)  # start inside the body, as in 2-D
     cos_psi, sin_psi = torch.cos(psi), torch.sin(psi)
-    axis = (cos_psi * torch.cos(azimuth), cos_psi * torch.sin(azimuth), sin_psi)
-    sideways = (-sin_psi * torch.cos(azimuth), -sin_psi * torch.sin(azimuth), cos_psi)
-    p = pixel_mm[:, None, None, None]
-    cover = torch.zeros(n, dz.shape[1], dy.shape[2], dx.shape[3], device=dx.device,
-                        dtype=dx.dtype)
-    inside = torch.zeros_like(cover, dtype=torch.bool)
-    for i in range(j_count):
-        if not bool((length[:, i] > 0).any()):
-            break  # spicules grow in order: none further either
-
-        def col(t: torch.Tensor, i: int = i) -> torch.Tensor:
-            return t[:, i, None, None, None]
-
-        ux, uy, uz = (col(c) for c in axis)
-        wx, wy, wz = (col(c) for c in sideways)
-        along = dx * ux + dy * uy + dz * uz - col(base)
-        t = (along / col(length).clamp(min=1e-6)).clamp_(0.0, 1.0)
-        off = col(bend) * t * t
-        reach = col(base) + along
-        rho = torch.sqrt((dx - reach * ux - off * wx) ** 2 + (dy - reach * uy - off * wy) ** 2
-                         + (dz - reach * uz - off * wz) ** 2)
-        half = 0.5 * col(width) * (1 - 0.85 * t) * (1 + 0.2 * torch.sin(3 * math.pi * t
-                                                                       + col(ripple)))
-        # a ramp one voxel wide holds pi (half^2 + p^2 / 12) of cross-section, or
-        # pi (half + p / 2)^3 / (3 p) when thinner than a voxel: scale to pi half^2
-        conserve = torch.where(half >= 0.5 * p, half ** 2 / (half ** 2 + p ** 2 / 12),
-                               3 * p * half ** 2 / (half + 0.5 * p) ** 3)
-        c = ramp(half - rho, p) * (conserve * (col(length) > 0))
-        c *= (along / p + 0.5).clamp_(0.0, 1.0) * ((col(length) - along) / p + 0.5).clamp_(
-            0.0, 1.0)
-        torch.maximum(cover, c, out=cover)
-        inside |= ((rho < torch.maximum(half, 0.5 * p)) & (along >= 0)
-                   & (along <= col(length)) & (col(length) > 0))
-    off_centre = dz != 0
-    return cover * off_centre, inside & off_centre
+    axis = torch.stack((cos_psi * torch.cos(azimuth), cos_psi * torch.sin(azimuth), sin_psi),
+                       -1)  # (N, J, 3) as (x, y, z)
+    sideways = torch.stack((-sin_psi * torch.cos(azimuth), -sin_psi * torch.sin(azimuth),
+                            cos_psi), -1)
+    # nearest present spicule of each direction of the angular grid
+    theta = torch.arange(k, device=dev, dtype=dt) * (2 * math.pi / k)
+    grid_psi = torch.linspace(-math.pi / 2, math.pi / 2, e, device=dev, dtype=dt)
+    grid = torch.stack((torch.cos(grid_psi)[:, None] * torch.cos(theta)[None, :],
+                        torch.cos(grid_psi)[:, None] * torch.sin(theta)[None, :],
+                        torch.sin(grid_psi)[:, None].expand(-1, k)), -1).reshape(-1, 3)
+    alignment = torch.einsum("gc,njc->ngj", grid, axis) - 10.0 * (length <= 0)[:, None, :]
+    nearest = alignment.argmax(2)  # (N, E * K)
+    epos = torch.round(elevation * ((e - 1) / math.pi) + (e - 1) / 2).long()
+    direction = epos * k + torch.round(azimuth_pos).long().bitwise_and_(k - 1)[:, None, :]
+    voxel_spicule = torch.gather(nearest, 1, direction.reshape(n, -1))  # (N, V)
+    params = torch.cat((axis, sideways, torch.stack((base, length, width, bend, ripple), -1)),
+                       -1)  # (N, J, 11)
+    rows = voxel_spicule + torch.arange(n, device=dev)[:, None] * j_count
+    picked = params.reshape(n * j_count, -1).index_select(0, rows.flatten()).reshape(
+        n, -1, params.shape[-1])
+    ux, uy, uz, wx, wy, wz, b0, ell, w0, bnd, rip = picked.unbind(-1)
+    d = dz.shape[1]
+    shape = (n, d, dy.shape[2], dx.shape[3])
+    x, y, z = (t.expand(shape).reshape(n, -1) for t in (dx, dy, dz))
+    along = x * ux + y * uy + z * uz - b0
+    t = (along / ell.clamp(min=1e-6)).clamp_(0.0, 1.0)
+    off = bnd * t * t
+    reach = b0 + along
+    rho = torch.sqrt((x - reach * ux - off * wx) ** 2 + (y - reach * uy - off * wy) ** 2
+                     + (z - reach * uz - off * wz) ** 2)
+    half = 0.5 * w0 * (1 - 0.85 * t) * (1 + 0.2 * torch.sin(3 * math.pi * t + rip))
+    p = pixel_mm[:, None]
+    # a ramp one voxel wide holds pi (half^2 + p^2 / 12) of cross-section, or
+    # pi (half + p / 2)^3 / (3 p) when thinner than a voxel: scale to pi half^2
+    conserve = torch.where(half >= 0.5 * p, half ** 2 / (half ** 2 + p ** 2 / 12),
+                           3 * p * half ** 2 / (half + 0.5 * p) ** 3)
+    cover = ramp(half - rho, p) * (conserve * (ell > 0))
+    cover *= (along / p + 0.5).clamp_(0.0, 1.0) * ((ell - along) / p + 0.5).clamp_(0.0, 1.0)
+    inside = ((rho < torch.maximum(half, 0.5 * p)) & (along >= 0) & (along <= ell)
+              & (ell > 0))
+    off_centre = (z != 0)
+    return (cover * off_centre).reshape(shape), (inside & off_centre).reshape(shape)
 
 
 def _slice_keys(seed: int, idx: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -323,7 +335,8 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
             pixel_mm[k], dz=dz[k].expand(-1, d, s, s).reshape(m, -1))
         cover, inside = _oblique_spicules({"spiculation": factors["spiculation"][k]},
                                           shape3_u[k], table[k], dx[k, None], dy[k, None],
-                                          dz[k], pixel_mm[k])
+                                          dz[k], pixel_mm[k], pos[k],
+                                          elevation[k].reshape(m, d, -1))
         in_plane = spic_cover[k]
         spic_cover[k] = in_plane + (1 - in_plane) * cover.reshape(m, -1)
         spic_inside[k] |= inside.reshape(m, -1)
