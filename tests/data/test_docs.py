@@ -14,7 +14,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "data.rst"
 
 
 @pytest.mark.parametrize("module", ["nodulebench.data.dataset", "nodulebench.data.spec",
-                                    "nodulebench.data.measure"])
+                                    "nodulebench.data.measure", "nodulebench.data.measure3d"])
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -180,7 +180,7 @@ class SyntheticNodules(Dataset[Any]):
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """Shape of one rendered sample: ``(1, H, W)`` or ``(1, D, H, W)``."""
+        """The shape of one rendered sample, ``(1, H, W)`` or ``(1, D, H, W)``."""
         s = self.image_size
         return (1, s, s) if self.volume_size is None else (1, s, s, s)
 
