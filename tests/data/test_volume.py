@@ -216,3 +216,16 @@ def test_bad_volume_values_raise() -> None:
         measure_volume(vol, {"nodule": torch.stack((masks["nodule"][0],
                                                     torch.zeros_like(masks["nodule"][0])))},
                        1.0)
+
+
+@pytest.mark.gpu
+def test_volumes_cpu_and_cuda_agree() -> None:
+    ds = SyntheticNodules(NoduleSpec().with_shortcut("calcification", 0.5), n=16, seed=0,
+                          volume_size=32)
+    idx = list(range(16))
+    cpu, cpu_masks = ds.render(idx, return_masks=True)
+    gpu, gpu_masks = ds.render(idx, device="cuda", return_masks=True)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-3)
+    for k in cpu_masks:
+        # a voxel centre exactly on an outline may fall either way
+        assert int((gpu_masks[k].cpu() != cpu_masks[k]).sum()) <= 64, k

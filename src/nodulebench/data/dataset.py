@@ -56,9 +56,10 @@ class SyntheticNodules(Dataset[Any]):
             with ``D = H = W = volume_size`` cubic voxels of the in-plane pixel size
             (:attr:`voxel_size_mm`), rendered from the same description: the central
             axial slice (index ``volume_size // 2``) of a sample's volume is its 2-D image
-            at ``image_size = volume_size`` when its ``slice_thickness_mm`` profile is
-            narrower than a third of a voxel, and the 2-D image seen through that profile
-            otherwise. ``image_size`` must then be left at 64 or equal ``volume_size``.
+            at ``image_size = volume_size`` when ``slice_thickness_mm`` is under 0.78
+            voxel (the profile's standard deviation under a third of a voxel), and the
+            2-D image seen through that profile otherwise. ``image_size`` must then be
+            left at 64 or equal ``volume_size``.
 
     Raises:
         ValueError: ``n <= 0``, ``image_size < 16``, a ``volume_size`` outside

@@ -30,9 +30,10 @@ description, exactly:
 The acquisition is the 2-D one slice by slice (in-plane PSF and kernel-shaped noise,
 independent between slices) after a slice sensitivity profile along z: a Gaussian of full
 width at half maximum ``slice_thickness_mm``, sampled at the voxel spacing and truncated
-smoothly at three standard deviations. A profile narrower than a third of a voxel is the
-identity, so the central slice of a volume is the sample's 2-D image up to float rounding
-(same noise keys, same operations); thicker slices differ from it by the profile only.
+smoothly at three standard deviations. A profile whose standard deviation is under a
+third of a voxel (a full width under 0.78 voxel) is the identity, so the central slice of
+a volume is the sample's 2-D image up to float rounding (same noise keys, same
+operations); thicker slices differ from it by the profile only.
 """
 
 from __future__ import annotations
