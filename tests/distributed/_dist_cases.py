@@ -236,9 +236,11 @@ CASES: dict[str, Callable[[int, int, Group], dict[str, Any]]] = {
 def run_all_cases(rank: int, launch_world_size: int) -> dict[int, dict[str, Any]]:
     """Every case on 3 ranks (world group), then on ranks 0 and 1 (a subgroup)."""
     from _dist_loss_cases import case_backend_refusal, case_losses  # imports this module
+    from _dist_two_tower_cases import case_two_tower
 
     CASES["losses"] = case_losses
     CASES["backend_refusal"] = case_backend_refusal
+    CASES["two_tower"] = case_two_tower
     assert launch_world_size == LAUNCH_WORLD_SIZE
     subgroup = dist.new_group(list(range(min(WORLD_SIZES))))  # every rank must call it
     results: dict[int, dict[str, Any]] = {}
