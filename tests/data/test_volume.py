@@ -229,3 +229,20 @@ def test_volumes_cpu_and_cuda_agree() -> None:
     for k in cpu_masks:
         # a voxel centre exactly on an outline may fall either way
         assert int((gpu_masks[k].cpu() != cpu_masks[k]).sum()) <= 64, k
+
+
+def test_volume_datasets_pickle_and_take_shortcuts() -> None:
+    import pickle
+
+    spec = NoduleSpec().with_shortcut("slice_thickness_mm", 0.8)
+    ds = SyntheticNodules(spec, n=40, seed=9, volume_size=16)
+    again = pickle.loads(pickle.dumps(ds))
+    torch.testing.assert_close(again.render([3, 7]), ds.render([3, 7]), rtol=0, atol=0)
+    # thick slices go with one class in exactly (1 + 0.8) / 2 of each class
+    thick = ds.factors["slice_thickness_mm"] > 1.8  # the median of uniform 0.6 - 3.0
+    agree = (thick == ds.labels.bool()).float().mean()
+    assert float(agree) == pytest.approx(0.9)
+    test = SyntheticNodules(spec.test_distributions()["reversed"], n=40, seed=10,
+                            volume_size=16)
+    flipped = (test.factors["slice_thickness_mm"] > 1.8) == test.labels.bool()
+    assert float(flipped.float().mean()) == pytest.approx(0.1)
