@@ -129,8 +129,11 @@ def test_planted_ball_measures_back() -> None:
     ds = SyntheticNodules(n=8, seed=5, volume_size=32, output="hu")
     ball = {"sphericity": 1.0, "lobulation": 0.0, "spiculation": 0.0, "diameter_mm": 14.0,
             "calcification": "absent", "texture": "solid"}
-    vol, masks = ds.render(range(4), return_masks=True, overrides=ball)
+    vol, masks, used = ds.render(range(4), return_masks=True, overrides=ball,
+                                 return_factors=True)
     m = measure_volume(vol, masks, ds.voxel_size_mm[:4], units="hu")
+    # the median over the eroded body, off by noise and blur (here at most 12.4 HU)
+    torch.testing.assert_close(m.attenuation_hu, used["attenuation_hu"], rtol=0, atol=15.0)
     expected = math.pi * 14.0 ** 3 / 6
     assert torch.allclose(m.volume_mm3, torch.full((4,), expected), rtol=0.06)
     assert torch.allclose(m.diameter_mm, torch.full((4,), 14.0), atol=1.0)
