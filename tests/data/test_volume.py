@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.data import Fixed, measure_volume, rng
@@ -249,3 +251,16 @@ def test_volume_datasets_pickle_and_take_shortcuts() -> None:
                             volume_size=16)
     flipped = (test.factors["slice_thickness_mm"] > 1.8) == test.labels.bool()
     assert float(flipped.float().mean()) == pytest.approx(0.1)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**32), index=st.integers(0, 999),
+       size=st.sampled_from([16, 32]))
+def test_any_thin_volume_holds_its_2d_image(seed: int, index: int, size: int) -> None:
+    # profiles up to 0.7 mm are the identity at 16 and 32 voxels (voxels of >= 0.92 mm)
+    thin = {"slice_thickness_mm": 0.7}
+    image = SyntheticNodules(n=1000, seed=seed, image_size=size, output="hu").render(
+        [index], overrides=thin)
+    volume = SyntheticNodules(n=1000, seed=seed, volume_size=size, output="hu").render(
+        [index], overrides=thin)
+    torch.testing.assert_close(volume[:, :, size // 2], image, rtol=0, atol=1e-3)
