@@ -42,6 +42,7 @@ OPTIONS: dict[str, dict[str, object]] = {
     "contrastive": {"margin": 1.0},
     "triplet_hard": {"margin": 0.2, "distance": "euclidean"},
     "triplet_all": {"margin": 0.2, "distance": "euclidean"},
+    "triplet_semihard": {"margin": 0.2, "distance": "euclidean"},
     "multi_similarity": {},
     # Two-tower scalars: CLIP's initial scale 1 / 0.07, SigLIP's initial t = 10, b = -10.
     "clip": {"scale": 1 / 0.07},
@@ -107,6 +108,8 @@ def per_anchor_fn(loss: str, backend: str) -> PerAnchor | None:
     if loss in TWO_TOWER_LOSSES:
         return two_tower_fn(loss, backend)
     if backend in ("dense", "compiled"):
+        if loss not in DENSE:
+            return None
         dense = DENSE[loss]
         return torch.compile(dense) if backend == "compiled" else dense
     if backend == "pml":
@@ -138,7 +141,7 @@ def measure(
     }
     fn = per_anchor_fn(loss, backend)
     if fn is None:
-        record["note"] = "not installed"
+        record["note"] = "not installed" if backend == "pml" else "no such recipe"
         return record
     if backend in ("dense", "compiled", "pml") and (
         dense_bytes_estimate(loss, n, z.element_size()) > args.max_dense_bytes

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodulebench.kernels.dispatch import get_backend_info
+from nodulebench.kernels.dispatch import get_backend_info, run_per_anchor
 from nodulebench.kernels.tiled import supcon_tiled
 
 TOL = get_backend_info("tiled").tolerances
@@ -96,6 +96,47 @@ def test_low_temperature_stays_finite() -> None:
     loss.sum().backward()
     assert torch.isfinite(loss).all()
     assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("scale", [1.0, 10.0, 1000.0])
+def test_one_positive_and_no_negative_is_exactly_zero(
+    scale: float, variant: str, dtype: torch.dtype
+) -> None:
+    # B = 1, V = 2 unnormalized: each view's only other row is its positive, so
+    # l = LSE(s) - s = 0 exactly, with a zero gradient, at any scale.
+    gen = torch.Generator().manual_seed(0)
+    z = (scale * torch.randn(2, 16, generator=gen, dtype=torch.float64)).to(dtype)
+    z.requires_grad_()
+    loss, valid = supcon_tiled(z, torch.tensor([0, 0]), temperature=0.1, variant=variant)
+    (grad,) = torch.autograd.grad(loss.sum(), z)
+    assert valid.all()
+    assert torch.equal(loss, torch.zeros_like(loss))
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("scale", [1.0, 10.0, 1000.0])
+def test_unnormalized_error_is_relative_to_the_logits(scale: float, variant: str) -> None:
+    # Long, nearly orthogonal rows: the logits (~ 0.003 |z|^2 / tau) are much smaller than
+    # |z|^2 / tau, so a positive term formed as z_i . (S_c - z_i) from class sums would
+    # err by roundings of |z|^2 / tau (25-60x the bound below at scales 10 and 1000);
+    # computed from the logits, the error is that of the logits and of the loss itself.
+    gen = torch.Generator().manual_seed(1)
+    z = torch.eye(24, dtype=torch.float64) + 0.001 * torch.randn(24, 24, generator=gen,
+                                                                 dtype=torch.float64)
+    z = scale * z
+    labels = torch.arange(24) % 3
+    expected, _ = run_per_anchor("supcon", z, labels, backend="reference", temperature=0.1,
+                                 variant=variant)
+    loss, _ = supcon_tiled(z.float(), labels, temperature=0.1, variant=variant, block_size=7)
+    off_diagonal = (z @ z.T).fill_diagonal_(0.0)
+    logit_scale = off_diagonal.abs().amax(dim=1) / 0.1
+    error = (loss.double() - expected).abs()
+    # A few float32 roundings of the row's largest logit and of its loss.
+    bound = 8 * torch.finfo(torch.float32).eps * (logit_scale + expected.abs())
+    assert bool((error <= bound).all()), (error / logit_scale).max().item()
 
 
 def test_no_valid_anchor_gives_zero_loss_and_zero_gradient() -> None:

@@ -6,7 +6,7 @@ per-anchor loss ``(N,)`` and a ``valid`` mask ``(N,)`` bool (triplet ``mining="a
 also returns per-anchor counts). Values on invalid rows are arbitrary: the caller
 replaces them with 0. This is the boundary where faster backends plug in; they must
 return the same tensors. The functions build dense ``(N, N)`` (and, for triplet
-``"all"``/``"semihard"``, ``(N, N, N)``) tensors: they are definitions, not kernels.
+``"all"``, ``(N, N, N)``) tensors: they are definitions, not kernels.
 
 Every function also takes keyword-only ``columns`` ``(M, D)``, ``column_labels``
 ``(M,)`` and ``row_offset``: the anchors ``z`` are then compared with the columns, and
@@ -162,29 +162,55 @@ def triplet_per_anchor(
     _, positive, negative = pair_masks(labels, column_labels, row_offset)
     valid = positive.any(dim=1) & negative.any(dim=1)
     d = pairwise_distance(z, distance, None if columns is z else columns)
+    # The hinge is relu, whose gradient is 0 at 0: a triplet exactly at the margin is
+    # satisfied (and not counted). Tied extremes share the gradient equally (amax / amin).
     if mining == "hard":
         hardest_positive = torch.where(valid, masked_max(d, positive), 0.0)
         hardest_negative = torch.where(valid, masked_min(d, negative), 0.0)
-        return (hardest_positive - hardest_negative + margin).clamp(min=0.0), valid, None
+        return torch.relu(hardest_positive - hardest_negative + margin), valid, None
+    if mining == "semihard":
+        return _semihard(d, positive, negative, valid, margin), valid, None
     # t[i, p, n] = d_ip - d_in + m over valid (p, n) for anchor i.
     triplet_valid = positive[:, :, None] & negative[:, None, :]
     raw = d[:, :, None] - d[:, None, :] + margin
-    if mining == "all":
-        losses = torch.where(triplet_valid, raw.clamp(min=0.0), 0.0)
-        counts = (triplet_valid & (raw > 0)).sum(dim=(1, 2))
-        return losses.sum(dim=(1, 2)), valid, counts
-    # semihard: per positive pair, the closest negative farther than the positive;
-    # if no negative is farther, the farthest negative.
-    d_positive = d[:, :, None]
-    d_negative = d[:, None, :].expand_as(raw)
-    farther = triplet_valid & (d_negative > d_positive)
-    closest_farther = torch.where(farther, d_negative, math.inf).amin(dim=2)
-    farthest = masked_max(d, negative)[:, None].expand_as(closest_farther)
-    chosen = torch.where(farther.any(dim=2), closest_farther, farthest)
-    chosen = torch.where(positive & valid[:, None], chosen, 0.0)
-    pair_loss = torch.where(positive, (d - chosen + margin).clamp(min=0.0), 0.0)
-    num_positives = positive.sum(dim=1).clamp(min=1).to(z.dtype)
-    return pair_loss.sum(dim=1) / num_positives, valid, None
+    losses = torch.where(triplet_valid, torch.relu(raw), 0.0)
+    counts = (triplet_valid & (raw > 0)).sum(dim=(1, 2))
+    return losses.sum(dim=(1, 2)), valid, counts
+
+
+def _semihard(
+    d: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, valid: torch.Tensor,
+    margin: float,
+) -> torch.Tensor:
+    """Semi-hard triplet loss per anchor from sorted negatives, in ``O(N M)`` memory.
+
+    For each positive pair ``(i, p)`` the chosen negative distance ``v_ip`` is the
+    smallest ``d_in > d_ip``, or the largest ``d_in`` if none is farther; the anchor's loss
+    is the mean over its positives of ``relu(d_ip - v_ip + m)``. Each anchor's negative
+    distances are sorted once and ``v_ip`` found by binary search (no ``(N, M, M)``
+    tensor). Negatives tied at ``v_ip`` share that pair's gradient equally, as a ``min``
+    over them by ``amin`` would; the gradient of ``relu`` is 0 at 0.
+    """
+    with torch.no_grad():
+        neg_sorted, order = torch.where(negative, d, math.inf).sort(dim=1)
+        last_negative = (negative.sum(dim=1, keepdim=True) - 1).clamp(min=0)
+        farther = torch.searchsorted(neg_sorted, d.contiguous(), side="right")
+        chosen = neg_sorted.gather(1, torch.minimum(farther, last_negative))
+        active = positive & valid[:, None] & (d - chosen + margin > 0)
+        # Each active pair's unit of gradient, split over the negatives tied at v_ip: summed
+        # at the first sorted position of the tie, then spread to every member of it.
+        tie_start = torch.searchsorted(neg_sorted, chosen, side="left")
+        tie_size = torch.searchsorted(neg_sorted, chosen, side="right") - tie_start
+        share = active.to(d.dtype) / tie_size.clamp(min=1).to(d.dtype)
+        at_start = torch.zeros_like(d).scatter_add_(1, tie_start.clamp(max=d.shape[1] - 1),
+                                                    share)
+        group_start = torch.searchsorted(neg_sorted, neg_sorted, side="left")
+        weight_sorted = at_start.gather(1, group_start.clamp(max=d.shape[1] - 1))
+        weight = torch.zeros_like(d).scatter_(1, order, weight_sorted) * negative
+    # sum_p relu(d_ip - v_ip + m) = sum_active (d_ip + m) - sum_n weight_in d_in. Products,
+    # not torch.where, so that a NaN distance reaches the loss.
+    pair_sum = (active * (d + margin)).sum(dim=1) - (weight * d).sum(dim=1)
+    return pair_sum / positive.sum(dim=1).clamp(min=1).to(d.dtype)
 
 
 def multi_similarity_per_anchor(

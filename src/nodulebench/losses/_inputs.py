@@ -197,8 +197,10 @@ class ReducedLoss(NamedTuple):
 
 
 def _connected_zero(prepared: PreparedEmbeddings) -> torch.Tensor:
-    # Zero that keeps the graph (so backward() works) and gives a zero gradient.
-    zero = prepared.source.sum() * 0.0
+    # Zero that keeps the graph (so backward() works) and gives a zero gradient. Each
+    # entry times 0 before the sum: the sum of a large float16 batch would overflow to
+    # inf (and inf * 0 is NaN); a NaN or inf entry still gives NaN.
+    zero = (prepared.source * 0.0).sum()
     return zero.to(prepared.rows.dtype)
 
 
