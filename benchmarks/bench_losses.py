@@ -40,6 +40,7 @@ from nodulebench.kernels import KERNEL_LOSSES, TWO_TOWER_LOSSES, run_per_anchor,
 OPTIONS: dict[str, dict[str, object]] = {
     "supcon": {"temperature": 0.1, "variant": "out"},
     "contrastive": {"margin": 1.0},
+    "contrastive_pml": {"pos_margin": 0.0, "neg_margin": 1.0},
     "triplet_hard": {"margin": 0.2, "distance": "euclidean"},
     "triplet_all": {"margin": 0.2, "distance": "euclidean"},
     "triplet_semihard": {"margin": 0.2, "distance": "euclidean"},
@@ -71,7 +72,7 @@ def pml_loss(loss: str) -> PerAnchor | None:
 
     if loss == "supcon":
         fn = losses.SupConLoss(temperature=0.1)
-    elif loss == "contrastive":
+    elif loss in ("contrastive", "contrastive_pml"):
         fn = losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0)
     elif loss == "triplet_all":
         fn = losses.TripletMarginLoss(margin=0.2)

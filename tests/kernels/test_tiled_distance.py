@@ -9,6 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _loss_cases import KERNEL_CASES
+from _loss_cases import make_case as shared_case
 from nodulebench.kernels.dispatch import get_backend_info, run_per_anchor
 from nodulebench.kernels.tiled import contrastive_tiled, triplet_all_tiled, triplet_hard_tiled
 
@@ -71,24 +73,12 @@ def loop_triplet_all(
     return torch.stack(totals), torch.tensor(counts)
 
 
-def make_case(name: str, dtype: torch.dtype, n: int = 23) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(11)
-    if name == "multi_view":
-        labels = torch.randint(0, 3, (n // 2,), generator=gen).repeat_interleave(2)
-    elif name == "labels_none":
-        labels = torch.arange(n // 2).repeat_interleave(2)
-    else:
-        labels = torch.randint(0, 3, (n,), generator=gen)
-        labels[0] = 50  # an anchor without positives
-    z = torch.randn(labels.shape[0], 5, generator=gen, dtype=torch.float64)
-    if name == "duplicates":
-        z[4] = z[1]
-        z[7] = z[1]
-        labels[7] = labels[1] + 1  # a duplicate that is a negative
-    return z.to(dtype), labels
+def make_case(name: str, dtype: torch.dtype, rows: int = 23) -> tuple[torch.Tensor, torch.Tensor]:
+    return shared_case(name, dtype, rows=rows, dim=5, classes=3, seed=11,
+                       views=2, singletons=1, normalize=False)
 
 
-CASES = ["random_with_singletons", "duplicates", "multi_view", "labels_none"]
+CASES = KERNEL_CASES
 
 
 def cases_and_dtypes() -> list[tuple[str, torch.dtype]]:
@@ -143,7 +133,7 @@ def test_triplet_hard_matches_dense(case: str, dtype: torch.dtype, distance: str
 @pytest.mark.parametrize("distance", DISTANCES)
 @pytest.mark.parametrize(("case", "dtype"), cases_and_dtypes())
 def test_triplet_all_matches_enumeration(case: str, dtype: torch.dtype, distance: str) -> None:
-    z, labels = make_case(case, dtype, n=15)
+    z, labels = make_case(case, dtype, rows=15)
     margin = 0.5 if distance == "cosine" else 1.0
     w = weights_for(z)
     z_ref = z.double().requires_grad_()
@@ -210,7 +200,7 @@ def test_triplet_exactly_at_the_margin_has_zero_gradient(backend: str, mining: s
 
 @pytest.mark.parametrize("distance", DISTANCES)
 def test_gradcheck_float64(distance: str) -> None:
-    z, labels = make_case("random_with_singletons", torch.float64, n=10)
+    z, labels = make_case("random_with_singletons", torch.float64, rows=10)
     z.requires_grad_()
     assert torch.autograd.gradcheck(
         lambda x: contrastive_tiled(x, labels, margin=2.0, block_size=3)[0], (z,)

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from _loss_cases import KERNEL_CASES
+from _loss_cases import make_case as shared_case
 from nodulebench.kernels.dispatch import get_backend_info, run_per_anchor
 from nodulebench.kernels.tiled import multi_similarity_tiled
 
@@ -31,25 +33,13 @@ def dense_multi_similarity(
     return torch.where(valid, pos_part / alpha + neg_part / beta, 0.0), valid
 
 
-def make_case(name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(5)
-    if name == "multi_view":
-        labels = torch.randint(0, 4, (12,), generator=gen).repeat_interleave(2)
-    elif name == "labels_none":
-        labels = torch.arange(13).repeat_interleave(2)
-    else:
-        labels = torch.randint(0, 4, (27,), generator=gen)
-        labels[0] = 77
-    z = torch.randn(labels.shape[0], 4, generator=gen, dtype=torch.float64)
-    if name == "duplicates":
-        z[3] = z[8]
-        z[10] = z[8]
-    return torch.nn.functional.normalize(z, dim=1).to(dtype), labels
+def make_case(name: str, dtype: torch.dtype, rows: int = 27) -> tuple[torch.Tensor, torch.Tensor]:
+    return shared_case(name, dtype, rows=rows, dim=4, classes=4, seed=5,
+                       views=2, singletons=1, normalize=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", ["random_with_singletons", "duplicates", "multi_view",
-                                  "labels_none"])
+@pytest.mark.parametrize("case", KERNEL_CASES)
 def test_matches_dense(case: str, dtype: torch.dtype) -> None:
     z, labels = make_case(case, dtype)
     options = {"alpha": 2.0, "beta": 10.0, "base": 0.5, "epsilon": 0.1}

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_choice, check_positive
+from nodulebench.kernels._dense import SUPCON_VARIANTS
 from nodulebench.kernels._tiling import (
     TILE_EDGE,
     anchor_tiles,
@@ -49,7 +50,6 @@ from nodulebench.kernels._tiling import (
 
 __all__ = ["supcon_tiled"]
 
-_VARIANTS = ("out", "in")
 
 
 def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,7 +213,7 @@ def supcon_tiled(
     """
     edge = check_prepared(z, labels, block_size)
     check_positive("temperature", temperature)
-    check_choice("variant", variant, _VARIANTS)
+    check_choice("variant", variant, SUPCON_VARIANTS)
     if block_size is None:
         edge = max(1, min(z.shape[0], TILE_EDGE))
     loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]
