@@ -100,7 +100,12 @@ def measure(
     units: Literal["window", "hu"] = "window",
     window: tuple[float, float] = LUNG_WINDOW_HU,
 ) -> Measurements:
-    """Measure diameter, sphericity, orientation and attenuation of rendered nodules.
+    """Measure the nodule, its context and the acquisition from images and their masks.
+
+    Shape, attenuation and calcification come from the nodule's masks; location from the
+    vessel and pleura masks; fissure, noise, kernel and site from the background, the pixels
+    two or more pixels away from every mask (rules in the module docstring). Windowed images
+    clip at the window's top: measure ``calcification_hu`` on HU images.
 
     Args:
         image: ``(N, 1, H, W)`` or ``(1, H, W)`` images, windowed to ``[0, 1]``
