@@ -88,6 +88,19 @@ def batch_bound() -> None:
 
 def context_measurements() -> None:
     n = 400
+    for size in (32, 128):
+        ds = SyntheticNodules(NoduleSpec(), n=n, seed=3, output="hu", image_size=size)
+        images, masks = ds.render(range(n), return_masks=True)
+        # attenuation needs an uncalcified body pixel: leave out the few without one
+        free = masks["body"] & ~masks["calcification"] & ~masks["vessels"] & ~masks["pleura"]
+        keep = free.flatten(1).any(1)
+        m = measure(images[keep], {k: v[keep] for k, v in masks.items()},
+                    ds.pixel_size_mm[keep], units="hu").as_dict()
+        f = {k: v[keep] for k, v in ds.factors.items()}
+        print(f"at {size} px ({int(keep.sum())} of {n}): " + ", ".join(
+            f"{k} {float((m[k] == f[k]).float().mean()):.1%}"
+            for k in ("location", "fissure", "kernel", "site")) + ", noise_hu measured / set "
+            f"median {float((m['noise_hu'] / f['noise_hu']).median()):.3f}")
     ds = SyntheticNodules(NoduleSpec(), n=n, seed=3, output="hu")
     images, masks = ds.render(range(n), return_masks=True)
     m = measure(images, masks, ds.pixel_size_mm, units="hu").as_dict()

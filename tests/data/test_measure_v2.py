@@ -100,3 +100,16 @@ def test_new_measurements_are_per_image_and_typed() -> None:
         assert value.shape == (N,) and value.dtype == torch.float32
         assert bool(value.isfinite().all())
     assert not math.isnan(float(m.noise_hu.mean()))
+
+
+def test_no_background_is_marked_not_guessed() -> None:
+    ds = SyntheticNodules(NoduleSpec(), n=2, seed=0, output="hu", image_size=16)
+    images, masks = ds.render([0, 1], return_masks=True)
+    everywhere = torch.ones_like(masks["nodule"])  # a body filling the patch: no background
+    masks = {"nodule": everywhere, "vessels": ~everywhere}
+    m = measure(images, masks, ds.pixel_size_mm, units="hu")
+    for name in ("fissure_hu", "noise_hu", "noise_spectral_ratio"):
+        assert bool(getattr(m, name).isnan().all())
+    for name in ("fissure", "kernel", "site"):
+        assert getattr(m, name).tolist() == [-1, -1]
+    assert bool(m.diameter_mm.isfinite().all())

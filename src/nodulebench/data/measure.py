@@ -36,6 +36,10 @@ Every factor the generator sets in physical units can be measured back:
 - ``site``: the :data:`~nodulebench.data.factors.SITES` bundle with the measured kernel
   whose noise and spacing ranges lie nearest to the measured noise and acquisition spacing
   (ranges scaled to unit width), as the default marginals bundle them.
+
+Where the masks leave no background (no line a third of the patch long, no neighbouring
+pixels), ``fissure_hu``, ``noise_hu`` and ``noise_spectral_ratio`` are ``NaN`` and
+``fissure``, ``kernel`` and ``site`` are ``-1``.
 """
 
 from __future__ import annotations
@@ -63,7 +67,9 @@ class Measurements:
     """Per-image measurements, each a ``(N,)`` tensor (see the module docstring).
 
     Continuous measurements are float32; ``location``, ``fissure``, ``kernel`` and ``site``
-    are int64 category codes of the factor of that name.
+    are int64 category codes of the factor of that name. ``NaN`` and ``-1`` mark what
+    could not be measured: ``calcification_hu`` without calcification, the background
+    measurements where the masks leave no background.
     """
 
     diameter_mm: torch.Tensor
@@ -233,7 +239,7 @@ def measure(
         calcification_hu=calc_hu.float(),
         location=location,
         fissure_hu=fissure_hu.float(),
-        fissure=(fissure_hu > FISSURE_THRESHOLD_HU).long(),
+        fissure=torch.where(fissure_hu.isnan(), -1, (fissure_hu > FISSURE_THRESHOLD_HU).long()),
         noise_hu=noise_hu.float(),
         noise_spectral_ratio=ratio.float(),
         kernel=kernel,
@@ -270,7 +276,8 @@ def _brightest_line(hu: torch.Tensor, backdrop: torch.Tensor, x: torch.Tensor,
     counts.scatter_add_(1, index, keep.repeat_interleave(angles.numel(), 1))
     # a line must cross at least a third of the patch to count
     mean = torch.where(counts >= min(h, w) / 3, sums / counts.clamp_min(1), -math.inf)
-    return mean.amax(1).clamp_min(0.0)
+    best = mean.amax(1).clamp_min(0.0)
+    return torch.where(counts.amax(1) >= min(h, w) / 3, best, math.nan)
 
 
 @functools.lru_cache(maxsize=16)
@@ -315,4 +322,6 @@ def _acquisition(hu: torch.Tensor, backdrop: torch.Tensor, spacing: torch.Tensor
         for value, (low, top) in ((noise, site.noise_hu), (spacing, site.pixel_spacing_mm)):
             gap = gap + ((low - value).clamp_min(0) + (value - top).clamp_min(0)) / (top - low)
         cost.append(torch.where(kernel == names.index(site.kernel), gap, far))
-    return noise, ratio, kernel, torch.stack(cost, 1).argmin(1)
+    site_code = torch.stack(cost, 1).argmin(1)
+    unknown = ratio.isnan()  # no neighbouring background pixels
+    return (noise, ratio, kernel.masked_fill(unknown, -1), site_code.masked_fill(unknown, -1))
