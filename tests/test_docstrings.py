@@ -47,6 +47,7 @@ def test_every_example_prints_a_value(name: str) -> None:
 # The modules users start from teach by example: each has at least one.
 TAUGHT_BY_EXAMPLE = [
     "nodulebench.data.dataset", "nodulebench.data.spec", "nodulebench.data.measure",
+    "nodulebench.data.measure3d",
     *(f"nodulebench.probing.{name}" for name in
       ("cka", "features", "interventions", "probes", "projection", "records", "saliency")),
 ]
