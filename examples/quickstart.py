@@ -29,7 +29,7 @@ from nodulebench.probing import extract_features, intervention_sensitivity, prob
 
 # [sizes]
 SIZES = {  # full: what the docs show; tiny: what the tests run
-    "full": {"n_train": 4096, "n_test": 1000, "epochs": 8, "interventions": 256},
+    "full": {"n_train": 4096, "n_test": 1000, "epochs": 16, "interventions": 256},
     "tiny": {"n_train": 128, "n_test": 64, "epochs": 1, "interventions": 16},
 }
 # [/sizes]
@@ -73,9 +73,9 @@ def main() -> None:
 
     # [train]
     encoder = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),                 # (N, 64) features
     )
     projection = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
