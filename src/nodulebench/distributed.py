@@ -33,7 +33,8 @@ the global count.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -55,10 +56,16 @@ __all__ = [
     "sum_over_ranks",
 ]
 
-# Shapes are exchanged as fixed-length vectors (dtype code, ndim, then the padded sizes),
-# so that ranks whose tensors differ even in rank still meet in one collective and all
-# raise the same clear error instead of hanging.
+# Every rank's header is one fixed-length int64 vector (dtype code, ndim, the padded
+# sizes, then one slot per agreed field), so that ranks whose calls differ in anything
+# still meet in one all-gather and all raise the same clear error instead of hanging.
+# A field's slot holds a digest of its canonical text ``name=value`` (what is compared)
+# and the first bytes of that text (what the error message shows).
 _MAX_NDIM = 8
+_MAX_FIELDS = 16
+_TEXT_WORDS = 4
+_SLOT_WORDS = 1 + _TEXT_WORDS
+_HEADER_WORDS = 2 + _MAX_NDIM + _MAX_FIELDS * _SLOT_WORDS
 _DTYPES = (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
     torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
@@ -148,51 +155,145 @@ def _check_gatherable(name: str, tensor: Any) -> None:
         )
 
 
-def gather_sizes(tensor: torch.Tensor, group: ProcessGroup | None = None) -> tuple[int, ...]:
-    """The first-dimension size of ``tensor`` on every rank (a collective call).
+def _canonical(name: str, value: object) -> str:
+    """``value`` as text that is equal on two ranks exactly when the values are equal."""
+    if value is None or isinstance(value, bool | str):
+        return repr(value)
+    if isinstance(value, int):
+        # 1 and 1.0 configure a loss alike; integers beyond 2**53 keep their digits.
+        return repr(float(value)) if abs(value) <= 2**53 else repr(value)
+    if isinstance(value, float):
+        return repr(value)
+    raise TypeError(
+        f"agree[{name!r}] must be None, a bool, an int, a float or a str; "
+        f"got {type(value).__name__}"
+    )
 
-    Every rank of ``group`` must call it. It also checks that all ranks agree on the
-    trailing shape and the dtype, so that a later gather cannot fail obscurely or hang.
 
-    Args:
-        tensor: (B_r, ...) this rank's tensor; ``B_r`` may differ between ranks.
-        group: The process group; ``None`` means the default (world) group.
+def _agreed_fields(agree: Mapping[str, object] | None) -> list[str]:
+    """The ``name=value`` texts of ``agree``, validated, in the caller's order."""
+    if agree is None:
+        return []
+    if not isinstance(agree, Mapping):
+        raise TypeError(f"agree must be a mapping of names to values or None; "
+                        f"got {type(agree).__name__}")
+    if len(agree) > _MAX_FIELDS:
+        raise ValueError(f"agree must hold at most {_MAX_FIELDS} fields; got {len(agree)}")
+    fields = []
+    for name, value in agree.items():
+        if not isinstance(name, str):
+            raise TypeError(f"agree's keys must be strings; got {type(name).__name__}")
+        if not name or "=" in name:
+            raise ValueError(f"agree's keys must be non-empty and without '='; got {name!r}")
+        fields.append(f"{name}={_canonical(name, value)}")
+    return fields
 
-    Returns:
-        ``(B_0, ..., B_{W-1})``; ``(B,)`` without an initialised process group.
 
-    Raises:
-        ValueError: If the ranks' tensors differ in dtype or in anything but the first
-            dimension (raised on every rank, naming each rank's shape or dtype).
+def _digest(text: str) -> int:
+    raw = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(raw, "little", signed=True)
 
-    Example:
-        >>> import torch
-        >>> from nodulebench.distributed import gather_sizes
-        >>> gather_sizes(torch.zeros(5, 3))
-        (5,)
-    """
-    _check_gatherable("tensor", tensor)
-    if not is_distributed(group):
-        return (int(tensor.shape[0]),)
-    local = torch.zeros(_MAX_NDIM + 2, dtype=torch.int64, device=tensor.device)
-    local[0] = _dtype_code(tensor.dtype)
-    local[1] = tensor.ndim
-    local[2 : tensor.ndim + 2] = torch.tensor(tensor.shape, dtype=torch.int64)
-    exchanged = [torch.empty_like(local) for _ in range(get_world_size(group))]
-    dist.all_gather(exchanged, local, group=group)
-    rows = [t.tolist() for t in exchanged]
+
+def _encode_field(text: str) -> list[int]:
+    shown = text.encode()[: 8 * _TEXT_WORDS].ljust(8 * _TEXT_WORDS, b"\0")
+    words = [int.from_bytes(shown[i : i + 8], "little", signed=True)
+             for i in range(0, len(shown), 8)]
+    return [_digest(text), *words]
+
+
+def _decode_field(slot: list[int]) -> str:
+    """The text of a field as far as it travelled, ``...`` where it was cut."""
+    if slot[0] == 0:
+        return ""
+    raw = b"".join(word.to_bytes(8, "little", signed=True) for word in slot[1:])
+    text = raw.rstrip(b"\0").decode(errors="ignore")
+    return text if _digest(text) == slot[0] else text + "..."
+
+
+def _header(tensor: torch.Tensor, fields: list[str]) -> list[int]:
+    shape = list(tensor.shape) + [0] * (_MAX_NDIM - tensor.ndim)
+    slots = [word for text in fields for word in _encode_field(text)]
+    padding = [0] * (_SLOT_WORDS * (_MAX_FIELDS - len(fields)))
+    return [_dtype_code(tensor.dtype), tensor.ndim, *shape, *slots, *padding]
+
+
+def _check_headers(name: str, rows: list[list[int]]) -> None:
+    """Raise the same ``ValueError`` on every rank if the ranks' headers disagree."""
     rank_shapes = [tuple(row[2 : row[1] + 2]) for row in rows]
     if len({shape[1:] for shape in rank_shapes}) > 1:
         listed = ", ".join(f"rank {r}: {shape}" for r, shape in enumerate(rank_shapes))
         raise ValueError(
-            "tensor must have the same shape on every rank except for the first "
+            f"{name} must have the same shape on every rank except for the first "
             f"dimension; got {listed}"
         )
     if len({row[0] for row in rows}) > 1:
-        names = [str(_DTYPES[row[0]]) if row[0] < len(_DTYPES) else "other" for row in rows]
-        listed = ", ".join(f"rank {r}: {name}" for r, name in enumerate(names))
-        raise ValueError(f"tensor must have the same dtype on every rank; got {listed}")
-    return tuple(int(shape[0]) for shape in rank_shapes)
+        dtypes = [str(_DTYPES[row[0]]) if row[0] < len(_DTYPES) else "other" for row in rows]
+        listed = ", ".join(f"rank {r}: {dtype}" for r, dtype in enumerate(dtypes))
+        raise ValueError(f"{name} must have the same dtype on every rank; got {listed}")
+    for start in range(2 + _MAX_NDIM, _HEADER_WORDS, _SLOT_WORDS):
+        if len({row[start] for row in rows}) == 1:
+            continue
+        texts = [_decode_field(row[start : start + _SLOT_WORDS]) for row in rows]
+        fields = {text.partition("=")[0] for text in texts}
+        if len(fields) == 1:
+            field = fields.pop()
+            listed = ", ".join(f"rank {r}: {text.partition('=')[2]}"
+                               for r, text in enumerate(texts))
+            raise ValueError(f"every rank must pass the same {field}; got {listed}")
+        listed = ", ".join(f"rank {r}: {text or 'nothing'}" for r, text in enumerate(texts))
+        raise ValueError(f"every rank must pass the same fields in the same order; "
+                         f"got {listed}")
+
+
+def gather_sizes(
+    tensor: torch.Tensor,
+    group: ProcessGroup | None = None,
+    *,
+    agree: Mapping[str, object] | None = None,
+    name: str = "tensor",
+) -> tuple[int, ...]:
+    """The first-dimension size of ``tensor`` on every rank (a collective call).
+
+    Every rank of ``group`` must call it. In the same single exchange it checks that
+    all ranks agree on the trailing shape, the dtype and every value in ``agree``, so
+    that a later gather cannot fail obscurely, hang or mix inputs that mean different
+    things: on a mismatch every rank raises the same ``ValueError``.
+
+    Args:
+        tensor: (B_r, ...) this rank's tensor; ``B_r`` may differ between ranks.
+        group: The process group; ``None`` means the default (world) group.
+        agree: Up to 16 named values (``None``, bool, int, float or str) that must be
+            equal on every rank, such as a loss's name and options; ints equal to
+            floats count as equal. Compared through a 64-bit digest of their text; the
+            first 32 bytes of ``name=value`` travel for the error message.
+        name: What to call ``tensor`` in error messages.
+
+    Returns:
+        ``(B_0, ..., B_{W-1})``; ``(B,)`` without an initialised process group (after
+        checking ``tensor`` and ``agree`` locally).
+
+    Raises:
+        TypeError: If ``tensor`` is not a tensor or a value in ``agree`` has another type.
+        ValueError: If the ranks' tensors differ in dtype or in anything but the first
+            dimension, or a value in ``agree`` differs (raised on every rank, naming
+            each rank's shape, dtype or value), or ``agree`` has more than 16 fields.
+
+    Example:
+        >>> import torch
+        >>> from nodulebench.distributed import gather_sizes
+        >>> gather_sizes(torch.zeros(5, 3), agree={"temperature": 0.1})
+        (5,)
+    """
+    _check_gatherable(name, tensor)
+    fields = _agreed_fields(agree)
+    if not is_distributed(group):
+        return (int(tensor.shape[0]),)
+    local = torch.tensor(_header(tensor, fields), dtype=torch.int64, device=tensor.device)
+    exchanged = [torch.empty_like(local) for _ in range(get_world_size(group))]
+    dist.all_gather(exchanged, local, group=group)
+    rows = torch.stack(exchanged).tolist()
+    _check_headers(name, rows)
+    return tuple(int(row[2]) for row in rows)
 
 
 def _resolve_sizes(

@@ -15,6 +15,7 @@ gathering the columns are the rows themselves, and nothing else changes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -122,6 +123,7 @@ def prepare_embeddings(
     labels_required: bool,
     gather_distributed: bool = False,
     process_group: ProcessGroup | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> PreparedEmbeddings:
     """Validate and flatten ``embeddings`` ``(B, D)`` or ``(B, V, D)`` and ``labels`` ``(B,)``.
 
@@ -129,13 +131,18 @@ def prepare_embeddings(
     ``b * V + v`` is ``b``: the views of one sample are each other's only positives.
     With ``gather_distributed=True`` and more than one rank in ``process_group``, the
     prepared rows and labels of every rank are gathered as the columns (a collective
-    call), and ``b`` above is the *global* sample index.
+    call), and ``b`` above is the *global* sample index. Before the gather the ranks
+    exchange one header (:func:`~nodulebench.distributed.gather_sizes`): the shape but
+    for ``B``, the dtype, whether labels were given, ``normalize`` and ``options`` (the
+    loss's name and options, e.g. ``{"loss": "supcon", "temperature": 0.1, ...}``)
+    must agree, or every rank raises the same ``ValueError`` naming what differs.
 
     Raises:
         TypeError: non-tensor or non-floating ``embeddings``; non-integer ``labels``;
-            missing ``labels`` where they are required.
+            missing ``labels`` where they are required; an ``options`` value that is
+            not ``None``, a bool, an int, a float or a str (with ``gather_distributed``).
         ValueError: wrong ranks, an empty dimension, or ``labels`` whose length differs
-            from ``B``.
+            from ``B``; with ``gather_distributed``, ranks that disagree on the header.
     """
     check_ndim("embeddings", embeddings, (2, 3), "(B, D) or (B, V, D)")
     check_floating("embeddings", embeddings)
@@ -166,9 +173,13 @@ def prepare_embeddings(
         rows = F.normalize(rows, p=2.0, dim=1, eps=1e-12)
     leading_shape = tuple(embeddings.shape[:-1])
     gather = gather_distributed and is_distributed(process_group)
-    # One exchange of (B_r, [V,] D) and the compute dtype: checks that the ranks agree.
+    # One exchange of the sizes and everything the ranks must agree on; checked locally
+    # (and the identity) without a process group, so a bad option shows up in any run.
+    agree = {**(options or {}), "normalize": normalize,
+             "kind of labels": None if labels is None else "tensor"}
     sample_sizes = (
-        gather_sizes(rows.reshape(*leading_shape, -1), process_group) if gather else (batch,)
+        gather_sizes(embeddings, process_group, agree=agree, name="embeddings")
+        if gather_distributed else (batch,)
     )
     first_sample = sum(sample_sizes[: get_rank(process_group)]) if gather else 0
     if labels is None:

@@ -85,6 +85,9 @@ def _supcon(
     prepared = prepare_embeddings(
         embeddings, labels, normalize=normalize, labels_required=False,
         gather_distributed=gather_distributed, process_group=process_group,
+        options={"loss": "supcon", "temperature": temperature, "variant": variant,
+                 "base_temperature": base_temperature, "reduction": reduction,
+                 "backend": backend},
     )
     loss, valid = run_per_anchor(
         "supcon", _kernel_rows(prepared, embeddings.dtype, backend, variant),
@@ -291,6 +294,8 @@ def _contrastive(
     prepared = prepare_embeddings(
         embeddings, labels, normalize=normalize, labels_required=True,
         gather_distributed=gather_distributed, process_group=process_group,
+        options={"loss": "contrastive", "margin": margin, "reduction": reduction,
+                 "backend": backend},
     )
     loss, valid = run_per_anchor("contrastive", prepared.columns, prepared.column_labels,
                                  backend=backend, row_range=prepared.row_range, margin=margin)
@@ -366,6 +371,8 @@ def _triplet(
     prepared = prepare_embeddings(
         embeddings, labels, normalize=normalize, labels_required=True,
         gather_distributed=gather_distributed, process_group=process_group,
+        options={"loss": "triplet", "margin": margin, "distance": distance, "mining": mining,
+                 "reduction": reduction, "backend": backend},
     )
     counts = None
     if mining == "all":
@@ -461,6 +468,8 @@ def _multi_similarity(
     prepared = prepare_embeddings(
         embeddings, labels, normalize=normalize, labels_required=True,
         gather_distributed=gather_distributed, process_group=process_group,
+        options={"loss": "multi_similarity", "alpha": alpha, "beta": beta, "base": base,
+                 "epsilon": epsilon, "reduction": reduction, "backend": backend},
     )
     loss, valid = run_per_anchor(
         "multi_similarity", prepared.columns, prepared.column_labels, backend=backend,
