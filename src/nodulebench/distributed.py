@@ -46,6 +46,7 @@ if TYPE_CHECKING or dist.is_available():
     from torch.distributed import ProcessGroup
 
 __all__ = [
+    "abandon_gather",
     "all_gather_no_grad",
     "all_gather_with_grad",
     "gather_sizes",
@@ -66,6 +67,7 @@ _MAX_FIELDS = 16
 _TEXT_WORDS = 4
 _SLOT_WORDS = 1 + _TEXT_WORDS
 _HEADER_WORDS = 2 + _MAX_NDIM + _MAX_FIELDS * _SLOT_WORDS
+_ABANDONED = -1  # the ndim word of a rank that joins the exchange only to bow out
 _DTYPES = (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
     torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
@@ -217,8 +219,21 @@ def _header(tensor: torch.Tensor, fields: list[str]) -> list[int]:
     return [_dtype_code(tensor.dtype), tensor.ndim, *shape, *slots, *padding]
 
 
+def _exchange(header: torch.Tensor, group: ProcessGroup | None) -> list[list[int]]:
+    exchanged = [torch.empty_like(header) for _ in range(get_world_size(group))]
+    dist.all_gather(exchanged, header, group=group)
+    rows: list[list[int]] = torch.stack(exchanged).tolist()
+    return rows
+
+
 def _check_headers(name: str, rows: list[list[int]]) -> None:
     """Raise the same ``ValueError`` on every rank if the ranks' headers disagree."""
+    abandoned = [str(r) for r, row in enumerate(rows) if row[1] == _ABANDONED]
+    if abandoned:
+        raise ValueError(
+            f"rank {', '.join(abandoned)} rejected its own input before the gather (its "
+            "error says why), so no rank can gather"
+        )
     rank_shapes = [tuple(row[2 : row[1] + 2]) for row in rows]
     if len({shape[1:] for shape in rank_shapes}) > 1:
         listed = ", ".join(f"rank {r}: {shape}" for r, shape in enumerate(rank_shapes))
@@ -289,11 +304,36 @@ def gather_sizes(
     if not is_distributed(group):
         return (int(tensor.shape[0]),)
     local = torch.tensor(_header(tensor, fields), dtype=torch.int64, device=tensor.device)
-    exchanged = [torch.empty_like(local) for _ in range(get_world_size(group))]
-    dist.all_gather(exchanged, local, group=group)
-    rows = torch.stack(exchanged).tolist()
+    rows = _exchange(local, group)
     _check_headers(name, rows)
     return tuple(int(row[2]) for row in rows)
+
+
+def abandon_gather(
+    group: ProcessGroup | None = None, *, device: torch.device | str = "cpu"
+) -> None:
+    """Meet the other ranks' :func:`gather_sizes` as a rank that cannot take part.
+
+    Call it, then raise your own error, when this rank rejects its input just before a
+    gather that the other ranks are about to start. Their :func:`gather_sizes` then
+    raises a ``ValueError`` naming this rank, instead of waiting for it until the
+    process group's timeout. A collective call, paired with the others' ``gather_sizes``;
+    nothing happens without an initialised process group.
+
+    Args:
+        group: The process group; ``None`` means the default (world) group.
+        device: Where the exchanged header lives: the device of the tensor this rank
+            would have gathered (a CUDA device under NCCL).
+
+    Example:
+        >>> from nodulebench.distributed import abandon_gather
+        >>> abandon_gather()  # single process: nobody to tell
+    """
+    if not is_distributed(group):
+        return
+    header = torch.zeros(_HEADER_WORDS, dtype=torch.int64, device=device)
+    header[1] = _ABANDONED
+    _exchange(header, group)
 
 
 def _resolve_sizes(

@@ -1,8 +1,9 @@
 """Ranks whose loss calls disagree, and a rank that skips the gather.
 
-In every mismatch case rank 1 deviates from the others. Each rank records the error it
-raised; the parent checks that every rank raised the same one, naming what differs, and
-that the ranks still meet in the next collective afterwards (nobody was left behind).
+In the mismatch cases rank 1 deviates from the others. Each rank records the error it
+raised; the parent checks that every rank raised (the same error, naming what differs,
+where the calls disagree), and that the ranks still meet in the next collective
+afterwards: nobody was left behind.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
         "fields": lambda: gather_sizes(z, group, agree={"b" if odd else "a": 1}),
         "long_value": lambda: gather_sizes(
             z, group, agree={"note": "x" * 40 + ("!" if odd else "?")}),
+        # Rank 1 (or every rank) rejects its own input: it still meets the others.
+        "empty_batch": lambda: LF.supcon_loss(z[:0] if odd else z, **gather),
+        "bad_labels": lambda: LF.contrastive_loss(z, y[:-1] if odd else y, **gather),
+        "all_empty": lambda: LF.triplet_margin_loss(z[:0], y[:0], **gather),
     }
 
 

@@ -45,6 +45,20 @@ def test_every_rank_raises_the_same_named_error(distributed_results, world_size:
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_a_rank_that_rejects_its_input_makes_every_rank_fail(distributed_results,
+                                                              world_size: int) -> None:
+    per_rank = distributed_results(world_size, "header_errors")
+    empty = "ValueError: embeddings must hold at least one sample, view and feature"
+    short = "ValueError: labels must have shape (B,) = (4,) to match embeddings of shape"
+    named = ("ValueError: rank 1 rejected its own input before the gather (its error says "
+             "why), so no rank can gather")
+    for rank, res in enumerate(per_rank):
+        assert res["empty_batch"].startswith(empty if rank == 1 else named)
+        assert res["bad_labels"].startswith(short if rank == 1 else named)
+        assert res["all_empty"].startswith(empty)  # each rank its own error, nobody waits
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
 def test_long_values_are_cut_in_the_message_but_compared_whole(distributed_results,
                                                                world_size: int) -> None:
     for res in distributed_results(world_size, "header_errors"):
@@ -91,6 +105,12 @@ def test_bad_agree_is_named_without_a_process_group(agree, exc, fragment) -> Non
     with pytest.raises(exc) as info:
         nd.gather_sizes(torch.zeros(2, 3), agree=agree)
     assert fragment in str(info.value)
+
+
+def test_abandon_gather_without_a_process_group() -> None:
+    assert nd.abandon_gather() is None  # nobody to tell
+    with pytest.raises(TypeError, match="group must be a torch.distributed.ProcessGroup"):
+        nd.abandon_gather("world")
 
 
 def test_loss_options_are_checked_in_a_single_process_run() -> None:

@@ -30,6 +30,7 @@ from nodulebench._validation import (
     check_ndim,
 )
 from nodulebench.distributed import (
+    abandon_gather,
     all_gather_no_grad,
     all_gather_with_grad,
     gather_sizes,
@@ -115,6 +116,38 @@ class PreparedEmbeddings:
         return self.row_offset, self.row_offset + self.rows.shape[0]
 
 
+def _check_inputs(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    normalize: bool,
+    labels_required: bool,
+    gather_distributed: bool,
+) -> None:
+    check_ndim("embeddings", embeddings, (2, 3), "(B, D) or (B, V, D)")
+    check_floating("embeddings", embeddings)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool; got {type(normalize).__name__}")
+    if not isinstance(gather_distributed, bool):
+        raise TypeError(
+            f"gather_distributed must be a bool; got {type(gather_distributed).__name__}"
+        )
+    if embeddings.numel() == 0:
+        raise ValueError("embeddings must hold at least one sample, view and feature "
+                         f"(B, V, D >= 1); got shape {tuple(embeddings.shape)}")
+    batch = embeddings.shape[0]
+    if labels is not None:
+        check_ndim("labels", labels, (1,), "(B,)")
+        check_integer_tensor("labels", labels)
+        if labels.shape[0] != batch:
+            raise ValueError(
+                f"labels must have shape (B,) = ({batch},) to match embeddings of shape "
+                f"{tuple(embeddings.shape)}; got shape {tuple(labels.shape)}"
+            )
+    elif labels_required:
+        raise TypeError("labels must be a (B,) integer tensor for this loss; got None")
+
+
 def prepare_embeddings(
     embeddings: torch.Tensor,
     labels: torch.Tensor | None,
@@ -135,38 +168,30 @@ def prepare_embeddings(
     exchange one header (:func:`~nodulebench.distributed.gather_sizes`): the shape but
     for ``B``, the dtype, whether labels were given, ``normalize`` and ``options`` (the
     loss's name and options, e.g. ``{"loss": "supcon", "temperature": 0.1, ...}``)
-    must agree, or every rank raises the same ``ValueError`` naming what differs.
+    must agree, or every rank raises the same ``ValueError`` naming what differs. A
+    rank that rejects its own input still joins that exchange
+    (:func:`~nodulebench.distributed.abandon_gather`) before raising, so that the others
+    raise a ``ValueError`` naming it instead of waiting for it.
 
     Raises:
         TypeError: non-tensor or non-floating ``embeddings``; non-integer ``labels``;
             missing ``labels`` where they are required; an ``options`` value that is
             not ``None``, a bool, an int, a float or a str (with ``gather_distributed``).
         ValueError: wrong ranks, an empty dimension, or ``labels`` whose length differs
-            from ``B``; with ``gather_distributed``, ranks that disagree on the header.
+            from ``B``; with ``gather_distributed``, ranks that disagree on the header
+            or a rank that rejected its input.
     """
-    check_ndim("embeddings", embeddings, (2, 3), "(B, D) or (B, V, D)")
-    check_floating("embeddings", embeddings)
-    if not isinstance(normalize, bool):
-        raise TypeError(f"normalize must be a bool; got {type(normalize).__name__}")
-    if not isinstance(gather_distributed, bool):
-        raise TypeError(
-            f"gather_distributed must be a bool; got {type(gather_distributed).__name__}"
-        )
-    if embeddings.numel() == 0:
-        raise ValueError("embeddings must hold at least one sample, view and feature "
-                         f"(B, V, D >= 1); got shape {tuple(embeddings.shape)}")
+    try:
+        _check_inputs(embeddings, labels, normalize=normalize, labels_required=labels_required,
+                      gather_distributed=gather_distributed)
+    except (TypeError, ValueError):
+        if isinstance(embeddings, torch.Tensor) and gather_distributed is True:
+            # The other ranks are on their way to the header exchange: meet them there,
+            # so that they fail now instead of waiting for this rank until the timeout.
+            abandon_gather(process_group, device=embeddings.device)
+        raise
     batch = embeddings.shape[0]
     views = embeddings.shape[1] if embeddings.ndim == 3 else 1
-    if labels is not None:
-        check_ndim("labels", labels, (1,), "(B,)")
-        check_integer_tensor("labels", labels)
-        if labels.shape[0] != batch:
-            raise ValueError(
-                f"labels must have shape (B,) = ({batch},) to match embeddings of shape "
-                f"{tuple(embeddings.shape)}; got shape {tuple(labels.shape)}"
-            )
-    elif labels_required:
-        raise TypeError("labels must be a (B,) integer tensor for this loss; got None")
     rows = embeddings.reshape(batch * views, embeddings.shape[-1])
     rows = rows.to(compute_dtype(embeddings.dtype))
     if normalize:
