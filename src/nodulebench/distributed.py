@@ -33,13 +33,20 @@ the global count.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
+
+from nodulebench._gather_header import (
+    MAX_NDIM,
+    abandoned_header,
+    agreed_fields,
+    check_headers,
+    encode_header,
+)
 
 # A runtime import (where available) lets the docs resolve the annotation.
 if TYPE_CHECKING or dist.is_available():
@@ -56,26 +63,6 @@ __all__ = [
     "local_row_offset",
     "sum_over_ranks",
 ]
-
-# Every rank's header is one fixed-length int64 vector (dtype code, ndim, the padded
-# sizes, then one slot per agreed field), so that ranks whose calls differ in anything
-# still meet in one all-gather and all raise the same clear error instead of hanging.
-# A field's slot holds a digest of its canonical text ``name=value`` (what is compared)
-# and the first bytes of that text (what the error message shows).
-_MAX_NDIM = 8
-_MAX_FIELDS = 16
-_TEXT_WORDS = 4
-_SLOT_WORDS = 1 + _TEXT_WORDS
-_HEADER_WORDS = 2 + _MAX_NDIM + _MAX_FIELDS * _SLOT_WORDS
-_ABANDONED = -1  # the ndim word of a rank that joins the exchange only to bow out
-_DTYPES = (
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
-)
-
-
-def _dtype_code(dtype: torch.dtype) -> int:
-    return _DTYPES.index(dtype) if dtype in _DTYPES else len(_DTYPES)
 
 
 def _initialized() -> bool:
@@ -150,73 +137,11 @@ def is_distributed(group: ProcessGroup | None = None) -> bool:
 def _check_gatherable(name: str, tensor: Any) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}")
-    if not 1 <= tensor.ndim <= _MAX_NDIM:
+    if not 1 <= tensor.ndim <= MAX_NDIM:
         raise ValueError(
-            f"{name} must have between 1 and {_MAX_NDIM} dimensions (it is gathered along "
+            f"{name} must have between 1 and {MAX_NDIM} dimensions (it is gathered along "
             f"dim 0); got shape {tuple(tensor.shape)}"
         )
-
-
-def _canonical(name: str, value: object) -> str:
-    """``value`` as text that is equal on two ranks exactly when the values are equal."""
-    if value is None or isinstance(value, bool | str):
-        return repr(value)
-    if isinstance(value, int):
-        # 1 and 1.0 configure a loss alike; integers beyond 2**53 keep their digits.
-        return repr(float(value)) if abs(value) <= 2**53 else repr(value)
-    if isinstance(value, float):
-        return repr(value)
-    raise TypeError(
-        f"agree[{name!r}] must be None, a bool, an int, a float or a str; "
-        f"got {type(value).__name__}"
-    )
-
-
-def _agreed_fields(agree: Mapping[str, object] | None) -> list[str]:
-    """The ``name=value`` texts of ``agree``, validated, in the caller's order."""
-    if agree is None:
-        return []
-    if not isinstance(agree, Mapping):
-        raise TypeError(f"agree must be a mapping of names to values or None; "
-                        f"got {type(agree).__name__}")
-    if len(agree) > _MAX_FIELDS:
-        raise ValueError(f"agree must hold at most {_MAX_FIELDS} fields; got {len(agree)}")
-    fields = []
-    for name, value in agree.items():
-        if not isinstance(name, str):
-            raise TypeError(f"agree's keys must be strings; got {type(name).__name__}")
-        if not name or "=" in name:
-            raise ValueError(f"agree's keys must be non-empty and without '='; got {name!r}")
-        fields.append(f"{name}={_canonical(name, value)}")
-    return fields
-
-
-def _digest(text: str) -> int:
-    raw = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(raw, "little", signed=True)
-
-
-def _encode_field(text: str) -> list[int]:
-    shown = text.encode()[: 8 * _TEXT_WORDS].ljust(8 * _TEXT_WORDS, b"\0")
-    words = [int.from_bytes(shown[i : i + 8], "little", signed=True)
-             for i in range(0, len(shown), 8)]
-    return [_digest(text), *words]
-
-
-def _decode_field(slot: list[int]) -> str:
-    """The text of a field as far as it travelled, ``...`` where it was cut."""
-    if slot[0] == 0:
-        return ""
-    raw = b"".join(word.to_bytes(8, "little", signed=True) for word in slot[1:])
-    text = raw.rstrip(b"\0").decode(errors="ignore")
-    return text if _digest(text) == slot[0] else text + "..."
-
-
-def _header(tensor: torch.Tensor, fields: list[str]) -> list[int]:
-    shape = list(tensor.shape) + [0] * (_MAX_NDIM - tensor.ndim)
-    slots = [word for text in fields for word in _encode_field(text)]
-    padding = [0] * (_SLOT_WORDS * (_MAX_FIELDS - len(fields)))
-    return [_dtype_code(tensor.dtype), tensor.ndim, *shape, *slots, *padding]
 
 
 def _exchange(header: torch.Tensor, group: ProcessGroup | None) -> list[list[int]]:
@@ -224,40 +149,6 @@ def _exchange(header: torch.Tensor, group: ProcessGroup | None) -> list[list[int
     dist.all_gather(exchanged, header, group=group)
     rows: list[list[int]] = torch.stack(exchanged).tolist()
     return rows
-
-
-def _check_headers(name: str, rows: list[list[int]]) -> None:
-    """Raise the same ``ValueError`` on every rank if the ranks' headers disagree."""
-    abandoned = [str(r) for r, row in enumerate(rows) if row[1] == _ABANDONED]
-    if abandoned:
-        raise ValueError(
-            f"rank {', '.join(abandoned)} rejected its own input before the gather (its "
-            "error says why), so no rank can gather"
-        )
-    rank_shapes = [tuple(row[2 : row[1] + 2]) for row in rows]
-    if len({shape[1:] for shape in rank_shapes}) > 1:
-        listed = ", ".join(f"rank {r}: {shape}" for r, shape in enumerate(rank_shapes))
-        raise ValueError(
-            f"{name} must have the same shape on every rank except for the first "
-            f"dimension; got {listed}"
-        )
-    if len({row[0] for row in rows}) > 1:
-        dtypes = [str(_DTYPES[row[0]]) if row[0] < len(_DTYPES) else "other" for row in rows]
-        listed = ", ".join(f"rank {r}: {dtype}" for r, dtype in enumerate(dtypes))
-        raise ValueError(f"{name} must have the same dtype on every rank; got {listed}")
-    for start in range(2 + _MAX_NDIM, _HEADER_WORDS, _SLOT_WORDS):
-        if len({row[start] for row in rows}) == 1:
-            continue
-        texts = [_decode_field(row[start : start + _SLOT_WORDS]) for row in rows]
-        fields = {text.partition("=")[0] for text in texts}
-        if len(fields) == 1:
-            field = fields.pop()
-            listed = ", ".join(f"rank {r}: {text.partition('=')[2]}"
-                               for r, text in enumerate(texts))
-            raise ValueError(f"every rank must pass the same {field}; got {listed}")
-        listed = ", ".join(f"rank {r}: {text or 'nothing'}" for r, text in enumerate(texts))
-        raise ValueError(f"every rank must pass the same fields in the same order; "
-                         f"got {listed}")
 
 
 def gather_sizes(
@@ -300,12 +191,12 @@ def gather_sizes(
         (5,)
     """
     _check_gatherable(name, tensor)
-    fields = _agreed_fields(agree)
+    fields = agreed_fields(agree)
     if not is_distributed(group):
         return (int(tensor.shape[0]),)
-    local = torch.tensor(_header(tensor, fields), dtype=torch.int64, device=tensor.device)
+    local = torch.tensor(encode_header(tensor, fields), dtype=torch.int64, device=tensor.device)
     rows = _exchange(local, group)
-    _check_headers(name, rows)
+    check_headers(name, rows)
     return tuple(int(row[2]) for row in rows)
 
 
@@ -331,9 +222,7 @@ def abandon_gather(
     """
     if not is_distributed(group):
         return
-    header = torch.zeros(_HEADER_WORDS, dtype=torch.int64, device=device)
-    header[1] = _ABANDONED
-    _exchange(header, group)
+    _exchange(torch.tensor(abandoned_header(), dtype=torch.int64, device=device), group)
 
 
 def _resolve_sizes(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import string
+
 import pytest
 import torch
 from _dist_cases import WORLD_SIZES
 from _dist_header_cases import SHORT_TIMEOUT_S
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from nodulebench import distributed as nd
+from nodulebench._gather_header import agreed_fields, check_headers, encode_header
 from nodulebench.losses import functional as LF
 from nodulebench.losses._inputs import prepare_embeddings
 
@@ -50,8 +55,8 @@ def test_a_rank_that_rejects_its_input_makes_every_rank_fail(distributed_results
     per_rank = distributed_results(world_size, "header_errors")
     empty = "ValueError: embeddings must hold at least one sample, view and feature"
     short = "ValueError: labels must have shape (B,) = (4,) to match embeddings of shape"
-    named = ("ValueError: rank 1 rejected its own input before the gather (its error says "
-             "why), so no rank can gather")
+    named = ("ValueError: rank 1 rejected its own input before the gather (the error "
+             "raised there says why), so no rank can gather")
     for rank, res in enumerate(per_rank):
         assert res["empty_batch"].startswith(empty if rank == 1 else named)
         assert res["bad_labels"].startswith(short if rank == 1 else named)
@@ -126,3 +131,47 @@ def test_loss_options_are_checked_in_a_single_process_run() -> None:
                  LF.multi_similarity_loss):
         assert torch.isfinite(loss(z, labels, gather_distributed=True))
     assert torch.isfinite(LF.ntxent_loss(z, z.flip(0), gather_distributed=True))
+
+
+
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**60), 2**60),
+                   st.floats(allow_nan=False), st.text(max_size=40))
+NAMES = st.text(string.ascii_letters + "_ ", min_size=1, max_size=12)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@settings(max_examples=200, deadline=None)
+@given(options=st.dictionaries(NAMES, VALUES, min_size=1, max_size=16), data=st.data())
+def test_headers_differ_exactly_where_a_value_differs(options, data) -> None:
+    """Planted truth: rank 1 changes one value; the error names that field, or none."""
+    name = data.draw(st.sampled_from(sorted(options)))
+    old, new = options[name], data.draw(VALUES)
+    assume(not (_number(old) and _number(new) and old == new))  # the example test below
+    z = torch.zeros(2, 3)
+    rows = [encode_header(z, agreed_fields(options)),
+            encode_header(z, agreed_fields({**options, name: new}))]
+    if type(old) is type(new) and old == new:
+        check_headers("z", rows)
+        return
+    with pytest.raises(ValueError) as info:
+        check_headers("z", rows)
+    assert str(info.value).startswith(f"every rank must pass the same {name}; got rank 0: ")
+
+
+def test_equal_numbers_agree_and_other_types_do_not() -> None:
+    z = torch.zeros(2, 3)
+
+    def agree(a: object, b: object) -> bool:
+        rows = [encode_header(z, agreed_fields({"x": value})) for value in (a, b)]
+        try:
+            check_headers("z", rows)
+        except ValueError:
+            return False
+        return True
+
+    assert agree(1, 1.0) and agree(2**53, float(2**53)) and agree(None, None)
+    assert not agree(True, 1) and not agree("1", 1) and not agree(None, "None")
+    assert not agree(0.1, 0.1 + 1e-16) and not agree(2**60 + 1, 2**60)
