@@ -7,6 +7,11 @@ Contrastive losses need negatives from the whole global batch. Under data parall
 columns, and reduces so that DDP's gradient averaging gives exactly the gradient of the
 single-process loss on the concatenated batch.
 
+Before a gather, :func:`gather_sizes` exchanges one small header per rank (the sizes,
+and what the ranks must agree on, such as the loss's options) so that ranks whose calls
+differ all raise the same error instead of one of them waiting forever;
+:func:`abandon_gather` lets a rank that rejects its own input join that exchange.
+
 Every helper works without an initialised process group: then there is one process,
 of rank 0, and a gather returns its input unchanged.
 

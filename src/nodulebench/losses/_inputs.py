@@ -7,10 +7,12 @@ the first and last step here means each loss body only holds its own maths, and 
 kernel only has to replace the per-anchor step.
 
 With ``gather_distributed=True`` under an initialised process group, the first step also
-gathers every rank's prepared rows (the *columns*) and the per-anchor step computes this
-rank's rows (the *anchors*) against them; the last step normalises with the global count
-so that DDP's gradient averaging is exact (see :mod:`nodulebench.distributed`). Without
-gathering the columns are the rows themselves, and nothing else changes.
+checks that the ranks agree (input shape and dtype, labels given or not, the loss's
+options), then gathers every rank's prepared rows (the *columns*); the per-anchor step
+computes this rank's rows (the *anchors*) against them; the last step normalises with
+the global count so that DDP's gradient averaging is exact (see
+:mod:`nodulebench.distributed`). Without gathering the columns are the rows themselves,
+and nothing else changes.
 """
 
 from __future__ import annotations
