@@ -94,6 +94,8 @@ def test_perfectly_calibrated_confident_predictions_have_zero_ece() -> None:
         (torch.tensor([0.5, float("nan")]), torch.tensor([1, 0]), "finite"),
         (torch.tensor([0.5, 0.2]), torch.tensor([1, 2]), "labels must be 0 or 1; got 2"),
         (torch.tensor([1.5, 0.2]), torch.tensor([1, 0]), "probabilities must lie in [0, 1]"),
+        (torch.tensor([2.5, -1.0]), torch.tensor([1, 0]), "got values in [-1, 2.5] (logits? "
+         "apply torch.sigmoid"),
     ],
 )
 def test_bad_input_is_named(probs: torch.Tensor, labels: torch.Tensor, fragment: str) -> None:

@@ -127,7 +127,11 @@ def expected_calibration_error(
     check_positive("n_bins", n_bins)
     p = probabilities.detach().to(torch.float64).cpu()
     if bool(((p < 0) | (p > 1)).any()):
-        raise ValueError("probabilities must lie in [0, 1]")
+        raise ValueError(
+            f"probabilities must lie in [0, 1]; got values in [{float(p.min()):g}, "
+            f"{float(p.max()):g}] (logits? apply torch.sigmoid to one logit per sample, or "
+            "torch.softmax(logits, dim=1)[:, 1] to two)"
+        )
     y = labels.detach().cpu()
     predicted = (p >= 0.5).to(y.dtype)
     confidence = torch.where(predicted == 1, p, 1 - p)

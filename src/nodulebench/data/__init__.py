@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .dataset import SyntheticNodules
+from .cache import CacheError
+from .dataset import CLASSES, SyntheticNodules
 from .distributions import ByCategory, Categorical, Fixed, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
 from .measure import Measurements, measure
@@ -16,11 +17,13 @@ from .spec import (
 )
 
 __all__ = [
+    "CLASSES",
     "DEFAULT_MARGINALS",
     "FACTORS",
     "LUNG_WINDOW_HU",
     "TEST_DISTRIBUTIONS",
     "ByCategory",
+    "CacheError",
     "Categorical",
     "Factor",
     "Fixed",

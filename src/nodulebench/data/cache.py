@@ -3,26 +3,48 @@
 ``materialize`` renders a dataset once into ``images.npy`` (float32 ``(n, 1, H, W)``),
 ``labels.npy`` and ``factors.npy`` (float64 ``(F, n)``, rows in ``FACTORS`` order) next to a
 ``manifest.json`` that records the spec's fingerprint (SHA-256), ``n``, ``seed``,
-``image_size`` and ``output``. Loading compares the manifest with the dataset that asks for
-it and refuses a mismatch. Arrays are written and read with ``allow_pickle=False``.
+``image_size``, ``output`` and a BLAKE2b digest of the image bytes. Arrays are written and
+read with ``allow_pickle=False``.
+
+Integrity: the files are written into a fresh hidden folder beside the target, the manifest
+last, and the folder is renamed into place only when complete, so an interrupted run leaves
+the previous cache (or none), never a mix. Loading compares the manifest, labels and factors
+with the dataset that asks for them and then, with ``verify="full"``, hashes every image
+again; ``verify="size"`` checks only the images' shape, dtype and file length. Every
+mismatch or damage raises :class:`CacheError` naming the folder, the file and what is wrong.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
-from typing import Any
+import secrets
+import shutil
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from .._validation import check_choice, check_int
 from .factors import FACTORS
 
-__all__ = ["CACHE_FORMAT", "load_images", "manifest_for", "materialize"]
+__all__ = ["CACHE_FORMAT", "VERIFY_MODES", "CacheError", "load_images", "manifest_for",
+           "materialize"]
 
-#: Version of the on-disk layout; bumped when it changes.
-CACHE_FORMAT = 1
+#: Version of the on-disk layout; bumped when it changes (2: image digest, atomic writes).
+CACHE_FORMAT = 2
+#: How :func:`load_images` checks the images: hash every byte, or shape and length only.
+VERIFY_MODES: tuple[str, ...] = ("full", "size")
 _MANIFEST = "manifest.json"
+_FILES = ("images.npy", "labels.npy", "factors.npy", _MANIFEST)
+_DIGEST = "images_blake2b"
+_CHUNK_BYTES = 1 << 24  # images are hashed in chunks of about 16 MB
+
+
+class CacheError(ValueError):
+    """A cache folder that is damaged, incomplete or made for another dataset."""
 
 
 def manifest_for(ds: Any) -> dict[str, Any]:
@@ -39,53 +61,199 @@ def manifest_for(ds: Any) -> dict[str, Any]:
     }
 
 
+def _factor_table(ds: Any) -> np.ndarray[Any, Any]:
+    return np.stack([ds.factors[name].double().numpy() for name in FACTORS])
+
+
+def _check_replaceable(root: pathlib.Path) -> None:
+    """Refuse to replace anything but an empty folder or a cache (never delete user files)."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"path must be a folder for the cache; {root} is a file")
+    extra = sorted(p.name for p in root.iterdir() if p.name not in _FILES)
+    if extra:
+        raise FileExistsError(f"path must be a new folder, an empty one or a cache written by "
+                              f"materialize; {root} also holds {extra[:3]} (left untouched)")
+
+
 def materialize(ds: Any, path: str | pathlib.Path, batch_size: int = 1024) -> pathlib.Path:
-    """Render every image of ``ds`` into ``path`` (created if needed); returns ``path``."""
+    """Render every image of ``ds`` into the folder ``path``; returns ``path``.
+
+    A cache already at ``path`` is replaced only once the new one is complete.
+
+    Raises:
+        ValueError: ``batch_size`` is not an int ``>= 1``.
+        FileExistsError: ``path`` is a file, or a folder holding other files.
+    """
+    check_int("batch_size", batch_size, 1)
     root = pathlib.Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    s = ds.image_size
-    images = np.lib.format.open_memmap(root / "images.npy", mode="w+", dtype=np.float32,
-                                       shape=(ds.n, 1, s, s))
-    for start in range(0, ds.n, batch_size):
-        idx = torch.arange(start, min(ds.n, start + batch_size))
-        images[start:start + idx.numel()] = ds.render(idx).numpy()
-    images.flush()
-    del images
-    np.save(root / "labels.npy", ds.labels.numpy(), allow_pickle=False)
-    table = np.stack([ds.factors[name].double().numpy() for name in FACTORS])
-    np.save(root / "factors.npy", table, allow_pickle=False)
-    # the manifest is written last: its presence marks a complete cache
-    (root / _MANIFEST).write_text(json.dumps(manifest_for(ds), indent=2))
+    _check_replaceable(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # os.mkdir honours the umask (tempfile.mkdtemp would make the cache private).
+    partial = root.parent / f".{root.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+    partial.mkdir()
+    try:
+        digest = _write(ds, partial, batch_size)
+        manifest = {**manifest_for(ds), _DIGEST: digest}
+        # written last: only a complete folder has a manifest
+        (partial / _MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _swap(partial, root)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return root
 
 
-def load_images(ds: Any, path: str | pathlib.Path) -> np.ndarray[Any, Any]:
-    """Memory-map the cached images of ``ds`` after checking manifest and tables.
+def _write(ds: Any, folder: pathlib.Path, batch_size: int) -> str:
+    """Write the three arrays into ``folder``; returns the digest of the image bytes."""
+    s = ds.image_size
+    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.float32,
+                                       shape=(ds.n, 1, s, s))
+    digest = hashlib.blake2b(digest_size=32)
+    for start in range(0, ds.n, batch_size):
+        idx = torch.arange(start, min(ds.n, start + batch_size))
+        batch = np.ascontiguousarray(ds.render(idx).numpy(), dtype=np.float32)
+        images[start:start + idx.numel()] = batch
+        digest.update(batch.data)
+    images.flush()
+    del images
+    np.save(folder / "labels.npy", ds.labels.numpy(), allow_pickle=False)
+    np.save(folder / "factors.npy", _factor_table(ds), allow_pickle=False)
+    return digest.hexdigest()
+
+
+def _swap(partial: pathlib.Path, root: pathlib.Path) -> None:
+    """Rename the complete ``partial`` folder to ``root``, replacing an older cache."""
+    if not root.exists():
+        os.rename(partial, root)
+        return
+    old = partial.with_suffix(".old")
+    os.rename(root, old)
+    os.rename(partial, root)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _damaged(root: pathlib.Path, what: str) -> CacheError:
+    return CacheError(f"cache at {root} is damaged: {what}; materialize it again")
+
+
+def _read_manifest(root: pathlib.Path) -> dict[str, Any]:
+    path = root / _MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"cache must contain {_MANIFEST}; none in {root}")
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _damaged(root, f"{_MANIFEST} is not valid JSON ({err})") from None
+    if not isinstance(found, dict):
+        raise _damaged(root, f"{_MANIFEST} must hold an object; got {type(found).__name__}")
+    return found
+
+
+def _load_array(root: pathlib.Path, name: str, shape: tuple[int, ...], dtype: Any,
+                mmap: bool = False) -> np.ndarray[Any, Any]:
+    path = root / name
+    if not path.is_file():
+        raise _damaged(root, f"{name} is missing")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # truncated or garbled file
+        raise _damaged(root, f"{name} cannot be read ({err})") from None
+    if array.shape != shape or array.dtype != dtype:
+        raise _damaged(root, f"{name} must be {np.dtype(dtype)} of shape {shape}; got "
+                             f"{array.dtype} of shape {array.shape}")
+    return array  # type: ignore[no-any-return]
+
+
+def _chunks(images: np.ndarray[Any, Any]) -> Any:
+    rows = max(1, _CHUNK_BYTES // max(1, images[:1].nbytes))
+    for start in range(0, len(images), rows):
+        yield np.ascontiguousarray(images[start:start + rows])
+
+
+def _check_digest(root: pathlib.Path, images: np.ndarray[Any, Any], expected: Any) -> None:
+    digest = hashlib.blake2b(digest_size=32)
+    for chunk in _chunks(images):
+        digest.update(chunk.data)
+    if digest.hexdigest() == expected:
+        return
+    nonfinite = sum(int((~np.isfinite(c)).reshape(len(c), -1).any(axis=1).sum())
+                    for c in _chunks(images))
+    detail = f"; {nonfinite} images hold NaN or inf" if nonfinite else ""
+    raise _damaged(root, f"images.npy differs from what materialize wrote (its BLAKE2b "
+                         f"digest does not match the manifest{detail})")
+
+
+class MappedImages:
+    """The cached images as a read-only memory map, indexable like the array.
+
+    Pickles as its folder and digest and maps the file again when unpickled, so DataLoader
+    workers (spawn or fork) never receive the images themselves; a folder whose manifest
+    changed in between raises :class:`CacheError`.
+    """
+
+    def __init__(self, root: pathlib.Path, shape: tuple[int, ...], digest: str) -> None:
+        self.root, self.shape, self.digest = root, shape, digest
+        self.array = self._map()
+
+    def _map(self) -> np.ndarray[Any, Any]:
+        if _read_manifest(self.root).get(_DIGEST) != self.digest:
+            raise CacheError(f"cache at {self.root} changed since it was opened; open the "
+                             "dataset again")
+        return _load_array(self.root, "images.npy", self.shape, np.float32, mmap=True)
+
+    def __getitem__(self, index: Any) -> np.ndarray[Any, Any]:
+        return self.array[index]  # type: ignore[no-any-return]
+
+    def __getstate__(self) -> tuple[pathlib.Path, tuple[int, ...], str]:
+        return self.root, self.shape, self.digest
+
+    def __setstate__(self, state: tuple[pathlib.Path, tuple[int, ...], str]) -> None:
+        self.root, self.shape, self.digest = state
+        self.array = self._map()
+
+
+def load_images(ds: Any, path: str | pathlib.Path,
+                verify: Literal["full", "size"] = "full") -> MappedImages:
+    """Memory-map the cached images of ``ds`` after checking manifest, tables and images.
+
+    Args:
+        ds: the dataset the cache must belong to.
+        path: the folder :func:`materialize` wrote.
+        verify: ``"full"`` hashes every image and compares with the manifest's digest (reads
+            the whole file once); ``"size"`` checks only the images' shape, dtype and file
+            length (no image is read, so modified values go unnoticed).
 
     Raises:
-        FileNotFoundError: no complete cache at ``path``.
-        ValueError: the cache was made from another spec, seed, size or output, or its
-            labels / factors differ from the dataset's.
+        FileNotFoundError: no manifest at ``path``.
+        CacheError: (a ``ValueError``) the cache was made from another spec, seed, size,
+            output or format, its labels or factors differ from the dataset's, or a file is
+            missing, truncated, garbled, of the wrong shape or dtype, or (``"full"``) its
+            images differ from what was written.
     """
-    root = pathlib.Path(path)
-    manifest_path = root / _MANIFEST
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"cache must contain {_MANIFEST}; none in {root}")
-    found = json.loads(manifest_path.read_text())
-    expected = manifest_for(ds)
-    for key, value in expected.items():
+    check_choice("verify", verify, VERIFY_MODES)
+    root = pathlib.Path(path).resolve()
+    found = _read_manifest(root)
+    if found.get("format") != CACHE_FORMAT:
+        raise CacheError(f"cache at {root} has format {found.get('format')!r}; this version "
+                         f"reads format {CACHE_FORMAT}: materialize it again")
+    for key, value in manifest_for(ds).items():
         if key != "spec" and found.get(key) != value:
-            raise ValueError(f"cache at {root} does not match this dataset: {key} must be "
+            raise CacheError(f"cache at {root} does not match this dataset: {key} must be "
                              f"{value!r}; got {found.get(key)!r}")
-    labels = np.load(root / "labels.npy", allow_pickle=False)
-    table = np.load(root / "factors.npy", allow_pickle=False)
-    mine = np.stack([ds.factors[name].double().numpy() for name in FACTORS])
-    if not (np.array_equal(labels, ds.labels.numpy()) and np.array_equal(table, mine)):
-        raise ValueError(f"cache at {root} does not match this dataset: labels or factors "
-                         "differ (made by another version of nodulebench?)")
-    images = np.load(root / "images.npy", mmap_mode="r", allow_pickle=False)
+    digest = found.get(_DIGEST)
+    if not isinstance(digest, str):
+        raise _damaged(root, f"{_MANIFEST} must record {_DIGEST}; got {digest!r}")
+    labels = _load_array(root, "labels.npy", (ds.n,), np.int64)
+    table = _load_array(root, "factors.npy", (len(FACTORS), ds.n), np.float64)
+    for name, stored, mine in (("labels", labels, ds.labels.numpy()),
+                               ("factors", table, _factor_table(ds))):
+        if not np.array_equal(stored, mine):
+            raise CacheError(f"cache at {root} does not match this dataset: its {name} differ "
+                             "(modified, or made by another version of nodulebench?)")
     s = ds.image_size
-    if images.shape != (ds.n, 1, s, s) or images.dtype != np.float32:
-        raise ValueError(f"cache at {root} does not match this dataset: images must be float32 "
-                         f"{(ds.n, 1, s, s)}; got {images.dtype} {images.shape}")
-    return images  # type: ignore[no-any-return]
+    images = MappedImages(root, (ds.n, 1, s, s), digest)
+    if verify == "full":
+        _check_digest(root, images.array, digest)
+    return images

@@ -15,18 +15,45 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-from .._validation import check_choice, check_int
-from .cache import load_images, materialize
-from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, get_factor
+from .._validation import check_choice, check_int, did_you_mean
+from .cache import VERIFY_MODES, load_images, materialize
+from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, Factor, get_factor
 from .render import MASK_NAMES, render_hu
 from .sampling import derive_children, sample_factors
 from .spec import NoduleSpec
 
-__all__ = ["SyntheticNodules"]
+__all__ = ["CLASSES", "SyntheticNodules"]
+
+#: Name of each label, indexed by the label: 0 benign, 1 malignant.
+CLASSES: tuple[str, ...] = ("benign", "malignant")
 
 _MAX_N = 2**31 - 1  # indices are hashed as 32-bit words
 
 Override = float | int | str | torch.Tensor
+
+
+def _category_code(info: Factor, value: str, argument: str) -> int:
+    """The code of category ``value`` of ``info``; a named error for anything else."""
+    if not info.is_categorical:
+        raise ValueError(f"{argument} must be a number in [{info.low}, {info.high}] "
+                         f"{info.unit} for the continuous factor {info.name}; got {value!r}")
+    if value not in info.categories:
+        raise ValueError(f"{argument} must be one of {info.categories}; got {value!r}"
+                         f"{did_you_mean(value, info.categories)}")
+    return info.categories.index(value)
+
+
+def _target_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as a ``torch.device``, checked to exist on this machine."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)  # torch raises AssertionError for CUDA without a GPU
+    except (AssertionError, RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a device available on this machine; got "
+                         f"{device!r} ({err})") from None
+    return dev
 
 
 class SyntheticNodules(Dataset[Any]):
@@ -49,10 +76,16 @@ class SyntheticNodules(Dataset[Any]):
         cache: a folder written by :meth:`materialize` for this very dataset; ``ds[i]`` and
             plain :meth:`render` calls then read images from its memory map. The manifest
             (spec SHA-256, ``n``, ``seed``, ``image_size``, ``output``) must match.
+        verify_cache: how a ``cache`` is checked on opening: ``"full"`` hashes every image
+            against the digest in the manifest (reads the file once); ``"size"`` checks only
+            the images' shape, dtype and file length (no image is read, so modified values
+            go unnoticed). Labels and factors are compared in both.
 
     Raises:
-        ValueError: ``n <= 0``, ``image_size < 16``, an unknown ``output``, or a cache made
-            from another dataset.
+        ValueError: ``n <= 0``, ``image_size < 16``, an unknown ``output`` or
+            ``verify_cache``.
+        nodulebench.data.CacheError: a ``ValueError``: the cache was made from another
+            dataset, or is damaged (a file missing, truncated, garbled or modified).
         FileNotFoundError: ``cache`` holds no complete cache.
 
     Example:
@@ -76,6 +109,7 @@ class SyntheticNodules(Dataset[Any]):
         transform: Callable[[torch.Tensor], Any] | None = None,
         target_transform: Callable[[torch.Tensor], Any] | None = None,
         cache: str | pathlib.Path | None = None,
+        verify_cache: Literal["full", "size"] = "full",
     ) -> None:
         spec = NoduleSpec() if spec is None else spec
         if not isinstance(spec, NoduleSpec):
@@ -86,11 +120,12 @@ class SyntheticNodules(Dataset[Any]):
         self.image_size = check_int("image_size", image_size, 16, 1024)
         check_choice("output", output, ("window", "hu"))
         self.output = output
+        check_choice("verify_cache", verify_cache, VERIFY_MODES)
         self.return_factors = bool(return_factors)
         self.transform = transform
         self.target_transform = target_transform
         self._factors, self._labels = sample_factors(spec, self.n, self.seed)
-        self._cached: Any = None if cache is None else load_images(self, cache)
+        self._cached: Any = None if cache is None else load_images(self, cache, verify_cache)
 
     # ------------------------------------------------------------------ table
     @property
@@ -105,6 +140,29 @@ class SyntheticNodules(Dataset[Any]):
     def labels(self) -> torch.Tensor:
         """``(n,)`` int64 labels, 0 benign and 1 malignant. No rendering."""
         return self._labels
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """The labels under torchvision's name (the same ``(n,)`` int64 tensor as :attr:`labels`).
+
+        ``target_transform`` is not applied (as in torchvision). No rendering.
+
+        Example:
+            >>> ds = SyntheticNodules(n=6)
+            >>> int(ds.targets.sum()), ds.classes[1]
+            (3, 'malignant')
+        """
+        return self._labels
+
+    @property
+    def classes(self) -> list[str]:
+        """Name of each label, ``["benign", "malignant"]``; ``classes[label]`` as in torchvision."""
+        return list(CLASSES)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        """Label of each class name, ``{"benign": 0, "malignant": 1}`` (torchvision's name)."""
+        return {name: label for label, name in enumerate(CLASSES)}
 
     @property
     def pixel_size_mm(self) -> torch.Tensor:
@@ -169,11 +227,12 @@ class SyntheticNodules(Dataset[Any]):
         for name, value in overrides.items():
             info = get_factor(name, argument="overrides")
             if isinstance(value, str):
-                if not info.is_categorical or value not in info.categories:
-                    raise ValueError(f"overrides[{name!r}] must be one of {info.categories}; "
-                                     f"got {value!r}")
-                value = info.categories.index(value)
-            t = torch.as_tensor(value).flatten()
+                value = _category_code(info, value, f"overrides[{name!r}]")
+            try:
+                t = torch.as_tensor(value).flatten()
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"overrides[{name!r}] must be a number, a category name or a "
+                                f"tensor; got {type(value).__name__}") from None
             if t.numel() == 1:
                 t = t.expand(count)
             if t.shape != (count,):
@@ -224,7 +283,7 @@ class SyntheticNodules(Dataset[Any]):
             ``"spicules"``, ``"calcification"`` of ``(N, 1, H, W)`` bool tensors.
         """
         idx = self._indices(indices)
-        dev = torch.device(device) if device is not None else torch.device("cpu")
+        dev = _target_device(device)
         if self._cached is not None and not overrides and not return_masks:
             return torch.from_numpy(self._cached[idx.numpy()]).to(dev)
         batch = {name: v[idx] for name, v in self._factors.items()}
@@ -256,9 +315,16 @@ class SyntheticNodules(Dataset[Any]):
         """Sample ``i`` rendered once per value of ``factor``: ``(len(values), 1, H, W)``."""
         info = get_factor(factor)
         vals: Any = values
+        if isinstance(values, str):
+            raise TypeError(f"values must be a sequence of values; got the string {values!r}")
         if not isinstance(values, torch.Tensor):
-            vals = torch.tensor([info.categories.index(v) if isinstance(v, str) and
-                                 v in info.categories else v for v in values])
+            codes = [_category_code(info, v, f"values[{j}] for {factor}")
+                     if isinstance(v, str) else v for j, v in enumerate(values)]
+            try:
+                vals = torch.tensor(codes)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError("values must hold numbers or category names; got "
+                                f"{list(values)[:4]!r}") from None
         if isinstance(vals, torch.Tensor) and vals.ndim != 1:
             raise ValueError(f"values must be one-dimensional; got shape {tuple(vals.shape)}")
         k = self._index(i)
@@ -267,7 +333,17 @@ class SyntheticNodules(Dataset[Any]):
     def materialize(self, path: str | pathlib.Path, batch_size: int = 1024) -> pathlib.Path:
         """Render every image once into ``path`` (``.npy`` memory maps + JSON manifest).
 
-        Reuse it with ``SyntheticNodules(..., cache=path)`` and the same arguments.
+        Reuse it with ``SyntheticNodules(..., cache=path)`` and the same arguments. The
+        files are written into a hidden folder beside ``path`` and renamed into place when
+        complete, so an interrupted run leaves the previous cache (or none), never a mix.
+
+        Args:
+            path: the cache folder: new, empty, or a cache to replace.
+            batch_size: images rendered per step, ``>= 1``.
+
+        Raises:
+            ValueError: ``batch_size`` is not an int ``>= 1``.
+            FileExistsError: ``path`` is a file, or a folder holding other files.
         """
         return materialize(self, path, batch_size)
 

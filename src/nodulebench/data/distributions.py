@@ -9,6 +9,7 @@ shortcut counts) reuses the very same ``u``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
@@ -18,6 +19,17 @@ import torch
 from .factors import Factor, get_factor
 
 __all__ = ["ByCategory", "Categorical", "Distribution", "Fixed", "Split", "Uniform"]
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_real(argument: str, value: object) -> None:
+    """``TypeError`` unless ``value`` is a real number (a string such as ``"5"`` is not)."""
+    if not _is_real(value):
+        raise TypeError(f"{argument} must be a real number; got {type(value).__name__} "
+                        f"{value!r}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,10 @@ class Split:
     threshold: float | None = None
     malignant_above: bool = True
     malignant_categories: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None:
+            _check_real("Split threshold", self.threshold)
 
     def validate(self, argument: str) -> None:
         """Raise ``ValueError`` naming ``argument`` when the split is not well formed."""
@@ -90,6 +106,19 @@ class Uniform:
     high: float
     exclude: tuple[float, float] | None = None
 
+    def __post_init__(self) -> None:
+        _check_real("Uniform low", self.low)
+        _check_real("Uniform high", self.high)
+        if self.low > self.high:
+            raise ValueError(f"Uniform low must be <= high; got low={self.low!r} > "
+                             f"high={self.high!r}")
+        if self.exclude is not None:
+            if not isinstance(self.exclude, (tuple, list)) or len(self.exclude) != 2:
+                raise TypeError(f"Uniform exclude must be a pair (a, b) or None; got "
+                                f"{self.exclude!r}")
+            for bound in self.exclude:
+                _check_real("Uniform exclude", bound)
+
     def intervals(self) -> tuple[tuple[float, float], ...]:
         """Disjoint closed intervals carrying the (equal-density) mass."""
         if self.exclude is None:
@@ -130,14 +159,14 @@ class Uniform:
         """This distribution conditioned on one side of ``split`` (same density there)."""
         t = float(split.threshold)  # type: ignore[arg-type]  # validated
         if malignant == split.malignant_above:
-            restricted = Uniform(max(self.low, t), self.high, self.exclude)
+            low, high = max(self.low, t), self.high
         else:
-            restricted = Uniform(self.low, min(self.high, t), self.exclude)
-        if restricted.high <= restricted.low or not restricted.intervals():
+            low, high = self.low, min(self.high, t)
+        if high <= low or not Uniform(low, high, self.exclude).intervals():
             side = "malignant" if malignant else "benign"
             raise ValueError(f"the {side}-looking side of {split.describe()} has no mass "
                              f"under {self!r}")
-        return restricted
+        return Uniform(low, high, self.exclude)
 
 
 @dataclass(frozen=True)
@@ -147,7 +176,20 @@ class Categorical:
     weights: tuple[tuple[str, float], ...]
 
     def __init__(self, weights: Mapping[str, float] | tuple[tuple[str, float], ...]) -> None:
-        pairs = tuple(weights.items()) if isinstance(weights, Mapping) else tuple(weights)
+        if isinstance(weights, Mapping):
+            pairs = tuple(weights.items())
+        elif isinstance(weights, (tuple, list)):
+            pairs = tuple(weights)
+        else:
+            raise TypeError("Categorical weights must be a mapping {category: weight} or a "
+                            f"tuple of (category, weight) pairs; got {type(weights).__name__} "
+                            f"{weights!r}")
+        pairs = tuple(tuple(p) if isinstance(p, list) else p for p in pairs)  # from JSON
+        for pair in pairs:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
+                    and _is_real(pair[1])):
+                raise TypeError("Categorical weights must be (category name, number) pairs; "
+                                f"got {pair!r}")
         object.__setattr__(self, "weights", pairs)
 
     def validate(self, factor: Factor, argument: str) -> None:

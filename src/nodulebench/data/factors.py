@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+from .._validation import did_you_mean
+
 __all__ = [
     "CALCIFICATION_HU",
     "FACTORS",
@@ -142,5 +144,6 @@ def get_factor(name: str, *, argument: str = "factor") -> Factor:
     if not isinstance(name, str) or name not in FACTORS:
         raise ValueError(
             f"{argument} must be one of {', '.join(FACTORS)}; got {name!r}"
+            f"{did_you_mean(name, FACTORS)}"
         )
     return FACTORS[name]

@@ -274,6 +274,12 @@ class NoduleSpec:
     def __hash__(self) -> int:
         return hash(self.fingerprint())
 
+    def __reduce__(self) -> tuple[type[NoduleSpec], tuple[object, ...]]:
+        # The read-only marginals view cannot be pickled; rebuild from a plain dict, so a
+        # spec (and a dataset holding one) crosses spawn / forkserver DataLoader workers.
+        return (NoduleSpec, (dict(self.marginals), self.label_rule, self.shortcuts,
+                             self.malignant_fraction, self.label_noise, self.name))
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NoduleSpec):
             return NotImplemented

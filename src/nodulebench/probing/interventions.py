@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nodulebench._validation import check_int
+from nodulebench._validation import check_int, did_you_mean
 from nodulebench.data import FACTORS
 from nodulebench.probing.features import (
     capture_outputs,
@@ -81,7 +81,7 @@ def _as_number(name: str, value: float | str) -> float:
         if value not in categories:
             raise ValueError(
                 f"values[{name!r}] must hold numbers or category names of {name} "
-                f"{categories}; got {value!r}"
+                f"{categories}; got {value!r}{did_you_mean(value, categories)}"
             )
         return float(categories.index(value))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -234,6 +234,13 @@ def intervention_sensitivity(
     check_int("n", n, 1)
     check_int("seed", seed, 0)
     check_int("batch_size", batch_size, 1)
+    missing = [a for a in ("factors", "render", "__len__") if not hasattr(dataset, a)]
+    if missing:
+        raise TypeError(
+            "dataset must provide factors, __len__ and render(indices, device, "
+            "return_masks, overrides), as SyntheticNodules does (interventions re-render "
+            f"samples); got {type(dataset).__name__}, which lacks {', '.join(missing)}"
+        )
     size = len(dataset)
     if size == 0:
         raise ValueError("dataset must contain at least one sample; got an empty dataset")
@@ -241,7 +248,8 @@ def intervention_sensitivity(
     given = dict(values or {})
     for name in given:
         if name not in observed:
-            raise ValueError(f"values names unknown factor {name!r}; known: {list(observed)}")
+            raise ValueError(f"values names unknown factor {name!r}; known: {list(observed)}"
+                             f"{did_you_mean(name, observed)}")
     if factors is None:
         names = list(observed)
     elif isinstance(factors, str):
@@ -250,7 +258,8 @@ def intervention_sensitivity(
         names = list(factors)
         for name in names:
             if name not in observed:
-                raise ValueError(f"factors: unknown factor {name!r}; known: {list(observed)}")
+                raise ValueError(f"factors: unknown factor {name!r}; known: {list(observed)}"
+                                 f"{did_you_mean(name, observed)}")
     plans = []
     for name in names:
         choice = _choose_values(name, observed[name], given.get(name))
