@@ -17,6 +17,10 @@ The target check of the tiled engine on CPU (SupCon, D = 128, float32, B = 8192)
         --backends dense tiled --sizes 8192 --repeats 3
 
 ``--crossover`` measures, per loss, the smallest B at which ``tiled`` beats ``dense``.
+
+The two-tower losses (``clip``, ``siglip``) take B pairs: both towers ``(B, D)`` get
+gradients; their ``dense`` row is the reference backend (``B x B`` logits, the usual
+recipe) and ``pml`` does not apply.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 
 from _harness import DENSE, device_name, forward_backward, median_ms, peak_extra_bytes
-from nodulebench.kernels import KERNEL_LOSSES, run_per_anchor
+from nodulebench.kernels import KERNEL_LOSSES, TWO_TOWER_LOSSES, run_per_anchor, run_two_tower
 
 OPTIONS: dict[str, dict[str, object]] = {
     "supcon": {"temperature": 0.1, "variant": "out"},
@@ -39,7 +43,11 @@ OPTIONS: dict[str, dict[str, object]] = {
     "triplet_hard": {"margin": 0.2, "distance": "euclidean"},
     "triplet_all": {"margin": 0.2, "distance": "euclidean"},
     "multi_similarity": {},
+    # Two-tower scalars: CLIP's initial scale 1 / 0.07, SigLIP's initial t = 10, b = -10.
+    "clip": {"scale": 1 / 0.07},
+    "siglip": {"scale": 10.0, "bias": -10.0},
 }
+LOSSES = KERNEL_LOSSES + TWO_TOWER_LOSSES
 BACKENDS = ("dense", "compiled", "reference", "tiled", "triton", "pml")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
@@ -79,8 +87,25 @@ def pml_loss(loss: str) -> PerAnchor | None:
     return lambda z, y: fn(z, y)[None]
 
 
+def two_tower_fn(loss: str, backend: str) -> PerAnchor:
+    """Per-pair losses of the towers side by side in ``z`` of shape ``(B, 2 D)``."""
+
+    def fn(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if backend == "pml":
+            raise ValueError("pytorch-metric-learning has no two-tower loss")
+        image, text = z.chunk(2, dim=1)
+        scalars = {key: torch.tensor(value, dtype=z.dtype, device=z.device)
+                   for key, value in OPTIONS[loss].items()}
+        chosen = "reference" if backend in ("dense", "compiled") else backend
+        return run_two_tower(loss, image, text, backend=chosen, **scalars)[0]
+
+    return torch.compile(fn) if backend == "compiled" else fn
+
+
 def per_anchor_fn(loss: str, backend: str) -> PerAnchor | None:
     """The function a backend row measures, or None when it is unavailable."""
+    if loss in TWO_TOWER_LOSSES:
+        return two_tower_fn(loss, backend)
     if backend in ("dense", "compiled"):
         dense = DENSE[loss]
         return torch.compile(dense) if backend == "compiled" else dense
@@ -103,7 +128,8 @@ def measure(
     loss: str, backend: str, n: int, args: argparse.Namespace, device: torch.device
 ) -> dict[str, object]:
     dtype = DTYPES[args.dtype]
-    z, labels = make_inputs(n, args.dim, args.num_classes, dtype, device)
+    width = 2 * args.dim if loss in TWO_TOWER_LOSSES else args.dim  # both towers
+    z, labels = make_inputs(n, width, args.num_classes, dtype, device)
     if backend != "triton" and dtype in (torch.float16, torch.bfloat16):
         z = z.float()  # the losses upcast low precision before the maths
     record: dict[str, object] = {
@@ -171,8 +197,7 @@ def crossover(records: list[dict[str, object]], loss: str) -> int | None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--losses", nargs="+", default=list(KERNEL_LOSSES),
-                        choices=KERNEL_LOSSES)
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--backends", nargs="+", default=["dense", "compiled", "tiled",
                                                           "triton", "pml"], choices=BACKENDS)
     parser.add_argument("--sizes", nargs="+", type=int, default=[1024, 4096, 8192],

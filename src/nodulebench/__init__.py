@@ -10,11 +10,13 @@ from __future__ import annotations
 from nodulebench import distributed, probing
 from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
+    ClipLoss,
     ContrastiveLoss,
     CrossEntropyLoss,
     LossInfo,
     MultiSimilarityLoss,
     NTXentLoss,
+    SigLipLoss,
     SupConLoss,
     TripletMarginLoss,
     create_loss,
@@ -31,11 +33,13 @@ __all__ = [
     "NoduleSpec",
     "SyntheticNodules",
     # losses
+    "ClipLoss",
     "ContrastiveLoss",
     "CrossEntropyLoss",
     "LossInfo",
     "MultiSimilarityLoss",
     "NTXentLoss",
+    "SigLipLoss",
     "SupConLoss",
     "TripletMarginLoss",
     "create_loss",

@@ -10,6 +10,7 @@ from nodulebench.kernels.dispatch import (
     BACKENDS,
     KERNEL_LOSSES,
     TILED_CROSSOVER,
+    TWO_TOWER_LOSSES,
     get_backend_info,
     run_per_anchor,
     select_backend,
@@ -19,13 +20,14 @@ from nodulebench.kernels.dispatch import (
 def test_every_backend_declares_tolerances_for_its_dtypes() -> None:
     for info in BACKENDS.values():
         assert set(info.dtypes) <= set(info.tolerances) | {torch.float64}
-        assert set(info.options) <= set(KERNEL_LOSSES)
+        assert set(info.options) <= set(KERNEL_LOSSES + TWO_TOWER_LOSSES)
         assert info.summary
 
 
 def test_tiled_serves_every_loss_but_semihard_on_cpu() -> None:
     z = torch.randn(8, 4)
-    assert set(BACKENDS["tiled"].options) == set(KERNEL_LOSSES) - {"triplet_semihard"}
+    assert set(BACKENDS["tiled"].options) == (
+        set(KERNEL_LOSSES + TWO_TOWER_LOSSES) - {"triplet_semihard"})
     for loss in BACKENDS["tiled"].options:
         assert select_backend(loss, "tiled", z) == "tiled"
 

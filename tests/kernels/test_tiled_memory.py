@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from nodulebench.kernels.tiled import (
+    clip_tiled,
     contrastive_tiled,
     multi_similarity_tiled,
+    siglip_tiled,
     supcon_tiled,
     triplet_all_tiled,
     triplet_hard_tiled,
@@ -25,6 +27,10 @@ KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "triplet_hard": lambda z, y: triplet_hard_tiled(z, y, block_size=32)[0],
     "triplet_all": lambda z, y: triplet_all_tiled(z, y, block_size=32)[0],
     "multi_similarity": lambda z, y: multi_similarity_tiled(z, y, block_size=32)[0],
+    # Two towers: z and its reversed copy.
+    "clip": lambda z, y: clip_tiled(z, z.flip(0), scale=torch.tensor(10.0), block_size=32)[0],
+    "siglip": lambda z, y: siglip_tiled(z, z.flip(0), scale=torch.tensor(10.0),
+                                        bias=torch.tensor(-10.0), block_size=32)[0],
 }
 
 

@@ -40,6 +40,9 @@ def call_on_small_batch(name: str, loss_fn: torch.nn.Module) -> tuple[torch.Tens
     if info.consumes == "logits":
         leaf = torch.randn(6, 3, generator=gen, requires_grad=True)
         return loss_fn(leaf, labels), leaf
+    if info.consumes == "paired_embeddings":  # two towers (B, D), here leaf[:, 0] and [:, 1]
+        leaf = torch.randn(6, 2, 8, generator=gen, requires_grad=True)
+        return loss_fn(leaf[:, 0], leaf[:, 1]), leaf
     leaf = torch.randn(6, 2, 8, generator=gen, requires_grad=True)
     return (loss_fn(leaf, labels) if info.requires_labels else loss_fn(leaf)), leaf
 
@@ -65,7 +68,7 @@ def test_every_loss_builds_with_defaults_runs_and_backpropagates(name: str) -> N
 def test_every_loss_has_metadata_and_rejects_unknown_kwargs(name: str) -> None:
     info = get_loss_info(name)
     assert isinstance(info, LossInfo) and info.name == name
-    assert info.consumes in ("embeddings", "logits")
+    assert info.consumes in ("embeddings", "logits", "paired_embeddings")
     assert isinstance(info.requires_labels, bool)
     assert info.citation
     assert "reduction" in info.accepted_kwargs
@@ -79,7 +82,8 @@ def test_every_loss_has_metadata_and_rejects_unknown_kwargs(name: str) -> None:
 @pytest.mark.parametrize("name", list_losses())
 def test_every_loss_supports_reduction_none(name: str) -> None:
     loss, leaf = call_on_small_batch(name, create_loss(name, reduction="none"))
-    assert loss.shape == leaf.shape[:-1]
+    paired = get_loss_info(name).consumes == "paired_embeddings"
+    assert loss.shape == (leaf.shape[:1] if paired else leaf.shape[:-1])
 
 
 def test_create_loss_passes_options() -> None:
@@ -136,8 +140,8 @@ def test_register_new_loss_is_listed_and_created(scratch_registry: None) -> None
 def test_register_rejects_bad_entries(scratch_registry: None) -> None:
     with pytest.raises(ValueError, match=re.escape("'supcon' is already registered")):
         register_loss("supcon", consumes="embeddings", requires_labels=True, citation="-")
-    with pytest.raises(ValueError, match=message_for("consumes", "'embeddings', 'logits'",
-                                                     "'images'")):
+    consumes = "'embeddings', 'logits', 'paired_embeddings'"
+    with pytest.raises(ValueError, match=message_for("consumes", consumes, "'images'")):
         register_loss("x", consumes="images", requires_labels=True,  # type: ignore[arg-type]
                       citation="-")
     with pytest.raises(ValueError, match="non-empty str"):

@@ -10,6 +10,10 @@ Three backends compute the same per-anchor quantities on prepared inputs (``z`` 
 * ``"triton"``: ``nodulebench.kernels.triton_supcon``, fused kernels for SupCon; CUDA
   (or CPU under ``TRITON_INTERPRET=1``), needs the optional ``triton`` package.
 
+The two-tower losses (:data:`TWO_TOWER_LOSSES`) take a pair of prepared towers instead
+of ``(z, labels)`` and run through :func:`run_two_tower`; the reference and tiled
+backends serve them.
+
 Each backend is described by a :class:`BackendInfo` that declares its devices, dtypes,
 losses, option values, whether it serves a subset of anchor rows (``row_range=``, which
 ``gather_distributed=True`` needs: this rank's rows against the gathered batch) and the
@@ -38,15 +42,20 @@ __all__ = [
     "BACKEND_CHOICES",
     "KERNEL_LOSSES",
     "TILED_CROSSOVER",
+    "TWO_TOWER_LOSSES",
     "BackendInfo",
     "get_backend_info",
     "run_per_anchor",
+    "run_two_tower",
     "select_backend",
 ]
 
 KERNEL_LOSSES = ("supcon", "contrastive", "triplet_hard", "triplet_all", "triplet_semihard",
                  "multi_similarity")
 """Per-anchor computations a backend may implement (triplet mining is part of the name)."""
+
+TWO_TOWER_LOSSES = ("clip", "siglip")
+"""Per-pair computations on two towers ``(image, text)``, called by :func:`run_two_tower`."""
 
 BACKEND_CHOICES = ("auto", "reference", "tiled", "triton")
 """Values of every pairwise loss's ``backend=`` argument."""
@@ -66,6 +75,14 @@ TILED_CROSSOVER: Mapping[str, int] = MappingProxyType({
     "triplet_hard": 256,
     "triplet_all": 128,
     "multi_similarity": 4096,
+    # Two-tower losses (N = pairs), measured 2026-11-30 on the same CPU (1 thread, busy):
+    #   python benchmarks/bench_losses.py --crossover --losses clip siglip --repeats 5 \
+    #       --threads 1   (and --backends dense tiled --sizes 2048 4096 --repeats 3)
+    # tiled vs dense ms: clip 220 vs 182 at 1024 (one tile covers the batch), 560 vs 845
+    # and 426 vs 821 at 2048, 2095 vs 3559 at 4096; siglip 61 vs 52 at 1024, 190 vs 189
+    # and 499 vs 548 at 2048, 1999 vs 3116 at 4096; a third of the memory from 2048 on.
+    "clip": 2048,
+    "siglip": 2048,
 })
 
 
@@ -100,6 +117,7 @@ class BackendInfo:
         anchor_subsets: Whether it computes only rows ``row_range`` as anchors against
             all rows (what a loss with ``gather_distributed=True`` asks for).
         summary: One line for the docs and error messages.
+        declined: Losses it does not implement, each with the reason it gives.
     """
 
     name: str
@@ -112,10 +130,13 @@ class BackendInfo:
     interpreter_env: str | None = None
     anchor_subsets: bool = True
     summary: str = ""
+    declined: Mapping[str, str] = field(default_factory=dict)
     _kernel_names: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     def why_not(self, loss: str, z: torch.Tensor, options: Mapping[str, Any]) -> str | None:
         """Return why this backend cannot serve the inputs, or None if it can."""
+        if loss in self.declined:
+            return self.declined[loss]
         if loss not in self.options:
             served = ", ".join(repr(name) for name in self.options)
             return f"it implements only {served}, not {loss!r}"
@@ -163,6 +184,8 @@ _TILED_OPTIONS = {
     "triplet_hard": {"distance": _DISTANCES},
     "triplet_all": {"distance": _DISTANCES},
     "multi_similarity": {},
+    "clip": {},
+    "siglip": {},
 }
 # Semi-hard mining picks a different negative per positive pair: only the dense
 # definition serves it.
@@ -180,8 +203,10 @@ BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
         requires="nodulebench.losses._dense",
         summary="dense N x N definitions with autograd (nodulebench.losses)",
         _kernel_names=_frozen({
-            loss: ("nodulebench.kernels._reference", f"{loss}_reference")
-            for loss in KERNEL_LOSSES
+            **{loss: ("nodulebench.kernels._reference", f"{loss}_reference")
+               for loss in KERNEL_LOSSES},
+            **{loss: ("nodulebench.kernels.two_tower_reference", f"{loss}_reference")
+               for loss in TWO_TOWER_LOSSES},
         }),
     ),
     "tiled": BackendInfo(
@@ -211,6 +236,12 @@ BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
         # the tiled engine rather than a second kernel variant.
         anchor_subsets=False,
         summary="fused CUDA kernels for SupCon / NT-Xent, fp32 accumulation, deterministic",
+        declined=_frozen({
+            loss: ("the SupCon kernels compare one tower with itself under a label mask; "
+                   "a two-tower loss needs image x text tiles, two log-sum-exp directions "
+                   "and a scale gradient, which they do not compute (use backend='tiled')")
+            for loss in TWO_TOWER_LOSSES
+        }),
         _kernel_names=_frozen({
             "supcon": ("nodulebench.kernels.triton_supcon", "supcon_triton"),
         }),
@@ -237,9 +268,9 @@ def select_backend(
     the dense reference (or the tiled engine if the reference is unavailable).
 
     Args:
-        loss: One of :data:`KERNEL_LOSSES`.
+        loss: One of :data:`KERNEL_LOSSES` or :data:`TWO_TOWER_LOSSES`.
         backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"``.
-        z: Prepared embeddings, shape ``(N, D)``.
+        z: Prepared embeddings, shape ``(N, D)`` (a two-tower loss: the image tower).
         labels: Prepared labels, shape ``(N,)`` (not consulted by the current rules).
         **options: The loss options that restrict backends (``variant``, ``distance``,
             ``row_range``).
@@ -257,7 +288,7 @@ def select_backend(
         'tiled'
     """
     del labels
-    check_choice("loss", loss, KERNEL_LOSSES)
+    check_choice("loss", loss, KERNEL_LOSSES + TWO_TOWER_LOSSES)
     check_choice("backend", backend, BACKEND_CHOICES)
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"z must be a torch.Tensor; got {type(z).__name__}")
@@ -314,8 +345,38 @@ def run_per_anchor(
         >>> loss.shape
         torch.Size([8])
     """
+    check_choice("loss", loss, KERNEL_LOSSES)  # two-tower losses: run_two_tower
     name = select_backend(loss, backend, z, labels, **options)
     if options.get("row_range", ()) is None:
         # Every row is an anchor: the call every backend serves, unchanged.
         options = {key: value for key, value in options.items() if key != "row_range"}
     return BACKENDS[name].kernel(loss)(z, labels, **options)
+
+
+def run_two_tower(
+    loss: str, image: torch.Tensor, text: torch.Tensor, *, backend: str = "auto",
+    **options: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Select a backend and return its per-pair result ``(loss, valid)`` for a two-tower loss.
+
+    Args:
+        loss: One of :data:`TWO_TOWER_LOSSES`.
+        image: Prepared image tower, shape ``(N, D)``.
+        text: Prepared text tower, shape ``(N, D)``.
+        backend: ``"auto"``, ``"reference"`` or ``"tiled"`` (``"triton"`` declines).
+        **options: Keyword options of the per-pair function (``scale``, ``bias``) and
+            ``row_range``: ``None`` (every pair is an anchor) or ``(start, stop)``.
+
+    Returns:
+        ``(loss, valid)``, shape ``(N,)`` or ``(stop - start,)``; every pair is valid.
+
+    Example:
+        >>> x = torch.eye(3)
+        >>> loss, _ = run_two_tower("clip", x, x, backend="tiled", scale=torch.tensor(2.0))
+        >>> round(float(loss[0]), 4)  # log(e^2 + 2) - 2
+        0.2395
+    """
+    check_choice("loss", loss, TWO_TOWER_LOSSES)
+    name = select_backend(loss, backend, image, **options)
+    loss_value, valid = BACKENDS[name].kernel(loss)(image, text, **options)
+    return loss_value, valid

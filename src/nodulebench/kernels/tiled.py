@@ -17,10 +17,13 @@ from nodulebench.kernels.tiled_distance import (
 )
 from nodulebench.kernels.tiled_multisim import multi_similarity_tiled
 from nodulebench.kernels.tiled_supcon import supcon_tiled
+from nodulebench.kernels.tiled_two_tower import clip_tiled, siglip_tiled
 
 __all__ = [
+    "clip_tiled",
     "contrastive_tiled",
     "multi_similarity_tiled",
+    "siglip_tiled",
     "supcon_tiled",
     "triplet_all_tiled",
     "triplet_hard_tiled",

@@ -24,13 +24,16 @@ from nodulebench.losses.registry import (
     list_losses,
     register_loss,
 )
+from nodulebench.losses.two_tower import ClipLoss, SigLipLoss
 
 __all__ = [
+    "ClipLoss",
     "ContrastiveLoss",
     "CrossEntropyLoss",
     "LossInfo",
     "MultiSimilarityLoss",
     "NTXentLoss",
+    "SigLipLoss",
     "SupConLoss",
     "TripletMarginLoss",
     "create_loss",

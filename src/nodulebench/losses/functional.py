@@ -50,16 +50,19 @@ from nodulebench.losses._options import (
     check_supcon_options,
     check_triplet_options,
 )
+from nodulebench.losses.two_tower import clip_loss, siglip_loss
 
 # Imported at run time where available so that the docs resolve the annotation.
 if TYPE_CHECKING or dist.is_available():
     from torch.distributed import ProcessGroup
 
 __all__ = [
+    "clip_loss",
     "contrastive_loss",
     "cross_entropy_loss",
     "multi_similarity_loss",
     "ntxent_loss",
+    "siglip_loss",
     "supcon_loss",
     "triplet_margin_loss",
 ]

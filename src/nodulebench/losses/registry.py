@@ -21,8 +21,8 @@ from nodulebench._validation import check_choice
 
 __all__ = ["LossInfo", "create_loss", "get_loss_info", "list_losses", "register_loss"]
 
-Consumes = Literal["embeddings", "logits"]
-_CONSUMES: tuple[str, ...] = ("embeddings", "logits")
+Consumes = Literal["embeddings", "logits", "paired_embeddings"]
+_CONSUMES: tuple[str, ...] = ("embeddings", "logits", "paired_embeddings")
 
 LossFactory = TypeVar("LossFactory", bound=Callable[..., torch.nn.Module])
 
@@ -34,8 +34,9 @@ class LossInfo:
     Attributes:
         name: the registry name, e.g. ``"supcon"``.
         factory: the class (or callable) that builds the loss module.
-        consumes: ``"embeddings"`` (called as ``loss(embeddings, labels)``) or
-            ``"logits"`` (called as ``loss(logits, targets)``).
+        consumes: ``"embeddings"`` (called as ``loss(embeddings, labels)``),
+            ``"logits"`` (called as ``loss(logits, targets)``) or ``"paired_embeddings"``
+            (two towers, called as ``loss(image_emb, text_emb)``).
         requires_labels: whether labels must be given (``False``: they are optional).
         citation: the paper that defines the loss.
         accepted_kwargs: the keyword arguments :func:`create_loss` accepts.
@@ -65,7 +66,7 @@ def register_loss(
 
     Args:
         name: the registry name; must not be taken yet.
-        consumes: ``"embeddings"`` or ``"logits"``.
+        consumes: ``"embeddings"``, ``"logits"`` or ``"paired_embeddings"``.
         requires_labels: whether the loss needs labels.
         citation: the defining paper, e.g. ``"Khosla et al., NeurIPS 2020"``.
 

@@ -1,0 +1,463 @@
+r"""Two-tower losses for paired embeddings: CLIP's symmetric InfoNCE and SigLIP's sigmoid loss.
+
+A batch holds ``B`` pairs ``(image_emb[i], text_emb[i])`` of shape ``(B, D)`` each (any
+two towers: image and text, two modalities, two encoders). Row ``i`` of one tower is the
+positive of row ``i`` of the other; every other row of the other tower is a negative.
+The scale and bias are floats or 0-dim tensors, so they can be learned: the modules
+:class:`~nodulebench.ClipLoss` and :class:`~nodulebench.SigLipLoss` hold them as
+``torch.nn.Parameter``.
+
+Both run the usual three steps (prepare, per-anchor, reduce); the per-pair losses come
+from :func:`nodulebench.kernels.dispatch.run_two_tower`: the dense definitions
+(``"reference"``, ``B x B`` logits) or the tiled engine (``"tiled"``, :math:`O(B D)`
+memory). With ``gather_distributed=True`` each rank's pairs are the anchors, compared
+with the gathered other tower, and the reduction follows the exact-gradient contract of
+:doc:`/scaling`; the learnable scale and bias receive exact gradients too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+
+from nodulebench._validation import check_floating, check_ndim, check_positive
+from nodulebench.kernels.dispatch import run_two_tower
+from nodulebench.losses._inputs import (
+    PreparedEmbeddings,
+    ReducedLoss,
+    check_reduction,
+    compute_dtype,
+    prepare_embeddings,
+    reduce_per_anchor,
+)
+from nodulebench.losses._options import check_backend
+from nodulebench.losses.registry import register_loss
+
+# Imported at run time where available so that the docs resolve the annotation.
+if TYPE_CHECKING or dist.is_available():
+    from torch.distributed import ProcessGroup
+
+__all__ = [
+    "CLIP_TEMPERATURE",
+    "SIGLIP_BIAS",
+    "SIGLIP_LOGIT_SCALE",
+    "ClipLoss",
+    "SigLipLoss",
+    "TwoTowerLoss",
+    "clip_loss",
+    "siglip_loss",
+]
+
+CLIP_TEMPERATURE = 0.07
+"""CLIP's initial temperature (logit scale :math:`1/0.07`, Radford et al. 2021)."""
+
+SIGLIP_LOGIT_SCALE = math.log(10.0)
+r"""SigLIP's initial log-scale :math:`t' = \log 10` (Zhai et al. 2023)."""
+
+SIGLIP_BIAS = -10.0
+"""SigLIP's initial logit bias :math:`b = -10` (Zhai et al. 2023)."""
+
+Scalar = float | torch.Tensor
+
+
+def _scalar(name: str, value: Scalar, like: torch.Tensor, *, positive: bool) -> torch.Tensor:
+    """``value`` as a 0-dim tensor in the compute dtype of ``like``, on its device.
+
+    A tensor keeps its gradient.
+    """
+    dtype = compute_dtype(like.dtype)
+    if isinstance(value, torch.Tensor):
+        check_floating(name, value)
+        if value.shape != ():
+            raise ValueError(f"{name} must be a float or a 0-dim tensor (shape ()); "
+                             f"got shape {tuple(value.shape)}")
+        # The value check reads the tensor (one host synchronisation); skipped while
+        # torch.compile traces, where it would break the graph.
+        if positive and not torch.compiler.is_compiling() and not bool(
+            (value > 0) & torch.isfinite(value)
+        ):
+            raise ValueError(f"{name} must be a finite number > 0; got {value.detach().item()!r}")
+        return value.to(dtype=dtype, device=like.device)
+    if positive:
+        check_positive(name, value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number or a 0-dim tensor; "
+                        f"got {type(value).__name__}")
+    elif not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+    return torch.tensor(float(value), dtype=dtype, device=like.device)
+
+
+def _check_towers(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
+    """Raise unless the towers are floating ``(B, D)`` tensors that pair up row by row."""
+    check_ndim("image_emb", image_emb, (2,), "(B, D)")
+    check_ndim("text_emb", text_emb, (2,), "(B, D)")
+    check_floating("image_emb", image_emb)
+    check_floating("text_emb", text_emb)
+    if text_emb.shape != image_emb.shape:
+        raise ValueError(f"text_emb must have image_emb's shape (B, D) = "
+                         f"{tuple(image_emb.shape)}, one row per pair; got shape "
+                         f"{tuple(text_emb.shape)}")
+    if text_emb.dtype != image_emb.dtype:
+        raise TypeError(f"text_emb must have image_emb's dtype {image_emb.dtype}; "
+                        f"got {text_emb.dtype}")
+    if text_emb.device != image_emb.device:
+        raise ValueError(f"text_emb must be on image_emb's device {image_emb.device}; "
+                         f"got {text_emb.device}")
+
+
+def _prepare_towers(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, *, normalize: bool,
+    gather_distributed: bool, process_group: ProcessGroup | None,
+) -> tuple[PreparedEmbeddings, PreparedEmbeddings]:
+    """Prepare (and, with ``gather_distributed``, gather) each checked tower."""
+    image, text = (
+        prepare_embeddings(emb, None, normalize=normalize, labels_required=False,
+                           gather_distributed=gather_distributed, process_group=process_group)
+        for emb in (image_emb, text_emb)
+    )
+    return image, text
+
+
+def _clip(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, *, temperature: Scalar | None,
+    logit_scale: Scalar | None, normalize: bool, reduction: str, backend: str,
+    gather_distributed: bool, process_group: ProcessGroup | None,
+) -> ReducedLoss:
+    if temperature is not None and logit_scale is not None:
+        raise ValueError("pass temperature or logit_scale, not both; got temperature="
+                         f"{temperature!r} and logit_scale={logit_scale!r}")
+    check_reduction(reduction)
+    check_backend(backend)
+    _check_towers(image_emb, text_emb)
+    # Every check before the gather's collectives.
+    if logit_scale is not None:
+        scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
+    else:
+        tau = CLIP_TEMPERATURE if temperature is None else temperature
+        scale = 1.0 / _scalar("temperature", tau, image_emb, positive=True)
+    image, text = _prepare_towers(image_emb, text_emb, normalize=normalize,
+                                  gather_distributed=gather_distributed,
+                                  process_group=process_group)
+    loss, valid = run_two_tower("clip", image.columns, text.columns, backend=backend,
+                                row_range=image.row_range, scale=scale)
+    return reduce_per_anchor(loss, valid, reduction=reduction, prepared=image)
+
+
+def clip_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    *,
+    temperature: Scalar | None = None,
+    logit_scale: Scalar | None = None,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
+) -> torch.Tensor:
+    r"""CLIP's symmetric InfoNCE loss (Radford et al. 2021) over ``B`` paired embeddings.
+
+    With the logits :math:`L_{ij} = s\, x_i \cdot y_j` of image :math:`i` against text
+    :math:`j`, the loss is the mean of the image->text and the text->image
+    cross-entropies, each pair's own partner being the target:
+
+    .. math::
+
+        \ell_i = \tfrac12 \Big[ \operatorname{LSE}_j L_{ij} - L_{ii} \Big]
+               + \tfrac12 \Big[ \operatorname{LSE}_k L_{ki} - L_{ii} \Big], \qquad
+        L = \frac{1}{B} \sum_i \ell_i .
+
+    The scale is :math:`s = 1/\tau` (``temperature``) or :math:`s = e^{t}`
+    (``logit_scale``, CLIP's learnable parametrisation); pass at most one of them;
+    neither means :math:`\tau = 0.07`. The loss is symmetric in the two towers.
+
+    Args:
+        image_emb: ``(B, D)`` floating, the first tower.
+        text_emb: ``(B, D)``, the second tower, same dtype and device; row ``i`` pairs
+            with ``image_emb[i]``.
+        temperature: :math:`\tau > 0`, a float or a 0-dim tensor (learnable; its value
+            is checked, one host synchronisation, except while ``torch.compile`` traces).
+        logit_scale: :math:`t`, a float or a 0-dim tensor (learnable); :math:`s = e^t`.
+            CLIP clips :math:`s` at 100 (:class:`~nodulebench.ClipLoss` does); this
+            function does not.
+        normalize: L2-normalize the rows of both towers first.
+        reduction: ``"mean"`` (over pairs), ``"sum"`` or ``"none"`` (shape ``(B,)``).
+        backend: ``"auto"``, ``"reference"`` (dense ``B x B`` logits) or ``"tiled"``
+            (:math:`O(B D)` memory); ``"triton"`` declines, see
+            :mod:`nodulebench.kernels.dispatch`.
+        gather_distributed: compute this rank's pairs against the other tower of all
+            ranks, normalised so that DDP's gradient averaging is exact (see
+            :doc:`/scaling`); without an initialised process group, the plain loss.
+        process_group: the group to gather over; ``None`` means the default group.
+
+    Returns:
+        The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
+
+    Raises:
+        TypeError: non-tensor or non-floating inputs, towers of different dtypes.
+        ValueError: towers whose shapes differ or are not ``(B, D)``, a non-positive
+            temperature, a scale tensor that is not 0-dim, both ``temperature`` and
+            ``logit_scale``, or an invalid option.
+
+    Example:
+        >>> x = torch.eye(3)
+        >>> round(float(clip_loss(x, x, temperature=0.5)), 4)  # log(e^2 + 2) - 2
+        0.2395
+    """
+    return _clip(image_emb, text_emb, temperature=temperature, logit_scale=logit_scale,
+                 normalize=normalize, reduction=reduction, backend=backend,
+                 gather_distributed=gather_distributed, process_group=process_group).loss
+
+
+def _siglip(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, *, logit_scale: Scalar, bias: Scalar,
+    normalize: bool, reduction: str, backend: str, gather_distributed: bool,
+    process_group: ProcessGroup | None,
+) -> ReducedLoss:
+    check_reduction(reduction)
+    check_backend(backend)
+    _check_towers(image_emb, text_emb)
+    scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
+    bias_tensor = _scalar("bias", bias, image_emb, positive=False)
+    image, text = _prepare_towers(image_emb, text_emb, normalize=normalize,
+                                  gather_distributed=gather_distributed,
+                                  process_group=process_group)
+    loss, valid = run_two_tower(
+        "siglip", image.columns, text.columns, backend=backend, row_range=image.row_range,
+        scale=scale, bias=bias_tensor,
+    )
+    return reduce_per_anchor(loss, valid, reduction=reduction, prepared=image)
+
+
+def siglip_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    *,
+    logit_scale: Scalar = SIGLIP_LOGIT_SCALE,
+    bias: Scalar = SIGLIP_BIAS,
+    normalize: bool = True,
+    reduction: str = "mean",
+    backend: str = "auto",
+    gather_distributed: bool = False,
+    process_group: ProcessGroup | None = None,
+) -> torch.Tensor:
+    r"""SigLIP's pairwise sigmoid loss (Zhai et al. 2023) over ``B`` paired embeddings.
+
+    Every image-text pair is an independent binary classification, positive on the
+    diagonal:
+
+    .. math::
+
+        L = -\frac{1}{B} \sum_{i=1}^{B} \sum_{j=1}^{B}
+            \log \sigma\big(z_{ij} (e^{t'} x_i \cdot y_j + b)\big), \qquad
+        z_{ij} = \begin{cases} +1 & i = j \\ -1 & i \ne j \end{cases}.
+
+    The per-pair loss (``reduction="none"``) is image :math:`i`'s row sum
+    :math:`\ell_i = -\sum_j \log\sigma(\cdot)`, so ``"mean"`` is :math:`L` and ``"sum"``
+    is :math:`B L`. The paper initialises :math:`t' = \log 10` and :math:`b = -10`.
+
+    Args:
+        image_emb: ``(B, D)`` floating, the first tower.
+        text_emb: ``(B, D)``, the second tower, same dtype and device.
+        logit_scale: :math:`t'`, a float or a 0-dim tensor (learnable); scale
+            :math:`e^{t'}`.
+        bias: :math:`b`, a float or a 0-dim tensor (learnable).
+        normalize: L2-normalize the rows of both towers first.
+        reduction: ``"mean"`` (over pairs), ``"sum"`` or ``"none"`` (shape ``(B,)``).
+        backend: ``"auto"``, ``"reference"`` (dense ``B x B`` logits) or ``"tiled"``
+            (:math:`O(B D)` memory); ``"triton"`` declines.
+        gather_distributed: compute this rank's images against the texts of all ranks,
+            normalised so that DDP's gradient averaging is exact (see :doc:`/scaling`).
+        process_group: the group to gather over; ``None`` means the default group.
+
+    Returns:
+        The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
+
+    Raises:
+        TypeError: non-tensor or non-floating inputs, towers of different dtypes.
+        ValueError: towers whose shapes differ or are not ``(B, D)``, a scale or bias
+            tensor that is not 0-dim, or an invalid option.
+
+    Example:
+        >>> x = torch.eye(2)
+        >>> round(float(siglip_loss(x, x, logit_scale=math.log(10.0), bias=-5.0)), 4)
+        0.0134
+    """
+    return _siglip(image_emb, text_emb, logit_scale=logit_scale, bias=bias,
+                   normalize=normalize, reduction=reduction, backend=backend,
+                   gather_distributed=gather_distributed, process_group=process_group).loss
+
+
+class TwoTowerLoss(torch.nn.Module):
+    """Base of the two-tower modules: the options they share, checked at construction.
+
+    Args:
+        learnable: hold the scalars as parameters (``True``) or buffers.
+        normalize: L2-normalize both towers first.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"`` or ``"tiled"``.
+        gather_distributed: gather the other tower of all ranks (see :doc:`/scaling`).
+        process_group: the group to gather over; ``None`` means the default group.
+    """
+
+    def __init__(
+        self, *, learnable: bool, normalize: bool, reduction: str, backend: str,
+        gather_distributed: bool, process_group: torch.distributed.ProcessGroup | None,
+    ) -> None:
+        super().__init__()
+        for name, flag in (("learnable", learnable), ("normalize", normalize),
+                           ("gather_distributed", gather_distributed)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool; got {type(flag).__name__}")
+        check_reduction(reduction)
+        self.learnable = learnable
+        self.normalize = normalize
+        self.reduction = reduction
+        self.backend = check_backend(backend)
+        self.gather_distributed = gather_distributed
+        self.process_group = process_group
+
+    def _scalar_state(self, name: str, value: float) -> None:
+        """Hold ``value`` as a learnable parameter, or as a buffer when frozen."""
+        tensor = torch.tensor(float(value))
+        if self.learnable:
+            self.register_parameter(name, torch.nn.Parameter(tensor))
+        else:
+            self.register_buffer(name, tensor)
+
+    def _options_repr(self) -> str:
+        gather = ", gather_distributed=True" if self.gather_distributed else ""
+        return (f"learnable={self.learnable}, normalize={self.normalize}, "
+                f"reduction={self.reduction!r}, backend={self.backend!r}{gather}")
+
+
+@register_loss("clip", consumes="paired_embeddings", requires_labels=False,
+               citation="Radford et al., Learning Transferable Visual Models From Natural "
+                        "Language Supervision, ICML 2021")
+class ClipLoss(TwoTowerLoss):
+    r"""CLIP's symmetric InfoNCE with CLIP's learnable logit scale.
+
+    The loss is :func:`~nodulebench.losses.functional.clip_loss`.
+
+    The scale is held as ``logit_scale`` :math:`t = \log(1/\tau)`, a 0-dim
+    ``torch.nn.Parameter`` (a buffer with ``learnable=False``), and clipped in the
+    forward pass so that :math:`e^t` never exceeds ``max_scale`` (CLIP: 100).
+
+    Args:
+        temperature: initial :math:`\tau > 0` (CLIP: 0.07).
+        learnable: learn the scale (a parameter) or keep it fixed (a buffer).
+        max_scale: upper bound of :math:`e^t` (``> 0``), or ``None`` for no bound.
+        normalize: L2-normalize both towers first.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"`` or ``"tiled"``.
+        gather_distributed: gather the other tower of all ranks (see :doc:`/scaling`).
+        process_group: the group to gather over; ``None`` means the default group.
+
+    Example:
+        >>> loss_fn = ClipLoss(temperature=0.5)
+        >>> round(loss_fn(torch.eye(3), torch.eye(3)).item(), 4)
+        0.2395
+    """
+
+    logit_scale: torch.Tensor
+
+    def __init__(
+        self,
+        temperature: float = CLIP_TEMPERATURE,
+        learnable: bool = True,
+        max_scale: float | None = 100.0,
+        normalize: bool = True,
+        reduction: str = "mean",
+        backend: str = "auto",
+        gather_distributed: bool = False,
+        process_group: torch.distributed.ProcessGroup | None = None,
+    ) -> None:
+        super().__init__(learnable=learnable, normalize=normalize, reduction=reduction,
+                         backend=backend, gather_distributed=gather_distributed,
+                         process_group=process_group)
+        check_positive("temperature", temperature)
+        if max_scale is not None:
+            check_positive("max_scale", max_scale)
+        self.max_scale = max_scale
+        self._scalar_state("logit_scale", math.log(1.0 / temperature))
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """The loss of the pairs ``(image_emb[i], text_emb[i])``, both ``(B, D)``."""
+        logit_scale = self.logit_scale
+        if self.max_scale is not None:
+            logit_scale = logit_scale.clamp(max=math.log(self.max_scale))
+        return clip_loss(image_emb, text_emb, logit_scale=logit_scale,
+                         normalize=self.normalize, reduction=self.reduction,
+                         backend=self.backend, gather_distributed=self.gather_distributed,
+                         process_group=self.process_group)
+
+    def extra_repr(self) -> str:
+        """The options, shown in ``repr``."""
+        return f"max_scale={self.max_scale}, {self._options_repr()}"
+
+
+@register_loss("siglip", consumes="paired_embeddings", requires_labels=False,
+               citation="Zhai et al., Sigmoid Loss for Language Image Pre-Training, "
+                        "ICCV 2023")
+class SigLipLoss(TwoTowerLoss):
+    r"""SigLIP's sigmoid loss with its learnable scale and bias.
+
+    The loss is :func:`~nodulebench.losses.functional.siglip_loss`.
+
+    ``logit_scale`` (:math:`t'`) and ``bias`` (:math:`b`) are 0-dim
+    ``torch.nn.Parameter`` (buffers with ``learnable=False``).
+
+    Args:
+        logit_scale: initial :math:`t'` (SigLIP: :math:`\log 10`).
+        bias: initial :math:`b` (SigLIP: -10).
+        learnable: learn both (parameters) or keep them fixed (buffers).
+        normalize: L2-normalize both towers first.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        backend: ``"auto"``, ``"reference"`` or ``"tiled"``.
+        gather_distributed: gather the other tower of all ranks (see :doc:`/scaling`).
+        process_group: the group to gather over; ``None`` means the default group.
+
+    Example:
+        >>> loss_fn = SigLipLoss(bias=-5.0)
+        >>> round(loss_fn(torch.eye(2), torch.eye(2)).item(), 4)
+        0.0134
+    """
+
+    logit_scale: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(
+        self,
+        logit_scale: float = SIGLIP_LOGIT_SCALE,
+        bias: float = SIGLIP_BIAS,
+        learnable: bool = True,
+        normalize: bool = True,
+        reduction: str = "mean",
+        backend: str = "auto",
+        gather_distributed: bool = False,
+        process_group: torch.distributed.ProcessGroup | None = None,
+    ) -> None:
+        super().__init__(learnable=learnable, normalize=normalize, reduction=reduction,
+                         backend=backend, gather_distributed=gather_distributed,
+                         process_group=process_group)
+        for name, value in (("logit_scale", logit_scale), ("bias", bias)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number; got {value!r}")
+            self._scalar_state(name, value)
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """The loss of the pairs ``(image_emb[i], text_emb[i])``, both ``(B, D)``."""
+        return siglip_loss(image_emb, text_emb, logit_scale=self.logit_scale, bias=self.bias,
+                           normalize=self.normalize, reduction=self.reduction,
+                           backend=self.backend, gather_distributed=self.gather_distributed,
+                           process_group=self.process_group)
+
+    def extra_repr(self) -> str:
+        """The options, shown in ``repr``."""
+        return self._options_repr()
