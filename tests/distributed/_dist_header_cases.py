@@ -56,6 +56,9 @@ def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
         "width": lambda: LF.contrastive_loss(torch.zeros(3, DIM + odd), y[:3], **gather),
         "views": lambda: LF.supcon_loss(z[:, None].expand(-1, 1 + odd, -1), y, **gather),
         "int_vs_float": lambda: LF.supcon_loss(z, y, temperature=1 if odd else 1.0, **gather),
+        "clip_temperature": lambda: LF.clip_loss(z, z.flip(0), temperature=0.2 if odd else 0.1,
+                                                 **gather),
+        "two_tower_loss": lambda: (LF.siglip_loss if odd else LF.clip_loss)(z, z, **gather),
         "fields": lambda: gather_sizes(z, group, agree={"b" if odd else "a": 1}),
         "long_value": lambda: gather_sizes(
             z, group, agree={"note": "x" * 40 + ("!" if odd else "?")}),

@@ -30,6 +30,8 @@ EXPECTED = {
     "width": (SHAPES, ("(3, 5)", "(3, 6)", "(3, 5)")),
     "views": (SHAPES, ("(3, 1, 5)", "(4, 2, 5)", "(5, 1, 5)")),
     "fields": ("every rank must pass the same fields in the same order", ("a=1.0", "b=1.0")),
+    "clip_temperature": ("every rank must pass the same temperature", ("0.1", "0.2")),
+    "two_tower_loss": ("every rank must pass the same loss", ("'clip'", "'siglip'")),
 }
 
 
@@ -131,6 +133,11 @@ def test_loss_options_are_checked_in_a_single_process_run() -> None:
                  LF.multi_similarity_loss):
         assert torch.isfinite(loss(z, labels, gather_distributed=True))
     assert torch.isfinite(LF.ntxent_loss(z, z.flip(0), gather_distributed=True))
+    # Two-tower losses: a learnable (tensor) scale is agreed as "tensor", not refused.
+    scale = torch.tensor(1.0, requires_grad=True)
+    assert torch.isfinite(LF.clip_loss(z, z.flip(0), logit_scale=scale, gather_distributed=True))
+    assert torch.isfinite(LF.siglip_loss(z, z.flip(0), logit_scale=scale,
+                                         bias=torch.tensor(-1.0), gather_distributed=True))
 
 
 
