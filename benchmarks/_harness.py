@@ -118,6 +118,18 @@ def dense_contrastive(z: torch.Tensor, labels: torch.Tensor, margin: float = 1.0
     return cost.masked_fill(eye, 0.0).sum(dim=1) / max(z.shape[0] - 1, 1)
 
 
+def dense_contrastive_pml(
+    z: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0, neg_margin: float = 1.0,
+) -> torch.Tensor:
+    """pytorch-metric-learning's form: each anchor's unsquared positive and negative hinges."""
+    d = _dense_euclidean(z)
+    eye = _eye(z.shape[0], z.device)
+    same = labels[:, None] == labels[None, :]
+    pull = torch.where(same & ~eye, (d - pos_margin).clamp(min=0.0), 0.0).sum(dim=1)
+    push = torch.where(~same, (neg_margin - d).clamp(min=0.0), 0.0).sum(dim=1)
+    return pull + push
+
+
 def dense_triplet_hard(z: torch.Tensor, labels: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
     d = _dense_euclidean(z)
     eye = _eye(z.shape[0], z.device)
@@ -159,6 +171,7 @@ def dense_multi_similarity(
 DENSE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "supcon": dense_supcon,
     "contrastive": dense_contrastive,
+    "contrastive_pml": dense_contrastive_pml,
     "triplet_hard": dense_triplet_hard,
     "triplet_all": dense_triplet_all,
     "multi_similarity": dense_multi_similarity,

@@ -40,8 +40,10 @@ from nodulebench.kernels import KERNEL_LOSSES, TWO_TOWER_LOSSES, run_per_anchor,
 OPTIONS: dict[str, dict[str, object]] = {
     "supcon": {"temperature": 0.1, "variant": "out"},
     "contrastive": {"margin": 1.0},
+    "contrastive_pml": {"pos_margin": 0.0, "neg_margin": 1.0},
     "triplet_hard": {"margin": 0.2, "distance": "euclidean"},
     "triplet_all": {"margin": 0.2, "distance": "euclidean"},
+    "triplet_semihard": {"margin": 0.2, "distance": "euclidean"},
     "multi_similarity": {},
     # Two-tower scalars: CLIP's initial scale 1 / 0.07, SigLIP's initial t = 10, b = -10.
     "clip": {"scale": 1 / 0.07},
@@ -70,7 +72,7 @@ def pml_loss(loss: str) -> PerAnchor | None:
 
     if loss == "supcon":
         fn = losses.SupConLoss(temperature=0.1)
-    elif loss == "contrastive":
+    elif loss in ("contrastive", "contrastive_pml"):
         fn = losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0)
     elif loss == "triplet_all":
         fn = losses.TripletMarginLoss(margin=0.2)
@@ -107,6 +109,8 @@ def per_anchor_fn(loss: str, backend: str) -> PerAnchor | None:
     if loss in TWO_TOWER_LOSSES:
         return two_tower_fn(loss, backend)
     if backend in ("dense", "compiled"):
+        if loss not in DENSE:
+            return None
         dense = DENSE[loss]
         return torch.compile(dense) if backend == "compiled" else dense
     if backend == "pml":
@@ -138,7 +142,7 @@ def measure(
     }
     fn = per_anchor_fn(loss, backend)
     if fn is None:
-        record["note"] = "not installed"
+        record["note"] = "not installed" if backend == "pml" else "no such recipe"
         return record
     if backend in ("dense", "compiled", "pml") and (
         dense_bytes_estimate(loss, n, z.element_size()) > args.max_dense_bytes

@@ -222,8 +222,10 @@ def abandon_gather(
             would have gathered (a CUDA device under NCCL).
 
     Example:
-        >>> from nodulebench.distributed import abandon_gather
-        >>> abandon_gather()  # single process: nobody to tell
+        >>> from nodulebench.distributed import abandon_gather, is_distributed
+        >>> is_distributed()  # one process: there are no peers to tell
+        False
+        >>> abandon_gather()  # so it returns at once
     """
     if not is_distributed(group):
         return

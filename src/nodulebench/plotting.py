@@ -1,4 +1,9 @@
-"""Figures (optional ``study`` extra: matplotlib is imported inside the functions)."""
+"""Figures, in one place: data figures here, probing figures re-exported.
+
+matplotlib (the ``plot`` extra) is imported inside the functions, so importing this module
+never loads it, and the user's matplotlib backend is never changed: a script without a
+display chooses a headless backend itself (``matplotlib.use("Agg")`` or ``MPLBACKEND=Agg``).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,25 @@ from typing import Any
 
 import torch
 
+from ._optional import import_pyplot
 from ._validation import check_positive
 from .data.dataset import SyntheticNodules
 from .data.factors import get_factor
+from .probing.plotting import (
+    plot_embedding_scatter,
+    plot_gradcam_overlays,
+    plot_probe_heatmap,
+    plot_sensitivity_bars,
+)
 
-__all__ = ["plot_sample_grid", "plot_traversals"]
+__all__ = [
+    "plot_embedding_scatter",
+    "plot_gradcam_overlays",
+    "plot_probe_heatmap",
+    "plot_sample_grid",
+    "plot_sensitivity_bars",
+    "plot_traversals",
+]
 
 
 def _groups(ds: SyntheticNodules, by: str, bins: int) -> list[tuple[str, torch.Tensor]]:
@@ -56,12 +75,9 @@ def plot_sample_grid(
 
     Raises:
         ValueError: unknown ``by`` or non-positive ``per_group`` / ``bins``.
+        ImportError: matplotlib is not installed.
     """
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = import_pyplot()
 
     check_positive("per_group", per_group)
     check_positive("bins", bins)
@@ -105,11 +121,7 @@ def plot_traversals(
     Returns:
         The ``matplotlib.figure.Figure``.
     """
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = import_pyplot()
 
     cols = max(len(values) for _, values in traversals)
     fig, axes = plt.subplots(len(traversals), cols, squeeze=False,

@@ -114,10 +114,12 @@ def test_global_rng_is_never_touched() -> None:
 def test_masks_contract(ds: SyntheticNodules) -> None:
     images, masks = ds.render([0, 1, 2, 3], return_masks=True)
     assert images.shape == (4, 1, 32, 32)
-    assert set(masks) == {"nodule", "spicules", "calcification"}
+    assert set(masks) == {"nodule", "body", "spicules", "calcification", "vessels", "pleura"}
     for m in masks.values():
         assert m.shape == (4, 1, 32, 32) and m.dtype == torch.bool
     assert bool((masks["spicules"] <= masks["nodule"]).all())
+    assert torch.equal(masks["body"] | masks["spicules"], masks["nodule"])
+    assert not bool((masks["body"] & masks["spicules"]).any())
     assert bool((masks["calcification"] <= masks["nodule"]).all())
     assert bool(masks["nodule"].flatten(1).any(1).all())
 
@@ -221,10 +223,10 @@ def test_golden_images() -> None:
                                atol=0.05)
 
 
-GOLDEN_TABLE = "b3cc2956aab98fb2"
-GOLDEN_LABELS = "6caa3de1a74ae105"
-GOLDEN_MEANS = [-834.993, -603.591, -740.4]
-GOLDEN_CENTRES = [-356.655, 95.922, -12.814]
+GOLDEN_TABLE = "228ccdcb14e71e42"
+GOLDEN_LABELS = "96e16c8d9af5e73a"
+GOLDEN_MEANS = [-752.749, -830.251, -797.176]
+GOLDEN_CENTRES = [-369.098, -377.693, 38.141]
 
 
 def test_materialize_and_reload(tmp_path) -> None:
@@ -247,3 +249,56 @@ def test_materialize_and_reload(tmp_path) -> None:
     # a cache holds plain .npy arrays: no pickle needed to read them
     import numpy as np
     assert np.load(tmp_path / "c" / "labels.npy", allow_pickle=False).shape == (10,)
+
+
+def test_render_and_intervene_return_the_factors_used() -> None:
+    ds = SyntheticNodules(NoduleSpec(), n=8, seed=4, image_size=32)
+    images, used = ds.render([1, 5], return_factors=True)
+    for name, v in ds.factors.items():
+        assert torch.equal(used[name], v[[1, 5]])
+    # overriding texture re-derives attenuation from its own exogenous noise: reported
+    _, masks, used = ds.render([1, 5], return_masks=True, return_factors=True,
+                               overrides={"texture": "ground-glass"})
+    assert set(masks) >= {"nodule", "vessels"}
+    assert used["texture"].tolist() == [2, 2]
+    assert bool(((used["attenuation_hu"] >= -750) & (used["attenuation_hu"] <= -450)).all())
+    image, one = ds.intervene(5, site="scanner_c", return_factors=True)
+    assert image.shape == (1, 32, 32) and int(one["site"]) == 2
+    assert 28.0 <= float(one["noise_hu"]) <= 40.0 and 0.74 <= float(one["pixel_spacing_mm"])
+    torch.testing.assert_close(image, ds.intervene(5, site="scanner_c"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("spec", [
+    SPEC,
+    NoduleSpec(label_noise=0.1).with_shortcut("calcification", 0.6).with_shortcut("site", -0.4),
+    NoduleSpec(malignant_fraction=None),
+])
+def test_rows_per_index_equal_the_whole_table(spec: NoduleSpec) -> None:
+    from nodulebench.data.sampling import factor_rows, sample_factors
+
+    factors, labels = sample_factors(spec, 301, 8)
+    idx = torch.tensor([300, 0, 17, 17, 150])
+    rows, row_labels = factor_rows(spec, 301, 8, idx)
+    assert torch.equal(row_labels, labels[idx])
+    for name in FACTORS:
+        assert torch.equal(rows[name], factors[name][idx]), name
+
+
+def test_ten_million_samples_without_a_table() -> None:
+    import pickle
+
+    ds = SyntheticNodules(SPEC.replace(label_noise=0.05), n=10_000_000, seed=1, image_size=16,
+                          return_factors=True)
+    image, label, factors = ds[9_999_999]
+    assert image.shape == (1, 16, 16) and label.dtype == torch.int64
+    assert ds._full is None  # rendering and items never built the table
+    # what a spawned DataLoader worker receives: a few kilobytes, not the table
+    blob = pickle.dumps(ds)
+    assert len(blob) < 8_000
+    again = pickle.loads(blob)
+    assert again._full is None and torch.equal(again[123][0], ds[123][0])
+    # the rows of a small dataset are those of its whole table
+    small = SyntheticNodules(SPEC, n=1000, seed=1, image_size=16, return_factors=True)
+    _, label_k, factors_k = small[999]
+    assert int(label_k) == int(small.labels[999])
+    assert float(factors_k["diameter_mm"]) == float(small.factors["diameter_mm"][999])

@@ -8,10 +8,12 @@ import torch
 from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.data import Fixed, Uniform, measure
 
-# plain solid nodules: no lobulation or spicules to change the outline, no calcification
+# plain solid nodules: no lobulation or spicules to change the outline, no calcification;
+# a faint parenchymal texture, since ground glass lets it show through, and moderate noise
 PLAIN = NoduleSpec(
     marginals={"spiculation": Fixed(0.0), "lobulation": Fixed(0.0),
-               "texture": Fixed("solid"), "calcification": Fixed("absent")},
+               "texture": Fixed("solid"), "calcification": Fixed("absent"),
+               "background_texture_hu": Fixed(10.0), "noise_hu": Fixed(15.0)},
     malignant_fraction=None,
 )
 
@@ -34,7 +36,7 @@ def test_diameter_round_trip(ds: SyntheticNodules, diameter: float) -> None:
         got = _measure(ds, i, diameter_mm=diameter, offset_x_mm=0.0, offset_y_mm=0.0)
         pixel = float(ds.pixel_size_mm[i])
         assert abs(got["diameter_mm"] - diameter) <= 1.0 * pixel
-        assert abs(got["equivalent_diameter_mm"] - diameter) <= 0.6 * pixel
+        assert abs(got["equivalent_diameter_mm"] - diameter) <= 0.65 * pixel
 
 
 @pytest.mark.parametrize("sphericity", [0.45, 0.6, 0.8, 1.0])
@@ -51,7 +53,7 @@ def test_sphericity_and_orientation_round_trip(ds: SyntheticNodules, sphericity:
 def test_attenuation_round_trip(ds: SyntheticNodules, attenuation: float) -> None:
     for i in range(3):
         got = _measure(ds, i, diameter_mm=12.0, attenuation_hu=attenuation)
-        # a median over ~100 pixels of noise with std <= 30 HU
+        # a median over ~100 pixels of correlated noise with std 15 HU
         assert abs(got["attenuation_hu"] - attenuation) < 12.0
 
 
@@ -69,7 +71,8 @@ def test_measure_on_hu_images_and_single_image() -> None:
     single = measure(images[0], {k: v[0] for k, v in masks.items()},
                      float(hu_ds.pixel_size_mm[1]), units="hu")
     assert single.attenuation_hu.shape == (1,)
-    assert abs(float(single.attenuation_hu[0]) + 600.0) < 12.0
+    # one image of coarse-grained noise (std 15 HU): the median is within about one std
+    assert abs(float(single.attenuation_hu[0]) + 600.0) < 18.0
 
 
 def test_measured_factors_track_the_table_at_32_pixels() -> None:

@@ -11,7 +11,7 @@ from nodulebench.data.render import render_hu, window
 from nodulebench.data.sampling import sample_factors
 
 QUIET = {"background_texture_hu": Fixed(0.0), "vessels": Fixed("none"), "blur_mm": Fixed(0.0),
-         "noise_hu": Fixed(0.0)}
+         "noise_hu": Fixed(0.0), "location": Fixed("isolated"), "fissure": Fixed("absent")}
 
 
 def test_noise_std_is_noise_hu() -> None:
@@ -113,3 +113,21 @@ def test_images_are_continuous_in_the_factors() -> None:
         "offset_x_mm": ds.factors["offset_x_mm"] + 1e-5,
         "orientation_deg": ds.factors["orientation_deg"] + 1e-5})
     assert float((nudged - base).abs().max()) < 1e-3
+
+
+def test_batch_size_and_thread_count_stay_within_the_documented_bound() -> None:
+    # masks and every random number are exact; pixel values may differ by summation order
+    ds = SyntheticNodules(NoduleSpec(), n=24, seed=5, image_size=32, output="hu")
+    together, masks = ds.render(range(24), return_masks=True)
+    for i in (0, 7, 23):
+        alone, alone_masks = ds.render([i], return_masks=True)
+        torch.testing.assert_close(alone[0], together[i], rtol=0, atol=1e-3)
+        for k in masks:
+            assert torch.equal(alone_masks[k][0], masks[k][i])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = ds.render(range(24))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(two, together, rtol=0, atol=1e-3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -87,3 +88,18 @@ def test_golden_words() -> None:
 
 
 GOLDEN_UNIFORM = "ece79bd45493c1d5"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 65_537])
+def test_permutation_is_a_bijection_keyed_by_seed_and_stream(n: int) -> None:
+    from nodulebench.data.rng import permutation
+
+    idx = torch.arange(n)
+    p = permutation(5, 11, idx, n)
+    assert torch.equal(torch.sort(p).values, idx)
+    # per index: any subset gives the same positions
+    sub = idx[torch.arange(0, n, 3)]
+    assert torch.equal(permutation(5, 11, sub, n), p[sub])
+    if n >= 64:
+        assert not torch.equal(permutation(5, 12, idx, n), p)
+        assert not torch.equal(permutation(6, 11, idx, n), p)

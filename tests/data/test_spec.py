@@ -227,7 +227,7 @@ BAD_SPECS = [
     (lambda: NoduleSpec(marginals={"attenuation_hu": ByCategory("texture", {})}), ValueError,
      "one entry per category"),
     (lambda: NoduleSpec(marginals={"diameter_mm": 5.0}), TypeError,  # type: ignore[dict-item]
-     "must be Uniform, Categorical, Fixed or ByCategory"),
+     "must be Uniform, LogUniform, Categorical, Fixed or ByCategory"),
 ]
 
 
@@ -275,3 +275,34 @@ def test_describe_names_rule_shortcuts_and_changed_marginals() -> None:
     assert "label noise 0.05" in text
     assert "shortcut texture in {solid, part-solid} strength +0.5" in text
     assert "non-default marginals: noise_hu, blur_mm, pixel_spacing_mm" in text
+
+
+def test_screening_spec_skews_small_and_correlates_size_shape_and_label() -> None:
+    from nodulebench.data import LogUniform
+
+    spec = NoduleSpec.screening()
+    assert spec.name == "screening" and NoduleSpec() != spec
+    assert isinstance(spec.marginals["diameter_mm"], LogUniform)
+    f, y = sample_factors(spec, 4000, 0)
+    d = f["diameter_mm"]
+    assert 0.25 < float((d < 6).float().mean()) < 0.35
+    assert float(d.min()) >= 4.0 and float(d.max()) <= 30.0
+    # log-uniform within each side of 8 mm: the median of the small side is sqrt(4 * 8)
+    small = d[d <= 8]
+    assert abs(float(small.median()) - math.sqrt(32)) < 0.15
+    corr = torch.corrcoef(torch.stack([d.log(), f["spiculation"], f["lobulation"]]))
+    assert float(corr[0, 1]) > 0.3 and float(corr[1, 2]) > 0.2
+    assert torch.equal(y, (f["spiculation"] > 0.5).long()) and int(y.sum()) == 2000
+    # the default spec stays independent
+    f0, _ = sample_factors(NoduleSpec(), 4000, 0)
+    c0 = torch.corrcoef(torch.stack([f0["diameter_mm"], f0["spiculation"]]))
+    assert abs(float(c0[0, 1])) < 0.05
+
+
+def test_log_uniform_rejects_bad_ranges() -> None:
+    from nodulebench.data import LogUniform
+
+    with pytest.raises(ValueError, match=r"marginals\['diameter_mm'\] must satisfy 0 < low"):
+        NoduleSpec(marginals={"diameter_mm": LogUniform(10.0, 5.0)})
+    with pytest.raises(ValueError, match="got \\[0.0, 1.0\\]"):
+        NoduleSpec(marginals={"spiculation": LogUniform(0.0, 1.0)})

@@ -17,7 +17,9 @@ import torch
 import torch.distributed as dist
 from _dist_cases import DIM, Group
 
+from nodulebench import SupConLoss
 from nodulebench.distributed import gather_sizes
+from nodulebench.losses import CrossBatchMemory
 from nodulebench.losses import functional as LF
 
 # The process-group timeout of the skipped-gather case: long enough to create the group
@@ -59,6 +61,15 @@ def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
         "clip_temperature": lambda: LF.clip_loss(z, z.flip(0), temperature=0.2 if odd else 0.1,
                                                  **gather),
         "two_tower_loss": lambda: (LF.siglip_loss if odd else LF.clip_loss)(z, z, **gather),
+        "form": lambda: LF.contrastive_loss(z, y, form="pml" if odd else "hadsell", **gather),
+        "ref_temperature": lambda: LF.supcon_loss(
+            z, y, ref_emb=z, ref_labels=y, temperature=0.2 if odd else 0.1, **gather),
+        "ref_width": lambda: LF.supcon_loss(torch.ones(3, DIM + odd), y[:3],
+                                            ref_emb=torch.ones(2, DIM + odd),
+                                            ref_labels=y[:2], **gather),
+        "memory_temperature": lambda: CrossBatchMemory(
+            SupConLoss(temperature=0.2 if odd else 0.1, **gather), embedding_size=DIM,
+            memory_size=8)(z, y),
         "fields": lambda: gather_sizes(z, group, agree={"b" if odd else "a": 1}),
         "long_value": lambda: gather_sizes(
             z, group, agree={"note": "x" * 40 + ("!" if odd else "?")}),
@@ -66,6 +77,13 @@ def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
         "empty_batch": lambda: LF.supcon_loss(z[:0] if odd else z, **gather),
         "bad_labels": lambda: LF.contrastive_loss(z, y[:-1] if odd else y, **gather),
         "all_empty": lambda: LF.triplet_margin_loss(z[:0], y[:0], **gather),
+        "ref_bad_width": lambda: LF.supcon_loss(z, y, ref_emb=z[:, : DIM - odd],
+                                                ref_labels=y, **gather),
+        "ref_no_labels": lambda: LF.supcon_loss(z, y, ref_emb=z,
+                                                ref_labels=None if odd else y, **gather),
+        "memory_width": lambda: CrossBatchMemory(
+            SupConLoss(**gather), embedding_size=DIM, memory_size=8)(
+            z[:, : DIM - odd], y),
     }
 
 

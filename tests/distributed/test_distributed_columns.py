@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nodulebench.kernels import _dense
 from nodulebench.kernels.dispatch import BACKENDS, run_per_anchor
 from nodulebench.kernels.tiled import supcon_tiled
-from nodulebench.losses import _dense
 
 N, D = 23, 5
 ROW_RANGES = [(3, 11), (17, 23), (5, 5)]

@@ -29,6 +29,10 @@ EXPECTED = {
               ("torch.float32", "torch.float16")),
     "width": (SHAPES, ("(3, 5)", "(3, 6)", "(3, 5)")),
     "views": (SHAPES, ("(3, 1, 5)", "(4, 2, 5)", "(5, 1, 5)")),
+    "form": ("every rank must pass the same form", ("'hadsell'", "'pml'")),
+    "ref_temperature": ("every rank must pass the same temperature", ("0.1", "0.2")),
+    "ref_width": (SHAPES.replace("embeddings", "ref_emb"), ("(2, 5)", "(2, 6)", "(2, 5)")),
+    "memory_temperature": ("every rank must pass the same temperature", ("0.1", "0.2")),
     "fields": ("every rank must pass the same fields in the same order", ("a=1.0", "b=1.0")),
     "clip_temperature": ("every rank must pass the same temperature", ("0.1", "0.2")),
     "two_tower_loss": ("every rank must pass the same loss", ("'clip'", "'siglip'")),
@@ -63,6 +67,15 @@ def test_a_rank_that_rejects_its_input_makes_every_rank_fail(distributed_results
         assert res["empty_batch"].startswith(empty if rank == 1 else named)
         assert res["bad_labels"].startswith(short if rank == 1 else named)
         assert res["all_empty"].startswith(empty)  # each rank its own error, nobody waits
+        # A reference set or a memory bank rejected on rank 1 alone.
+        assert res["ref_bad_width"].startswith(
+            "ValueError: ref_emb must have the embedding dimension D = 5" if rank == 1
+            else named)
+        assert res["ref_no_labels"].startswith(
+            "TypeError: labels were given but ref_labels is None" if rank == 1 else named)
+        assert res["memory_width"].startswith(
+            "ValueError: embeddings must have D = embedding_size = 5" if rank == 1
+            else named)
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)

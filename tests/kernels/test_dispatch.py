@@ -24,10 +24,10 @@ def test_every_backend_declares_tolerances_for_its_dtypes() -> None:
         assert info.summary
 
 
-def test_tiled_serves_every_loss_but_semihard_on_cpu() -> None:
+def test_tiled_serves_every_loss_but_semihard_and_pml_contrastive_on_cpu() -> None:
     z = torch.randn(8, 4)
     assert set(BACKENDS["tiled"].options) == (
-        set(KERNEL_LOSSES + TWO_TOWER_LOSSES) - {"triplet_semihard"})
+        set(KERNEL_LOSSES + TWO_TOWER_LOSSES) - {"triplet_semihard", "contrastive_pml"})
     for loss in BACKENDS["tiled"].options:
         assert select_backend(loss, "tiled", z) == "tiled"
 
@@ -98,8 +98,25 @@ def test_unknown_names_are_rejected() -> None:
 
 def test_missing_module_is_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dispatch, "_module_available", lambda name: False)
-    with pytest.raises(ValueError, match="is not available"):
-        select_backend("supcon", "tiled", torch.randn(4, 4))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match="'triton' it needs is not available"):
+        select_backend("supcon", "triton", torch.randn(4, 4))
+
+
+def test_kernels_are_plain_references_not_names() -> None:
+    # The dispatcher imports its backends: every kernel is a function object.
+    for name in ("reference", "tiled"):
+        info = BACKENDS[name]
+        assert set(info.load()) == set(info.options)
+        assert all(callable(fn) for fn in info.load().values())
+
+
+def test_reference_sets_are_served_by_the_reference_only() -> None:
+    z, ref = torch.randn(3, 4), torch.randn(5, 4)
+    reference = (ref, torch.arange(5) % 2)
+    assert select_backend("supcon", "auto", z, reference=reference) == "reference"
+    with pytest.raises(ValueError, match=r"backend='tiled' .* reference set"):
+        select_backend("supcon", "tiled", z, reference=reference)
 
 
 def test_run_per_anchor_calls_the_selected_kernel() -> None:

@@ -1,4 +1,4 @@
-"""The tiled kernels inside a ``torch.compile``d training step (graph break allowed)."""
+"""The tiled kernels inside a ``torch.compile``d training step, against eager."""
 
 from __future__ import annotations
 

@@ -9,7 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodulebench.kernels.dispatch import get_backend_info
+from _loss_cases import KERNEL_CASES
+from _loss_cases import make_case as shared_case
+from nodulebench.kernels.dispatch import get_backend_info, run_per_anchor
 from nodulebench.kernels.tiled import contrastive_tiled, triplet_all_tiled, triplet_hard_tiled
 
 TOL = get_backend_info("tiled").tolerances
@@ -46,8 +48,9 @@ def dense_triplet_hard(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     d = dense_distance(z, distance)
     pos, neg = pair_masks(labels)
-    hardest_pos = d.masked_fill(~pos, float("-inf")).max(dim=1).values
-    hardest_neg = d.masked_fill(~neg, float("inf")).min(dim=1).values
+    # amax / amin share the gradient equally among tied pairs (the reference's tie rule).
+    hardest_pos = d.masked_fill(~pos, float("-inf")).amax(dim=1)
+    hardest_neg = d.masked_fill(~neg, float("inf")).amin(dim=1)
     valid = pos.any(dim=1) & neg.any(dim=1)
     return torch.where(valid, torch.relu(hardest_pos - hardest_neg + margin), 0.0), valid
 
@@ -70,32 +73,12 @@ def loop_triplet_all(
     return torch.stack(totals), torch.tensor(counts)
 
 
-def make_case(name: str, dtype: torch.dtype, n: int = 23) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(11)
-    if name == "multi_view":
-        labels = torch.randint(0, 3, (n // 2,), generator=gen).repeat_interleave(2)
-    elif name == "labels_none":
-        labels = torch.arange(n // 2).repeat_interleave(2)
-    else:
-        labels = torch.randint(0, 3, (n,), generator=gen)
-        labels[0] = 50  # an anchor without positives
-    z = torch.randn(labels.shape[0], 5, generator=gen, dtype=torch.float64)
-    if name == "duplicates":
-        z[4] = z[1]
-        z[7] = z[1]
-        labels[7] = labels[1] + 1  # a duplicate that is a negative
-    return z.to(dtype), labels
+def make_case(name: str, dtype: torch.dtype, rows: int = 23) -> tuple[torch.Tensor, torch.Tensor]:
+    return shared_case(name, dtype, rows=rows, dim=5, classes=3, seed=11,
+                       views=2, singletons=1, normalize=False)
 
 
-def group_sum(grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Sum gradient rows over groups of identical embeddings (ties may pick either)."""
-    _, group = torch.unique(z, dim=0, return_inverse=True)
-    return torch.zeros(int(group.max()) + 1, z.shape[1], dtype=grad.dtype).index_add_(
-        0, group, grad
-    )
-
-
-CASES = ["random_with_singletons", "duplicates", "multi_view", "labels_none"]
+CASES = KERNEL_CASES
 
 
 def cases_and_dtypes() -> list[tuple[str, torch.dtype]]:
@@ -109,17 +92,18 @@ def weights_for(z: torch.Tensor) -> torch.Tensor:
     return torch.randn(z.shape[0], dtype=z.dtype, generator=torch.Generator().manual_seed(3))
 
 
+@pytest.mark.parametrize("margin", [1.5, 0.0])
 @pytest.mark.parametrize(("case", "dtype"), cases_and_dtypes())
-def test_contrastive_matches_dense(case: str, dtype: torch.dtype) -> None:
+def test_contrastive_matches_dense(case: str, dtype: torch.dtype, margin: float) -> None:
     z, labels = make_case(case, dtype)
     w = weights_for(z)
     z_ref = z.double().requires_grad_()
-    expected = dense_contrastive(z_ref, labels, 1.5)
+    expected = dense_contrastive(z_ref, labels, margin)
     (expected_grad,) = torch.autograd.grad((expected * w.double()).sum(), z_ref)
     rtol, atol = TOL[dtype]
     for block_size in (4, 7, 64):
         z_k = z.clone().requires_grad_()
-        loss, valid = contrastive_tiled(z_k, labels, margin=1.5, block_size=block_size)
+        loss, valid = contrastive_tiled(z_k, labels, margin=margin, block_size=block_size)
         (grad,) = torch.autograd.grad((loss * w).sum(), z_k)
         assert valid.all()
         torch.testing.assert_close(loss.double(), expected.detach(), rtol=rtol, atol=atol)
@@ -143,15 +127,13 @@ def test_triplet_hard_matches_dense(case: str, dtype: torch.dtype, distance: str
         (grad,) = torch.autograd.grad((loss * w).sum(), z_k)
         assert torch.equal(valid, expected_valid)
         torch.testing.assert_close(loss.double(), expected.detach(), rtol=rtol, atol=atol)
-        torch.testing.assert_close(
-            group_sum(grad.double(), z), group_sum(expected_grad, z), rtol=rtol, atol=atol
-        )
+        torch.testing.assert_close(grad.double(), expected_grad, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("distance", DISTANCES)
 @pytest.mark.parametrize(("case", "dtype"), cases_and_dtypes())
 def test_triplet_all_matches_enumeration(case: str, dtype: torch.dtype, distance: str) -> None:
-    z, labels = make_case(case, dtype, n=15)
+    z, labels = make_case(case, dtype, rows=15)
     margin = 0.5 if distance == "cosine" else 1.0
     w = weights_for(z)
     z_ref = z.double().requires_grad_()
@@ -173,8 +155,52 @@ def test_triplet_all_matches_enumeration(case: str, dtype: torch.dtype, distance
 
 
 @pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("block_size", [1, 3, 64])
+def test_triplet_hard_ties_share_the_gradient_as_the_reference(
+    distance: str, block_size: int
+) -> None:
+    # Rows 1, 2 coincide (anchor 0's two farthest positives tie) and rows 4, 5 coincide
+    # (its two closest negatives tie; row 3 is farther): each tied pair gets half.
+    z = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0],
+                      [0.6, 0.0, 0.8], [0.6, 0.0, 0.8]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    results = []
+    for backend in ("reference", "tiled"):
+        x = z.clone().requires_grad_()
+        extra = {"block_size": block_size} if backend == "tiled" else {}
+        loss, _ = run_per_anchor("triplet_hard", x, labels, backend=backend, margin=5.0,
+                                 distance=distance, **extra)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        results.append((loss.detach(), grad))
+    (ref, ref_grad), (got, grad) = results
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+    # Anchor 0 alone, planted: the gradient through its tied positives is split evenly.
+    x = z.clone().requires_grad_()
+    loss, _ = triplet_hard_tiled(x, labels, margin=5.0, distance=distance,
+                                 block_size=block_size)
+    (grad,) = torch.autograd.grad(loss[0], x)
+    torch.testing.assert_close(grad[1], grad[2], rtol=0.0, atol=0.0)
+    torch.testing.assert_close(grad[4], grad[5], rtol=0.0, atol=0.0)
+    assert grad[1].abs().sum() > 0 and grad[4].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["reference", "tiled"])
+@pytest.mark.parametrize("mining", ["hard", "all"])
+def test_triplet_exactly_at_the_margin_has_zero_gradient(backend: str, mining: str) -> None:
+    # Anchor 0 at 0 has its positive at 1 and its negative at -1: d_ap - d_an + 0 = 0
+    # exactly; every other triplet is inactive. relu's gradient at 0 is 0 on every backend.
+    z = torch.tensor([[0.0], [1.0], [-1.0]], dtype=torch.float64, requires_grad=True)
+    out = run_per_anchor(f"triplet_{mining}", z, torch.tensor([0, 0, 1]), backend=backend,
+                         margin=0.0, distance="euclidean")
+    (grad,) = torch.autograd.grad(out[0].sum(), z)
+    assert torch.equal(out[0], torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
 def test_gradcheck_float64(distance: str) -> None:
-    z, labels = make_case("random_with_singletons", torch.float64, n=10)
+    z, labels = make_case("random_with_singletons", torch.float64, rows=10)
     z.requires_grad_()
     assert torch.autograd.gradcheck(
         lambda x: contrastive_tiled(x, labels, margin=2.0, block_size=3)[0], (z,)
@@ -187,6 +213,20 @@ def test_gradcheck_float64(distance: str) -> None:
         lambda x: triplet_all_tiled(x, labels, margin=1.0, distance=distance, block_size=3)[0],
         (z,),
     )
+
+
+@pytest.mark.parametrize("column", [0, 1, 2])
+def test_triplet_all_nan_distance_gives_nan_like_the_enumeration(column: int) -> None:
+    # A NaN row as positive, negative or anchor: every anchor whose triplets it enters
+    # gets a NaN sum (the sort and the binary search must not drop it).
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=torch.float64)
+    z[column, 1] = float("nan")
+    labels = torch.tensor([0, 0, 1, 1])
+    expected, _ = loop_triplet_all(z, labels, 0.2, "euclidean")
+    total, _, valid = triplet_all_tiled(z, labels, margin=0.2, block_size=3)
+    assert valid.all()
+    assert torch.equal(torch.isnan(total), torch.isnan(expected))
+    assert torch.isnan(total).any()
 
 
 def test_single_row_is_invalid_and_zero() -> None:

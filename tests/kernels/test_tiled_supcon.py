@@ -1,4 +1,4 @@
-"""Tiled SupCon against a dense per-anchor reference written here from the formula."""
+"""Tiled SupCon against the suite's loop reference (values) and the dense backend (gradients)."""
 
 from __future__ import annotations
 
@@ -7,52 +7,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodulebench.kernels.dispatch import get_backend_info
+from _loss_cases import KERNEL_CASES, ref_supcon
+from _loss_cases import make_case as shared_case
+from nodulebench.kernels._reference import supcon_reference
+from nodulebench.kernels.dispatch import get_backend_info, run_per_anchor
 from nodulebench.kernels.tiled import supcon_tiled
 
 TOL = get_backend_info("tiled").tolerances
 
 
-def dense_supcon(
-    z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """l_i from the pinned definition, with the full N x N similarity matrix."""
-    n = z.shape[0]
-    eye = torch.eye(n, dtype=torch.bool)
-    s = (z @ z.T / temperature).masked_fill(eye, float("-inf"))
-    pos = (labels[:, None] == labels[None, :]) & ~eye
-    num_pos = pos.sum(dim=1)
-    log_den = torch.logsumexp(s, dim=1)
-    if variant == "out":
-        log_prob = s - log_den[:, None]
-        loss = -torch.where(pos, log_prob, 0.0).sum(dim=1) / num_pos.clamp(min=1)
-    else:
-        mean_prob = torch.where(pos, torch.exp(s - log_den[:, None]), 0.0).sum(dim=1)
-        loss = -torch.log(mean_prob / num_pos.clamp(min=1))
-    valid = num_pos > 0
-    return torch.where(valid, loss, 0.0), valid
+def make_case(name: str, dtype: torch.dtype, rows: int = 37) -> tuple[torch.Tensor, torch.Tensor]:
+    return shared_case(name, dtype, rows=rows, dim=6, classes=5, seed=7,
+                       views=3, singletons=3, normalize=True)
 
 
-def make_case(name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(7)
-    if name == "random_with_singletons":
-        labels = torch.randint(0, 5, (37,), generator=gen)
-        labels[:3] = torch.tensor([100, 101, 102])  # rows without positives
-    elif name == "duplicates":
-        labels = torch.randint(0, 4, (29,), generator=gen)
-    elif name == "multi_view":  # 13 samples x 3 views, sample-major, 4 classes
-        labels = torch.randint(0, 4, (13,), generator=gen).repeat_interleave(3)
-    else:  # "labels_none": SimCLR labels, the sample index of each of 2 views
-        labels = torch.arange(19).repeat_interleave(2)
-    z = torch.randn(labels.shape[0], 6, generator=gen, dtype=torch.float64)
-    if name == "duplicates":
-        z[5] = z[2]
-        z[9] = z[2]
-        labels[9] = labels[2] + 1
-    return torch.nn.functional.normalize(z, dim=1).to(dtype), labels
-
-
-CASES = ["random_with_singletons", "duplicates", "multi_view", "labels_none"]
+CASES = KERNEL_CASES
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -61,9 +30,12 @@ CASES = ["random_with_singletons", "duplicates", "multi_view", "labels_none"]
 def test_values_and_gradients_match_dense(case: str, variant: str, dtype: torch.dtype) -> None:
     z, labels = make_case(case, dtype)
     weights = torch.randn(z.shape[0], dtype=dtype, generator=torch.Generator().manual_seed(1))
+    # Values from the suite's loop reference; gradients from the dense reference backend.
+    expected = ref_supcon(z.double(), labels, temperature=0.2, variant=variant,
+                          normalize=False, reduction="none")
     z_ref = z.detach().double().requires_grad_()
-    expected, expected_valid = dense_supcon(z_ref, labels, 0.2, variant)
-    (expected_grad,) = torch.autograd.grad((expected * weights.double()).sum(), z_ref)
+    dense, expected_valid = supcon_reference(z_ref, labels, temperature=0.2, variant=variant)
+    (expected_grad,) = torch.autograd.grad((dense * weights.double()).sum(), z_ref)
     rtol, atol = TOL[dtype]
     for block_size in (1, 5, 8, None):  # N is never a multiple of 5 or 8 here
         z_k = z.detach().clone().requires_grad_()
@@ -96,6 +68,47 @@ def test_low_temperature_stays_finite() -> None:
     loss.sum().backward()
     assert torch.isfinite(loss).all()
     assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("scale", [1.0, 10.0, 1000.0])
+def test_one_positive_and_no_negative_is_exactly_zero(
+    scale: float, variant: str, dtype: torch.dtype
+) -> None:
+    # B = 1, V = 2 unnormalized: each view's only other row is its positive, so
+    # l = LSE(s) - s = 0 exactly, with a zero gradient, at any scale.
+    gen = torch.Generator().manual_seed(0)
+    z = (scale * torch.randn(2, 16, generator=gen, dtype=torch.float64)).to(dtype)
+    z.requires_grad_()
+    loss, valid = supcon_tiled(z, torch.tensor([0, 0]), temperature=0.1, variant=variant)
+    (grad,) = torch.autograd.grad(loss.sum(), z)
+    assert valid.all()
+    assert torch.equal(loss, torch.zeros_like(loss))
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("scale", [1.0, 10.0, 1000.0])
+def test_unnormalized_error_is_relative_to_the_logits(scale: float, variant: str) -> None:
+    # Long, nearly orthogonal rows: the logits (~ 0.003 |z|^2 / tau) are much smaller than
+    # |z|^2 / tau, so a positive term formed as z_i . (S_c - z_i) from class sums would
+    # err by roundings of |z|^2 / tau (25-60x the bound below at scales 10 and 1000);
+    # computed from the logits, the error is that of the logits and of the loss itself.
+    gen = torch.Generator().manual_seed(1)
+    z = torch.eye(24, dtype=torch.float64) + 0.001 * torch.randn(24, 24, generator=gen,
+                                                                 dtype=torch.float64)
+    z = scale * z
+    labels = torch.arange(24) % 3
+    expected, _ = run_per_anchor("supcon", z, labels, backend="reference", temperature=0.1,
+                                 variant=variant)
+    loss, _ = supcon_tiled(z.float(), labels, temperature=0.1, variant=variant, block_size=7)
+    off_diagonal = (z @ z.T).fill_diagonal_(0.0)
+    logit_scale = off_diagonal.abs().amax(dim=1) / 0.1
+    error = (loss.double() - expected).abs()
+    # A few float32 roundings of the row's largest logit and of its loss.
+    bound = 8 * torch.finfo(torch.float32).eps * (logit_scale + expected.abs())
+    assert bool((error <= bound).all()), (error / logit_scale).max().item()
 
 
 def test_no_valid_anchor_gives_zero_loss_and_zero_gradient() -> None:

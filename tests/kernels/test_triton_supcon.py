@@ -19,10 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nodulebench.kernels._triton_utils import (
-    TRITON_SUPCON_CAPABILITIES,
-    triton_supcon_unsupported_reason,
-)
+from nodulebench.kernels._triton_utils import TRITON_SUPCON_CAPABILITIES, interpreter_enabled
+from nodulebench.kernels.dispatch import BACKENDS, select_backend
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -53,34 +51,47 @@ def test_capabilities_are_consistent() -> None:
         assert 0 < tol.loss_atol < 0.1 and 0 < tol.loss_rtol < 0.1 and 0 < tol.grad_rel < 0.1
 
 
+def _triton_reason(z: torch.Tensor, variant: str = "out") -> str | None:
+    # What the dispatcher asks: the one declaration of what the Triton kernels serve.
+    return BACKENDS["triton"].why_not("supcon", z, {"variant": variant})
+
+
 @pytest.mark.parametrize(
     ("z", "variant", "fragment"),
     [
-        (torch.zeros(4, 8, dtype=torch.float64), "out", "dtype torch.float64"),
-        (torch.zeros(4, 300), "out", "exceeds max_dim=256"),
-        (torch.zeros(4, 2, 8), "out", "must be (N, D)"),
-        (torch.zeros(4, 8), "both", "variant 'both'"),
+        (torch.zeros(4, 8, dtype=torch.float64), "out", "dtypes"),
+        (torch.zeros(4, 300), "out", "D <= 256"),
+        (torch.zeros(4, 8), "both", "variant in"),
     ],
 )
 def test_unsupported_reason_names_the_requirement(
     z: torch.Tensor, variant: str, fragment: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    reason = triton_supcon_unsupported_reason(z, variant)
-    if not HAS_TRITON:
-        assert reason is not None and "not installed" in reason
-    else:
-        assert reason is not None and fragment in reason
+    reason = _triton_reason(z, variant)
+    assert reason is not None and fragment in reason
 
 
-def test_unsupported_reason_cpu_needs_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    reason = triton_supcon_unsupported_reason(torch.zeros(4, 8))
-    assert reason is not None
-    assert ("TRITON_INTERPRET=1" in reason) if HAS_TRITON else ("not installed" in reason)
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "on", "yes"])
+def test_interpreter_switch_is_read_as_triton_reads_it(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert interpreter_enabled()
+    assert "cpu" in BACKENDS["triton"].devices_now()
     if HAS_TRITON:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        assert triton_supcon_unsupported_reason(torch.zeros(4, 8, dtype=torch.bfloat16)) is None
+        assert _triton_reason(torch.zeros(4, 8, dtype=torch.bfloat16)) is None
+        assert select_backend("supcon", "triton", torch.zeros(4, 8)) == "triton"
+
+
+@pytest.mark.parametrize("value", ["", "0", "false", "off"])
+def test_cpu_needs_the_interpreter(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert not interpreter_enabled()
+    reason = _triton_reason(torch.zeros(4, 8))
+    assert reason is not None and "devices" in reason
+    with pytest.raises(ValueError, match="backend='triton' cannot compute 'supcon'"):
+        select_backend("supcon", "triton", torch.zeros(4, 8))
 
 
 @needs_triton

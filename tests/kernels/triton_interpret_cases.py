@@ -7,7 +7,6 @@ the only way the interpreter can be selected.
 
 from __future__ import annotations
 
-import math
 import os
 
 import pytest
@@ -20,6 +19,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run through test_triton_supcon.py (needs TRITON_INTERPRET=1)",
                 allow_module_level=True)
 
+from _loss_cases import ref_supcon  # noqa: E402
+from nodulebench.kernels._reference import supcon_reference  # noqa: E402
 from nodulebench.kernels._triton_utils import TRITON_SUPCON_CAPABILITIES  # noqa: E402
 from nodulebench.kernels.triton_supcon import KernelConfig, supcon_triton  # noqa: E402
 
@@ -28,27 +29,6 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 SMALL_TILES = KernelConfig(fwd_block_rows=16, fwd_block_cols=32, bwd_block_rows=32,
                            bwd_block_cols=16, fwd_num_warps=1, bwd_num_warps=1, fwd_num_stages=1,
                            bwd_num_stages=1)
-
-
-def reference_supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float,
-                     variant: str) -> torch.Tensor:
-    """Per-anchor SupCon in float64, one anchor at a time, straight from the definition."""
-    z = z.to(torch.float64)
-    losses = []
-    for i in range(z.shape[0]):
-        others = [j for j in range(z.shape[0]) if j != i]
-        positives = [p for p in others if labels[p] == labels[i]]
-        if not positives:
-            losses.append(z[i].sum() * 0.0)
-            continue
-        sim = z[others] @ z[i] / temperature
-        lse_all = torch.logsumexp(sim, 0)
-        sim_pos = z[positives] @ z[i] / temperature
-        if variant == "out":
-            losses.append(-(sim_pos - lse_all).mean())
-        else:
-            losses.append(-torch.logsumexp(sim_pos, 0) + math.log(len(positives)) + lse_all)
-    return torch.stack(losses)
 
 
 def unit_rows(n: int, d: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -71,16 +51,20 @@ def check_against_reference(z: torch.Tensor, labels: torch.Tensor, *, temperatur
                                 config=config)
     (loss * weights).sum().backward()
 
+    # Values from the suite's loop reference; gradients from the dense reference backend.
     z_ref = z.to(torch.float64).requires_grad_(True)
-    loss_ref = reference_supcon(z_ref, labels, temperature, variant)
-    (loss_ref * weights.to(torch.float64)).sum().backward()
+    loss_ref = ref_supcon(z_ref.detach(), labels, temperature=temperature, variant=variant,
+                          normalize=False, reduction="none")
+    dense, _ = supcon_reference(z_ref, labels.to(torch.int64), temperature=temperature,
+                                variant=variant)
+    (dense * weights.to(torch.float64)).sum().backward()
 
     expected_valid = torch.tensor(
         [bool(((labels == labels[i]).sum() > 1).item()) for i in range(labels.shape[0])])
     assert loss.dtype == torch.float32 and loss.shape == (z.shape[0],)
     assert valid.dtype == torch.bool and torch.equal(valid, expected_valid)
     assert torch.all(loss[~valid] == 0.0)
-    torch.testing.assert_close(loss.to(torch.float64), loss_ref.detach(), atol=loss_atol,
+    torch.testing.assert_close(loss.to(torch.float64), loss_ref, atol=loss_atol,
                                rtol=loss_rtol)
     assert z_kernel.grad is not None and z_kernel.grad.dtype == z.dtype
     assert torch.isfinite(z_kernel.grad).all()
@@ -215,3 +199,21 @@ def test_works_inside_a_compiled_step_with_a_graph_break() -> None:
     (grad_compiled,) = torch.autograd.grad(loss, raw)
     torch.testing.assert_close(loss, step(raw, labels).detach(), rtol=0, atol=0)
     torch.testing.assert_close(grad_compiled, grad_eager, rtol=0, atol=0)
+
+
+def test_learnable_temperature_reaches_the_kernel() -> None:
+    from nodulebench.losses.functional import supcon_loss
+
+    embeddings = torch.randn(12, 2, 16, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(12) % 4
+    results = []
+    for backend in ("triton", "reference"):
+        tau = torch.tensor(0.2, requires_grad=True)
+        loss = supcon_loss(embeddings, labels, temperature=tau, backend=backend)
+        loss.backward()
+        assert tau.grad is not None
+        results.append((loss.detach(), tau.grad))
+    (loss, grad), (want, want_grad) = results
+    tol = TRITON_SUPCON_CAPABILITIES.tolerances[torch.float32]
+    assert abs(loss - want) <= tol.loss_atol + tol.loss_rtol * abs(want)
+    assert abs(grad - want_grad) <= tol.grad_rel * abs(want_grad)

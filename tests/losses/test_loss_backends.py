@@ -12,6 +12,7 @@ from nodulebench import (
     SupConLoss,
     TripletMarginLoss,
 )
+from nodulebench.kernels.dispatch import TILED_CROSSOVER, select_backend
 from nodulebench.losses import functional as LF
 
 CASES = [
@@ -46,6 +47,42 @@ def test_tiled_backend_equals_reference(cls: type, options: dict, reduction: str
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
     assert excluded == ref_excluded
+
+
+# The edges of what each loss's option checks accept: every backend must accept them too.
+BOUNDARY_CASES = [
+    (ContrastiveLoss, {"margin": 0.0}),
+    (TripletMarginLoss, {"mining": "hard", "margin": 0.0}),
+    (TripletMarginLoss, {"mining": "all", "margin": 0.0, "distance": "cosine"}),
+    (MultiSimilarityLoss, {"epsilon": 0.0, "base": -1.0}),
+    (MultiSimilarityLoss, {"base": 1.0}),
+]
+
+
+@pytest.mark.parametrize(("cls", "options"), BOUNDARY_CASES)
+def test_option_boundaries_accepted_by_every_backend(cls: type, options: dict) -> None:
+    embeddings, labels = batch()
+    results = []
+    for backend in ("reference", "tiled"):
+        x = embeddings.clone().requires_grad_()
+        loss = cls(backend=backend, **options)(x, labels)
+        (grad,) = torch.autograd.grad(loss, x)
+        results.append((loss.detach(), grad))
+    (ref, ref_grad), (got, grad) = results
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_contrastive_margin_zero_where_auto_switches_to_tiled() -> None:
+    # margin=0 worked below the crossover and raised from it on (the tiled check differed).
+    n = TILED_CROSSOVER["contrastive"]
+    gen = torch.Generator().manual_seed(1)
+    embeddings = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 5, (n,), generator=gen)
+    assert select_backend("contrastive", "auto", embeddings) == "tiled"
+    auto = ContrastiveLoss(margin=0.0)(embeddings, labels)
+    reference = ContrastiveLoss(margin=0.0, backend="reference")(embeddings, labels)
+    torch.testing.assert_close(auto, reference, rtol=1e-10, atol=1e-12)
 
 
 def test_ntxent_tiled_equals_reference() -> None:

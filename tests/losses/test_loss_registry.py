@@ -19,6 +19,7 @@ from nodulebench import (
     register_loss,
 )
 from nodulebench.losses import registry
+from nodulebench.losses.modules import PairwiseLoss
 
 REQUIRED = {"cross_entropy", "supcon", "ntxent", "contrastive", "triplet", "multi_similarity"}
 
@@ -166,3 +167,18 @@ def test_public_names() -> None:
                  "MultiSimilarityLoss", "CrossEntropyLoss", "create_loss", "list_losses",
                  "register_loss", "get_loss_info", "LossInfo"):
         assert name in nodulebench.__all__ and hasattr(nodulebench, name)
+
+
+def test_every_pairwise_loss_declares_a_plain_header_for_the_gather() -> None:
+    # What the ranks of a gather compare: the loss's name and plain option values.
+    for name in list_losses():
+        module = create_loss(name)
+        if not isinstance(module, PairwiseLoss):
+            continue
+        header = module.options.header()
+        assert header["loss"] == name
+        assert "process_group" not in header and "gather_distributed" not in header
+        assert all(v is None or isinstance(v, (bool, int, float, str))
+                   for v in header.values())
+    learnable = create_loss("supcon", temperature=torch.tensor(0.1, requires_grad=True))
+    assert learnable.options.header()["temperature"] == "tensor"

@@ -149,6 +149,23 @@ def test_batch_without_valid_anchor_gives_connected_zero(
     assert bool((embeddings.grad == 0).all())
 
 
+@pytest.mark.parametrize("factory", [SupConLoss, TripletMarginLoss, MultiSimilarityLoss],
+                         ids=lambda f: f.__name__)
+def test_float16_batch_without_valid_anchor_gives_zero_not_nan(
+        factory: type[torch.nn.Module]) -> None:
+    # The entries sum to 3.6e5, beyond float16's range (65504): the zero must not be
+    # computed from that sum.
+    embeddings = torch.full((4, 3), 3.0e4, dtype=torch.float16, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3])
+    loss = factory()(embeddings, labels)
+    assert loss.item() == 0.0 and loss.dtype == torch.float32
+    loss.backward()
+    assert embeddings.grad is not None and bool((embeddings.grad == 0).all())
+    with_nan = embeddings.detach().clone()
+    with_nan[2, 1] = math.nan
+    assert torch.isnan(factory()(with_nan, labels))
+
+
 def test_triplet_all_with_no_positive_triplet_gives_connected_zero() -> None:
     # Two tight, far apart clusters: every triplet satisfies the margin.
     embeddings = torch.tensor([[0.0, 1.0], [0.0, 1.01], [1.0, 0.0], [1.01, 0.0]],

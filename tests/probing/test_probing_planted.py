@@ -3,8 +3,8 @@
 * ``BodyAreaModel`` reads only the nodule body: a morphological opening (5 x 5) removes
   thin structures (spicules), then the soft area of what stays bright is its score.
 * ``SpiculeModel`` reads only thin bright structures: the white top-hat (image minus its
-  opening) above a threshold, normalised by the square root of the body area so that it
-  does not simply grow with the nodule.
+  opening) above a threshold (spicules are sized in millimetres, not relative to the body,
+  so their area does not grow with the nodule).
 
 Interventions must name ``diameter_mm`` as the first model's most-used factor and
 ``spiculation`` as the second's, each nearly blind to the other; Grad-CAM on the spicule
@@ -80,19 +80,19 @@ class SpiculeModel(_Calibrated):
     def __init__(self) -> None:
         super().__init__()
         self.tophat = TopHat()
-        self.silhouette = Silhouette()
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        area = self.silhouette(x).mean(dim=(1, 2, 3)).clamp_min(1e-3)
-        return self.tophat(x).mean(dim=(1, 2, 3)) / area.sqrt()
+        return self.tophat(x).mean(dim=(1, 2, 3))
 
 
 @pytest.fixture(scope="module")
 def dataset() -> SyntheticNodules:
-    # Vessels are thin bright lines too, and ground-glass nodules fall below the
-    # silhouette threshold: hold them fixed so that each model reads what it claims to.
+    # Vessels and fissures are thin bright lines too, the chest wall is a bright area, and
+    # ground-glass nodules fall below the silhouette threshold: hold them fixed so that
+    # each model reads what it claims to.
     spec = NoduleSpec().with_marginals(
-        vessels=Fixed("none"), calcification=Fixed("absent"), texture=Fixed("solid")
+        vessels=Fixed("none"), calcification=Fixed("absent"), texture=Fixed("solid"),
+        location=Fixed("isolated"), fissure=Fixed("absent"),
     )
     return SyntheticNodules(spec, n=96, seed=0, image_size=IMAGE_SIZE)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .cache import CacheError
 from .dataset import CLASSES, SyntheticNodules
-from .distributions import ByCategory, Categorical, Fixed, Split, Uniform
+from .distributions import ByCategory, Categorical, Fixed, LogUniform, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
 from .measure import Measurements, measure
 from .spec import (
@@ -12,6 +12,7 @@ from .spec import (
     TEST_DISTRIBUTIONS,
     LabelFunction,
     LinearLabelRule,
+    LogisticLabelRule,
     NoduleSpec,
     Shortcut,
 )
@@ -29,6 +30,8 @@ __all__ = [
     "Fixed",
     "LabelFunction",
     "LinearLabelRule",
+    "LogUniform",
+    "LogisticLabelRule",
     "Measurements",
     "NoduleSpec",
     "Shortcut",

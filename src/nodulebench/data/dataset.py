@@ -1,8 +1,9 @@
 """``SyntheticNodules``: a map-style dataset of synthetic CT lung-nodule patches.
 
-The factor table and labels are drawn at construction (cheap: a few vectors); images are
-rendered on demand, one at a time through ``ds[i]`` or vectorised through
-:meth:`SyntheticNodules.render`. A sample is a pure function of ``(spec, n, seed, index)``.
+The factor table and labels are computed per index when needed (construction is O(1) for
+the default spec, so ``n`` may be ten million), and images are rendered on demand, one at a
+time through ``ds[i]`` or vectorised through :meth:`SyntheticNodules.render`. A sample is a
+pure function of ``(spec, n, seed, index)``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .._validation import check_choice, check_int, did_you_mean
 from .cache import VERIFY_MODES, load_images, materialize
 from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, Factor, get_factor
 from .render import MASK_NAMES, render_hu
-from .sampling import derive_children, sample_factors
+from .sampling import derive_children, factor_rows, is_lazy, sample_factors
 from .spec import NoduleSpec
 
 __all__ = ["CLASSES", "SyntheticNodules"]
@@ -124,15 +125,47 @@ class SyntheticNodules(Dataset[Any]):
         self.return_factors = bool(return_factors)
         self.transform = transform
         self.target_transform = target_transform
-        self._factors, self._labels = sample_factors(spec, self.n, self.seed)
+        # the whole table only on request (or when shortcuts or label noise allocate within
+        # classes that a non-Split rule makes: then every label is needed first)
+        self._full: tuple[dict[str, torch.Tensor], torch.Tensor] | None = (
+            None if is_lazy(spec) else sample_factors(spec, self.n, self.seed))
         self._cached: Any = None if cache is None else load_images(self, cache, verify_cache)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without a lazily built table (workers recompute rows per index)."""
+        state = dict(self.__dict__)
+        if is_lazy(self.spec):
+            state["_full"] = None
+        return state
+
+    def _table(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if self._full is None:
+            self._full = sample_factors(self.spec, self.n, self.seed)
+        return self._full
+
+    @property
+    def _factors(self) -> dict[str, torch.Tensor]:
+        return self._table()[0]
+
+    @property
+    def _labels(self) -> torch.Tensor:
+        return self._table()[1]
+
+    def _rows(self, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Factors and labels of the (non-negative) indices ``idx``, without the full table."""
+        if self._full is not None:
+            factors, labels = self._full
+            return {name: v[idx] for name, v in factors.items()}, labels[idx]
+        return factor_rows(self.spec, self.n, self.seed, idx)
 
     # ------------------------------------------------------------------ table
     @property
     def factors(self) -> dict[str, torch.Tensor]:
         """Factor name -> ``(n,)`` tensor (float32, or int64 category codes). No rendering.
 
-        A new dict each call; the tensors are the dataset's own: do not modify them in place.
+        Built on first access (about 90 bytes per sample) and kept; rendering and ``ds[i]``
+        never need it. A new dict each call; the tensors are the dataset's own: do not
+        modify them in place.
         """
         return dict(self._factors)
 
@@ -188,7 +221,8 @@ class SyntheticNodules(Dataset[Any]):
 
     def __getitem__(self, i: int) -> Any:
         k = self._index(i)
-        return self._sample(k, self.render([k])[0])
+        factors, labels = self._rows(torch.tensor([k]))
+        return self._sample(0, self.render([k])[0], factors, labels)
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """Samples ``[ds[i] for i in indices]``, rendered as one batch.
@@ -198,14 +232,17 @@ class SyntheticNodules(Dataset[Any]):
         """
         ks = [self._index(i) for i in indices]
         images = self.render(ks)
-        return [self._sample(k, images[j]) for j, k in enumerate(ks)]
+        factors, labels = self._rows(torch.tensor(ks, dtype=torch.int64))
+        return [self._sample(j, images[j], factors, labels) for j in range(len(ks))]
 
-    def _sample(self, k: int, image: torch.Tensor) -> Any:
-        label = self._labels[k]
+    def _sample(self, j: int, image: torch.Tensor, factors: dict[str, torch.Tensor],
+                labels: torch.Tensor) -> Any:
+        """Sample ``j`` of a batch whose factor rows and labels are given."""
+        label = labels[j]
         out: Any = image if self.transform is None else self.transform(image)
         target: Any = label if self.target_transform is None else self.target_transform(label)
         if self.return_factors:
-            return out, target, {name: v[k] for name, v in self._factors.items()}
+            return out, target, {name: v[j] for name, v in factors.items()}
         return out, target
 
     def _indices(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -263,6 +300,7 @@ class SyntheticNodules(Dataset[Any]):
         device: torch.device | str | None = None,
         return_masks: bool = False,
         overrides: Mapping[str, Override] | None = None,
+        return_factors: bool = False,
     ) -> Any:
         """Render a batch of samples at once (the fast path).
 
@@ -276,39 +314,54 @@ class SyntheticNodules(Dataset[Any]):
                 overridden one (``attenuation_hu`` on ``texture``) are re-derived from their
                 own exogenous noise. Labels are not re-derived: use
                 ``ds.spec.rule_labels(factors)`` for counterfactual labels.
+            return_factors: also return the factor values actually rendered (after the
+                overrides and what they re-derived), on CPU.
 
         Returns:
-            ``(N, 1, H, W)`` float32 images (``[0, 1]`` or HU, see ``output``), or
-            ``(images, masks)`` with ``masks`` a dict with keys ``"nodule"``,
-            ``"spicules"``, ``"calcification"`` of ``(N, 1, H, W)`` bool tensors.
+            ``(N, 1, H, W)`` float32 images (``[0, 1]`` or HU, see ``output``); with
+            ``return_masks`` also a dict of ``(N, 1, H, W)`` bool tensors keyed by
+            ``MASK_NAMES``: ``"vessels"``, ``"pleura"``, ``"body"``, ``"nodule"`` (body and
+            spicules), ``"spicules"``, ``"calcification"``; with ``return_factors`` also the
+            factor dict of ``(N,)`` tensors; in that order, as a tuple.
         """
         idx = self._indices(indices)
         dev = _target_device(device)
-        if self._cached is not None and not overrides and not return_masks:
-            return torch.from_numpy(self._cached[idx.numpy()]).to(dev)
-        batch = {name: v[idx] for name, v in self._factors.items()}
+        batch, _ = self._rows(idx)
         if overrides:
             changed = self._override_values(overrides, idx.numel())
             batch.update(changed)
             derive_children(self.spec, self.seed, idx, batch, set(changed))
-        batch = {name: v.to(dev) for name, v in batch.items()}
-        images, masks = render_hu(batch, self.seed, idx, self.image_size,
+        if self._cached is not None and not overrides and not return_masks:
+            images = torch.from_numpy(self._cached[idx.numpy()]).to(dev)
+            return (images, batch) if return_factors else images
+        on_device = {name: v.to(dev) for name, v in batch.items()}
+        images, masks = render_hu(on_device, self.seed, idx, self.image_size,
                                   with_masks=return_masks,
                                   window_hu=LUNG_WINDOW_HU if self.output == "window" else None)
-        if return_masks:
-            assert masks is not None  # with_masks=True always returns them
-            return images, {k: masks[k] for k in MASK_NAMES}
-        return images
+        out: tuple[Any, ...] = (images,)
+        if return_masks and masks is not None:
+            out += ({k: masks[k] for k in MASK_NAMES},)
+        if return_factors:
+            out += (batch,)
+        return out if len(out) > 1 else images
 
-    def intervene(self, i: int, **changes: Override) -> torch.Tensor:
+    def intervene(self, i: int, *, return_factors: bool = False, **changes: Override) -> Any:
         """Sample ``i`` re-rendered with only the named factors changed: ``(1, H, W)``.
+
+        With ``return_factors=True``, ``(image, factors)``: the factor values rendered, as
+        0-d tensors, including those the change re-derived (``attenuation_hu`` follows
+        ``texture``; ``kernel``, ``noise_hu`` and ``pixel_spacing_mm`` follow ``site``).
 
         Example:
             >>> ds = SyntheticNodules(n=4)
-            >>> ds.intervene(0, spiculation=1.0, calcification="central").shape
-            torch.Size([1, 64, 64])
+            >>> image, used = ds.intervene(0, texture="ground-glass", return_factors=True)
+            >>> image.shape, -750 <= float(used["attenuation_hu"]) <= -450
+            (torch.Size([1, 64, 64]), True)
         """
-        return self.render([self._index(i)], overrides=changes)[0]  # type: ignore[no-any-return]
+        images, factors = self.render([self._index(i)], overrides=changes, return_factors=True)
+        if return_factors:
+            return images[0], {name: v[0] for name, v in factors.items()}
+        return images[0]
 
     def traverse(self, i: int, factor: str,
                  values: Sequence[float] | Sequence[str] | torch.Tensor) -> torch.Tensor:

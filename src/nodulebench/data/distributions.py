@@ -18,7 +18,8 @@ import torch
 
 from .factors import Factor, get_factor
 
-__all__ = ["ByCategory", "Categorical", "Distribution", "Fixed", "Split", "Uniform"]
+__all__ = ["ByCategory", "Categorical", "Distribution", "Fixed", "LogUniform", "Split", "Uniform",
+           "draw"]
 
 
 def _is_real(value: object) -> bool:
@@ -170,6 +171,48 @@ class Uniform:
 
 
 @dataclass(frozen=True)
+class LogUniform:
+    """Log-uniform over ``[low, high]`` (``0 < low``): small values far more frequent.
+
+    Density proportional to ``1 / x``; the median is ``sqrt(low * high)``. Used for
+    screening-like diameters (:meth:`~nodulebench.NoduleSpec.screening`).
+    """
+
+    low: float
+    high: float
+
+    def validate(self, factor: Factor, argument: str) -> None:
+        """Raise ``ValueError`` unless ``0 < low < high`` lies inside the factor's range."""
+        if factor.is_categorical:
+            raise ValueError(f"{argument} must be Categorical or Fixed for the categorical "
+                             f"factor {factor.name}; got {self!r}")
+        ok = all(math.isfinite(v) for v in (self.low, self.high)) and (
+            0 < self.low < self.high and factor.low <= self.low and self.high <= factor.high
+        )
+        if not ok:
+            raise ValueError(f"{argument} must satisfy 0 < low < high within [{factor.low}, "
+                             f"{factor.high}] {factor.unit}; got [{self.low}, {self.high}]")
+
+    def sample(self, u: torch.Tensor, parents: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Inverse CDF ``low * (high / low) ** u``."""
+        del parents
+        return self.low * torch.exp(u * math.log(self.high / self.low))
+
+    def restrict(self, split: Split, malignant: bool) -> LogUniform:
+        """This distribution conditioned on one side of ``split`` (same density there)."""
+        t = float(split.threshold)  # type: ignore[arg-type]  # validated
+        if malignant == split.malignant_above:
+            low, high = max(self.low, t), self.high
+        else:
+            low, high = self.low, min(self.high, t)
+        if not low < high:
+            side = "malignant" if malignant else "benign"
+            raise ValueError(f"the {side}-looking side of {split.describe()} has no mass "
+                             f"under {self!r}")
+        return LogUniform(low, high)
+
+
+@dataclass(frozen=True)
 class Categorical:
     """Categories drawn with the given weights (normalised), e.g. ``{"solid": 0.6, ...}``."""
 
@@ -261,24 +304,27 @@ class Fixed:
 
 @dataclass(frozen=True)
 class ByCategory:
-    """A continuous factor drawn from a different :class:`Uniform` per parent category.
+    """A factor drawn from a different distribution per category of a parent factor.
 
-    The default ``attenuation_hu`` marginal depends on ``texture``: intervening on the
-    texture alone re-draws the attenuation from the same exogenous ``u`` in the new
-    texture's range (a structural causal model).
+    The default ``attenuation_hu`` marginal depends on ``texture``, and the acquisition
+    factors (``kernel``, ``noise_hu``, ``pixel_spacing_mm``) depend on ``site``: intervening
+    on the parent alone re-draws the child from the same exogenous ``u`` in the new
+    category's distribution (a structural causal model). Choices are :class:`Uniform` for a
+    continuous child, :class:`Categorical` or :class:`Fixed` for a categorical one.
     """
 
     parent: str
-    choices: tuple[tuple[str, Uniform], ...]
+    choices: tuple[tuple[str, Uniform | Categorical | Fixed], ...]
 
     def __init__(self, parent: str,
-                 choices: Mapping[str, Uniform] | tuple[tuple[str, Uniform], ...]) -> None:
+                 choices: Mapping[str, Uniform | Categorical | Fixed]
+                 | tuple[tuple[str, Uniform | Categorical | Fixed], ...]) -> None:
         object.__setattr__(self, "parent", parent)
         pairs = tuple(choices.items()) if isinstance(choices, Mapping) else tuple(choices)
         object.__setattr__(self, "choices", pairs)
 
     def validate(self, factor: Factor, argument: str) -> None:
-        """Every parent category needs a valid Uniform inside the factor's range."""
+        """Every parent category needs a valid distribution inside the factor's range."""
         parent = get_factor(self.parent, argument=f"{argument}.parent")
         if not parent.is_categorical:
             raise ValueError(f"{argument}.parent must be a categorical factor; "
@@ -287,23 +333,52 @@ class ByCategory:
         if sorted(names) != sorted(parent.categories):
             raise ValueError(f"{argument}.choices must have one entry per category "
                              f"{parent.categories}; got {tuple(names)}")
+        allowed = (Categorical, Fixed) if factor.is_categorical else (Uniform, Fixed)
         for name, dist in self.choices:
-            if not isinstance(dist, Uniform):
-                raise ValueError(f"{argument}.choices[{name!r}] must be a Uniform; "
+            if not isinstance(dist, allowed):
+                kinds = " or ".join(k.__name__ for k in allowed)
+                raise ValueError(f"{argument}.choices[{name!r}] must be a {kinds}; "
                                  f"got {dist!r}")
             dist.validate(factor, f"{argument}.choices[{name!r}]")
 
-    def sample(self, u: torch.Tensor, parents: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Draw each sample from the Uniform of its parent's category."""
+    def sample(self, u: torch.Tensor, parents: Mapping[str, torch.Tensor],
+               factor: Factor | None = None) -> torch.Tensor:
+        """Draw each sample from the distribution of its parent's category.
+
+        ``factor`` (the child) is needed when the choices are categorical.
+        """
         parent = get_factor(self.parent)
         codes = parents[self.parent]
-        out = torch.empty_like(u)
+        categorical = factor is not None and factor.is_categorical
+        out = torch.empty_like(u, dtype=torch.int64 if categorical else u.dtype)
         lookup = dict(self.choices)
         for code, name in enumerate(parent.categories):
             sel = codes == code
-            out[sel] = lookup[name].sample(u[sel], {})
+            if bool(sel.any()):
+                out[sel] = draw(lookup[name], factor, u[sel], {})
         return out
 
 
+def draw(dist: Uniform | LogUniform | Categorical | Fixed | ByCategory, factor: Factor | None,
+         u: torch.Tensor, parents: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Values of ``factor`` from exogenous uniforms ``u``: floats, or int64 category codes.
+
+    ``factor`` may be ``None`` only for a continuous distribution (:class:`Uniform`, or a
+    numeric :class:`Fixed`).
+    """
+    if isinstance(dist, Categorical):
+        if factor is None:
+            raise TypeError("a Categorical distribution needs its factor to draw codes")
+        return dist.sample_codes(factor, u)
+    if isinstance(dist, Fixed):
+        if factor is not None and factor.is_categorical:
+            return torch.full_like(u, factor.categories.index(str(dist.value)),
+                                   dtype=torch.int64)
+        return torch.full_like(u, float(dist.value))
+    if isinstance(dist, ByCategory):
+        return dist.sample(u, parents, factor)
+    return dist.sample(u, parents)
+
+
 #: Any marginal a :class:`~nodulebench.NoduleSpec` accepts.
-Distribution = Union[Uniform, Categorical, Fixed, ByCategory]  # noqa: UP007
+Distribution = Union[Uniform, LogUniform, Categorical, Fixed, ByCategory]  # noqa: UP007

@@ -14,28 +14,82 @@ from typing import Literal
 from .._validation import did_you_mean
 
 __all__ = [
-    "CALCIFICATION_HU",
+    "CHEST_WALL_HU",
     "FACTORS",
+    "FISSURE_HU",
+    "KERNELS",
     "LUNG_WINDOW_HU",
     "REFERENCE_PATCH_PIXELS",
+    "SITES",
     "SOLID_CORE_HU",
     "VESSEL_COUNTS",
     "Factor",
+    "Kernel",
+    "Site",
     "factor_names",
     "get_factor",
 ]
 
 #: Display window ``(low, high)`` in HU mapped to ``[0, 1]`` (a common lung window).
 LUNG_WINDOW_HU: tuple[float, float] = (-1000.0, 400.0)
-#: Attenuation of calcified regions (dense calcium is several hundred HU; > +150 is benign).
-CALCIFICATION_HU: float = 500.0
 #: Attenuation of the solid core of a part-solid nodule (soft tissue).
 SOLID_CORE_HU: float = 40.0
+#: Attenuation of the chest wall beyond the pleura (muscle) and of a fissure's tissue.
+CHEST_WALL_HU: float = 40.0
+#: Attenuation of the thin fissure (partial volume makes it read far lower).
+FISSURE_HU: float = 0.0
 #: Number of vessels drawn for each category of the ``vessels`` factor.
 VESSEL_COUNTS: tuple[int, ...] = (0, 2, 5)
 #: A patch spans this many acquisition pixels whatever the output ``image_size``, so its
 #: field of view is ``REFERENCE_PATCH_PIXELS * pixel_spacing_mm`` millimetres.
 REFERENCE_PATCH_PIXELS: int = 64
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A reconstruction kernel: its noise texture and its resolution.
+
+    Attributes:
+        noise_peak: where the noise power spectrum ``f exp(-(f / f0)^2)`` peaks, ``f0`` in
+            cycles per acquisition pixel (smooth kernels give coarse, blotchy noise).
+        psf_pixels: standard deviation of the kernel's own Gaussian point-spread function in
+            acquisition pixels, added in quadrature to ``blur_mm``.
+    """
+
+    noise_peak: float
+    psf_pixels: float
+
+
+#: Reconstruction kernels by name (the ``kernel`` factor's categories, in order).
+KERNELS: MappingProxyType[str, Kernel] = MappingProxyType({
+    "smooth": Kernel(0.14, 0.6),
+    "standard": Kernel(0.24, 0.4),
+    "sharp": Kernel(0.38, 0.2),
+})
+
+
+@dataclass(frozen=True)
+class Site:
+    """A scanner: the acquisition settings it bundles (the default ``site`` marginals).
+
+    Attributes:
+        kernel: its reconstruction kernel (a :data:`KERNELS` name).
+        noise_hu: ``(low, high)`` noise standard deviation (its dose range).
+        pixel_spacing_mm: ``(low, high)`` in-plane spacing of its protocol.
+    """
+
+    kernel: str
+    noise_hu: tuple[float, float]
+    pixel_spacing_mm: tuple[float, float]
+
+
+#: The named scanners of the ``site`` factor. Scanner C runs a low-dose protocol.
+SITES: MappingProxyType[str, Site] = MappingProxyType({
+    "scanner_a": Site("smooth", (8.0, 18.0), (0.70, 0.80)),
+    "scanner_b": Site("standard", (12.0, 24.0), (0.62, 0.72)),
+    "scanner_c": Site("standard", (28.0, 40.0), (0.74, 0.86)),
+    "scanner_d": Site("sharp", (18.0, 30.0), (0.56, 0.66)),
+})
 
 
 @dataclass(frozen=True)
@@ -98,21 +152,27 @@ _TABLE = (
                 "Amplitude of radial harmonics of order 2-5 (up to 35 % of the radius).",
                 "lobulation 1 (none) .. 5 (marked)"),
     _continuous("spiculation", "", 0.0, 1.0,
-                "Number and length of tapered spicules radiating from the margin.",
+                "Number (0 below 0.25, then one more per 0.07, up to 10), length "
+                "((2 + 8 s) mm times 0.6-1.4) of thin tapered curved spicules.",
                 "spiculation 1 (none) .. 5 (marked)"),
     _continuous("margin_sharpness", "", 0.0, 1.0,
                 "Sharpness of the nodule edge: the edge ramp is 0.1 + 2.9 (1 - m) mm wide.",
                 "margin 1 (poorly defined) .. 5 (sharp)", malignant_above=False),
     _categorical("texture", ("solid", "part-solid", "ground-glass"),
-                 "Internal density pattern; part-solid adds a solid core.",
+                 "Internal density pattern; part-solid adds a solid core of varying size "
+                "and position; ground glass lets vessels show through.",
                  "texture 5 (solid), 3 (part-solid), 1 (non-solid / ground glass)",
                  ("solid", "part-solid")),
     _continuous("attenuation_hu", "HU", -800.0, 150.0,
                 "Attenuation of the nodule body (the ground-glass part if part-solid)."),
-    _categorical("calcification", ("absent", "central", "laminated", "popcorn", "diffuse"),
-                 "Benign calcification pattern drawn at the calcification HU.",
+    _categorical("calcification", ("absent", "central", "laminated", "popcorn", "diffuse",
+                                   "eccentric", "stippled"),
+                 "Calcification pattern drawn at calcification_hu; eccentric and stippled "
+                 "are the indeterminate patterns.",
                  "calcification 6 (absent), 5 (central), 2 (laminated), 1 (popcorn), "
-                 "3 (solid)", ("absent",)),
+                 "3 (solid), 4 (non-central)", ("absent", "eccentric", "stippled")),
+    _continuous("calcification_hu", "HU", 150.0, 1000.0,
+                "Attenuation of calcified regions (calcified nodules read > +150 HU)."),
     _continuous("offset_x_mm", "mm", -10.0, 10.0, "Nodule centre offset along x."),
     _continuous("offset_y_mm", "mm", -10.0, 10.0, "Nodule centre offset along y."),
     _continuous("background_hu", "HU", -950.0, -700.0,
@@ -121,10 +181,22 @@ _TABLE = (
                 "Standard deviation of the smooth parenchymal texture."),
     _categorical("vessels", ("none", "few", "many"),
                  "Number of vessel segments in the patch (0, 2 or 5).", "", ("many",)),
+    _categorical("location", ("isolated", "juxta-vascular", "juxta-pleural"),
+                 "Context: alone in the parenchyma, touching a vessel, or touching the "
+                 "pleura with the chest wall beyond.", "", ("juxta-pleural",)),
+    _categorical("fissure", ("absent", "present"),
+                 "A thin interlobar fissure crossing the patch.", "", ("present",)),
+    _categorical("site", tuple(SITES),
+                 "Scanner; by default it sets the kernel, noise (dose) and spacing ranges.",
+                 "", ("scanner_c", "scanner_d")),
+    _categorical("kernel", tuple(KERNELS),
+                 "Reconstruction kernel: noise texture (power spectrum) and resolution.",
+                 "", ("sharp",)),
     _continuous("noise_hu", "HU", 0.0, 150.0,
-                "Standard deviation of the acquisition noise (CT quantum noise)."),
+                "Standard deviation of the acquisition noise (falls as 1/sqrt(dose))."),
     _continuous("blur_mm", "mm", 0.0, 2.0,
-                "Standard deviation of the Gaussian point-spread function."),
+                "Standard deviation of the Gaussian point-spread function (the kernel's "
+                "own PSF adds in quadrature)."),
     _continuous("pixel_spacing_mm", "mm", 0.46, 0.98,
                 "In-plane acquisition spacing; the patch spans 64 such pixels.",
                 "LIDC in-plane spacing is about 0.46-0.98 mm"),

@@ -2,11 +2,15 @@
 
 A rule maps the factor table to labels. A :class:`~nodulebench.data.Split` on one factor
 (the default, ``spiculation > 0.5``) also lets the spec allocate exact class counts; a
-:class:`LinearLabelRule` combines factors; a :class:`LabelFunction` wraps any callable.
+:class:`LinearLabelRule` combines factors; a :class:`LogisticLabelRule` makes a nodule
+malignant with a probability, its coin an exogenous uniform of the sample (so the label is
+still a pure function of ``(spec, seed, index)``, and an intervention keeps the coin); a
+:class:`LabelFunction` wraps any callable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,7 +21,8 @@ import torch
 from .distributions import Split
 from .factors import FACTORS, get_factor
 
-__all__ = ["AnyLabelRule", "LabelFunction", "LabelRule", "LinearLabelRule", "rule_inputs"]
+__all__ = ["AnyLabelRule", "LabelFunction", "LabelRule", "LinearLabelRule", "LogisticLabelRule",
+           "callable_digest", "rule_inputs"]
 
 #: The default label rule: malignant iff spiculation > 0.5 (a clinical malignancy cue).
 LabelRule = Split
@@ -76,6 +81,121 @@ class LinearLabelRule:
         return f"{terms} > {self.threshold:g}"
 
 
+def _normalised(factors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+    info = FACTORS[name]
+    return (factors[name].double() - info.low) / (info.high - info.low)
+
+
+@dataclass(frozen=True)
+class LogisticLabelRule:
+    r"""Malignant with a probability that is logistic in several factors.
+
+    .. math:: p = \sigma\Big(b + \sum_f w_f \, \frac{x_f - \mathrm{low}_f}
+              {\mathrm{high}_f - \mathrm{low}_f} + \sum_{(f, c)} w_{f,c} [x_f = c]\Big),
+              \qquad y = [u < p]
+
+    where ``u`` is the sample's exogenous label coin (uniform, from the counter-based RNG).
+
+    Attributes:
+        weights: ``(continuous factor, weight)`` pairs (a mapping is accepted).
+        category_weights: ``(categorical factor, category, weight)`` triples, e.g.
+            ``(("texture", "part-solid", 1.0),)`` (a mapping ``{(factor, category): w}`` is
+            accepted).
+        bias: the intercept ``b``.
+
+    Example:
+        >>> rule = LogisticLabelRule({"diameter_mm": 4.0, "spiculation": 6.0}, bias=-5.0)
+        >>> rule.describe()
+        'sigmoid(-5 + 4*norm(diameter_mm) + 6*norm(spiculation))'
+    """
+
+    weights: tuple[tuple[str, float], ...]
+    category_weights: tuple[tuple[str, str, float], ...]
+    bias: float
+
+    def __init__(self, weights: Mapping[str, float] | tuple[tuple[str, float], ...],
+                 category_weights: Mapping[tuple[str, str], float]
+                 | tuple[tuple[str, str, float], ...] = (),
+                 bias: float = 0.0) -> None:
+        pairs = tuple(weights.items()) if isinstance(weights, Mapping) else tuple(weights)
+        triples = (tuple((f, c, w) for (f, c), w in category_weights.items())
+                   if isinstance(category_weights, Mapping) else tuple(category_weights))
+        object.__setattr__(self, "weights", pairs)
+        object.__setattr__(self, "category_weights", triples)
+        object.__setattr__(self, "bias", bias)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Factors the rule reads."""
+        names = [name for name, _ in self.weights] + [f for f, _, _ in self.category_weights]
+        return tuple(dict.fromkeys(names))
+
+    def validate(self, argument: str) -> None:
+        """Raise ``ValueError`` on unknown factors or categories and non-finite numbers."""
+        if not self.weights and not self.category_weights:
+            raise ValueError(f"{argument} must weigh at least one factor; got no weights")
+        for name, w in self.weights:
+            if get_factor(name, argument=f"{argument}.weights").is_categorical:
+                raise ValueError(f"{argument}.weights must name continuous factors (use "
+                                 f"category_weights for categories); got {name!r}")
+            if not math.isfinite(w):
+                raise ValueError(f"{argument}.weights must be finite; got {w!r} for {name}")
+        for name, category, w in self.category_weights:
+            info = get_factor(name, argument=f"{argument}.category_weights")
+            if category not in info.categories:
+                raise ValueError(f"{argument}.category_weights for {name} must name one of "
+                                 f"{info.categories}; got {category!r}")
+            if not math.isfinite(w):
+                raise ValueError(f"{argument}.category_weights must be finite; got {w!r} "
+                                 f"for {name}={category}")
+        if not math.isfinite(self.bias):
+            raise ValueError(f"{argument}.bias must be finite; got {self.bias!r}")
+
+    def probability(self, factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``(N,)`` float64 probability of malignancy."""
+        n = next(iter(factors.values())).shape[0]
+        logit = torch.full((n,), float(self.bias), dtype=torch.float64)
+        for name, w in self.weights:
+            logit = logit + w * _normalised(factors, name).cpu()
+        for name, category, w in self.category_weights:
+            code = FACTORS[name].categories.index(category)
+            logit = logit + w * (factors[name].cpu() == code).double()
+        return torch.sigmoid(logit)
+
+    def __call__(self, factors: Mapping[str, torch.Tensor],
+                 coin: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N,)`` int64 labels ``[coin < p]``; ``coin`` is ``(N,)`` uniforms in ``(0, 1)``."""
+        if coin is None:
+            raise ValueError("coin must be the samples' (N,) label coins for a "
+                             "LogisticLabelRule (nodulebench.data.sampling.label_coins); "
+                             "got None")
+        return (coin.double().cpu() < self.probability(factors)).long()
+
+    def describe(self) -> str:
+        """Human-readable rule."""
+        terms = [f"{self.bias:g}"] + [f"{w:g}*norm({f})" for f, w in self.weights] + [
+            f"{w:g}*[{f}={c}]" for f, c, w in self.category_weights]
+        return f"sigmoid({' + '.join(terms)})"
+
+
+def callable_digest(fn: object) -> str:
+    """A digest of what a callable computes, for fingerprints.
+
+    It covers the module, name, bytecode, constants and closure values, so two functions
+    under one name differ when their code or captured values do.
+    """
+    parts = [getattr(fn, "__module__", ""), getattr(fn, "__qualname__", type(fn).__qualname__)]
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        parts += [code.co_code.hex(), repr(code.co_consts), repr(code.co_names)]
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            parts.append(repr(cell.cell_contents))
+        except ValueError:  # an empty cell
+            parts.append("<empty>")
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class LabelFunction:
     """A user-supplied label rule: ``fn(factors) -> (N,) labels in {0, 1}``.
@@ -83,7 +203,8 @@ class LabelFunction:
     Attributes:
         fn: maps the factor dict (``(N,)`` tensors) to ``(N,)`` integer labels.
         inputs: the factors ``fn`` reads (shortcuts must not be among them).
-        name: a stable name, used in the spec's fingerprint (cache keys).
+        name: a stable name, shown by ``describe``; the spec's fingerprint (cache keys) also
+            digests the function's code and closure.
     """
 
     fn: Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
@@ -113,7 +234,7 @@ class LabelFunction:
         return f"{self.name}({', '.join(self.inputs)})"
 
 
-AnyLabelRule = Union[Split, LinearLabelRule, LabelFunction]  # noqa: UP007
+AnyLabelRule = Union[Split, LinearLabelRule, LogisticLabelRule, LabelFunction]  # noqa: UP007
 
 
 

@@ -11,7 +11,8 @@ Every factor the generator sets in physical units can be measured back:
   i.e. minor / major axis ratio.
 - ``orientation_deg``: direction of the major axis in ``[0, 180)``, counter-clockwise from
   the image x axis (image rows run downwards, so y is flipped).
-- ``attenuation_hu``: median HU over the body minus calcification, eroded by two pixels
+- ``attenuation_hu``: median HU over the body minus calcification, vessels (ground glass
+  lets them show through) and chest wall, eroded by two pixels
   so that the blurred edge does not bias it (robust to a part-solid core below half the
   area).
 - ``area_mm2`` and ``spicule_area_mm2``: pixel counts times pixel area.
@@ -68,7 +69,8 @@ def measure(
     Args:
         image: ``(N, 1, H, W)`` or ``(1, H, W)`` images, windowed to ``[0, 1]``
             (``units="window"``) or in HU (``units="hu"``).
-        masks: ``"nodule"`` (required), ``"spicules"`` and ``"calcification"`` (optional),
+        masks: ``"nodule"`` (required), ``"spicules"``, ``"calcification"``,
+            ``"vessels"`` and ``"pleura"`` (optional),
             bool tensors shaped like ``image``, as returned by
             :meth:`~nodulebench.SyntheticNodules.render`.
         pixel_spacing_mm: size of one *image* pixel in mm, a float or ``(N,)`` tensor; for a
@@ -99,7 +101,7 @@ def measure(
     nodule = _batch("masks['nodule']", masks["nodule"])
     n, _, h, w = img.shape
     parts = {}
-    for key in ("nodule", "spicules", "calcification"):
+    for key in ("nodule", "spicules", "calcification", "vessels", "pleura"):
         if key in masks:
             m = _batch(f"masks[{key!r}]", masks[key])
             if m.shape != img.shape:
@@ -151,7 +153,7 @@ def measure(
     hu = img.double()
     if units == "window":
         hu = window[0] + hu * (window[1] - window[0])
-    region = (body & ~parts["calcification"]).double()
+    region = (body & ~parts["calcification"] & ~parts["vessels"] & ~parts["pleura"]).double()
     for radius in (2, 1, 0):  # erode; fall back to less erosion for tiny nodules
         eroded = (-F.max_pool2d(-region, 2 * radius + 1, 1, radius)).bool() if radius else (
             region.bool())

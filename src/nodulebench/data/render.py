@@ -1,16 +1,22 @@
 """Vectorised batch renderer: factors in physical units -> CT-like patches in HU.
 
-The nodule outline is a radius function ``r(theta)`` evaluated once per sample on a 1-D
-angular grid (ellipse, lobulation harmonics, spicules, rotation all live there) and looked
-up per pixel by linear interpolation; no per-pixel x per-spicule work. Layers, back to front:
+The nodule is described in millimetres by :mod:`~nodulebench.data.geometry` (a body outline
+``r(theta)`` on a 1-D angular grid, spicules as parametric strands); this module samples that
+description on a pixel grid with *partial volume*: a pixel's value is the average over its
+area. Edges are linear ramps at least one pixel wide, and a spicule's coverage is the exact
+overlap of its cross-section with the pixel's footprint across the strand, so a strand
+thinner than a pixel contributes its true area, faintly, at every output size. Layers,
+back to front:
 
 1. lung parenchyma at ``background_hu`` plus a smooth texture (bicubic upsampling of a
    coarse white field) and ``vessels`` (soft tubes at soft-tissue density);
-2. the nodule body at ``attenuation_hu`` (a solid core for part-solid texture), spicules
-   at soft-tissue density, calcification at :data:`CALCIFICATION_HU`; edges are logistic
-   ramps whose width follows ``margin_sharpness``;
-3. the acquisition: a Gaussian point-spread function of std ``blur_mm`` and band-pass
-   CT-like noise of std ``noise_hu``, both applied in one batched FFT.
+2. the nodule: body and spicules at ``attenuation_hu`` as a *fill fraction* of the voxel,
+   so ground glass adds density to what lies behind it (vessels stay visible) and nothing
+   of the nodule is brighter than its body; a solid core of varying size and position for
+   part-solid texture; calcification at ``calcification_hu``;
+3. the acquisition: a Gaussian point-spread function (``blur_mm`` and the kernel's own, in
+   quadrature) and noise of std ``noise_hu`` with the kernel's noise power spectrum, both
+   applied in one batched FFT.
 
 All randomness is the exogenous noise of :mod:`~nodulebench.data.rng`, keyed by
 ``(seed, index)``: the factors alone decide what changes between two renders of a sample.
@@ -24,35 +30,32 @@ from collections.abc import Mapping
 
 import torch
 
-from . import rng
+from . import geometry, rng
+from .anatomy import TEXTURE_GRID, background, draw_context, ramp
 from .factors import (
-    CALCIFICATION_HU,
+    FACTORS,
+    KERNELS,
     LUNG_WINDOW_HU,
     REFERENCE_PATCH_PIXELS,
     SOLID_CORE_HU,
-    VESSEL_COUNTS,
 )
+from .geometry import ANGLES, CALCIFICATION_BLOBS, shape_slice
 
 __all__ = ["MASK_NAMES", "render_hu", "window"]
 
-#: Keys of the ground-truth mask dict.
-MASK_NAMES: tuple[str, ...] = ("nodule", "spicules", "calcification")
+#: Keys of the ground-truth mask dict, general to specific: context first, then the nodule
+#: (body and spicules), its spicules and its calcification, so that
+#: :func:`~nodulebench.probing.mask_energy`, where the last region containing a pixel takes
+#: it, scores ``"nodule"`` as the body core and gives vessels inside a nodule to the nodule
+#: (``"body"`` equals ``"nodule"`` minus ``"spicules"`` and so receives no share there).
+MASK_NAMES: tuple[str, ...] = ("vessels", "pleura", "body", "nodule", "spicules",
+                                "calcification")
 
-_ANGLES = 256  # angular grid of r(theta), a power of two (wrap by bit mask)
-_HARMONICS = (2, 3, 4, 5)  # lobulation orders
-_MAX_SPICULES = 14
-_MAX_VESSELS = max(VESSEL_COUNTS)
-_POPCORN_BLOBS = 5
-_TEXTURE_GRID = 16  # coarse grid of the parenchymal texture across the patch
 _SOFT_TISSUE_HU = 40.0
-_GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
 _SHAPE_STREAM = 100
 _NOISE_STREAM = 101
-# shape numbers per sample: harmonics (amp, phase), spicules (angle jitter, length, width,
-# first angle), popcorn (radius, angle, size), vessels
-_VESSEL_NUMBERS = 6  # per vessel: angle, offset, middle, length, radius, contrast
-_N_SHAPE = (2 * len(_HARMONICS) + 3 * _MAX_SPICULES + 1 + 3 * _POPCORN_BLOBS
-            + _VESSEL_NUMBERS * _MAX_VESSELS)
+_CALCIFICATION_CODES = {name: code for code, name in
+                        enumerate(FACTORS["calcification"].categories)}
 
 
 def window(hu: torch.Tensor, low: float = LUNG_WINDOW_HU[0],
@@ -61,130 +64,88 @@ def window(hu: torch.Tensor, low: float = LUNG_WINDOW_HU[0],
     return ((hu - low) / (high - low)).clamp_(0.0, 1.0)
 
 
-def _ramp(signed_mm: torch.Tensor, width_mm: torch.Tensor) -> torch.Tensor:
-    """Soft inside-indicator: 1 inside (``signed_mm > width/2``), 0.5 on the edge, linear."""
-    return (signed_mm / width_mm).add_(0.5).clamp_(0.0, 1.0)
-
-
-def _outline(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor, pixel_mm: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Body radius and body+spicule radius on the angular grid, ``(N, K)`` each, in mm."""
-    n = shape_u.shape[0]
-    dev, dt = shape_u.device, shape_u.dtype
-    theta = torch.arange(_ANGLES, device=dev, dtype=dt) * (2 * math.pi / _ANGLES)
-    a = factors["diameter_mm"].to(dt)[:, None] / 2
-    b = a * factors["sphericity"].to(dt)[:, None]
-    phi = theta[None, :] - torch.deg2rad(factors["orientation_deg"].to(dt))[:, None]
-    ellipse = a * b / torch.sqrt((b * torch.cos(phi)) ** 2 + (a * torch.sin(phi)) ** 2)
-    h = len(_HARMONICS)
-    amp = 0.5 + 0.5 * shape_u[:, :h]
-    phase = 2 * math.pi * shape_u[:, h:2 * h]
-    orders = torch.tensor(_HARMONICS, device=dev, dtype=dt)
-    wave = torch.cos(orders[None, :, None] * theta[None, None, :] + phase[:, :, None])
-    wave = (amp[:, :, None] * wave).sum(1) / amp.sum(1, keepdim=True)
-    body = ellipse * (1 + 0.35 * factors["lobulation"].to(dt)[:, None] * wave)
-
-    # spicules: tapered spikes on r(theta); spicule j exists when j < spiculation * max
-    s0 = 2 * h
-    jitter = shape_u[:, s0:s0 + _MAX_SPICULES] - 0.5
-    length_u = shape_u[:, s0 + _MAX_SPICULES:s0 + 2 * _MAX_SPICULES]
-    width_u = shape_u[:, s0 + 2 * _MAX_SPICULES:s0 + 3 * _MAX_SPICULES]
-    first = 2 * math.pi * shape_u[:, s0 + 3 * _MAX_SPICULES:s0 + 3 * _MAX_SPICULES + 1]
-    j = torch.arange(_MAX_SPICULES, device=dev, dtype=dt)
-    spic = factors["spiculation"].to(dt)[:, None]
-    active = (j[None, :] < spic * _MAX_SPICULES).to(dt)
-    angle = first + j[None, :] * _GOLDEN_ANGLE + 0.4 * jitter
-    mean_radius = body.mean(1, keepdim=True)
-    length = ((0.3 + 0.9 * spic) * mean_radius + 2.5 * spic) * (0.6 + 0.8 * length_u) * active
-    # half-width at the base, never thinner than one output pixel so it survives sampling
-    half_width_mm = torch.maximum(0.5 + 0.5 * width_u, pixel_mm[:, None].to(dt))
-    base_idx = (angle % (2 * math.pi)) * (_ANGLES / (2 * math.pi))
-    base_r = torch.gather(body, 1, base_idx.long().clamp_(0, _ANGLES - 1))
-    half_angle = half_width_mm / base_r
-    delta = theta[None, None, :] - angle[:, :, None]
-    delta = delta - (2 * math.pi) * torch.round(delta * (1 / (2 * math.pi)))
-    taper = (1 - delta.abs() / half_angle[:, :, None]).clamp_(min=0.0)
-    # outside its angular window (or when absent) a spike contributes nothing
-    inside = (taper > 0) & (active > 0)[:, :, None]
-    spikes = ((base_r[:, :, None] + length[:, :, None] * taper) * inside).amax(1)
-    del n
-    return body, torch.maximum(body, spikes)
-
-
-def _lookup_pair(body: torch.Tensor, total: torch.Tensor, angle: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Periodic linear interpolation of two ``(N, K)`` tables at ``angle (N, P)`` radians.
+def _lookup(table: torch.Tensor, pos: torch.Tensor, i0: torch.Tensor) -> torch.Tensor:
+    """Periodic linear interpolation of an ``(N, K)`` table at bin position ``pos (N, P)``.
 
     Linear (not nearest-bin) so that the radius is a continuous function of the angle: a
     last-bit difference in ``atan2`` between devices moves an edge by a last-bit amount.
     """
-    pos = angle.mul_(_ANGLES / (2 * math.pi))
-    base = torch.floor(pos)
-    frac = pos.sub_(base)
-    i0 = base.long().bitwise_and_(_ANGLES - 1)  # "& (K - 1)" wraps negative angles
-    body_r, total_r = (
-        torch.addcmul(torch.gather(t, 1, i0), frac, torch.gather(t.roll(-1, 1) - t, 1, i0))
-        for t in (body, total)
-    )
-    return body_r, total_r
+    frac = pos - i0
+    i = i0.long().bitwise_and_(ANGLES - 1)  # "& (K - 1)" wraps negative angles
+    return torch.addcmul(torch.gather(table, 1, i), frac,
+                         torch.gather(table.roll(-1, 1) - table, 1, i))
+
+
+def _spicule_coverage(sp: geometry.Spicules, dx: torch.Tensor, dy: torch.Tensor,
+                      nearest_bin: torch.Tensor, pixel_mm: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial-volume coverage ``(N, P)`` of each pixel by its nearest spicule, and a mask.
+
+    Across the strand the coverage is the overlap of the cross-section ``[d - w/2, d + w/2]``
+    with the pixel's footprint ``[-p/2, p/2]``, divided by ``p``: summed over pixels it
+    gives the strand's area whatever ``p``. The mask marks the pixels the strand passes
+    through (its centre line within half a pixel, or the pixel centre inside it).
+    """
+    n = dx.shape[0]
+    params = sp.table().reshape(n * ANGLES, -1)  # one row per angular bin
+    row = nearest_bin.bitwise_and_(ANGLES - 1).add_(
+        torch.arange(n, device=dx.device)[:, None] * ANGLES)
+    picked = params.index_select(0, row.flatten()).reshape(n, -1, params.shape[1])
+    cos_a, sin_a, base, length, width, bend, ripple = picked.unbind(-1)
+    along = dx * cos_a + dy * sin_a - base
+    t = (along / length.clamp(min=1e-6)).clamp_(0.0, 1.0)
+    across = dy * cos_a - dx * sin_a - bend * t * t
+    half = 0.5 * width * (1 - 0.85 * t) * (1 + 0.2 * torch.sin(3 * math.pi * t + ripple))
+    p = pixel_mm.reshape(n, 1)
+    overlap = torch.minimum(across + half, 0.5 * p) - torch.maximum(across - half, -0.5 * p)
+    cover = overlap.clamp_(min=0.0) / p
+    cover *= (along / p + 0.5).clamp_(0.0, 1.0) * ((length - along) / p + 0.5).clamp_(0.0, 1.0)
+    inside = (across.abs() < torch.maximum(half, 0.5 * p)) & (along >= 0) & (along <= length)
+    return cover, inside & (length > 0)
 
 
 def _calcification_sdf(code: torch.Tensor, rho: torch.Tensor, body_r: torch.Tensor,
                        dx: torch.Tensor, dy: torch.Tensor, mean_r: torch.Tensor,
-                       popcorn_u: torch.Tensor) -> torch.Tensor:
+                       blob_u: torch.Tensor) -> torch.Tensor:
     """Signed distance (mm, > 0 inside) to the calcified region of each pattern.
 
-    Codes follow ``FACTORS["calcification"].categories``: absent, central, laminated,
-    popcorn, diffuse.
+    Central, laminated and diffuse patterns are rings or discs in the body's own radial
+    coordinate ``rho = r / r(theta)``; popcorn, eccentric and stippled patterns are blobs:
+    five coarse ones, one off-centre disc, or up to twelve fine dots.
     """
     c = code[:, None, None]
-    central = (0.35 - rho) * body_r
-    laminated = torch.maximum(0.07 - (rho - 0.62).abs(), 0.12 - rho) * body_r
-    diffuse = (0.8 - rho) * body_r
+    codes = _CALCIFICATION_CODES
     sdf = torch.full_like(rho, -1e3)
-    sdf = torch.where(c == 1, central, sdf)
-    sdf = torch.where(c == 2, laminated, sdf)
-    sdf = torch.where(c == 4, diffuse, sdf)
-    pop = torch.nonzero(code == 3).flatten()
-    if pop.numel():
-        k = _POPCORN_BLOBS
-        radius = 0.6 * popcorn_u[pop, :k] ** 0.5 * mean_r[pop, None]
-        angle = 2 * math.pi * popcorn_u[pop, k:2 * k]
-        size = (0.14 + 0.08 * popcorn_u[pop, 2 * k:3 * k]) * mean_r[pop, None]
+    sdf = torch.where(c == codes["central"], (0.35 - rho) * body_r, sdf)
+    sdf = torch.where(c == codes["laminated"],
+                      torch.maximum(0.07 - (rho - 0.62).abs(), 0.12 - rho) * body_r, sdf)
+    sdf = torch.where(c == codes["diffuse"], (0.8 - rho) * body_r, sdf)
+    blobby = (code == codes["popcorn"]) | (code == codes["eccentric"]) | (
+        code == codes["stippled"])
+    pick = torch.nonzero(blobby).flatten()
+    if pick.numel():
+        k = CALCIFICATION_BLOBS
+        u = blob_u[pick]
+        cp = code[pick, None]
+        r_mean = mean_r[pick, None]
+        blob = torch.arange(k, device=code.device)[None, :]
+        # popcorn: 5 blobs of 14-22 % of the radius within 60 % of it; eccentric: one disc of
+        # 30 % at 50 %; stippled: 12 dots of 0.6-0.9 mm within 75 %
+        radius = torch.where(cp == codes["popcorn"], 0.6 * u[:, :k] ** 0.5,
+                             torch.where(cp == codes["eccentric"], torch.full_like(u[:, :k], 0.5),
+                                         0.75 * u[:, :k] ** 0.5)) * r_mean
+        size = torch.where(cp == codes["popcorn"], (0.14 + 0.08 * u[:, 2 * k:]) * r_mean,
+                           torch.where(cp == codes["eccentric"], 0.3 * r_mean,
+                                       0.6 + 0.3 * u[:, 2 * k:]))
+        count = torch.where(cp == codes["popcorn"], 5, torch.where(cp == codes["eccentric"],
+                                                                     1, k))
+        size = torch.where(blob < count, size, torch.full_like(size, -1e3))
+        angle = 2 * math.pi * u[:, k:2 * k]
         bx = (radius * torch.cos(angle))[:, :, None, None]
         by = (radius * torch.sin(angle))[:, :, None, None]
-        dist = torch.sqrt((dx[pop, None] - bx) ** 2 + (dy[pop, None] - by) ** 2)
-        sdf[pop] = (size[:, :, None, None] - dist).amax(1)
+        dist = torch.sqrt((dx[pick, None] - bx) ** 2 + (dy[pick, None] - by) ** 2)
+        sdf[pick] = (size[:, :, None, None] - dist).amax(1)
     return sdf
-
-
-def _gaussian_transfer(freq2: torch.Tensor, sigma_mm: torch.Tensor) -> torch.Tensor:
-    """Fourier transfer function of a Gaussian PSF; ``freq2`` in (cycles/mm)^2."""
-    return torch.exp(-2 * math.pi ** 2 * sigma_mm[:, None, None] ** 2 * freq2)
-
-
-@functools.lru_cache(maxsize=32)
-def _upsample_matrix(size: int, grid: int, periodic: bool, device: str) -> torch.Tensor:
-    """``(size, grid)`` weights resampling ``grid`` cell centres onto ``size`` cell centres.
-
-    Periodic grids use the cubic B-spline (smooth, no grid pattern: the texture);
-    non-periodic ones use linear interpolation clamped at the border (the background layer).
-    """
-    t = (torch.arange(size, dtype=torch.float64) + 0.5) * (grid / size) - 0.5
-    node = torch.arange(grid, dtype=torch.float64)
-    if periodic:
-        d = ((t[:, None] - node[None, :] + grid / 2) % grid - grid / 2).abs()
-        w = torch.where(d < 1, 2 / 3 - d ** 2 + d ** 3 / 2,
-                        torch.where(d < 2, (2 - d) ** 3 / 6, torch.zeros_like(d)))
-    else:
-        t = t.clamp(0, grid - 1)
-        w = (1 - (t[:, None] - node[None, :]).abs()).clamp(min=0)
-    return w.float().to(device)
-
-
-# std of a unit white field upsampled with the cubic B-spline: 0.5 at the nodes, 0.46
-# midway (product of the 1-D sums of squared weights), 0.48 on average
-_BSPLINE_STD = 0.48
 
 
 def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Tensor,
@@ -236,7 +197,7 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     dev = idx.device
     dt = torch.float32
     n = idx.shape[0]
-    shape_u = rng.uniform(rng.key_words(seed, idx, _SHAPE_STREAM), _N_SHAPE, dt)
+    shape_u = rng.uniform(rng.key_words(seed, idx, _SHAPE_STREAM), geometry.SHAPE_NUMBERS, dt)
 
     def f32(name: str) -> torch.Tensor:
         return factors[name].to(dt)
@@ -248,134 +209,124 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     dx = x - f32("offset_x_mm")[:, None, None]
     dy = y - f32("offset_y_mm")[:, None, None]
     r = torch.sqrt(dx * dx + dy * dy)  # (N, S, S)
-    # nearest bin of the fine angular grid; "& (K - 1)" wraps negative angles (K = 2^k)
-    body_k, total_k = _outline(factors, shape_u, pixel_mm)
-    body_r, total_r = _lookup_pair(body_k, total_k, torch.atan2(dy, dx).reshape(n, -1))
-    body_r, total_r = body_r.reshape(n, s, s), total_r.reshape(n, s, s)
-    edge_mm = (0.1 + 2.9 * (1 - f32("margin_sharpness")))[:, None, None]
-    alpha_body = _ramp(body_r - r, edge_mm)
-    alpha_total = _ramp(total_r - r, edge_mm)
+    angle = torch.atan2(dy, dx).reshape(n, -1)
+    body_k = geometry.body_radius(factors, shape_u)
+    spic = geometry.spicules(factors, shape_u, body_k)
+    pos = angle * (ANGLES / (2 * math.pi))
+    i0 = torch.floor(pos)
+    body_r = _lookup(body_k, pos, i0).reshape(n, s, s)
+    # spicules only where there are some (most benign nodules have none)
+    spic_cover = torch.zeros(n, s * s, device=dev, dtype=dt)
+    spic_inside = torch.zeros(n, s * s, device=dev, dtype=torch.bool)
+    spiky = torch.nonzero(factors["spiculation"] > geometry.SPICULE_ONSET).flatten()
+    if spiky.numel():
+        k = spiky
+        nearest_bin = torch.round(pos[k]).to(torch.int64)
+        spic_cover[k], spic_inside[k] = _spicule_coverage(
+            spic.select(k), dx[k].expand(-1, s, s).reshape(k.numel(), -1),
+            dy[k].expand(-1, s, s).reshape(k.numel(), -1), nearest_bin, pixel_mm[k])
+    # partial volume: an edge is never sharper than one output pixel
+    pv = pixel_mm[:, None, None]
+    margin_mm = (0.1 + 2.9 * (1 - f32("margin_sharpness")))[:, None, None]
+    edge_mm = torch.sqrt(margin_mm ** 2 + pv ** 2)
+    alpha_body = ramp(body_r - r, edge_mm)
+    spic_cover = spic_cover.reshape(n, s, s)
+    alpha_nodule = alpha_body + (1 - alpha_body) * spic_cover  # union of the two covers
 
     # --- background, on a half-resolution grid: parenchyma + smooth texture + vessels
     noise_key = rng.key_words(seed, idx, _NOISE_STREAM)
-    g = _TEXTURE_GRID
-    half_bins = s * (s // 2 + 1)
+    g = TEXTURE_GRID
+    # the acquisition works on a replicate-padded grid: a chest wall at one border must not
+    # wrap round to the other through the FFT's periodic blur
+    pad = max(2, s // 8)
+    sp = s + 2 * pad
+    half_bins = sp * (sp // 2 + 1)
     white = rng.centered_halves(noise_key, (g * g + 2 * half_bins + 1) // 2, dt)
-    background = _background(factors, shape_u, white[:, :g * g], pixel_mm, s)
+    behind, vessel_alpha = background(factors, shape_u, white[:, :g * g], pixel_mm, s,
+                                      with_masks, body_k)
+    wall_alpha = draw_context(factors, shape_u, behind, dx, dy, body_k, pixel_mm)
 
-    # --- nodule: body (solid core if part-solid), spicules, calcification
+    # --- nodule: a fill fraction f of dense tissue D, so ground glass adds to what is behind
     att = f32("attenuation_hu")[:, None, None]
-    spicule_hu = torch.clamp(att, min=0.0)
-    # hu = bg (1 - a_total) + spicule_hu (a_total - a_body) + body_hu a_body
-    hu = background
-    hu += alpha_total * (spicule_hu - hu)
-    hu += alpha_body * (att - spicule_hu)
+    level = f32("background_hu")[:, None, None]
+    dense = torch.clamp(att, min=_SOFT_TISSUE_HU)
+    fill = (att - level) / (dense - level)
+    hu = behind
+    hu += (alpha_nodule * fill) * (dense - hu)
     rho = r / body_r
+    mean_r = body_k.mean(1)
     ps = torch.nonzero(factors["texture"] == 1).flatten()
     if ps.numel():
-        core = _ramp((0.45 - rho[ps]) * body_r[ps], edge_mm[ps])
-        hu[ps] += (alpha_body[ps] * core) * (SOLID_CORE_HU - att[ps])
+        core_u = shape_slice(shape_u[ps], "solid_core")
+        core_radius = (0.3 + 0.3 * core_u[:, 0]) * mean_r[ps]
+        core_shift = 0.35 * core_u[:, 1] * mean_r[ps]
+        core_angle = 2 * math.pi * core_u[:, 2]
+        cx = (core_shift * torch.cos(core_angle))[:, None, None]
+        cy = (core_shift * torch.sin(core_angle))[:, None, None]
+        core_sdf = core_radius[:, None, None] - torch.sqrt((dx[ps] - cx) ** 2
+                                                           + (dy[ps] - cy) ** 2)
+        core = ramp(core_sdf, edge_mm[ps]) * alpha_body[ps]
+        hu[ps] += core * (SOLID_CORE_HU - hu[ps])
     calc_sdf = None
     calcified = torch.nonzero(factors["calcification"] != 0).flatten()
     if calcified.numel():
-        p0 = 2 * len(_HARMONICS) + 3 * _MAX_SPICULES + 1
         c = calcified
         calc_sdf = _calcification_sdf(factors["calcification"][c], rho[c], body_r[c], dx[c],
-                                      dy[c], body_k[c].mean(1),
-                                      shape_u[c, p0:p0 + 3 * _POPCORN_BLOBS])
-        alpha_calc = _ramp(calc_sdf, (0.7 * pixel_mm[c])[:, None, None]) * alpha_body[c]
-        hu[c] += alpha_calc * (CALCIFICATION_HU - hu[c])
+                                      dy[c], mean_r[c], shape_slice(shape_u[c], "calcification"))
+        alpha_calc = ramp(calc_sdf, pv[c]) * alpha_body[c]
+        hu[c] += alpha_calc * (f32("calcification_hu")[c, None, None] - hu[c])
 
-    # --- acquisition: Gaussian PSF and band-pass noise, one FFT pair
-    fy = torch.fft.fftfreq(s, device=dev, dtype=dt)[:, None]
-    fx = torch.fft.rfftfreq(s, device=dev, dtype=dt)[None, :]
+    # --- acquisition: Gaussian PSF (blur and kernel) and kernel-shaped noise, one FFT pair
+    kernel = factors["kernel"]
+    psf_px = torch.tensor([k.psf_pixels for k in KERNELS.values()], device=dev, dtype=dt)
+    sigma_mm = torch.sqrt(f32("blur_mm") ** 2
+                          + (psf_px[kernel] * f32("pixel_spacing_mm")) ** 2)
+    fy = torch.fft.fftfreq(sp, device=dev, dtype=dt)[:, None]
+    fx = torch.fft.rfftfreq(sp, device=dev, dtype=dt)[None, :]
     freq2_px = fy ** 2 + fx ** 2  # (cycles / output pixel)^2
-    spectrum = torch.fft.rfft2(hu, norm="ortho")
-    blur_px = f32("blur_mm") / pixel_mm
+    padded = torch.nn.functional.pad(hu[:, None], (pad, pad, pad, pad), mode="replicate")
+    spectrum = torch.fft.rfft2(padded[:, 0], norm="ortho")
+    blur_px = sigma_mm / pixel_mm
     spectrum *= torch.exp(freq2_px[None] * (-2 * math.pi ** 2 * blur_px ** 2)[:, None, None])
     # centred uniforms times sqrt(6): variance 1/2 per part, unit complex variance
-    amp = _noise_amplitude(s, str(dev)) * (math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
-    w = torch.view_as_complex(white[:, g * g:g * g + 2 * half_bins].reshape(n, s, s // 2 + 1, 2))
+    amp = _noise_amplitude(sp, s, str(dev))[kernel] * (
+        math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
+    w = torch.view_as_complex(white[:, g * g:g * g + 2 * half_bins].reshape(n, sp, sp // 2 + 1,
+                                                                            2))
     spectrum += w * amp
-    torch.fft.irfft2(spectrum, s=(s, s), norm="ortho", out=out)
+    out.copy_(torch.fft.irfft2(spectrum, s=(sp, sp), norm="ortho")[:, pad:pad + s, pad:pad + s])
 
     masks = None
     if with_masks:
-        nodule = r < total_r
         body = r < body_r
+        spicules = spic_inside.reshape(n, s, s) & ~body
         calc = torch.zeros_like(body)
         if calc_sdf is not None:
             calc[calcified] = body[calcified] & (calc_sdf > 0)
-        masks = {"nodule": nodule, "spicules": nodule & ~body, "calcification": calc}
+        # thin vessels cover a pixel partly: mark the pixels they pass through
+        vessels = (vessel_alpha > 0.25 if vessel_alpha is not None
+                   else torch.zeros_like(body))
+        masks = {"nodule": body | spicules, "body": body, "spicules": spicules,
+                 "calcification": calc, "vessels": vessels, "pleura": wall_alpha > 0.5}
     return masks
 
 
 @functools.lru_cache(maxsize=32)
-def _noise_amplitude(s: int, device: str) -> torch.Tensor:
-    """``(S, S // 2 + 1)`` amplitude of unit-std CT-like noise on the half spectrum.
+def _noise_amplitude(size: int, s: int, device: str) -> torch.Tensor:
+    """``(kernels, size, size // 2 + 1)`` amplitude of unit-std CT-like noise, half spectrum.
 
-    The noise power spectrum is ``f exp(-(f / f0)^2)`` with ``f0 = 0.25`` cycles per
-    *acquisition* pixel, so the grain follows the acquisition spacing; in output pixels
-    ``f0 = 0.25 * S / 64`` whatever the spacing. Normalised on the full frequency grid so
-    that the image-domain standard deviation is 1 (with ``norm="ortho"`` FFTs).
+    ``size`` is the (padded) FFT grid, ``s`` the output size. The noise power spectrum of
+    each kernel is ``f exp(-(f / f0)^2)`` with ``f0`` in cycles per *acquisition* pixel
+    (:data:`~nodulebench.data.factors.KERNELS`), so the grain follows the acquisition
+    spacing whatever the output size. Normalised on the full frequency grid so that the
+    image-domain standard deviation is 1 (``norm="ortho"``).
     """
-    f0 = 0.25 * s / REFERENCE_PATCH_PIXELS
-    full = torch.fft.fftfreq(s, dtype=torch.float64)
+    full = torch.fft.fftfreq(size, dtype=torch.float64)
     full2 = full[:, None] ** 2 + full[None, :] ** 2
-    norm = torch.sqrt((torch.sqrt(full2) * torch.exp(-full2 / f0 ** 2)).mean())
-    half2 = full2[:, : s // 2 + 1]
-    amp = torch.sqrt(torch.sqrt(half2) * torch.exp(-half2 / f0 ** 2)) / norm
-    return amp.float().to(device)
-
-
-def _background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
-                coarse_white: torch.Tensor, pixel_mm: torch.Tensor, s: int) -> torch.Tensor:
-    """Parenchyma, texture and vessels in HU, ``(N, S, S)``.
-
-    Drawn on a half-resolution grid (vessels are 1-3 mm wide, the texture is smoother) and
-    resampled linearly: a quarter of the per-pixel work.
-    """
-    dev = shape_u.device
-    dt = shape_u.dtype
-    n = shape_u.shape[0]
-    low = max(16, s // 2)
-    g = _TEXTURE_GRID
-    coarse = coarse_white.reshape(n, g, g) * math.sqrt(12.0)
-    up = _upsample_matrix(low, g, True, str(dev))
-    amplitude = factors["background_texture_hu"].to(dt) / _BSPLINE_STD
-    field = (up @ coarse @ up.T).mul_(amplitude[:, None, None])
-    field += factors["background_hu"].to(dt)[:, None, None]
-
-    low_mm = pixel_mm * (s / low)
-    coords = torch.arange(low, device=dev, dtype=dt) - (low - 1) / 2
-    x = coords[None, None, :] * low_mm[:, None, None]
-    y = -coords[None, :, None] * low_mm[:, None, None]
-    v0 = 2 * len(_HARMONICS) + 3 * _MAX_SPICULES + 1 + 3 * _POPCORN_BLOBS
-    vu = shape_u[:, v0:v0 + _VESSEL_NUMBERS * _MAX_VESSELS].reshape(n, _VESSEL_NUMBERS, -1)
-    fov = pixel_mm * s
-    v_cos, v_sin = torch.cos(math.pi * vu[:, 0]), torch.sin(math.pi * vu[:, 0])
-    v_offset = (vu[:, 1] - 0.5) * 0.8 * fov[:, None]  # distance of the axis from the centre
-    v_middle = (vu[:, 2] - 0.5) * 0.8 * fov[:, None]  # where along the axis it is densest
-    v_half_length = (0.25 + 0.5 * vu[:, 3]) * fov[:, None]
-    v_radius = 0.35 + 0.55 * vu[:, 4]
-    # small vessels are partial-volume averaged: peak contrast below soft tissue
-    v_peak = -450.0 + 450.0 * vu[:, 5]
-    counts = torch.tensor(VESSEL_COUNTS, device=dev)[factors["vessels"]]
-    inv_edge = (1 / low_mm)[:, None, None]
-    for j in range(_MAX_VESSELS):
-        if not bool((counts > j).any()):
-            break
-        present = (counts > j).to(dt)[:, None, None]
-        across = x * v_cos[:, j, None, None] + (y * v_sin[:, j, None, None]
-                                                 - v_offset[:, j, None, None])
-        along = (y * v_cos[:, j, None, None] - v_middle[:, j, None, None]) - (
-            x * v_sin[:, j, None, None])
-        alpha = across.abs_().sub_(v_radius[:, j, None, None]).mul_(-inv_edge)
-        alpha = alpha.add_(0.5).clamp_(0, 1)
-        fade = (1 - (along / v_half_length[:, j, None, None]) ** 2).clamp_(min=0.0)
-        alpha *= fade * present
-        field += alpha * (v_peak[:, j, None, None] - field)
-    if low == s:
-        return field
-    resample = _upsample_matrix(s, low, False, str(dev))
-    return resample @ field @ resample.T
+    half2 = full2[:, : size // 2 + 1]
+    out = []
+    for kernel in KERNELS.values():
+        f0 = kernel.noise_peak * s / REFERENCE_PATCH_PIXELS
+        norm = torch.sqrt((torch.sqrt(full2) * torch.exp(-full2 / f0 ** 2)).mean())
+        out.append(torch.sqrt(torch.sqrt(half2) * torch.exp(-half2 / f0 ** 2)) / norm)
+    return torch.stack(out).float().to(device)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["centered_halves", "hash32", "key_words", "uniform", "uniform_pairs"]
+__all__ = ["centered_halves", "hash32", "key_words", "permutation", "uniform", "uniform_pairs"]
 
 _M1 = 0x7FEB352D
 _M2 = 0x846CA68B - (1 << 32)  # the same 32-bit pattern as a signed int32
@@ -105,3 +105,44 @@ def centered_halves(
     """
     halves = _bits(key, count).view(torch.int16)
     return (halves.to(dtype) + 0.5) * (1.0 / 65536.0)
+
+
+def permutation(seed: int, stream: int, index: torch.Tensor, n: int) -> torch.Tensor:
+    """Where each index lands under a pseudorandom permutation of ``range(n)``.
+
+    A four-round Feistel network on the smallest even number of bits that covers ``n``,
+    keyed by ``(seed, stream)``, with cycle walking (re-applied until the value falls below
+    ``n``, at most four times on average): a bijection evaluated per index, so exact
+    allocations ("the first ``k`` of a random order") need no pass over all ``n``.
+
+    Args:
+        seed: dataset seed.
+        stream: what the permutation is for.
+        index: ``(N,)`` integer tensor of values in ``[0, n)``.
+        n: size of the permuted range, ``< 2**32``.
+
+    Returns:
+        ``(N,)`` int64 positions in ``[0, n)``.
+    """
+    if n <= 1:
+        return torch.zeros_like(index, dtype=torch.int64)
+    bits = max(2, (n - 1).bit_length())
+    half = (bits + 1) // 2
+    mask = (1 << half) - 1
+    # int32 arithmetic while the whole domain fits in 31 bits (twice as fast as int64)
+    x = index.to(torch.int32 if half <= 15 else torch.int64)
+    keys = key_words(seed, torch.arange(4, device=index.device), stream)
+
+    def rounds(v: torch.Tensor) -> torch.Tensor:
+        left, right = v >> half, v & mask
+        for r in range(4):
+            f = hash32(right.to(torch.int32) ^ keys[r]).to(v.dtype) & mask
+            left, right = right, left ^ f
+        return (left << half) | right
+
+    x = rounds(x)
+    outside = x >= n
+    while bool(outside.any()):
+        x[outside] = rounds(x[outside])
+        outside = x >= n
+    return x.to(torch.int64)

@@ -10,20 +10,23 @@ the same ``u``. No global RNG is read or written.
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 
 from . import rng
-from .distributions import ByCategory, Categorical, Distribution, Fixed, Split
+from .distributions import ByCategory, Distribution, Split, draw
 from .factors import FACTORS
 from .spec import NoduleSpec
 
-__all__ = ["derive_children", "exogenous_uniforms", "sample_factors"]
+__all__ = ["derive_children", "exogenous_uniforms", "factor_rows", "is_lazy", "label_coins",
+           "sample_factors"]
 
-_FACTOR_STREAM = 1000
 _LABEL_STREAM = 2000
 _NOISE_STREAM = 2001
 _SHORTCUT_STREAM = 3000
+_COIN_STREAM = 2002
+_CHUNK = 1 << 18  # samples per chunk when the whole table is built
 
 
 def _round_half_up(x: float) -> int:
@@ -31,21 +34,22 @@ def _round_half_up(x: float) -> int:
 
 
 def exogenous_uniforms(seed: int, indices: torch.Tensor, factor: str) -> torch.Tensor:
-    """``(N,)`` float64 exogenous uniforms of ``factor`` for the given sample indices."""
-    stream = _FACTOR_STREAM + list(FACTORS).index(factor)
+    """``(N,)`` float64 exogenous uniforms of ``factor`` for the given sample indices.
+
+    The stream is keyed by the factor's name, so adding a factor changes no other one.
+    """
+    stream = zlib.crc32(factor.encode())
     return rng.uniform(rng.key_words(seed, indices, stream), 1, torch.float64)[:, 0]
+
+
+def label_coins(seed: int, indices: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` float64 label coins of a probabilistic label rule (exogenous uniforms)."""
+    return rng.uniform(rng.key_words(seed, indices, _COIN_STREAM), 1, torch.float64)[:, 0]
 
 
 def _draw(dist: Distribution, factor: str, u: torch.Tensor,
           values: dict[str, torch.Tensor]) -> torch.Tensor:
-    info = FACTORS[factor]
-    if isinstance(dist, Categorical):
-        return dist.sample_codes(info, u)
-    if isinstance(dist, Fixed):
-        if info.is_categorical:
-            return torch.full_like(u, info.categories.index(str(dist.value)), dtype=torch.int64)
-        return torch.full_like(u, float(dist.value))
-    return dist.sample(u, values)
+    return draw(dist, FACTORS[factor], u, values)
 
 
 def _draw_sided(dist: Distribution, split: Split, u: torch.Tensor,
@@ -61,18 +65,134 @@ def _draw_sided(dist: Distribution, split: Split, u: torch.Tensor,
     return out
 
 
-def _ordering(seed: int, n: int, stream: int) -> torch.Tensor:
-    """A permutation of ``range(n)`` that depends only on ``(seed, stream)``."""
-    keys = rng.key_words(seed, torch.arange(n), stream).long() & 0xFFFFFFFF
-    return torch.argsort(keys, stable=True)
+class _Allocation:
+    """Exact group counts for an index set: labels, label noise, shortcut sides.
+
+    With allocated labels (a ``Split`` rule and a ``malignant_fraction``) every count is
+    known in advance, so each index finds its place by pseudorandom permutations
+    (:func:`~nodulebench.data.rng.permutation`): sample ``i`` is malignant iff its position
+    in a permutation of ``range(n)`` is below the malignant count, its rank within its
+    class is that position shifted, and label noise and shortcut sides are, per class, the
+    first ``k`` of further permutations of those ranks. No pass over the other samples.
+    """
+
+    def __init__(self, spec: NoduleSpec, n: int, seed: int, idx: torch.Tensor) -> None:
+        self.spec, self.seed = spec, seed
+        n_malignant = _round_half_up(n * float(spec.malignant_fraction))  # type: ignore[arg-type]
+        position = rng.permutation(seed, _LABEL_STREAM, idx, n)
+        self.truth = (position < n_malignant).long()
+        rank = torch.where(self.truth == 1, position, position - n_malignant)
+        sizes = (n - n_malignant, n_malignant)
+        self.labels, self.rank, self.sizes = self._noisy(rank, sizes)
+
+    def _noisy(self, rank: torch.Tensor, sizes: tuple[int, int]
+               ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Flip ``round(n_c * label_noise)`` labels of each class; ranks in the new classes."""
+        truth = self.truth
+        if self.spec.label_noise == 0:
+            return truth, rank, sizes
+        flips = tuple(_round_half_up(size * self.spec.label_noise) for size in sizes)
+        order = torch.empty_like(rank)
+        for c in (0, 1):
+            sel = truth == c
+            order[sel] = rng.permutation(self.seed, _NOISE_STREAM + 10 + c, rank[sel], sizes[c])
+        flip_count = torch.tensor(flips)[truth]
+        flipped = order < flip_count
+        labels = torch.where(flipped, 1 - truth, truth)
+        # kept members of class c first (ranks 0 ..), then those flipped into it
+        kept_size = torch.tensor(sizes)[labels] - torch.tensor(flips)[labels]
+        new_rank = torch.where(flipped, kept_size + order, order - flip_count)
+        new_sizes = (sizes[0] - flips[0] + flips[1], sizes[1] - flips[1] + flips[0])
+        return labels, new_rank, new_sizes
+
+    def side(self, j: int, strength: float) -> torch.Tensor:
+        """Malignant-looking side of shortcut ``j`` for each index (exact counts per class)."""
+        agree = torch.zeros_like(self.labels, dtype=torch.bool)
+        for c in (0, 1):
+            sel = self.labels == c
+            count = _round_half_up(self.sizes[c] * (1 + strength) / 2)
+            agree[sel] = rng.permutation(self.seed, _SHORTCUT_STREAM + 10 * j + c,
+                                         self.rank[sel], self.sizes[c]) < count
+        return torch.where(self.labels == 1, agree, ~agree)
 
 
-def _allocate(seed: int, members: torch.Tensor, count: int, stream: int) -> torch.Tensor:
-    """Bool mask over ``members``: exactly ``count`` True, chosen by hash order."""
-    order = _ordering(seed, members.numel(), stream)
-    chosen = torch.zeros(members.numel(), dtype=torch.bool)
-    chosen[order[:count]] = True
-    return chosen
+def is_lazy(spec: NoduleSpec) -> bool:
+    """Whether any sample's factors and label can be computed without the others.
+
+    True with allocated labels (a ``Split`` rule and a ``malignant_fraction``: the default)
+    and for any rule without shortcuts or label noise; otherwise the class counts that
+    shortcuts and label noise allocate within need every label first.
+    """
+    allocated = spec.malignant_fraction is not None and isinstance(spec.label_rule, Split)
+    return allocated or (not spec.shortcuts and spec.label_noise == 0)
+
+
+def factor_rows(spec: NoduleSpec, n: int, seed: int, indices: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Factors and labels of some samples of an ``n``-sample dataset, computed per index.
+
+    Needs :func:`is_lazy`; the result equals the rows ``indices`` of
+    :func:`sample_factors`.
+
+    Returns:
+        ``(factors, labels)`` as in :func:`sample_factors`, of length ``len(indices)``.
+    """
+    if not is_lazy(spec):
+        raise ValueError("factor_rows needs allocated labels, or no shortcut and no label "
+                         f"noise; got {spec.describe()}")
+    idx = indices.to("cpu", torch.int64)
+    allocation = (_Allocation(spec, n, seed, idx) if spec.malignant_fraction is not None
+                  and isinstance(spec.label_rule, Split) else None)
+    return _fill(spec, seed, idx, allocation)
+
+
+def _fill(spec: NoduleSpec, seed: int, idx: torch.Tensor, allocation: _Allocation | None
+          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Draw every factor of ``idx`` given the allocation (``None``: labels from the rule)."""
+    u = {name: exogenous_uniforms(seed, idx, name) for name in FACTORS}
+    shortcut_names = set(spec.shortcut_factors)
+    deferred = shortcut_names | {
+        name for name, dist in spec.marginals.items()
+        if isinstance(dist, ByCategory) and dist.parent in shortcut_names
+    }
+    values: dict[str, torch.Tensor] = {}
+    rule = spec.label_rule
+    if spec.malignant_fraction is not None and allocation is not None and isinstance(rule, Split):
+        values[rule.factor] = _draw_sided(spec.marginals[rule.factor], rule, u[rule.factor],
+                                          allocation.truth.bool())
+    for name in FACTORS:
+        if name not in values and name not in deferred:
+            values[name] = _draw(spec.marginals[name], name, u[name], values)
+    labels = (allocation.labels if allocation is not None
+              else spec.rule_labels(values, label_coins(seed, idx)))
+    for j, sc in enumerate(spec.shortcuts):
+        assert allocation is not None  # is_lazy or the eager path provide one
+        name = sc.split.factor
+        values[name] = _draw_sided(spec.marginals[name], sc.split, u[name],
+                                   allocation.side(j, sc.strength))
+    for name in FACTORS:
+        if name not in values:
+            values[name] = _draw(spec.marginals[name], name, u[name], values)
+    factors = {
+        name: values[name].long() if FACTORS[name].is_categorical else values[name].float()
+        for name in FACTORS
+    }
+    return factors, labels.long()
+
+
+class _RankedAllocation(_Allocation):
+    """Exact counts for labels that come from the rule: needs every label (a full pass)."""
+
+    def __init__(self, spec: NoduleSpec, n: int, seed: int, labels: torch.Tensor) -> None:
+        self.spec, self.seed = spec, seed
+        self.truth = labels
+        rank = torch.empty_like(labels)
+        sizes = (int((labels == 0).sum()), int((labels == 1).sum()))
+        for c in (0, 1):
+            sel = labels == c
+            rank[sel] = rng.permutation(seed, _LABEL_STREAM + 1 + c, torch.arange(sizes[c]),
+                                        sizes[c])
+        self.labels, self.rank, self.sizes = self._noisy(rank, sizes)
 
 
 def sample_factors(spec: NoduleSpec, n: int, seed: int) -> tuple[dict[str, torch.Tensor],
@@ -84,45 +204,24 @@ def sample_factors(spec: NoduleSpec, n: int, seed: int) -> tuple[dict[str, torch
         and int64 codes for categorical ones; ``labels`` is ``(n,)`` int64.
     """
     idx = torch.arange(n)
-    u = {name: exogenous_uniforms(seed, idx, name) for name in FACTORS}
-    shortcut_names = set(spec.shortcut_factors)
-    deferred = shortcut_names | {
-        name for name, dist in spec.marginals.items()
-        if isinstance(dist, ByCategory) and dist.parent in shortcut_names
-    }
-    values: dict[str, torch.Tensor] = {}
-    rule = spec.label_rule
-    labels: torch.Tensor | None = None
-    if spec.malignant_fraction is not None and isinstance(rule, Split):
-        n_malignant = _round_half_up(n * spec.malignant_fraction)
-        labels = _allocate(seed, idx, n_malignant, _LABEL_STREAM).long()
-        values[rule.factor] = _draw_sided(spec.marginals[rule.factor], rule, u[rule.factor],
-                                          labels.bool())
-    for name in FACTORS:
-        if name not in values and name not in deferred:
-            values[name] = _draw(spec.marginals[name], name, u[name], values)
-    if labels is None:
-        labels = spec.rule_labels(values)
-    if spec.label_noise > 0:
-        flip = _allocate(seed, idx, _round_half_up(n * spec.label_noise), _NOISE_STREAM)
-        labels = torch.where(flip, 1 - labels, labels)
-    for j, sc in enumerate(spec.shortcuts):
-        side = torch.zeros(n, dtype=torch.bool)
-        for c in (0, 1):
-            members = torch.nonzero(labels == c).flatten()
-            agree = _allocate(seed, members, _round_half_up(
-                members.numel() * (1 + sc.strength) / 2), _SHORTCUT_STREAM + 10 * j + c)
-            side[members] = agree if c == 1 else ~agree
-        name = sc.split.factor
-        values[name] = _draw_sided(spec.marginals[name], sc.split, u[name], side)
-    for name in FACTORS:
-        if name not in values:
-            values[name] = _draw(spec.marginals[name], name, u[name], values)
-    factors = {
-        name: values[name].long() if FACTORS[name].is_categorical else values[name].float()
-        for name in FACTORS
-    }
-    return factors, labels.long()
+    if is_lazy(spec):
+        # row by row in chunks: the working set stays a chunk's, the result is the table
+        first, first_labels = factor_rows(spec, n, seed, idx[:_CHUNK])
+        if n <= _CHUNK:
+            return first, first_labels
+        factors = {name: torch.empty(n, dtype=v.dtype) for name, v in first.items()}
+        labels = torch.empty(n, dtype=torch.int64)
+        for start in range(0, n, _CHUNK):
+            part, part_labels = ((first, first_labels) if start == 0 else
+                                 factor_rows(spec, n, seed, idx[start:start + _CHUNK]))
+            for name, v in part.items():
+                factors[name][start:start + _CHUNK] = v
+            labels[start:start + _CHUNK] = part_labels
+        return factors, labels
+    # the rule decides the labels; shortcuts and noise allocate within the classes it makes
+    plain, labels = _fill(spec.replace(shortcuts=(), label_noise=0.0), seed, idx, None)
+    del plain
+    return _fill(spec, seed, idx, _RankedAllocation(spec, n, seed, labels))
 
 
 def derive_children(spec: NoduleSpec, seed: int, indices: torch.Tensor,
@@ -140,6 +239,6 @@ def derive_children(spec: NoduleSpec, seed: int, indices: torch.Tensor,
         if (isinstance(dist, ByCategory) and name not in changed
                 and (dist.parent in changed or dist.parent in redrawn)):
             u = exogenous_uniforms(seed, indices.cpu(), name).to(factors[dist.parent].device)
-            factors[name] = dist.sample(u, factors).to(factors[name].dtype)
+            factors[name] = dist.sample(u, factors, FACTORS[name]).to(factors[name].dtype)
             redrawn.add(name)
     return redrawn

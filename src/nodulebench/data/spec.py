@@ -18,9 +18,25 @@ from types import MappingProxyType
 import torch
 
 from .._validation import check_in_range
-from .distributions import ByCategory, Categorical, Distribution, Fixed, Split, Uniform
-from .factors import FACTORS, get_factor
-from .labels import AnyLabelRule, LabelFunction, LabelRule, LinearLabelRule, rule_inputs
+from .distributions import (
+    ByCategory,
+    Categorical,
+    Distribution,
+    Fixed,
+    LogUniform,
+    Split,
+    Uniform,
+)
+from .factors import FACTORS, SITES, get_factor
+from .labels import (
+    AnyLabelRule,
+    LabelFunction,
+    LabelRule,
+    LinearLabelRule,
+    LogisticLabelRule,
+    callable_digest,
+    rule_inputs,
+)
 
 __all__ = [
     "COVARIATE_SHIFT",
@@ -29,6 +45,7 @@ __all__ = [
     "LabelFunction",
     "LabelRule",
     "LinearLabelRule",
+    "LogisticLabelRule",
     "NoduleSpec",
     "Shortcut",
 ]
@@ -47,16 +64,24 @@ DEFAULT_MARGINALS: Mapping[str, Distribution] = MappingProxyType({
         "part-solid": Uniform(-650.0, -400.0),
         "ground-glass": Uniform(-750.0, -450.0),
     }),
-    "calcification": Categorical({"absent": 0.8, "central": 0.05, "laminated": 0.05,
-                                  "popcorn": 0.05, "diffuse": 0.05}),
+    "calcification": Categorical({"absent": 0.76, "central": 0.04, "laminated": 0.04,
+                                  "popcorn": 0.04, "diffuse": 0.04, "eccentric": 0.04,
+                                  "stippled": 0.04}),
+    "calcification_hu": Uniform(200.0, 900.0),
     "offset_x_mm": Uniform(-3.0, 3.0),
     "offset_y_mm": Uniform(-3.0, 3.0),
     "background_hu": Uniform(-890.0, -840.0),
     "background_texture_hu": Uniform(10.0, 40.0),
     "vessels": Categorical({"none": 0.3, "few": 0.4, "many": 0.3}),
-    "noise_hu": Uniform(10.0, 30.0),
-    "blur_mm": Uniform(0.3, 0.6),
-    "pixel_spacing_mm": Uniform(0.6, 0.8),
+    "location": Categorical({"isolated": 0.6, "juxta-vascular": 0.2, "juxta-pleural": 0.2}),
+    "fissure": Categorical({"absent": 0.85, "present": 0.15}),
+    # the scanner bundles kernel, dose (noise) and spacing: a shortcut on "site" moves all
+    "site": Categorical({name: 1.0 for name in SITES}),
+    "kernel": ByCategory("site", {name: Fixed(s.kernel) for name, s in SITES.items()}),
+    "noise_hu": ByCategory("site", {name: Uniform(*s.noise_hu) for name, s in SITES.items()}),
+    "blur_mm": Uniform(0.2, 0.5),
+    "pixel_spacing_mm": ByCategory("site", {name: Uniform(*s.pixel_spacing_mm)
+                                            for name, s in SITES.items()}),
 })
 
 #: Acquisition marginals of the default covariate shift (noisier, blurrier, coarser).
@@ -87,7 +112,9 @@ class Shortcut:
 
 
 def _median_threshold(dist: Distribution, factor_name: str) -> float:
-    """Point that splits a Uniform marginal's mass in half."""
+    """Point that splits a Uniform (or LogUniform) marginal's mass in half."""
+    if isinstance(dist, LogUniform):
+        return float((dist.low * dist.high) ** 0.5)
     if not isinstance(dist, Uniform):
         raise ValueError(f"a shortcut on {factor_name} needs a Uniform marginal or an explicit "
                          f"threshold; got {dist!r}")
@@ -141,9 +168,9 @@ class NoduleSpec:
             get_factor(key, argument="marginals")
         full = {name: self.marginals.get(name, DEFAULT_MARGINALS[name]) for name in FACTORS}
         for name, dist in full.items():
-            if not isinstance(dist, (Uniform, Categorical, Fixed, ByCategory)):
-                raise TypeError(f"marginals[{name!r}] must be Uniform, Categorical, Fixed or "
-                                f"ByCategory; got {type(dist).__name__}")
+            if not isinstance(dist, (Uniform, LogUniform, Categorical, Fixed, ByCategory)):
+                raise TypeError(f"marginals[{name!r}] must be Uniform, LogUniform, Categorical, "
+                                f"Fixed or ByCategory; got {type(dist).__name__}")
             dist.validate(FACTORS[name], f"marginals[{name!r}]")
             if isinstance(dist, ByCategory) and list(FACTORS).index(dist.parent) > list(
                 FACTORS
@@ -157,9 +184,9 @@ class NoduleSpec:
 
     def _validate_label(self) -> None:
         rule = self.label_rule
-        if not isinstance(rule, (Split, LinearLabelRule, LabelFunction)):
-            raise TypeError(f"label_rule must be a Split, LinearLabelRule or LabelFunction; "
-                            f"got {type(rule).__name__}")
+        if not isinstance(rule, (Split, LinearLabelRule, LogisticLabelRule, LabelFunction)):
+            raise TypeError(f"label_rule must be a Split, LinearLabelRule, LogisticLabelRule "
+                            f"or LabelFunction; got {type(rule).__name__}")
         rule.validate("label_rule")
         check_in_range("label_noise", self.label_noise, 0.0, 0.5)
         if self.malignant_fraction is not None:
@@ -237,14 +264,20 @@ class NoduleSpec:
         """Factors correlated with the label on purpose."""
         return tuple(sc.split.factor for sc in self.shortcuts)
 
-    def rule_labels(self, factors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def rule_labels(self, factors: Mapping[str, torch.Tensor],
+                    coin: torch.Tensor | None = None) -> torch.Tensor:
         """Labels the rule gives to ``factors`` (no label noise): ``(N,)`` int64.
 
         Use it for counterfactual labels after an intervention, e.g. on ``spiculation``.
+        A :class:`~nodulebench.data.LogisticLabelRule` also needs the samples' label coins,
+        ``nodulebench.data.sampling.label_coins(seed, indices)`` (the same coins as at
+        sampling: a counterfactual keeps the exogenous noise).
         """
         rule = self.label_rule
         if isinstance(rule, Split):
             return rule.malignant_side(factors[rule.factor]).long()
+        if isinstance(rule, LogisticLabelRule):
+            return rule(factors, coin)
         return rule(factors)
 
     def describe(self) -> str:
@@ -265,7 +298,7 @@ class NoduleSpec:
     def fingerprint(self) -> str:
         """SHA-256 of everything that decides the samples (not the display ``name``)."""
         rule = self.label_rule
-        rule_text = (f"LabelFunction({rule.name}, {rule.inputs})"
+        rule_text = (f"LabelFunction({rule.name}, {rule.inputs}, {callable_digest(rule.fn)})"
                      if isinstance(rule, LabelFunction) else repr(rule))
         text = repr((tuple(self.marginals.items()), rule_text, self.shortcuts,
                      self.malignant_fraction, self.label_noise))
@@ -284,6 +317,43 @@ class NoduleSpec:
         if not isinstance(other, NoduleSpec):
             return NotImplemented
         return self.fingerprint() == other.fingerprint() and self.name == other.name
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def screening(cls) -> NoduleSpec:
+        """A screening-like spec: small nodules common, size and shape going with malignancy.
+
+        Differences from the default (independent) spec, with their basis:
+
+        - ``diameter_mm`` log-uniform on 4 - 30 mm (LIDC outlines 3 - 30 mm; that small
+          nodules dominate screening is the premise of the Fleischner size bands < 6, 6 - 8,
+          > 8 mm; the exact shape is an assumption); with the size correlation below, about
+          30 % of nodules are under 6 mm and half under 8 mm;
+        - size and lobulation go with malignancy (larger diameter and lobulated margins are
+          malignancy cues): malignant nodules lie above 8 mm (the Fleischner band) and above
+          the median lobulation with strength 0.5 and 0.4, so both correlate with
+          ``spiculation`` through the label (the strengths are assumptions);
+        - textures solid / part-solid / ground glass 0.75 / 0.1 / 0.15, calcified 15 %
+          (assumptions).
+
+        The label rule and class balance are the default's. Its "shortcuts" are the
+        cohort's real correlations: ``decorrelated()`` removes them.
+
+        Example:
+            >>> spec = NoduleSpec.screening()
+            >>> spec.name, spec.shortcut_factors
+            ('screening', ('diameter_mm', 'lobulation'))
+        """
+        spec = cls(marginals={
+            "diameter_mm": LogUniform(4.0, 30.0),
+            "lobulation": Uniform(0.0, 0.8),
+            "texture": Categorical({"solid": 0.75, "part-solid": 0.1, "ground-glass": 0.15}),
+            "calcification": Categorical({"absent": 0.85, "central": 0.03, "laminated": 0.03,
+                                          "popcorn": 0.03, "diffuse": 0.03, "eccentric": 0.015,
+                                          "stippled": 0.015}),
+        }, name="screening")
+        return spec.with_shortcut("diameter_mm", 0.5, threshold=8.0).with_shortcut(
+            "lobulation", 0.4)
 
     # ------------------------------------------------------------------ builders
     def replace(self, **changes: object) -> NoduleSpec:
@@ -360,15 +430,17 @@ class NoduleSpec:
 
         The group is ``label`` with the side of ``factor``'s split that *disagrees* with it
         under a positive strength (the side that agrees under a negative one): absent from
-        training when ``|strength| = 1``, the only group at test.
+        training when ``|strength| = 1``, the only group at test. A rule that cannot fix the
+        label (anything but a :class:`~nodulebench.data.Split`) keeps both classes, each
+        entirely in its rarest group (``label`` is then not used).
 
         Args:
             factor: a shortcut factor of this spec (default: the first shortcut).
             label: ``1`` (malignant) or ``0`` (benign).
 
         Raises:
-            ValueError: no shortcut, ``factor`` not a shortcut, ``label`` not 0/1, a label
-                rule that cannot be conditioned (not a Split), or an empty group.
+            ValueError: no shortcut, ``factor`` not a shortcut, ``label`` not 0/1, or an
+                empty group.
         """
         if label not in (0, 1) or isinstance(label, bool):
             raise ValueError(f"label must be 0 or 1; got {label!r}")
@@ -380,16 +452,14 @@ class NoduleSpec:
         if factor not in names:
             raise ValueError(f"factor must be one of the shortcut factors {names}; "
                              f"got {factor!r}")
-        if not isinstance(self.label_rule, Split):
-            raise ValueError("heldout needs a Split label rule to fix the label; got "
-                             f"{self.label_rule.describe()}")
         shortcuts = []
         for sc in self.shortcuts:
             if sc.split.factor == factor:
                 sc = Shortcut(sc.split, -1.0 if sc.strength >= 0 else 1.0)
             shortcuts.append(sc)
+        fraction = float(label) if isinstance(self.label_rule, Split) else None
         return self.replace(name="heldout", shortcuts=tuple(shortcuts),
-                            malignant_fraction=float(label), label_noise=0.0)
+                            malignant_fraction=fraction, label_noise=0.0)
 
     def covariate_shift(self, **marginals: Distribution) -> NoduleSpec:
         """Acquisition changed: noise, blur and pixel spacing (defaults: ``COVARIATE_SHIFT``)."""
@@ -403,7 +473,7 @@ class NoduleSpec:
         """
         out = {"iid": self.iid(), "decorrelated": self.decorrelated(),
                "reversed": self.reversed()}
-        if self.shortcuts and isinstance(self.label_rule, Split):
+        if self.shortcuts:
             out["heldout"] = self.heldout()
         out["covariate"] = self.covariate_shift()
         return out

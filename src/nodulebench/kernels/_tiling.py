@@ -9,14 +9,13 @@ contributions (the distance is symmetric in its two arguments).
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import torch
 
 from nodulebench._validation import check_choice, check_floating, check_ndim
+from nodulebench.kernels._compile import eager_under_compile
+from nodulebench.kernels.distances import DISTANCES, EUCLIDEAN_EPS
 
 __all__ = [
     "TILE_EDGE",
@@ -43,34 +42,6 @@ TILE_EDGE = 1024
 TILE_ELEMENTS = 2**22
 """Default size of a ``b x N`` tile: 16 MiB in float32 (b = 512 rows at N = 8192)."""
 
-DISTANCES = ("euclidean", "squared_euclidean", "cosine")
-
-EUCLIDEAN_EPS = 1e-12
-"""Floor of the squared distance under the square root (pinned contract)."""
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def eager_under_compile(fn: _F) -> _F:
-    """Run ``fn`` eagerly inside ``torch.compile`` (a graph break), importing nothing.
-
-    ``torch.compiler.disable`` imports Dynamo, which imports Triton; applying it at import
-    time would make ``import nodulebench`` pull both in. Dynamo can only be tracing if it
-    was imported, so until then ``fn`` is called directly; afterwards through a disabled
-    wrapper built once.
-    """
-    disabled: list[Callable[..., Any]] = []
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if "torch._dynamo" not in sys.modules:
-            return fn(*args, **kwargs)
-        if not disabled:
-            disabled.append(torch.compiler.disable(fn))  # type: ignore[no-untyped-call]
-        return disabled[0](*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def check_prepared(z: torch.Tensor, labels: torch.Tensor, block_size: int | None) -> int:

@@ -1,9 +1,9 @@
 """What the Triton SupCon backend can serve, readable without importing Triton.
 
-The dispatcher reads :data:`TRITON_SUPCON_CAPABILITIES` and calls
-:func:`triton_supcon_unsupported_reason` to decide whether ``backend="triton"`` can serve
-a call and, when it cannot, to say why. Nothing here imports ``triton``: the check for
-its presence uses :func:`importlib.util.find_spec`.
+:data:`TRITON_SUPCON_CAPABILITIES` is the one declaration: the dispatcher's ``"triton"``
+:class:`~nodulebench.kernels.dispatch.BackendInfo` is built from it and decides, with
+:func:`interpreter_enabled`, whether ``backend="triton"`` can serve a call. Nothing here
+imports ``triton``: the check for its presence uses :func:`importlib.util.find_spec`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
+from nodulebench.kernels._dense import SUPCON_VARIANTS
+
 __all__ = [
     "TRITON_SUPCON_CAPABILITIES",
     "KernelTolerance",
     "TritonCapabilities",
     "interpreter_enabled",
     "triton_is_installed",
-    "triton_supcon_unsupported_reason",
 ]
 
 
@@ -75,7 +76,7 @@ TRITON_SUPCON_CAPABILITIES = TritonCapabilities(
     devices=("cuda", "cpu"),
     dtypes=(torch.float32, torch.bfloat16, torch.float16),
     max_dim=256,
-    variants=("out", "in"),
+    variants=SUPCON_VARIANTS,
     fp32_precisions=("tf32", "tf32x3", "ieee"),
     deterministic=True,
     tolerances={
@@ -96,36 +97,12 @@ def triton_is_installed() -> bool:
 
 
 def interpreter_enabled() -> bool:
-    """Return whether ``TRITON_INTERPRET=1`` asks Triton to run kernels on the CPU."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Return whether ``TRITON_INTERPRET`` asks Triton to run kernels on the CPU.
 
-
-def triton_supcon_unsupported_reason(
-    embeddings: torch.Tensor, variant: str = "out"
-) -> str | None:
-    """Say why the Triton SupCon kernels cannot serve these inputs, or ``None`` if they can.
-
-    Args:
-        embeddings: (N, D) prepared embeddings (views flattened).
-        variant: ``"out"`` or ``"in"``.
-
-    Returns:
-        A sentence naming the unmet requirement, or ``None``.
+    Read as Triton reads it: ``1``, ``true``, ``on`` or ``yes`` (any case) turn it on;
+    unset, empty, ``0``, ``false`` or ``off`` leave it off.
     """
-    caps = TRITON_SUPCON_CAPABILITIES
-    if not triton_is_installed():
-        return "triton is not installed (pip install 'nodulebench[triton]')"
-    device_type = embeddings.device.type
-    if device_type not in caps.devices:
-        return f"device {device_type!r} is not served (needs one of {caps.devices})"
-    if device_type == "cpu" and not interpreter_enabled():
-        return "device 'cpu' is served only under TRITON_INTERPRET=1"
-    if embeddings.dtype not in caps.dtypes:
-        return f"dtype {embeddings.dtype} is not served (needs one of {caps.dtypes})"
-    if embeddings.ndim != 2:
-        return f"embeddings must be (N, D) here; got shape {tuple(embeddings.shape)}"
-    if embeddings.shape[1] > caps.max_dim:
-        return f"embedding dimension {embeddings.shape[1]} exceeds max_dim={caps.max_dim}"
-    if variant not in caps.variants:
-        return f"variant {variant!r} is not served (needs one of {caps.variants})"
-    return None
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUTHY
+
+
+_TRUTHY = frozenset({"1", "true", "on", "yes", "y"})

@@ -3,8 +3,8 @@
 Three backends compute the same per-anchor quantities on prepared inputs (``z`` of shape
 ``(N, D)``, ``labels`` of shape ``(N,)`` int64):
 
-* ``"reference"``: the dense definitions of ``nodulebench.losses`` (``N x N`` matrices,
-  plain autograd); any device, float32/float64.
+* ``"reference"``: the dense definitions of ``nodulebench.kernels._dense`` (``N x N``
+  matrices, plain autograd); any device, float32/float64.
 * ``"tiled"``: :mod:`nodulebench.kernels.tiled`, row blocks with recompute backward,
   :math:`O(N D + bN)` memory; any device, float32/float64.
 * ``"triton"``: ``nodulebench.kernels.triton_supcon``, fused kernels for SupCon; CUDA
@@ -16,7 +16,8 @@ backends serve them.
 
 Each backend is described by a :class:`BackendInfo` that declares its devices, dtypes,
 losses, option values, whether it serves a subset of anchor rows (``row_range=``, which
-``gather_distributed=True`` needs: this rank's rows against the gathered batch) and the
+``gather_distributed=True`` needs: this rank's rows against the gathered batch), whether
+it serves a separate reference set (``reference=``, from ``ref_emb``) and the
 tolerances its tests use. :func:`select_backend` turns ``"auto"`` into a name and checks
 a forced one, raising :class:`ValueError` that says why it cannot serve;
 :func:`run_per_anchor` selects and calls.
@@ -24,9 +25,7 @@ a forced one, raising :class:`ValueError` that says why it cannot serve;
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -35,7 +34,10 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_choice
-from nodulebench.kernels._triton_utils import TRITON_SUPCON_CAPABILITIES
+from nodulebench.kernels import _reference, tiled, two_tower_reference
+from nodulebench.kernels._dense import SUPCON_VARIANTS
+from nodulebench.kernels._triton_utils import TRITON_SUPCON_CAPABILITIES, interpreter_enabled
+from nodulebench.kernels.distances import DISTANCES
 
 __all__ = [
     "BACKENDS",
@@ -44,14 +46,15 @@ __all__ = [
     "TILED_CROSSOVER",
     "TWO_TOWER_LOSSES",
     "BackendInfo",
+    "KernelFunction",
     "get_backend_info",
     "run_per_anchor",
     "run_two_tower",
     "select_backend",
 ]
 
-KERNEL_LOSSES = ("supcon", "contrastive", "triplet_hard", "triplet_all", "triplet_semihard",
-                 "multi_similarity")
+KERNEL_LOSSES = ("supcon", "contrastive", "contrastive_pml", "triplet_hard", "triplet_all",
+                 "triplet_semihard", "multi_similarity")
 """Per-anchor computations a backend may implement (triplet mining is part of the name)."""
 
 TWO_TOWER_LOSSES = ("clip", "siglip")
@@ -59,6 +62,10 @@ TWO_TOWER_LOSSES = ("clip", "siglip")
 
 BACKEND_CHOICES = ("auto", "reference", "tiled", "triton")
 """Values of every pairwise loss's ``backend=`` argument."""
+
+KernelFunction = Callable[..., tuple[torch.Tensor, ...]]
+"""A per-anchor function: ``(z, labels, **options)`` to ``(loss, valid)`` (or, for
+``"triplet_all"`` and ``"contrastive_pml"``, ``(total, count, valid)``)."""
 
 TILED_CROSSOVER: Mapping[str, int] = MappingProxyType({
     # Smallest N (rows after flattening views) from which "auto" prefers "tiled" to the
@@ -110,12 +117,17 @@ class BackendInfo:
             restricts (e.g. ``{"supcon": {"variant": ("out", "in")}}``).
         tolerances: ``(rtol, atol)`` per dtype, for values and gradients against the
             float64 reference.
+        load: Returns the per-anchor function of each loss in ``options``; called on
+            first use only, so that a backend with an optional dependency imports it then.
         max_dim: Largest embedding dimension ``D`` it handles, or None for no limit.
         requires: Optional module that must be importable, or None.
-        interpreter_env: Environment variable that, set to ``"1"``, lets the backend
-            also run on CPU (Triton's ``TRITON_INTERPRET``), or None.
+        interpreted_on_cpu: Whether it also runs on the CPU when Triton's
+            ``TRITON_INTERPRET`` is on (read as Triton reads it: ``1``, ``true``, ``on``
+            or ``yes``).
         anchor_subsets: Whether it computes only rows ``row_range`` as anchors against
             all rows (what a loss with ``gather_distributed=True`` asks for).
+        reference_sets: Whether it compares the anchors with a separate reference set
+            (``reference=``, what ``ref_emb`` asks for).
         summary: One line for the docs and error messages.
         declined: Losses it does not implement, each with the reason it gives.
     """
@@ -125,13 +137,14 @@ class BackendInfo:
     dtypes: frozenset[torch.dtype]
     options: Mapping[str, Mapping[str, tuple[Any, ...]]]
     tolerances: Mapping[torch.dtype, tuple[float, float]]
+    load: Callable[[], Mapping[str, KernelFunction]]
     max_dim: int | None = None
     requires: str | None = None
-    interpreter_env: str | None = None
+    interpreted_on_cpu: bool = False
     anchor_subsets: bool = True
+    reference_sets: bool = True
     summary: str = ""
     declined: Mapping[str, str] = field(default_factory=dict)
-    _kernel_names: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
 
     def why_not(self, loss: str, z: torch.Tensor, options: Mapping[str, Any]) -> str | None:
         """Return why this backend cannot serve the inputs, or None if it can."""
@@ -146,6 +159,9 @@ class BackendInfo:
         if options.get("row_range") is not None and not self.anchor_subsets:
             return ("it computes every row against every row only, and "
                     "gather_distributed=True needs this rank's rows against the gathered batch")
+        if options.get("reference") is not None and not self.reference_sets:
+            return ("it compares the batch with itself only, and a reference set "
+                    "(ref_emb) needs the anchors against other rows")
         devices = self.devices_now()
         if devices and z.device.type not in devices:
             return f"it runs on {sorted(devices)} devices, got {z.device.type!r}"
@@ -156,41 +172,65 @@ class BackendInfo:
             return f"it supports D <= {self.max_dim}, got D = {z.shape[1]}"
         if self.requires is not None and not _module_available(self.requires):
             return f"the module {self.requires!r} it needs is not available"
-        module_name, _ = self._kernel_names[loss]
-        if not _module_available(module_name):
-            return f"its module {module_name} is not available"
         return None
 
     def devices_now(self) -> frozenset[str]:
         """Device types served in this process (CPU too when interpreted)."""
-        if self.interpreter_env is not None and os.environ.get(self.interpreter_env) == "1":
+        if self.interpreted_on_cpu and interpreter_enabled():
             return self.devices | {"cpu"}
         return self.devices
 
-    def kernel(self, loss: str) -> Callable[..., tuple[torch.Tensor, ...]]:
-        """Import (lazily) and return this backend's per-anchor function for ``loss``."""
-        module_name, attribute = self._kernel_names[loss]
-        fn: Callable[..., tuple[torch.Tensor, ...]] = getattr(
-            importlib.import_module(module_name), attribute
-        )
-        return fn
+    def kernel(self, loss: str) -> KernelFunction:
+        """Return this backend's per-anchor function for ``loss``."""
+        return self.load()[loss]
 
 
 _FLOAT = frozenset({torch.float32, torch.float64})
-_DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 _TILED_OPTIONS = {
-    "supcon": {"variant": ("out", "in")},
+    "supcon": {"variant": SUPCON_VARIANTS},
     "contrastive": {},
-    "triplet_hard": {"distance": _DISTANCES},
-    "triplet_all": {"distance": _DISTANCES},
+    "triplet_hard": {"distance": DISTANCES},
+    "triplet_all": {"distance": DISTANCES},
     "multi_similarity": {},
     "clip": {},
     "siglip": {},
 }
-# Semi-hard mining picks a different negative per positive pair: only the dense
-# definition serves it.
-_REFERENCE_OPTIONS = {**_TILED_OPTIONS, "triplet_semihard": {"distance": _DISTANCES}}
+# Semi-hard mining picks a different negative per positive pair, and the
+# pytorch-metric-learning contrastive form counts its non-zero terms: only the dense
+# definitions serve them.
+_REFERENCE_OPTIONS = {**_TILED_OPTIONS, "triplet_semihard": {"distance": DISTANCES},
+                      "contrastive_pml": {}}
 _TRITON = TRITON_SUPCON_CAPABILITIES
+
+_REFERENCE_KERNELS: Mapping[str, KernelFunction] = _frozen({
+    "supcon": _reference.supcon_reference,
+    "contrastive": _reference.contrastive_reference,
+    "contrastive_pml": _reference.contrastive_pml_reference,
+    "triplet_hard": _reference.triplet_hard_reference,
+    "triplet_all": _reference.triplet_all_reference,
+    "triplet_semihard": _reference.triplet_semihard_reference,
+    "multi_similarity": _reference.multi_similarity_reference,
+    "clip": two_tower_reference.clip_reference,
+    "siglip": two_tower_reference.siglip_reference,
+})
+
+_TILED_KERNELS: Mapping[str, KernelFunction] = _frozen({
+    "supcon": tiled.supcon_tiled,
+    "contrastive": tiled.contrastive_tiled,
+    "triplet_hard": tiled.triplet_hard_tiled,
+    "triplet_all": tiled.triplet_all_tiled,
+    "multi_similarity": tiled.multi_similarity_tiled,
+    "clip": tiled.clip_tiled,
+    "siglip": tiled.siglip_tiled,
+})
+
+
+def _triton_kernels() -> Mapping[str, KernelFunction]:
+    # Imported on first use: importing it imports the optional triton package.
+    from nodulebench.kernels.triton_supcon import supcon_triton
+
+    return {"supcon": supcon_triton}
+
 
 BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
     "reference": BackendInfo(
@@ -200,14 +240,8 @@ BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
         options=_frozen(_REFERENCE_OPTIONS),
         # It is the definition; float32 differs from float64 only by its own rounding.
         tolerances=_frozen({torch.float64: (0.0, 0.0), torch.float32: (1e-4, 1e-5)}),
-        requires="nodulebench.losses._dense",
-        summary="dense N x N definitions with autograd (nodulebench.losses)",
-        _kernel_names=_frozen({
-            **{loss: ("nodulebench.kernels._reference", f"{loss}_reference")
-               for loss in KERNEL_LOSSES},
-            **{loss: ("nodulebench.kernels.two_tower_reference", f"{loss}_reference")
-               for loss in TWO_TOWER_LOSSES},
-        }),
+        load=lambda: _REFERENCE_KERNELS,
+        summary="dense N x N definitions with autograd (nodulebench.kernels._dense)",
     ),
     "tiled": BackendInfo(
         name="tiled",
@@ -215,10 +249,11 @@ BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
         dtypes=_FLOAT,
         options=_frozen(_TILED_OPTIONS),
         tolerances=_frozen({torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}),
+        load=lambda: _TILED_KERNELS,
+        # Its tiles walk the batch against itself (symmetric tiles, class sums of the
+        # batch); a separate reference set would need every kernel's second operand.
+        reference_sets=False,
         summary="row blocks, online log-sum-exp, recompute backward; O(N D + b N) memory",
-        _kernel_names=_frozen({
-            loss: ("nodulebench.kernels.tiled", f"{loss}_tiled") for loss in _TILED_OPTIONS
-        }),
     ),
     # Declared once, beside the kernels, in nodulebench.kernels._triton_utils.
     "triton": BackendInfo(
@@ -229,21 +264,21 @@ BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
         tolerances=_frozen({
             dtype: (tol.loss_rtol, tol.loss_atol) for dtype, tol in _TRITON.tolerances.items()
         }),
+        load=_triton_kernels,
         max_dim=_TRITON.max_dim,
         requires="triton",
-        interpreter_env="TRITON_INTERPRET",
-        # Its kernels take every row as an anchor; the distributed losses fall back to
-        # the tiled engine rather than a second kernel variant.
+        interpreted_on_cpu="cpu" in _TRITON.devices,
+        # Its kernels take every row as an anchor and column; the distributed losses
+        # and reference sets fall back to the other backends rather than a second
+        # kernel variant.
         anchor_subsets=False,
+        reference_sets=False,
         summary="fused CUDA kernels for SupCon / NT-Xent, fp32 accumulation, deterministic",
         declined=_frozen({
             loss: ("the SupCon kernels compare one tower with itself under a label mask; "
                    "a two-tower loss needs image x text tiles, two log-sum-exp directions "
                    "and a scale gradient, which they do not compute (use backend='tiled')")
             for loss in TWO_TOWER_LOSSES
-        }),
-        _kernel_names=_frozen({
-            "supcon": ("nodulebench.kernels.triton_supcon", "supcon_triton"),
         }),
     ),
 })
@@ -273,7 +308,7 @@ def select_backend(
         z: Prepared embeddings, shape ``(N, D)`` (a two-tower loss: the image tower).
         labels: Prepared labels, shape ``(N,)`` (not consulted by the current rules).
         **options: The loss options that restrict backends (``variant``, ``distance``,
-            ``row_range``).
+            ``row_range``, ``reference``).
 
     Returns:
         The backend name.
@@ -302,7 +337,9 @@ def select_backend(
     tiled_ok = BACKENDS["tiled"].why_not(loss, z, options) is None
     row_range = options.get("row_range")
     anchors = z.shape[0] if row_range is None else row_range[1] - row_range[0]
-    if tiled_ok and anchors * z.shape[0] >= TILED_CROSSOVER[loss] ** 2:
+    reference = options.get("reference")
+    columns = z.shape[0] if reference is None else reference[0].shape[0]
+    if tiled_ok and anchors * columns >= TILED_CROSSOVER[loss] ** 2:
         return "tiled"
     if BACKENDS["reference"].why_not(loss, z, options) is None:
         return "reference"
@@ -320,9 +357,10 @@ def run_per_anchor(
 ) -> tuple[torch.Tensor, ...]:
     """Select a backend and return its per-anchor result for ``loss``.
 
-    The result is ``(loss, valid)`` for every loss except ``"triplet_all"``, which
-    returns ``(total, count, valid)``; all have shape ``(N,)``, or ``(stop - start,)``
-    with ``row_range``.
+    The result is ``(loss, valid)`` for every loss except ``"triplet_all"`` and
+    ``"contrastive_pml"``, which return ``(total, count, valid)`` (``(N, 2)`` sums and
+    counts for the latter: positive and negative pairs); the leading dimension is ``N``,
+    or ``stop - start`` with ``row_range``.
 
     Args:
         loss: One of :data:`KERNEL_LOSSES`.
@@ -333,7 +371,10 @@ def run_per_anchor(
             ``variant``, ``margin``, ``distance``, ...), and ``row_range``: ``None``
             (every row is an anchor) or ``(start, stop)``, the anchors of a distributed
             loss (its own rows of the gathered batch ``z``), served by the backends that
-            declare ``anchor_subsets``.
+            declare ``anchor_subsets``; and ``reference``: ``None`` or
+            ``(ref_z, ref_labels)``, a separate set of columns that every row of ``z`` is
+            compared with (no self-pairs), served by those that declare
+            ``reference_sets``.
 
     Returns:
         The per-anchor tensors of the chosen backend.
@@ -347,9 +388,10 @@ def run_per_anchor(
     """
     check_choice("loss", loss, KERNEL_LOSSES)  # two-tower losses: run_two_tower
     name = select_backend(loss, backend, z, labels, **options)
-    if options.get("row_range", ()) is None:
-        # Every row is an anchor: the call every backend serves, unchanged.
-        options = {key: value for key, value in options.items() if key != "row_range"}
+    # Every row an anchor, compared with the batch itself: the call every backend
+    # serves, without the arguments that say so.
+    options = {key: value for key, value in options.items()
+               if not (key in ("row_range", "reference") and value is None)}
     return BACKENDS[name].kernel(loss)(z, labels, **options)
 
 

@@ -138,7 +138,8 @@ def contrastive_tiled(
     Args:
         z: Prepared embeddings, shape ``(N, D)``, float32 or float64.
         labels: Class of each row, shape ``(N,)``, int64.
-        margin: :math:`m > 0`, the distance beyond which negatives cost nothing.
+        margin: :math:`m \ge 0`, the distance beyond which negatives cost nothing (0: they
+            never cost anything, the pull term alone).
         block_size: Edge ``b`` of the square distance tiles (the cost is symmetric, so
             each tile serves both its rows and its columns); ``None`` picks
             ``min(N, 1024)``.
@@ -156,7 +157,7 @@ def contrastive_tiled(
         tensor([0.0625, 0.0625, 0.0000], dtype=torch.float64)
     """
     edge = check_prepared(z, labels, block_size)
-    check_positive("margin", margin)
+    check_positive("margin", margin, allow_zero=True)
     if block_size is None:
         edge = max(1, min(z.shape[0], TILE_EDGE))
     loss, valid = _ContrastiveTiledFunction.apply(  # type: ignore[no-untyped-call]
@@ -166,6 +167,17 @@ def contrastive_tiled(
 
 
 # ---------------------------------------------------------------- batch-hard triplet
+
+
+def _tied_extremes(
+    d: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks of a tile's farthest positives and closest negatives, every tied one."""
+    pos_d = d.masked_fill(~pos, float("-inf"))
+    neg_d = d.masked_fill(~neg, float("inf"))
+    at_pos = pos & (pos_d == pos_d.amax(dim=1, keepdim=True))
+    at_neg = neg & (neg_d == neg_d.amin(dim=1, keepdim=True))
+    return at_pos, at_neg
 
 
 class _TripletHardTiledFunction(torch.autograd.Function):
@@ -178,20 +190,27 @@ class _TripletHardTiledFunction(torch.autograd.Function):
         sq = (z * z).sum(dim=1)
         hardest_pos = torch.zeros(a1 - a0, dtype=torch.int64, device=z.device)
         hardest_neg = torch.zeros_like(hardest_pos)
+        tied = torch.zeros(a1 - a0, dtype=torch.bool, device=z.device)
         raw = torch.zeros(a1 - a0, dtype=z.dtype, device=z.device)
         valid = torch.zeros(a1 - a0, dtype=torch.bool, device=z.device)
         for r0, r1 in row_blocks(a1, block_size, a0):
             k0, k1 = r0 - a0, r1 - a0
             d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
             pos, neg = _masks(labels, r0, r1)
-            d_pos, hardest_pos[k0:k1] = d.masked_fill(~pos, float("-inf")).max(dim=1)
-            d_neg, hardest_neg[k0:k1] = d.masked_fill_(~neg, float("inf")).min(dim=1)
+            pos_d = d.masked_fill(~pos, float("-inf"))
+            d_pos, first_pos = pos_d.max(dim=1)
+            neg_d = d.masked_fill_(~neg, float("inf"))
+            d_neg, first_neg = neg_d.min(dim=1)
+            hardest_pos[k0:k1], hardest_neg[k0:k1] = first_pos, first_neg
             valid[k0:k1] = pos.any(dim=1) & neg.any(dim=1)
+            # A tie: the extreme is still there once its first occurrence is removed.
+            second_pos = pos_d.scatter_(1, first_pos[:, None], float("-inf")).amax(dim=1)
+            second_neg = neg_d.scatter_(1, first_neg[:, None], float("inf")).amin(dim=1)
+            tied[k0:k1] = valid[k0:k1] & ((second_pos == d_pos) | (second_neg == d_neg))
             raw[k0:k1] = torch.where(valid[k0:k1], d_pos - d_neg + margin, 0.0)
         loss = torch.relu(raw)
-        ctx.save_for_backward(z, hardest_pos, hardest_neg, raw, valid)
-        ctx.distance = distance
-        ctx.row_range = row_range
+        ctx.save_for_backward(z, labels, sq, hardest_pos, hardest_neg, tied, raw, valid)
+        ctx.options = (distance, block_size, row_range)
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -199,13 +218,30 @@ class _TripletHardTiledFunction(torch.autograd.Function):
     def backward(
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        z, hardest_pos, hardest_neg, raw, valid = ctx.saved_tensors
+        z, labels, sq, hardest_pos, hardest_neg, tied, raw, valid = ctx.saved_tensors
+        distance, block_size, (a0, a1) = ctx.options
         # relu passes the gradient where its input is > 0, as torch.relu does.
         g = torch.where(valid & (raw > 0), grad_loss, torch.zeros_like(grad_loss))
-        anchors = torch.arange(*ctx.row_range, device=z.device)
+        anchors = torch.arange(a0, a1, device=z.device)
         grad_z = torch.zeros_like(z)
-        scatter_pair_grad(g, z, anchors, hardest_pos, ctx.distance, grad_z)
-        scatter_pair_grad(-g, z, anchors, hardest_neg, ctx.distance, grad_z)
+        # An anchor with one farthest positive and one closest negative: those two pairs.
+        single = torch.where(tied, torch.zeros_like(g), g)
+        scatter_pair_grad(single, z, anchors, hardest_pos, distance, grad_z)
+        scatter_pair_grad(-single, z, anchors, hardest_neg, distance, grad_z)
+        # With ties, the gradient is shared equally among the tied pairs, as the
+        # reference's amax / amin do: recompute the tiles of the blocks that hold such an
+        # anchor (the same blocks as the forward pass, so the same distances).
+        tied_rows = torch.nonzero(tied & (g != 0)).flatten().add_(a0).tolist()
+        for r0, r1 in row_blocks(a1, block_size, a0):
+            if not any(r0 <= row < r1 for row in tied_rows):
+                continue
+            d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
+            pos, neg = _masks(labels, r0, r1)
+            at_pos, at_neg = _tied_extremes(d, pos, neg)
+            g_tied = torch.where(tied[r0 - a0 : r1 - a0], g[r0 - a0 : r1 - a0], 0.0)[:, None]
+            weight = torch.where(at_pos, g_tied / at_pos.sum(dim=1, keepdim=True), 0.0)
+            weight -= torch.where(at_neg, g_tied / at_neg.sum(dim=1, keepdim=True), 0.0)
+            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(None), distance, grad_z)
         return grad_z, None, None, None, None, None
 
 
@@ -218,8 +254,10 @@ def triplet_hard_tiled(
     r"""Per-anchor batch-hard triplet loss (Hermans et al. 2017) in :math:`O(N D + b N)`.
 
     The forward pass saves, per anchor, the index of its farthest positive and of its
-    closest negative; the backward pass differentiates only those two pairs. Ties go to
-    the first index, as :meth:`torch.Tensor.max` does.
+    closest negative; the backward pass differentiates only those two pairs. Where several
+    positives (or negatives) tie for the extreme distance, the gradient is shared equally
+    among them, as ``torch.amax`` shares it in the reference; the backward pass then
+    recomputes the tiles of the blocks holding such anchors.
 
     Args:
         z: Prepared embeddings, shape ``(N, D)``, float32 or float64.
@@ -266,6 +304,9 @@ def _triplet_all_tile(
     pair_sum = k.to(d.dtype) * threshold - prefix.gather(1, k)
     k = k.masked_fill_(~pos, 0)
     total = torch.where(pos, pair_sum, torch.zeros_like(pair_sum)).sum(dim=1)
+    # The sort and the search drop a NaN distance silently; in the enumeration it makes
+    # every triplet it enters NaN, so it makes the anchor's sum NaN here too.
+    total = torch.where(torch.isnan(d).any(dim=1), torch.nan, total)
     return total, k.sum(dim=1), k
 
 

@@ -10,10 +10,14 @@ if :math:`S_{in} + \epsilon > \min_{p \in P(i)} S_{ip}`; then
         \Big) + \frac{1}{\beta} \log\Big(1 + \sum_{\text{kept } n} e^{\beta (S_{in} - \lambda)}
         \Big).
 
-Both extremes and both sums are per-row reductions over a row block's ``(b, N)`` tile, so
-the forward pass keeps four numbers per row. The mining masks are comparisons (no
-gradient); the backward pass rebuilds them from the saved extremes, forms
-:math:`W_{ij} = g_i\,\partial \ell_i / \partial S_{ij}` tile by tile and adds
+Both extremes and both logarithms are per-row reductions over a row block's ``(b, N)``
+tile, so the forward pass keeps four numbers per row. Each logarithm is a log-sum-exp
+over the kept exponents and a zero (the ``1 +``), so no ``exp`` overflows however large
+:math:`S` is (``normalize=False``). The mining masks are comparisons (no gradient),
+written so that a NaN similarity keeps its pair and reaches the loss; the backward pass
+rebuilds them from the saved extremes, forms
+:math:`W_{ij} = g_i\,\partial \ell_i / \partial S_{ij}` tile by tile (each weight is
+:math:`e^{x_{ij} - \ell}` with the saved logarithm :math:`\ell`, at most 1) and adds
 :math:`(W + W^\top) z`.
 """
 
@@ -35,20 +39,28 @@ from nodulebench.kernels._tiling import (
 __all__ = ["multi_similarity_tiled"]
 
 
-def _kept_terms(
+def _kept_exponents(
     s: torch.Tensor, labels: torch.Tensor, r0: int, r1: int, max_neg: torch.Tensor,
     min_pos: torch.Tensor, options: tuple[float, float, float, float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``exp`` terms of the kept positives and kept negatives of a block (0 elsewhere)."""
+    """Exponents of the kept positives and kept negatives of a block (``-inf`` elsewhere).
+
+    Mining is written as negated comparisons, as in the reference, so that a NaN
+    similarity (or extreme) keeps its pair and the NaN reaches the loss.
+    """
     alpha, beta, base, epsilon = options
     same = labels[r0:r1, None] == labels[None, :]
     pos = same & ~self_mask(r0, r1, labels.shape[0], labels.device)
-    keep_pos = pos & (s - epsilon < max_neg[:, None])
-    keep_neg = ~same & (s + epsilon > min_pos[:, None])
-    zero = torch.zeros_like(s)
-    pos_terms = torch.where(keep_pos, torch.exp(-alpha * (s - base)), zero)
-    neg_terms = torch.where(keep_neg, torch.exp(beta * (s - base)), zero)
-    return pos_terms, neg_terms
+    keep_pos = pos & ~(s - epsilon >= max_neg[:, None])
+    keep_neg = ~same & ~(s + epsilon <= min_pos[:, None])
+    pos_exponents = torch.where(keep_pos, -alpha * (s - base), float("-inf"))
+    neg_exponents = torch.where(keep_neg, beta * (s - base), float("-inf"))
+    return pos_exponents, neg_exponents
+
+
+def _log1p_sum_exp(exponents: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``log(1 + sum exp(exponents))`` without overflow (0 for an all ``-inf`` row)."""
+    return torch.logaddexp(torch.zeros_like(exponents[:, 0]), torch.logsumexp(exponents, dim=1))
 
 
 class _MultiSimilarityTiledFunction(torch.autograd.Function):
@@ -63,7 +75,7 @@ class _MultiSimilarityTiledFunction(torch.autograd.Function):
         a0, a1 = row_range
         alpha, beta = options[0], options[1]
         stats = torch.zeros(4, a1 - a0, dtype=z.dtype, device=z.device)
-        max_neg, min_pos, pos_sum, neg_sum = stats.unbind(0)
+        max_neg, min_pos, pos_log, neg_log = stats.unbind(0)
         valid = torch.zeros(a1 - a0, dtype=torch.bool, device=z.device)
         for r0, r1 in row_blocks(a1, block_size, a0):
             k0, k1 = r0 - a0, r1 - a0
@@ -73,12 +85,12 @@ class _MultiSimilarityTiledFunction(torch.autograd.Function):
             max_neg[k0:k1] = s.masked_fill(same, float("-inf")).amax(dim=1)
             min_pos[k0:k1] = s.masked_fill(~pos, float("inf")).amin(dim=1)
             valid[k0:k1] = pos.any(dim=1)
-            pos_terms, neg_terms = _kept_terms(
+            pos_exponents, neg_exponents = _kept_exponents(
                 s, labels, r0, r1, max_neg[k0:k1], min_pos[k0:k1], options
             )
-            pos_sum[k0:k1] = pos_terms.sum(dim=1)
-            neg_sum[k0:k1] = neg_terms.sum(dim=1)
-        raw = torch.log1p(pos_sum) / alpha + torch.log1p(neg_sum) / beta
+            pos_log[k0:k1] = _log1p_sum_exp(pos_exponents)
+            neg_log[k0:k1] = _log1p_sum_exp(neg_exponents)
+        raw = pos_log / alpha + neg_log / beta
         loss = torch.where(valid, raw, torch.zeros_like(raw))
         ctx.save_for_backward(z, labels, stats, valid)
         ctx.options = (options, block_size, row_range)
@@ -91,20 +103,20 @@ class _MultiSimilarityTiledFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, stats, valid = ctx.saved_tensors
         options, block_size, (a0, a1) = ctx.options
-        max_neg, min_pos, pos_sum, neg_sum = stats.unbind(0)
+        max_neg, min_pos, pos_log, neg_log = stats.unbind(0)
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
         grad_z = torch.zeros_like(z)
         for r0, r1 in row_blocks(a1, block_size, a0):
             k0, k1 = r0 - a0, r1 - a0
             z_rows = z[r0:r1]
             s = z_rows @ z.T
-            pos_terms, neg_terms = _kept_terms(
+            pos_exponents, neg_exponents = _kept_exponents(
                 s, labels, r0, r1, max_neg[k0:k1], min_pos[k0:k1], options
             )
-            # d/dS of (1/a) log(1 + sum e^{-a(S-l)}) is -e^{-a(S-l)} / (1 + sum), and
-            # of (1/b) log(1 + sum e^{b(S-l)}) is e^{b(S-l)} / (1 + sum).
-            weight = neg_terms.div_(1.0 + neg_sum[k0:k1, None])
-            weight.sub_(pos_terms.div_(1.0 + pos_sum[k0:k1, None]))
+            # d/dS of (1/a) log(1 + sum e^{x}), x = -a(S - l), is -e^{x} / (1 + sum) =
+            # -e^{x - pos_log}; of (1/b) log(1 + sum e^{x}), x = b(S - l), e^{x - neg_log}.
+            weight = neg_exponents.sub_(neg_log[k0:k1, None]).exp_()
+            weight.sub_(pos_exponents.sub_(pos_log[k0:k1, None]).exp_())
             weight.mul_(g[k0:k1, None])
             grad_z[r0:r1].addmm_(weight, z)
             grad_z.addmm_(weight.T, z_rows)

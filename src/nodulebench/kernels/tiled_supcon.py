@@ -6,16 +6,19 @@ With :math:`s_{ij} = z_i \cdot z_j / \tau`, :math:`A(i) = \{j \ne i\}` and
 .. math::
 
     \ell^{out}_i = \operatorname{LSE}_{a \in A(i)} s_{ia}
-        - \frac{z_i \cdot (S_{y_i} - z_i)}{\tau\,|P(i)|},
+        - \frac{1}{|P(i)|} \sum_{p \in P(i)} s_{ip},
     \qquad
     \ell^{in}_i = \operatorname{LSE}_{a \in A(i)} s_{ia}
         - \operatorname{LSE}_{p \in P(i)} s_{ip} + \log |P(i)|,
 
-where :math:`S_c = \sum_{j: y_j = c} z_j` is the class sum, so the positive term of
-``"out"`` costs :math:`O(ND)`. Since :math:`s` is symmetric, the kernel visits only the
-square tiles :math:`(I, J)` with :math:`J \ge I` and uses each for the rows of both
-blocks. Both log-sum-exps are accumulated online over the tiles, with the self-pair set
-to :math:`-\infty` inside the diagonal tiles. The forward pass keeps only :math:`O(N)`
+Since :math:`s` is symmetric, the kernel visits only the square tiles :math:`(I, J)` with
+:math:`J \ge I` and uses each for the rows of both blocks. Both log-sum-exps, and the
+positive sum of ``"out"``, are accumulated online over the tiles, with the self-pair set
+to :math:`-\infty` (0 in the positive sum) inside the diagonal tiles. The positive sum is
+taken from the same tile entries as the log-sum-exp, not from class sums
+(:math:`z_i \cdot (S_{y_i} - z_i)` cancels catastrophically on large unnormalized rows),
+so the rounding error is relative to the logits, and a loss that is exactly 0 (one
+positive, no negative) comes out as 0. The forward pass keeps only :math:`O(N)`
 per-row statistics; the backward pass recomputes each tile. Writing
 :math:`G_{ij} = g_i\,(\partial \ell_i / \partial s_{ij})`,
 
@@ -25,9 +28,8 @@ per-row statistics; the backward pass recomputes each tile. Writing
 
 and a tile pair adds :math:`M z_J / \tau` to the rows of :math:`I` and
 :math:`M^\top z_I / \tau` to those of :math:`J`, with :math:`M = G_{IJ} + G_{JI}^\top`:
-the row and the column contributions, never holding :math:`G`. The ``"out"`` positive
-term contributes :math:`-\frac{1}{\tau}\big(w_i (S_{y_i} - z_i) + W_{y_i} - w_i z_i\big)` with
-:math:`w_i = g_i / |P(i)|` and the weighted class sums :math:`W_c = \sum_{y_j = c} w_j z_j`.
+the row and the column contributions, never holding :math:`G`. For ``"out"``,
+:math:`G_{ij} = g_i\,(e^{s_{ij} - \mathrm{LSE}_i} - [j \in P(i)] / |P(i)|)`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_choice, check_positive
+from nodulebench.kernels._dense import SUPCON_VARIANTS
 from nodulebench.kernels._tiling import (
     TILE_EDGE,
     anchor_tiles,
@@ -47,7 +50,6 @@ from nodulebench.kernels._tiling import (
 
 __all__ = ["supcon_tiled"]
 
-_VARIANTS = ("out", "in")
 
 
 def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,12 +58,14 @@ def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return class_id, torch.bincount(class_id)
 
 
-def _mask_self(s: torch.Tensor, row0: int, col0: int) -> torch.Tensor:
-    """Set the self-pairs of the tile at rows ``row0:`` x columns ``col0:`` to ``-inf``."""
+def _mask_self(
+    s: torch.Tensor, row0: int, col0: int, value: float | bool = float("-inf")
+) -> torch.Tensor:
+    """Set the self-pairs of the tile at rows ``row0:`` x columns ``col0:`` to ``value``."""
     lo, hi = max(row0, col0), min(row0 + s.shape[0], col0 + s.shape[1])
     if lo < hi:
         idx = torch.arange(lo, hi, device=s.device)
-        s[idx - row0, idx - col0] = float("-inf")
+        s[idx - row0, idx - col0] = value
     return s
 
 
@@ -90,6 +94,7 @@ class _SupConTiledFunction(torch.autograd.Function):
         valid = num_pos > 0
         lse = torch.full((a1 - a0,), float("-inf"), dtype=z.dtype, device=z.device)
         lse_pos = torch.full_like(lse, float("-inf"))
+        pos_sum = torch.zeros_like(lse)
         # s is symmetric: when every row is an anchor, the tile of row block I x column
         # block J is the transpose of J x I, so one product serves the row LSEs of I
         # (along dim 1) and of J (dim 0).
@@ -99,24 +104,24 @@ class _SupConTiledFunction(torch.autograd.Function):
             _fold_lse(lse[r0 - a0 : r1 - a0], s, 1)
             if mirrored:
                 _fold_lse(lse[c0:c1], s, 0)
-            if variant == "in":
-                same = class_id[r0:r1, None] == class_id[None, c0:c1]
+            same = class_id[r0:r1, None] == class_id[None, c0:c1]
+            if variant == "out":
+                s_pos = _mask_self(torch.where(same, s, 0.0), r0, c0, 0.0)
+                pos_sum[r0 - a0 : r1 - a0] += s_pos.sum(dim=1)
+                if mirrored:
+                    pos_sum[c0:c1] += s_pos.sum(dim=0)
+            else:
                 s_pos = s.masked_fill_(~same, float("-inf"))
                 _fold_lse(lse_pos[r0 - a0 : r1 - a0], s_pos, 1)
                 if mirrored:
                     _fold_lse(lse_pos[c0:c1], s_pos, 0)
         if variant == "out":
-            class_sum = torch.zeros(
-                class_size.shape[0], z.shape[1], dtype=z.dtype, device=z.device
-            ).index_add_(0, class_id, z)
-            anchors = z[a0:a1]
-            pos_term = (anchors * (class_sum[class_id[a0:a1]] - anchors)).sum(dim=1) * inv_tau
-            raw = lse - pos_term / num_pos.clamp(min=1).to(z.dtype)
+            raw = lse - pos_sum / num_pos.clamp(min=1).to(z.dtype)
         else:
             raw = lse - lse_pos + torch.log(num_pos.clamp(min=1).to(z.dtype))
         loss = torch.where(valid, raw, torch.zeros_like(raw))
         ctx.save_for_backward(z, class_id, lse, lse_pos, num_pos, valid)
-        ctx.options = (inv_tau, variant, block_size, class_size.shape[0], row_range)
+        ctx.options = (inv_tau, variant, block_size, row_range)
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -125,49 +130,50 @@ class _SupConTiledFunction(torch.autograd.Function):
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, class_id, lse, lse_pos, num_pos, valid = ctx.saved_tensors
-        inv_tau, variant, block_size, num_classes, row_range = ctx.options
+        inv_tau, variant, block_size, row_range = ctx.options
         n = z.shape[0]
         a0, a1 = row_range
         symmetric = (a0, a1) == (0, n)
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
+        # "out": each positive's share of the mean positive logit.
+        pos_share = g / num_pos.clamp(min=1).to(z.dtype)
         lse = _finite_or_zero(lse)
         lse_pos = _finite_or_zero(lse_pos)
         grad_z = torch.zeros_like(z)
 
-        def weights(s: torch.Tensor, rows: slice, cols: slice, same: torch.Tensor | None,
+        def weights(s: torch.Tensor, rows: slice, cols: slice, same: torch.Tensor,
                     dim: int) -> torch.Tensor:
-            """G of the anchors along ``dim``: g_i (P_ij [- Q_ij]), oriented like ``s``."""
+            """G of the anchors along ``dim``, oriented like ``s`` ("out": softmax part only)."""
             shape = (-1, 1) if dim == 1 else (1, -1)
             anchors = slice(rows.start - a0, rows.stop - a0) if dim == 1 else cols
             tile = torch.exp(s - lse[anchors].view(shape))
-            if same is not None:
+            if variant == "in":
                 tile.sub_(torch.exp(s - lse_pos[anchors].view(shape)).masked_fill_(~same, 0.0))
             return tile.mul_(g[anchors].view(shape))
 
         for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
             rows, cols = slice(r0, r1), slice(c0, c1)
             s = _mask_self((z[rows] * inv_tau) @ z[cols].T, r0, c0)
-            same = class_id[rows, None] == class_id[None, cols] if variant == "in" else None
+            same = class_id[rows, None] == class_id[None, cols]
             # M_ij = G_ij + G_ji couples row i and column j both ways; dz = M z / tau.
             # Without the mirror (anchor subsets), M = G of the tile's anchors only.
             m = weights(s, rows, cols, same, 1)
             if symmetric and c0 == r0:
-                grad_z[rows].addmm_(m + m.T, z[rows], alpha=inv_tau)
-                continue
-            if symmetric:
+                m = m + m.T
+            elif symmetric:
                 m.add_(weights(s, rows, cols, same, 0))
+            if variant == "out":
+                # The positive part of M, -(w_i + w_j) on the positive pairs (w_j = 0 for a
+                # column that is not an anchor of this call), subtracted once per tile.
+                share = pos_share[r0 - a0 : r1 - a0, None]
+                if symmetric:
+                    share = share + pos_share[None, c0:c1]
+                m.sub_(_mask_self(same, r0, c0, False) * share)
+            if symmetric and c0 == r0:
+                grad_z[rows].addmm_(m, z[rows], alpha=inv_tau)
+                continue
             grad_z[rows].addmm_(m, z[cols], alpha=inv_tau)
             grad_z[cols].addmm_(m.T, z[rows], alpha=inv_tau)
-        if variant == "out":
-            # d/dz of sum_i w_i z_i . (S_{y_i} - z_i) over the anchors i: every row j gets
-            # the anchors' weighted class sum W_{y_j}; anchor rows also w_i (S_{y_i} - 2 z_i).
-            w = g / num_pos.clamp(min=1).to(z.dtype)
-            anchors, anchor_id = z[a0:a1], class_id[a0:a1]
-            sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype, device=z.device)
-            class_sum = sums.index_add(0, class_id, z)
-            weighted_sum = sums.index_add(0, anchor_id, w[:, None] * anchors)
-            grad_z.sub_(weighted_sum[class_id] * inv_tau)
-            grad_z[a0:a1].sub_(w[:, None] * (class_sum[anchor_id] - 2.0 * anchors) * inv_tau)
         return grad_z, None, None, None, None, None
 
 
@@ -207,7 +213,7 @@ def supcon_tiled(
     """
     edge = check_prepared(z, labels, block_size)
     check_positive("temperature", temperature)
-    check_choice("variant", variant, _VARIANTS)
+    check_choice("variant", variant, SUPCON_VARIANTS)
     if block_size is None:
         edge = max(1, min(z.shape[0], TILE_EDGE))
     loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]

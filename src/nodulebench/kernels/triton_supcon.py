@@ -416,7 +416,8 @@ def supcon_triton(
         >>> z = torch.nn.functional.normalize(raw, dim=1)  # doctest: +SKIP
         >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3], device="cuda")  # doctest: +SKIP
         >>> loss, valid = supcon_triton(z, labels, temperature=0.1)  # doctest: +SKIP
-        >>> loss[valid].mean()  # doctest: +SKIP
+        >>> print(valid.tolist())  # doctest: +SKIP
+        [True, True, True, True, True, True, True, True]
     """
     caps = TRITON_SUPCON_CAPABILITIES
     check_ndim("z", z, (2,), "(N, D)")

@@ -2,13 +2,15 @@
 
 :mod:`~nodulebench.losses.functional` holds the definitions (dense, autograd),
 ``nodulebench.losses.modules`` the ``nn.Module`` faces (exported at the top level),
-:mod:`~nodulebench.losses.registry` the name-to-loss registry and
-:mod:`~nodulebench.losses.distances` the pairwise distances.
+:mod:`~nodulebench.losses.registry` the name-to-loss registry,
+:mod:`~nodulebench.losses.distances` the pairwise distances and
+:mod:`~nodulebench.losses.memory` a cross-batch memory for any pairwise loss.
 """
 
 from __future__ import annotations
 
 from nodulebench.losses import distances, functional
+from nodulebench.losses.memory import CrossBatchMemory
 from nodulebench.losses.modules import (
     ContrastiveLoss,
     CrossEntropyLoss,
@@ -29,6 +31,7 @@ from nodulebench.losses.two_tower import ClipLoss, SigLipLoss
 __all__ = [
     "ClipLoss",
     "ContrastiveLoss",
+    "CrossBatchMemory",
     "CrossEntropyLoss",
     "LossInfo",
     "MultiSimilarityLoss",

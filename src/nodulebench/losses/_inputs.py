@@ -19,14 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from nodulebench._validation import (
-    check_choice,
     check_floating,
     check_integer_tensor,
     check_ndim,
@@ -50,7 +49,6 @@ __all__ = [
     "REDUCTIONS",
     "PreparedEmbeddings",
     "ReducedLoss",
-    "check_reduction",
     "compute_dtype",
     "prepare_embeddings",
     "reduce_per_anchor",
@@ -59,11 +57,6 @@ __all__ = [
 REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def check_reduction(reduction: str) -> None:
-    """Raise ``ValueError`` unless ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"``."""
-    check_choice("reduction", reduction, REDUCTIONS)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -81,14 +74,17 @@ class PreparedEmbeddings:
         labels: ``(N,)`` int64 label of each row (the sample index when no labels
             were given).
         leading_shape: ``(B,)`` or ``(B, V)``, the shape of ``reduction="none"`` output.
-        source: the embeddings as passed in, used for a graph-connected zero.
-        columns: ``(M, D)`` the rows every anchor is compared with: ``rows`` itself, or
-            with ``gather_distributed=True`` the prepared rows of all ranks in rank order.
+        source: the embeddings as passed in.
+        columns: ``(M, D)`` the rows every anchor is compared with: ``rows`` itself,
+            with ``gather_distributed=True`` the prepared rows of all ranks in rank
+            order, or the prepared reference set (``ref_emb``, gathered too if asked).
         column_labels: ``(M,)`` int64 labels of ``columns``.
         row_offset: index in ``columns`` of ``rows[0]``, so anchor ``i``'s self-pair is
-            column ``row_offset + i`` (0 without gathering).
+            column ``row_offset + i`` (0 without gathering); unused for a reference set.
         world_size: ranks that share the loss (1 without gathering).
         group: the process group of the gather, or None.
+        reference: whether ``columns`` is a separate reference set, so that no column
+            is an anchor's self-pair.
     """
 
     rows: torch.Tensor
@@ -100,6 +96,7 @@ class PreparedEmbeddings:
     row_offset: int = 0
     world_size: int = 1
     group: ProcessGroup | None = None
+    reference: bool = False
 
     @property
     def gathered(self) -> bool:
@@ -111,43 +108,63 @@ class PreparedEmbeddings:
         """The anchors' rows ``(start, stop)`` in ``columns``; None when they are all rows.
 
         Passed to the per-anchor backends, which then compute only those anchors against
-        every column; None keeps the single-process call exactly what it was.
+        every column (the gathered batch, a memory bank's rows after the batch); None
+        keeps the single-process call exactly what it was.
         """
-        if not self.gathered:
+        if self.reference or self.columns.shape[0] == self.rows.shape[0]:
             return None
         return self.row_offset, self.row_offset + self.rows.shape[0]
 
+    def kernel_inputs(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """``(z, labels, where)`` for :func:`~nodulebench.kernels.dispatch.run_per_anchor`.
 
-def _check_inputs(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor | None,
-    *,
-    normalize: bool,
-    labels_required: bool,
-    gather_distributed: bool,
-) -> None:
-    check_ndim("embeddings", embeddings, (2, 3), "(B, D) or (B, V, D)")
-    check_floating("embeddings", embeddings)
-    if not isinstance(normalize, bool):
-        raise TypeError(f"normalize must be a bool; got {type(normalize).__name__}")
-    if not isinstance(gather_distributed, bool):
-        raise TypeError(
-            f"gather_distributed must be a bool; got {type(gather_distributed).__name__}"
-        )
+        ``where`` names the columns: ``row_range`` (this rank's rows of the gathered
+        batch ``z``) and ``reference`` (a separate reference set), each None when unused.
+        """
+        if self.reference:
+            return self.rows, self.labels, {
+                "row_range": None, "reference": (self.columns, self.column_labels)}
+        return self.columns, self.column_labels, {"row_range": self.row_range,
+                                                  "reference": None}
+
+
+def _flatten(
+    name: str, embeddings: torch.Tensor, labels: torch.Tensor | None, labels_name: str,
+    *, normalize: bool, dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
+    """Check ``embeddings`` ``(B, D)`` / ``(B, V, D)`` and ``labels`` ``(B,)``; flatten.
+
+    Returns the ``(B * V, D)`` rows (upcast, or cast to ``dtype``, normalized if asked),
+    the ``(B * V,)`` int64 row labels (None without labels) and the leading shape.
+    """
+    check_ndim(name, embeddings, (2, 3), "(B, D) or (B, V, D)")
+    check_floating(name, embeddings)
     if embeddings.numel() == 0:
-        raise ValueError("embeddings must hold at least one sample, view and feature "
+        raise ValueError(f"{name} must hold at least one sample, view and feature "
                          f"(B, V, D >= 1); got shape {tuple(embeddings.shape)}")
     batch = embeddings.shape[0]
+    views = embeddings.shape[1] if embeddings.ndim == 3 else 1
+    row_labels = None
     if labels is not None:
-        check_ndim("labels", labels, (1,), "(B,)")
-        check_integer_tensor("labels", labels)
+        check_ndim(labels_name, labels, (1,), "(B,)")
+        check_integer_tensor(labels_name, labels)
         if labels.shape[0] != batch:
             raise ValueError(
-                f"labels must have shape (B,) = ({batch},) to match embeddings of shape "
+                f"{labels_name} must have shape (B,) = ({batch},) to match {name} of shape "
                 f"{tuple(embeddings.shape)}; got shape {tuple(labels.shape)}"
             )
-    elif labels_required:
-        raise TypeError("labels must be a (B,) integer tensor for this loss; got None")
+        row_labels = labels.to(device=embeddings.device, dtype=torch.int64)
+        row_labels = row_labels.repeat_interleave(views)
+    rows = embeddings.reshape(batch * views, embeddings.shape[-1])
+    rows = rows.to(compute_dtype(embeddings.dtype) if dtype is None else dtype)
+    if normalize:
+        rows = F.normalize(rows, p=2.0, dim=1, eps=1e-12)
+    return rows, row_labels, tuple(embeddings.shape[:-1])
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
 
 
 def prepare_embeddings(
@@ -158,6 +175,9 @@ def prepare_embeddings(
     labels_required: bool,
     gather_distributed: bool = False,
     process_group: ProcessGroup | None = None,
+    ref_emb: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    memory: tuple[torch.Tensor, torch.Tensor] | None = None,
     options: Mapping[str, object] | None = None,
 ) -> PreparedEmbeddings:
     """Validate and flatten ``embeddings`` ``(B, D)`` or ``(B, V, D)`` and ``labels`` ``(B,)``.
@@ -175,69 +195,151 @@ def prepare_embeddings(
     (:func:`~nodulebench.distributed.abandon_gather`) before raising, so that the others
     raise a ``ValueError`` naming it instead of waiting for it.
 
+    With a reference set ``ref_emb`` ``(M, D)`` or ``(M, V', D)`` and ``ref_labels``
+    ``(M,)``, the anchors are the rows of ``embeddings`` and the columns are the
+    reference rows (prepared the same way, in the anchors' dtype; gathered from every
+    rank with ``gather_distributed=True``, after the same header exchange), none of
+    them an anchor's self-pair.
+
     Raises:
         TypeError: non-tensor or non-floating ``embeddings``; non-integer ``labels``;
-            missing ``labels`` where they are required; an ``options`` value that is
-            not ``None``, a bool, an int, a float or a str (with ``gather_distributed``).
-        ValueError: wrong ranks, an empty dimension, or ``labels`` whose length differs
-            from ``B``; with ``gather_distributed``, ranks that disagree on the header
-            or a rank that rejected its input.
+            missing ``labels`` where they are required; labels for only one of the
+            anchors and the reference set; an ``options`` value that is not ``None``,
+            a bool, an int, a float or a str (with ``gather_distributed``).
+        ValueError: wrong ranks, an empty dimension, ``labels`` whose length differs
+            from ``B``, or a reference set whose ``D`` differs from the anchors'; with
+            ``gather_distributed``, ranks that disagree on the header or a rank that
+            rejected its input.
     """
     try:
-        _check_inputs(embeddings, labels, normalize=normalize, labels_required=labels_required,
-                      gather_distributed=gather_distributed)
+        _check_bool("normalize", normalize)
+        _check_bool("gather_distributed", gather_distributed)
+        if ref_emb is None and ref_labels is not None:
+            raise TypeError("ref_labels were given without ref_emb; pass the reference "
+                            "embeddings too, or neither")
+        if ref_emb is not None and (labels is None) != (ref_labels is None):
+            given, missing = (("labels", "ref_labels") if ref_labels is None
+                              else ("ref_labels", "labels"))
+            raise TypeError(f"{given} were given but {missing} is None: a reference set "
+                            "needs labels for both the anchors and the reference rows")
+        rows, row_labels, leading_shape = _flatten(
+            "embeddings", embeddings, labels, "labels", normalize=normalize
+        )
+        if labels is None and (labels_required or ref_emb is not None):
+            raise TypeError("labels must be a (B,) integer tensor for this loss; got None")
     except (TypeError, ValueError):
-        if isinstance(embeddings, torch.Tensor) and gather_distributed is True:
-            # The other ranks are on their way to the header exchange: meet them there,
-            # so that they fail now instead of waiting for this rank until the timeout.
-            abandon_gather(process_group, device=embeddings.device)
+        abandon_if_gathering(embeddings, gather_distributed, process_group)
         raise
+    gather = gather_distributed and is_distributed(process_group)
     batch = embeddings.shape[0]
     views = embeddings.shape[1] if embeddings.ndim == 3 else 1
-    rows = embeddings.reshape(batch * views, embeddings.shape[-1])
-    rows = rows.to(compute_dtype(embeddings.dtype))
-    if normalize:
-        rows = F.normalize(rows, p=2.0, dim=1, eps=1e-12)
-    leading_shape = tuple(embeddings.shape[:-1])
-    gather = gather_distributed and is_distributed(process_group)
-    # One exchange of the sizes and everything the ranks must agree on; checked locally
-    # (and the identity) without a process group, so a bad option shows up in any run.
     agree = {**(options or {}), "normalize": normalize,
              "kind of labels": None if labels is None else "tensor"}
+    if ref_emb is not None:
+        return _with_reference(rows, row_labels, leading_shape, embeddings, ref_emb,
+                               ref_labels, normalize=normalize,
+                               gather_distributed=gather_distributed, gather=gather,
+                               process_group=process_group, agree=agree)
+    # One exchange of the sizes and everything the ranks must agree on; checked locally
+    # (and the identity) without a process group, so a bad option shows up in any run.
     sample_sizes = (
         gather_sizes(embeddings, process_group, agree=agree, name="embeddings")
         if gather_distributed else (batch,)
     )
     first_sample = sum(sample_sizes[: get_rank(process_group)]) if gather else 0
-    if labels is None:
+    if row_labels is None:
         sample_labels = torch.arange(first_sample, first_sample + batch, device=rows.device)
-    else:
-        sample_labels = labels.to(device=embeddings.device, dtype=torch.int64)
-    row_labels = sample_labels.repeat_interleave(views)
-    if not gather:
-        return PreparedEmbeddings(rows, row_labels, leading_shape, embeddings, rows, row_labels)
-    row_sizes = [size * views for size in sample_sizes]
+        row_labels = sample_labels.repeat_interleave(views)
+    columns, column_labels = rows, row_labels
+    if gather:
+        row_sizes = [size * views for size in sample_sizes]
+        columns = all_gather_with_grad(rows, process_group, sizes=row_sizes)
+        column_labels = all_gather_no_grad(row_labels, process_group, sizes=row_sizes)
+    if memory is not None:
+        memory_rows, memory_labels = memory
+        columns = torch.cat((columns, memory_rows.to(columns.dtype)))
+        column_labels = torch.cat((column_labels, memory_labels))
     return PreparedEmbeddings(
-        rows, row_labels, leading_shape, embeddings,
-        columns=all_gather_with_grad(rows, process_group, sizes=row_sizes),
-        column_labels=all_gather_no_grad(row_labels, process_group, sizes=row_sizes),
+        rows, row_labels, leading_shape, embeddings, columns, column_labels,
         row_offset=first_sample * views,
-        world_size=get_world_size(process_group),
-        group=process_group,
+        world_size=get_world_size(process_group) if gather else 1,
+        group=process_group if gather else None,
     )
 
 
-class ReducedLoss(NamedTuple):
-    """A reduced loss and the number of anchors that were excluded from it."""
+def abandon_if_gathering(
+    embeddings: object, gather_distributed: object, process_group: ProcessGroup | None
+) -> None:
+    """Before re-raising a rejected input: meet the other ranks at the header exchange.
 
-    loss: torch.Tensor
-    num_excluded_anchors: int
+    They are on their way to it, so they fail now instead of waiting for this rank until
+    the process group's timeout.
+    """
+    if isinstance(embeddings, torch.Tensor) and gather_distributed is True:
+        abandon_gather(process_group, device=embeddings.device)
+
+
+def _with_reference(
+    rows: torch.Tensor, row_labels: torch.Tensor | None, leading_shape: tuple[int, ...],
+    embeddings: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor | None,
+    *, normalize: bool, gather_distributed: bool, gather: bool,
+    process_group: ProcessGroup | None, agree: Mapping[str, object],
+) -> PreparedEmbeddings:
+    """The prepared anchors against a separate reference set (gathered if asked)."""
+    assert row_labels is not None  # prepare_embeddings checked both label sets
+    try:
+        columns, column_labels, ref_shape = _flatten(
+            "ref_emb", ref_emb, ref_labels, "ref_labels", normalize=normalize,
+            dtype=rows.dtype,
+        )
+        if columns.shape[1] != rows.shape[1]:
+            raise ValueError(
+                f"ref_emb must have the embedding dimension D = {rows.shape[1]} of "
+                f"embeddings {tuple(embeddings.shape)}; got shape {tuple(ref_emb.shape)}"
+            )
+        if columns.device != rows.device:
+            raise ValueError(f"ref_emb must be on the device of embeddings ({rows.device}); "
+                             f"got {columns.device}")
+    except (TypeError, ValueError):
+        abandon_if_gathering(embeddings, gather_distributed, process_group)
+        raise
+    assert column_labels is not None
+    # The reference rows are what is gathered: their sizes, and the agreement, as above.
+    ref_sizes = (
+        gather_sizes(columns.reshape(*ref_shape, -1), process_group, agree=agree,
+                     name="ref_emb")
+        if gather_distributed else ()
+    )
+    if not gather:
+        return PreparedEmbeddings(rows, row_labels, leading_shape, embeddings, columns,
+                                  column_labels, reference=True)
+    views = ref_shape[1] if len(ref_shape) == 2 else 1
+    sizes = [size * views for size in ref_sizes]
+    return PreparedEmbeddings(
+        rows, row_labels, leading_shape, embeddings,
+        columns=all_gather_with_grad(columns, process_group, sizes=sizes),
+        column_labels=all_gather_no_grad(column_labels, process_group, sizes=sizes),
+        world_size=get_world_size(process_group),
+        group=process_group,
+        reference=True,
+    )
 
 
 def _connected_zero(prepared: PreparedEmbeddings) -> torch.Tensor:
-    # Zero that keeps the graph (so backward() works) and gives a zero gradient.
-    zero = prepared.source.sum() * 0.0
-    return zero.to(prepared.rows.dtype)
+    # Each entry times 0 before the sum: the sum of a large float16 batch would overflow
+    # to inf (and inf * 0 is NaN); a NaN or inf entry still gives NaN.
+    return (prepared.source * 0.0).sum().to(prepared.rows.dtype)
+
+
+class ReducedLoss(NamedTuple):
+    """A reduced loss and the number of anchors that were excluded from it.
+
+    ``excluded_anchors`` is a 0-dim int64 tensor, so that reducing needs no device
+    synchronisation; read it with ``int()`` when needed.
+    """
+
+    loss: torch.Tensor
+    excluded_anchors: torch.Tensor
 
 
 def reduce_per_anchor(
@@ -251,14 +353,18 @@ def reduce_per_anchor(
     """Reduce a per-anchor loss over the valid anchors.
 
     Args:
-        per_anchor: ``(N,)`` loss of each anchor (with ``counts``: a per-anchor sum).
+        per_anchor: ``(N,)`` loss of each anchor; with ``counts``, ``(N,)`` or ``(N, K)``
+            per-anchor sums of ``K`` parts of the loss.
         valid: ``(N,)`` bool, anchors that take part; the others get exactly 0 in
             ``"none"`` and are left out of ``"mean"`` and ``"sum"``.
         reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"``.
-        prepared: the prepared inputs (output shape, graph-connected zero, ranks).
-        counts: optional ``(N,)`` number of terms in each anchor's sum (triplet
-            ``mining="all"``). Then ``"mean"`` is ``sum(per_anchor) / sum(counts)``
-            and ``"none"`` is ``per_anchor / counts`` (0 where ``counts`` is 0).
+        prepared: the prepared inputs (output shape, ranks).
+        counts: optional number of terms in each sum, shaped like ``per_anchor``
+            (triplet ``mining="all"``; the two parts of the pytorch-metric-learning
+            contrastive form). Then ``"mean"`` is, summed over the parts,
+            ``sum(per_anchor) / sum(counts)`` (0 for a part without terms) and
+            ``"none"`` is, summed over the parts, ``per_anchor / counts`` (0 where
+            ``counts`` is 0).
 
     Returns:
         The loss (scalar, or ``prepared.leading_shape`` for ``"none"``) in float32 or
@@ -268,27 +374,30 @@ def reduce_per_anchor(
         rank's sum over the *global* count (summed over ranks) and ``"sum"`` is
         :math:`W` times this rank's sum, so that the average over ranks (what DDP
         applies to gradients) is the single-process loss; ``"none"`` stays local and
-        the excluded anchors are this rank's.
+        the excluded anchors are this rank's. Nothing here synchronises with the host.
     """
+    keep = valid.reshape(valid.shape + (1,) * (per_anchor.ndim - 1))
     # torch.where, not a product: an invalid anchor's NaN/inf must not leak through.
-    per_anchor = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
-    num_excluded = int((~valid).sum().item())
+    per_anchor = torch.where(keep, per_anchor, torch.zeros_like(per_anchor))
+    excluded = (~valid).sum()
     if counts is not None:
-        counts = torch.where(valid, counts, torch.zeros_like(counts)).to(per_anchor.dtype)
+        counts = torch.where(keep, counts, torch.zeros_like(counts)).to(per_anchor.dtype)
     if reduction == "none":
         if counts is not None:
             per_anchor = torch.where(counts > 0, per_anchor / counts.clamp(min=1), 0.0)
-        return ReducedLoss(per_anchor.reshape(prepared.leading_shape), num_excluded)
-    denominator = valid.sum() if counts is None else counts.sum()
+        per_anchor = per_anchor.reshape(per_anchor.shape[0], -1).sum(dim=1)
+        return ReducedLoss(per_anchor.reshape(prepared.leading_shape), excluded)
+    denominator = valid.sum() if counts is None else counts.sum(dim=0)
     if prepared.gathered:
-        # Global count, so every rank takes the same branch below (and the same
-        # collectives in backward).
+        # Global count, so that every rank divides by the same number.
         denominator = sum_over_ranks(denominator, prepared.group)
-    if bool(denominator == 0):
-        return ReducedLoss(_connected_zero(prepared), num_excluded)
-    total = per_anchor.sum()
+    # Plus a zero built from every input entry: connected to the graph even without a
+    # valid anchor, and NaN when an entry is NaN or infinite (never a silent 0).
+    total = per_anchor.sum(dim=0) + _connected_zero(prepared)
     if prepared.gathered:
         # W * (local share): DDP divides by W; see nodulebench.distributed.
         total = total * prepared.world_size
-    loss = total if reduction == "sum" else total / denominator.to(total.dtype)
-    return ReducedLoss(loss, num_excluded)
+    if reduction == "sum":
+        return ReducedLoss(total.sum(), excluded)
+    # With no valid anchor the total is that zero, and so is the mean.
+    return ReducedLoss((total / denominator.clamp(min=1).to(total.dtype)).sum(), excluded)

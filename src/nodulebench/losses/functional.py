@@ -1,24 +1,31 @@
-r"""Dense reference definitions of the losses: readable, autograd, the ground truth.
+r"""The losses: each declared once (its options), with its maths documented here.
 
-Every pairwise loss here runs three steps:
+Every pairwise loss runs the same three steps
+(:func:`~nodulebench.losses._declaration.compute_pairwise`):
 
 1. ``_inputs.prepare_embeddings`` validates ``embeddings`` ``(B, D)`` or ``(B, V, D)``
    and ``labels`` ``(B,)``, flattens the views to ``N = B * V`` rows in sample-major
    order (row ``b * V + v`` is view ``v`` of sample ``b`` and carries ``labels[b]``),
-   L2-normalizes if asked and upcasts fp16/bf16 to float32.
+   L2-normalizes if asked and upcasts fp16/bf16 to float32. A reference set
+   (``ref_emb``, ``ref_labels``) is prepared the same way and becomes the columns.
 2. A per-anchor function computes, from the prepared rows ``(N, D)`` and labels
    ``(N,)``, the loss of each anchor ``(N,)`` and which anchors are valid ``(N,)`` bool.
    ``backend=`` picks who computes it (:func:`nodulebench.kernels.dispatch.run_per_anchor`):
-   the dense definitions of ``nodulebench.losses._dense`` (``"reference"``), the tiled
-   engine (``"tiled"``, never an ``N x N`` matrix) or the Triton kernels (``"triton"``);
-   ``"auto"`` chooses from the inputs. All return the same tensors.
+   the dense definitions of ``nodulebench.kernels._dense`` (``"reference"``), the
+   tiled engine (``"tiled"``, never an ``N x N`` matrix) or the Triton kernels
+   (``"triton"``); ``"auto"`` chooses from the inputs. All return the same tensors.
 3. ``_inputs.reduce_per_anchor`` applies the reduction: ``"mean"`` over valid anchors,
    ``"sum"``, or ``"none"`` (per-anchor loss of shape ``(B,)`` or ``(B, V)``, 0 for
    invalid anchors). With no valid anchor the loss is a zero still connected to the
    graph, never NaN.
 
+Each loss's options are a frozen dataclass here (e.g. :class:`SupConOptions`): the one
+place that lists them, with defaults, meaning and checks; the functional forms, the
+modules, their ``repr``, the registry and the options tables are derived from it.
+
 Notation: :math:`A(i) = \{j \ne i\}`, :math:`P(i) = \{p \in A(i): y_p = y_i\}`,
-:math:`Neg(i) = \{n: y_n \ne y_i\}`.
+:math:`Neg(i) = \{n: y_n \ne y_i\}`. With a reference set, :math:`A(i)` is every
+reference row and :math:`P(i)` those with the anchor's label (no self-pair to exclude).
 
 Non-finite embeddings are not checked (that would force a device synchronisation on
 every call): a NaN or infinite entry makes the loss NaN (with ``normalize=False`` an
@@ -27,36 +34,49 @@ infinite entry can also give ``inf``), never a finite number, so it is visible a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from nodulebench._validation import check_floating, check_integer_tensor, check_ndim
+from nodulebench._validation import (
+    check_choice,
+    check_floating,
+    check_in_range,
+    check_integer_tensor,
+    check_ndim,
+)
+from nodulebench.kernels._dense import SUPCON_VARIANTS, TRIPLET_MININGS
 from nodulebench.kernels.dispatch import run_per_anchor, select_backend
-from nodulebench.losses._inputs import (
-    PreparedEmbeddings,
-    ReducedLoss,
-    compute_dtype,
-    prepare_embeddings,
-    reduce_per_anchor,
+from nodulebench.kernels.distances import DISTANCES
+from nodulebench.losses._declaration import (
+    PairwiseOptions,
+    PerAnchor,
+    check_bool,
+    choice,
+    compute_pairwise,
+    functional_form,
+    in_range,
+    non_negative,
+    option,
+    optional,
+    positive,
+    temperature_value,
 )
-from nodulebench.losses._options import (
-    check_backend,
-    check_contrastive_options,
-    check_cross_entropy_options,
-    check_multi_similarity_options,
-    check_supcon_options,
-    check_triplet_options,
-)
+from nodulebench.losses._inputs import REDUCTIONS, PreparedEmbeddings, compute_dtype
 from nodulebench.losses.two_tower import clip_loss, siglip_loss
 
-# Imported at run time where available so that the docs resolve the annotation.
-if TYPE_CHECKING or dist.is_available():
-    from torch.distributed import ProcessGroup
-
 __all__ = [
+    "CONTRASTIVE_FORMS",
+    "ContrastiveOptions",
+    "MultiSimilarityOptions",
+    "NTXentOptions",
+    "SupConOptions",
+    "Temperature",
+    "TripletOptions",
     "clip_loss",
     "contrastive_loss",
     "cross_entropy_loss",
@@ -70,47 +90,116 @@ __all__ = [
 # --------------------------------------------------------------------------- SupCon
 
 
-def _supcon(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor | None,
-    *,
-    temperature: float,
-    variant: str,
-    base_temperature: float | None,
-    normalize: bool,
-    reduction: str,
-    backend: str,
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
-) -> ReducedLoss:
-    check_supcon_options(temperature, variant, base_temperature, reduction)
-    check_backend(backend)
-    prepared = prepare_embeddings(
-        embeddings, labels, normalize=normalize, labels_required=False,
-        gather_distributed=gather_distributed, process_group=process_group,
-        options={"loss": "supcon", "temperature": temperature, "variant": variant,
-                 "base_temperature": base_temperature, "reduction": reduction,
-                 "backend": backend},
-    )
-    loss, valid = run_per_anchor(
-        "supcon", _kernel_rows(prepared, embeddings.dtype, backend, variant),
-        prepared.column_labels, backend=backend, row_range=prepared.row_range,
-        temperature=temperature, variant=variant,
-    )
+Temperature = float | torch.Tensor
+"""The type of ``temperature``, a number or a 0-dim floating tensor (learnable or not)."""
+
+_TEMPERATURE_DOC = (
+    "a 0-dim tensor may require grad (a learnable temperature); with ``log_scale`` "
+    "it is CLIP's ``logit_scale``")
+_LOG_SCALE_DOC = (
+    "read ``temperature`` as CLIP's ``logit_scale`` :math:`t`: :math:`\\tau = e^{-t}`, "
+    "positive for every real :math:`t` (the safe form for a learnable temperature)")
+
+
+def check_temperature(temperature: Temperature, log_scale: bool) -> None:
+    """Raise ``ValueError`` unless the temperature is positive (any real on a log-scale).
+
+    A tensor's value is read once here (a host synchronisation): when the options are
+    built, so once per module but on every call of a functional form.
+    """
+    if log_scale:
+        finite = (bool(torch.isfinite(temperature)) if isinstance(temperature, torch.Tensor)
+                  else math.isfinite(temperature))
+        if not finite:
+            raise ValueError(f"temperature (a log-scale) must be finite; got {temperature!r}")
+        return
+    positive = (bool(temperature > 0) if isinstance(temperature, torch.Tensor)
+                else math.isfinite(temperature) and temperature > 0)
+    if not positive:
+        raise ValueError(f"temperature must be > 0; got {temperature!r} (a learnable one "
+                         "stays positive as a log-scale: log_scale=True)")
+
+
+def effective_temperature(temperature: Temperature, log_scale: bool) -> Temperature:
+    r""":math:`\tau` itself: ``temperature``, or :math:`e^{-t}` on a log-scale."""
+    if not log_scale:
+        return temperature
+    if isinstance(temperature, torch.Tensor):
+        return torch.exp(-temperature)
+    return math.exp(-temperature)
+
+
+@dataclass(frozen=True)
+class SupConOptions(PairwiseOptions):
+    """The options of :func:`supcon_loss` and :class:`~nodulebench.SupConLoss`."""
+
+    name: ClassVar[str] = "supcon"
+    citation: ClassVar[str] = "Khosla et al., Supervised Contrastive Learning, NeurIPS 2020"
+    labels_required: ClassVar[bool] = False
+
+    temperature: Temperature = option(
+        0.1, "``tau > 0`` (0.1 here and in pytorch-metric-learning's SupConLoss, 0.07 in "
+        "the SupCon reference code); " + _TEMPERATURE_DOC, temperature_value)
+    variant: str = option("out", '``"out"`` (the paper\'s recommended '
+                          ':math:`L_{out}`) or ``"in"``', choice(SUPCON_VARIANTS))
+    base_temperature: float | None = option(
+        None, "if set, each anchor's loss is multiplied by ``temperature / "
+        "base_temperature`` (the reference code's convention)", optional(positive))
+    log_scale: bool = option(False, _LOG_SCALE_DOC, check_bool)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_temperature(self.temperature, self.log_scale)
+
+    def kernel(self) -> str:
+        """SupCon's per-anchor computation."""
+        return "supcon"
+
+    def per_anchor(self, prepared: PreparedEmbeddings) -> PerAnchor:
+        """The kernel's per-anchor loss, rescaled by ``base_temperature`` if set."""
+        tau = effective_temperature(self.temperature, self.log_scale)
+        return _supcon_per_anchor(prepared, tau, self.variant, self.base_temperature,
+                                  self.backend)
+
+
+def _supcon_per_anchor(
+    prepared: PreparedEmbeddings, tau: Temperature, variant: str,
+    base_temperature: float | None, backend: str,
+) -> PerAnchor:
+    r"""SupCon's per-anchor loss at temperature ``tau``, on the chosen backend.
+
+    A tensor temperature reaches every backend as a scale of the rows,
+    :math:`z / \sqrt{\tau}`, so that :math:`s_{ij} = z_i \cdot z_j / \tau` and
+    autograd carries its gradient; the kernels then run at temperature 1.
+    """
+    z, labels, where = prepared.kernel_inputs()
+    kernel_tau = 1.0
+    if isinstance(tau, torch.Tensor):
+        scale = tau.to(device=z.device, dtype=z.dtype).rsqrt()
+        z = z * scale
+        if where["reference"] is not None:
+            ref_z, ref_labels = where["reference"]
+            where = {**where, "reference": (ref_z * scale, ref_labels)}
+    else:
+        kernel_tau = float(tau)
+    if where["reference"] is None:
+        z = _kernel_rows(z, prepared, backend, variant)
+    loss, valid = run_per_anchor("supcon", z, labels, backend=backend, **where,
+                                 temperature=kernel_tau, variant=variant)
     if base_temperature is not None:
-        loss = loss * (temperature / base_temperature)
-    return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared)
+        loss = loss * (tau / base_temperature)
+    return loss, valid, None
 
 
 def _kernel_rows(
-    prepared: PreparedEmbeddings, input_dtype: torch.dtype, backend: str, variant: str
+    rows: torch.Tensor, prepared: PreparedEmbeddings, backend: str, variant: str
 ) -> torch.Tensor:
     """The rows a SupCon backend computes on: fp16/bf16 again where Triton will serve them.
 
     Rows are normalized in float32; Triton's tensor-core kernels read half-precision
     embeddings directly (accumulating in float32), the other backends want float32.
     """
-    rows = prepared.columns
+    input_dtype = prepared.source.dtype
     if input_dtype not in (torch.float16, torch.bfloat16) or backend not in ("auto", "triton"):
         return rows
     if backend == "auto" and rows.device.type != "cuda":
@@ -121,18 +210,14 @@ def _kernel_rows(
     return low if chosen == "triton" else rows
 
 
+@functional_form(SupConOptions)
 def supcon_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    temperature: float = 0.1,
-    variant: str = "out",
-    base_temperature: float | None = None,
-    normalize: bool = True,
-    reduction: str = "mean",
-    backend: str = "auto",
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
+    ref_emb: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     r"""Supervised contrastive loss (Khosla et al. 2020); SimCLR with ``labels=None``.
 
@@ -146,48 +231,65 @@ def supcon_loss(
             + \log \sum_{a \in A(i)} e^{s_{ia}}.
 
     Anchors without a positive (``|P(i)| = 0``) are excluded from the mean and get 0
-    with ``reduction="none"``. With ``base_temperature`` set, :math:`\ell_i` is
-    multiplied by ``temperature / base_temperature`` (the reference code's convention).
+    with ``reduction="none"``.
 
     Args:
         embeddings: ``(B, D)`` or ``(B, V, D)`` floating; views share their sample's label.
         labels: ``(B,)`` integer, or ``None``: each sample its own class, so the other
             views of the same sample are the only positives (SimCLR).
-        temperature: ``tau > 0``.
-        variant: ``"out"`` (the paper's recommended :math:`L_{out}`) or ``"in"``.
-        base_temperature: optional ``> 0`` rescaling, see above.
-        normalize: L2-normalize each view first.
-        reduction: ``"mean"`` (over valid anchors), ``"sum"`` or ``"none"`` (shape
-            ``(B,)`` or ``(B, V)``).
-        backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
-            ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
-            (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
-        gather_distributed: compute this rank's anchors against the embeddings of
-            all ranks, normalised so that DDP's gradient averaging is exact (see
-            :doc:`/scaling`); without an initialised process group, the plain loss.
-        process_group: the group to gather over; ``None`` means the default group.
+        ref_emb: optional reference set ``(M, D)`` or ``(M, V', D)``: the anchors
+            (``embeddings``) are compared with its rows instead of with each other
+            (pytorch-metric-learning's ``ref_emb``; a memory bank). Gradients flow to both.
+        ref_labels: ``(M,)`` integer labels of ``ref_emb``; with ``ref_emb``, both
+            ``labels`` and ``ref_labels`` are required.
+        **options: see the table below.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
 
     Raises:
-        TypeError: non-floating ``embeddings`` or non-integer ``labels``.
+        TypeError: non-floating ``embeddings``, non-integer ``labels``, an unknown option.
         ValueError: wrong shapes or an invalid option.
 
     Example:
-        >>> z = torch.randn(8, 2, 16)
-        >>> y = torch.tensor([0, 1, 0, 1, 2, 2, 3, 3])
-        >>> supcon_loss(z, y).shape
-        torch.Size([])
+        >>> z = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+        >>> y = torch.tensor([0, 0, 1, 1])
+        >>> print(f"{supcon_loss(z, y, temperature=0.5).item():.4f}")
+        0.4302
     """
-    return _supcon(
-        embeddings, labels, temperature=temperature, variant=variant,
-        base_temperature=base_temperature, normalize=normalize, reduction=reduction,
-        backend=backend, gather_distributed=gather_distributed, process_group=process_group,
-    ).loss
+    return compute_pairwise(SupConOptions.from_kwargs(**options), embeddings, labels,
+                            ref_emb=ref_emb, ref_labels=ref_labels).loss
 
 
 # --------------------------------------------------------------------------- NT-Xent
+
+
+@dataclass(frozen=True)
+class NTXentOptions(PairwiseOptions):
+    """The options of :func:`ntxent_loss` and :class:`~nodulebench.NTXentLoss`."""
+
+    name: ClassVar[str] = "ntxent"
+    citation: ClassVar[str] = ("Chen et al., A Simple Framework for Contrastive Learning of "
+                               "Visual Representations (SimCLR), ICML 2020")
+    labels_required: ClassVar[bool] = False
+
+    temperature: Temperature = option(
+        0.1, "``tau > 0`` (0.1 here; 0.5 in SimCLR and lightly, 0.07 in "
+        "pytorch-metric-learning); " + _TEMPERATURE_DOC, temperature_value)
+    log_scale: bool = option(False, _LOG_SCALE_DOC, check_bool)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_temperature(self.temperature, self.log_scale)
+
+    def kernel(self) -> str:
+        """NT-Xent is SupCon ``"out"`` with each sample its own class."""
+        return "supcon"
+
+    def per_anchor(self, prepared: PreparedEmbeddings) -> PerAnchor:
+        """SupCon ``"out"``'s per-anchor loss."""
+        tau = effective_temperature(self.temperature, self.log_scale)
+        return _supcon_per_anchor(prepared, tau, "out", None, self.backend)
 
 
 def _stack_views(view1: torch.Tensor, view2: torch.Tensor | None) -> torch.Tensor:
@@ -210,34 +312,14 @@ def _stack_views(view1: torch.Tensor, view2: torch.Tensor | None) -> torch.Tenso
     return torch.stack((view1, view2), dim=1)
 
 
-def _ntxent(
-    view1: torch.Tensor,
-    view2: torch.Tensor | None,
-    *,
-    temperature: float,
-    normalize: bool,
-    reduction: str,
-    backend: str,
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
-) -> ReducedLoss:
-    embeddings = _stack_views(view1, view2)
-    return _supcon(embeddings, None, temperature=temperature, variant="out",
-                   base_temperature=None, normalize=normalize, reduction=reduction,
-                   backend=backend, gather_distributed=gather_distributed,
-                   process_group=process_group)
+def ntxent_views(view1: torch.Tensor, view2: torch.Tensor | None) -> torch.Tensor:
+    """The ``(B, V, D)`` views of an NT-Xent call (``view1`` itself, or both stacked)."""
+    return _stack_views(view1, view2)
 
 
+@functional_form(NTXentOptions)
 def ntxent_loss(
-    view1: torch.Tensor,
-    view2: torch.Tensor | None = None,
-    *,
-    temperature: float = 0.1,
-    normalize: bool = True,
-    reduction: str = "mean",
-    backend: str = "auto",
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
+    view1: torch.Tensor, view2: torch.Tensor | None = None, **options: Any
 ) -> torch.Tensor:
     r"""NT-Xent, the SimCLR loss (Chen et al. 2020): SupCon "out" with ``labels=None``.
 
@@ -253,156 +335,158 @@ def ntxent_loss(
     Args:
         view1: ``(B, V, D)`` with ``V >= 2``, or the first view ``(B, D)``.
         view2: the second view ``(B, D)``, or ``None`` when ``view1`` holds all views.
-        temperature: ``tau > 0``; 0.1 here, 0.5 in SimCLR and lightly, 0.07 in
-            pytorch-metric-learning.
-        normalize: L2-normalize each view first.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (shape ``(B, V)``).
-        backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
-            ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
-            (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
-        gather_distributed: compute this rank's anchors against the embeddings of
-            all ranks, normalised so that DDP's gradient averaging is exact (see
-            :doc:`/scaling`); without an initialised process group, the plain loss.
-        process_group: the group to gather over; ``None`` means the default group.
+        **options: see the table below (``reduction="none"`` gives shape ``(B, V)``).
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
 
     Example:
-        >>> a, b = torch.randn(4, 8), torch.randn(4, 8)
-        >>> ntxent_loss(a, b).shape
-        torch.Size([])
+        >>> a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+        >>> b = torch.tensor([[0.9, 0.1], [0.1, 0.9], [-0.9, -0.1]])
+        >>> print(f"{ntxent_loss(a, b, temperature=0.5).item():.4f}")
+        0.3348
     """
-    return _ntxent(view1, view2, temperature=temperature, normalize=normalize,
-                   reduction=reduction, backend=backend,
-                   gather_distributed=gather_distributed, process_group=process_group).loss
+    return compute_pairwise(NTXentOptions.from_kwargs(**options),
+                            ntxent_views(view1, view2), None).loss
 
 
 # --------------------------------------------------------------------------- Contrastive
 
 
-def _contrastive(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    margin: float,
-    normalize: bool,
-    reduction: str,
-    backend: str,
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
-) -> ReducedLoss:
-    check_contrastive_options(margin, reduction)
-    check_backend(backend)
-    prepared = prepare_embeddings(
-        embeddings, labels, normalize=normalize, labels_required=True,
-        gather_distributed=gather_distributed, process_group=process_group,
-        options={"loss": "contrastive", "margin": margin, "reduction": reduction,
-                 "backend": backend},
-    )
-    loss, valid = run_per_anchor("contrastive", prepared.columns, prepared.column_labels,
-                                 backend=backend, row_range=prepared.row_range, margin=margin)
-    return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared)
+CONTRASTIVE_FORMS: tuple[str, ...] = ("hadsell", "pml")
+"""Values of ``form``: Hadsell et al.'s squared contrastive loss, or pytorch-metric-learning's."""
 
 
+@dataclass(frozen=True)
+class ContrastiveOptions(PairwiseOptions):
+    """The options of :func:`contrastive_loss` and :class:`~nodulebench.ContrastiveLoss`."""
+
+    name: ClassVar[str] = "contrastive"
+    citation: ClassVar[str] = ("Hadsell, Chopra & LeCun, Dimensionality Reduction by "
+                               "Learning an Invariant Mapping, CVPR 2006")
+
+    margin: float = option(1.0, "``m >= 0``, the distance beyond which a negative pair "
+                           "costs nothing (pytorch-metric-learning's ``neg_margin``)",
+                           non_negative)
+    form: str = option("hadsell", '``"hadsell"`` (squared hinge terms, mean over all '
+                       'pairs) or ``"pml"`` (pytorch-metric-learning\'s: unsquared hinge '
+                       "terms, mean over the non-zero ones); see above",
+                       choice(CONTRASTIVE_FORMS))
+    pos_margin: float = option(0.0, '``>= 0``, with ``form="pml"``: positive pairs cost '
+                               "only beyond this distance; Hadsell's form needs 0",
+                               non_negative)
+    normalize: bool = option(False, "L2-normalize each embedding first (off, as in the "
+                             'paper; pytorch-metric-learning normalizes: pass ``True`` '
+                             'with ``form="pml"``)', check_bool, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.form == "hadsell" and self.pos_margin != 0:
+            raise ValueError('pos_margin must be 0 with form="hadsell" (its positive pairs '
+                             f'are pulled to distance 0); got {self.pos_margin!r}; '
+                             'pass form="pml" for a positive margin')
+
+    def kernel(self) -> str:
+        """The per-anchor computation of the chosen form."""
+        return "contrastive" if self.form == "hadsell" else "contrastive_pml"
+
+    def kernel_options(self) -> Mapping[str, Any]:
+        """The margins."""
+        if self.form == "hadsell":
+            return {"margin": self.margin}
+        return {"pos_margin": self.pos_margin, "neg_margin": self.margin}
+
+
+@functional_form(ContrastiveOptions)
 def contrastive_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     *,
-    margin: float = 1.0,
-    normalize: bool = False,
-    reduction: str = "mean",
-    backend: str = "auto",
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
+    ref_emb: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     r"""Pairwise contrastive loss (Hadsell, Chopra & LeCun 2006), Euclidean distance.
+
+    With ``form="hadsell"`` (the default),
 
     .. math::
 
         c_{ij} = \begin{cases} \tfrac12 d_{ij}^2 & y_i = y_j \\
                  \tfrac12 \max(0, m - d_{ij})^2 & y_i \ne y_j \end{cases}, \qquad
-        \ell_i = \frac{1}{N - 1} \sum_{j \ne i} c_{ij},
+        \ell_i = \frac{1}{|A(i)|} \sum_{j \in A(i)} c_{ij},
 
     so the mean over anchors is the mean over all unordered pairs. Every anchor with at
     least one other row is valid (an anchor without positives still has its negatives).
 
+    With ``form="pml"``, pytorch-metric-learning's ``ContrastiveLoss``: unsquared terms
+    :math:`c^+_{ij} = \max(0, d_{ij} - m^+)` on positive pairs and
+    :math:`c^-_{ij} = \max(0, m - d_{ij})` on negative pairs, and ``"mean"`` is the mean
+    of the non-zero positive terms plus the mean of the non-zero negative terms (each 0
+    when there is none); ``"sum"`` adds every term, ``"none"`` gives each anchor its own
+    two means, added. The same inputs give different numbers in the two forms.
+
     Args:
         embeddings: ``(B, D)`` or ``(B, V, D)`` floating.
         labels: ``(B,)`` integer.
-        margin: ``m >= 0``.
-        normalize: L2-normalize first (off by default, as in the paper).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
-            ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
-            (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
-        gather_distributed: compute this rank's anchors against the embeddings of
-            all ranks, normalised so that DDP's gradient averaging is exact (see
-            :doc:`/scaling`); without an initialised process group, the plain loss.
-        process_group: the group to gather over; ``None`` means the default group.
+        ref_emb: optional reference set ``(M, D)`` or ``(M, V', D)``: the anchors
+            (``embeddings``) are compared with its rows instead of with each other
+            (pytorch-metric-learning's ``ref_emb``; a memory bank). Gradients flow to both.
+        ref_labels: ``(M,)`` integer labels of ``ref_emb``; with ``ref_emb``, both
+            ``labels`` and ``ref_labels`` are required.
+        **options: see the table below.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
 
     Example:
-        >>> contrastive_loss(torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])).shape
-        torch.Size([])
+        >>> z = torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.6, 0.0], [2.0, 0.0]])
+        >>> y = torch.tensor([0, 0, 1, 1])
+        >>> print(f"{contrastive_loss(z, y, margin=1.0).item():.4f}")
+        0.2015
+        >>> print(f"{contrastive_loss(z, y, form='pml').item():.4f}")  # 0.95 + 0.3095
+        1.2595
     """
-    return _contrastive(embeddings, labels, margin=margin, normalize=normalize,
-                        reduction=reduction, backend=backend,
-                        gather_distributed=gather_distributed, process_group=process_group).loss
+    return compute_pairwise(ContrastiveOptions.from_kwargs(**options), embeddings, labels,
+                            ref_emb=ref_emb, ref_labels=ref_labels).loss
 
 
 # --------------------------------------------------------------------------- Triplet
 
-
-def _triplet(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    margin: float,
-    distance: str,
-    mining: str,
-    normalize: bool,
-    reduction: str,
-    backend: str,
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
-) -> ReducedLoss:
-    check_triplet_options(margin, distance, mining, reduction)
-    check_backend(backend)
-    prepared = prepare_embeddings(
-        embeddings, labels, normalize=normalize, labels_required=True,
-        gather_distributed=gather_distributed, process_group=process_group,
-        options={"loss": "triplet", "margin": margin, "distance": distance, "mining": mining,
-                 "reduction": reduction, "backend": backend},
-    )
-    counts = None
-    if mining == "all":
-        loss, counts, valid = run_per_anchor(
-            "triplet_all", prepared.columns, prepared.column_labels, backend=backend,
-            row_range=prepared.row_range, margin=margin, distance=distance,
-        )
-    else:
-        loss, valid = run_per_anchor(
-            f"triplet_{mining}", prepared.columns, prepared.column_labels, backend=backend,
-            row_range=prepared.row_range, margin=margin, distance=distance,
-        )
-    return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared, counts=counts)
+_TRIPLET_KERNELS = {"hard": "triplet_hard", "all": "triplet_all", "semihard": "triplet_semihard"}
 
 
+@dataclass(frozen=True)
+class TripletOptions(PairwiseOptions):
+    """The options of :func:`triplet_margin_loss` and :class:`~nodulebench.TripletMarginLoss`."""
+
+    name: ClassVar[str] = "triplet"
+    citation: ClassVar[str] = ("Schroff et al., FaceNet, CVPR 2015; Hermans et al., In "
+                               "Defense of the Triplet Loss, 2017")
+
+    margin: float = option(0.2, "``m >= 0`` (0.2 as in FaceNet)", non_negative)
+    distance: str = option("euclidean", '``"euclidean"``, ``"squared_euclidean"`` or '
+                           '``"cosine"``', choice(DISTANCES))
+    mining: str = option("hard", '``"hard"``, ``"all"`` or ``"semihard"`` (see above)',
+                         choice(TRIPLET_MININGS))
+
+    def kernel(self) -> str:
+        """The mining picks the kernel."""
+        return _TRIPLET_KERNELS[self.mining]
+
+    def kernel_options(self) -> Mapping[str, Any]:
+        """Margin and distance."""
+        return {"margin": self.margin, "distance": self.distance}
+
+
+@functional_form(TripletOptions)
 def triplet_margin_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     *,
-    margin: float = 0.2,
-    distance: str = "euclidean",
-    mining: str = "hard",
-    normalize: bool = True,
-    reduction: str = "mean",
-    backend: str = "auto",
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
+    ref_emb: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     r"""Triplet margin loss over the triplets of a batch, with batch mining.
 
@@ -423,77 +507,64 @@ def triplet_margin_loss(
     Args:
         embeddings: ``(B, D)`` or ``(B, V, D)`` floating.
         labels: ``(B,)`` integer.
-        margin: ``m >= 0`` (0.2 as in FaceNet).
-        distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
-        mining: ``"hard"``, ``"all"`` or ``"semihard"``.
-        normalize: L2-normalize first (FaceNet embeds on the unit sphere).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
-            ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
-            (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
-        gather_distributed: compute this rank's anchors against the embeddings of
-            all ranks, normalised so that DDP's gradient averaging is exact (see
-            :doc:`/scaling`); without an initialised process group, the plain loss.
-        process_group: the group to gather over; ``None`` means the default group.
+        ref_emb: optional reference set ``(M, D)`` or ``(M, V', D)``: the anchors
+            (``embeddings``) are compared with its rows instead of with each other
+            (pytorch-metric-learning's ``ref_emb``; a memory bank). Gradients flow to both.
+        ref_labels: ``(M,)`` integer labels of ``ref_emb``; with ``ref_emb``, both
+            ``labels`` and ``ref_labels`` are required.
+        **options: see the table below.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
 
     Example:
+        >>> z = torch.tensor([[0.0], [1.0], [1.5], [3.0]])
         >>> y = torch.tensor([0, 0, 1, 1])
-        >>> triplet_margin_loss(torch.randn(4, 8), y, mining="all").shape
-        torch.Size([])
+        >>> print(f"{triplet_margin_loss(z, y, normalize=False, mining='all').item():.4f}")
+        0.7000
     """
-    return _triplet(embeddings, labels, margin=margin, distance=distance, mining=mining,
-                    normalize=normalize, reduction=reduction, backend=backend,
-                    gather_distributed=gather_distributed, process_group=process_group).loss
+    return compute_pairwise(TripletOptions.from_kwargs(**options), embeddings, labels,
+                            ref_emb=ref_emb, ref_labels=ref_labels).loss
 
 
 # --------------------------------------------------------------------------- Multi-similarity
 
 
-def _multi_similarity(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    alpha: float,
-    beta: float,
-    base: float,
-    epsilon: float,
-    normalize: bool,
-    reduction: str,
-    backend: str,
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
-) -> ReducedLoss:
-    check_multi_similarity_options(alpha, beta, base, epsilon, reduction)
-    check_backend(backend)
-    prepared = prepare_embeddings(
-        embeddings, labels, normalize=normalize, labels_required=True,
-        gather_distributed=gather_distributed, process_group=process_group,
-        options={"loss": "multi_similarity", "alpha": alpha, "beta": beta, "base": base,
-                 "epsilon": epsilon, "reduction": reduction, "backend": backend},
-    )
-    loss, valid = run_per_anchor(
-        "multi_similarity", prepared.columns, prepared.column_labels, backend=backend,
-        row_range=prepared.row_range, alpha=alpha, beta=beta, base=base, epsilon=epsilon,
-    )
-    return reduce_per_anchor(loss, valid, reduction=reduction, prepared=prepared)
+@dataclass(frozen=True)
+class MultiSimilarityOptions(PairwiseOptions):
+    """The options of :func:`multi_similarity_loss` and its module."""
+
+    name: ClassVar[str] = "multi_similarity"
+    citation: ClassVar[str] = ("Wang et al., Multi-Similarity Loss with General Pair "
+                               "Weighting for Deep Metric Learning, CVPR 2019")
+
+    alpha: float = option(2.0, "positive scale ``> 0`` (published 2)", positive)
+    beta: float = option(50.0, "negative scale ``> 0`` (published 50)", positive)
+    base: float = option(0.5, r"the similarity margin :math:`\lambda` in ``[-1, 1]`` "
+                         "(published 0.5)", in_range(-1.0, 1.0))
+    epsilon: float = option(0.1, "mining margin ``>= 0`` (published 0.1)", non_negative)
+    normalize: bool = option(True, "L2-normalize first, so that ``S`` is the cosine "
+                             "similarity; with ``False`` ``S`` is the raw dot product",
+                             check_bool, kw_only=True)
+
+    def kernel(self) -> str:
+        """The multi-similarity loss with its mining."""
+        return "multi_similarity"
+
+    def kernel_options(self) -> Mapping[str, Any]:
+        """The four scalars."""
+        return {"alpha": self.alpha, "beta": self.beta, "base": self.base,
+                "epsilon": self.epsilon}
 
 
+@functional_form(MultiSimilarityOptions)
 def multi_similarity_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     *,
-    alpha: float = 2.0,
-    beta: float = 50.0,
-    base: float = 0.5,
-    epsilon: float = 0.1,
-    normalize: bool = True,
-    reduction: str = "mean",
-    backend: str = "auto",
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
+    ref_emb: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     r"""Multi-similarity loss with its pair mining (Wang et al. 2019).
 
@@ -513,37 +584,38 @@ def multi_similarity_loss(
     Args:
         embeddings: ``(B, D)`` or ``(B, V, D)`` floating.
         labels: ``(B,)`` integer.
-        alpha: positive scale ``> 0`` (published 2).
-        beta: negative scale ``> 0`` (published 50).
-        base: the similarity margin :math:`\lambda` in ``[-1, 1]`` (published 0.5).
-        epsilon: mining margin ``>= 0`` (published 0.1).
-        normalize: L2-normalize first, so that ``S`` is the cosine similarity; with
-            ``False`` ``S`` is the raw dot product.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        backend: who computes the per-anchor losses: ``"auto"`` (chosen from the inputs),
-            ``"reference"`` (dense), ``"tiled"`` (no ``N x N`` matrix) or ``"triton"``
-            (CUDA, SupCon only); see :mod:`nodulebench.kernels.dispatch`.
-        gather_distributed: compute this rank's anchors against the embeddings of
-            all ranks, normalised so that DDP's gradient averaging is exact (see
-            :doc:`/scaling`); without an initialised process group, the plain loss.
-        process_group: the group to gather over; ``None`` means the default group.
+        ref_emb: optional reference set ``(M, D)`` or ``(M, V', D)``: the anchors
+            (``embeddings``) are compared with its rows instead of with each other
+            (pytorch-metric-learning's ``ref_emb``; a memory bank). Gradients flow to both.
+        ref_labels: ``(M,)`` integer labels of ``ref_emb``; with ``ref_emb``, both
+            ``labels`` and ``ref_labels`` are required.
+        **options: see the table below.
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
 
     Example:
+        >>> z = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
         >>> y = torch.tensor([0, 0, 1, 1])
-        >>> multi_similarity_loss(torch.randn(4, 8), y).shape
-        torch.Size([])
+        >>> print(f"{multi_similarity_loss(z, y).item():.4f}")
+        0.3394
     """
-    return _multi_similarity(embeddings, labels, alpha=alpha, beta=beta, base=base,
-                             epsilon=epsilon, normalize=normalize, reduction=reduction,
-                             backend=backend,
-                             gather_distributed=gather_distributed,
-                             process_group=process_group).loss
+    return compute_pairwise(MultiSimilarityOptions.from_kwargs(**options), embeddings,
+                            labels, ref_emb=ref_emb, ref_labels=ref_labels).loss
 
 
 # --------------------------------------------------------------------------- Cross-entropy
+
+
+def check_cross_entropy_options(
+    label_smoothing: float, weight: torch.Tensor | None, reduction: str
+) -> None:
+    """Raise on an invalid cross-entropy option (see :func:`cross_entropy_loss`)."""
+    check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    if weight is not None:
+        check_ndim("weight", weight, (1,), "(C,)")
+        check_floating("weight", weight)
+    check_choice("reduction", reduction, REDUCTIONS)
 
 
 def cross_entropy_loss(
@@ -574,8 +646,9 @@ def cross_entropy_loss(
         The loss, float32 for fp16/bf16 logits, the logits' dtype otherwise.
 
     Example:
-        >>> cross_entropy_loss(torch.randn(4, 3), torch.tensor([0, 2, 1, 0])).shape
-        torch.Size([])
+        >>> logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+        >>> print(f"{cross_entropy_loss(logits, torch.tensor([0, 2])).item():.4f}")
+        0.2395
     """
     check_ndim("logits", logits, (2,), "(B, C)")
     check_floating("logits", logits)

@@ -1,7 +1,9 @@
-"""``torch.nn.Module`` faces of the losses: they store options and delegate.
+"""``torch.nn.Module`` faces of the losses: they hold their options and delegate.
 
-The maths and its documentation live once, in :mod:`nodulebench.losses.functional`.
-Each pairwise module records in ``num_excluded_anchors`` how many anchors its last call
+The maths and its documentation live once, in :mod:`nodulebench.losses.functional`,
+and each loss's options once, in its options class there; a module here names that
+class (``Options``) and derives its constructor, ``repr`` and registry entry from it.
+Each pairwise module reports in ``num_excluded_anchors`` how many anchors its last call
 left out (anchors without a positive, or without a negative for triplets), and takes
 ``gather_distributed`` / ``process_group`` for exact losses under DDP (see
 :doc:`/scaling`).
@@ -9,12 +11,17 @@ left out (anchors without a positive, or without a negative for triplets), and t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from nodulebench.losses import _options
 from nodulebench.losses import functional as LF
+from nodulebench.losses._declaration import (
+    PairwiseOptions,
+    compute_pairwise,
+    constructor_signature,
+    with_options_table,
+)
 from nodulebench.losses._inputs import ReducedLoss
 from nodulebench.losses.registry import register_loss
 
@@ -29,318 +36,173 @@ __all__ = [
 ]
 
 
-class PairwiseLoss(torch.nn.Module):
-    """Base of the pairwise losses: distributed options and the excluded-anchor count.
+_Loss = TypeVar("_Loss", bound="type[PairwiseLoss]")
 
-    Args:
-        gather_distributed: compute this rank's anchors against the embeddings of all
-            ranks, normalised so that DDP's gradient averaging is exact (see
-            :doc:`/scaling`); without an initialised process group, the plain loss.
-        process_group: the group to gather over; ``None`` means the default group.
+
+def _registered(cls: _Loss) -> _Loss:
+    """Register a pairwise loss under the name, labels rule and citation it declares."""
+    declared = cls.Options
+    return register_loss(declared.name, consumes="embeddings",
+                         requires_labels=declared.labels_required,
+                         citation=declared.citation)(cls)
+
+
+class PairwiseLoss(torch.nn.Module):
+    """Base of the pairwise losses: options from a declaration, the excluded-anchor count.
+
+    A subclass sets ``Options`` to its options class; its constructor then takes exactly
+    those options (positional for the loss's own, keyword-only for the shared ones),
+    validates them once, and keeps them in ``options`` (each also readable as an
+    attribute, e.g. ``loss.temperature``). An option given as a
+    ``torch.nn.Parameter`` (a learnable temperature) is registered as a parameter
+    of the loss, so that ``loss.parameters()`` and ``state_dict`` include it.
 
     Attributes:
+        options: the validated options (a frozen dataclass).
         num_excluded_anchors: anchors of the last call that had no positive (or, for
             triplets, no negative) and so were left out of the reduction; 0 before any
-            call. With ``gather_distributed=True``, this rank's anchors.
+            call. With ``gather_distributed=True``, this rank's anchors. Counted on the
+            device and read only when asked, so a call never waits for it.
     """
 
-    num_excluded_anchors: int
+    Options: ClassVar[type[PairwiseOptions]]
+    options: PairwiseOptions
 
-    def __init__(
-        self,
-        *,
-        gather_distributed: bool = False,
-        process_group: torch.distributed.ProcessGroup | None = None,
-    ) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("Options")
+        if declared is not None:
+            cls.__signature__ = constructor_signature(declared)  # type: ignore[attr-defined]
+            cls.__doc__ = with_options_table(cls.__doc__, declared)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        if not isinstance(gather_distributed, bool):
-            raise TypeError(
-                f"gather_distributed must be a bool; got {type(gather_distributed).__name__}"
-            )
-        self.gather_distributed = gather_distributed
-        self.process_group = process_group
-        self.num_excluded_anchors = 0
+        if args and len(args) > len(self.Options.__match_args__):
+            raise TypeError(f"{type(self).__name__} takes at most "
+                            f"{len(self.Options.__match_args__)} positional options; "
+                            f"got {len(args)}")
+        positional = dict(zip(self.Options.__match_args__, args, strict=False))
+        overlap = sorted(set(positional) & set(kwargs))
+        if overlap:
+            raise TypeError(f"{type(self).__name__} got option(s) {', '.join(overlap)} "
+                            "both by position and by keyword")
+        self.options = self.Options.from_kwargs(**positional, **kwargs)
+        self._excluded: torch.Tensor | None = None
+        for name, value in vars(self.options).items():
+            if isinstance(value, torch.nn.Parameter):
+                # A learnable option (a temperature) belongs to the loss's parameters.
+                # (Not register_parameter: the name already reads through to the option.)
+                self._parameters[name] = value
 
-    def _gather_options(self) -> dict[str, Any]:
-        return {"gather_distributed": self.gather_distributed,
-                "process_group": self.process_group}
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is not None and name in options.__dataclass_fields__:
+            return getattr(options, name)
+        return super().__getattr__(name)
 
-    def _gather_repr(self) -> str:
-        return ", gather_distributed=True" if self.gather_distributed else ""
+    @property
+    def num_excluded_anchors(self) -> int:
+        """Anchors left out of the last call's reduction (see the class docstring)."""
+        return 0 if self._excluded is None else int(self._excluded)
 
     def _record(self, result: ReducedLoss) -> torch.Tensor:
-        self.num_excluded_anchors = result.num_excluded_anchors
+        self._excluded = result.excluded_anchors.detach()
         return result.loss
 
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``.
 
-@register_loss("supcon", consumes="embeddings", requires_labels=False,
-               citation="Khosla et al., Supervised Contrastive Learning, NeurIPS 2020")
+        With ``ref_emb`` ``(M, D)`` or ``(M, V', D)`` and ``ref_labels`` ``(M,)``, the
+        anchors are compared with the reference rows instead of with each other.
+        """
+        return self._record(compute_pairwise(self.options, embeddings, labels,
+                                             ref_emb=ref_emb, ref_labels=ref_labels))
+
+    def extra_repr(self) -> str:
+        """The options that differ from their defaults, and reduction and backend."""
+        return self.options.describe()
+
+
+@_registered
 class SupConLoss(PairwiseLoss):
     """Supervised contrastive loss; see :func:`~nodulebench.losses.functional.supcon_loss`.
 
-    Args:
-        temperature: ``tau > 0``.
-        variant: ``"out"`` (default, recommended by the paper) or ``"in"``.
-        base_temperature: if set, the loss is scaled by ``temperature / base_temperature``.
-        normalize: L2-normalize embeddings first.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
-            :mod:`nodulebench.kernels.dispatch`).
-        gather_distributed: gather the embeddings of all ranks (see
-            :class:`~nodulebench.losses.modules.PairwiseLoss`).
-        process_group: the group to gather over; ``None`` means the default group.
-
     Example:
-        >>> loss_fn = SupConLoss(temperature=0.1)
-        >>> loss = loss_fn(torch.randn(8, 2, 16), torch.tensor([0, 1] * 4))
+        >>> loss_fn = SupConLoss(temperature=0.5)
+        >>> z = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+        >>> print(f"{loss_fn(z, torch.tensor([0, 0, 1, 1])).item():.4f}")
+        0.4302
     """
 
-    def __init__(
-        self,
-        temperature: float = 0.1,
-        variant: str = "out",
-        base_temperature: float | None = None,
-        normalize: bool = True,
-        reduction: str = "mean",
-        backend: str = "auto",
-        gather_distributed: bool = False,
-        process_group: torch.distributed.ProcessGroup | None = None,
-    ) -> None:
-        super().__init__(gather_distributed=gather_distributed, process_group=process_group)
-        _options.check_supcon_options(temperature, variant, base_temperature, reduction)
-        self.temperature = temperature
-        self.variant = variant
-        self.base_temperature = base_temperature
-        self.normalize = normalize
-        self.reduction = reduction
-        self.backend = _options.check_backend(backend)
-
-    def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)`` or None."""
-        return self._record(LF._supcon(
-            embeddings, labels, temperature=self.temperature, variant=self.variant,
-            base_temperature=self.base_temperature, normalize=self.normalize,
-            reduction=self.reduction, backend=self.backend, **self._gather_options(),
-        ))
-
-    def extra_repr(self) -> str:
-        """The options, shown in ``repr``."""
-        return (f"temperature={self.temperature}, variant={self.variant!r}, "
-                f"base_temperature={self.base_temperature}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}, "
-                f"backend={self.backend!r}" + self._gather_repr())
+    Options = LF.SupConOptions
 
 
-@register_loss("ntxent", consumes="embeddings", requires_labels=False,
-               citation="Chen et al., A Simple Framework for Contrastive Learning of Visual "
-                        "Representations (SimCLR), ICML 2020")
+@_registered
 class NTXentLoss(PairwiseLoss):
     """NT-Xent (SimCLR); see :func:`~nodulebench.losses.functional.ntxent_loss`.
 
-    Args:
-        temperature: ``tau > 0`` (0.1 here; 0.5 in SimCLR / lightly, 0.07 in
-            pytorch-metric-learning).
-        normalize: L2-normalize embeddings first.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
-            :mod:`nodulebench.kernels.dispatch`).
-        gather_distributed: gather the embeddings of all ranks (see
-            :class:`~nodulebench.losses.modules.PairwiseLoss`).
-        process_group: the group to gather over; ``None`` means the default group.
-
     Example:
-        >>> loss = NTXentLoss()(torch.randn(4, 8), torch.randn(4, 8))
+        >>> a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+        >>> b = torch.tensor([[0.9, 0.1], [0.1, 0.9], [-0.9, -0.1]])
+        >>> print(f"{NTXentLoss(temperature=0.5)(a, b).item():.4f}")
+        0.3348
     """
 
-    def __init__(
-        self, temperature: float = 0.1, normalize: bool = True, reduction: str = "mean",
-        backend: str = "auto",
-        gather_distributed: bool = False,
-        process_group: torch.distributed.ProcessGroup | None = None,
-    ) -> None:
-        super().__init__(gather_distributed=gather_distributed, process_group=process_group)
-        _options.check_supcon_options(temperature, "out", None, reduction)
-        self.temperature = temperature
-        self.normalize = normalize
-        self.reduction = reduction
-        self.backend = _options.check_backend(backend)
+    Options = LF.NTXentOptions
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(  # type: ignore[override]
+        self, view1: torch.Tensor, view2: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Loss of ``(B, V, D)`` views, or of two ``(B, D)`` views."""
-        return self._record(LF._ntxent(view1, view2, temperature=self.temperature,
-                                       normalize=self.normalize, reduction=self.reduction,
-                                       backend=self.backend, **self._gather_options()))
-
-    def extra_repr(self) -> str:
-        """The options, shown in ``repr``."""
-        return (f"temperature={self.temperature}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}, "
-                f"backend={self.backend!r}" + self._gather_repr())
+        return self._record(compute_pairwise(self.options, LF.ntxent_views(view1, view2),
+                                             None))
 
 
-@register_loss("contrastive", consumes="embeddings", requires_labels=True,
-               citation="Hadsell, Chopra & LeCun, Dimensionality Reduction by Learning an "
-                        "Invariant Mapping, CVPR 2006")
+@_registered
 class ContrastiveLoss(PairwiseLoss):
     """Pairwise contrastive loss; see :func:`~nodulebench.losses.functional.contrastive_loss`.
 
-    Args:
-        margin: ``m >= 0``.
-        normalize: L2-normalize embeddings first (off by default).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
-            :mod:`nodulebench.kernels.dispatch`).
-        gather_distributed: gather the embeddings of all ranks (see
-            :class:`~nodulebench.losses.modules.PairwiseLoss`).
-        process_group: the group to gather over; ``None`` means the default group.
-
     Example:
-        >>> loss = ContrastiveLoss(margin=1.0)(torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2]))
+        >>> z = torch.tensor([[0.0, 0.0], [0.0, 0.5], [0.6, 0.0], [2.0, 0.0]])
+        >>> print(f"{ContrastiveLoss(margin=1.0)(z, torch.tensor([0, 0, 1, 1])).item():.4f}")
+        0.2015
     """
 
-    def __init__(
-        self, margin: float = 1.0, normalize: bool = False, reduction: str = "mean",
-        backend: str = "auto",
-        gather_distributed: bool = False,
-        process_group: torch.distributed.ProcessGroup | None = None,
-    ) -> None:
-        super().__init__(gather_distributed=gather_distributed, process_group=process_group)
-        _options.check_contrastive_options(margin, reduction)
-        self.margin = margin
-        self.normalize = normalize
-        self.reduction = reduction
-        self.backend = _options.check_backend(backend)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``."""
-        return self._record(LF._contrastive(embeddings, labels, margin=self.margin,
-                                            normalize=self.normalize, reduction=self.reduction,
-                                       backend=self.backend, **self._gather_options()))
-
-    def extra_repr(self) -> str:
-        """The options, shown in ``repr``."""
-        return (f"margin={self.margin}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}, backend={self.backend!r}" + self._gather_repr())
+    Options = LF.ContrastiveOptions
 
 
-@register_loss("triplet", consumes="embeddings", requires_labels=True,
-               citation="Schroff et al., FaceNet, CVPR 2015; Hermans et al., In Defense of "
-                        "the Triplet Loss, 2017")
+@_registered
 class TripletMarginLoss(PairwiseLoss):
     """Triplet margin loss; see :func:`~nodulebench.losses.functional.triplet_margin_loss`.
 
-    Args:
-        margin: ``m >= 0``.
-        distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
-        mining: ``"hard"``, ``"all"`` or ``"semihard"``.
-        normalize: L2-normalize embeddings first.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
-            :mod:`nodulebench.kernels.dispatch`).
-        gather_distributed: gather the embeddings of all ranks (see
-            :class:`~nodulebench.losses.modules.PairwiseLoss`).
-        process_group: the group to gather over; ``None`` means the default group.
-
     Example:
-        >>> loss = TripletMarginLoss(mining="all")(torch.randn(4, 8), torch.tensor([0, 0, 1, 1]))
+        >>> loss_fn = TripletMarginLoss(mining="all", normalize=False)
+        >>> z = torch.tensor([[0.0], [1.0], [1.5], [3.0]])
+        >>> print(f"{loss_fn(z, torch.tensor([0, 0, 1, 1])).item():.4f}")
+        0.7000
     """
 
-    def __init__(
-        self,
-        margin: float = 0.2,
-        distance: str = "euclidean",
-        mining: str = "hard",
-        normalize: bool = True,
-        reduction: str = "mean",
-        backend: str = "auto",
-        gather_distributed: bool = False,
-        process_group: torch.distributed.ProcessGroup | None = None,
-    ) -> None:
-        super().__init__(gather_distributed=gather_distributed, process_group=process_group)
-        _options.check_triplet_options(margin, distance, mining, reduction)
-        self.margin = margin
-        self.distance = distance
-        self.mining = mining
-        self.normalize = normalize
-        self.reduction = reduction
-        self.backend = _options.check_backend(backend)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``."""
-        return self._record(LF._triplet(
-            embeddings, labels, margin=self.margin, distance=self.distance, mining=self.mining,
-            normalize=self.normalize, reduction=self.reduction, backend=self.backend,
-            **self._gather_options(),
-        ))
-
-    def extra_repr(self) -> str:
-        """The options, shown in ``repr``."""
-        return (f"margin={self.margin}, distance={self.distance!r}, mining={self.mining!r}, "
-                f"normalize={self.normalize}, reduction={self.reduction!r}, "
-                f"backend={self.backend!r}" + self._gather_repr())
+    Options = LF.TripletOptions
 
 
-@register_loss("multi_similarity", consumes="embeddings", requires_labels=True,
-               citation="Wang et al., Multi-Similarity Loss with General Pair Weighting for "
-                        "Deep Metric Learning, CVPR 2019")
+@_registered
 class MultiSimilarityLoss(PairwiseLoss):
     """Multi-similarity loss; see :func:`~nodulebench.losses.functional.multi_similarity_loss`.
 
-    Args:
-        alpha: positive scale (published 2).
-        beta: negative scale (published 50).
-        base: similarity margin lambda (published 0.5).
-        epsilon: mining margin (published 0.1).
-        normalize: L2-normalize embeddings first (cosine similarity).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        backend: ``"auto"``, ``"reference"``, ``"tiled"`` or ``"triton"`` (see
-            :mod:`nodulebench.kernels.dispatch`).
-        gather_distributed: gather the embeddings of all ranks (see
-            :class:`~nodulebench.losses.modules.PairwiseLoss`).
-        process_group: the group to gather over; ``None`` means the default group.
-
     Example:
-        >>> loss = MultiSimilarityLoss()(torch.randn(4, 8), torch.tensor([0, 0, 1, 1]))
+        >>> z = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+        >>> print(f"{MultiSimilarityLoss()(z, torch.tensor([0, 0, 1, 1])).item():.4f}")
+        0.3394
     """
 
-    def __init__(
-        self,
-        alpha: float = 2.0,
-        beta: float = 50.0,
-        base: float = 0.5,
-        epsilon: float = 0.1,
-        normalize: bool = True,
-        reduction: str = "mean",
-        backend: str = "auto",
-        gather_distributed: bool = False,
-        process_group: torch.distributed.ProcessGroup | None = None,
-    ) -> None:
-        super().__init__(gather_distributed=gather_distributed, process_group=process_group)
-        _options.check_multi_similarity_options(alpha, beta, base, epsilon, reduction)
-        self.alpha = alpha
-        self.beta = beta
-        self.base = base
-        self.epsilon = epsilon
-        self.normalize = normalize
-        self.reduction = reduction
-        self.backend = _options.check_backend(backend)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss of ``embeddings`` ``(B, D)`` or ``(B, V, D)`` with ``labels`` ``(B,)``."""
-        return self._record(LF._multi_similarity(
-            embeddings, labels, alpha=self.alpha, beta=self.beta, base=self.base,
-            epsilon=self.epsilon, normalize=self.normalize, reduction=self.reduction,
-            backend=self.backend, **self._gather_options(),
-        ))
-
-    def extra_repr(self) -> str:
-        """The options, shown in ``repr``."""
-        return (f"alpha={self.alpha}, beta={self.beta}, base={self.base}, "
-                f"epsilon={self.epsilon}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}, "
-                f"backend={self.backend!r}" + self._gather_repr())
+    Options = LF.MultiSimilarityOptions
 
 
 @register_loss("cross_entropy", consumes="logits", requires_labels=True,
@@ -355,7 +217,9 @@ class CrossEntropyLoss(torch.nn.Module):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Example:
-        >>> loss = CrossEntropyLoss()(torch.randn(4, 3), torch.tensor([0, 2, 1, 0]))
+        >>> loss = CrossEntropyLoss()(torch.zeros(4, 3), torch.tensor([0, 2, 1, 0]))
+        >>> print(f"{loss.item():.4f}")  # log(3): uniform logits
+        1.0986
     """
 
     weight: torch.Tensor | None
@@ -367,7 +231,7 @@ class CrossEntropyLoss(torch.nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        _options.check_cross_entropy_options(label_smoothing, weight, reduction)
+        LF.check_cross_entropy_options(label_smoothing, weight, reduction)
         self.label_smoothing = label_smoothing
         self.reduction = reduction
         self.register_buffer("weight", weight)

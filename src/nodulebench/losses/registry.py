@@ -4,7 +4,8 @@ Example:
     >>> from nodulebench import create_loss, list_losses
     >>> list_losses("sup*")
     ['supcon']
-    >>> loss_fn = create_loss("supcon", temperature=0.07)
+    >>> print(create_loss("supcon", temperature=0.07))
+    SupConLoss(temperature=0.07, reduction='mean', backend='auto')
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Literal, TypeVar
 
 import torch
 
-from nodulebench._validation import check_choice
+from nodulebench._validation import check_choice, did_you_mean
 
 __all__ = ["LossInfo", "create_loss", "get_loss_info", "list_losses", "register_loss"]
 
@@ -60,39 +61,52 @@ def _keyword_parameters(factory: Callable[..., torch.nn.Module]) -> tuple[str, .
 
 
 def register_loss(
-    name: str, *, consumes: Consumes, requires_labels: bool, citation: str
+    name: str, *, consumes: Consumes, requires_labels: bool, citation: str,
+    override: bool = False,
 ) -> Callable[[LossFactory], LossFactory]:
     """Class decorator that registers a loss module under ``name``.
 
     Args:
-        name: the registry name; must not be taken yet.
+        name: the registry name; must not be taken yet unless ``override``.
         consumes: ``"embeddings"``, ``"logits"`` or ``"paired_embeddings"``.
         requires_labels: whether the loss needs labels.
         citation: the defining paper, e.g. ``"Khosla et al., NeurIPS 2020"``.
+        override: replace a loss already registered under ``name`` (re-running a
+            notebook cell that defines it); ``False`` raises instead.
 
     Returns:
         A decorator that records the factory and returns it unchanged.
 
     Raises:
-        ValueError: ``name`` already registered, empty, or unknown ``consumes``.
+        ValueError: ``name`` already registered (without ``override``), empty, or
+            unknown ``consumes``.
         TypeError: the factory accepts ``**kwargs`` (it would swallow typos).
 
     Example:
         >>> import torch
-        >>> @register_loss("my_l2", consumes="embeddings", requires_labels=False,
-        ...                citation="-")
-        ... class L2(torch.nn.Module):
+        >>> @register_loss("mean_square", consumes="embeddings", requires_labels=False,
+        ...                citation="-", override=True)
+        ... class MeanSquare(torch.nn.Module):
+        ...     def __init__(self, scale: float = 1.0) -> None:
+        ...         super().__init__()
+        ...         self.scale = scale
         ...     def forward(self, embeddings, labels=None):
-        ...         return embeddings.square().mean()
+        ...         return self.scale * embeddings.square().mean()
+        >>> loss_fn = create_loss("mean_square", scale=0.5)
+        >>> print(loss_fn(torch.ones(2, 3)).item())
+        0.5
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str; got {name!r}")
     check_choice("consumes", consumes, _CONSUMES)
     if not isinstance(requires_labels, bool):
         raise TypeError(f"requires_labels must be a bool; got {type(requires_labels).__name__}")
-    if name in _REGISTRY:
+    if not isinstance(override, bool):
+        raise TypeError(f"override must be a bool; got {type(override).__name__}")
+    if name in _REGISTRY and not override:
         raise ValueError(f"name {name!r} is already registered as "
-                         f"{_REGISTRY[name].factory.__qualname__}")
+                         f"{_REGISTRY[name].factory.__qualname__}; pass override=True "
+                         "to replace it")
 
     def decorator(factory: LossFactory) -> LossFactory:
         parameters = inspect.signature(factory).parameters.values()
@@ -127,13 +141,19 @@ def get_loss_info(name: str) -> LossInfo:
     """The metadata of the loss registered under ``name``.
 
     Raises:
-        KeyError: ``name`` is not registered (the message lists those that are).
+        KeyError: ``name`` is not registered (the message lists those that are and
+            names the closest one).
+
+    Example:
+        >>> print(get_loss_info("supcon").citation)
+        Khosla et al., Supervised Contrastive Learning, NeurIPS 2020
     """
     try:
         return _REGISTRY[name]
     except KeyError:
         registered = ", ".join(repr(n) for n in sorted(_REGISTRY))
-        raise KeyError(f"name must be a registered loss ({registered}); got {name!r}") from None
+        raise KeyError(f"name must be a registered loss ({registered}); got {name!r}"
+                       f"{did_you_mean(name, _REGISTRY)}") from None
 
 
 def create_loss(name: str, **kwargs: object) -> torch.nn.Module:
@@ -152,11 +172,14 @@ def create_loss(name: str, **kwargs: object) -> torch.nn.Module:
 
     Example:
         >>> loss_fn = create_loss("triplet", margin=0.3, mining="all")
+        >>> print(loss_fn)
+        TripletMarginLoss(margin=0.3, mining='all', reduction='mean', backend='auto')
     """
     info = get_loss_info(name)
     unknown = sorted(set(kwargs) - set(info.accepted_kwargs))
     if unknown:
         accepted = ", ".join(info.accepted_kwargs) or "none"
+        hints = "".join(did_you_mean(key, info.accepted_kwargs) for key in unknown)
         raise TypeError(f"create_loss({name!r}) got unknown keyword argument(s) "
-                        f"{', '.join(unknown)}; accepted: {accepted}")
+                        f"{', '.join(unknown)}{hints}; accepted: {accepted}")
     return info.factory(**kwargs)

@@ -18,22 +18,23 @@ with the gathered other tower, and the reduction follows the exact-gradient cont
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
-from nodulebench._validation import check_floating, check_ndim, check_positive
-from nodulebench.kernels.dispatch import run_two_tower
+from nodulebench._validation import check_choice, check_floating, check_ndim, check_positive
+from nodulebench.kernels.dispatch import BACKEND_CHOICES, run_two_tower
+from nodulebench.losses._declaration import EmbeddingOptions, functional_form, option
 from nodulebench.losses._inputs import (
+    REDUCTIONS,
     PreparedEmbeddings,
     ReducedLoss,
-    check_reduction,
     compute_dtype,
     prepare_embeddings,
     reduce_per_anchor,
 )
-from nodulebench.losses._options import check_backend
 from nodulebench.losses.registry import register_loss
 
 # Imported at run time where available so that the docs resolve the annotation.
@@ -42,6 +43,8 @@ if TYPE_CHECKING or dist.is_available():
 
 __all__ = [
     "CLIP_TEMPERATURE",
+    "ClipOptions",
+    "SigLipOptions",
     "SIGLIP_BIAS",
     "SIGLIP_LOGIT_SCALE",
     "ClipLoss",
@@ -130,16 +133,47 @@ def _prepare_towers(
     return image, text
 
 
-def _clip(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, *, temperature: Scalar | None,
-    logit_scale: Scalar | None, normalize: bool, reduction: str, backend: str,
-    gather_distributed: bool, process_group: ProcessGroup | None,
-) -> ReducedLoss:
-    if temperature is not None and logit_scale is not None:
-        raise ValueError("pass temperature or logit_scale, not both; got temperature="
-                         f"{temperature!r} and logit_scale={logit_scale!r}")
-    check_reduction(reduction)
-    check_backend(backend)
+_SCALAR_DOC = ("a float or a 0-dim tensor (learnable; a tensor's value is checked, one host "
+               "synchronisation, except while ``torch.compile`` traces)")
+
+
+@dataclass(frozen=True)
+class ClipOptions(EmbeddingOptions):
+    """The options of :func:`~nodulebench.losses.functional.clip_loss` (scale, then the rest).
+
+    The values of ``temperature`` and ``logit_scale`` are checked when the loss runs,
+    against the towers' dtype and device.
+    """
+
+    temperature: Scalar | None = option(
+        None, r":math:`\tau > 0`: scale :math:`s = 1/\tau`; " + _SCALAR_DOC
+        + "; neither this nor ``logit_scale`` means :math:`\tau = 0.07`")
+    logit_scale: Scalar | None = option(
+        None, ":math:`t`: scale :math:`s = e^t` (CLIP's learnable parametrisation; CLIP "
+        "clips :math:`s` at 100, :class:`~nodulebench.ClipLoss` does, this function does "
+        "not); " + _SCALAR_DOC)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temperature is not None and self.logit_scale is not None:
+            raise ValueError("pass temperature or logit_scale, not both; got temperature="
+                             f"{self.temperature!r} and logit_scale={self.logit_scale!r}")
+
+
+@dataclass(frozen=True)
+class SigLipOptions(EmbeddingOptions):
+    """The options of :func:`~nodulebench.losses.functional.siglip_loss` (scale, bias, rest)."""
+
+    logit_scale: Scalar = option(SIGLIP_LOGIT_SCALE, ":math:`t'`: scale :math:`e^{t'}` "
+                                 r"(SigLIP initialises :math:`\log 10`); " + _SCALAR_DOC)
+    bias: Scalar = option(SIGLIP_BIAS, ":math:`b` (SigLIP initialises -10); " + _SCALAR_DOC)
+
+
+def _clip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: ClipOptions
+          ) -> ReducedLoss:
+    temperature, logit_scale = options.temperature, options.logit_scale
+    normalize, reduction, backend = options.normalize, options.reduction, options.backend
+    gather_distributed, process_group = options.gather_distributed, options.process_group
     _check_towers(image_emb, text_emb)
     # Every check before the gather's collectives.
     if logit_scale is not None:
@@ -158,18 +192,8 @@ def _clip(
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=image)
 
 
-def clip_loss(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    *,
-    temperature: Scalar | None = None,
-    logit_scale: Scalar | None = None,
-    normalize: bool = True,
-    reduction: str = "mean",
-    backend: str = "auto",
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
-) -> torch.Tensor:
+@functional_form(ClipOptions)
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, **options: Any) -> torch.Tensor:
     r"""CLIP's symmetric InfoNCE loss (Radford et al. 2021) over ``B`` paired embeddings.
 
     With the logits :math:`L_{ij} = s\, x_i \cdot y_j` of image :math:`i` against text
@@ -190,20 +214,7 @@ def clip_loss(
         image_emb: ``(B, D)`` floating, the first tower.
         text_emb: ``(B, D)``, the second tower, same dtype and device; row ``i`` pairs
             with ``image_emb[i]``.
-        temperature: :math:`\tau > 0`, a float or a 0-dim tensor (learnable; its value
-            is checked, one host synchronisation, except while ``torch.compile`` traces).
-        logit_scale: :math:`t`, a float or a 0-dim tensor (learnable); :math:`s = e^t`.
-            CLIP clips :math:`s` at 100 (:class:`~nodulebench.ClipLoss` does); this
-            function does not.
-        normalize: L2-normalize the rows of both towers first.
-        reduction: ``"mean"`` (over pairs), ``"sum"`` or ``"none"`` (shape ``(B,)``).
-        backend: ``"auto"``, ``"reference"`` (dense ``B x B`` logits) or ``"tiled"``
-            (:math:`O(B D)` memory); ``"triton"`` declines, see
-            :mod:`nodulebench.kernels.dispatch`.
-        gather_distributed: compute this rank's pairs against the other tower of all
-            ranks, normalised so that DDP's gradient averaging is exact (see
-            :doc:`/scaling`); without an initialised process group, the plain loss.
-        process_group: the group to gather over; ``None`` means the default group.
+        **options: see the table below (``reduction="none"`` gives shape ``(B,)``).
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -219,18 +230,14 @@ def clip_loss(
         >>> round(float(clip_loss(x, x, temperature=0.5)), 4)  # log(e^2 + 2) - 2
         0.2395
     """
-    return _clip(image_emb, text_emb, temperature=temperature, logit_scale=logit_scale,
-                 normalize=normalize, reduction=reduction, backend=backend,
-                 gather_distributed=gather_distributed, process_group=process_group).loss
+    return _clip(image_emb, text_emb, ClipOptions.from_kwargs(**options)).loss
 
 
-def _siglip(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, *, logit_scale: Scalar, bias: Scalar,
-    normalize: bool, reduction: str, backend: str, gather_distributed: bool,
-    process_group: ProcessGroup | None,
-) -> ReducedLoss:
-    check_reduction(reduction)
-    check_backend(backend)
+def _siglip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: SigLipOptions
+            ) -> ReducedLoss:
+    logit_scale, bias = options.logit_scale, options.bias
+    normalize, reduction, backend = options.normalize, options.reduction, options.backend
+    gather_distributed, process_group = options.gather_distributed, options.process_group
     _check_towers(image_emb, text_emb)
     scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
     bias_tensor = _scalar("bias", bias, image_emb, positive=False)
@@ -247,18 +254,8 @@ def _siglip(
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=image)
 
 
-def siglip_loss(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    *,
-    logit_scale: Scalar = SIGLIP_LOGIT_SCALE,
-    bias: Scalar = SIGLIP_BIAS,
-    normalize: bool = True,
-    reduction: str = "mean",
-    backend: str = "auto",
-    gather_distributed: bool = False,
-    process_group: ProcessGroup | None = None,
-) -> torch.Tensor:
+@functional_form(SigLipOptions)
+def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, **options: Any) -> torch.Tensor:
     r"""SigLIP's pairwise sigmoid loss (Zhai et al. 2023) over ``B`` paired embeddings.
 
     Every image-text pair is an independent binary classification, positive on the
@@ -277,16 +274,7 @@ def siglip_loss(
     Args:
         image_emb: ``(B, D)`` floating, the first tower.
         text_emb: ``(B, D)``, the second tower, same dtype and device.
-        logit_scale: :math:`t'`, a float or a 0-dim tensor (learnable); scale
-            :math:`e^{t'}`.
-        bias: :math:`b`, a float or a 0-dim tensor (learnable).
-        normalize: L2-normalize the rows of both towers first.
-        reduction: ``"mean"`` (over pairs), ``"sum"`` or ``"none"`` (shape ``(B,)``).
-        backend: ``"auto"``, ``"reference"`` (dense ``B x B`` logits) or ``"tiled"``
-            (:math:`O(B D)` memory); ``"triton"`` declines.
-        gather_distributed: compute this rank's images against the texts of all ranks,
-            normalised so that DDP's gradient averaging is exact (see :doc:`/scaling`).
-        process_group: the group to gather over; ``None`` means the default group.
+        **options: see the table below (``reduction="none"`` gives shape ``(B,)``).
 
     Returns:
         The loss, float32 for fp16/bf16 inputs, the input dtype otherwise.
@@ -301,9 +289,7 @@ def siglip_loss(
         >>> round(float(siglip_loss(x, x, logit_scale=math.log(10.0), bias=-5.0)), 4)
         0.0134
     """
-    return _siglip(image_emb, text_emb, logit_scale=logit_scale, bias=bias,
-                   normalize=normalize, reduction=reduction, backend=backend,
-                   gather_distributed=gather_distributed, process_group=process_group).loss
+    return _siglip(image_emb, text_emb, SigLipOptions.from_kwargs(**options)).loss
 
 
 class TwoTowerLoss(torch.nn.Module):
@@ -327,11 +313,12 @@ class TwoTowerLoss(torch.nn.Module):
                            ("gather_distributed", gather_distributed)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool; got {type(flag).__name__}")
-        check_reduction(reduction)
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("backend", backend, BACKEND_CHOICES)
         self.learnable = learnable
         self.normalize = normalize
         self.reduction = reduction
-        self.backend = check_backend(backend)
+        self.backend = backend
         self.gather_distributed = gather_distributed
         self.process_group = process_group
 

@@ -1,7 +1,9 @@
-"""Figures for probing results (needs the optional ``study`` extra: matplotlib).
+"""Figures for probing results (matplotlib, from the ``plot`` extra).
 
-matplotlib is imported inside each function, so ``import nodulebench`` never loads it.
-Every function draws into a given axes (or a new figure) and returns what it drew on.
+matplotlib is imported inside each function, so ``import nodulebench`` never loads it, and
+the user's backend is never changed. Every function draws into a given axes (or a new
+figure) and returns what it drew on. :mod:`nodulebench.plotting` re-exports them beside the
+data figures.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nodulebench._optional import import_pyplot
 from nodulebench._validation import check_choice, check_ndim
 from nodulebench.probing.records import ProbeResult, SensitivityResult
 
@@ -24,20 +27,10 @@ __all__ = [
 ]
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plotting needs matplotlib: pip install 'nodulebench[study]'"
-        ) from error
-    return plt
-
-
 def _axes(ax: Any, figsize: tuple[float, float]) -> Any:
     if ax is not None:
         return ax
-    return _pyplot().subplots(figsize=figsize, layout="constrained")[1]
+    return import_pyplot().subplots(figsize=figsize, layout="constrained")[1]
 
 
 def plot_probe_heatmap(
@@ -224,7 +217,7 @@ def plot_gradcam_overlays(
         raise ValueError(f"masks must have shape {tuple(images.shape)}; got {tuple(masks.shape)}")
     if titles is not None and len(titles) != images.shape[0]:
         raise ValueError(f"titles must hold {images.shape[0]} strings; got {len(titles)}")
-    plt = _pyplot()
+    plt = import_pyplot()
     count = images.shape[0]
     figure, axes = plt.subplots(1, count, figsize=(2.0 * count, 2.2), squeeze=False,
                                 layout="constrained")

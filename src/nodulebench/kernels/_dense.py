@@ -1,4 +1,4 @@
-"""Dense per-anchor loss functions: the reference backend of every pairwise loss.
+"""Dense per-anchor loss functions: the definitions, served as the ``"reference"`` backend.
 
 Each ``*_per_anchor`` function takes prepared rows ``z`` ``(N, D)`` (float32 or
 float64, already normalized if asked) and row labels ``(N,)`` int64, and returns the
@@ -6,13 +6,14 @@ per-anchor loss ``(N,)`` and a ``valid`` mask ``(N,)`` bool (triplet ``mining="a
 also returns per-anchor counts). Values on invalid rows are arbitrary: the caller
 replaces them with 0. This is the boundary where faster backends plug in; they must
 return the same tensors. The functions build dense ``(N, N)`` (and, for triplet
-``"all"``/``"semihard"``, ``(N, N, N)``) tensors: they are definitions, not kernels.
+``"all"``, ``(N, N, N)``) tensors: they are definitions, not kernels.
 
 Every function also takes keyword-only ``columns`` ``(M, D)``, ``column_labels``
 ``(M,)`` and ``row_offset``: the anchors ``z`` are then compared with the columns, and
 anchor ``i`` is column ``row_offset + i`` (its self-pair). That is how a distributed
 loss computes its local anchors against the gathered global batch; the default
-(``columns=None``) is the whole batch against itself.
+(``columns=None``) is the whole batch against itself. ``row_offset=None`` means the
+columns are a separate reference set (``ref_emb``): no column is an anchor's self-pair.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ import math
 
 import torch
 
-from nodulebench.losses.distances import euclidean_distance, pairwise_distance
+from nodulebench.kernels.distances import euclidean_distance, pairwise_distance
 
 __all__ = [
+    "SUPCON_VARIANTS",
+    "TRIPLET_MININGS",
     "contrastive_per_anchor",
+    "contrastive_pml_per_anchor",
     "masked_max",
     "masked_min",
     "multi_similarity_per_anchor",
@@ -33,16 +37,27 @@ __all__ = [
     "triplet_per_anchor",
 ]
 
+SUPCON_VARIANTS: tuple[str, ...] = ("out", "in")
+"""SupCon's two forms: the average over positives outside (``"out"``) or inside the log."""
+
+TRIPLET_MININGS: tuple[str, ...] = ("all", "hard", "semihard")
+"""Which triplets of a batch a triplet loss uses."""
+
 
 def pair_masks(
-    labels: torch.Tensor, column_labels: torch.Tensor | None = None, row_offset: int = 0
+    labels: torch.Tensor, column_labels: torch.Tensor | None = None,
+    row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(N, M)`` bool masks: self pairs, positives ``P(i)`` and negatives ``Neg(i)``.
 
     Anchor ``i`` (label ``labels[i]``) is column ``row_offset + i``; the columns'
-    labels are ``column_labels`` (default: ``labels``, so ``M = N``).
+    labels are ``column_labels`` (default: ``labels``, so ``M = N``). With
+    ``row_offset=None`` no column is an anchor (a separate reference set).
     """
     column_labels = labels if column_labels is None else column_labels
+    same = labels[:, None] == column_labels[None, :]
+    if row_offset is None:
+        return torch.zeros_like(same), same, ~same
     anchor_index = torch.arange(labels.shape[0], device=labels.device) + row_offset
     column_index = torch.arange(column_labels.shape[0], device=labels.device)
     self_pair = anchor_index[:, None] == column_index[None, :]
@@ -76,7 +91,7 @@ def masked_min(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def supcon_per_anchor(
     z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str,
     columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
-    row_offset: int = 0,
+    row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor SupCon loss (the backend boundary).
 
@@ -87,7 +102,7 @@ def supcon_per_anchor(
         variant: ``"out"`` or ``"in"``.
         columns: ``(M, D)`` rows compared with the anchors; ``None`` means ``z``.
         column_labels: ``(M,)`` their labels (with ``columns``).
-        row_offset: column index of anchor 0 (see the module docstring).
+        row_offset: column index of anchor 0, or None (see the module docstring).
 
     Returns:
         ``loss (N,)`` and ``valid (N,)`` bool (``|P(i)| > 0``); ``loss`` is finite on
@@ -117,15 +132,16 @@ def supcon_per_anchor(
 def contrastive_per_anchor(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float,
     columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
-    row_offset: int = 0,
+    row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor Hadsell contrastive loss (the backend boundary).
 
     Returns ``loss (N,)`` (mean over the ``M - 1`` other columns, ``M = N`` without
-    ``columns``) and ``valid (N,)`` (true iff ``M >= 2``).
+    ``columns``; over all ``M`` columns of a reference set) and ``valid (N,)`` (true iff
+    that count is at least 1).
     """
     columns, column_labels = _column_set(z, labels, columns, column_labels)
-    n = column_labels.shape[0]
+    n = column_labels.shape[0] + (1 if row_offset is None else 0)
     self_pair, positive, _ = pair_masks(labels, column_labels, row_offset)
     distance = euclidean_distance(z, columns)
     pull = 0.5 * distance.square()
@@ -136,10 +152,36 @@ def contrastive_per_anchor(
     return loss, valid
 
 
+def contrastive_pml_per_anchor(
+    z: torch.Tensor, labels: torch.Tensor, *, pos_margin: float, neg_margin: float,
+    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    row_offset: int | None = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-anchor pytorch-metric-learning contrastive terms (the backend boundary).
+
+    With the Euclidean distance ``d``, a positive pair costs ``max(0, d - pos_margin)``
+    and a negative pair ``max(0, neg_margin - d)``, unsquared.
+
+    Returns:
+        ``sums (N, 2)``: each anchor's sum over its positive pairs and over its negative
+        pairs; ``valid (N,)`` (at least one other column); ``counts (N, 2)``: how many of
+        those terms are positive (what the mean over non-zero terms divides by).
+    """
+    columns, column_labels = _column_set(z, labels, columns, column_labels)
+    _, positive, negative = pair_masks(labels, column_labels, row_offset)
+    distance = euclidean_distance(z, columns)
+    pull = torch.where(positive, (distance - pos_margin).clamp(min=0.0), 0.0)
+    push = torch.where(negative, (neg_margin - distance).clamp(min=0.0), 0.0)
+    sums = torch.stack((pull.sum(dim=1), push.sum(dim=1)), dim=1)
+    counts = torch.stack(((pull > 0).sum(dim=1), (push > 0).sum(dim=1)), dim=1)
+    valid = (positive | negative).any(dim=1)
+    return sums, valid, counts
+
+
 def triplet_per_anchor(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float, distance: str, mining: str,
     columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
-    row_offset: int = 0,
+    row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-anchor triplet loss (the backend boundary).
 
@@ -151,7 +193,7 @@ def triplet_per_anchor(
         mining: ``"all"``, ``"hard"`` or ``"semihard"``.
         columns: ``(M, D)`` rows compared with the anchors; ``None`` means ``z``.
         column_labels: ``(M,)`` their labels (with ``columns``).
-        row_offset: column index of anchor 0 (see the module docstring).
+        row_offset: column index of anchor 0, or None (see the module docstring).
 
     Returns:
         ``loss (N,)``, ``valid (N,)`` (``P(i)`` and ``Neg(i)`` nonempty) and ``counts``:
@@ -162,29 +204,55 @@ def triplet_per_anchor(
     _, positive, negative = pair_masks(labels, column_labels, row_offset)
     valid = positive.any(dim=1) & negative.any(dim=1)
     d = pairwise_distance(z, distance, None if columns is z else columns)
+    # The hinge is relu, whose gradient is 0 at 0: a triplet exactly at the margin is
+    # satisfied (and not counted). Tied extremes share the gradient equally (amax / amin).
     if mining == "hard":
         hardest_positive = torch.where(valid, masked_max(d, positive), 0.0)
         hardest_negative = torch.where(valid, masked_min(d, negative), 0.0)
-        return (hardest_positive - hardest_negative + margin).clamp(min=0.0), valid, None
+        return torch.relu(hardest_positive - hardest_negative + margin), valid, None
+    if mining == "semihard":
+        return _semihard(d, positive, negative, valid, margin), valid, None
     # t[i, p, n] = d_ip - d_in + m over valid (p, n) for anchor i.
     triplet_valid = positive[:, :, None] & negative[:, None, :]
     raw = d[:, :, None] - d[:, None, :] + margin
-    if mining == "all":
-        losses = torch.where(triplet_valid, raw.clamp(min=0.0), 0.0)
-        counts = (triplet_valid & (raw > 0)).sum(dim=(1, 2))
-        return losses.sum(dim=(1, 2)), valid, counts
-    # semihard: per positive pair, the closest negative farther than the positive;
-    # if no negative is farther, the farthest negative.
-    d_positive = d[:, :, None]
-    d_negative = d[:, None, :].expand_as(raw)
-    farther = triplet_valid & (d_negative > d_positive)
-    closest_farther = torch.where(farther, d_negative, math.inf).amin(dim=2)
-    farthest = masked_max(d, negative)[:, None].expand_as(closest_farther)
-    chosen = torch.where(farther.any(dim=2), closest_farther, farthest)
-    chosen = torch.where(positive & valid[:, None], chosen, 0.0)
-    pair_loss = torch.where(positive, (d - chosen + margin).clamp(min=0.0), 0.0)
-    num_positives = positive.sum(dim=1).clamp(min=1).to(z.dtype)
-    return pair_loss.sum(dim=1) / num_positives, valid, None
+    losses = torch.where(triplet_valid, torch.relu(raw), 0.0)
+    counts = (triplet_valid & (raw > 0)).sum(dim=(1, 2))
+    return losses.sum(dim=(1, 2)), valid, counts
+
+
+def _semihard(
+    d: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, valid: torch.Tensor,
+    margin: float,
+) -> torch.Tensor:
+    """Semi-hard triplet loss per anchor from sorted negatives, in ``O(N M)`` memory.
+
+    For each positive pair ``(i, p)`` the chosen negative distance ``v_ip`` is the
+    smallest ``d_in > d_ip``, or the largest ``d_in`` if none is farther; the anchor's loss
+    is the mean over its positives of ``relu(d_ip - v_ip + m)``. Each anchor's negative
+    distances are sorted once and ``v_ip`` found by binary search (no ``(N, M, M)``
+    tensor). Negatives tied at ``v_ip`` share that pair's gradient equally, as a ``min``
+    over them by ``amin`` would; the gradient of ``relu`` is 0 at 0.
+    """
+    with torch.no_grad():
+        neg_sorted, order = torch.where(negative, d, math.inf).sort(dim=1)
+        last_negative = (negative.sum(dim=1, keepdim=True) - 1).clamp(min=0)
+        farther = torch.searchsorted(neg_sorted, d.contiguous(), side="right")
+        chosen = neg_sorted.gather(1, torch.minimum(farther, last_negative))
+        active = positive & valid[:, None] & (d - chosen + margin > 0)
+        # Each active pair's unit of gradient, split over the negatives tied at v_ip: summed
+        # at the first sorted position of the tie, then spread to every member of it.
+        tie_start = torch.searchsorted(neg_sorted, chosen, side="left")
+        tie_size = torch.searchsorted(neg_sorted, chosen, side="right") - tie_start
+        share = active.to(d.dtype) / tie_size.clamp(min=1).to(d.dtype)
+        at_start = torch.zeros_like(d).scatter_add_(1, tie_start.clamp(max=d.shape[1] - 1),
+                                                    share)
+        group_start = torch.searchsorted(neg_sorted, neg_sorted, side="left")
+        weight_sorted = at_start.gather(1, group_start.clamp(max=d.shape[1] - 1))
+        weight = torch.zeros_like(d).scatter_(1, order, weight_sorted) * negative
+    # sum_p relu(d_ip - v_ip + m) = sum_active (d_ip + m) - sum_n weight_in d_in. Products,
+    # not torch.where, so that a NaN distance reaches the loss.
+    pair_sum = (active * (d + margin)).sum(dim=1) - (weight * d).sum(dim=1)
+    return pair_sum / positive.sum(dim=1).clamp(min=1).to(d.dtype)
 
 
 def multi_similarity_per_anchor(
@@ -197,7 +265,7 @@ def multi_similarity_per_anchor(
     epsilon: float,
     columns: torch.Tensor | None = None,
     column_labels: torch.Tensor | None = None,
-    row_offset: int = 0,
+    row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor multi-similarity loss with its pair mining (the backend boundary).
 

@@ -1,0 +1,99 @@
+"""The cross-batch memory: the last K rows as extra candidates, FIFO, in state_dict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from _loss_cases import make_batch
+from nodulebench import ContrastiveLoss, CrossEntropyLoss, SupConLoss, TripletMarginLoss
+from nodulebench.losses import CrossBatchMemory
+from nodulebench.losses import functional as LF
+
+SIZE = 6  # remembered rows; batches of 4 rows, so the ring wraps on the third batch
+
+
+@pytest.mark.parametrize("backend", ["reference", "tiled"])
+@pytest.mark.parametrize(
+    ("module", "functional"),
+    [(SupConLoss, LF.supcon_loss), (ContrastiveLoss, LF.contrastive_loss),
+     (TripletMarginLoss, LF.triplet_margin_loss)],
+)
+def test_equals_the_batch_against_itself_and_the_last_rows(
+    backend: str, module: type, functional: Callable[..., torch.Tensor],
+) -> None:
+    # Every anchor of the batch meets the batch (self-pair excluded) and the last SIZE
+    # rows of earlier batches, which take no gradient: the per-anchor losses of the
+    # batch followed by those rows, first rows only.
+    memory = CrossBatchMemory(module(backend=backend, reduction="none"), embedding_size=3,
+                              memory_size=SIZE, dtype=torch.float64)
+    normalize = memory.loss.normalize
+    history: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for seed in range(4):
+        embeddings, labels = make_batch(seed, 4, None, 3, 3)
+        embeddings.requires_grad_(True)
+        got = memory(embeddings, labels)
+        got.sum().backward()
+        probe = embeddings.detach().clone().requires_grad_(True)
+        rows, row_labels = probe, labels
+        if history:
+            rows = torch.cat([probe, torch.cat([e for e, _ in history])[-SIZE:]])
+            row_labels = torch.cat([labels, torch.cat([y for _, y in history])[-SIZE:]])
+        want = functional(rows, row_labels, reduction="none", backend="reference",
+                          normalize=normalize)[:4]
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+        want.sum().backward()
+        torch.testing.assert_close(embeddings.grad, probe.grad, rtol=1e-9, atol=1e-12)
+        history.append((embeddings.detach(), labels))
+    assert memory.filled == SIZE
+
+
+def test_remembers_the_prepared_rows_of_every_view_first_in_first_out() -> None:
+    memory = CrossBatchMemory(SupConLoss(), embedding_size=3, memory_size=5)
+    first, first_labels = make_batch(0, 2, 2, 3, 2)  # 4 rows
+    second, second_labels = make_batch(1, 1, 2, 3, 2)  # 2 rows: the ring wraps
+    memory(first.float(), first_labels)
+    assert memory.filled == 4
+    memory(second.float(), second_labels)
+    unit = torch.nn.functional.normalize
+    rows = torch.cat([unit(first.reshape(4, 3).float(), dim=1),
+                      unit(second.reshape(2, 3).float(), dim=1)])
+    labels = torch.cat([first_labels.repeat_interleave(2), second_labels.repeat_interleave(2)])
+    order = [5, 1, 2, 3, 4]  # row 4 went to slot 4, row 5 overwrote slot 0
+    torch.testing.assert_close(memory.embeddings, rows[order])
+    torch.testing.assert_close(memory.labels, labels[order])
+    assert memory.filled == 5
+
+
+def test_state_dict_resumes_the_same_memory() -> None:
+    memory = CrossBatchMemory(SupConLoss(), embedding_size=3, memory_size=5)
+    for seed in range(3):
+        embeddings, labels = make_batch(seed, 2, None, 3, 2)
+        memory(embeddings.float(), labels)
+    restored = CrossBatchMemory(SupConLoss(), embedding_size=3, memory_size=5)
+    restored.load_state_dict(memory.state_dict())
+    assert restored.filled == memory.filled == 5
+    embeddings, labels = make_batch(9, 3, None, 3, 2)
+    torch.testing.assert_close(restored(embeddings.float(), labels),
+                               memory(embeddings.float(), labels))
+    torch.testing.assert_close(restored.embeddings, memory.embeddings)
+    memory.reset()
+    assert memory.filled == 0 and "filled=0" in repr(memory)
+
+
+def test_bad_arguments_get_named_errors() -> None:
+    with pytest.raises(TypeError, match="loss must be one of the pairwise losses"):
+        CrossBatchMemory(CrossEntropyLoss(), embedding_size=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="memory_size must be an int >= 1; got 0"):
+        CrossBatchMemory(SupConLoss(), embedding_size=3, memory_size=0)
+    with pytest.raises(TypeError, match="embedding_size must be an int"):
+        CrossBatchMemory(SupConLoss(), embedding_size=3.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        CrossBatchMemory(SupConLoss(), embedding_size=3, dtype=torch.int64)
+    memory = CrossBatchMemory(SupConLoss(), embedding_size=3)
+    with pytest.raises(ValueError, match="embeddings must have D = embedding_size = 3"):
+        memory(torch.randn(4, 5), torch.arange(4))
+    with pytest.raises(TypeError, match="labels must be a"):
+        memory(torch.randn(4, 3), None)  # type: ignore[arg-type]
