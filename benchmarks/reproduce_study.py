@@ -6,7 +6,9 @@ Grad-CAM, CKA) and writes ``report.md``, ``metrics.json``, ``metrics.csv`` and f
 
     python benchmarks/reproduce_study.py --preset quick --out results/quick
 
-Rerunning the same command resumes: finished runs are skipped. ``--fresh`` starts over.
+Rerunning the same command resumes: finished runs are skipped, and a run whose files are
+truncated or corrupt is named in the log and done again. ``--fresh`` starts over.
+``--workers 2`` trains two runs side by side (best on a 2-core CPU).
 Under ``torchrun --nproc_per_node N`` the runs train with DDP on N processes; only rank 0
 evaluates and writes.
 """
@@ -27,6 +29,7 @@ from study.config import (
     ConfigError,
     StudyConfig,
     check_losses,
+    check_seeds,
     load_config,
     preset_path,
 )
@@ -53,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes that train runs side by side, sharing --threads "
+                             "(default: 1; 2 suits a 2-core CPU)")
     return parser.parse_args(argv)
 
 
@@ -65,7 +71,7 @@ def resolve_config(args: argparse.Namespace) -> StudyConfig:
     if args.seeds:
         if any(s < 0 for s in args.seeds):
             raise ConfigError(f"--seeds must be integers >= 0; got {args.seeds}")
-        changes["seeds"] = tuple(args.seeds)
+        changes["seeds"] = check_seeds(args.seeds, "--seeds")
     if args.losses:
         check_losses(tuple(args.losses))
         changes["losses"] = tuple(args.losses)
@@ -118,6 +124,10 @@ def prepare_output(args: argparse.Namespace, config: StudyConfig,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be >= 1; got {args.workers}")
+        if args.threads is not None and args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1; got {args.threads}")
         config = resolve_config(args)
         resolve_device(config.device)
     except ConfigError as err:
@@ -126,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parallel, device_name = init_parallel(config.device)
     try:
         device = resolve_device(device_name)
+        if parallel.active and args.workers > 1:
+            raise ConfigError("--workers > 1 cannot be combined with torchrun; use one or "
+                              "the other")
         if config.train.batch_size % parallel.world_size:
             raise ConfigError(f"train.batch_size ({config.train.batch_size}) must be divisible "
                               f"by the number of processes ({parallel.world_size})")
@@ -143,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
              device, parallel.world_size, store.root)
     start = time.perf_counter()
     progress = Progress(enabled=not args.no_progress and parallel.is_main)
-    run_grid(config, store, device, progress, parallel)
+    run_grid(config, store, device, progress, parallel, workers=args.workers)
     if parallel.is_main:
         write_report(config, store)
         log.info("finished in %.0f s; report: %s", time.perf_counter() - start,

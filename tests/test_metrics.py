@@ -109,3 +109,9 @@ def test_confidence_on_a_bin_edge_falls_into_the_bin_that_starts_there() -> None
     probs = torch.tensor([0.25, 0.7], dtype=torch.float64)
     got = expected_calibration_error(probs, torch.tensor([0, 0]), n_bins=5)
     assert got == pytest.approx(0.225, abs=1e-12)
+
+
+def test_ece_of_confidently_wrong_predictions_exceeds_one_half() -> None:
+    # Every prediction 0.99 sure and wrong: |accuracy - confidence| = 0.99 in one bin.
+    assert expected_calibration_error(torch.tensor([0.99, 0.01]),
+                                      torch.tensor([0, 1])) == pytest.approx(0.99)

@@ -1,15 +1,27 @@
-"""Numbers derived from the finished runs: means over seeds and CKA between losses."""
+"""Numbers derived from the finished runs: intervals over seeds, paired tests, CKA floors.
+
+Every aggregate here is a :class:`~nodulebench.stats.MeanInterval` over seeds, or a
+comparison whose p-value is Holm-corrected within its family.
+"""
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from nodulebench.probing import ProbeResult, SensitivityResult, linear_cka
+from nodulebench.probing import gram_linear_cka
+from nodulebench.stats import (
+    MeanInterval,
+    PairResult,
+    compare_all,
+    holm,
+    mean_interval,
+    paired_comparison,
+)
 
 from .config import StudyConfig
 from .models import STAGES
@@ -18,24 +30,27 @@ from .store import RunStore
 
 TEST_ORDER = ("iid", "decorrelated", "reversed", "heldout", "covariate")
 REFERENCE_LOSS = "cross_entropy"
+#: Worst-group accuracy is compared on the distribution where every group is equally
+#: large; a group's accuracy does not depend on the group proportions, so iid, decorrelated
+#: and reversed differ only by sampling noise, which is smallest here.
+HEADLINE_TEST = "decorrelated"
+HEADLINE_METRIC = "worst_group_accuracy"
+#: A loss this far below the best i.i.d. balanced accuracy is underfit, not robust.
+UNDERFIT_MARGIN = 0.03
+ALPHA = 0.05
+HEADS = ("model", "linear", "dfr")
 
 
-def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation of the defined values.
-
-    The mean is ``None`` without any defined value; the deviation is ``None`` with fewer
-    than two.
-    """
+def interval(values: Iterable[float | None]) -> MeanInterval | None:
+    """Mean and 95 % t-interval of the defined values (``None`` without any)."""
     defined = [float(v) for v in values if v is not None]
-    if not defined:
-        return None, None
-    return statistics.fmean(defined), statistics.stdev(defined) if len(defined) > 1 else None
+    return mean_interval(defined) if defined else None
 
 
 def group_runs(records: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Records grouped by (experiment, loss), seeds together."""
+    """Records grouped by (experiment, loss), seeds together in seed order."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
+    for record in sorted(records, key=lambda r: r["seed"]):
         groups[record["experiment"], record["loss"]].append(record)
     return groups
 
@@ -46,65 +61,196 @@ def tests_present(records: list[dict[str, Any]]) -> list[str]:
     return [t for t in TEST_ORDER if t in seen] + sorted(seen - set(TEST_ORDER))
 
 
-def metric_means(runs: list[dict[str, Any]], test: str, metric: str) -> tuple[float | None,
-                                                                               float | None]:
-    """Mean ± std over seeds of one metric on one test distribution."""
-    return mean_std(r["metrics"][test][metric] for r in runs if test in r["metrics"])
+def head_metrics(record: dict[str, Any], head: str) -> dict[str, dict[str, Any]]:
+    """``{test: metrics}`` of one head of a run (``model`` is the protocol's own)."""
+    return record["metrics"] if head == "model" else record["heads"][head]
 
 
-def mean_probes(runs: list[dict[str, Any]]) -> list[ProbeResult]:
-    """Probe records averaged over seeds (score, control and selectivity)."""
-    by_factor: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def metric_by_seed(runs: list[dict[str, Any]], test: str, metric: str,
+                   head: str = "model") -> dict[int, float]:
+    """``{seed: value}`` of one metric of one head on one test distribution."""
+    out = {}
     for run in runs:
-        for row in run["probes"]:
-            by_factor[row["factor"]].append(row)
-    averaged = []
-    for rows in by_factor.values():
-        fields = dict(rows[0])
-        for key in ("score", "score_std", "control", "control_std", "selectivity"):
-            fields[key] = statistics.fmean(r[key] for r in rows)
-        averaged.append(ProbeResult(**fields))
-    return averaged
+        value = head_metrics(run, head).get(test, {}).get(metric)
+        if value is not None:
+            out[run["seed"]] = float(value)
+    return out
 
 
-def mean_sensitivity(runs: list[dict[str, Any]]) -> list[SensitivityResult]:
-    """Sensitivity records averaged over seeds."""
-    by_factor: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for run in runs:
-        for row in run["sensitivity"]:
-            by_factor[row["factor"]].append(row)
-    averaged = []
-    for rows in by_factor.values():
-        fields = dict(rows[0])
-        fields["values"] = tuple(fields["values"])
-        for key in ("flip_rate", "mean_abs_probability_change", "mean_probability_change",
-                    "embedding_displacement", "relative_embedding_displacement"):
-            fields[key] = mean_std(r[key] for r in rows)[0]
-        averaged.append(SensitivityResult(**fields))
-    return averaged
+def metric_interval(runs: list[dict[str, Any]], test: str, metric: str,
+                    head: str = "model") -> MeanInterval | None:
+    """Mean and interval over seeds of one metric on one test distribution."""
+    return interval(metric_by_seed(runs, test, metric, head).values())
 
 
-def cka_by_layer(config: StudyConfig, store: RunStore, experiment: str,
-                 reference: str = REFERENCE_LOSS) -> dict[str, dict[str, float]]:
-    """``{loss: {layer: CKA with the reference loss's model}}``, mean over seeds.
+def underfit_losses(runs_by_loss: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """``{loss: i.i.d. balanced accuracy}`` of losses more than the margin below the best."""
+    means = {loss: m.mean for loss, runs in runs_by_loss.items()
+             if (m := metric_interval(runs, "iid", "balanced_accuracy")) is not None}
+    if not means:
+        return {}
+    best = max(means.values())
+    return {loss: v for loss, v in means.items() if v < best - UNDERFIT_MARGIN}
 
-    Both models of a pair saw the same probe images (same experiment and seed), so their
-    features are row-aligned.
+
+def _common_seeds(by_seed: dict[str, dict[int, float]]) -> list[int]:
+    seeds: set[int] | None = None
+    for values in by_seed.values():
+        seeds = set(values) if seeds is None else seeds & set(values)
+    return sorted(seeds or ())
+
+
+def compare_losses(runs_by_loss: dict[str, list[dict[str, Any]]], test: str, metric: str,
+                   head: str = "model") -> tuple[list[PairResult], int]:
+    """Paired comparisons of every pair of losses on the seeds they share, Holm-corrected.
+
+    Returns:
+        The pairs and the number of shared seeds (no pair below two seeds).
     """
-    result: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for seed in config.seeds:
-        ref_id = run_id(experiment, reference, seed)
-        if not store.is_done(ref_id):
+    by_seed = {loss: metric_by_seed(runs, test, metric, head)
+               for loss, runs in runs_by_loss.items()}
+    seeds = _common_seeds(by_seed)
+    if len(seeds) < 2 or len(by_seed) < 2:
+        return [], len(seeds)
+    return compare_all({loss: [v[s] for s in seeds] for loss, v in by_seed.items()},
+                       alpha=ALPHA), len(seeds)
+
+
+@dataclass(frozen=True)
+class HeadGain:
+    """DFR head against the protocol's head of one loss (Holm over the losses)."""
+
+    loss: str
+    difference: float
+    low: float
+    high: float
+    adjusted_p: float
+    n: int
+
+
+def dfr_gains(runs_by_loss: dict[str, list[dict[str, Any]]], test: str = HEADLINE_TEST,
+              metric: str = HEADLINE_METRIC) -> list[HeadGain]:
+    """Worst-group accuracy of the DFR head minus the protocol's head, paired by seed."""
+    rows = []
+    for loss, runs in runs_by_loss.items():
+        dfr = metric_by_seed(runs, test, metric, "dfr")
+        own = metric_by_seed(runs, test, metric, "model")
+        seeds = sorted(set(dfr) & set(own))
+        if len(seeds) >= 2:
+            rows.append((loss, paired_comparison([dfr[s] for s in seeds],
+                                                 [own[s] for s in seeds])))
+    adjusted = holm([c.p_value for _, c in rows])
+    return [HeadGain(loss, c.difference, c.low, c.high, p, c.n)
+            for (loss, c), p in zip(rows, adjusted, strict=True)]
+
+
+def field_intervals(runs: list[dict[str, Any]], key: str, value: str,
+                    name: str = "factor") -> dict[str, MeanInterval]:
+    """``{row[name]: interval of row[value]}`` over seeds for the list ``run[key]``."""
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        for row in run[key]:
+            if row.get(value) is not None:
+                by_name[row[name]].append(float(row[value]))
+    return {k: mean_interval(v) for k, v in by_name.items()}
+
+
+def saliency_intervals(runs: list[dict[str, Any]],
+                       quantity: str = "energy_per_area") -> dict[str, MeanInterval]:
+    """``{region: interval over seeds}`` of a saliency quantity."""
+    by_region: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        for region, value in run["saliency"].get(quantity, {}).items():
+            by_region[region].append(float(value))
+    return {k: mean_interval(v) for k, v in by_region.items()}
+
+
+@dataclass(frozen=True)
+class CkaRow:
+    """CKA of one loss with the reference loss at one stage, against the same-loss floor.
+
+    Attributes:
+        cross: CKA of (loss, seed s) with (reference, seed s' != s), over seeds.
+        floor: the within-loss CKA of (loss, s) with (loss, s'), averaged with the
+            reference's: how similar two seeds (other data, other initialisation) of one
+            loss already are.
+        excess: ``cross - floor`` per seed: below zero, the losses differ more than seeds do.
+    """
+
+    cross: MeanInterval | None
+    floor: MeanInterval | None
+    excess: MeanInterval | None
+
+
+GramLoader = Callable[[str], dict[str, torch.Tensor] | None]
+
+
+def store_grams(store: RunStore) -> GramLoader:
+    """A cached loader of a finished run's Gram matrices (``None`` if not finished)."""
+    cache: dict[str, dict[str, torch.Tensor] | None] = {}
+
+    def load(rid: str) -> dict[str, torch.Tensor] | None:
+        if rid not in cache:
+            if not store.is_done(rid):
+                cache[rid] = None
+            else:
+                arrays = store.load_arrays(rid)
+                cache[rid] = {s: torch.from_numpy(arrays[f"gram.{s}"]).double()
+                              for s in STAGES if f"gram.{s}" in arrays}
+        return cache[rid]
+
+    return load
+
+
+def cka_against_floor(grams: GramLoader, experiment: str, losses: Sequence[str],
+                      seeds: Sequence[int], reference: str = REFERENCE_LOSS
+                      ) -> dict[str, dict[str, CkaRow]]:
+    """``{loss: {stage: CkaRow}}``: CKA with the reference and the same-loss floor.
+
+    Every model of an experiment is measured on the same probe images, so representations
+    of any two runs are row-aligned. Initialisations differ per (loss, seed), so the floor
+    is the similarity that training from another start alone leaves.
+    """
+    def cka(a: str, b: str, stage: str) -> float | None:
+        ga, gb = grams(a), grams(b)
+        if ga is None or gb is None or stage not in ga or stage not in gb:
+            return None
+        return gram_linear_cka(ga[stage], gb[stage], debiased=True)
+
+    def floor(loss: str, seed: int, stage: str) -> float | None:
+        values = [cka(run_id(experiment, loss, seed), run_id(experiment, loss, other), stage)
+                  for other in seeds if other != seed]
+        defined = [v for v in values if v is not None]
+        return sum(defined) / len(defined) if defined else None
+
+    out: dict[str, dict[str, CkaRow]] = {}
+    for loss in losses:
+        if loss == reference:
             continue
-        _, ref_arrays = store.load(ref_id)
-        for loss in config.losses:
-            rid = run_id(experiment, loss, seed)
-            if loss == reference or not store.is_done(rid):
-                continue
-            _, arrays = store.load(rid)
-            for layer in STAGES:
-                x = torch.from_numpy(ref_arrays[f"features.{layer}"]).double()
-                y = torch.from_numpy(arrays[f"features.{layer}"]).double()
-                result[loss][layer].append(linear_cka(x, y))
-    return {loss: {layer: statistics.fmean(v) for layer, v in layers.items()}
-            for loss, layers in result.items()}
+        rows = {}
+        for stage in STAGES:
+            cross, floors, excess = [], [], []
+            for seed in seeds:
+                # Models of different seeds, like the floor's pairs (one seed: the same).
+                others = [o for o in seeds if o != seed] or [seed]
+                values = [cka(run_id(experiment, loss, seed), run_id(experiment, reference, o),
+                              stage) for o in others]
+                defined = [v for v in values if v is not None]
+                c = sum(defined) / len(defined) if defined else None
+                fl, fr = floor(loss, seed, stage), floor(reference, seed, stage)
+                if c is None:
+                    continue
+                cross.append(c)
+                if fl is not None and fr is not None:
+                    floors.append((fl + fr) / 2)
+                    excess.append(c - (fl + fr) / 2)
+            rows[stage] = CkaRow(interval(cross), interval(floors), interval(excess))
+        if any(r.cross is not None for r in rows.values()):
+            out[loss] = rows
+    return out
+
+
+def cka_by_layer(config: StudyConfig, store: RunStore,
+                 experiment: str) -> dict[str, dict[str, CkaRow]]:
+    """:func:`cka_against_floor` for the runs of one experiment in a results folder."""
+    return cka_against_floor(store_grams(store), experiment, config.losses, config.seeds)

@@ -8,24 +8,26 @@ from typing import Any
 import torch
 
 from nodulebench import SyntheticNodules
-from nodulebench.probing import (
-    plot_embedding_scatter,
-    plot_gradcam_overlays,
-    plot_probe_heatmap,
-    plot_sensitivity_bars,
-)
+from nodulebench.probing import plot_embedding_scatter, plot_gradcam_overlays
+from nodulebench.stats import MeanInterval
 
 from .analysis import (
+    HEADLINE_METRIC,
     cka_by_layer,
+    field_intervals,
     group_runs,
-    mean_probes,
-    mean_sensitivity,
-    metric_means,
+    metric_interval,
     tests_present,
 )
-from .config import StudyConfig
+from .config import ExperimentConfig, StudyConfig
 from .models import STAGES
-from .runner import PROBE_SEED_OFFSET, causal_factor, run_id, training_spec
+from .runner import (
+    PROBE_SEED_OFFSET,
+    causal_factor,
+    run_id,
+    study_test_distributions,
+    training_spec,
+)
 from .store import RunStore
 
 SAMPLES_PER_CLASS = 4
@@ -51,7 +53,7 @@ def distribution_samples(config: StudyConfig, experiment: Any, path: Path) -> st
     """Benign and malignant samples of the training and every test distribution."""
     plt = _pyplot()
     spec = training_spec(experiment)
-    rows = {"train": spec, **spec.test_distributions()}
+    rows = {"train": spec, **study_test_distributions(spec)}
     cols = 2 * SAMPLES_PER_CLASS
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.3 * len(rows)),
                              squeeze=False)
@@ -77,44 +79,111 @@ def distribution_samples(config: StudyConfig, experiment: Any, path: Path) -> st
     return _save(fig, path)
 
 
-def accuracy_heatmap(config: StudyConfig, records: list[dict[str, Any]], experiment: str,
-                     path: Path) -> str:
-    """Balanced accuracy, loss x test distribution (mean over seeds)."""
+def _errorbars(ax: Any, x: float, m: MeanInterval | None, **style: Any) -> None:
+    """A point at the mean with its 95 % interval (a bare point for one seed)."""
+    if m is None:
+        return
+    if m.low is None or m.high is None:
+        ax.plot([x], [m.mean], linestyle="none", fillstyle="none", **style)
+        return
+    ax.errorbar([x], [m.mean], yerr=[[m.mean - m.low], [m.high - m.mean]], capsize=2,
+                linestyle="none", **style)
+
+
+def _loss_styles(losses: list[str]) -> dict[str, dict[str, Any]]:
+    markers = "osD^vPX*"
+    return {loss: {"marker": markers[i % len(markers)], "color": f"C{i}", "label": loss}
+            for i, loss in enumerate(losses)}
+
+
+def interval_figure(rows: dict[str, dict[str, MeanInterval | None]], columns: list[str],
+                    ylabel: str, title: str, path: Path, ylim: tuple[float, float] | None,
+                    zero_line: bool = False) -> str:
+    """One point with its 95 % interval per (loss, column), losses side by side."""
     plt = _pyplot()
-    groups = group_runs(records)
-    tests = tests_present(records)
-    losses = [loss for loss in config.losses if (experiment, loss) in groups]
-    values = torch.full((len(losses), len(tests)), float("nan"))
+    losses = list(rows)
+    styles = _loss_styles(losses)
+    fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 2.5, 3.4))
+    width = 0.8 / max(len(losses), 1)
     for i, loss in enumerate(losses):
-        for j, test in enumerate(tests):
-            mean, _ = metric_means(groups[experiment, loss], test, "balanced_accuracy")
-            if mean is not None:
-                values[i, j] = mean
-    fig, ax = plt.subplots(figsize=(1.2 * len(tests) + 2, 0.45 * len(losses) + 1.2))
-    image = ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
-    for i in range(len(losses)):
-        for j in range(len(tests)):
-            if not torch.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(tests)), tests, rotation=30, ha="right")
-    ax.set_yticks(range(len(losses)), losses)
-    ax.set_title(f"{experiment}: balanced accuracy")
-    fig.colorbar(image, ax=ax, fraction=0.04)
+        for j, column in enumerate(columns):
+            style = dict(styles[loss])
+            if j:
+                style.pop("label")
+            _errorbars(ax, j - 0.4 + (i + 0.5) * width, rows[loss].get(column), **style)
+    ax.set_xticks(range(len(columns)), columns, rotation=20, ha="right")
+    if zero_line:
+        ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=0)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     return _save(fig, path)
 
 
-def cka_figure(cka: dict[str, dict[str, float]], experiment: str, path: Path) -> str:
-    """Linear CKA of each loss's model with the cross-entropy model, stage by stage."""
+def worst_group_figure(config: StudyConfig, records: list[dict[str, Any]], experiment: str,
+                       path: Path) -> str:
+    """Worst-group accuracy per loss and test distribution, with 95 % intervals."""
+    groups = group_runs(records)
+    tests = tests_present(records)
+    rows = {loss: {t: metric_interval(groups[experiment, loss], t, HEADLINE_METRIC)
+                   for t in tests}
+            for loss in config.losses if (experiment, loss) in groups}
+    return interval_figure(rows, tests, "worst-group accuracy",
+                           f"{experiment}: mean and 95 % interval over seeds", path, (0, 1.02))
+
+
+def sensitivity_figure(config: StudyConfig, records: list[dict[str, Any]], experiment: str,
+                       path: Path) -> str:
+    """Intervention sensitivity per loss and factor, with 95 % intervals."""
+    groups = group_runs(records)
+    rows = {loss: dict(field_intervals(groups[experiment, loss], "sensitivity",
+                                       "mean_abs_probability_change"))
+            for loss in config.losses if (experiment, loss) in groups}
+    factors = list(next(iter(rows.values()), {}))
+    return interval_figure(rows, factors, "mean |change of P(malignant)|",
+                           f"{experiment}: intervention sensitivity (95 % intervals)", path,
+                           None)
+
+
+def cka_figure(cka: dict[str, dict[str, Any]], experiment: str, path: Path) -> str:
+    """CKA with cross-entropy minus the seed-to-seed floor, stage by stage, with intervals."""
+    rows = {loss: {s: row.excess for s, row in stages.items()} for loss, stages in cka.items()}
+    return interval_figure(rows, list(STAGES), "CKA with cross_entropy minus floor",
+                           f"{experiment}: below 0 = more different than two seeds", path,
+                           None, zero_line=True)
+
+
+def sweep_figure(config: StudyConfig, records: list[dict[str, Any]], shortcut: str,
+                 experiments: list[ExperimentConfig], path: Path) -> str:
+    """Worst-group accuracy on the headline test against shortcut strength, per loss."""
+    from .analysis import HEADLINE_TEST
+
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for loss, layers in cka.items():
-        ax.plot(range(len(STAGES)), [layers.get(s, float("nan")) for s in STAGES],
-                marker="o", label=loss)
-    ax.set_xticks(range(len(STAGES)), STAGES)
+    groups = group_runs(records)
+    losses = [loss for loss in config.losses
+              if any((e.name, loss) in groups for e in experiments)]
+    styles = _loss_styles(losses)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ordered = sorted(experiments, key=lambda e: e.strength)
+    for i, loss in enumerate(losses):
+        xs, means = [], []
+        for e in ordered:
+            m = metric_interval(groups.get((e.name, loss), []), HEADLINE_TEST, HEADLINE_METRIC)
+            if m is None:
+                continue
+            x = e.strength + (i - len(losses) / 2) * 0.004
+            _errorbars(ax, x, m, **{k: v for k, v in styles[loss].items() if k != "label"})
+            xs.append(x)
+            means.append(m.mean)
+        ax.plot(xs, means, color=styles[loss]["color"], marker=styles[loss]["marker"],
+                label=loss, linewidth=1)
+    ax.set_xlabel(f"strength of the {shortcut} shortcut in training")
+    ax.set_ylabel(f"worst-group accuracy ({HEADLINE_TEST})")
     ax.set_ylim(0, 1.02)
-    ax.set_ylabel("linear CKA with cross_entropy")
-    ax.set_title(f"{experiment}: representation similarity by layer")
-    ax.legend(fontsize=7)
+    ax.set_title(f"{shortcut}: mean and 95 % interval over seeds", fontsize=9)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     return _save(fig, path)
 
 
@@ -125,12 +194,12 @@ def embedding_figure(config: StudyConfig, store: RunStore, experiment: Any, caus
     seed = config.seeds[0]
     losses = [loss for loss in config.losses
               if store.is_done(run_id(experiment.name, loss, seed))]
-    spec = training_spec(experiment).test_distributions()["decorrelated"]
-    probe = SyntheticNodules(spec, n=config.data.n_probe, seed=seed + PROBE_SEED_OFFSET,
+    spec = training_spec(experiment).decorrelated()
+    probe = SyntheticNodules(spec, n=config.data.n_probe, seed=PROBE_SEED_OFFSET,
                              image_size=config.data.image_size)
     fig, axes = plt.subplots(2, len(losses), figsize=(2.6 * len(losses), 5.2), squeeze=False)
     for c, loss in enumerate(losses):
-        _, arrays = store.load(run_id(experiment.name, loss, seed))
+        arrays = store.load_arrays(run_id(experiment.name, loss, seed))
         coords = torch.from_numpy(arrays["projection"])
         for r, factor in enumerate((causal, experiment.shortcut)):
             plot_embedding_scatter(coords, probe.factors[factor], label=factor, ax=axes[r][c])
@@ -140,7 +209,11 @@ def embedding_figure(config: StudyConfig, store: RunStore, experiment: Any, caus
 
 def write_figures(config: StudyConfig, store: RunStore,
                   records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Write every figure; return ``{experiment: {figure kind: relative path(s)}}``."""
+    """Write every figure; return ``{experiment: {figure kind: relative path(s)}}``.
+
+    ``"_sweeps"`` maps each shortcut factor trained at three or more strengths to its
+    strength-sweep figure.
+    """
     folder = store.root / "figures"
     groups = group_runs(records)
     out: dict[str, dict[str, Any]] = {}
@@ -151,27 +224,35 @@ def write_figures(config: StudyConfig, store: RunStore,
             continue
         figs: dict[str, Any] = {
             "samples": distribution_samples(config, experiment, folder / f"samples_{name}.png"),
-            "accuracy": accuracy_heatmap(config, records, name,
-                                         folder / f"balanced_accuracy_{name}.png"),
+            "worst_group": worst_group_figure(config, records, name,
+                                              folder / f"worst_group_{name}.png"),
+            "sensitivity": sensitivity_figure(config, records, name,
+                                              folder / f"sensitivity_{name}.png"),
+            "embeddings": embedding_figure(config, store, experiment, causal_factor(),
+                                           folder / f"embeddings_{name}.png"),
         }
-        probes = {loss: mean_probes(groups[name, loss]) for loss in losses}
-        figs["probes"] = _save(plot_probe_heatmap(probes).figure,
-                               folder / f"probes_{name}.png")
-        sensitivity = {loss: mean_sensitivity(groups[name, loss]) for loss in losses}
-        figs["sensitivity"] = _save(plot_sensitivity_bars(sensitivity).figure,
-                                    folder / f"sensitivity_{name}.png")
-        figs["embeddings"] = embedding_figure(config, store, experiment, causal_factor(),
-                                              folder / f"embeddings_{name}.png")
         cka = cka_by_layer(config, store, name)
         if cka:
             figs["cka"] = cka_figure(cka, name, folder / f"cka_{name}.png")
-        figs["gradcam"] = {}
+        figs["saliency"] = {}
         for loss in losses:
-            _, arrays = store.load(run_id(name, loss, config.seeds[0]))
-            fig = plot_gradcam_overlays(torch.from_numpy(arrays["gradcam.images"]),
-                                        torch.from_numpy(arrays["gradcam.maps"]),
-                                        torch.from_numpy(arrays["gradcam.spicules"]))
+            rid = run_id(name, loss, config.seeds[0])
+            if not store.is_done(rid):
+                continue
+            arrays = store.load_arrays(rid)
+            fig = plot_gradcam_overlays(torch.from_numpy(arrays["saliency.images"]),
+                                        torch.from_numpy(arrays["saliency.maps"]),
+                                        torch.from_numpy(arrays["saliency.spicules"]))
             fig.suptitle(f"{name}, {loss}: Grad-CAM, spicule mask contour", fontsize=9)
-            figs["gradcam"][loss] = _save(fig, folder / f"gradcam_{name}_{loss}.png")
+            figs["saliency"][loss] = _save(fig, folder / f"gradcam_{name}_{loss}.png")
         out[name] = figs
+    by_shortcut: dict[str, list[ExperimentConfig]] = {}
+    for experiment in config.experiments:
+        by_shortcut.setdefault(experiment.shortcut, []).append(experiment)
+    sweeps = {shortcut: sweep_figure(config, records, shortcut, experiments,
+                                     folder / f"sweep_{shortcut}.png")
+              for shortcut, experiments in by_shortcut.items()
+              if len({e.strength for e in experiments}) >= 3}
+    if sweeps:
+        out["_sweeps"] = sweeps
     return out

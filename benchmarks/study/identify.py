@@ -1,4 +1,4 @@
-"""Which features did a model learn? Probes, interventions, Grad-CAM, layer features for CKA."""
+"""Which features did a model learn? Probes, interventions, saliency, layer Grams for CKA."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
 from nodulebench.probing import (
-    extract_features,
     grad_cam,
     intervention_sensitivity,
     mask_energy,
@@ -18,54 +16,95 @@ from nodulebench.probing import (
 )
 
 from .config import StudyConfig
-from .models import STAGES, StudyModel
+from .models import StudyModel
 
 if TYPE_CHECKING:
     from .runner import ExperimentData
 
-GRADCAM_LAYER = "encoder.stage4"
+# Stage 3 keeps an 8 x 8 grid at 32 px (stride 4): fine enough to separate the nodule core,
+# its spicules and the background, which stage 4's 4 x 4 cannot.
+SALIENCY_LAYER = "encoder.stage3"
 EMBEDDING_LAYER = "encoder.pool"
 OVERLAY_SAMPLES = 6
 
 
+@torch.no_grad()
+def stage_grams(model: StudyModel, images: torch.Tensor,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """``{stage: (n, n) float64 Gram matrix}`` of each stage's unpooled, flattened output.
+
+    Gram matrices are all linear CKA needs, and they stay ``n x n`` whatever the size of a
+    spatial feature map, so every stage is compared with its full spatial layout.
+    """
+    model.eval()
+    outputs = model.encoder.stage_outputs(images.to(device))
+    grams = {}
+    for name, value in outputs.items():
+        flat = value.flatten(1).double()
+        grams[name] = (flat @ flat.T).cpu()
+    return grams
+
+
+def saliency_energy(maps: torch.Tensor,
+                    masks: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Share of the attribution and of the area in each region, and their ratio.
+
+    ``energy_per_area`` is the mean energy share over the mean area share: 1 means the
+    attribution is spread as the pixels are; above 1, the region draws more than its area.
+    """
+    energy = mask_energy(maps, masks)
+    area = mask_energy(torch.ones_like(maps), masks)
+    out: dict[str, dict[str, float]] = {"energy_share": {}, "area_share": {},
+                                        "energy_per_area": {}}
+    for region in energy:
+        e, a = float(energy[region].mean()), float(area[region].mean())
+        out["energy_share"][region] = e
+        out["area_share"][region] = a
+        if a > 0:  # a region absent from every image has no density
+            out["energy_per_area"][region] = e / a
+    return out
+
+
 def identify_features(
-    config: StudyConfig, model: StudyModel, data: ExperimentData, seed: int,
-    device: torch.device,
+    config: StudyConfig, model: StudyModel, data: ExperimentData, device: torch.device,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Probe, intervene on and explain one trained model on the (decorrelated) probe set.
 
     Returns:
-        The JSON part of the run record (``probes``, ``sensitivity``, ``gradcam_energy``)
-        and the arrays kept for figures and CKA (pooled features of every stage, a 2-D
-        projection of the encoder output, a few Grad-CAM maps).
+        The JSON part of the run record (``probes``, ``sensitivity``, ``saliency``) and the
+        arrays kept for figures and CKA (the Gram matrix of every stage on the first
+        ``probe.cka_n`` probe images, a 2-D projection of the encoder output, a few
+        saliency maps).
     """
     p = config.probe
     probe_set = data.probe_set
-    features = extract_features(model.encoder, TensorDataset(data.probe_images), list(STAGES),
-                                device=device)
-    probes = probe_factors(features["pool"], probe_set.factors, folds=p.folds, seed=seed)
+    with torch.no_grad():
+        model.eval()
+        pooled = torch.cat([model.encoder(data.probe_images[i:i + 1024].to(device)).cpu()
+                            for i in range(0, data.probe_images.shape[0], 1024)])
+    probes = probe_factors(pooled, probe_set.factors, folds=p.folds, seed=0)
     sensitivity = intervention_sensitivity(
-        model, probe_set, n=p.intervention_n, seed=seed, embedding_layer=EMBEDDING_LAYER,
+        model, probe_set, n=p.intervention_n, seed=0, embedding_layer=EMBEDDING_LAYER,
         device=device,
     )
     images = data.probe_images[:p.gradcam_n]
     masks = {name: mask[:p.gradcam_n] for name, mask in data.probe_masks.items()}
-    maps = grad_cam(model, GRADCAM_LAYER, images.to(device)).cpu()
+    maps = grad_cam(model, SALIENCY_LAYER, images.to(device)).cpu()
     # A map that is zero everywhere attributes nothing; its shares are undefined.
     attributed = maps.flatten(1).amax(dim=1) > 0
-    energy = mask_energy(maps[attributed], {k: v[attributed] for k, v in masks.items()})
-    projection = project_embeddings(features["pool"], dim=2)
-    arrays = {f"features.{name}": value.numpy().astype(np.float32)
-              for name, value in features.items()}
-    arrays["projection"] = projection.coordinates.numpy()
-    arrays["gradcam.maps"] = maps[:OVERLAY_SAMPLES].numpy()
-    arrays["gradcam.images"] = images[:OVERLAY_SAMPLES].numpy()
-    arrays["gradcam.spicules"] = masks["spicules"][:OVERLAY_SAMPLES].numpy()
-    arrays["gradcam.nodule"] = masks["nodule"][:OVERLAY_SAMPLES].numpy()
+    saliency: dict[str, Any] = {"layer": SALIENCY_LAYER, "attributed": int(attributed.sum())}
+    if bool(attributed.any()):
+        saliency.update(saliency_energy(maps[attributed],
+                                        {k: v[attributed] for k, v in masks.items()}))
+    grams = stage_grams(model, data.probe_images[:p.cka_n], device)
+    arrays = {f"gram.{name}": value.numpy().astype(np.float32) for name, value in grams.items()}
+    arrays["projection"] = project_embeddings(pooled, dim=2).coordinates.numpy()
+    arrays["saliency.maps"] = maps[:OVERLAY_SAMPLES].numpy()
+    arrays["saliency.images"] = images[:OVERLAY_SAMPLES].numpy()
+    arrays["saliency.spicules"] = masks["spicules"][:OVERLAY_SAMPLES].numpy()
     record = {
         "probes": [r.to_dict() for r in probes],
         "sensitivity": [r.to_dict() for r in sensitivity],
-        "gradcam_energy": {region: float(share.mean()) for region, share in energy.items()},
-        "gradcam_attributed": int(attributed.sum()),
+        "saliency": saliency,
     }
     return record, arrays

@@ -35,6 +35,10 @@ class SmallCNN(nn.Module):
         """Pooled features ``(N, out_dim)`` of images ``(N, 1, H, W)``."""
         return self.pool(self.stage4(self.stage3(self.stage2(self.stage1(x)))))
 
+    def stage_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every stage's output, spatial ``(N, C, h, w)`` for ``stage1..4``, ``(N, D)`` pooled."""
+        return _stage_outputs(self, x)
+
 
 class BasicBlock(nn.Module):
     """The ResNet basic block: two 3x3 convs with a (projected) identity shortcut."""
@@ -77,6 +81,22 @@ class ResNet18(nn.Module):
         for k in range(1, 5):
             x = getattr(self, f"stage{k}")(x)
         return self.pool(x)
+
+    def stage_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every stage's output, spatial ``(N, C, h, w)`` for ``stage1..4``, ``(N, D)`` pooled."""
+        return _stage_outputs(self, x, self.stem)
+
+
+def _stage_outputs(encoder: nn.Module, x: torch.Tensor,
+                   stem: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    out = {}
+    if stem is not None:
+        x = stem(x)
+    for name in STAGES[:-1]:
+        x = getattr(encoder, name)(x)
+        out[name] = x
+    out["pool"] = encoder.pool(x)
+    return out
 
 
 ENCODERS = {"small_cnn": SmallCNN, "resnet18": ResNet18}

@@ -10,24 +10,34 @@ import datetime
 from typing import Any
 
 import nodulebench
+from nodulebench.stats import MeanInterval, PairResult, holm, paired_comparison
 
 from .analysis import (
+    ALPHA,
+    HEADLINE_METRIC,
+    HEADLINE_TEST,
+    HEADS,
     REFERENCE_LOSS,
+    UNDERFIT_MARGIN,
     cka_by_layer,
+    compare_losses,
+    dfr_gains,
+    field_intervals,
     group_runs,
-    mean_probes,
-    mean_sensitivity,
-    mean_std,
-    metric_means,
+    interval,
+    metric_interval,
+    saliency_intervals,
     tests_present,
+    underfit_losses,
 )
-from .config import StudyConfig
+from .config import STUDY_LOSSES, ExperimentConfig, StudyConfig
 from .document import Block, Bullets, Figure, Heading, Paragraph, Table
 from .models import STAGES
-from .runner import causal_factor
+from .runner import GROUPS, causal_factor
 from .store import RunStore
 
 METRIC_TITLES = {
+    "worst_group_accuracy": "Worst-group accuracy",
     "balanced_accuracy": "Balanced accuracy",
     "accuracy": "Accuracy",
     "sensitivity": "Sensitivity (malignant recall)",
@@ -35,135 +45,252 @@ METRIC_TITLES = {
     "roc_auc": "ROC AUC",
     "ece": "Expected calibration error (lower is better)",
 }
+# Metrics that need both classes are not shown for the one-group heldout set.
+BOTH_CLASSES = ("balanced_accuracy", "sensitivity", "specificity", "roc_auc")
 
 TEST_MEANINGS = {
     "iid": "same distribution as training (shortcut intact)",
-    "decorrelated": "shortcut factor independent of the label",
+    "decorrelated": "shortcut factor independent of the label: the four groups equally large",
     "reversed": "shortcut correlation negated",
-    "heldout": "only the (label, shortcut side) group that training made rarest",
-    "covariate": "acquisition shift: noise, blur and pixel spacing changed",
+    "heldout": "only the malignant, benign-looking group, which training made rarest; its "
+               "worst-group accuracy is that group's accuracy",
+    "covariate": "acquisition shift: noise, blur and pixel spacing changed (an acquisition "
+                 "shortcut's own factor is left as in training)",
 }
 
-# A difference in intervention sensitivity smaller than this is not called a preference.
-SENSITIVITY_MARGIN = 0.02
+HEAD_TITLES = {"model": "protocol's head", "linear": "linear head refit on the training set",
+               "dfr": "DFR head (refit on the group-balanced set)"}
 
 
-def cell(mean: float | None, std: float | None = None, digits: int = 3) -> str:
-    """``mean ± std``, the mean alone for a single seed, ``—`` where undefined."""
-    if mean is None:
+def cell(m: MeanInterval | None, digits: int = 3) -> str:
+    """``mean [low, high]`` (95 % t-interval over seeds); one seed says so; ``—`` if undefined."""
+    if m is None:
         return "—"
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if m.low is None or m.high is None:
+        return f"{m.mean:.{digits}f} (1 seed, no interval)"
+    return f"{m.mean:.{digits}f} [{m.low:.{digits}f}, {m.high:.{digits}f}]"
+
+
+def _losses(config: StudyConfig, groups: dict[tuple[str, str], list[dict[str, Any]]],
+            experiment: str) -> dict[str, list[dict[str, Any]]]:
+    return {loss: groups[experiment, loss] for loss in config.losses
+            if (experiment, loss) in groups}
 
 
 def metric_table(config: StudyConfig, records: list[dict[str, Any]], experiment: str,
-                 metric: str) -> Table:
-    """Loss x test distribution table of one metric."""
-    groups = group_runs(records)
-    tests = tests_present(records)
-    rows = tuple((loss, *(cell(*metric_means(groups[experiment, loss], t, metric))
-                          for t in tests))
-                 for loss in config.losses if (experiment, loss) in groups)
-    return Table(f"**{METRIC_TITLES[metric]}** (mean ± std over seeds)", ("loss", *tests), rows)
+                 metric: str, head: str = "model") -> Table:
+    """Loss x test distribution table of one metric, mean [95 % interval] over seeds."""
+    runs_by_loss = _losses(config, group_runs(records), experiment)
+    tests = [t for t in tests_present(records)
+             if not (t == "heldout" and metric in BOTH_CLASSES)]
+    rows = tuple((loss, *(cell(metric_interval(runs, t, metric, head)) for t in tests))
+                 for loss, runs in runs_by_loss.items())
+    return Table(f"**{METRIC_TITLES[metric]}**, {HEAD_TITLES[head]} (mean [95 % interval] "
+                 "over seeds)", ("loss", *tests), rows)
+
+
+def group_table(config: StudyConfig, records: list[dict[str, Any]], experiment: str) -> Table:
+    """Accuracy of each (label x shortcut side) group on the headline test distribution."""
+    runs_by_loss = _losses(config, group_runs(records), experiment)
+    rows = []
+    for loss, runs in runs_by_loss.items():
+        cells = []
+        for group in GROUPS:
+            values = [r["metrics"][HEADLINE_TEST]["group_accuracy"].get(group)
+                      for r in runs if HEADLINE_TEST in r["metrics"]]
+            cells.append(cell(interval(values)))
+        rows.append((loss, *cells))
+    return Table(f"**Accuracy per group** on `{HEADLINE_TEST}` (aligned: the shortcut agrees "
+                 "with the label; conflicting: it disagrees)", ("loss", *GROUPS), tuple(rows))
+
+
+def heads_table(config: StudyConfig, records: list[dict[str, Any]], experiment: str) -> Table:
+    """Worst-group accuracy of the three heads on one encoder: used vs decodable."""
+    runs_by_loss = _losses(config, group_runs(records), experiment)
+    rows = tuple((loss, STUDY_LOSSES[loss].protocol,
+                  *(cell(metric_interval(runs, HEADLINE_TEST, HEADLINE_METRIC, head))
+                    for head in HEADS))
+                 for loss, runs in runs_by_loss.items())
+    return Table(f"**Worst-group accuracy on `{HEADLINE_TEST}` by head**: the protocol's "
+                 "head shows what the model *uses*; a linear head refit on the biased training "
+                 "set is the two-stage protocol; the DFR head, refit on a small group-balanced "
+                 "set, shows what the encoder makes *decodable*.",
+                 ("loss", "protocol", *(HEAD_TITLES[h] for h in HEADS)), rows)
 
 
 def identification_tables(config: StudyConfig, store: RunStore, records: list[dict[str, Any]],
                           experiment: str) -> list[Table]:
-    """Probe selectivity, intervention sensitivity, Grad-CAM energy and CKA tables."""
-    groups = group_runs(records)
-    losses = [loss for loss in config.losses if (experiment, loss) in groups]
-    probes = {loss: {r.factor: r for r in mean_probes(groups[experiment, loss])}
-              for loss in losses}
-    factors = list(probes[losses[0]]) if losses else []
+    """Probe selectivity, intervention sensitivity, saliency density and CKA tables."""
+    runs_by_loss = _losses(config, group_runs(records), experiment)
+    probes = {loss: field_intervals(runs, "probes", "selectivity")
+              for loss, runs in runs_by_loss.items()}
+    factors = list(next(iter(probes.values()), {}))
     tables = [Table(
         "**Linear-probe selectivity** of the encoder output on the decorrelated distribution "
         "(score minus shuffled-target control; R² for continuous factors, balanced accuracy "
-        "for categorical ones): what the features *encode*.",
+        "for categorical ones), mean [95 % interval] over seeds: what the features *encode*.",
         ("loss", *factors),
-        tuple((loss, *(cell(probes[loss][f].selectivity, digits=2) if f in probes[loss]
-                       else "—" for f in factors)) for loss in losses),
+        tuple((loss, *(cell(p.get(f), digits=2) for f in factors))
+              for loss, p in probes.items()),
     )]
-    sens = {loss: {r.factor: r for r in mean_sensitivity(groups[experiment, loss])}
-            for loss in losses}
-    sens_factors = list(sens[losses[0]]) if losses else []
+    sens = {loss: field_intervals(runs, "sensitivity", "mean_abs_probability_change")
+            for loss, runs in runs_by_loss.items()}
+    sens_factors = list(next(iter(sens.values()), {}))
     tables.append(Table(
         "**Intervention sensitivity**: mean absolute change of the malignant probability "
-        "when only that factor moves (10th to 90th percentile, or between categories): what "
-        "the model *uses*.",
+        "when only that factor moves (10th to 90th percentile, or between categories), "
+        "mean [95 % interval] over seeds: what the model *uses*.",
         ("loss", *sens_factors),
-        tuple((loss, *(cell(sens[loss][f].mean_abs_probability_change, digits=2)
-                       if f in sens[loss] else "—" for f in sens_factors)) for loss in losses),
+        tuple((loss, *(cell(v.get(f), digits=2) for f in sens_factors))
+              for loss, v in sens.items()),
     ))
-    regions = list(groups[experiment, losses[0]][0]["gradcam_energy"]) if losses else []
+    density = {loss: saliency_intervals(runs) for loss, runs in runs_by_loss.items()}
+    regions = list(next(iter(density.values()), {}))
     tables.append(Table(
-        "**Grad-CAM energy**: share of the attribution (last conv stage) inside each "
-        "ground-truth region.",
+        "**Saliency per area** (Grad-CAM at the third stage, 8 x 8 at 32 px): the region's "
+        "share of the attribution over its share of the pixels; 1 = no preference, above 1 = "
+        "drawn to the region. Mean [95 % interval] over seeds.",
         ("loss", *regions),
-        tuple((loss, *(cell(*mean_std(r["gradcam_energy"][g]
-                                      for r in groups[experiment, loss]), digits=2)
-                       for g in regions)) for loss in losses),
+        tuple((loss, *(cell(d.get(g), digits=2) for g in regions))
+              for loss, d in density.items()),
     ))
     cka = cka_by_layer(config, store, experiment)
     if cka:
         tables.append(Table(
-            f"**Linear CKA with the {REFERENCE_LOSS} model**, layer by layer (same probe "
-            "images; 1 = the same representation up to rotation and scale).",
+            f"**Linear CKA (debiased) with {REFERENCE_LOSS}, minus the seed-to-seed floor**, "
+            "stage by stage on unpooled features (same probe images; models of different "
+            "seeds and initialisations in every pair). Below 0: the two losses' "
+            "representations differ more than two seeds of one loss do. Floor in brackets "
+            "after the interval.",
             ("loss", *STAGES),
-            tuple((loss, *(cell(cka[loss].get(s), digits=2) for s in STAGES)) for loss in cka),
+            tuple((loss, *(f"{cell(rows[s].excess, digits=2)}; floor "
+                           f"{cell(rows[s].floor, digits=2)}" for s in STAGES))
+                  for loss, rows in cka.items()),
         ))
     return tables
 
 
-def findings(config: StudyConfig, store: RunStore, records: list[dict[str, Any]],
-             experiment: Any) -> list[str]:
-    """Plain sentences computed from the numbers (no claim that the numbers don't carry)."""
-    groups = group_runs(records)
-    name = experiment.name
-    losses = [loss for loss in config.losses if (name, loss) in groups]
+def _pair_text(pair: PairResult) -> str:
+    c = pair.comparison
+    better = pair.better
+    worse = pair.b if better == pair.a else pair.a
+    sign = 1 if better == pair.a else -1
+    return (f"**{better}** > **{worse}** by {sign * c.difference:.3f} "
+            f"[{min(sign * c.low, sign * c.high):.3f}, {max(sign * c.low, sign * c.high):.3f}] "
+            f"(Holm-adjusted p = {pair.adjusted_p:.2g})")
+
+
+def comparison_findings(runs_by_loss: dict[str, list[dict[str, Any]]], test: str,
+                        metric: str = HEADLINE_METRIC, head: str = "model") -> list[str]:
+    """What a paired, Holm-corrected comparison of the losses supports — and nothing more.
+
+    Losses more than :data:`UNDERFIT_MARGIN` below the best i.i.d. balanced accuracy are
+    named underfit and left out of the comparison: a model that learned little can look
+    robust without being so.
+    """
+    title = f"{METRIC_TITLES[metric]} on `{test}`"
     lines = []
-    shift = {}
-    for loss in losses:
-        iid, _ = metric_means(groups[name, loss], "iid", "balanced_accuracy")
-        rev, _ = metric_means(groups[name, loss], "reversed", "balanced_accuracy")
-        if iid is not None and rev is not None:
-            shift[loss] = (iid, rev)
-    if shift:
-        best = max(shift, key=lambda k: shift[k][1])
-        worst = min(shift, key=lambda k: shift[k][1])
-        lines.append(
-            f"Under the reversed shortcut, **{best}** keeps the highest balanced accuracy "
-            f"({shift[best][1]:.3f}; i.i.d. {shift[best][0]:.3f}) and **{worst}** the lowest "
-            f"({shift[worst][1]:.3f}; i.i.d. {shift[worst][0]:.3f})."
-        )
-        drops = ", ".join(f"{loss} {iid - rev:+.3f}" for loss, (iid, rev) in
-                          sorted(shift.items(), key=lambda kv: kv[1][0] - kv[1][1]))
-        lines.append(f"Drop of balanced accuracy from i.i.d. to reversed (smaller = less "
-                     f"reliance on the shortcut): {drops}.")
+    underfit = underfit_losses(runs_by_loss)
+    if underfit:
+        named = ", ".join(f"**{loss}** ({value:.3f})" for loss, value in underfit.items())
+        lines.append(f"Underfit (i.i.d. balanced accuracy more than {UNDERFIT_MARGIN} below the "
+                     f"best): {named}. Their numbers are not evidence of robustness; they are left "
+                     "out of the comparisons.")
+    fit = {loss: runs for loss, runs in runs_by_loss.items() if loss not in underfit}
+    pairs, n = compare_losses(fit, test, metric, head)
+    if len(fit) < 2:
+        lines.append(f"{title}: fewer than two adequately fit losses; nothing to compare.")
+    elif n < 2:
+        lines.append(f"{title}: {n} seed(s) per loss; no comparison is possible.")
+    else:
+        rejected = [p for p in pairs if p.rejected]
+        if not rejected:
+            lines.append(f"{title}: the {len(fit)} losses are indistinguishable with {n} seeds "
+                         f"(no Holm-corrected paired t-test over {len(pairs)} pairs rejects at "
+                         f"{ALPHA}).")
+        else:
+            lines.append(f"{title}, paired by seed ({n} seeds), Holm-corrected over "
+                         f"{len(pairs)} pairs: " + "; ".join(_pair_text(p) for p in rejected)
+                         + f". Every other pair is indistinguishable with {n} seeds.")
+    return lines
+
+
+def sensitivity_findings(runs_by_loss: dict[str, list[dict[str, Any]]], shortcut: str,
+                         control: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+    """Shortcut against cause sensitivity (paired by seed), and against the control."""
     causal = causal_factor()
-    pairs = {}
-    for loss in losses:
-        sens = {r.factor: r.mean_abs_probability_change
-                for r in mean_sensitivity(groups[name, loss])}
-        if causal in sens and experiment.shortcut in sens:
-            pairs[loss] = (sens[experiment.shortcut], sens[causal])
-    if pairs:
-        values = ", ".join(f"{loss} {s:.2f} vs {c:.2f}" for loss, (s, c) in pairs.items())
-        users = [loss for loss, (s, c) in pairs.items() if s > c + SENSITIVITY_MARGIN]
-        verdict = (f"Models that react more to the shortcut than to the cause: "
-                   f"{', '.join(users)}." if users else
-                   "No model reacts more to the shortcut than to the cause.")
-        lines.append(f"Intervention sensitivity to `{experiment.shortcut}` (shortcut) vs "
-                     f"`{causal}` (cause): {values}. {verdict}")
-    cka = cka_by_layer(config, store, name)
-    first, last = STAGES[0], STAGES[-1]
-    early = [v[first] for v in cka.values() if first in v]
-    late = [v[last] for v in cka.values() if last in v]
-    if early and late:
-        e, la = sum(early) / len(early), sum(late) / len(late)
-        verdict = ("they diverge mostly in the last layers, as Kornblith et al. (2021) found "
-                   "on ImageNet" if e > la + 0.05 else
-                   "they do not show the ImageNet pattern of diverging only in the last layers")
-        lines.append(f"Mean linear CKA with {REFERENCE_LOSS}: {e:.2f} at {first}, {la:.2f} at "
-                     f"{last}: {verdict}.")
+    rows = []
+    for loss, runs in runs_by_loss.items():
+        by_seed = {r["seed"]: {row["factor"]: row["mean_abs_probability_change"]
+                               for row in r["sensitivity"]} for r in runs}
+        seeds = [s for s, v in by_seed.items() if shortcut in v and causal in v]
+        if len(seeds) >= 2:
+            rows.append((loss, paired_comparison([by_seed[s][shortcut] for s in seeds],
+                                                 [by_seed[s][causal] for s in seeds])))
+    lines = []
+    if rows:
+        adjusted = holm([c.p_value for _, c in rows])
+        more = [loss for (loss, c), p in zip(rows, adjusted, strict=True)
+                if p <= ALPHA and c.difference > 0]
+        lines.append(
+            f"Intervention sensitivity to `{shortcut}` minus `{causal}` (paired by seed, Holm "
+            "over losses): " + ", ".join(f"{loss} {c.difference:+.2f} [{c.low:+.2f}, "
+                                         f"{c.high:+.2f}]" for loss, c in rows) + ". "
+            + (f"Reacting more to the shortcut than to the cause: {', '.join(more)}."
+               if more else "No loss reacts detectably more to the shortcut than to the cause."))
+    if control:
+        above = []
+        for loss, runs in runs_by_loss.items():
+            here = field_intervals(runs, "sensitivity", "mean_abs_probability_change")
+            base = field_intervals(control.get(loss, []), "sensitivity",
+                                   "mean_abs_probability_change")
+            h, b = here.get(shortcut), base.get(shortcut)
+            if h and b and h.low is not None and b.high is not None and h.low > b.high:
+                above.append(loss)
+        lines.append(
+            f"Against the no-shortcut control (same factor, strength 0), whose sensitivity to "
+            f"`{shortcut}` is what its visibility alone causes: "
+            + (f"{', '.join(above)} react more to it (95 % intervals disjoint)."
+               if above else "no loss reacts more to it with disjoint 95 % intervals."))
+    return lines
+
+
+def findings(config: StudyConfig, store: RunStore, records: list[dict[str, Any]],
+             experiment: ExperimentConfig) -> list[str]:
+    """Plain sentences computed from the numbers (no claim that the tests don't carry)."""
+    groups = group_runs(records)
+    runs_by_loss = _losses(config, groups, experiment.name)
+    lines = comparison_findings(runs_by_loss, HEADLINE_TEST)
+    if "covariate" in tests_present(records):
+        lines += comparison_findings(runs_by_loss, "covariate")[-1:]
+    gains = dfr_gains(runs_by_loss)
+    if gains:
+        moved = [g for g in gains if g.adjusted_p <= ALPHA]
+        text = "; ".join(f"{g.loss} {g.difference:+.3f} [{g.low:+.3f}, {g.high:+.3f}]"
+                         for g in moved)
+        lines.append(
+            f"Last-layer retraining on the group-balanced set (DFR) changes worst-group "
+            f"accuracy on `{HEADLINE_TEST}` detectably (paired, Holm over losses) for: "
+            + (text + "; for the others the change is within the noise."
+               if moved else "no loss."))
+    control = next((e for e in config.experiments if e.shortcut == experiment.shortcut
+                    and e.strength == 0.0 and e.name != experiment.name), None)
+    control_runs = _losses(config, groups, control.name) if control else None
+    lines += sensitivity_findings(runs_by_loss, experiment.shortcut, control_runs)
+    cka = cka_by_layer(config, store, experiment.name)
+    differing = {loss: [s for s, row in rows.items()
+                        if row.excess is not None and row.excess.high is not None
+                        and row.excess.high < 0]
+                 for loss, rows in cka.items()}
+    if any(row.excess is not None and row.excess.high is not None
+           for rows in cka.values() for row in rows.values()):
+        named = [f"{loss} at {', '.join(stages)}" for loss, stages in differing.items() if stages]
+        lines.append(
+            f"Representations (debiased linear CKA with {REFERENCE_LOSS}): "
+            + (f"below the seed-to-seed floor (95 % interval under 0) for {'; '.join(named)}; "
+               "elsewhere within the floor." if named else
+               "no loss differs from it by more than two seeds of one loss differ, at any "
+               "stage."))
     return lines
 
 
@@ -172,6 +299,8 @@ def protocol_blocks(config: StudyConfig, records: list[dict[str, Any]],
     """What was run, on what, and the honest note on the paper's unpublished details."""
     seconds = sum(r["total_seconds"] for r in records)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    experiments = "; ".join(f"`{e.name}`: `{e.shortcut}` at strength {e.strength:g}"
+                            for e in config.experiments)
     return [
         Paragraph(
             f"nodulebench {nodulebench.__version__}, preset `{config.name}`: {len(records)} runs "
@@ -189,12 +318,31 @@ def protocol_blocks(config: StudyConfig, records: list[dict[str, Any]],
             f"{config.data.n_train} training images per (experiment, seed), "
             f"{config.data.n_test} per test distribution; malignant iff `{causal_factor()}` "
             "passes the default threshold (the causal factor).",
-            f"Model: `{config.model.arch}` (width {config.model.width}). Embedding losses train "
-            "encoder + projection head on two flipped/rotated views, then a linear classifier "
-            "on the frozen encoder (the SupCon protocol); `cross_entropy` trains end to end; "
-            "`supcon_ce` trains SupCon and cross-entropy jointly; `ntxent` ignores labels.",
+            f"Training distributions: {experiments}. Strength 0 is the no-shortcut control.",
+            f"Model: `{config.model.arch}` (width {config.model.width}), initialised "
+            "independently for every (loss, seed). Embedding losses train encoder + projection "
+            "head on two flipped/rotated views, then a linear classifier on the frozen encoder "
+            "(the SupCon protocol); `cross_entropy` trains end to end on one view and "
+            "`cross_entropy_2view` on the same two views as the embedding losses; `supcon_ce` "
+            "trains SupCon and cross-entropy jointly; `ntxent` ignores labels.",
+            "Heads: every encoder is also read with a linear head refit on the frozen features "
+            "of the biased training set (the two-stage protocol for every loss) and with one "
+            f"refit on {config.data.n_dfr} images of the decorrelated distribution, where the "
+            "four (label x shortcut side) groups are equally large (DFR, Kirichenko et al. "
+            "2022).",
             f"Training: {config.train.epochs} epochs, batch {config.train.batch_size}, AdamW "
-            f"with a one-cycle schedule to lr {config.train.lr}; seeds {list(config.seeds)}.",
+            f"with a one-cycle schedule to lr {config.train.lr}; seeds {list(config.seeds)}. "
+            "The seed fixes the data, the batch order and the views, so the losses of one seed "
+            "are compared on the same data (paired).",
+            "Headline metric: worst-group accuracy over the four (label x shortcut side) groups "
+            f"(Sagawa et al. 2020), compared on `{HEADLINE_TEST}`. A group's accuracy does not "
+            "depend on how common the group is, so `iid`, `decorrelated` and `reversed` differ "
+            "in it only by sampling noise; `decorrelated` has the largest smallest group.",
+            "Statistics: every cell is a mean over seeds with its 95 % Student-t interval. Two "
+            "losses are called different only where a paired t-test over seeds rejects at "
+            f"{ALPHA} after Holm's correction over all pairs of one family; a loss whose i.i.d. "
+            f"balanced accuracy is more than {UNDERFIT_MARGIN} below the best is reported as "
+            "underfit and left out of the comparisons.",
             "Test distributions: "
             + "; ".join(f"`{k}`: {v}" for k, v in TEST_MEANINGS.items()) + ".",
         )),
@@ -202,30 +350,35 @@ def protocol_blocks(config: StudyConfig, records: list[dict[str, Any]],
 
 
 def experiment_blocks(config: StudyConfig, store: RunStore, records: list[dict[str, Any]],
-                      experiment: Any, figures: dict[str, Any]) -> list[Block]:
+                      experiment: ExperimentConfig, figures: dict[str, Any]) -> list[Block]:
     """Findings, metric tables, identification tables and figures of one experiment."""
     name = experiment.name
+    kind = "no-shortcut control: " if experiment.strength == 0 else ""
     blocks: list[Block] = [
-        Heading(2, f"Experiment `{name}`: `{experiment.shortcut}` tied to the label at "
-                   f"strength {experiment.strength}"),
+        Heading(2, f"Experiment `{name}`: {kind}`{experiment.shortcut}` tied to the label at "
+                   f"strength {experiment.strength:g}"),
         Figure(figures["samples"], f"samples of every distribution, {name}"),
-        Heading(3, "What the numbers show"),
+        Heading(3, "What the numbers support"),
         Bullets(tuple(findings(config, store, records, experiment))),
         Heading(3, "Generalization"),
-        Figure(figures["accuracy"], f"balanced accuracy, {name}"),
+        Figure(figures["worst_group"], f"worst-group accuracy with 95 % intervals, {name}"),
+        metric_table(config, records, name, HEADLINE_METRIC),
+        group_table(config, records, name),
+        heads_table(config, records, name),
     ]
-    blocks += [metric_table(config, records, name, metric) for metric in METRIC_TITLES]
+    blocks += [metric_table(config, records, name, metric) for metric in METRIC_TITLES
+               if metric != HEADLINE_METRIC]
     blocks.append(Heading(3, "Which features each loss learned"))
     blocks += identification_tables(config, store, records, name)
-    blocks += [Figure(figures["probes"], f"probe selectivity, {name}"),
-               Figure(figures["sensitivity"], f"intervention sensitivity, {name}"),
-               Figure(figures["embeddings"], f"embeddings, {name}")]
+    blocks += [Figure(figures["sensitivity"], f"intervention sensitivity, {name}")]
     if "cka" in figures:
-        blocks.append(Figure(figures["cka"], f"CKA by layer, {name}"))
-    blocks.append(Paragraph(f"Grad-CAM overlays (seed {config.seeds[0]}; contour: spicule "
-                            "mask):"))
+        blocks.append(Figure(figures["cka"], f"CKA minus the seed floor by stage, {name}"))
+    blocks.append(Paragraph(f"Illustrations from seed {config.seeds[0]} (one model each, no "
+                            "interval): encoder outputs (PCA) and Grad-CAM overlays (contour: "
+                            "spicule mask)."))
+    blocks.append(Figure(figures["embeddings"], f"embeddings, {name}"))
     blocks += [Figure(path, f"Grad-CAM, {name}, {loss}")
-               for loss, path in figures["gradcam"].items()]
+               for loss, path in figures["saliency"].items()]
     return blocks
 
 
@@ -236,6 +389,10 @@ def report_blocks(config: StudyConfig, store: RunStore, records: list[dict[str, 
         Heading(1, f"The effect of the loss on generalization: study report ({config.name})"),
         *protocol_blocks(config, records, machine),
     ]
+    if "_sweeps" in figures:
+        blocks.append(Heading(2, "Shortcut strength"))
+        blocks += [Figure(path, f"worst-group accuracy against strength, {shortcut}")
+                   for shortcut, path in figures["_sweeps"].items()]
     for experiment in config.experiments:
         if experiment.name in figures:
             blocks += experiment_blocks(config, store, records, experiment,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import Any
 
 from .config import StudyConfig
 from .runner import run_id
 from .store import RunStore, atomic_write_bytes, atomic_write_json
 
-METRICS = ("balanced_accuracy", "accuracy", "sensitivity", "specificity", "roc_auc", "ece")
+METRICS = ("worst_group_accuracy", "balanced_accuracy", "accuracy", "sensitivity",
+           "specificity", "roc_auc", "ece")
 
 
 def load_records(config: StudyConfig, store: RunStore) -> list[dict[str, Any]]:
@@ -21,18 +21,26 @@ def load_records(config: StudyConfig, store: RunStore) -> list[dict[str, Any]]:
         for seed in config.seeds:
             for loss in config.losses:
                 rid = run_id(experiment.name, loss, seed)
-                if store.is_done(rid):
-                    records.append(json.loads(store.json_path(rid).read_text()))
+                if store.exists(rid):
+                    records.append(store.load_record(rid))
     return records
 
 
 def flat_row(record: dict[str, Any]) -> dict[str, Any]:
-    """One CSV row per run: identity, then ``<test>.<metric>`` columns."""
+    """One CSV row per run: identity, then ``<test>.<metric>`` and ``<test>.group.<group>``.
+
+    The other heads' worst-group accuracies follow as ``<head>.<test>.worst_group_accuracy``.
+    """
     row: dict[str, Any] = {k: record[k] for k in ("run_id", "experiment", "shortcut",
                                                   "strength", "loss", "seed")}
     for test, metrics in record["metrics"].items():
         for metric in METRICS:
             row[f"{test}.{metric}"] = metrics[metric]
+        for group, accuracy in metrics["group_accuracy"].items():
+            row[f"{test}.group.{group}"] = accuracy
+    for head, tests in record["heads"].items():
+        for test, metrics in tests.items():
+            row[f"{head}.{test}.worst_group_accuracy"] = metrics["worst_group_accuracy"]
     row["train_seconds"] = round(record["train_seconds"], 3)
     return row
 

@@ -1,37 +1,63 @@
-"""Training protocols of the study.
+"""Training protocols of the study (see :class:`~study.config.StudyLoss`).
 
-* ``cross_entropy``: encoder + linear classifier trained end to end with cross-entropy.
-* embedding losses (``supcon``, ``contrastive``, ``triplet``, ``multi_similarity``,
-  ``ntxent``): the SupCon protocol — stage 1 trains encoder + projection head with the loss
-  on two views per image; stage 2 trains a linear classifier with cross-entropy on the frozen
-  encoder's features. ``ntxent`` ignores the labels in stage 1 (self-supervised).
-* ``supcon_ce``: encoder, projection head and classifier trained jointly with
+* ``end_to_end`` (``cross_entropy`` on one view, ``cross_entropy_2view`` on two): encoder +
+  linear classifier trained with cross-entropy.
+* ``two_stage`` (``supcon``, ``contrastive``, ``triplet``, ``multi_similarity``, ``ntxent``):
+  the SupCon protocol — stage 1 trains encoder + projection head with the loss on two views
+  per image; stage 2 fits a linear classifier by cross-entropy on the frozen encoder's
+  features. ``ntxent`` ignores the labels in stage 1 (self-supervised).
+* ``joint`` (``supcon_ce``): encoder, projection head and classifier trained together with
   SupCon + ``ce_weight`` x cross-entropy; the classifier is used as is.
+* ``group_dro`` (``group_dro``, ``group_dro_inferred``): encoder + classifier trained by
+  GroupDRO on per-sample group ids (the generator's, or inferred from an identification
+  model's errors).
+* ``jtt`` (Liu et al. 2021): a first cross-entropy model trained for
+  ``identification_epochs`` (:func:`identify`); a second, fresh model trained by
+  cross-entropy with that model's training-set errors weighted ``jtt_upweight`` times
+  (a weighted loss, the expectation of the paper's upsampling).
+* ``cnc`` (Zhang et al. 2022): encoder, projection head and classifier trained together
+  with Correct-N-Contrast on the identification model's predictions + ``ce_weight`` x
+  cross-entropy.
+
+After training, :func:`fit_heads` adds two more linear heads on the frozen encoder, so every
+loss is also read under the two-stage protocol and with last-layer retraining on a small
+group-balanced set (DFR, Kirichenko et al. 2022). A new protocol (e.g. JTT's two rounds)
+is a new ``protocol`` value of :class:`~study.config.StudyLoss` handled in :func:`train`; a
+loss on logits and group ids (GroupDRO) needs the training groups, which the experiment's
+data already holds (``ExperimentData.train.groups``) for :func:`train` to pass on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from nodulebench import create_loss
+from nodulebench.losses.functional import cross_entropy_loss
 
 from .augment import dihedral_views
 from .config import STUDY_LOSSES, StudyConfig
 from .models import StudyModel
 from .parallel import Parallel
 
+if TYPE_CHECKING:
+    from .runner import LabelledImages
+
 
 @dataclass
 class TrainedModel:
-    """A trained model and its stage-1 loss per epoch."""
+    """A trained model, its stage-1 loss per epoch, and how it was trained."""
 
     model: StudyModel
     loss_history: list[float]
+    study_loss: str
 
 
 def build_losses(config: StudyConfig, study_loss: str,
@@ -42,7 +68,7 @@ def build_losses(config: StudyConfig, study_loss: str,
     anchors meet every rank's negatives and DDP's averaged gradient is exact.
     """
     losses = []
-    for name in STUDY_LOSSES[study_loss]:
+    for name in STUDY_LOSSES[study_loss].registry:
         options = dict(config.loss_options.get(name, {}))
         if parallel is not None and parallel.active and name != "cross_entropy":
             options["gather_distributed"] = True
@@ -63,10 +89,16 @@ class _Heads(nn.Module):
         return self.model.projection(features), self.model.classifier(features)
 
 
-def new_model(config: StudyConfig, seed: int) -> StudyModel:
-    """A freshly initialised model; initialisation depends on ``seed`` alone."""
+def init_seed(study_loss: str, seed: int) -> int:
+    """The initialisation seed of one (loss, seed): independent across losses and seeds."""
+    digest = hashlib.sha256(f"{study_loss}/{seed}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def new_model(config: StudyConfig, study_loss: str, seed: int) -> StudyModel:
+    """A freshly initialised model; initialisation depends on (loss, seed) alone."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(init_seed(study_loss, seed))
         return StudyModel(config.model.arch, config.model.width, config.model.projection_dim)
 
 
@@ -79,16 +111,32 @@ def train(
     device: torch.device,
     on_step: Callable[[], None] | None = None,
     parallel: Parallel | None = None,
+    per_sample: dict[str, torch.Tensor] | None = None,
+    epochs: int | None = None,
 ) -> TrainedModel:
     """Train one model with one study loss on ``images`` ``(N, 1, H, W)`` / ``labels`` ``(N,)``.
 
-    Under torchrun every rank draws the same global batch and views, trains on its shard
-    through DDP, and only rank 0 fits the linear classifier of stage 2.
+    The batch order and the views depend on ``seed`` alone, so every loss of one seed sees
+    the same batches in the same order. Under torchrun every rank draws the same global
+    batch and views, trains on its shard through DDP, and only rank 0 fits the linear
+    classifier of stage 2.
+
+    ``per_sample`` holds the ``(N,)`` inputs of the group-robust protocols, indexed like
+    ``labels``: ``groups`` (GroupDRO), ``weights`` (JTT) or ``predictions`` (CnC).
+    ``epochs`` overrides ``config.train.epochs`` (the identification model's run).
     """
     t = config.train
+    epochs = t.epochs if epochs is None else epochs
+    per_sample = per_sample or {}
+    how = STUDY_LOSSES[study_loss]
     parallel = parallel or Parallel()
-    generator = torch.Generator().manual_seed(seed)
-    model = new_model(config, seed).to(device)
+    # Two streams, so that the batch order is the same for every loss of a seed whatever
+    # number of views a loss draws.
+    order_generator = torch.Generator().manual_seed(seed)
+    view_generator = torch.Generator().manual_seed(seed + 1)
+    model = new_model(config, study_loss, seed).to(device)
+    layout = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     heads: nn.Module = _Heads(model)
     if parallel.active:
         if device.type == "cuda":
@@ -99,87 +147,135 @@ def train(
             find_unused_parameters=True,
         )
     losses = build_losses(config, study_loss, parallel)
-    embedding_loss = None if study_loss == "cross_entropy" else losses[0]
-    cross_entropy = losses[-1] if STUDY_LOSSES[study_loss][-1] == "cross_entropy" else None
-    use_labels = study_loss != "ntxent"
+    projected = how.protocol in ("two_stage", "joint", "cnc")
+    embedding_loss = losses[0] if projected else None
+    cross_entropy = losses[-1] if how.registry[-1] == "cross_entropy" else None
+    group_dro = losses[0] if how.protocol == "group_dro" else None
 
     parameters = list(model.encoder.parameters())
-    parameters += list((model.projection if embedding_loss else model.classifier).parameters())
-    if study_loss == "supcon_ce":
+    if embedding_loss is not None:
+        parameters += list(model.projection.parameters())
+    if cross_entropy is not None or group_dro is not None:
         parameters += list(model.classifier.parameters())
     n = images.shape[0]
-    batch_size = min(t.batch_size, n)
-    steps_per_epoch = n // batch_size
-    optimizer = torch.optim.AdamW(parameters, lr=t.lr, weight_decay=t.weight_decay)
+    steps_per_epoch = n // t.batch_size
+    optimizer = torch.optim.AdamW(parameters, lr=t.lr, weight_decay=t.weight_decay,
+                                  foreach=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=t.lr, total_steps=t.epochs * steps_per_epoch, pct_start=0.15
+        optimizer, max_lr=t.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
     )
     history = []
     model.train()
-    for _ in range(t.epochs):
-        order = torch.randperm(n, generator=generator)
-        epoch_loss = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=order_generator)
+        epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
         for step in range(steps_per_epoch):  # full batches only: pairs need partners
-            index = order[step * batch_size:(step + 1) * batch_size]
+            index = order[step * t.batch_size:(step + 1) * t.batch_size]
             x, y = images[index].to(device), labels[index].to(device)
+            extra = {name: parallel.shard(values[index].to(device))
+                     for name, values in per_sample.items()}
             # Views of the whole global batch (same on every rank), then this rank's shard.
-            views = parallel.shard(dihedral_views(x, 1 if embedding_loss is None else 2,
-                                                  generator))
+            views = parallel.shard(dihedral_views(x, how.views, view_generator))
             y = parallel.shard(y)
-            projections, logits = heads(views.flatten(0, 1))
-            if embedding_loss is None:
-                loss = cross_entropy(logits, y)  # type: ignore[misc]
+            with _autocast(t.autocast, device):
+                projections, logits = heads(views.flatten(0, 1).contiguous(memory_format=layout))
+            projections, logits = projections.float(), logits.float()
+            y_views = y.repeat_interleave(how.views)
+            if group_dro is not None:
+                loss = group_dro(logits, y, extra["groups"])
+            elif how.protocol == "jtt":
+                weights = extra["weights"]
+                per_image = cross_entropy_loss(logits, y, reduction="none")
+                loss = (weights * per_image).sum() / weights.sum()
+            elif embedding_loss is None:
+                loss = cross_entropy(logits, y_views)  # type: ignore[misc]
             else:
-                z = projections.unflatten(0, (y.shape[0], 2))
-                loss = embedding_loss(z, y if use_labels else None)
+                z = projections.unflatten(0, (y.shape[0], how.views))
+                if how.protocol == "cnc":
+                    loss = embedding_loss(z, y, extra["predictions"])
+                else:
+                    loss = embedding_loss(z, y if how.uses_labels else None)
                 if cross_entropy is not None:
-                    loss = loss + t.ce_weight * cross_entropy(logits, y.repeat_interleave(2))
+                    loss = loss + t.ce_weight * cross_entropy(logits, y_views)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            epoch_loss += parallel.mean(loss) if parallel.active else float(loss.detach())
+            # Summed on the device; one synchronisation per epoch, not per step.
+            epoch_loss += parallel.mean(loss) if parallel.active else loss.detach()
             if on_step is not None:
                 on_step()
-        history.append(epoch_loss / steps_per_epoch)
+        history.append(float(epoch_loss) / steps_per_epoch)
     if not math.isfinite(history[-1]):
         raise RuntimeError(f"{study_loss}: training diverged (loss {history[-1]})")
-    if embedding_loss is not None and cross_entropy is None and parallel.is_main:
-        fit_linear_classifier(config, model, images, labels, seed, device)
     model.eval()
-    return TrainedModel(model, history)
+    return TrainedModel(model, history, study_loss)
+
+
+def identify(config: StudyConfig, images: torch.Tensor, labels: torch.Tensor, seed: int,
+             device: torch.device, parallel: Parallel | None = None) -> torch.Tensor:
+    """The identification model's predictions ``(N,)`` on its own training set.
+
+    A cross-entropy model (the study's, stopped after ``identification_epochs``); JTT
+    upweights its errors, CnC contrasts its predictions, ``group_dro_inferred`` groups by
+    label x its correctness.
+    """
+    trained = train(config, "cross_entropy", images, labels, seed, device, parallel=parallel,
+                    epochs=config.train.identification_epochs)
+    features = encode(trained.model, images, device)
+    return (head_probabilities(trained.model.classifier, features) >= 0.5).long()
+
+
+def _autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision for the encoder and heads (the losses then run in float32)."""
+    if dtype == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
 @torch.no_grad()
 def encode(model: StudyModel, images: torch.Tensor, device: torch.device,
-           batch_size: int = 512) -> torch.Tensor:
-    """Encoder features ``(N, D)`` in eval mode, on the CPU."""
+           batch_size: int = 1024) -> torch.Tensor:
+    """Encoder features ``(N, D)`` in eval mode, on the device."""
     model.eval()
-    return torch.cat([model.encoder(images[i:i + batch_size].to(device)).cpu()
+    return torch.cat([model.encoder(images[i:i + batch_size].to(device))
                       for i in range(0, images.shape[0], batch_size)])
 
 
-def fit_linear_classifier(config: StudyConfig, model: StudyModel, images: torch.Tensor,
-                          labels: torch.Tensor, seed: int, device: torch.device) -> None:
-    """Stage 2: fit ``model.classifier`` by cross-entropy on frozen encoder features."""
-    features = encode(model, images, device).to(device)
+def fit_linear_head(config: StudyConfig, features: torch.Tensor, labels: torch.Tensor,
+                    seed: int) -> nn.Linear:
+    """A linear classifier fitted by full-batch Adam and cross-entropy on frozen features."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        model.classifier.reset_parameters()
-    optimizer = torch.optim.Adam(model.classifier.parameters(), lr=config.train.linear_lr)
-    target = labels.to(device)
+        head = nn.Linear(features.shape[1], 2).to(features.device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=config.train.linear_lr)
+    target = labels.to(features.device)
     for _ in range(config.train.linear_steps):  # full batch: deterministic and fast
-        loss = nn.functional.cross_entropy(model.classifier(features), target)
+        loss = nn.functional.cross_entropy(head(features), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    return head
+
+
+def fit_heads(config: StudyConfig, trained: TrainedModel, train_set: LabelledImages,
+              dfr_set: LabelledImages, seed: int, device: torch.device) -> dict[str, nn.Module]:
+    """The linear heads read on one encoder: ``model`` (the protocol's), ``linear``, ``dfr``.
+
+    ``linear`` is refit on the frozen features of the (biased) training set: for a
+    two-stage loss it *is* the protocol's head, which this also installs in the model.
+    ``dfr`` is refit on the small group-balanced set (last-layer retraining).
+    """
+    model = trained.model
+    linear = fit_linear_head(config, encode(model, train_set.images, device),
+                             train_set.labels, seed)
+    if STUDY_LOSSES[trained.study_loss].protocol == "two_stage":
+        model.classifier = linear
+    dfr = fit_linear_head(config, encode(model, dfr_set.images, device), dfr_set.labels, seed)
+    return {"model": model.classifier, "linear": linear, "dfr": dfr}
 
 
 @torch.no_grad()
-def predict_proba(model: StudyModel, images: torch.Tensor, device: torch.device,
-                  batch_size: int = 512) -> torch.Tensor:
-    """Probability of class 1 (malignant) ``(N,)``, on the CPU."""
-    model.eval()
-    logits = torch.cat([model(images[i:i + batch_size].to(device)).cpu()
-                        for i in range(0, images.shape[0], batch_size)])
-    return logits.softmax(dim=1)[:, 1]
+def head_probabilities(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Probability of class 1 (malignant) ``(N,)`` from a head on features, on the CPU."""
+    return head(features).softmax(dim=1)[:, 1].cpu()

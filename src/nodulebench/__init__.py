@@ -11,8 +11,10 @@ from nodulebench import distributed, probing
 from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
     ClipLoss,
+    CnCLoss,
     ContrastiveLoss,
     CrossEntropyLoss,
+    GroupDROLoss,
     LossInfo,
     MultiSimilarityLoss,
     NTXentLoss,
@@ -34,8 +36,10 @@ __all__ = [
     "SyntheticNodules",
     # losses
     "ClipLoss",
+    "CnCLoss",
     "ContrastiveLoss",
     "CrossEntropyLoss",
+    "GroupDROLoss",
     "LossInfo",
     "MultiSimilarityLoss",
     "NTXentLoss",

@@ -121,7 +121,7 @@ def expected_calibration_error(
         n_bins: number of confidence bins.
 
     Returns:
-        The ECE in [0, 0.5].
+        The ECE in [0, 1] (confidently wrong predictions approach 1).
     """
     _check_scores_and_labels(probabilities, labels)
     check_positive("n_bins", n_bins)

@@ -143,7 +143,7 @@ def test_custom_study_writes_its_config_and_runs_the_study(tmp_path: Path) -> No
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {record["loss"] for record in metrics} == {"cross_entropy", "supcon"}
     assert (tmp_path / "report.md").read_text().strip()
-    assert_png(tmp_path / "figures" / "balanced_accuracy_lobulation.png")
+    assert_png(tmp_path / "figures" / "worst_group_lobulation.png")
 
 
 def test_custom_study_toml_round_trips() -> None:

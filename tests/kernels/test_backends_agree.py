@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nodulebench.kernels._dense import pack_pair_labels
 from nodulebench.kernels.dispatch import BACKENDS, KERNEL_LOSSES, run_per_anchor
 
 OPTIONS: dict[str, list[dict[str, object]]] = {
@@ -18,6 +19,7 @@ OPTIONS: dict[str, list[dict[str, object]]] = {
     "triplet_all": [{"margin": 0.3, "distance": d}
                     for d in ("euclidean", "squared_euclidean", "cosine")],
     "multi_similarity": [{"alpha": 2.0, "beta": 10.0, "base": 0.5, "epsilon": 0.1}],
+    "cnc": [{"temperature": 0.2, "variant": "out"}, {"temperature": 0.2, "variant": "in"}],
 }
 
 
@@ -38,6 +40,8 @@ def inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
 )
 def test_backend_matches_reference(backend: str, loss: str, dtype: torch.dtype) -> None:
     z, labels = inputs(dtype)
+    if loss == "cnc":  # pair labels: a class and a first model's prediction
+        labels = pack_pair_labels(labels % 2, labels // 2 % 2)
     info = BACKENDS[backend]
     for options in OPTIONS[loss]:
         if info.why_not(loss, z, options) is not None:

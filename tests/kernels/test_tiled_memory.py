@@ -7,9 +7,11 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from nodulebench.kernels._dense import pack_pair_labels
 from nodulebench.kernels._reference import supcon_reference
 from nodulebench.kernels.tiled import (
     clip_tiled,
+    cnc_tiled,
     contrastive_tiled,
     multi_similarity_tiled,
     siglip_tiled,
@@ -32,6 +34,8 @@ KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "clip": lambda z, y: clip_tiled(z, z.flip(0), scale=torch.tensor(10.0), block_size=32)[0],
     "siglip": lambda z, y: siglip_tiled(z, z.flip(0), scale=torch.tensor(10.0),
                                         bias=torch.tensor(-10.0), block_size=32)[0],
+    "cnc": lambda z, y: cnc_tiled(z, pack_pair_labels(y % 2, y // 2 % 2), temperature=0.1,
+                                  block_size=32)[0],
 }
 
 

@@ -27,7 +27,7 @@ CASES = [
     ("supcon", "tiled", {"temperature": 0.5}),
     ("triplet", "tiled", {"mining": "hard"}),
 ]
-PAIRWISE = [name for name in list_losses() if get_loss_info(name).consumes != "logits"]
+PAIRWISE = [name for name in list_losses() if get_loss_info(name).consumes == "embeddings"]
 
 
 def make_step(name: str, backend: str, options: dict[str, object]

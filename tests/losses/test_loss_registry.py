@@ -38,13 +38,17 @@ def call_on_small_batch(name: str, loss_fn: torch.nn.Module) -> tuple[torch.Tens
     info = get_loss_info(name)
     gen = torch.Generator().manual_seed(0)
     labels = torch.tensor([0, 1, 0, 1, 2, 2])
-    if info.consumes == "logits":
+    if info.consumes in ("logits", "logits_and_groups"):
         leaf = torch.randn(6, 3, generator=gen, requires_grad=True)
+        if info.consumes == "logits_and_groups":
+            return loss_fn(leaf, labels, torch.tensor([0, 1, 2, 3, 0, 1])), leaf
         return loss_fn(leaf, labels), leaf
     if info.consumes == "paired_embeddings":  # two towers (B, D), here leaf[:, 0] and [:, 1]
         leaf = torch.randn(6, 2, 8, generator=gen, requires_grad=True)
         return loss_fn(leaf[:, 0], leaf[:, 1]), leaf
     leaf = torch.randn(6, 2, 8, generator=gen, requires_grad=True)
+    if info.consumes == "embeddings_and_predictions":  # every anchor has a positive
+        return loss_fn(leaf, labels, torch.tensor([0, 0, 1, 1, 2, 0])), leaf
     return (loss_fn(leaf, labels) if info.requires_labels else loss_fn(leaf)), leaf
 
 
@@ -61,7 +65,7 @@ def test_every_loss_builds_with_defaults_runs_and_backpropagates(name: str) -> N
     loss.backward()
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
     assert bool(leaf.grad.abs().sum() > 0)
-    if get_loss_info(name).consumes == "embeddings":
+    if get_loss_info(name).consumes.startswith("embeddings"):
         assert loss_fn.num_excluded_anchors == 0
 
 
@@ -69,7 +73,8 @@ def test_every_loss_builds_with_defaults_runs_and_backpropagates(name: str) -> N
 def test_every_loss_has_metadata_and_rejects_unknown_kwargs(name: str) -> None:
     info = get_loss_info(name)
     assert isinstance(info, LossInfo) and info.name == name
-    assert info.consumes in ("embeddings", "logits", "paired_embeddings")
+    assert info.consumes in ("embeddings", "logits", "paired_embeddings",
+                             "embeddings_and_predictions", "logits_and_groups")
     assert isinstance(info.requires_labels, bool)
     assert info.citation
     assert "reduction" in info.accepted_kwargs

@@ -105,3 +105,46 @@ def test_flattens_trailing_dimensions_and_accepts_float32() -> None:
 def test_bad_input_raises_never_nan(x, y, kwargs, exc, fragment) -> None:
     with pytest.raises(exc, match=re.escape(fragment)):
         linear_cka(x, y, **kwargs)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e150, 1e-150])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_extreme_scales_give_the_unscaled_value(scale: float, debiased: bool) -> None:
+    x, y = _random(30, 4, 5), _random(30, 3, 6)
+    y[:, 0] += x[:, 1]
+    expected = linear_cka(x, y, debiased=debiased)
+    got = linear_cka(x * scale, y / scale, debiased=debiased)
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+@pytest.mark.parametrize(("n", "d1", "d2"), [(20, 3, 7), (50, 40, 10), (8, 2, 2)])
+def test_gram_form_equals_the_feature_form(n: int, d1: int, d2: int, debiased: bool) -> None:
+    from nodulebench.probing import gram_linear_cka
+
+    x, y = _random(n, d1, 3), _random(n, d2, 4)
+    y[:, 0] += 2 * x[:, 0]
+    assert gram_linear_cka(x @ x.T, y @ y.T, debiased=debiased) == pytest.approx(
+        linear_cka(x, y, debiased=debiased), rel=1e-9, abs=1e-12)
+    assert gram_linear_cka(1e200 * (x @ x.T), 1e-200 * (y @ y.T)) == pytest.approx(
+        linear_cka(x, y), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("k", "l", "error", "message"),
+    [
+        (torch.ones(3, 4), torch.ones(3, 3), ValueError, "square Gram matrix"),
+        (torch.eye(4), torch.eye(5), ValueError, "same size as k"),
+        (torch.zeros(4, 4), torch.eye(4), ValueError, "k is zero"),
+        (torch.ones(4, 4), torch.eye(4), ValueError, "zero variance"),
+        (torch.tensor([[1.0, 2.0], [0.0, 1.0]]), torch.eye(2), ValueError, "symmetric"),
+        (torch.eye(4, dtype=torch.long), torch.eye(4), TypeError, "floating-point"),
+        (torch.full((4, 4), float("nan")), torch.eye(4), ValueError, "finite"),
+    ],
+)
+def test_gram_form_rejects_bad_input(k: torch.Tensor, l: torch.Tensor,  # noqa: E741
+                                     error: type[Exception], message: str) -> None:
+    from nodulebench.probing import gram_linear_cka
+
+    with pytest.raises(error, match=message):
+        gram_linear_cka(k, l)

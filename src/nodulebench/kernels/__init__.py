@@ -19,6 +19,7 @@ from nodulebench.kernels.dispatch import (
 )
 from nodulebench.kernels.tiled import (
     clip_tiled,
+    cnc_tiled,
     contrastive_tiled,
     multi_similarity_tiled,
     siglip_tiled,
@@ -32,6 +33,7 @@ __all__ = [
     "KERNEL_LOSSES",
     "TWO_TOWER_LOSSES",
     "BackendInfo",
+    "cnc_tiled",
     "clip_tiled",
     "contrastive_tiled",
     "get_backend_info",

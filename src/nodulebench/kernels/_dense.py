@@ -27,14 +27,17 @@ from nodulebench.kernels.distances import euclidean_distance, pairwise_distance
 __all__ = [
     "SUPCON_VARIANTS",
     "TRIPLET_MININGS",
+    "cnc_per_anchor",
     "contrastive_per_anchor",
     "contrastive_pml_per_anchor",
     "masked_max",
     "masked_min",
     "multi_similarity_per_anchor",
+    "pack_pair_labels",
     "pair_masks",
     "supcon_per_anchor",
     "triplet_per_anchor",
+    "unpack_pair_labels",
 ]
 
 SUPCON_VARIANTS: tuple[str, ...] = ("out", "in")
@@ -110,13 +113,21 @@ def supcon_per_anchor(
     """
     columns, column_labels = _column_set(z, labels, columns, column_labels)
     self_pair, positive, _ = pair_masks(labels, column_labels, row_offset)
+    return _contrast(z, columns, ~self_pair, positive, temperature, variant)
+
+
+def _contrast(
+    z: torch.Tensor, columns: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor,
+    temperature: float, variant: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SupCon's per-anchor form over the ``(N, M)`` masks of candidates ``A(i)`` and ``P(i)``."""
     num_positives = positive.sum(dim=1)
     valid = num_positives > 0
     logits = (z @ columns.T) / temperature
-    # Self pair masked to -inf before the LSE (never computed then subtracted). Rows of
-    # invalid anchors are zeroed so that their LSE, and its gradient, stay finite.
+    # Non-candidates masked to -inf before the LSE (never computed then subtracted). Rows
+    # of invalid anchors are zeroed so that their LSE, and its gradient, stay finite.
     keep_rows = valid[:, None]
-    anchor_logits = torch.where(keep_rows, logits.masked_fill(self_pair, -math.inf), 0.0)
+    anchor_logits = torch.where(keep_rows, logits.masked_fill(~candidates, -math.inf), 0.0)
     log_denominator = torch.logsumexp(anchor_logits, dim=1)
     count = num_positives.clamp(min=1).to(z.dtype)
     if variant == "out":
@@ -127,6 +138,59 @@ def supcon_per_anchor(
         log_mean_exp_positive = torch.logsumexp(positive_logits, dim=1) - count.log()
         loss = log_denominator - log_mean_exp_positive
     return loss, valid
+
+
+_LOW_BITS = 32
+
+
+def pack_pair_labels(labels: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+    """One int64 code per row that carries a class label and a prediction.
+
+    Correct-N-Contrast compares rows by two label vectors; packed into one, they travel
+    through the views, the distributed gather and the kernels' ``labels`` argument like
+    any label. Values must lie in the int32 range (class indices do): the class is the
+    high half, the prediction (as its 32-bit pattern) the low half.
+
+    Example:
+        >>> codes = pack_pair_labels(torch.tensor([0, 1, -1]), torch.tensor([1, 1, 2]))
+        >>> [t.tolist() for t in unpack_pair_labels(codes)]
+        [[0, 1, -1], [1, 1, 2]]
+    """
+    low = predictions.to(torch.int64) & ((1 << _LOW_BITS) - 1)
+    return (labels.to(torch.int64) << _LOW_BITS) | low
+
+
+def unpack_pair_labels(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels, predictions)`` of :func:`pack_pair_labels`'s codes.
+
+    The predictions come back as their 32-bit patterns: equal predictions, equal values.
+    """
+    return codes >> _LOW_BITS, codes & ((1 << _LOW_BITS) - 1)
+
+
+def cnc_per_anchor(
+    z: torch.Tensor, pair_labels: torch.Tensor, *, temperature: float, variant: str,
+    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    row_offset: int | None = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor Correct-N-Contrast loss (the backend boundary).
+
+    ``pair_labels`` (and ``column_labels``) are :func:`pack_pair_labels` codes of the
+    class labels ``y`` and a reference model's predictions ``k``. Positives of anchor
+    ``i`` are the columns with ``y_j = y_i`` and ``k_j != k_i``, negatives those with
+    ``k_j = k_i`` and ``y_j != y_i``; the candidates ``A(i)`` are both sets (no self-pair:
+    it agrees in both). The loss is SupCon's over these sets.
+
+    Returns:
+        ``loss (N,)`` and ``valid (N,)`` bool (at least one positive).
+    """
+    columns, column_labels = _column_set(z, pair_labels, columns, column_labels)
+    labels, predictions = unpack_pair_labels(pair_labels)
+    column_classes, column_predictions = unpack_pair_labels(column_labels)
+    same_class = labels[:, None] == column_classes[None, :]
+    same_prediction = predictions[:, None] == column_predictions[None, :]
+    positive = same_class & ~same_prediction
+    return _contrast(z, columns, same_class ^ same_prediction, positive, temperature, variant)
 
 
 def contrastive_per_anchor(

@@ -16,6 +16,7 @@ from nodulebench.kernels import _dense
 from nodulebench.kernels._tiling import check_row_range
 
 __all__ = [
+    "cnc_reference",
     "contrastive_pml_reference",
     "contrastive_reference",
     "multi_similarity_reference",
@@ -63,6 +64,18 @@ def supcon_reference(
     """Dense SupCon per anchor: ``(loss, valid)``."""
     anchors, anchor_labels, columns = _anchors(z, labels, row_range, reference)
     loss, valid = _dense.supcon_per_anchor(
+        anchors, anchor_labels, temperature=temperature, variant=variant, **columns
+    )
+    return _zero_invalid(loss, valid), valid
+
+
+def cnc_reference(
+    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
+    row_range: tuple[int, int] | None = None, reference: Reference | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense Correct-N-Contrast per anchor on pair labels: ``(loss, valid)``."""
+    anchors, anchor_labels, columns = _anchors(z, labels, row_range, reference)
+    loss, valid = _dense.cnc_per_anchor(
         anchors, anchor_labels, temperature=temperature, variant=variant, **columns
     )
     return _zero_invalid(loss, valid), valid

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 KERNEL_LOSSES = ("supcon", "contrastive", "contrastive_pml", "triplet_hard", "triplet_all",
-                 "triplet_semihard", "multi_similarity")
+                 "triplet_semihard", "multi_similarity", "cnc")
 """Per-anchor computations a backend may implement (triplet mining is part of the name)."""
 
 TWO_TOWER_LOSSES = ("clip", "siglip")
@@ -90,6 +90,7 @@ TILED_CROSSOVER: Mapping[str, int] = MappingProxyType({
     # and 499 vs 548 at 2048, 1999 vs 3116 at 4096; a third of the memory from 2048 on.
     "clip": 2048,
     "siglip": 2048,
+    "cnc": 1024,  # SupCon's engine with two more masks per tile: SupCon's crossover
 })
 
 
@@ -194,6 +195,7 @@ _TILED_OPTIONS = {
     "multi_similarity": {},
     "clip": {},
     "siglip": {},
+    "cnc": {"variant": SUPCON_VARIANTS},
 }
 # Semi-hard mining picks a different negative per positive pair, and the
 # pytorch-metric-learning contrastive form counts its non-zero terms: only the dense
@@ -212,6 +214,7 @@ _REFERENCE_KERNELS: Mapping[str, KernelFunction] = _frozen({
     "multi_similarity": _reference.multi_similarity_reference,
     "clip": two_tower_reference.clip_reference,
     "siglip": two_tower_reference.siglip_reference,
+    "cnc": _reference.cnc_reference,
 })
 
 _TILED_KERNELS: Mapping[str, KernelFunction] = _frozen({
@@ -222,6 +225,7 @@ _TILED_KERNELS: Mapping[str, KernelFunction] = _frozen({
     "multi_similarity": tiled.multi_similarity_tiled,
     "clip": tiled.clip_tiled,
     "siglip": tiled.siglip_tiled,
+    "cnc": tiled.cnc_tiled,
 })
 
 

@@ -16,11 +16,12 @@ from nodulebench.kernels.tiled_distance import (
     triplet_hard_tiled,
 )
 from nodulebench.kernels.tiled_multisim import multi_similarity_tiled
-from nodulebench.kernels.tiled_supcon import supcon_tiled
+from nodulebench.kernels.tiled_supcon import cnc_tiled, supcon_tiled
 from nodulebench.kernels.tiled_two_tower import clip_tiled, siglip_tiled
 
 __all__ = [
     "clip_tiled",
+    "cnc_tiled",
     "contrastive_tiled",
     "multi_similarity_tiled",
     "siglip_tiled",

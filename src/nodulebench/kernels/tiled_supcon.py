@@ -30,6 +30,11 @@ and a tile pair adds :math:`M z_J / \tau` to the rows of :math:`I` and
 :math:`M^\top z_I / \tau` to those of :math:`J`, with :math:`M = G_{IJ} + G_{JI}^\top`:
 the row and the column contributions, never holding :math:`G`. For ``"out"``,
 :math:`G_{ij} = g_i\,(e^{s_{ij} - \mathrm{LSE}_i} - [j \in P(i)] / |P(i)|)`.
+
+Correct-N-Contrast (:func:`cnc_tiled`) is the same engine with other sets: each row also
+carries a prediction :math:`k_j`, :math:`P(i) = \{j: y_j = y_i, k_j \ne k_i\}` and
+:math:`A(i) = P(i) \cup \{j: k_j = k_i, y_j \ne y_i\}`. Both masks are symmetric, so the
+tiles are still shared.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Any
 import torch
 
 from nodulebench._validation import check_choice, check_positive
-from nodulebench.kernels._dense import SUPCON_VARIANTS
+from nodulebench.kernels._dense import SUPCON_VARIANTS, unpack_pair_labels
 from nodulebench.kernels._tiling import (
     TILE_EDGE,
     anchor_tiles,
@@ -48,7 +53,7 @@ from nodulebench.kernels._tiling import (
     eager_under_compile,
 )
 
-__all__ = ["supcon_tiled"]
+__all__ = ["cnc_tiled", "supcon_tiled"]
 
 
 
@@ -56,6 +61,56 @@ def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense class ids ``0..C-1`` per row and the size of each class."""
     _, class_id = torch.unique(labels, return_inverse=True)
     return class_id, torch.bincount(class_id)
+
+
+class _Sets:
+    """Who is a candidate and a positive of whom: SupCon's sets, or CnC's.
+
+    Without predictions (SupCon) every other row is a candidate and those of the same
+    class are positives. With them (``pairs=True``: the labels are packed pair labels of
+    a class and a prediction) a pair is a candidate iff it agrees in exactly one of the
+    two, and a positive iff it agrees in the class.
+    """
+
+    def __init__(self, labels: torch.Tensor, pairs: bool) -> None:
+        self.predictions: torch.Tensor | None = None
+        classes = labels
+        if pairs:
+            classes, self.predictions = unpack_pair_labels(labels)
+        self.class_id, self.class_size = _class_index(classes)
+        # The rows that share an anchor's class and are no positive: itself, for CnC
+        # its cell (same class and prediction).
+        self.cell_size = self.class_size.new_ones(labels.shape[0])[:, None]
+        if pairs:
+            cell_id, cell_size = _class_index(labels)
+            self.cell_size = cell_size[cell_id][:, None]
+
+    def num_positives(self, a0: int, a1: int) -> torch.Tensor:
+        """``|P(i)|`` of the anchors ``a0:a1``."""
+        return self.class_size[self.class_id[a0:a1]] - self.cell_size[a0:a1, 0]
+
+    def scores(self, z: torch.Tensor, inv_tau: float, r0: int, r1: int, c0: int,
+               c1: int) -> torch.Tensor:
+        """The tile of ``s``, ``-inf`` where the column is not a candidate of the row."""
+        s = _mask_self((z[r0:r1] * inv_tau) @ z[c0:c1].T, r0, c0)
+        if self.predictions is None:
+            return s
+        return s.masked_fill_(self._same_class(r0, r1, c0, c1)
+                              == self._same_prediction(r0, r1, c0, c1), float("-inf"))
+
+    def positive(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        """Positive pairs of the tile (for SupCon the self-pairs too: callers mask them)."""
+        same = self._same_class(r0, r1, c0, c1)
+        if self.predictions is None:
+            return same
+        return same & ~self._same_prediction(r0, r1, c0, c1)
+
+    def _same_class(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        return self.class_id[r0:r1, None] == self.class_id[None, c0:c1]
+
+    def _same_prediction(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        assert self.predictions is not None  # only called for CnC
+        return self.predictions[r0:r1, None] == self.predictions[None, c0:c1]
 
 
 def _mask_self(
@@ -82,15 +137,15 @@ class _SupConTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str,
-        block_size: int, row_range: tuple[int, int],
+        block_size: int, row_range: tuple[int, int], pairs: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = z.shape[0]
         # Anchors are rows a0:a1 of z; every row of z is a column (all of them by default).
         a0, a1 = row_range
         symmetric = (a0, a1) == (0, n)
         inv_tau = 1.0 / temperature
-        class_id, class_size = _class_index(labels)
-        num_pos = class_size[class_id[a0:a1]] - 1
+        sets = _Sets(labels, pairs)
+        num_pos = sets.num_positives(a0, a1)
         valid = num_pos > 0
         lse = torch.full((a1 - a0,), float("-inf"), dtype=z.dtype, device=z.device)
         lse_pos = torch.full_like(lse, float("-inf"))
@@ -99,12 +154,12 @@ class _SupConTiledFunction(torch.autograd.Function):
         # block J is the transpose of J x I, so one product serves the row LSEs of I
         # (along dim 1) and of J (dim 0).
         for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
-            s = _mask_self((z[r0:r1] * inv_tau) @ z[c0:c1].T, r0, c0)
+            s = sets.scores(z, inv_tau, r0, r1, c0, c1)
             mirrored = symmetric and c0 != r0
             _fold_lse(lse[r0 - a0 : r1 - a0], s, 1)
             if mirrored:
                 _fold_lse(lse[c0:c1], s, 0)
-            same = class_id[r0:r1, None] == class_id[None, c0:c1]
+            same = sets.positive(r0, r1, c0, c1)
             if variant == "out":
                 s_pos = _mask_self(torch.where(same, s, 0.0), r0, c0, 0.0)
                 pos_sum[r0 - a0 : r1 - a0] += s_pos.sum(dim=1)
@@ -120,8 +175,8 @@ class _SupConTiledFunction(torch.autograd.Function):
         else:
             raw = lse - lse_pos + torch.log(num_pos.clamp(min=1).to(z.dtype))
         loss = torch.where(valid, raw, torch.zeros_like(raw))
-        ctx.save_for_backward(z, class_id, lse, lse_pos, num_pos, valid)
-        ctx.options = (inv_tau, variant, block_size, row_range)
+        ctx.save_for_backward(z, labels, lse, lse_pos, num_pos, valid)
+        ctx.options = (inv_tau, variant, block_size, row_range, pairs)
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -129,8 +184,9 @@ class _SupConTiledFunction(torch.autograd.Function):
     def backward(
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        z, class_id, lse, lse_pos, num_pos, valid = ctx.saved_tensors
-        inv_tau, variant, block_size, row_range = ctx.options
+        z, labels, lse, lse_pos, num_pos, valid = ctx.saved_tensors
+        inv_tau, variant, block_size, row_range, pairs = ctx.options
+        sets = _Sets(labels, pairs)
         n = z.shape[0]
         a0, a1 = row_range
         symmetric = (a0, a1) == (0, n)
@@ -153,8 +209,8 @@ class _SupConTiledFunction(torch.autograd.Function):
 
         for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
             rows, cols = slice(r0, r1), slice(c0, c1)
-            s = _mask_self((z[rows] * inv_tau) @ z[cols].T, r0, c0)
-            same = class_id[rows, None] == class_id[None, cols]
+            s = sets.scores(z, inv_tau, r0, r1, c0, c1)
+            same = sets.positive(r0, r1, c0, c1)
             # M_ij = G_ij + G_ji couples row i and column j both ways; dz = M z / tau.
             # Without the mirror (anchor subsets), M = G of the tile's anchors only.
             m = weights(s, rows, cols, same, 1)
@@ -174,7 +230,22 @@ class _SupConTiledFunction(torch.autograd.Function):
                 continue
             grad_z[rows].addmm_(m, z[cols], alpha=inv_tau)
             grad_z[cols].addmm_(m.T, z[rows], alpha=inv_tau)
-        return grad_z, None, None, None, None, None
+        return grad_z, None, None, None, None, None, None
+
+
+def _run(z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str,
+         block_size: int | None, row_range: tuple[int, int] | None, pairs: bool
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    edge = check_prepared(z, labels, block_size)
+    check_positive("temperature", temperature)
+    check_choice("variant", variant, SUPCON_VARIANTS)
+    if block_size is None:
+        edge = max(1, min(z.shape[0], TILE_EDGE))
+    loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]
+        z, labels, float(temperature), variant, edge,
+        check_row_range(row_range, z.shape[0]), pairs,
+    )
+    return loss, valid
 
 
 @eager_under_compile
@@ -211,12 +282,27 @@ def supcon_tiled(
         >>> valid.tolist()
         [True, True, True, True, False, False]
     """
-    edge = check_prepared(z, labels, block_size)
-    check_positive("temperature", temperature)
-    check_choice("variant", variant, SUPCON_VARIANTS)
-    if block_size is None:
-        edge = max(1, min(z.shape[0], TILE_EDGE))
-    loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]
-        z, labels, float(temperature), variant, edge, check_row_range(row_range, z.shape[0])
-    )
-    return loss, valid
+    return _run(z, labels, temperature, variant, block_size, row_range, pairs=False)
+
+
+@eager_under_compile
+def cnc_tiled(
+    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
+    block_size: int | None = None, row_range: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-anchor Correct-N-Contrast loss in :math:`O(N D + b^2)` memory.
+
+    :func:`supcon_tiled` with Correct-N-Contrast's sets (see the module docstring):
+    ``labels`` are pair labels (``nodulebench.kernels._dense.pack_pair_labels`` of the
+    class labels and a reference model's predictions). Arguments and returns as there;
+    an anchor is valid iff some row has its class and another prediction.
+
+    Example:
+        >>> from nodulebench.kernels._dense import pack_pair_labels
+        >>> z = torch.nn.functional.normalize(torch.randn(4, 3, dtype=torch.float64), dim=1)
+        >>> codes = pack_pair_labels(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]))
+        >>> loss, valid = cnc_tiled(z, codes, temperature=0.1)
+        >>> valid.tolist()
+        [True, True, False, False]
+    """
+    return _run(z, labels, temperature, variant, block_size, row_range, pairs=True)

@@ -4,12 +4,15 @@
 ``nodulebench.losses.modules`` the ``nn.Module`` faces (exported at the top level),
 :mod:`~nodulebench.losses.registry` the name-to-loss registry,
 :mod:`~nodulebench.losses.distances` the pairwise distances and
-:mod:`~nodulebench.losses.memory` a cross-batch memory for any pairwise loss.
+:mod:`~nodulebench.losses.memory` a cross-batch memory for any pairwise loss and
+:mod:`~nodulebench.losses.group_robust` the losses built against shortcuts (GroupDRO,
+Correct-N-Contrast).
 """
 
 from __future__ import annotations
 
 from nodulebench.losses import distances, functional
+from nodulebench.losses.group_robust import CnCLoss, GroupDROLoss
 from nodulebench.losses.memory import CrossBatchMemory
 from nodulebench.losses.modules import (
     ContrastiveLoss,
@@ -30,9 +33,11 @@ from nodulebench.losses.two_tower import ClipLoss, SigLipLoss
 
 __all__ = [
     "ClipLoss",
+    "CnCLoss",
     "ContrastiveLoss",
     "CrossBatchMemory",
     "CrossEntropyLoss",
+    "GroupDROLoss",
     "LossInfo",
     "MultiSimilarityLoss",
     "NTXentLoss",

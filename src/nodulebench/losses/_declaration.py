@@ -236,7 +236,7 @@ def _signature_with_options(
     return inspect.signature(function).replace(parameters=parameters + declared)
 
 
-LossFunction = Callable[..., torch.Tensor]
+LossFunction = TypeVar("LossFunction", bound=Callable[..., Any])
 
 
 def functional_form(options_type: type[LossOptions]) -> Callable[[LossFunction], LossFunction]:

@@ -22,8 +22,10 @@ from nodulebench._validation import check_choice, did_you_mean
 
 __all__ = ["LossInfo", "create_loss", "get_loss_info", "list_losses", "register_loss"]
 
-Consumes = Literal["embeddings", "logits", "paired_embeddings"]
-_CONSUMES: tuple[str, ...] = ("embeddings", "logits", "paired_embeddings")
+Consumes = Literal["embeddings", "logits", "paired_embeddings", "embeddings_and_predictions",
+                   "logits_and_groups"]
+_CONSUMES: tuple[str, ...] = ("embeddings", "logits", "paired_embeddings",
+                              "embeddings_and_predictions", "logits_and_groups")
 
 LossFactory = TypeVar("LossFactory", bound=Callable[..., torch.nn.Module])
 
@@ -36,8 +38,10 @@ class LossInfo:
         name: the registry name, e.g. ``"supcon"``.
         factory: the class (or callable) that builds the loss module.
         consumes: ``"embeddings"`` (called as ``loss(embeddings, labels)``),
-            ``"logits"`` (called as ``loss(logits, targets)``) or ``"paired_embeddings"``
-            (two towers, called as ``loss(image_emb, text_emb)``).
+            ``"logits"`` (``loss(logits, targets)``), ``"paired_embeddings"`` (two towers,
+            ``loss(image_emb, text_emb)``), ``"embeddings_and_predictions"``
+            (``loss(embeddings, labels, predictions)``, a first model's predictions) or
+            ``"logits_and_groups"`` (``loss(logits, labels, groups)``, group ids).
         requires_labels: whether labels must be given (``False``: they are optional).
         citation: the paper that defines the loss.
         accepted_kwargs: the keyword arguments :func:`create_loss` accepts.
@@ -68,7 +72,7 @@ def register_loss(
 
     Args:
         name: the registry name; must not be taken yet unless ``override``.
-        consumes: ``"embeddings"``, ``"logits"`` or ``"paired_embeddings"``.
+        consumes: what the loss is called with (see :class:`LossInfo`).
         requires_labels: whether the loss needs labels.
         citation: the defining paper, e.g. ``"Khosla et al., NeurIPS 2020"``.
         override: replace a loss already registered under ``name`` (re-running a

@@ -4,7 +4,7 @@
 * :func:`probe_factors` fits cross-validated linear probes with shuffled-target controls;
 * :func:`intervention_sensitivity` changes one generative factor at a time and measures
   the model's response;
-* :func:`linear_cka` compares two representations;
+* :func:`linear_cka` compares two representations (:func:`gram_linear_cka` from Grams);
 * :func:`grad_cam` and :func:`mask_energy` score saliency against ground-truth masks;
 * :func:`project_embeddings` gives PCA coordinates for plotting;
 * the ``plot_*`` functions (matplotlib, optional) draw the results.
@@ -15,7 +15,7 @@ CSV or JSON.
 
 from __future__ import annotations
 
-from nodulebench.probing.cka import linear_cka
+from nodulebench.probing.cka import gram_linear_cka, linear_cka
 from nodulebench.probing.features import extract_features
 from nodulebench.probing.interventions import InterventionDataset, intervention_sensitivity
 from nodulebench.probing.plotting import (
@@ -36,6 +36,7 @@ __all__ = [
     "SensitivityResult",
     "extract_features",
     "grad_cam",
+    "gram_linear_cka",
     "intervention_sensitivity",
     "linear_cka",
     "mask_energy",

@@ -2,6 +2,9 @@ r"""Linear centered kernel alignment (CKA) between two representations of the sa
 
 CKA (Kornblith et al., ICML 2019) compares representations up to orthogonal transforms
 and isotropic scaling: 1 means the same geometry, 0 no linear relation.
+:func:`linear_cka` takes the representations; :func:`gram_linear_cka` takes their
+``(n, n)`` Gram matrices, whose size does not grow with a feature map's spatial extent.
+Both rescale their inputs first (CKA is scale invariant), so no scale over- or underflows.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import torch
 
 from nodulebench._validation import check_floating
 
-__all__ = ["linear_cka"]
+__all__ = ["gram_linear_cka", "linear_cka"]
 
 
 def _as_matrix(name: str, value: torch.Tensor) -> torch.Tensor:
@@ -91,21 +94,101 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, *, debiased: bool = False) -> f
         raise ValueError(f"{kind}linear_cka needs at least {minimum} samples; got {n}")
     centered = []
     for name, matrix in (("x", a), ("y", b)):
+        scale = float(matrix.abs().max())
+        if scale == 0.0:
+            raise ValueError(f"{name} has zero variance (every row is the same); CKA is undefined")
+        matrix = matrix / scale  # CKA is scale invariant; this keeps 1e+-200 in range
         deviation = matrix - matrix.mean(dim=0)
         # Relative test: the mean of equal rows can differ from them by rounding.
-        scale = float(matrix.abs().max())
-        if float(deviation.abs().max()) <= 1e-12 * scale or scale == 0.0:
+        if float(deviation.abs().max()) <= 1e-12:
             raise ValueError(f"{name} has zero variance (every row is the same); CKA is undefined")
         centered.append(deviation)
     a, b = centered
     if debiased:
-        k, l = a @ a.T, b @ b.T  # noqa: E741
-        self_x, self_y = _unbiased_hsic(k, k), _unbiased_hsic(l, l)
-        if self_x <= 0 or self_y <= 0:
-            raise ValueError(
-                "the debiased self-similarity of x or y is not positive "
-                f"({float(self_x):.3g}, {float(self_y):.3g}); use more samples or debiased=False"
-            )
-        return float(_unbiased_hsic(k, l) / torch.sqrt(self_x * self_y))
+        return _debiased_from_grams(a @ a.T, b @ b.T)
     cross = torch.linalg.matrix_norm(b.T @ a) ** 2
     return float(cross / (torch.linalg.matrix_norm(a.T @ a) * torch.linalg.matrix_norm(b.T @ b)))
+
+
+def _debiased_from_grams(k: torch.Tensor, l: torch.Tensor) -> float:  # noqa: E741
+    self_x, self_y = _unbiased_hsic(k, k), _unbiased_hsic(l, l)
+    if self_x <= 0 or self_y <= 0:
+        raise ValueError(
+            "the debiased self-similarity of x or y is not positive "
+            f"({float(self_x):.3g}, {float(self_y):.3g}); use more samples or debiased=False"
+        )
+    return float(_unbiased_hsic(k, l) / torch.sqrt(self_x * self_y))
+
+
+def _as_gram(name: str, value: torch.Tensor) -> torch.Tensor:
+    """A finite, symmetric ``(n, n)`` float64 Gram matrix, rescaled and double-centered."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+    if value.ndim != 2 or value.shape[0] != value.shape[1]:
+        raise ValueError(f"{name} must be a square Gram matrix (n, n); got shape "
+                         f"{tuple(value.shape)}")
+    check_floating(name, value)
+    gram = value.detach().to(torch.float64)
+    if not torch.isfinite(gram).all():
+        raise ValueError(f"{name} must be finite; got NaN or inf values")
+    scale = float(gram.abs().max())
+    if scale == 0.0:
+        raise ValueError(f"{name} is zero: the representation has zero variance; CKA is "
+                         "undefined")
+    gram = gram / scale
+    if not torch.allclose(gram, gram.T, rtol=1e-5, atol=1e-7):
+        raise ValueError(f"{name} must be symmetric (a Gram matrix X X^T)")
+    # H K H with H = I - 11^T / n: the Gram matrix of the column-centered features.
+    centered = gram - gram.mean(dim=0, keepdim=True) - gram.mean(dim=1, keepdim=True) + gram.mean()
+    if float(centered.abs().max()) <= 1e-12:
+        raise ValueError(f"{name} has zero variance (every row is the same); CKA is undefined")
+    return centered
+
+
+def gram_linear_cka(k: torch.Tensor, l: torch.Tensor, *,  # noqa: E741
+                    debiased: bool = False) -> float:
+    r"""Linear CKA from the Gram matrices :math:`K = XX^\top` and :math:`L = YY^\top`.
+
+    Equal to :func:`linear_cka` of the representations, computed from the double-centered
+    Gram matrices :math:`\tilde K = HKH`, :math:`H = I - \tfrac1n \mathbf 1\mathbf 1^\top`:
+
+    .. math::
+
+        \operatorname{CKA} = \frac{\langle \tilde K, \tilde L\rangle_F}
+        {\lVert \tilde K\rVert_F\,\lVert \tilde L\rVert_F},
+
+    or with the unbiased HSIC estimator when ``debiased=True``. Use it when the
+    representations are large (unpooled feature maps) and only ``n x n`` Grams are kept.
+
+    Args:
+        k: ``(n, n)`` Gram matrix of the first representation (rows: samples).
+        l: ``(n, n)`` Gram matrix of the second, same samples in the same order.
+        debiased: Use the unbiased HSIC estimator (needs ``n >= 4``).
+
+    Returns:
+        The CKA as a Python float. Never NaN.
+
+    Raises:
+        ValueError: If a matrix is not square and symmetric, sizes differ, ``n`` is too
+            small, a representation has zero variance, or a value is not finite.
+        TypeError: If an input is not a floating-point tensor.
+
+    Example:
+        >>> import torch
+        >>> from nodulebench.probing import gram_linear_cka, linear_cka
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, y = torch.randn(40, 6, generator=g), torch.randn(40, 3, generator=g)
+        >>> abs(gram_linear_cka(x @ x.T, y @ y.T) - linear_cka(x, y)) < 1e-6
+        True
+    """
+    a, b = _as_gram("k", k), _as_gram("l", l)
+    n = a.shape[0]
+    if b.shape[0] != n:
+        raise ValueError(f"l must have the same size as k ({n}); got {b.shape[0]}")
+    minimum = 4 if debiased else 2
+    if n < minimum:
+        kind = "debiased " if debiased else ""
+        raise ValueError(f"{kind}gram_linear_cka needs at least {minimum} samples; got {n}")
+    if debiased:
+        return _debiased_from_grams(a, b)
+    return float((a * b).sum() / (torch.linalg.matrix_norm(a) * torch.linalg.matrix_norm(b)))

@@ -1,0 +1,110 @@
+"""The study's narrative on planted metrics: planted differences are reported, nulls are not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nodulebench.stats import mean_interval
+from study.analysis import cka_against_floor, underfit_losses
+from study.narrative import cell, comparison_findings
+from study.runner import run_id
+
+
+def runs(loss: str, iid: list[float], worst: list[float]) -> list[dict[str, Any]]:
+    return [{"loss": loss, "seed": seed, "experiment": "e",
+             "metrics": {"iid": {"balanced_accuracy": b, "worst_group_accuracy": w},
+                         "decorrelated": {"balanced_accuracy": b, "worst_group_accuracy": w}},
+             "heads": {}}
+            for seed, (b, w) in enumerate(zip(iid, worst, strict=True))]
+
+
+def planted(seed: int) -> dict[str, list[dict[str, Any]]]:
+    rng = np.random.default_rng(seed)
+    luck = rng.normal(0.7, 0.05, 5)  # shared by every loss of a seed: paired data
+
+    def noisy(shift: float) -> list[float]:
+        return (luck + shift + rng.normal(0, 0.005, 5)).tolist()
+
+    fit = [0.95] * 5
+    return {
+        "better": runs("better", fit, noisy(0.10)),
+        "plain": runs("plain", fit, noisy(0.0)),
+        "twin": runs("twin", fit, noisy(0.0)),
+        # Highest worst-group accuracy, but it learned little: underfit, never "better".
+        "lazy": runs("lazy", [0.90] * 5, noisy(0.2)),
+    }
+
+
+def test_planted_difference_is_reported_and_the_null_pair_is_not() -> None:
+    text = " ".join(comparison_findings(planted(0), "decorrelated"))
+    assert "**better** > **plain**" in text
+    assert "**better** > **twin**" in text
+    assert "**plain** > **twin**" not in text and "**twin** > **plain**" not in text
+    assert "Every other pair is indistinguishable with 5 seeds" in text
+
+
+def test_underfit_loss_is_named_and_never_called_better() -> None:
+    findings = comparison_findings(planted(1), "decorrelated")
+    assert findings[0].startswith("Underfit") and "**lazy** (0.900)" in findings[0]
+    assert "**lazy** >" not in " ".join(findings)
+    assert underfit_losses(planted(1)) == {"lazy": 0.9}
+
+
+def test_no_difference_gives_indistinguishable() -> None:
+    rng = np.random.default_rng(3)
+    luck = rng.normal(0.7, 0.05, 5)
+    by_loss = {name: runs(name, [0.95] * 5, (luck + rng.normal(0, 0.01, 5)).tolist())
+               for name in ("a", "b", "c")}
+    [line] = comparison_findings(by_loss, "decorrelated")
+    assert "the 3 losses are indistinguishable with 5 seeds" in line
+
+
+def test_planted_nulls_are_rarely_reported() -> None:
+    false = 0
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        luck = rng.normal(0.7, 0.05, 5)
+        by_loss = {name: runs(name, [0.95] * 5, (luck + rng.normal(0, 0.01, 5)).tolist())
+                   for name in ("a", "b", "c", "d")}
+        false += any(">" in line for line in comparison_findings(by_loss, "decorrelated"))
+    assert false <= 10  # Holm keeps the family-wise rate at 0.05 (binomial 100, 0.05)
+
+
+def test_one_seed_gives_no_comparison_and_no_interval() -> None:
+    by_loss = {name: runs(name, [0.95], [0.6]) for name in ("a", "b")}
+    [line] = comparison_findings(by_loss, "decorrelated")
+    assert "1 seed(s) per loss; no comparison is possible" in line
+    assert cell(mean_interval([0.6])) == "0.600 (1 seed, no interval)"
+    assert "±" not in cell(mean_interval([0.6, 0.7]))
+
+
+def _grams(features: dict[str, np.ndarray]) -> dict[str, Any]:
+    import torch
+
+    return {stage: torch.from_numpy(f @ f.T) for stage, f in features.items()}
+
+
+def test_cka_against_the_floor_on_planted_representations() -> None:
+    """Loss "same" learns what the reference learns; loss "other" learns something else."""
+    rng = np.random.default_rng(0)
+    n, seeds = 40, [0, 1, 2, 3]
+    shared = rng.normal(size=(n, 6))       # what both the reference and "same" encode
+    different = rng.normal(size=(n, 6))    # what "other" encodes
+    store: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        for loss, signal in (("cross_entropy", shared), ("same", shared), ("other", different)):
+            rotation = np.linalg.qr(rng.normal(size=(6, 6)))[0]   # another initialisation
+            features = signal @ rotation + 0.3 * rng.normal(size=(n, 6))
+            store[run_id("e", loss, seed)] = _grams({s: features for s in
+                                                     ("stage1", "stage2", "stage3", "stage4",
+                                                      "pool")})
+    rows = cka_against_floor(store.get, "e", ["cross_entropy", "same", "other"], seeds)
+    for stage in ("stage1", "pool"):
+        same, other = rows["same"][stage], rows["other"][stage]
+        assert same.excess is not None and other.excess is not None
+        assert same.excess.low is not None and other.excess.high is not None
+        assert same.excess.low < 0 < same.excess.high    # within the seed-to-seed floor
+        assert other.excess.high < 0                     # clearly below it
+        assert other.floor is not None and other.floor.mean > 0.8
