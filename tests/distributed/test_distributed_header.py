@@ -11,9 +11,11 @@ from _dist_header_cases import SHORT_TIMEOUT_S
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from nodulebench import create_loss, list_losses
 from nodulebench import distributed as nd
 from nodulebench._gather_header import agreed_fields, check_headers, encode_header
 from nodulebench.losses import functional as LF
+from nodulebench.losses._declaration import PairwiseOptions
 from nodulebench.losses._inputs import prepare_embeddings
 
 SHAPES = "embeddings must have the same shape on every rank except for the first dimension"
@@ -152,6 +154,18 @@ def test_loss_options_are_checked_in_a_single_process_run() -> None:
     assert torch.isfinite(LF.siglip_loss(z, z.flip(0), logit_scale=scale,
                                          bias=torch.tensor(-1.0), gather_distributed=True))
 
+
+@pytest.mark.parametrize("name", [name for name in list_losses()
+                                  if isinstance(getattr(create_loss(name), "options", None),
+                                                PairwiseOptions)])
+def test_every_pairwise_declaration_gives_a_header_the_exchange_accepts(name: str) -> None:
+    loss = create_loss(name, gather_distributed=True)
+    header = loss.options.header()
+    assert header["loss"] == name and "gather_distributed" not in header
+    agreed_fields(header)  # raises on a value the header cannot carry
+    z, labels = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    args = {"ntxent": (z, z.flip(0)), "cnc": (z, labels, torch.tensor([0, 1, 0, 1]))}
+    assert torch.isfinite(loss(*args.get(name, (z, labels))))
 
 
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**60), 2**60),
