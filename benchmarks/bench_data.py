@@ -4,9 +4,11 @@ Usage::
 
     PYTHONPATH=src python benchmarks/bench_data.py            # CPU, and CUDA when present
     PYTHONPATH=src python benchmarks/bench_data.py --threads 2 --image-size 32 --json out.jsonl
+    PYTHONPATH=src python benchmarks/bench_data.py --threads 1 --volume-size 32 --batch-size 64
 
 Prints images/s (median over repeats, after a warm-up) of ``ds.render`` for the default spec
-(with masks off and on) and the peak memory of one batch: CPU resident-set growth
+(with masks off and on; volumes of ``--volume-size`` cubed voxels when given) and the peak
+memory of one batch: CPU resident-set growth
 (``ru_maxrss``) or CUDA ``max_memory_allocated``. One JSON line per measurement is appended
 to ``--json`` when given, with the device named.
 """
@@ -105,8 +107,18 @@ def main() -> None:
                         help="cpu and/or cuda (default: cpu, plus cuda when available)")
     parser.add_argument("--workers", type=int, default=0,
                         help="also time this many DataLoader worker processes (CPU)")
+    parser.add_argument("--volume-size", type=int, default=None,
+                        help="time volumes of this many voxels per side instead of images")
     parser.add_argument("--json", default=None, help="append JSON lines to this file")
     args = parser.parse_args()
+    size = args.volume_size or args.image_size
+    shape = f"{size}x{size}" + (f"x{size} volumes" if args.volume_size else " images")
+
+    def dataset(n: int) -> SyntheticNodules:
+        if args.volume_size:
+            return SyntheticNodules(NoduleSpec(), n=n, seed=0, volume_size=args.volume_size)
+        return SyntheticNodules(NoduleSpec(), n=n, seed=0, image_size=args.image_size)
+
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -114,7 +126,7 @@ def main() -> None:
         device = torch.device(name)
         # memory first, so that the CPU high-water mark starts low
         n = args.batch_size * (4 if device.type == "cpu" else 16)
-        ds = SyntheticNodules(NoduleSpec(), n=n, seed=0, image_size=args.image_size)
+        ds = dataset(n)
         ds.render([0, 1], device=device)
         peak = peak_memory_mb(ds, device, args.batch_size)
         batch = args.batch_size if device.type == "cpu" else min(n, 16 * args.batch_size)
@@ -123,26 +135,26 @@ def main() -> None:
         label = (torch.cuda.get_device_name(device) if device.type == "cuda"
                  else f"{platform.processor() or platform.machine()}, "
                       f"{torch.get_num_threads()} threads")
-        print(f"{name} ({label}) {args.image_size}x{args.image_size}, batch {batch}: "
-              f"{rate:,.0f} images/s, {rate_masks:,.0f} images/s with masks; "
-              f"peak memory of a {args.batch_size}-image batch {peak:,.0f} MB")
+        print(f"{name} ({label}) {shape}, batch {batch}: "
+              f"{rate:,.0f} samples/s, {rate_masks:,.0f} samples/s with masks; "
+              f"peak memory of a {args.batch_size}-sample batch {peak:,.0f} MB")
         if device.type == "cpu":
             # on a shared machine wall-clock rates depend on the other jobs; CPU time less so
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-            print(f"    {per_cpu_s:,.0f} images per CPU-second; load average {load:.1f} "
+            print(f"    {per_cpu_s:,.0f} samples per CPU-second; load average {load:.1f} "
                   f"on {os.cpu_count()} cores")
         workers_rate = None
         if device.type == "cpu" and args.workers > 0:
-            big = SyntheticNodules(NoduleSpec(), n=args.batch_size * (args.workers + 12),
-                                   seed=0, image_size=args.image_size)
+            big = dataset(args.batch_size * (args.workers + 12))
             workers_rate = bench_workers(big, args.batch_size, args.workers)
             print(f"    {args.workers} DataLoader workers (1 thread each): "
-                  f"{workers_rate:,.0f} images/s")
+                  f"{workers_rate:,.0f} samples/s")
         if args.json:
             with open(args.json, "a") as fh:
                 fh.write(json.dumps({
                     "bench": "render", "device": name, "device_name": label,
-                    "image_size": args.image_size, "batch_size": batch,
+                    "image_size": args.image_size, "volume_size": args.volume_size,
+                    "batch_size": batch,
                     "images_per_s": rate, "images_per_s_masks": rate_masks,
                     "peak_mb": peak, "images_per_cpu_s": per_cpu_s,
                     "workers": args.workers, "images_per_s_workers": workers_rate,

@@ -42,3 +42,18 @@ def test_every_example_prints_a_value(name: str) -> None:
     silent = [test.name for test in doctest.DocTestFinder().find(module)
               if test.examples and not any(example.want.strip() for example in test.examples)]
     assert not silent, f"examples that print nothing: {silent}"
+
+
+# The modules users start from teach by example: each has at least one.
+TAUGHT_BY_EXAMPLE = [
+    "nodulebench.data.dataset", "nodulebench.data.spec", "nodulebench.data.measure",
+    "nodulebench.data.measure3d",
+    *(f"nodulebench.probing.{name}" for name in
+      ("cka", "features", "interventions", "probes", "projection", "records", "saliency")),
+]
+
+
+@pytest.mark.parametrize("name", TAUGHT_BY_EXAMPLE)
+def test_module_has_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    assert any(test.examples for test in doctest.DocTestFinder().find(module)), name

@@ -66,7 +66,8 @@ def test_sample_grid_has_one_row_per_category() -> None:
     ds = SyntheticNodules(NoduleSpec(), n=40, seed=3, image_size=16)
     fig = plotting.plot_sample_grid(ds, by="calcification", per_group=3)
     try:
-        rows = ["absent", "central", "laminated", "popcorn", "diffuse"]
+        rows = ["absent", "central", "laminated", "popcorn", "diffuse", "eccentric",
+                "stippled"]
         assert len(fig.axes) == len(rows) * 3
         assert [ax.get_ylabel() for ax in fig.axes[::3]] == rows
     finally:

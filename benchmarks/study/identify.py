@@ -65,6 +65,23 @@ def saliency_energy(maps: torch.Tensor,
     return out
 
 
+def probeable(factors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The factors a linear probe can be fit on.
+
+    A categorical factor needs at least two classes and two samples in every class present;
+    a small probe set can miss that for a factor with many rare categories (calcification's
+    seven patterns), and such a factor is left out of the probe table.
+    """
+    kept: dict[str, torch.Tensor] = {}
+    for name, values in factors.items():
+        if not values.is_floating_point():
+            counts = torch.unique(values, return_counts=True)[1]
+            if counts.numel() < 2 or int(counts.min()) < 2:
+                continue
+        kept[name] = values
+    return kept
+
+
 def identify_features(
     config: StudyConfig, model: StudyModel, data: ExperimentData, device: torch.device,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -82,7 +99,7 @@ def identify_features(
         model.eval()
         pooled = torch.cat([model.encoder(data.probe_images[i:i + 1024].to(device)).cpu()
                             for i in range(0, data.probe_images.shape[0], 1024)])
-    probes = probe_factors(pooled, probe_set.factors, folds=p.folds, seed=0)
+    probes = probe_factors(pooled, probeable(probe_set.factors), folds=p.folds, seed=0)
     sensitivity = intervention_sensitivity(
         model, probe_set, n=p.intervention_n, seed=0, embedding_layer=EMBEDDING_LAYER,
         device=device,

@@ -132,7 +132,7 @@ def test_mask_energy_partitions_with_later_masks_taking_precedence() -> None:
                                         nn.Flatten(0)), "0", _images(), target=1),
          ValueError, "target must be None for a model with a single logit"),
         (lambda: grad_cam(_gap_model(), "1", _images()[0]), ValueError,
-         "images must have shape (N, C, H, W)"),
+         "images must have shape (N, C, H, W) or (N, C, D, H, W)"),
         (lambda: grad_cam(_gap_model(), "1", (_images() * 9).long()), TypeError,
          "images must have a floating-point dtype"),
         (lambda: mask_energy(torch.zeros(2, 1, 3, 3), {}), ValueError,
@@ -147,7 +147,7 @@ def test_mask_energy_partitions_with_later_masks_taking_precedence() -> None:
                              {"background": torch.ones(2, 1, 3, 3, dtype=torch.bool)}),
          ValueError, "reserved region 'background'"),
         (lambda: mask_energy(torch.ones(2, 2, 3, 3), {}), ValueError,
-         "maps must have shape (N, 1, H, W)"),
+         "maps must have shape (N, 1, H, W) or (N, 1, D, H, W)"),
     ],
 )
 def test_bad_input_names_the_argument(call, exc, fragment) -> None:

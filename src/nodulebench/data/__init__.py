@@ -7,6 +7,7 @@ from .dataset import CLASSES, SyntheticNodules
 from .distributions import ByCategory, Categorical, Fixed, LogUniform, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
 from .measure import Measurements, measure
+from .measure3d import VolumeMeasurements, measure_volume
 from .spec import (
     DEFAULT_MARGINALS,
     TEST_DISTRIBUTIONS,
@@ -38,5 +39,7 @@ __all__ = [
     "Split",
     "SyntheticNodules",
     "Uniform",
+    "VolumeMeasurements",
     "measure",
+    "measure_volume",
 ]

@@ -96,7 +96,7 @@ def draw_context(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
 
 def background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
                 coarse_white: torch.Tensor, pixel_mm: torch.Tensor, s: int,
-                with_mask: bool, body_k: torch.Tensor
+                with_mask: bool, body_k: torch.Tensor, dz: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Parenchyma, texture and vessels in HU, ``(N, S, S)``, and the vessel mask if asked.
 
@@ -105,7 +105,8 @@ def background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
     every odd-numbered vessel is a branch leaving the previous one at 20-50 degrees. A
     juxta-vascular nodule (``body_k``: its body radius on the angular grid) has a first
     vessel, present whatever ``vessels`` says, whose wall touches the body where the vessel
-    is densest.
+    is densest. ``dz``: ``(N,)`` height of each row's slice above the axial plane of the
+    vessel axes, for a volume sampled slice by slice; vessels are then round tubes.
     """
     dev = shape_u.device
     dt = shape_u.dtype
@@ -176,7 +177,8 @@ def background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
             pos = pos.clamp(min=0) - (along * inv_edge).clamp(max=0)  # one-sided, soft start
         # tapering: the radius falls by 40 % from the densest point to either end
         radius = v_radius[:, j, None, None] * (1 - 0.4 * pos.abs().clamp(max=1))
-        alpha = across.abs_().sub_(radius).mul_(-inv_edge)
+        dist = across.abs_() if dz is None else torch.hypot(across, dz[:, None, None])
+        alpha = dist.sub_(radius).mul_(-inv_edge)
         alpha = alpha.add_(0.5).clamp_(0, 1)
         alpha *= (1 - pos ** 2).clamp_(min=0.0) * present
         field += alpha * (v_peak[:, j, None, None] - field)

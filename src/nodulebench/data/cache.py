@@ -1,10 +1,10 @@
 """On-disk cache of rendered images: ``.npy`` memory maps plus a JSON manifest.
 
-``materialize`` renders a dataset once into ``images.npy`` (float32 ``(n, 1, H, W)``),
-``labels.npy`` and ``factors.npy`` (float64 ``(F, n)``, rows in ``FACTORS`` order) next to a
-``manifest.json`` that records the spec's fingerprint (SHA-256), ``n``, ``seed``,
-``image_size``, ``output`` and a BLAKE2b digest of the image bytes. Arrays are written and
-read with ``allow_pickle=False``.
+``materialize`` renders a dataset once into ``images.npy`` (float32 ``(n, 1, H, W)``, or
+``(n, 1, D, H, W)`` for volumes), ``labels.npy`` and ``factors.npy`` (float64 ``(F, n)``,
+rows in ``FACTORS`` order) next to a ``manifest.json`` that records the spec's fingerprint
+(SHA-256), ``n``, ``seed``, ``image_size``, ``volume_size``, ``output`` and a BLAKE2b
+digest of the image bytes. Arrays are written and read with ``allow_pickle=False``.
 
 Integrity: the files are written into a fresh hidden folder beside the target, the manifest
 last, and the folder is renamed into place only when complete, so an interrupted run leaves
@@ -56,6 +56,7 @@ def manifest_for(ds: Any) -> dict[str, Any]:
         "n": ds.n,
         "seed": ds.seed,
         "image_size": ds.image_size,
+        "volume_size": ds.volume_size,
         "output": ds.output,
         "factors": list(FACTORS),
     }
@@ -107,9 +108,8 @@ def materialize(ds: Any, path: str | pathlib.Path, batch_size: int = 1024) -> pa
 
 def _write(ds: Any, folder: pathlib.Path, batch_size: int) -> str:
     """Write the three arrays into ``folder``; returns the digest of the image bytes."""
-    s = ds.image_size
     images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.float32,
-                                       shape=(ds.n, 1, s, s))
+                                       shape=(ds.n, *ds.sample_shape))
     digest = hashlib.blake2b(digest_size=32)
     for start in range(0, ds.n, batch_size):
         idx = torch.arange(start, min(ds.n, start + batch_size))
@@ -252,8 +252,7 @@ def load_images(ds: Any, path: str | pathlib.Path,
         if not np.array_equal(stored, mine):
             raise CacheError(f"cache at {root} does not match this dataset: its {name} differ "
                              "(modified, or made by another version of nodulebench?)")
-    s = ds.image_size
-    images = MappedImages(root, (ds.n, 1, s, s), digest)
+    images = MappedImages(root, (ds.n, *ds.sample_shape), digest)
     if verify == "full":
         _check_digest(root, images.array, digest)
     return images

@@ -1,4 +1,4 @@
-"""``SyntheticNodules``: a map-style dataset of synthetic CT lung-nodule patches.
+"""``SyntheticNodules``: a map-style dataset of synthetic CT lung-nodule patches or volumes.
 
 The factor table and labels are computed per index when needed (construction is O(1) for
 the default spec, so ``n`` may be ten million), and images are rendered on demand, one at a
@@ -20,6 +20,7 @@ from .._validation import check_choice, check_int, did_you_mean
 from .cache import VERIFY_MODES, load_images, materialize
 from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, Factor, get_factor
 from .render import MASK_NAMES, render_hu
+from .render3d import render_volume_hu
 from .sampling import derive_children, factor_rows, is_lazy, sample_factors
 from .spec import NoduleSpec
 
@@ -58,7 +59,7 @@ def _target_device(device: torch.device | str | None) -> torch.device:
 
 
 class SyntheticNodules(Dataset[Any]):
-    """Synthetic CT lung-nodule patches whose every generative factor is known.
+    """Synthetic CT lung-nodule patches (or volumes) whose every generative factor is known.
 
     Args:
         spec: the distribution (default: ``NoduleSpec()``, malignant iff spiculation > 0.5,
@@ -76,14 +77,24 @@ class SyntheticNodules(Dataset[Any]):
         target_transform: applied to each label in ``ds[i]``.
         cache: a folder written by :meth:`materialize` for this very dataset; ``ds[i]`` and
             plain :meth:`render` calls then read images from its memory map. The manifest
-            (spec SHA-256, ``n``, ``seed``, ``image_size``, ``output``) must match.
+            (spec SHA-256, ``n``, ``seed``, ``image_size``, ``volume_size``, ``output``) must
+            match.
         verify_cache: how a ``cache`` is checked on opening: ``"full"`` hashes every image
             against the digest in the manifest (reads the file once); ``"size"`` checks only
             the images' shape, dtype and file length (no image is read, so modified values
             go unnoticed). Labels and factors are compared in both.
+        volume_size: when given (``16 .. 256``), samples are CT volumes ``(1, D, H, W)``
+            with ``D = H = W = volume_size`` cubic voxels of the in-plane pixel size
+            (:attr:`voxel_size_mm`), rendered from the same description: the central
+            axial slice (index ``volume_size // 2``) of a sample's volume is its 2-D image
+            at ``image_size = volume_size`` when ``slice_thickness_mm`` is under 0.78
+            voxel (the profile's standard deviation under a third of a voxel), and the
+            2-D image seen through that profile otherwise. ``image_size`` must then be
+            left at 64 or equal ``volume_size``.
 
     Raises:
-        ValueError: ``n <= 0``, ``image_size < 16``, an unknown ``output`` or
+        ValueError: ``n <= 0``, ``image_size < 16``, a ``volume_size`` outside
+            ``16 .. 256`` or disagreeing with ``image_size``, an unknown ``output`` or
             ``verify_cache``.
         nodulebench.data.CacheError: a ``ValueError``: the cache was made from another
             dataset, or is damaged (a file missing, truncated, garbled or modified).
@@ -96,6 +107,9 @@ class SyntheticNodules(Dataset[Any]):
         (torch.Size([1, 64, 64]), torch.float32, torch.int64)
         >>> ds.render([0, 1], return_masks=True)[1]["spicules"].shape
         torch.Size([2, 1, 64, 64])
+        >>> volumes = SyntheticNodules(n=8, volume_size=32)
+        >>> volumes[0][0].shape, volumes.voxel_size_mm.shape
+        (torch.Size([1, 32, 32, 32]), torch.Size([8, 3]))
     """
 
     def __init__(
@@ -111,6 +125,7 @@ class SyntheticNodules(Dataset[Any]):
         target_transform: Callable[[torch.Tensor], Any] | None = None,
         cache: str | pathlib.Path | None = None,
         verify_cache: Literal["full", "size"] = "full",
+        volume_size: int | None = None,
     ) -> None:
         spec = NoduleSpec() if spec is None else spec
         if not isinstance(spec, NoduleSpec):
@@ -119,6 +134,14 @@ class SyntheticNodules(Dataset[Any]):
         self.n = check_int("n", n, 1, _MAX_N)
         self.seed = check_int("seed", seed, 0, 2**64 - 1)
         self.image_size = check_int("image_size", image_size, 16, 1024)
+        self.volume_size = (None if volume_size is None
+                            else check_int("volume_size", volume_size, 16, 256))
+        if self.volume_size is not None:
+            if self.image_size not in (REFERENCE_PATCH_PIXELS, self.volume_size):
+                raise ValueError("image_size must be left at 64 or equal volume_size (the "
+                                 f"slices' size); got image_size={self.image_size}, "
+                                 f"volume_size={self.volume_size}")
+            self.image_size = self.volume_size
         check_choice("output", output, ("window", "hu"))
         self.output = output
         check_choice("verify_cache", verify_cache, VERIFY_MODES)
@@ -202,11 +225,31 @@ class SyntheticNodules(Dataset[Any]):
         """``(n,)`` output pixel size in mm: ``pixel_spacing_mm * 64 / image_size``."""
         return self._factors["pixel_spacing_mm"] * (REFERENCE_PATCH_PIXELS / self.image_size)
 
+    @property
+    def voxel_size_mm(self) -> torch.Tensor:
+        """``(n, 3)`` voxel spacing ``(z, y, x)`` in mm of a volume dataset (cubic voxels).
+
+        Raises:
+            ValueError: the dataset renders 2-D images (no ``volume_size``).
+        """
+        if self.volume_size is None:
+            raise ValueError("voxel_size_mm needs a volume dataset; got volume_size=None "
+                             "(use pixel_size_mm for images)")
+        return self.pixel_size_mm[:, None].expand(-1, 3).contiguous()
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one rendered sample, ``(1, H, W)`` or ``(1, D, H, W)``."""
+        s = self.image_size
+        return (1, s, s) if self.volume_size is None else (1, s, s, s)
+
     def __len__(self) -> int:
         return self.n
 
     def __repr__(self) -> str:
-        return (f"SyntheticNodules(n={self.n}, seed={self.seed}, image_size={self.image_size}, "
+        size = (f"image_size={self.image_size}" if self.volume_size is None
+                else f"volume_size={self.volume_size}")
+        return (f"SyntheticNodules(n={self.n}, seed={self.seed}, {size}, "
                 f"output={self.output!r}, spec={self.spec.describe()!r})")
 
     # ------------------------------------------------------------------ access
@@ -318,11 +361,12 @@ class SyntheticNodules(Dataset[Any]):
                 overrides and what they re-derived), on CPU.
 
         Returns:
-            ``(N, 1, H, W)`` float32 images (``[0, 1]`` or HU, see ``output``); with
-            ``return_masks`` also a dict of ``(N, 1, H, W)`` bool tensors keyed by
-            ``MASK_NAMES``: ``"vessels"``, ``"pleura"``, ``"body"``, ``"nodule"`` (body and
-            spicules), ``"spicules"``, ``"calcification"``; with ``return_factors`` also the
-            factor dict of ``(N,)`` tensors; in that order, as a tuple.
+            ``(N, 1, H, W)`` float32 images (``(N, 1, D, H, W)`` volumes with
+            ``volume_size``; ``[0, 1]`` or HU, see ``output``); with ``return_masks`` also
+            a dict of bool tensors shaped like the images, keyed by ``MASK_NAMES``:
+            ``"vessels"``, ``"pleura"``, ``"body"``, ``"nodule"`` (body and spicules),
+            ``"spicules"``, ``"calcification"``; with ``return_factors`` also the factor
+            dict of ``(N,)`` tensors; in that order, as a tuple.
         """
         idx = self._indices(indices)
         dev = _target_device(device)
@@ -335,9 +379,10 @@ class SyntheticNodules(Dataset[Any]):
             images = torch.from_numpy(self._cached[idx.numpy()]).to(dev)
             return (images, batch) if return_factors else images
         on_device = {name: v.to(dev) for name, v in batch.items()}
-        images, masks = render_hu(on_device, self.seed, idx, self.image_size,
-                                  with_masks=return_masks,
-                                  window_hu=LUNG_WINDOW_HU if self.output == "window" else None)
+        renderer = render_hu if self.volume_size is None else render_volume_hu
+        images, masks = renderer(on_device, self.seed, idx, self.image_size,
+                                 with_masks=return_masks,
+                                 window_hu=LUNG_WINDOW_HU if self.output == "window" else None)
         out: tuple[Any, ...] = (images,)
         if return_masks and masks is not None:
             out += ({k: masks[k] for k in MASK_NAMES},)
@@ -347,6 +392,8 @@ class SyntheticNodules(Dataset[Any]):
 
     def intervene(self, i: int, *, return_factors: bool = False, **changes: Override) -> Any:
         """Sample ``i`` re-rendered with only the named factors changed: ``(1, H, W)``.
+
+        A volume dataset returns ``(1, D, H, W)``.
 
         With ``return_factors=True``, ``(image, factors)``: the factor values rendered, as
         0-d tensors, including those the change re-derived (``attenuation_hu`` follows
@@ -365,7 +412,10 @@ class SyntheticNodules(Dataset[Any]):
 
     def traverse(self, i: int, factor: str,
                  values: Sequence[float] | Sequence[str] | torch.Tensor) -> torch.Tensor:
-        """Sample ``i`` rendered once per value of ``factor``: ``(len(values), 1, H, W)``."""
+        """Sample ``i`` rendered once per value of ``factor``: ``(len(values), 1, H, W)``.
+
+        A volume dataset returns ``(len(values), 1, D, H, W)``.
+        """
         info = get_factor(factor)
         vals: Any = values
         if isinstance(values, str):

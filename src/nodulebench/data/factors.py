@@ -200,6 +200,10 @@ _TABLE = (
     _continuous("pixel_spacing_mm", "mm", 0.46, 0.98,
                 "In-plane acquisition spacing; the patch spans 64 such pixels.",
                 "LIDC in-plane spacing is about 0.46-0.98 mm"),
+    _continuous("slice_thickness_mm", "mm", 0.5, 5.0,
+                "Full width at half maximum of the slice sensitivity profile along z "
+                "(volumes only: a 2-D image is a thin section).",
+                "LIDC slice thickness is about 0.6-5 mm"),
 )
 
 #: Ordered, read-only mapping ``name -> Factor`` of every factor, in sampling order.

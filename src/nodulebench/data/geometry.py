@@ -45,7 +45,7 @@ SPICULE_STEP = 0.07  # spiculation between the onsets of successive spicules
 SPICULE_GROWTH = 0.1  # spiculation over which a spicule grows to its full length
 CALCIFICATION_BLOBS = 12
 MAX_VESSELS = max(VESSEL_COUNTS)
-_GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
+GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
 
 #: Exogenous shape numbers per sample: name -> how many (one uniform each).
 SHAPE_SLOTS: tuple[tuple[str, int], ...] = (
@@ -150,7 +150,7 @@ def spicules(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
     grown = ((s - onset[None, :]) / SPICULE_GROWTH).clamp(0.0, 1.0)
     first = 2 * math.pi * shape_slice(shape_u, "spicule_first_angle")
     # golden-angle spacing keeps present spicules apart whatever their number
-    angle = (first + j[None, :] * _GOLDEN_ANGLE
+    angle = (first + j[None, :] * GOLDEN_ANGLE
              + 0.15 * (shape_slice(shape_u, "spicule_jitter") - 0.5)) % (2 * math.pi)
     length = (2 + 8 * s) * (0.6 + 0.8 * shape_slice(shape_u, "spicule_length")) * grown
     width = 0.5 + shape_slice(shape_u, "spicule_width")

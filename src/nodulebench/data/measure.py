@@ -16,10 +16,35 @@ Every factor the generator sets in physical units can be measured back:
   so that the blurred edge does not bias it (robust to a part-solid core below half the
   area).
 - ``area_mm2`` and ``spicule_area_mm2``: pixel counts times pixel area.
+- ``calcification_hu``: mean HU over the calcification mask eroded by one pixel (the whole
+  mask where erosion empties it), so that partial volume at its edge does not pull it
+  down; ``NaN`` where the mask is empty (nothing calcified to measure).
+- ``location``: code of ``"juxta-pleural"`` when a pleura mask is present, else
+  ``"juxta-vascular"`` when the vessel mask comes within one pixel of the body, else
+  ``"isolated"`` (a vessel merely crossing behind the body also counts as contact).
+- ``fissure_hu`` and ``fissure``: the brightest straight line through the *background*
+  (pixels two or more pixels away from every mask), the mean excess HU over the background
+  median along a one-pixel-wide line at 2 degree steps (a Hough transform); ``fissure`` is
+  1 where it exceeds :data:`FISSURE_THRESHOLD_HU`.
+- ``noise_hu``, ``noise_high_frequency`` and ``kernel``: from pairs of neighbouring
+  background pixels, ``noise_high_frequency = E[(x_i - x_(i+1))^2] / (2 var x)`` (one minus
+  the lag-one autocorrelation: the power-weighted mean of ``2 sin^2(pi f)``, large for
+  sharp kernels); ``kernel`` is the :data:`~nodulebench.data.factors.KERNELS` entry whose
+  noise power spectrum predicts the nearest value, and ``noise_hu`` follows from the
+  neighbour differences and that kernel's prediction (the smooth parenchymal texture adds
+  little to neighbour differences).
+- ``site``: the :data:`~nodulebench.data.factors.SITES` bundle with the measured kernel
+  whose noise and spacing ranges lie nearest to the measured noise and acquisition spacing
+  (ranges scaled to unit width), as the default marginals bundle them.
+
+Where the masks leave no background (no line a third of the patch long, no neighbouring
+pixels), ``fissure_hu``, ``noise_hu`` and ``noise_spectral_ratio`` are ``NaN`` and
+``fissure``, ``kernel`` and ``site`` are ``-1``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,14 +54,23 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_choice, check_ndim
-from .factors import LUNG_WINDOW_HU
+from .factors import KERNELS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, SITES
 
-__all__ = ["Measurements", "measure"]
+__all__ = ["FISSURE_THRESHOLD_HU", "Measurements", "measure"]
+
+#: A background line brighter than this (mean excess HU) is measured as a fissure.
+FISSURE_THRESHOLD_HU: float = 90.0
 
 
 @dataclass(frozen=True)
 class Measurements:
-    """Per-image measurements, each a ``(N,)`` float32 tensor (see the module docstring)."""
+    """Per-image measurements, each a ``(N,)`` tensor (see the module docstring).
+
+    Continuous measurements are float32; ``location``, ``fissure``, ``kernel`` and ``site``
+    are int64 category codes of the factor of that name. ``NaN`` and ``-1`` mark what
+    could not be measured: ``calcification_hu`` without calcification, the background
+    measurements where the masks leave no background.
+    """
 
     diameter_mm: torch.Tensor
     equivalent_diameter_mm: torch.Tensor
@@ -45,6 +79,14 @@ class Measurements:
     attenuation_hu: torch.Tensor
     area_mm2: torch.Tensor
     spicule_area_mm2: torch.Tensor
+    calcification_hu: torch.Tensor
+    location: torch.Tensor
+    fissure_hu: torch.Tensor
+    fissure: torch.Tensor
+    noise_hu: torch.Tensor
+    noise_spectral_ratio: torch.Tensor
+    kernel: torch.Tensor
+    site: torch.Tensor
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         """The measurements as ``name -> (N,) tensor``."""
@@ -64,7 +106,12 @@ def measure(
     units: Literal["window", "hu"] = "window",
     window: tuple[float, float] = LUNG_WINDOW_HU,
 ) -> Measurements:
-    """Measure diameter, sphericity, orientation and attenuation of rendered nodules.
+    """Measure the nodule, its context and the acquisition from images and their masks.
+
+    Shape, attenuation and calcification come from the nodule's masks; location from the
+    vessel and pleura masks; fissure, noise, kernel and site from the background, the pixels
+    two or more pixels away from every mask (rules in the module docstring). Windowed images
+    clip at the window's top: measure ``calcification_hu`` on HU images.
 
     Args:
         image: ``(N, 1, H, W)`` or ``(1, H, W)`` images, windowed to ``[0, 1]``
@@ -166,6 +213,20 @@ def measure(
         raise ValueError("masks leave no uncalcified body pixel to measure attenuation in "
                          f"images {torch.nonzero(attenuation.isnan()).flatten().tolist()}")
 
+    calc = parts["calcification"]
+    inner = _erode(calc, 1)
+    inner = torch.where(inner.flatten(1).any(1)[:, None, None, None], inner, calc)
+    count = inner.flatten(1).sum(1)
+    calc_hu = (hu * inner).flatten(1).sum(1) / count  # 0 / 0 = NaN where nothing is calcified
+    abutting = (parts["vessels"] & _dilate(body, 1)).flatten(1).any(1) & ~(
+        parts["vessels"] & _erode(body, 2)).flatten(1).any(1)
+    location = torch.where(parts["pleura"].flatten(1).any(1), 2, abutting.long())
+    anything = body | parts["spicules"] | parts["calcification"] | parts["vessels"] | (
+        parts["pleura"])
+    backdrop = ~_dilate(anything, 2)
+    fissure_hu = _brightest_line(hu, backdrop, x, y)
+    noise_hu, ratio, kernel, site = _acquisition(hu, backdrop, pixel * h / REFERENCE_PATCH_PIXELS)
+
     area = pixel ** 2
     return Measurements(
         diameter_mm=(feret * pixel).float(),
@@ -175,4 +236,92 @@ def measure(
         attenuation_hu=attenuation.float(),
         area_mm2=(total * area).float(),
         spicule_area_mm2=(parts["spicules"].flatten(1).sum(1) * area).float(),
+        calcification_hu=calc_hu.float(),
+        location=location,
+        fissure_hu=fissure_hu.float(),
+        fissure=torch.where(fissure_hu.isnan(), -1, (fissure_hu > FISSURE_THRESHOLD_HU).long()),
+        noise_hu=noise_hu.float(),
+        noise_spectral_ratio=ratio.float(),
+        kernel=kernel,
+        site=site,
     )
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    return F.max_pool2d(mask.double(), 2 * radius + 1, 1, radius).bool()
+
+
+def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    return ~_dilate(~mask, radius)
+
+
+def _brightest_line(hu: torch.Tensor, backdrop: torch.Tensor, x: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` largest mean excess HU along a one-pixel line through the backdrop."""
+    n, _, h, w = hu.shape
+    keep = backdrop.flatten(1).double()
+    values = hu.flatten(1)
+    level = torch.nanmedian(torch.where(keep > 0, values, math.nan), dim=1).values
+    excess = torch.nan_to_num((values - level[:, None]) * keep)  # level is NaN: no backdrop
+    angles = torch.deg2rad(torch.arange(0, 180, 2.0, dtype=torch.float64, device=hu.device))
+    cx, cy = x - (w - 1) / 2, y + (h - 1) / 2
+    offset = torch.round(cx[:, None] * torch.cos(angles) + cy[:, None] * torch.sin(angles))
+    bins = int(math.ceil(math.hypot(h, w))) + 2
+    index = (offset + bins // 2).long() + bins * torch.arange(angles.numel(),
+                                                               device=hu.device)
+    index = index.reshape(-1).expand(n, -1)
+    sums = hu.new_zeros(n, bins * angles.numel(), dtype=torch.float64)
+    counts = torch.zeros_like(sums)
+    sums.scatter_add_(1, index, excess.repeat_interleave(angles.numel(), 1))
+    counts.scatter_add_(1, index, keep.repeat_interleave(angles.numel(), 1))
+    # a line must cross at least a third of the patch to count
+    mean = torch.where(counts >= min(h, w) / 3, sums / counts.clamp_min(1), -math.inf)
+    best = mean.amax(1).clamp_min(0.0)
+    return torch.where(counts.amax(1) >= min(h, w) / 3, best, math.nan)
+
+
+@functools.lru_cache(maxsize=16)
+def _kernel_differences(size: int) -> torch.Tensor:
+    """``(kernels, 2)`` variance of first and second differences of unit-std kernel noise."""
+    f = torch.fft.fftfreq(size, dtype=torch.float64)
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    first = 4 * torch.sin(math.pi * f[None, :]) ** 2  # |1 - e^(2 pi i f)|^2
+    out = []
+    for kernel in KERNELS.values():
+        f0 = kernel.noise_peak * size / REFERENCE_PATCH_PIXELS
+        power = torch.sqrt(f2) * torch.exp(-f2 / f0 ** 2)
+        power = power / power.sum()
+        out.append(torch.stack([(power * first).sum(), (power * first ** 2).sum()]))
+    return torch.stack(out)
+
+
+def _acquisition(hu: torch.Tensor, backdrop: torch.Tensor, spacing: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noise std, spectral ratio, kernel and site codes, each ``(N,)``, from the backdrop."""
+    img, keep = hu[:, 0], backdrop[:, 0]
+    first = img.new_zeros(2, img.shape[0])
+    second = img.new_zeros(2, img.shape[0])
+    for dim in (1, 2):  # rows and columns
+        a, b, c = (img.narrow(dim, i, img.shape[dim] - 2) for i in range(3))
+        ka, kb, kc = (keep.narrow(dim, i, keep.shape[dim] - 2) for i in range(3))
+        both, three = (ka & kb).double(), (ka & kb & kc).double()
+        first += torch.stack([((b - a) ** 2 * both).flatten(1).sum(1),
+                              both.flatten(1).sum(1)])
+        second += torch.stack([((c - 2 * b + a) ** 2 * three).flatten(1).sum(1),
+                               three.flatten(1).sum(1)])
+    d1, d2 = first[0] / first[1], second[0] / second[1]
+    ratio = d2 / d1
+    predicted = _kernel_differences(hu.shape[-1]).to(hu.device)
+    kernel = (ratio[:, None] - (predicted[:, 1] / predicted[:, 0])[None]).abs().argmin(1)
+    noise = torch.sqrt(d2 / predicted[kernel, 1])
+    names = list(KERNELS)
+    far = torch.tensor(math.inf, dtype=torch.float64, device=hu.device)
+    cost = []
+    for site in SITES.values():
+        gap = spacing.new_zeros(spacing.shape)
+        for value, (low, top) in ((noise, site.noise_hu), (spacing, site.pixel_spacing_mm)):
+            gap = gap + ((low - value).clamp_min(0) + (value - top).clamp_min(0)) / (top - low)
+        cost.append(torch.where(kernel == names.index(site.kernel), gap, far))
+    site_code = torch.stack(cost, 1).argmin(1)
+    unknown = ratio.isnan()  # no neighbouring background pixels
+    return (noise, ratio, kernel.masked_fill(unknown, -1), site_code.masked_fill(unknown, -1))

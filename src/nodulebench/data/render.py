@@ -76,15 +76,19 @@ def _lookup(table: torch.Tensor, pos: torch.Tensor, i0: torch.Tensor) -> torch.T
                          torch.gather(table.roll(-1, 1) - table, 1, i))
 
 
-def _spicule_coverage(sp: geometry.Spicules, dx: torch.Tensor, dy: torch.Tensor,
-                      nearest_bin: torch.Tensor, pixel_mm: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def spicule_coverage(sp: geometry.Spicules, dx: torch.Tensor, dy: torch.Tensor,
+                     nearest_bin: torch.Tensor, pixel_mm: torch.Tensor,
+                     dz: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Partial-volume coverage ``(N, P)`` of each pixel by its nearest spicule, and a mask.
 
     Across the strand the coverage is the overlap of the cross-section ``[d - w/2, d + w/2]``
     with the pixel's footprint ``[-p/2, p/2]``, divided by ``p``: summed over pixels it
     gives the strand's area whatever ``p``. The mask marks the pixels the strand passes
     through (its centre line within half a pixel, or the pixel centre inside it).
+
+    With ``dz`` (heights above the axial plane of the strands, shaped like ``dx``) a strand
+    is a tube of round cross-section: a plane at height ``dz`` cuts it to half-width
+    ``sqrt(half^2 - dz^2)``.
     """
     n = dx.shape[0]
     params = sp.table().reshape(n * ANGLES, -1)  # one row per angular bin
@@ -96,6 +100,8 @@ def _spicule_coverage(sp: geometry.Spicules, dx: torch.Tensor, dy: torch.Tensor,
     t = (along / length.clamp(min=1e-6)).clamp_(0.0, 1.0)
     across = dy * cos_a - dx * sin_a - bend * t * t
     half = 0.5 * width * (1 - 0.85 * t) * (1 + 0.2 * torch.sin(3 * math.pi * t + ripple))
+    if dz is not None:
+        half = torch.sqrt((half * half - dz * dz).clamp_(min=0.0))
     p = pixel_mm.reshape(n, 1)
     overlap = torch.minimum(across + half, 0.5 * p) - torch.maximum(across - half, -0.5 * p)
     cover = overlap.clamp_(min=0.0) / p
@@ -104,14 +110,15 @@ def _spicule_coverage(sp: geometry.Spicules, dx: torch.Tensor, dy: torch.Tensor,
     return cover, inside & (length > 0)
 
 
-def _calcification_sdf(code: torch.Tensor, rho: torch.Tensor, body_r: torch.Tensor,
-                       dx: torch.Tensor, dy: torch.Tensor, mean_r: torch.Tensor,
-                       blob_u: torch.Tensor) -> torch.Tensor:
+def calcification_sdf(code: torch.Tensor, rho: torch.Tensor, body_r: torch.Tensor,
+                      dx: torch.Tensor, dy: torch.Tensor, mean_r: torch.Tensor,
+                      blob_u: torch.Tensor, dz: torch.Tensor | None = None) -> torch.Tensor:
     """Signed distance (mm, > 0 inside) to the calcified region of each pattern.
 
     Central, laminated and diffuse patterns are rings or discs in the body's own radial
     coordinate ``rho = r / r(theta)``; popcorn, eccentric and stippled patterns are blobs:
-    five coarse ones, one off-centre disc, or up to twelve fine dots.
+    five coarse ones, one off-centre disc, or up to twelve fine dots. With ``dz`` (heights
+    above the axial plane, shaped like ``dx``) the blobs are balls centred in that plane.
     """
     c = code[:, None, None]
     codes = _CALCIFICATION_CODES
@@ -143,7 +150,10 @@ def _calcification_sdf(code: torch.Tensor, rho: torch.Tensor, body_r: torch.Tens
         angle = 2 * math.pi * u[:, k:2 * k]
         bx = (radius * torch.cos(angle))[:, :, None, None]
         by = (radius * torch.sin(angle))[:, :, None, None]
-        dist = torch.sqrt((dx[pick, None] - bx) ** 2 + (dy[pick, None] - by) ** 2)
+        dist2 = (dx[pick, None] - bx) ** 2 + (dy[pick, None] - by) ** 2
+        if dz is not None:
+            dist2 = dist2 + dz[pick, None] ** 2
+        dist = torch.sqrt(dist2)
         sdf[pick] = (size[:, :, None, None] - dist).amax(1)
     return sdf
 
@@ -222,7 +232,7 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     if spiky.numel():
         k = spiky
         nearest_bin = torch.round(pos[k]).to(torch.int64)
-        spic_cover[k], spic_inside[k] = _spicule_coverage(
+        spic_cover[k], spic_inside[k] = spicule_coverage(
             spic.select(k), dx[k].expand(-1, s, s).reshape(k.numel(), -1),
             dy[k].expand(-1, s, s).reshape(k.numel(), -1), nearest_bin, pixel_mm[k])
     # partial volume: an edge is never sharper than one output pixel
@@ -247,10 +257,7 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     wall_alpha = draw_context(factors, shape_u, behind, dx, dy, body_k, pixel_mm)
 
     # --- nodule: a fill fraction f of dense tissue D, so ground glass adds to what is behind
-    att = f32("attenuation_hu")[:, None, None]
-    level = f32("background_hu")[:, None, None]
-    dense = torch.clamp(att, min=_SOFT_TISSUE_HU)
-    fill = (att - level) / (dense - level)
+    dense, fill = nodule_density(factors, 2)
     hu = behind
     hu += (alpha_nodule * fill) * (dense - hu)
     rho = r / body_r
@@ -271,30 +278,12 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     calcified = torch.nonzero(factors["calcification"] != 0).flatten()
     if calcified.numel():
         c = calcified
-        calc_sdf = _calcification_sdf(factors["calcification"][c], rho[c], body_r[c], dx[c],
+        calc_sdf = calcification_sdf(factors["calcification"][c], rho[c], body_r[c], dx[c],
                                       dy[c], mean_r[c], shape_slice(shape_u[c], "calcification"))
         alpha_calc = ramp(calc_sdf, pv[c]) * alpha_body[c]
         hu[c] += alpha_calc * (f32("calcification_hu")[c, None, None] - hu[c])
 
-    # --- acquisition: Gaussian PSF (blur and kernel) and kernel-shaped noise, one FFT pair
-    kernel = factors["kernel"]
-    psf_px = torch.tensor([k.psf_pixels for k in KERNELS.values()], device=dev, dtype=dt)
-    sigma_mm = torch.sqrt(f32("blur_mm") ** 2
-                          + (psf_px[kernel] * f32("pixel_spacing_mm")) ** 2)
-    fy = torch.fft.fftfreq(sp, device=dev, dtype=dt)[:, None]
-    fx = torch.fft.rfftfreq(sp, device=dev, dtype=dt)[None, :]
-    freq2_px = fy ** 2 + fx ** 2  # (cycles / output pixel)^2
-    padded = torch.nn.functional.pad(hu[:, None], (pad, pad, pad, pad), mode="replicate")
-    spectrum = torch.fft.rfft2(padded[:, 0], norm="ortho")
-    blur_px = sigma_mm / pixel_mm
-    spectrum *= torch.exp(freq2_px[None] * (-2 * math.pi ** 2 * blur_px ** 2)[:, None, None])
-    # centred uniforms times sqrt(6): variance 1/2 per part, unit complex variance
-    amp = _noise_amplitude(sp, s, str(dev))[kernel] * (
-        math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
-    w = torch.view_as_complex(white[:, g * g:g * g + 2 * half_bins].reshape(n, sp, sp // 2 + 1,
-                                                                            2))
-    spectrum += w * amp
-    out.copy_(torch.fft.irfft2(spectrum, s=(sp, sp), norm="ortho")[:, pad:pad + s, pad:pad + s])
+    acquire(factors, hu, white[:, g * g:g * g + 2 * half_bins], pixel_mm, pad, out)
 
     masks = None
     if with_masks:
@@ -309,6 +298,56 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         masks = {"nodule": body | spicules, "body": body, "spicules": spicules,
                  "calcification": calc, "vessels": vessels, "pleura": wall_alpha > 0.5}
     return masks
+
+
+def nodule_density(factors: Mapping[str, torch.Tensor], dims: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense tissue ``D`` and fill fraction ``f`` of each nodule, shaped ``(N,) + (1,) * dims``.
+
+    A nodule voxel holds a fraction ``f`` of tissue at ``D = max(attenuation, soft
+    tissue)``, so blending ``f`` of ``D`` into the parenchyma gives ``attenuation_hu``
+    there and ground glass adds density to whatever lies behind it.
+    """
+    shape = (-1,) + (1,) * dims
+    att = factors["attenuation_hu"].to(torch.float32).reshape(shape)
+    level = factors["background_hu"].to(torch.float32).reshape(shape)
+    dense = torch.clamp(att, min=_SOFT_TISSUE_HU)
+    return dense, (att - level) / (dense - level)
+
+
+def acquire(factors: Mapping[str, torch.Tensor], hu: torch.Tensor, noise_white: torch.Tensor,
+            pixel_mm: torch.Tensor, pad: int, out: torch.Tensor) -> None:
+    """In-plane acquisition of ``(R, S, S)`` HU slices into ``out``: PSF and noise, one FFT pair.
+
+    The Gaussian point-spread function (``blur_mm`` and the kernel's own, in quadrature)
+    and noise of std ``noise_hu`` with the kernel's noise power spectrum, on a grid
+    replicate-padded by ``pad`` pixels. ``factors`` and ``pixel_mm`` hold one row per slice;
+    ``noise_white``: ``(R, 2 (S + 2 pad) (S / 2 + pad + 1))`` centred uniforms.
+    """
+    dev, dt = hu.device, hu.dtype
+    n, s = hu.shape[0], hu.shape[-1]
+    sp = s + 2 * pad
+    kernel = factors["kernel"]
+
+    def f32(name: str) -> torch.Tensor:
+        return factors[name].to(dt)
+
+    psf_px = torch.tensor([k.psf_pixels for k in KERNELS.values()], device=dev, dtype=dt)
+    sigma_mm = torch.sqrt(f32("blur_mm") ** 2
+                          + (psf_px[kernel] * f32("pixel_spacing_mm")) ** 2)
+    fy = torch.fft.fftfreq(sp, device=dev, dtype=dt)[:, None]
+    fx = torch.fft.rfftfreq(sp, device=dev, dtype=dt)[None, :]
+    freq2_px = fy ** 2 + fx ** 2  # (cycles / output pixel)^2
+    padded = torch.nn.functional.pad(hu[:, None], (pad, pad, pad, pad), mode="replicate")
+    spectrum = torch.fft.rfft2(padded[:, 0], norm="ortho")
+    blur_px = sigma_mm / pixel_mm
+    spectrum *= torch.exp(freq2_px[None] * (-2 * math.pi ** 2 * blur_px ** 2)[:, None, None])
+    # centred uniforms times sqrt(6): variance 1/2 per part, unit complex variance
+    amp = _noise_amplitude(sp, s, str(dev))[kernel] * (
+        math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
+    w = torch.view_as_complex(noise_white.reshape(n, sp, sp // 2 + 1, 2))
+    spectrum += w * amp
+    out.copy_(torch.fft.irfft2(spectrum, s=(sp, sp), norm="ortho")[:, pad:pad + s, pad:pad + s])
 
 
 @functools.lru_cache(maxsize=32)

@@ -82,6 +82,7 @@ DEFAULT_MARGINALS: Mapping[str, Distribution] = MappingProxyType({
     "blur_mm": Uniform(0.2, 0.5),
     "pixel_spacing_mm": ByCategory("site", {name: Uniform(*s.pixel_spacing_mm)
                                             for name, s in SITES.items()}),
+    "slice_thickness_mm": Uniform(0.6, 3.0),
 })
 
 #: Acquisition marginals of the default covariate shift (noisier, blurrier, coarser).

@@ -265,8 +265,8 @@ def probe_factors(
             counts = np.unique(target, return_counts=True)[1]
             if counts.size < 2 or counts.min() < 2:
                 raise ValueError(
-                    f"factors[{name!r}] must have at least 2 classes with at least 2 "
-                    f"samples each; got class sizes {counts.tolist()}"
+                    f"factors[{name!r}] must have at least 2 classes and at least 2 samples "
+                    f"in every class present; got class sizes {counts.tolist()}"
                 )
         else:
             target = target.astype(np.float64)

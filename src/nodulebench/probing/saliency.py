@@ -79,22 +79,24 @@ def grad_cam(
         M = \operatorname{ReLU}\Big(\sum_c \alpha_c A^c\Big), \qquad
         \alpha_c = \frac{1}{hw}\sum_{u,v}\frac{\partial y}{\partial A^c_{uv}},
 
-    upsampled bilinearly to the images' ``(H, W)``. Maps are not normalized (they are
+    upsampled bilinearly to the images' ``(H, W)`` (trilinearly to ``(D, H, W)`` for
+    volumes, where :math:`\alpha_c` averages over ``d h w``). Maps are not normalized (they are
     non-negative; an image whose map is all zero got no positive evidence). The model
     runs in eval mode, and gradients are taken with :func:`torch.autograd.grad`, so the
     parameters' ``.grad`` fields are left untouched.
 
     Args:
-        model: Maps ``(N, C_in, H, W)`` images to logits ``(N, K)``, ``(N, 1)`` or ``(N,)``.
+        model: Maps ``(N, C_in, H, W)`` images (or ``(N, C_in, D, H, W)`` volumes) to
+            logits ``(N, K)``, ``(N, 1)`` or ``(N,)``.
         layer: Name (from ``model.named_modules()``) of a module with a spatial output
-            ``(N, C, h, w)``.
-        images: ``(N, C_in, H, W)`` floating-point inputs.
+            ``(N, C, h, w)`` (``(N, C, d, h, w)`` for volumes, e.g. a ``Conv3d``).
+        images: ``(N, C_in, H, W)`` or ``(N, C_in, D, H, W)`` floating-point inputs.
         target: For ``(N, K)`` logits: ``None`` follows each image's predicted class, an
             int one class for all, an integer ``(N,)`` tensor one class per image. Must
             be ``None`` for single-logit models (the logit itself is followed).
 
     Returns:
-        ``(N, 1, H, W)`` non-negative maps, on the images' device.
+        ``(N, 1, H, W)`` (or ``(N, 1, D, H, W)``) non-negative maps, on the images' device.
 
     Raises:
         ValueError: If the layer is unknown or not spatial, or ``target`` does not fit.
@@ -113,7 +115,7 @@ def grad_cam(
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if not isinstance(layer, str):
         raise TypeError(f"layer must be a module name (str); got {type(layer).__name__}")
-    check_ndim("images", images, (4,), "(N, C, H, W)")
+    check_ndim("images", images, (4, 5), "(N, C, H, W) or (N, C, D, H, W)")
     check_floating("images", images)
     if images.shape[0] == 0:
         raise ValueError("images must hold at least one image; got N = 0")
@@ -126,17 +128,20 @@ def grad_cam(
         if name not in captured:
             raise ValueError(f"layer: module {name!r} was not called in the forward pass")
         activation = captured[name]
-        if activation.ndim != 4:
+        if activation.ndim != images.ndim:
+            expected = "(N, C, h, w)" if images.ndim == 4 else "(N, C, d, h, w)"
             raise ValueError(
-                f"layer {name!r} must have a spatial output (N, C, h, w); "
+                f"layer {name!r} must have a spatial output {expected}; "
                 f"got shape {tuple(activation.shape)}"
             )
         scores = _target_scores(output, target, images.shape[0])
         (gradient,) = torch.autograd.grad(scores.sum(), activation)
-    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    spatial = tuple(range(2, images.ndim))
+    weights = gradient.mean(dim=spatial, keepdim=True)
     cam = F.relu((weights * activation.detach()).sum(dim=1, keepdim=True))
-    if cam.shape[-2:] != images.shape[-2:]:
-        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    if cam.shape[2:] != images.shape[2:]:
+        mode = "bilinear" if images.ndim == 4 else "trilinear"
+        cam = F.interpolate(cam, size=images.shape[2:], mode=mode, align_corners=False)
         cam = cam.clamp_min(0.0)  # bilinear weights are convex; this only removes -0.0
     return cam.to(images.dtype)
 
@@ -146,15 +151,16 @@ def mask_energy(
 ) -> dict[str, torch.Tensor]:
     """The share of each map's attribution inside each ground-truth region.
 
-    The masks are turned into a partition of the image: regions are taken in the given
+    The masks are turned into a partition of the image (or volume): regions are taken in the given
     order and a pixel that lies in several masks counts for the *last* of them, so a
     general-to-specific order such as the dataset's ``("nodule", "spicules",
     "calcification")`` makes ``"nodule"`` the core without spicules and calcification.
     Pixels in no mask form ``"background"``. The shares of one image sum to 1.
 
     Args:
-        maps: ``(N, 1, H, W)`` non-negative attributions, e.g. from :func:`grad_cam`.
-        masks: ``{region: (N, 1, H, W) bool}``, e.g. the masks of
+        maps: ``(N, 1, H, W)`` (or ``(N, 1, D, H, W)``) non-negative attributions, e.g.
+            from :func:`grad_cam`.
+        masks: ``{region: bool tensor shaped like maps}``, e.g. the masks of
             ``dataset.render(indices, return_masks=True)``. ``"background"`` is reserved.
 
     Returns:
@@ -175,10 +181,11 @@ def mask_energy(
         >>> {k: v.tolist() for k, v in mask_energy(maps, {"nodule": core}).items()}
         {'nodule': [0.5], 'background': [0.5]}
     """
-    check_ndim("maps", maps, (4,), "(N, 1, H, W)")
+    check_ndim("maps", maps, (4, 5), "(N, 1, H, W) or (N, 1, D, H, W)")
     check_floating("maps", maps)
     if maps.shape[1] != 1:
-        raise ValueError(f"maps must have shape (N, 1, H, W); got shape {tuple(maps.shape)}")
+        raise ValueError("maps must have shape (N, 1, H, W) or (N, 1, D, H, W); got shape "
+                         f"{tuple(maps.shape)}")
     values = maps.detach().to(torch.float64)
     if not torch.isfinite(values).all() or bool((values < 0).any()):
         raise ValueError("maps must be finite and non-negative; got NaN, inf or negative values")
@@ -195,7 +202,7 @@ def mask_energy(
     shares: dict[str, torch.Tensor] = {}
     for region in reversed(list(masks)):
         mask = masks[region]
-        check_ndim(f"masks[{region!r}]", mask, (4,), "(N, 1, H, W)")
+        check_ndim(f"masks[{region!r}]", mask, (maps.ndim,), "like maps")
         if region == "background":
             raise ValueError("masks must not contain the reserved region 'background'")
         if mask.dtype != torch.bool:
