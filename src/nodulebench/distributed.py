@@ -7,6 +7,11 @@ Contrastive losses need negatives from the whole global batch. Under data parall
 columns, and reduces so that DDP's gradient averaging gives exactly the gradient of the
 single-process loss on the concatenated batch.
 
+Before a gather, :func:`gather_sizes` exchanges one small header per rank (the sizes,
+and what the ranks must agree on, such as the loss's options) so that ranks whose calls
+differ all raise the same error instead of one of them waiting forever;
+:func:`abandon_gather` lets a rank that rejects its own input join that exchange.
+
 Every helper works without an initialised process group: then there is one process,
 of rank 0, and a gather returns its input unchanged.
 
@@ -33,18 +38,27 @@ the global count.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
+from nodulebench._gather_header import (
+    MAX_NDIM,
+    abandoned_header,
+    agreed_fields,
+    check_headers,
+    encode_header,
+)
+
 # A runtime import (where available) lets the docs resolve the annotation.
 if TYPE_CHECKING or dist.is_available():
     from torch.distributed import ProcessGroup
 
 __all__ = [
+    "abandon_gather",
     "all_gather_no_grad",
     "all_gather_with_grad",
     "gather_sizes",
@@ -54,19 +68,6 @@ __all__ = [
     "local_row_offset",
     "sum_over_ranks",
 ]
-
-# Shapes are exchanged as fixed-length vectors (dtype code, ndim, then the padded sizes),
-# so that ranks whose tensors differ even in rank still meet in one collective and all
-# raise the same clear error instead of hanging.
-_MAX_NDIM = 8
-_DTYPES = (
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
-)
-
-
-def _dtype_code(dtype: torch.dtype) -> int:
-    return _DTYPES.index(dtype) if dtype in _DTYPES else len(_DTYPES)
 
 
 def _initialized() -> bool:
@@ -141,58 +142,94 @@ def is_distributed(group: ProcessGroup | None = None) -> bool:
 def _check_gatherable(name: str, tensor: Any) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}")
-    if not 1 <= tensor.ndim <= _MAX_NDIM:
+    if not 1 <= tensor.ndim <= MAX_NDIM:
         raise ValueError(
-            f"{name} must have between 1 and {_MAX_NDIM} dimensions (it is gathered along "
+            f"{name} must have between 1 and {MAX_NDIM} dimensions (it is gathered along "
             f"dim 0); got shape {tuple(tensor.shape)}"
         )
 
 
-def gather_sizes(tensor: torch.Tensor, group: ProcessGroup | None = None) -> tuple[int, ...]:
+def _exchange(header: torch.Tensor, group: ProcessGroup | None) -> list[list[int]]:
+    exchanged = [torch.empty_like(header) for _ in range(get_world_size(group))]
+    dist.all_gather(exchanged, header, group=group)
+    rows: list[list[int]] = torch.stack(exchanged).tolist()
+    return rows
+
+
+def gather_sizes(
+    tensor: torch.Tensor,
+    group: ProcessGroup | None = None,
+    *,
+    agree: Mapping[str, object] | None = None,
+    name: str = "tensor",
+) -> tuple[int, ...]:
     """The first-dimension size of ``tensor`` on every rank (a collective call).
 
-    Every rank of ``group`` must call it. It also checks that all ranks agree on the
-    trailing shape and the dtype, so that a later gather cannot fail obscurely or hang.
+    Every rank of ``group`` must call it. In the same single exchange it checks that
+    all ranks agree on the trailing shape, the dtype and every value in ``agree``, so
+    that a later gather cannot fail obscurely, hang or mix inputs that mean different
+    things: on a mismatch every rank raises the same ``ValueError``.
 
     Args:
         tensor: (B_r, ...) this rank's tensor; ``B_r`` may differ between ranks.
         group: The process group; ``None`` means the default (world) group.
+        agree: Up to 16 named values (``None``, bool, int, float or str) that must be
+            equal on every rank, such as a loss's name and options; ints equal to
+            floats count as equal. Compared through a 64-bit digest of their text; the
+            first 32 bytes of ``name=value`` travel for the error message.
+        name: What to call ``tensor`` in error messages.
 
     Returns:
-        ``(B_0, ..., B_{W-1})``; ``(B,)`` without an initialised process group.
+        ``(B_0, ..., B_{W-1})``; ``(B,)`` without an initialised process group (after
+        checking ``tensor`` and ``agree`` locally).
 
     Raises:
+        TypeError: If ``tensor`` is not a tensor or a value in ``agree`` has another type.
         ValueError: If the ranks' tensors differ in dtype or in anything but the first
-            dimension (raised on every rank, naming each rank's shape or dtype).
+            dimension, or a value in ``agree`` differs (raised on every rank, naming
+            each rank's shape, dtype or value), or ``agree`` has more than 16 fields.
 
     Example:
         >>> import torch
         >>> from nodulebench.distributed import gather_sizes
-        >>> gather_sizes(torch.zeros(5, 3))
+        >>> gather_sizes(torch.zeros(5, 3), agree={"temperature": 0.1})
         (5,)
     """
-    _check_gatherable("tensor", tensor)
+    _check_gatherable(name, tensor)
+    fields = agreed_fields(agree)
     if not is_distributed(group):
         return (int(tensor.shape[0]),)
-    local = torch.zeros(_MAX_NDIM + 2, dtype=torch.int64, device=tensor.device)
-    local[0] = _dtype_code(tensor.dtype)
-    local[1] = tensor.ndim
-    local[2 : tensor.ndim + 2] = torch.tensor(tensor.shape, dtype=torch.int64)
-    exchanged = [torch.empty_like(local) for _ in range(get_world_size(group))]
-    dist.all_gather(exchanged, local, group=group)
-    rows = [t.tolist() for t in exchanged]
-    rank_shapes = [tuple(row[2 : row[1] + 2]) for row in rows]
-    if len({shape[1:] for shape in rank_shapes}) > 1:
-        listed = ", ".join(f"rank {r}: {shape}" for r, shape in enumerate(rank_shapes))
-        raise ValueError(
-            "tensor must have the same shape on every rank except for the first "
-            f"dimension; got {listed}"
-        )
-    if len({row[0] for row in rows}) > 1:
-        names = [str(_DTYPES[row[0]]) if row[0] < len(_DTYPES) else "other" for row in rows]
-        listed = ", ".join(f"rank {r}: {name}" for r, name in enumerate(names))
-        raise ValueError(f"tensor must have the same dtype on every rank; got {listed}")
-    return tuple(int(shape[0]) for shape in rank_shapes)
+    local = torch.tensor(encode_header(tensor, fields), dtype=torch.int64, device=tensor.device)
+    rows = _exchange(local, group)
+    check_headers(name, rows)
+    return tuple(int(row[2]) for row in rows)
+
+
+def abandon_gather(
+    group: ProcessGroup | None = None, *, device: torch.device | str = "cpu"
+) -> None:
+    """Meet the other ranks' :func:`gather_sizes` as a rank that cannot take part.
+
+    Call it, then raise your own error, when this rank rejects its input just before a
+    gather that the other ranks are about to start. Their :func:`gather_sizes` then
+    raises a ``ValueError`` naming this rank, instead of waiting for it until the
+    process group's timeout. A collective call, paired with the others' ``gather_sizes``;
+    nothing happens without an initialised process group.
+
+    Args:
+        group: The process group; ``None`` means the default (world) group.
+        device: Where the exchanged header lives: the device of the tensor this rank
+            would have gathered (a CUDA device under NCCL).
+
+    Example:
+        >>> from nodulebench.distributed import abandon_gather, is_distributed
+        >>> is_distributed()  # one process: there are no peers to tell
+        False
+        >>> abandon_gather()  # so it returns at once
+    """
+    if not is_distributed(group):
+        return
+    _exchange(torch.tensor(abandoned_header(), dtype=torch.int64, device=device), group)
 
 
 def _resolve_sizes(

@@ -235,12 +235,16 @@ CASES: dict[str, Callable[[int, int, Group], dict[str, Any]]] = {
 
 def run_all_cases(rank: int, launch_world_size: int) -> dict[int, dict[str, Any]]:
     """Every case on 3 ranks (world group), then on ranks 0 and 1 (a subgroup)."""
-    from _dist_loss_cases import case_backend_refusal, case_losses  # imports this module
+    # These modules import this one.
+    from _dist_header_cases import case_header_errors, case_skipped_gather
+    from _dist_loss_cases import case_backend_refusal, case_losses
     from _dist_two_tower_cases import case_two_tower
 
     CASES["losses"] = case_losses
     CASES["backend_refusal"] = case_backend_refusal
     CASES["two_tower"] = case_two_tower
+    CASES["header_errors"] = case_header_errors
+    CASES["skipped_gather"] = case_skipped_gather  # last: it leaves a timed-out group
     assert launch_world_size == LAUNCH_WORLD_SIZE
     subgroup = dist.new_group(list(range(min(WORLD_SIZES))))  # every rank must call it
     results: dict[int, dict[str, Any]] = {}

@@ -365,7 +365,8 @@ def compute_prepared(
         embeddings, labels, normalize=options.normalize,
         labels_required=options.labels_required,
         gather_distributed=options.gather_distributed, process_group=options.process_group,
-        **columns,
+        # The header only where it is exchanged: building it does not trace under compile.
+        options=options.header() if options.gather_distributed else None, **columns,
     )
     loss, valid, counts = options.per_anchor(prepared)
     reduced = reduce_per_anchor(loss, valid, reduction=options.reduction, prepared=prepared,

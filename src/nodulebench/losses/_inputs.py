@@ -7,14 +7,17 @@ the first and last step here means each loss body only holds its own maths, and 
 kernel only has to replace the per-anchor step.
 
 With ``gather_distributed=True`` under an initialised process group, the first step also
-gathers every rank's prepared rows (the *columns*) and the per-anchor step computes this
-rank's rows (the *anchors*) against them; the last step normalises with the global count
-so that DDP's gradient averaging is exact (see :mod:`nodulebench.distributed`). Without
-gathering the columns are the rows themselves, and nothing else changes.
+checks that the ranks agree (input shape and dtype, labels given or not, the loss's
+options), then gathers every rank's prepared rows (the *columns*); the per-anchor step
+computes this rank's rows (the *anchors*) against them; the last step normalises with
+the global count so that DDP's gradient averaging is exact (see
+:mod:`nodulebench.distributed`). Without gathering the columns are the rows themselves,
+and nothing else changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -28,6 +31,7 @@ from nodulebench._validation import (
     check_ndim,
 )
 from nodulebench.distributed import (
+    abandon_gather,
     all_gather_no_grad,
     all_gather_with_grad,
     gather_sizes,
@@ -174,6 +178,7 @@ def prepare_embeddings(
     ref_emb: torch.Tensor | None = None,
     ref_labels: torch.Tensor | None = None,
     memory: tuple[torch.Tensor, torch.Tensor] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> PreparedEmbeddings:
     """Validate and flatten ``embeddings`` ``(B, D)`` or ``(B, V, D)`` and ``labels`` ``(B,)``.
 
@@ -181,45 +186,65 @@ def prepare_embeddings(
     ``b * V + v`` is ``b``: the views of one sample are each other's only positives.
     With ``gather_distributed=True`` and more than one rank in ``process_group``, the
     prepared rows and labels of every rank are gathered as the columns (a collective
-    call), and ``b`` above is the *global* sample index.
+    call), and ``b`` above is the *global* sample index. Before the gather the ranks
+    exchange one header (:func:`~nodulebench.distributed.gather_sizes`): the shape but
+    for ``B``, the dtype, whether labels were given, ``normalize`` and ``options`` (the
+    loss's name and options, e.g. ``{"loss": "supcon", "temperature": 0.1, ...}``)
+    must agree, or every rank raises the same ``ValueError`` naming what differs. A
+    rank that rejects its own input still joins that exchange
+    (:func:`~nodulebench.distributed.abandon_gather`) before raising, so that the others
+    raise a ``ValueError`` naming it instead of waiting for it.
 
     With a reference set ``ref_emb`` ``(M, D)`` or ``(M, V', D)`` and ``ref_labels``
     ``(M,)``, the anchors are the rows of ``embeddings`` and the columns are the
     reference rows (prepared the same way, in the anchors' dtype; gathered from every
-    rank with ``gather_distributed=True``), none of them an anchor's self-pair.
+    rank with ``gather_distributed=True``, after the same header exchange), none of
+    them an anchor's self-pair.
 
     Raises:
         TypeError: non-tensor or non-floating ``embeddings``; non-integer ``labels``;
             missing ``labels`` where they are required; labels for only one of the
-            anchors and the reference set.
+            anchors and the reference set; an ``options`` value that is not ``None``,
+            a bool, an int, a float or a str (with ``gather_distributed``).
         ValueError: wrong ranks, an empty dimension, ``labels`` whose length differs
-            from ``B``, or a reference set whose ``D`` differs from the anchors'.
+            from ``B``, or a reference set whose ``D`` differs from the anchors'; with
+            ``gather_distributed``, ranks that disagree on the header or a rank that
+            rejected its input.
     """
-    _check_bool("normalize", normalize)
-    _check_bool("gather_distributed", gather_distributed)
-    if ref_emb is None and ref_labels is not None:
-        raise TypeError("ref_labels were given without ref_emb; pass the reference "
-                        "embeddings too, or neither")
-    if ref_emb is not None and (labels is None) != (ref_labels is None):
-        given, missing = ("labels", "ref_labels") if ref_labels is None else ("ref_labels",
-                                                                              "labels")
-        raise TypeError(f"{given} were given but {missing} is None: a reference set needs "
-                        "labels for both the anchors and the reference rows")
-    rows, row_labels, leading_shape = _flatten(
-        "embeddings", embeddings, labels, "labels", normalize=normalize
-    )
-    if labels is None and (labels_required or ref_emb is not None):
-        raise TypeError("labels must be a (B,) integer tensor for this loss; got None")
+    try:
+        _check_bool("normalize", normalize)
+        _check_bool("gather_distributed", gather_distributed)
+        if ref_emb is None and ref_labels is not None:
+            raise TypeError("ref_labels were given without ref_emb; pass the reference "
+                            "embeddings too, or neither")
+        if ref_emb is not None and (labels is None) != (ref_labels is None):
+            given, missing = (("labels", "ref_labels") if ref_labels is None
+                              else ("ref_labels", "labels"))
+            raise TypeError(f"{given} were given but {missing} is None: a reference set "
+                            "needs labels for both the anchors and the reference rows")
+        rows, row_labels, leading_shape = _flatten(
+            "embeddings", embeddings, labels, "labels", normalize=normalize
+        )
+        if labels is None and (labels_required or ref_emb is not None):
+            raise TypeError("labels must be a (B,) integer tensor for this loss; got None")
+    except (TypeError, ValueError):
+        abandon_if_gathering(embeddings, gather_distributed, process_group)
+        raise
     gather = gather_distributed and is_distributed(process_group)
     batch = embeddings.shape[0]
     views = embeddings.shape[1] if embeddings.ndim == 3 else 1
+    agree = {**(options or {}), "normalize": normalize,
+             "kind of labels": None if labels is None else "tensor"}
     if ref_emb is not None:
         return _with_reference(rows, row_labels, leading_shape, embeddings, ref_emb,
-                               ref_labels, normalize=normalize, gather=gather,
-                               process_group=process_group)
-    # One exchange of (B_r, [V,] D) and the compute dtype: checks that the ranks agree.
+                               ref_labels, normalize=normalize,
+                               gather_distributed=gather_distributed, gather=gather,
+                               process_group=process_group, agree=agree)
+    # One exchange of the sizes and everything the ranks must agree on; checked locally
+    # (and the identity) without a process group, so a bad option shows up in any run.
     sample_sizes = (
-        gather_sizes(rows.reshape(*leading_shape, -1), process_group) if gather else (batch,)
+        gather_sizes(embeddings, process_group, agree=agree, name="embeddings")
+        if gather_distributed else (batch,)
     )
     first_sample = sum(sample_sizes[: get_rank(process_group)]) if gather else 0
     if row_labels is None:
@@ -242,31 +267,54 @@ def prepare_embeddings(
     )
 
 
+def abandon_if_gathering(
+    embeddings: object, gather_distributed: object, process_group: ProcessGroup | None
+) -> None:
+    """Before re-raising a rejected input: meet the other ranks at the header exchange.
+
+    They are on their way to it, so they fail now instead of waiting for this rank until
+    the process group's timeout.
+    """
+    if isinstance(embeddings, torch.Tensor) and gather_distributed is True:
+        abandon_gather(process_group, device=embeddings.device)
+
+
 def _with_reference(
     rows: torch.Tensor, row_labels: torch.Tensor | None, leading_shape: tuple[int, ...],
     embeddings: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor | None,
-    *, normalize: bool, gather: bool, process_group: ProcessGroup | None,
+    *, normalize: bool, gather_distributed: bool, gather: bool,
+    process_group: ProcessGroup | None, agree: Mapping[str, object],
 ) -> PreparedEmbeddings:
     """The prepared anchors against a separate reference set (gathered if asked)."""
     assert row_labels is not None  # prepare_embeddings checked both label sets
-    columns, column_labels, ref_shape = _flatten(
-        "ref_emb", ref_emb, ref_labels, "ref_labels", normalize=normalize, dtype=rows.dtype
-    )
-    assert column_labels is not None
-    if columns.shape[1] != rows.shape[1]:
-        raise ValueError(
-            f"ref_emb must have the embedding dimension D = {rows.shape[1]} of embeddings "
-            f"{tuple(embeddings.shape)}; got shape {tuple(ref_emb.shape)}"
+    try:
+        columns, column_labels, ref_shape = _flatten(
+            "ref_emb", ref_emb, ref_labels, "ref_labels", normalize=normalize,
+            dtype=rows.dtype,
         )
-    if columns.device != rows.device:
-        raise ValueError(f"ref_emb must be on the device of embeddings ({rows.device}); "
-                         f"got {columns.device}")
+        if columns.shape[1] != rows.shape[1]:
+            raise ValueError(
+                f"ref_emb must have the embedding dimension D = {rows.shape[1]} of "
+                f"embeddings {tuple(embeddings.shape)}; got shape {tuple(ref_emb.shape)}"
+            )
+        if columns.device != rows.device:
+            raise ValueError(f"ref_emb must be on the device of embeddings ({rows.device}); "
+                             f"got {columns.device}")
+    except (TypeError, ValueError):
+        abandon_if_gathering(embeddings, gather_distributed, process_group)
+        raise
+    assert column_labels is not None
+    # The reference rows are what is gathered: their sizes, and the agreement, as above.
+    ref_sizes = (
+        gather_sizes(columns.reshape(*ref_shape, -1), process_group, agree=agree,
+                     name="ref_emb")
+        if gather_distributed else ()
+    )
     if not gather:
         return PreparedEmbeddings(rows, row_labels, leading_shape, embeddings, columns,
                                   column_labels, reference=True)
     views = ref_shape[1] if len(ref_shape) == 2 else 1
-    sizes = [size * views for size in
-             gather_sizes(columns.reshape(*ref_shape, -1), process_group)]
+    sizes = [size * views for size in ref_sizes]
     return PreparedEmbeddings(
         rows, row_labels, leading_shape, embeddings,
         columns=all_gather_with_grad(columns, process_group, sizes=sizes),

@@ -18,6 +18,7 @@ import torch
 
 from nodulebench._validation import check_int
 from nodulebench.losses._declaration import compute_prepared
+from nodulebench.losses._inputs import abandon_if_gathering
 from nodulebench.losses.modules import PairwiseLoss
 
 __all__ = ["CrossBatchMemory"]
@@ -79,6 +80,21 @@ class CrossBatchMemory(torch.nn.Module):
 
         Then the batch (gathered, if the loss gathers) joins the memory.
         """
+        try:
+            self._check_batch(embeddings, labels)
+        except (TypeError, ValueError):
+            options = self.loss.options
+            abandon_if_gathering(embeddings, options.gather_distributed,
+                                 options.process_group)
+            raise
+        memory = (self.embeddings[: self.filled], self.labels[: self.filled])
+        result, prepared = compute_prepared(self.loss.options, embeddings, labels,
+                                            memory=memory)
+        batch = prepared.columns.shape[0] - self.filled
+        self._enqueue(prepared.columns[:batch].detach(), prepared.column_labels[:batch])
+        return self.loss._record(result)
+
+    def _check_batch(self, embeddings: object, labels: object) -> None:
         if not isinstance(embeddings, torch.Tensor) or embeddings.shape[-1:] != (
                 self.embeddings.shape[1],):
             shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else None
@@ -87,12 +103,6 @@ class CrossBatchMemory(torch.nn.Module):
         if labels is None:
             raise TypeError("labels must be a (B,) integer tensor: remembered rows need "
                             "labels to be positives or negatives; got None")
-        memory = (self.embeddings[: self.filled], self.labels[: self.filled])
-        result, prepared = compute_prepared(self.loss.options, embeddings, labels,
-                                            memory=memory)
-        batch = prepared.columns.shape[0] - self.filled
-        self._enqueue(prepared.columns[:batch].detach(), prepared.column_labels[:batch])
-        return self.loss._record(result)
 
     def _enqueue(self, rows: torch.Tensor, labels: torch.Tensor) -> None:
         size = self.embeddings.shape[0]

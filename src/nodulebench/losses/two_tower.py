@@ -114,12 +114,20 @@ def _check_towers(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
 
 def _prepare_towers(
     image_emb: torch.Tensor, text_emb: torch.Tensor, *, normalize: bool,
-    gather_distributed: bool, process_group: ProcessGroup | None,
+    gather_distributed: bool, process_group: ProcessGroup | None, options: dict[str, object],
 ) -> tuple[PreparedEmbeddings, PreparedEmbeddings]:
-    """Prepare (and, with ``gather_distributed``, gather) each checked tower."""
+    """Prepare (and, with ``gather_distributed``, gather) each checked tower.
+
+    ``options`` (the loss's name and options) must agree on every rank; a learnable
+    tensor counts as ``"tensor"`` (DDP keeps it equal; comparing values would cost a
+    host synchronisation).
+    """
+    agreed = {name: "tensor" if isinstance(value, torch.Tensor) else value
+              for name, value in options.items()}
     image, text = (
         prepare_embeddings(emb, None, normalize=normalize, labels_required=False,
-                           gather_distributed=gather_distributed, process_group=process_group)
+                           gather_distributed=gather_distributed, process_group=process_group,
+                           options=agreed)
         for emb in (image_emb, text_emb)
     )
     return image, text
@@ -175,7 +183,10 @@ def _clip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: ClipOptions
         scale = 1.0 / _scalar("temperature", tau, image_emb, positive=True)
     image, text = _prepare_towers(image_emb, text_emb, normalize=normalize,
                                   gather_distributed=gather_distributed,
-                                  process_group=process_group)
+                                  process_group=process_group,
+                                  options={"loss": "clip", "temperature": temperature,
+                                           "logit_scale": logit_scale,
+                                           "reduction": reduction, "backend": backend})
     loss, valid = run_two_tower("clip", image.columns, text.columns, backend=backend,
                                 row_range=image.row_range, scale=scale)
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=image)
@@ -232,7 +243,10 @@ def _siglip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: SigLipOpti
     bias_tensor = _scalar("bias", bias, image_emb, positive=False)
     image, text = _prepare_towers(image_emb, text_emb, normalize=normalize,
                                   gather_distributed=gather_distributed,
-                                  process_group=process_group)
+                                  process_group=process_group,
+                                  options={"loss": "siglip", "logit_scale": logit_scale,
+                                           "bias": bias, "reduction": reduction,
+                                           "backend": backend})
     loss, valid = run_two_tower(
         "siglip", image.columns, text.columns, backend=backend, row_range=image.row_range,
         scale=scale, bias=bias_tensor,

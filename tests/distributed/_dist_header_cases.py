@@ -1,0 +1,116 @@
+"""Ranks whose loss calls disagree, and a rank that skips the gather.
+
+In the mismatch cases rank 1 deviates from the others. Each rank records the error it
+raised; the parent checks that every rank raised (the same error, naming what differs,
+where the calls disagree), and that the ranks still meet in the next collective
+afterwards: nobody was left behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from _dist_cases import DIM, Group
+
+from nodulebench import SupConLoss
+from nodulebench.distributed import gather_sizes
+from nodulebench.losses import CrossBatchMemory
+from nodulebench.losses import functional as LF
+
+# The process-group timeout of the skipped-gather case: long enough to create the group
+# under load, short enough to keep the suite fast.
+SHORT_TIMEOUT_S = 3.0
+
+
+def _inputs(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(50 + rank)
+    embeddings = torch.randn(3 + rank, DIM, generator=gen)
+    return embeddings, torch.randint(0, 2, (3 + rank,), generator=gen)
+
+
+def _raised(call: Callable[[], Any]) -> str:
+    try:
+        call()
+    except (TypeError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+    return "no error"
+
+
+def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
+    """Name -> a collective call in which rank 1 differs from the others in one way."""
+    odd = rank == 1
+    z, y = _inputs(rank)
+    gather: dict[str, Any] = {"gather_distributed": True, "process_group": group}
+    return {
+        "labels": lambda: LF.supcon_loss(z, None if odd else y, **gather),
+        "temperature": lambda: LF.supcon_loss(z, y, temperature=0.2 if odd else 0.1,
+                                              **gather),
+        "loss": lambda: (LF.contrastive_loss if odd else LF.supcon_loss)(z, y, **gather),
+        "reduction": lambda: LF.triplet_margin_loss(z, y, reduction="sum" if odd else "mean",
+                                                    **gather),
+        "normalize": lambda: LF.multi_similarity_loss(z, y, normalize=not odd, **gather),
+        "dtype": lambda: LF.supcon_loss(z.half() if odd else z, y, **gather),
+        "width": lambda: LF.contrastive_loss(torch.zeros(3, DIM + odd), y[:3], **gather),
+        "views": lambda: LF.supcon_loss(z[:, None].expand(-1, 1 + odd, -1), y, **gather),
+        "int_vs_float": lambda: LF.supcon_loss(z, y, temperature=1 if odd else 1.0, **gather),
+        "clip_temperature": lambda: LF.clip_loss(z, z.flip(0), temperature=0.2 if odd else 0.1,
+                                                 **gather),
+        "two_tower_loss": lambda: (LF.siglip_loss if odd else LF.clip_loss)(z, z, **gather),
+        "form": lambda: LF.contrastive_loss(z, y, form="pml" if odd else "hadsell", **gather),
+        "ref_temperature": lambda: LF.supcon_loss(
+            z, y, ref_emb=z, ref_labels=y, temperature=0.2 if odd else 0.1, **gather),
+        "ref_width": lambda: LF.supcon_loss(torch.ones(3, DIM + odd), y[:3],
+                                            ref_emb=torch.ones(2, DIM + odd),
+                                            ref_labels=y[:2], **gather),
+        "memory_temperature": lambda: CrossBatchMemory(
+            SupConLoss(temperature=0.2 if odd else 0.1, **gather), embedding_size=DIM,
+            memory_size=8)(z, y),
+        "fields": lambda: gather_sizes(z, group, agree={"b" if odd else "a": 1}),
+        "long_value": lambda: gather_sizes(
+            z, group, agree={"note": "x" * 40 + ("!" if odd else "?")}),
+        # Rank 1 (or every rank) rejects its own input: it still meets the others.
+        "empty_batch": lambda: LF.supcon_loss(z[:0] if odd else z, **gather),
+        "bad_labels": lambda: LF.contrastive_loss(z, y[:-1] if odd else y, **gather),
+        "all_empty": lambda: LF.triplet_margin_loss(z[:0], y[:0], **gather),
+        "ref_bad_width": lambda: LF.supcon_loss(z, y, ref_emb=z[:, : DIM - odd],
+                                                ref_labels=y, **gather),
+        "ref_no_labels": lambda: LF.supcon_loss(z, y, ref_emb=z,
+                                                ref_labels=None if odd else y, **gather),
+        "memory_width": lambda: CrossBatchMemory(
+            SupConLoss(**gather), embedding_size=DIM, memory_size=8)(
+            z[:, : DIM - odd], y),
+    }
+
+
+def case_header_errors(rank: int, world_size: int, group: Group) -> dict[str, Any]:
+    results = {name: _raised(call) for name, call in mismatch_calls(rank, group).items()}
+    # Every rank raised before the gather, so the next collective still pairs up.
+    results["sizes_after"] = gather_sizes(torch.zeros(rank + 1, 2), group)
+    return results
+
+
+def case_skipped_gather(rank: int, world_size: int, group: Group) -> dict[str, Any]:
+    """Rank 1 never calls the loss: the others fail after the group's timeout.
+
+    The loss gathers over a group created with a short timeout, the documented way to
+    bound how long a rank waits for a peer that skipped the gather.
+    """
+    if group is not None:  # new_group needs every rank of the world: run on 3 ranks only
+        return {}
+    dist.barrier()  # arrive together, so creating the group cannot time out
+    short = dist.new_group(timeout=timedelta(seconds=SHORT_TIMEOUT_S))
+    if rank == 1:
+        return {"skipped": True}
+    z, y = _inputs(rank)
+    start = time.monotonic()
+    try:
+        LF.supcon_loss(z, y, gather_distributed=True, process_group=short)
+    except RuntimeError as error:
+        return {"raised": f"{type(error).__name__}: {error}",
+                "waited_s": time.monotonic() - start}
+    return {"raised": "no error", "waited_s": time.monotonic() - start}
