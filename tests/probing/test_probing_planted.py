@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _planted_models import Calibrated
 from torch import nn
 from torch.nn import functional as F
 
@@ -44,30 +45,7 @@ class TopHat(nn.Module):
         return F.relu(x - _opening(x) - 0.15)
 
 
-class _Calibrated(nn.Module):
-    """Binary logits ``(N, 2)`` from a scalar score, centred and scaled on a reference set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("centre", torch.zeros(()))
-        self.register_buffer("scale", torch.ones(()))
-
-    def score(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def calibrate(self, images: torch.Tensor) -> _Calibrated:
-        with torch.no_grad():
-            scores = self.score(images)
-            self.centre.copy_(scores.median())
-            self.scale.copy_(scores.std())
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logit = 2.0 * (self.score(x) - self.centre) / self.scale
-        return torch.stack([-logit / 2, logit / 2], dim=1)
-
-
-class BodyAreaModel(_Calibrated):
+class BodyAreaModel(Calibrated):
     def __init__(self) -> None:
         super().__init__()
         self.silhouette = Silhouette()
@@ -76,7 +54,7 @@ class BodyAreaModel(_Calibrated):
         return self.silhouette(x).mean(dim=(1, 2, 3))
 
 
-class SpiculeModel(_Calibrated):
+class SpiculeModel(Calibrated):
     def __init__(self) -> None:
         super().__init__()
         self.tophat = TopHat()

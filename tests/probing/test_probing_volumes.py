@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _planted_models import Calibrated
 from torch import nn
 from torch.nn import functional as F
 
@@ -45,30 +46,7 @@ class TopHat(nn.Module):
         return F.relu(x - opened - 0.1) * (1 - near_body)
 
 
-class _Calibrated(nn.Module):
-    """Binary logits ``(N, 2)`` from a scalar score, centred and scaled on a reference set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("centre", torch.zeros(()))
-        self.register_buffer("scale", torch.ones(()))
-
-    def score(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def calibrate(self, volumes: torch.Tensor) -> _Calibrated:
-        with torch.no_grad():
-            scores = self.score(volumes)
-            self.centre.copy_(scores.median())
-            self.scale.copy_(scores.std())
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logit = 2.0 * (self.score(x) - self.centre) / self.scale
-        return torch.stack([-logit / 2, logit / 2], dim=1)
-
-
-class BodyVolumeModel(_Calibrated):
+class BodyVolumeModel(Calibrated):
     def __init__(self) -> None:
         super().__init__()
         self.silhouette = Silhouette()
@@ -77,7 +55,7 @@ class BodyVolumeModel(_Calibrated):
         return self.silhouette(x).mean(dim=(1, 2, 3, 4))
 
 
-class SpiculeVolumeModel(_Calibrated):
+class SpiculeVolumeModel(Calibrated):
     def __init__(self) -> None:
         super().__init__()
         self.tophat = TopHat()
