@@ -9,6 +9,7 @@ evaluates, probes and writes files.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,14 @@ def init_parallel(device: str) -> tuple[Parallel, str]:
 
 
 def close_parallel(parallel: Parallel) -> None:
-    """Leave the process group."""
+    """Leave the process group, every rank together.
+
+    A DDP module caught in a reference cycle keeps the group's Gloo threads alive; freed
+    during interpreter shutdown they abort the process ("terminate called without an
+    active exception"). So the cycles are collected first, and the ranks wait for each
+    other (rank 0 may still be writing the report) before the group goes.
+    """
     if parallel.active and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
