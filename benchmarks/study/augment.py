@@ -6,6 +6,10 @@ attenuation, calcification, background and acquisition — except its orientatio
 direction of its position offset), which are uniform nuisances that the study never ties
 to the label. Intensity, crop or blur augmentations would change margin, noise or size,
 the very factors under study, so they are left out on purpose.
+
+Volumes ``(D, H, W)`` get the same eight in-plane symmetries, applied to every axial
+slice alike (the H and W axes); the depth axis is left alone, because slice thickness
+makes it a different axis from the in-plane ones.
 """
 
 from __future__ import annotations
@@ -14,19 +18,20 @@ import torch
 
 
 def dihedral_views(images: torch.Tensor, n_views: int, generator: torch.Generator) -> torch.Tensor:
-    """Return ``n_views`` randomly flipped / rotated copies of each image.
+    """Return ``n_views`` randomly flipped / rotated copies of each image or volume.
 
     Args:
-        images: ``(B, C, H, W)`` with ``H == W``.
+        images: ``(B, C, H, W)`` images or ``(B, C, D, H, W)`` volumes, with ``H == W``;
+            a view is one of the eight symmetries of the last two axes.
         n_views: views per image.
         generator: the source of randomness (CPU generator), so runs are reproducible.
 
     Returns:
-        ``(B, n_views, C, H, W)``.
+        ``(B, n_views, *images.shape[1:])``.
     """
     variants = [torch.rot90(images, k, dims=(-2, -1)) for k in range(4)]
     variants += [v.flip(-1) for v in variants]
-    stacked = torch.stack(variants, dim=1)  # (B, 8, C, H, W)
+    stacked = torch.stack(variants, dim=1)  # (B, 8, C, [D,] H, W)
     choice = torch.randint(0, 8, (images.shape[0], n_views), generator=generator)
-    index = choice.to(images.device)[:, :, None, None, None].expand(-1, -1, *images.shape[1:])
-    return torch.gather(stacked, 1, index)
+    index = choice.to(images.device).view(*choice.shape, *[1] * (images.ndim - 1))
+    return torch.gather(stacked, 1, index.expand(-1, -1, *images.shape[1:]))

@@ -23,7 +23,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRESET_DIR = Path(__file__).parent / "presets"
-PRESETS = ("smoke", "quick", "full")
+PRESETS = ("smoke", "quick", "quick3d", "full")
 
 
 
@@ -88,15 +88,23 @@ class ConfigError(ValueError):
 class DataConfig:
     """Dataset sizes (per experiment and seed) and image size.
 
-    ``n_dfr`` images of the decorrelated distribution (every (label, shortcut side) group
-    equally large) retrain the last layer (DFR, Kirichenko et al. 2022).
+    ``dims = 3`` renders CT volumes ``(1, D, H, W)`` with ``image_size`` voxels a side
+    instead of images ``(1, H, W)`` (it needs a 3-D ``model.arch``). ``n_dfr`` images of
+    the decorrelated distribution (every (label, shortcut side) group equally large)
+    retrain the last layer (DFR, Kirichenko et al. 2022).
     """
 
     image_size: int = 32
+    dims: int = 2
     n_train: int = 2000
     n_test: int = 1000
     n_probe: int = 512
     n_dfr: int = 256
+
+    def sizes(self) -> dict[str, Any]:
+        """The size arguments of :class:`~nodulebench.SyntheticNodules` for these data."""
+        return {"image_size": self.image_size,
+                "volume_size": self.image_size if self.dims == 3 else None}
 
 
 @dataclass(frozen=True)
@@ -292,6 +300,8 @@ def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
 
 EXPERIMENT_KEYS = ("name", "shortcut", "strength")
 AUTOCAST = ("none", "bfloat16", "float16")
+DIMS = (2, 3)
+MAX_VOLUME_SIZE = 256  # SyntheticNodules' largest volume_size
 
 
 def _build_experiment(table: Any, index: int) -> ExperimentConfig:
@@ -359,7 +369,7 @@ def check_experiments(config: StudyConfig) -> None:
             spec = training_spec(experiment)
             for test_spec in (spec, *study_test_distributions(spec).values()):
                 SyntheticNodules(test_spec, n=2, seed=0,
-                                 image_size=config.data.image_size).render(range(2))
+                                 **config.data.sizes()).render(range(2))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"experiment '{experiment.name}' ({experiment.shortcut} at "
                               f"strength {experiment.strength}): {err}") from err
@@ -372,6 +382,17 @@ def _check_values(config: StudyConfig) -> None:
         raise ConfigError(f"model.arch must be one of {', '.join(ENCODERS)}; got "
                           f"{config.model.arch!r}{did_you_mean(config.model.arch, ENCODERS)}")
     d, t, p = config.data, config.train, config.probe
+    if d.dims not in DIMS:
+        raise ConfigError(f"data.dims must be 2 (images) or 3 (volumes); got {d.dims}")
+    arch_dims = ENCODERS[config.model.arch].dims
+    if arch_dims != d.dims:
+        fitting = [name for name, encoder in ENCODERS.items() if encoder.dims == d.dims]
+        raise ConfigError(f"model.arch {config.model.arch!r} reads {arch_dims}-D inputs but "
+                          f"data.dims is {d.dims}; for data.dims = {d.dims} use one of "
+                          f"{', '.join(fitting)}")
+    if d.dims == 3 and not 16 <= d.image_size <= MAX_VOLUME_SIZE:
+        raise ConfigError(f"data.image_size must be in 16 .. {MAX_VOLUME_SIZE} voxels for "
+                          f"volumes (data.dims = 3); got {d.image_size}")
     for where, value in [
         ("data.image_size", d.image_size), ("data.n_train", d.n_train),
         ("data.n_test", d.n_test), ("data.n_probe", d.n_probe), ("data.n_dfr", d.n_dfr),

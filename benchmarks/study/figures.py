@@ -49,6 +49,14 @@ def _save(fig: Any, path: Path) -> str:
     return f"figures/{path.name}"
 
 
+def central_slice(tensor: torch.Tensor) -> torch.Tensor:
+    """The central axial slice ``(N, C, H, W)`` of volumes ``(N, C, D, H, W)``; images as given.
+
+    Figures show volumes by this slice, the one a 2-D study of the same samples would see.
+    """
+    return tensor[:, :, tensor.shape[2] // 2] if tensor.ndim == 5 else tensor
+
+
 def distribution_samples(config: StudyConfig, experiment: Any, path: Path) -> str:
     """Benign and malignant samples of the training and every test distribution."""
     plt = _pyplot()
@@ -58,8 +66,7 @@ def distribution_samples(config: StudyConfig, experiment: Any, path: Path) -> st
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.3 * len(rows)),
                              squeeze=False)
     for r, (name, row_spec) in enumerate(rows.items()):
-        ds = SyntheticNodules(row_spec, n=64, seed=PROBE_SEED_OFFSET,
-                              image_size=config.data.image_size)
+        ds = SyntheticNodules(row_spec, n=64, seed=PROBE_SEED_OFFSET, **config.data.sizes())
         picks = []
         for label in (0, 1):
             found = torch.nonzero(ds.labels == label).flatten()[:SAMPLES_PER_CLASS].tolist()
@@ -69,7 +76,7 @@ def distribution_samples(config: StudyConfig, experiment: Any, path: Path) -> st
             ax.set_xticks([])
             ax.set_yticks([])
             if index is not None:
-                ax.imshow(ds[index][0][0], cmap="gray", vmin=0, vmax=1)
+                ax.imshow(central_slice(ds[index][0][None])[0, 0], cmap="gray", vmin=0, vmax=1)
                 value = float(ds.factors[experiment.shortcut][index])
                 ax.set_title(f"{'BM'[ds.labels[index]]} {value:.3g}", fontsize=7)
             if c == 0:
@@ -196,7 +203,7 @@ def embedding_figure(config: StudyConfig, store: RunStore, experiment: Any, caus
               if store.is_done(run_id(experiment.name, loss, seed))]
     spec = training_spec(experiment).decorrelated()
     probe = SyntheticNodules(spec, n=config.data.n_probe, seed=PROBE_SEED_OFFSET,
-                             image_size=config.data.image_size)
+                             **config.data.sizes())
     fig, axes = plt.subplots(2, len(losses), figsize=(2.6 * len(losses), 5.2), squeeze=False)
     for c, loss in enumerate(losses):
         arrays = store.load_arrays(run_id(experiment.name, loss, seed))
@@ -240,10 +247,11 @@ def write_figures(config: StudyConfig, store: RunStore,
             if not store.is_done(rid):
                 continue
             arrays = store.load_arrays(rid)
-            fig = plot_gradcam_overlays(torch.from_numpy(arrays["saliency.images"]),
-                                        torch.from_numpy(arrays["saliency.maps"]),
-                                        torch.from_numpy(arrays["saliency.spicules"]))
-            fig.suptitle(f"{name}, {loss}: Grad-CAM, spicule mask contour", fontsize=9)
+            fig = plot_gradcam_overlays(
+                *(central_slice(torch.from_numpy(arrays[f"saliency.{key}"]))
+                  for key in ("images", "maps", "spicules")))
+            where = ", central axial slice" if config.data.dims == 3 else ""
+            fig.suptitle(f"{name}, {loss}: Grad-CAM, spicule mask contour{where}", fontsize=9)
             figs["saliency"][loss] = _save(fig, folder / f"gradcam_{name}_{loss}.png")
         out[name] = figs
     by_shortcut: dict[str, list[ExperimentConfig]] = {}

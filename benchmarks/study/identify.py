@@ -21,9 +21,6 @@ from .models import StudyModel
 if TYPE_CHECKING:
     from .runner import ExperimentData
 
-# Stage 3 keeps an 8 x 8 grid at 32 px (stride 4): fine enough to separate the nodule core,
-# its spicules and the background, which stage 4's 4 x 4 cannot.
-SALIENCY_LAYER = "encoder.stage3"
 EMBEDDING_LAYER = "encoder.pool"
 OVERLAY_SAMPLES = 6
 
@@ -106,10 +103,11 @@ def identify_features(
     )
     images = data.probe_images[:p.gradcam_n]
     masks = {name: mask[:p.gradcam_n] for name, mask in data.probe_masks.items()}
-    maps = grad_cam(model, SALIENCY_LAYER, images.to(device)).cpu()
+    layer = f"encoder.{model.encoder.saliency_stage}"
+    maps = grad_cam(model, layer, images.to(device)).cpu()
     # A map that is zero everywhere attributes nothing; its shares are undefined.
     attributed = maps.flatten(1).amax(dim=1) > 0
-    saliency: dict[str, Any] = {"layer": SALIENCY_LAYER, "attributed": int(attributed.sum())}
+    saliency: dict[str, Any] = {"layer": layer, "attributed": int(attributed.sum())}
     if bool(attributed.any()):
         saliency.update(saliency_energy(maps[attributed],
                                         {k: v[attributed] for k, v in masks.items()}))

@@ -1,7 +1,9 @@
 """The study's networks: an encoder with named stages, a projection head, a linear classifier.
 
 Every encoder exposes its stages as ``stage1`` … ``stageK`` and a ``pool`` so that probes
-and CKA can hook the same names whatever the architecture.
+and CKA can hook the same names whatever the architecture; ``dims`` says whether it reads
+images ``(N, 1, H, W)`` (2) or volumes ``(N, 1, D, H, W)`` (3), and ``saliency_stage``
+which stage Grad-CAM reads.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import torch
 from torch import nn
 
 
-def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True)]
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1, dims: int = 2) -> list[nn.Module]:
+    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+    return [conv(cin, cout, 3, stride, 1, bias=False), norm(cout), nn.ReLU(inplace=True)]
 
 
 class SmallCNN(nn.Module):
@@ -21,14 +23,20 @@ class SmallCNN(nn.Module):
     Small on purpose: the quick preset trains dozens of these on a 2-core CPU.
     """
 
+    dims = 2
+    # Stage 3 keeps an 8 x 8 grid at 32 px (stride 4): fine enough to separate the nodule
+    # core, its spicules and the background, which stage 4's 4 x 4 cannot.
+    saliency_stage = "stage3"
+
     def __init__(self, width: int = 16) -> None:
         super().__init__()
-        w = width
-        self.stage1 = nn.Sequential(*_conv_bn_relu(1, w))
-        self.stage2 = nn.Sequential(*_conv_bn_relu(w, 2 * w, 2))
-        self.stage3 = nn.Sequential(*_conv_bn_relu(2 * w, 4 * w, 2))
-        self.stage4 = nn.Sequential(*_conv_bn_relu(4 * w, 8 * w, 2))
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        w, dims = width, self.dims
+        self.stage1 = nn.Sequential(*_conv_bn_relu(1, w, dims=dims))
+        self.stage2 = nn.Sequential(*_conv_bn_relu(w, 2 * w, 2, dims))
+        self.stage3 = nn.Sequential(*_conv_bn_relu(2 * w, 4 * w, 2, dims))
+        self.stage4 = nn.Sequential(*_conv_bn_relu(4 * w, 8 * w, 2, dims))
+        pool = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool3d(1)
+        self.pool = nn.Sequential(pool, nn.Flatten())
         self.out_dim = 8 * w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,6 +46,17 @@ class SmallCNN(nn.Module):
     def stage_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every stage's output, spatial ``(N, C, h, w)`` for ``stage1..4``, ``(N, D)`` pooled."""
         return _stage_outputs(self, x)
+
+
+class SmallCNN3d(SmallCNN):
+    """:class:`SmallCNN` for volumes ``(N, 1, D, H, W)``: 3x3x3 convs, BatchNorm3d.
+
+    Grad-CAM reads stage 2, whose stride 2 keeps an 8 x 8 x 8 grid at 16 voxels a side
+    (stage 3 would leave 4 x 4 x 4).
+    """
+
+    dims = 3
+    saliency_stage = "stage2"
 
 
 class BasicBlock(nn.Module):
@@ -60,6 +79,9 @@ class BasicBlock(nn.Module):
 
 class ResNet18(nn.Module):
     """ResNet-18 for small one-channel images: 3x3 stem, no max-pool, stages [2, 2, 2, 2]."""
+
+    dims = 2
+    saliency_stage = "stage3"
 
     def __init__(self, width: int = 64) -> None:
         super().__init__()
@@ -99,7 +121,8 @@ def _stage_outputs(encoder: nn.Module, x: torch.Tensor,
     return out
 
 
-ENCODERS = {"small_cnn": SmallCNN, "resnet18": ResNet18}
+ENCODERS: dict[str, type[SmallCNN] | type[ResNet18]] = {
+    "small_cnn": SmallCNN, "resnet18": ResNet18, "small_cnn3d": SmallCNN3d}
 STAGES = ("stage1", "stage2", "stage3", "stage4", "pool")
 
 

@@ -19,7 +19,7 @@ from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.metrics import binary_metrics
 from nodulebench.stats import group_accuracy
 
-from .config import STUDY_LOSSES, ConfigError, ExperimentConfig, StudyConfig
+from .config import STUDY_LOSSES, ConfigError, DataConfig, ExperimentConfig, StudyConfig
 from .identify import identify_features
 from .parallel import Parallel
 from .store import RunStore, atomic_write_json
@@ -41,7 +41,7 @@ GROUPS = ("benign-aligned", "benign-conflicting", "malignant-aligned", "malignan
 
 @dataclass
 class LabelledImages:
-    """Images ``(N, 1, H, W)``, labels ``(N,)`` and group indices ``(N,)`` into GROUPS."""
+    """Images ``(N, 1, H, W)`` or ``(N, 1, D, H, W)``, labels and group indices ``(N,)``."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -138,8 +138,8 @@ def group_ids(spec: NoduleSpec, dataset: SyntheticNodules) -> torch.Tensor:
     return 2 * labels + conflicting.long()
 
 
-def _labelled(spec: NoduleSpec, n: int, seed: int, image_size: int) -> LabelledImages:
-    dataset = SyntheticNodules(spec, n=n, seed=seed, image_size=image_size)
+def _labelled(spec: NoduleSpec, n: int, seed: int, data: DataConfig) -> LabelledImages:
+    dataset = SyntheticNodules(spec, n=n, seed=seed, **data.sizes())
     return LabelledImages(dataset.render(range(n)), dataset.labels, group_ids(spec, dataset))
 
 
@@ -148,16 +148,15 @@ def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -
     d = config.data
     spec = training_spec(experiment)
     distributions = study_test_distributions(spec)
-    test_sets = {name: _labelled(test_spec, d.n_test, seed + TEST_SEED_OFFSET, d.image_size)
+    test_sets = {name: _labelled(test_spec, d.n_test, seed + TEST_SEED_OFFSET, d)
                  for name, test_spec in distributions.items()}
     probe_set = SyntheticNodules(distributions[PROBE_DISTRIBUTION], n=d.n_probe,
-                                 seed=PROBE_SEED_OFFSET, image_size=d.image_size)
+                                 seed=PROBE_SEED_OFFSET, **d.sizes())
     probe_images, probe_masks = probe_set.render(range(len(probe_set)), return_masks=True)
     return ExperimentData(
-        train=_labelled(spec, d.n_train, seed, d.image_size),
+        train=_labelled(spec, d.n_train, seed, d),
         test_sets=test_sets,
-        dfr=_labelled(distributions[PROBE_DISTRIBUTION], d.n_dfr, seed + DFR_SEED_OFFSET,
-                      d.image_size),
+        dfr=_labelled(distributions[PROBE_DISTRIBUTION], d.n_dfr, seed + DFR_SEED_OFFSET, d),
         probe_set=probe_set, probe_images=probe_images, probe_masks=probe_masks,
     )
 

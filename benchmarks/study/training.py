@@ -114,7 +114,7 @@ def train(
     per_sample: dict[str, torch.Tensor] | None = None,
     epochs: int | None = None,
 ) -> TrainedModel:
-    """Train one model with one study loss on ``images`` ``(N, 1, H, W)`` / ``labels`` ``(N,)``.
+    """Train one model with one study loss on ``images`` ``(N, 1, [D,] H, W)``, ``labels`` ``(N,)``.
 
     The batch order and the views depend on ``seed`` alone, so every loss of one seed sees
     the same batches in the same order. Under torchrun every rank draws the same global
@@ -135,7 +135,7 @@ def train(
     order_generator = torch.Generator().manual_seed(seed)
     view_generator = torch.Generator().manual_seed(seed + 1)
     model = new_model(config, study_loss, seed).to(device)
-    layout = torch.channels_last if t.channels_last else torch.contiguous_format
+    layout = memory_layout(config)
     model = model.to(memory_format=layout)
     heads: nn.Module = _Heads(model)
     if parallel.active:
@@ -224,6 +224,13 @@ def identify(config: StudyConfig, images: torch.Tensor, labels: torch.Tensor, se
                     epochs=config.train.identification_epochs)
     features = encode(trained.model, images, device)
     return (head_probabilities(trained.model.classifier, features) >= 0.5).long()
+
+
+def memory_layout(config: StudyConfig) -> torch.memory_format:
+    """The convolutions' memory format: channels-last (2-D or 3-D) or contiguous."""
+    if not config.train.channels_last:
+        return torch.contiguous_format
+    return torch.channels_last if config.data.dims == 2 else torch.channels_last_3d
 
 
 def _autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -84,7 +84,8 @@ def _set(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("train.weight_decay", -0.1, "train.weight_decay must be >= 0"),
         ("data.image_size", 8, "image_size must be an int in [16, 1024]; got 8"),
         ("data.n_dfr", 4, "data.n_dfr must be >= 8"),
-        ("model.arch", "resnet", "model.arch must be one of small_cnn, resnet18; got 'resnet'"),
+        ("model.arch", "resnet", "model.arch must be one of small_cnn, resnet18, small_cnn3d; got "
+                                "'resnet'"),
         ("loss_options.contrastive.margin", -0.2, "[loss_options.contrastive]: margin must be"),
         ("loss_options.supcon.temprature", 0.1, "[loss_options.supcon]: create_loss('supcon') got "
                                                 "unknown keyword argument(s) temprature"),
@@ -95,6 +96,50 @@ def _set(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 def test_bad_values_are_named(path: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         config_from_dict(_set(smoke(), path, value))
+    assert message in str(caught.value)
+
+
+def test_quick3d_is_quick_on_volumes() -> None:
+    quick = config_from_dict(tomllib.loads((PRESETS / "quick.toml").read_text()))
+    quick3d = config_from_dict(tomllib.loads((PRESETS / "quick3d.toml").read_text()))
+    assert quick3d.data.dims == 3
+    assert quick3d.model.arch == "small_cnn3d"
+    assert quick3d.losses == quick.losses
+    assert len(quick3d.losses) == 12
+    assert len(quick3d.seeds) >= 5
+    assert quick3d.experiments == quick.experiments
+
+
+def volumes() -> dict[str, Any]:
+    """The smoke preset on volumes: a 3-D CNN on 16-voxel volumes."""
+    return _set(_set(_set(smoke(), "data.dims", 3), "data.image_size", 16), "model.arch",
+                "small_cnn3d")
+
+
+def test_volume_config_is_accepted_and_sizes_the_generator() -> None:
+    config = config_from_dict(volumes())
+    assert config.data.sizes() == {"image_size": 16, "volume_size": 16}
+    assert config_from_dict(smoke()).data.sizes() == {"image_size": 32, "volume_size": None}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("data.dims", 4, "data.dims must be 2 (images) or 3 (volumes); got 4"),
+        ("data.dims", 1, "data.dims must be 2 (images) or 3 (volumes); got 1"),
+        ("data.dims", "3", "data.dims must be int; got '3'"),
+        ("data.dims", 3.0, "data.dims must be int; got 3.0"),
+        ("data.dims", 2, "model.arch 'small_cnn3d' reads 3-D inputs but data.dims is 2; for "
+                         "data.dims = 2 use one of small_cnn, resnet18"),
+        ("model.arch", "resnet18", "model.arch 'resnet18' reads 2-D inputs but data.dims is 3; "
+                                   "for data.dims = 3 use one of small_cnn3d"),
+        ("data.image_size", 300, "data.image_size must be in 16 .. 256 voxels for volumes "
+                                 "(data.dims = 3); got 300"),
+    ],
+)
+def test_bad_volume_values_are_named(path: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(_set(volumes(), path, value))
     assert message in str(caught.value)
 
 

@@ -116,7 +116,7 @@ def test_rerun_skips_finished_runs_and_resumes_identically(smoke: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--preset", "huge"], "unknown preset 'huge'; accepted: smoke, quick, full"),
+        (["--preset", "huge"], "unknown preset 'huge'; accepted: smoke, quick, quick3d, full"),
         (["--preset", "smoke", "--losses", "hinge"], "unknown loss 'hinge'; accepted:"),
         (["--preset", "smoke", "--device", "tpu"], "device 'tpu'"),
         (["--preset", "smoke", "--seeds", "-1"], "--seeds must be integers >= 0"),
