@@ -240,7 +240,7 @@ def encode(model: StudyModel, images: torch.Tensor, device: torch.device,
     """Float32 encoder features ``(N, D)`` in eval mode, on the device.
 
     ``autocast`` is the training's ``train.autocast``: the encoder is read in the
-    precision it was trained in (bfloat16 evaluates about 3x faster on the CPU).
+    precision it was trained in.
     """
     model.eval()
     with autocast_context(autocast, device):
