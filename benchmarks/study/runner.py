@@ -17,6 +17,7 @@ import torch
 
 from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.metrics import binary_metrics
+from nodulebench.probing import RenderCache
 from nodulebench.stats import group_accuracy
 
 from .config import STUDY_LOSSES, ConfigError, DataConfig, ExperimentConfig, StudyConfig
@@ -64,6 +65,10 @@ class ExperimentData:
     probe_masks: dict[str, torch.Tensor]
     #: The identification model's training-set predictions, computed on first need.
     identification: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # Every loss of the group is moved along the same counterfactuals: render them once.
+        self.probe_renders = RenderCache(self.probe_set)
 
 
 def group_robust_inputs(config: StudyConfig, loss: str, data: ExperimentData, seed: int,
@@ -194,7 +199,7 @@ def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: 
     heads = fit_heads(config, trained, data.train, data.dfr, seed, device)
     metrics: dict[str, dict[str, Any]] = {name: {} for name in heads}
     for test_name, test in data.test_sets.items():
-        features = encode(trained.model, test.images, device)
+        features = encode(trained.model, test.images, device, config.train.autocast)
         for head_name, head in heads.items():
             metrics[head_name][test_name] = evaluate(head_probabilities(head, features), test)
     identified, arrays = identify_features(config, trained.model, data, device)
