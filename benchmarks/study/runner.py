@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -66,9 +67,10 @@ class ExperimentData:
     #: The identification model's training-set predictions, computed on first need.
     identification: torch.Tensor | None = None
 
-    def __post_init__(self) -> None:
-        # Every loss of the group is moved along the same counterfactuals: render them once.
-        self.probe_renders = RenderCache(self.probe_set)
+    @functools.cached_property
+    def probe_renders(self) -> RenderCache:
+        """The probe set, rendering each counterfactual once for all the group's losses."""
+        return RenderCache(self.probe_set)
 
 
 def group_robust_inputs(config: StudyConfig, loss: str, data: ExperimentData, seed: int,
