@@ -81,8 +81,9 @@ def distribution_samples(config: StudyConfig, experiment: Any, path: Path) -> st
                 ax.set_title(f"{'BM'[ds.labels[index]]} {value:.3g}", fontsize=7)
             if c == 0:
                 ax.set_ylabel(name, fontsize=8)
-    fig.suptitle(f"{experiment.name}: B/M = benign/malignant, value = {experiment.shortcut}",
-                 fontsize=9)
+    where = " (central axial slices)" if config.data.dims == 3 else ""
+    fig.suptitle(f"{experiment.name}{where}: B/M = benign/malignant, value = "
+                 f"{experiment.shortcut}", fontsize=9)
     return _save(fig, path)
 
 

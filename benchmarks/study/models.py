@@ -40,11 +40,11 @@ class SmallCNN(nn.Module):
         self.out_dim = 8 * w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features ``(N, out_dim)`` of images ``(N, 1, H, W)``."""
+        """Pooled features ``(N, out_dim)`` of inputs ``(N, 1, H, W)`` or ``(N, 1, D, H, W)``."""
         return self.pool(self.stage4(self.stage3(self.stage2(self.stage1(x)))))
 
     def stage_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every stage's output, spatial ``(N, C, h, w)`` for ``stage1..4``, ``(N, D)`` pooled."""
+        """Every stage's output: ``(N, C, [d,] h, w)`` for ``stage1..4``, ``(N, D)`` pooled."""
         return _stage_outputs(self, x)
 
 
