@@ -23,14 +23,14 @@ def smoke() -> dict[str, Any]:
     return tomllib.loads((PRESETS / "smoke.toml").read_text())
 
 
-@pytest.mark.parametrize("preset", ["smoke", "quick", "full"])
+@pytest.mark.parametrize("preset", ["smoke", "quick", "quick3d", "full"])
 def test_presets_are_valid_and_hold_a_control_and_three_kinds(preset: str) -> None:
     config = config_from_dict(tomllib.loads((PRESETS / f"{preset}.toml").read_text()))
     assert any(e.strength == 0.0 for e in config.experiments)
     shortcuts = {e.shortcut for e in config.experiments}
     assert {"diameter_mm", "calcification"} <= shortcuts
     assert shortcuts & {"noise_hu", "blur_mm", "pixel_spacing_mm", "site"}
-    if preset == "quick":
+    if preset in ("quick", "quick3d"):
         assert len(config.seeds) >= 5
     if preset == "full":
         assert len(config.seeds) >= 10
