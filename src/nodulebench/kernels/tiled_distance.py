@@ -54,7 +54,7 @@ from nodulebench.kernels._tiling import (
 __all__ = ["contrastive_tiled", "triplet_all_tiled", "triplet_hard_tiled"]
 
 
-def _cosine_ready(z: torch.Tensor | None, distance: str) -> Any:
+def _cosine_ready(z: torch.Tensor | None, distance: str) -> torch.Tensor | None:
     # Cosine distance needs unit rows; normalizing under autograd keeps the kernels simple.
     if z is None or distance != "cosine":
         return z
