@@ -41,7 +41,11 @@ from nodulebench.losses._declaration import (
     positive,
     with_options_table,
 )
-from nodulebench.losses._inputs import PreparedEmbeddings, compute_dtype
+from nodulebench.losses._inputs import (
+    PreparedEmbeddings,
+    abandon_if_gathering,
+    compute_dtype,
+)
 from nodulebench.losses.modules import PairwiseLoss
 from nodulebench.losses.registry import register_loss
 
@@ -100,11 +104,22 @@ class CnCOptions(PairwiseOptions):
         return loss, valid, None
 
 
-def _pair_labels(embeddings: torch.Tensor, labels: Any, predictions: Any) -> torch.Tensor:
-    if not isinstance(embeddings, torch.Tensor):
-        raise TypeError(f"embeddings must be a torch.Tensor; got {type(embeddings).__name__}")
-    _check_row_vector("labels", labels, embeddings, "embeddings")
-    _check_row_vector("predictions", predictions, embeddings, "embeddings")
+def _pair_labels(embeddings: torch.Tensor, labels: Any, predictions: Any,
+                 options: PairwiseOptions) -> torch.Tensor:
+    """The packed pair labels of checked inputs.
+
+    A rejected input still meets the other ranks at the gather's header exchange, so
+    that they raise too instead of waiting for this rank.
+    """
+    try:
+        if not isinstance(embeddings, torch.Tensor):
+            raise TypeError(
+                f"embeddings must be a torch.Tensor; got {type(embeddings).__name__}")
+        _check_row_vector("labels", labels, embeddings, "embeddings")
+        _check_row_vector("predictions", predictions, embeddings, "embeddings")
+    except (TypeError, ValueError):
+        abandon_if_gathering(embeddings, options.gather_distributed, options.process_group)
+        raise
     return pack_pair_labels(labels, predictions)
 
 
@@ -147,7 +162,9 @@ def cnc_loss(
 
     Raises:
         TypeError: non-floating ``embeddings``, non-integer ``labels`` or ``predictions``.
-        ValueError: wrong shapes, another device, an invalid option.
+        ValueError: wrong shapes, another device, an invalid option; with
+            ``gather_distributed``, ranks whose calls disagree or another rank that
+            rejected its input (every rank raises, none waits).
 
     Example:
         >>> z = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
@@ -155,8 +172,9 @@ def cnc_loss(
         >>> print(f"{cnc_loss(z, y, k, temperature=0.5).item():.4f}")
         0.5130
     """
-    pair_labels = _pair_labels(embeddings, labels, predictions)
-    return compute_pairwise(CnCOptions.from_kwargs(**options), embeddings, pair_labels).loss
+    opts = CnCOptions.from_kwargs(**options)
+    return compute_pairwise(opts, embeddings,
+                            _pair_labels(embeddings, labels, predictions, opts)).loss
 
 
 @register_loss(CnCOptions.name, consumes="embeddings_and_predictions", requires_labels=True,
@@ -177,7 +195,7 @@ class CnCLoss(PairwiseLoss):
         self, embeddings: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor
     ) -> torch.Tensor:
         """Loss of ``embeddings`` with class ``labels`` and first-model ``predictions``."""
-        pair_labels = _pair_labels(embeddings, labels, predictions)
+        pair_labels = _pair_labels(embeddings, labels, predictions, self.options)
         return self._record(compute_pairwise(self.options, embeddings, pair_labels))
 
 
