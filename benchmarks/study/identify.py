@@ -17,6 +17,7 @@ from nodulebench.probing import (
 
 from .config import StudyConfig
 from .models import StudyModel
+from .training import autocast_context, encode
 
 if TYPE_CHECKING:
     from .runner import ExperimentData
@@ -95,15 +96,14 @@ def identify_features(
     """
     p = config.probe
     probe_set = data.probe_set
-    with torch.no_grad():
-        model.eval()
-        pooled = torch.cat([model.encoder(data.probe_images[i:i + 1024].to(device)).cpu()
-                            for i in range(0, data.probe_images.shape[0], 1024)])
+    precision = config.train.autocast
+    pooled = encode(model, data.probe_images, device, precision).cpu()
     probes = probe_factors(pooled, probeable(probe_set.factors), folds=p.folds, seed=0)
-    sensitivity = intervention_sensitivity(
-        model, probe_set, n=p.intervention_n, seed=0, embedding_layer=EMBEDDING_LAYER,
-        device=device,
-    )
+    with autocast_context(precision, device):  # read as trained, like the test sets
+        sensitivity = intervention_sensitivity(
+            model, data.probe_renders, n=p.intervention_n, seed=0,
+            embedding_layer=EMBEDDING_LAYER, device=device,
+        )
     images = data.probe_images[:p.gradcam_n]
     masks = {name: mask[:p.gradcam_n] for name, mask in data.probe_masks.items()}
     maps = grad_cam(model, SALIENCY_LAYER, images.to(device)).cpu()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import torch
 
 from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.metrics import binary_metrics
+from nodulebench.probing import RenderCache
 from nodulebench.stats import group_accuracy
 
 from .config import STUDY_LOSSES, ConfigError, ExperimentConfig, StudyConfig
@@ -64,6 +66,11 @@ class ExperimentData:
     probe_masks: dict[str, torch.Tensor]
     #: The identification model's training-set predictions, computed on first need.
     identification: torch.Tensor | None = None
+
+    @functools.cached_property
+    def probe_renders(self) -> RenderCache:
+        """The probe set, rendering each counterfactual once for all the group's losses."""
+        return RenderCache(self.probe_set)
 
 
 def group_robust_inputs(config: StudyConfig, loss: str, data: ExperimentData, seed: int,
@@ -195,7 +202,7 @@ def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: 
     heads = fit_heads(config, trained, data.train, data.dfr, seed, device)
     metrics: dict[str, dict[str, Any]] = {name: {} for name in heads}
     for test_name, test in data.test_sets.items():
-        features = encode(trained.model, test.images, device)
+        features = encode(trained.model, test.images, device, config.train.autocast)
         for head_name, head in heads.items():
             metrics[head_name][test_name] = evaluate(head_probabilities(head, features), test)
     identified, arrays = identify_features(config, trained.model, data, device)

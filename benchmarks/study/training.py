@@ -178,7 +178,7 @@ def train(
             # Views of the whole global batch (same on every rank), then this rank's shard.
             views = parallel.shard(dihedral_views(x, how.views, view_generator))
             y = parallel.shard(y)
-            with _autocast(t.autocast, device):
+            with autocast_context(t.autocast, device):
                 projections, logits = heads(views.flatten(0, 1).contiguous(memory_format=layout))
             projections, logits = projections.float(), logits.float()
             y_views = y.repeat_interleave(how.views)
@@ -243,11 +243,12 @@ def identify(config: StudyConfig, images: torch.Tensor, labels: torch.Tensor, se
     """
     trained = train(config, "cross_entropy", images, labels, seed, device, parallel=parallel,
                     epochs=config.train.identification_epochs)
-    features = encode(trained.model, images, device)
+    features = encode(trained.model, images, device, config.train.autocast)
     return (head_probabilities(trained.model.classifier, features) >= 0.5).long()
 
 
-def _autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+def autocast_context(dtype: str,
+                     device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """Mixed precision for the encoder and heads (the losses then run in float32)."""
     if dtype == "none":
         return contextlib.nullcontext()
@@ -256,11 +257,16 @@ def _autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextMan
 
 @torch.no_grad()
 def encode(model: StudyModel, images: torch.Tensor, device: torch.device,
-           batch_size: int = 1024) -> torch.Tensor:
-    """Encoder features ``(N, D)`` in eval mode, on the device."""
+           autocast: str = "none", batch_size: int = 1024) -> torch.Tensor:
+    """Float32 encoder features ``(N, D)`` in eval mode, on the device.
+
+    ``autocast`` is the training's ``train.autocast``: the encoder is read in the
+    precision it was trained in.
+    """
     model.eval()
-    return torch.cat([model.encoder(images[i:i + batch_size].to(device))
-                      for i in range(0, images.shape[0], batch_size)])
+    with autocast_context(autocast, device):
+        return torch.cat([model.encoder(images[i:i + batch_size].to(device)).float()
+                          for i in range(0, images.shape[0], batch_size)])
 
 
 def fit_linear_head(config: StudyConfig, features: torch.Tensor, labels: torch.Tensor,
@@ -288,11 +294,13 @@ def fit_heads(config: StudyConfig, trained: TrainedModel, train_set: LabelledIma
     ``dfr`` is refit on the small group-balanced set (last-layer retraining).
     """
     model = trained.model
-    linear = fit_linear_head(config, encode(model, train_set.images, device),
+    precision = config.train.autocast
+    linear = fit_linear_head(config, encode(model, train_set.images, device, precision),
                              train_set.labels, seed)
     if STUDY_LOSSES[trained.study_loss].protocol == "two_stage":
         model.classifier = linear
-    dfr = fit_linear_head(config, encode(model, dfr_set.images, device), dfr_set.labels, seed)
+    dfr = fit_linear_head(config, encode(model, dfr_set.images, device, precision),
+                          dfr_set.labels, seed)
     return {"model": model.classifier, "linear": linear, "dfr": dfr}
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from nodulebench.probing import SensitivityResult, intervention_sensitivity
+from nodulebench.probing import RenderCache, SensitivityResult, intervention_sensitivity
 
 SIZE = 24
 
@@ -191,3 +191,54 @@ def test_category_names_become_codes_and_bad_values_raise() -> None:
         intervention_sensitivity(model, data, values={"calcification": ["absent", "big"]})
     with pytest.raises(TypeError, match=re.escape("values['diameter_mm'] must hold numbers")):
         intervention_sensitivity(model, data, values={"diameter_mm": [None, 3.0]})
+
+
+class CountingNodules(DiscNodules):
+    """DiscNodules that counts its render calls."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.calls = 0
+
+    def render(self, indices, device=None, return_masks=False, overrides=None):
+        self.calls += 1
+        return super().render(indices, device, return_masks, overrides)
+
+
+def test_render_cache_renders_each_batch_once_and_changes_no_result() -> None:
+    dataset = CountingNodules(40)
+    cached = RenderCache(dataset)
+    models = [DiscMean(True), DiscMean(False)]
+    plain = [intervention_sensitivity(m, dataset, n=12, seed=3, batch_size=5) for m in models]
+    calls = dataset.calls
+    dataset.calls = 0
+    first = intervention_sensitivity(models[0], cached, n=12, seed=3, batch_size=5)
+    assert dataset.calls == calls // 2 == cached.renders  # one model's worth of renders
+    second = intervention_sensitivity(models[1], cached, n=12, seed=3, batch_size=5)
+    assert dataset.calls == calls // 2  # the second model rendered nothing
+    assert cached.hits == cached.renders
+    assert [first, second] == plain
+
+
+def test_render_cache_keys_on_indices_overrides_and_returns_copies() -> None:
+    dataset = CountingNodules(10)
+    cached = RenderCache(dataset)
+    big = {"diameter_mm": torch.full((3,), 12.0)}
+    batch = cached.render([0, 1, 2], overrides=big)
+    batch += 100.0  # an in-place edit of the returned batch must not reach the cache
+    torch.testing.assert_close(cached.render([0, 1, 2], overrides=big),
+                               dataset.render([0, 1, 2], overrides=big), rtol=0, atol=0)
+    assert cached.renders == 1
+    cached.render([0, 1, 2], overrides={"diameter_mm": torch.full((3,), 13.0)})
+    cached.render(torch.tensor([0, 1, 3]), overrides=big)
+    cached.render([0, 1, 2])
+    assert cached.renders == 4
+    assert len(cached) == 10 and cached.factors is dataset.factors
+    cached.clear()
+    cached.render([0, 1, 2])
+    assert cached.renders == 5
+
+
+def test_render_cache_names_what_the_dataset_lacks() -> None:
+    with pytest.raises(TypeError, match=re.escape("got list, which lacks factors, render")):
+        RenderCache([1, 2, 3])  # type: ignore[arg-type]

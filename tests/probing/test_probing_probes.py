@@ -123,25 +123,66 @@ def test_ridge_matches_explicit_loo_search() -> None:
     torch.testing.assert_close(predicted, (x_test - xm) @ w + ym)
 
 
-def test_logistic_matches_scipy_optimum() -> None:
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(60, 3, generator=g, dtype=torch.float64)
-    y = (x[:, 0] + 0.5 * torch.randn(60, generator=g, dtype=torch.float64) > 0).long()
-    y = y + (x[:, 1] > 1).long()
-    l2 = 0.1
+def _scipy_logistic(x: np.ndarray, y: np.ndarray, classes: int, l2: float) -> np.ndarray:
+    """Weights ``(D + 1, K)`` minimizing mean cross-entropy + (l2 / 2) ||W||^2, by BFGS."""
+    n, d = x.shape
 
     def objective(theta: np.ndarray) -> float:
-        w, b = theta[:9].reshape(3, 3), theta[9:]
-        logits = x.numpy() @ w + b
+        w, b = theta[:d * classes].reshape(d, classes), theta[d * classes:]
+        logits = x @ w + b
         logits = logits - logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        return float(-logp[np.arange(60), y.numpy()].mean() + 0.5 * l2 * (w**2).sum())
+        return float(-logp[np.arange(n), y].mean() + 0.5 * l2 * (w**2).sum())
 
-    theta = scipy.optimize.minimize(objective, np.zeros(12), method="BFGS", tol=1e-10).x
-    x_test = torch.randn(30, 3, generator=g, dtype=torch.float64)
-    expected = (x_test.numpy() @ theta[:9].reshape(3, 3) + theta[9:]).argmax(axis=1)
-    predicted = _logistic_predict(x, y, x_test, 3, l2)
-    assert predicted.tolist() == expected.tolist()
+    theta = scipy.optimize.minimize(objective, np.zeros((d + 1) * classes), method="BFGS",
+                                    tol=1e-10).x
+    return np.vstack([theta[:d * classes].reshape(d, classes), theta[d * classes:]])
+
+
+def test_logistic_problems_fitted_together_match_scipy_each() -> None:
+    # Two problems on different training rows and targets, fitted in one L-BFGS; each must
+    # predict as its own optimum does on the features standardized by its training rows.
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(90, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.2],
+                                                                             dtype=torch.float64)
+    first = (x[:, 0] + 0.5 * torch.randn(90, generator=g, dtype=torch.float64) > 0).long()
+    first = first + (x[:, 1] > 3).long()
+    second = (x[:, 2] + 0.1 * torch.randn(90, generator=g, dtype=torch.float64) > 0).long()
+    train = torch.stack([torch.arange(90) < 60, torch.arange(90) >= 30])
+    l2 = 0.1
+    predicted = _logistic_predict(x, torch.stack([first, second]), train, 3, l2)
+    for p, codes in enumerate((first, second)):
+        rows = train[p]
+        mean, std = x[rows].mean(0), x[rows].std(0, correction=0)
+        z = ((x - mean) / std).numpy()
+        theta = _scipy_logistic(z[rows.numpy()], codes[rows].numpy(), 3, l2)
+        expected = (z @ theta[:-1] + theta[-1]).argmax(axis=1)
+        assert predicted[p].tolist() == expected.tolist()
+
+
+def test_logistic_gradient_matches_autograd() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64) * 2 + 1
+    codes = torch.randint(0, 3, (2, 30), generator=g)
+    train = torch.rand(2, 30, generator=g) < 0.7
+    weight = torch.randn(4, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    mean = torch.stack([x[rows].mean(0) for rows in train], dim=1)
+    std = torch.stack([x[rows].std(0, correction=0) for rows in train], dim=1)
+    loss = sum(
+        torch.nn.functional.cross_entropy(
+            ((x[rows] - mean[:, p]) / std[:, p]) @ weight[:, p] + bias[p], codes[p][rows]
+        )
+        for p, rows in enumerate(train)
+    ) + 0.05 * (weight**2).sum()
+    loss.backward()
+    row_weight = (train.double() / train.double().sum(1, keepdim=True)).T
+    onehot = torch.nn.functional.one_hot(codes.T, 3).double()
+    value, d_weight, d_bias = _logistic_objective(x, onehot, row_weight, mean, std,
+                                                  weight.detach(), bias.detach(), 0.1)
+    torch.testing.assert_close(value, loss.detach())
+    torch.testing.assert_close(d_weight, weight.grad)
+    torch.testing.assert_close(d_bias, bias.grad)
 
 
 @pytest.mark.parametrize(
@@ -171,17 +212,3 @@ def test_bad_input_names_the_argument(features, factors, kwargs, exc, fragment) 
     with pytest.raises(exc, match=re.escape(fragment)):
         probe_factors(features, factors, **kwargs)
 
-
-def test_logistic_gradient_matches_autograd() -> None:
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (30,), generator=g)
-    onehot = torch.nn.functional.one_hot(y, 3).double()
-    weight = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
-    loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + 0.05 * (weight**2).sum()
-    loss.backward()
-    value, d_weight, d_bias = _logistic_objective(x, onehot, weight.detach(), bias.detach(), 0.1)
-    torch.testing.assert_close(value, loss.detach())
-    torch.testing.assert_close(d_weight, weight.grad)
-    torch.testing.assert_close(d_bias, bias.grad)

@@ -3,7 +3,8 @@
 * :func:`extract_features` collects pooled activations of named modules;
 * :func:`probe_factors` fits cross-validated linear probes with shuffled-target controls;
 * :func:`intervention_sensitivity` changes one generative factor at a time and measures
-  the model's response;
+  the model's response (:class:`RenderCache` renders each counterfactual once when
+  several models are compared);
 * :func:`linear_cka` compares two representations (:func:`gram_linear_cka` from Grams);
 * :func:`grad_cam` and :func:`mask_energy` score saliency against ground-truth masks;
 * :func:`project_embeddings` gives PCA coordinates for plotting;
@@ -17,7 +18,11 @@ from __future__ import annotations
 
 from nodulebench.probing.cka import gram_linear_cka, linear_cka
 from nodulebench.probing.features import extract_features
-from nodulebench.probing.interventions import InterventionDataset, intervention_sensitivity
+from nodulebench.probing.interventions import (
+    InterventionDataset,
+    RenderCache,
+    intervention_sensitivity,
+)
 from nodulebench.probing.plotting import (
     plot_embedding_scatter,
     plot_gradcam_overlays,
@@ -33,6 +38,7 @@ __all__ = [
     "EmbeddingProjection",
     "InterventionDataset",
     "ProbeResult",
+    "RenderCache",
     "SensitivityResult",
     "extract_features",
     "grad_cam",
