@@ -38,6 +38,7 @@ EXPECTED = {
     "fields": ("every rank must pass the same fields in the same order", ("a=1.0", "b=1.0")),
     "clip_temperature": ("every rank must pass the same temperature", ("0.1", "0.2")),
     "two_tower_loss": ("every rank must pass the same loss", ("'clip'", "'siglip'")),
+    "dro_step_size": ("every rank must pass the same step_size", ("0.01", "0.02")),
 }
 
 
@@ -51,6 +52,7 @@ REJECTED_ON_RANK_1 = {
     "siglip_towers": "ValueError: text_emb must have image_emb's shape (B, D) = (4, 5)",
     "siglip_bias_shape": "ValueError: bias must be a float or a 0-dim tensor",
     "siglip_module_device": "ValueError: text_emb must be on image_emb's device cpu",
+    "dro_groups_out_of_range": "ValueError: groups must lie in [0, 4) for num_groups = 4",
 }
 
 

@@ -24,7 +24,12 @@ from nodulebench._validation import (
     check_integer_tensor,
     check_ndim,
 )
-from nodulebench.distributed import get_world_size, is_distributed, sum_over_ranks
+from nodulebench.distributed import (
+    gather_sizes,
+    get_world_size,
+    is_distributed,
+    sum_over_ranks,
+)
 from nodulebench.kernels._dense import SUPCON_VARIANTS, pack_pair_labels
 from nodulebench.kernels.dispatch import run_per_anchor
 from nodulebench.losses._declaration import (
@@ -332,7 +337,10 @@ def group_dro_loss(
 
     With ``gather_distributed=True`` the group sums of :math:`\ell` and the counts
     :math:`m_g` are summed over the ranks before the update, so every rank computes the
-    same :math:`q`; each rank returns :math:`W` times its share
+    same :math:`q`. Before that the ranks exchange one header (as the pairwise losses do):
+    ranks whose logits (but for ``B``), options or ``update`` differ all raise the same
+    ``ValueError``, and a rank that rejects its own input makes the others raise one
+    naming it, instead of leaving them waiting. Each rank returns :math:`W` times its share
     :math:`\sum_g q_g \sum_{b \in \text{rank}, g_b = g} \ell_b / m_g`, whose average over
     the :math:`W` ranks (DDP's gradient averaging) is the single-process loss.
 
@@ -352,7 +360,8 @@ def group_dro_loss(
     Raises:
         TypeError: non-tensor or non-floating ``logits``, non-integer ``labels``/``groups``.
         ValueError: wrong shapes, ids out of range, a tensor on another device, an
-            invalid option.
+            invalid option; with ``gather_distributed``, ranks whose calls disagree or
+            another rank that rejected its input (every rank raises, none waits).
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]])
@@ -362,7 +371,15 @@ def group_dro_loss(
         [0.156, 0.188, 0.511, 0.144]
     """
     opts = GroupDROOptions.from_kwargs(**options)
-    _check_dro_inputs(logits, labels, groups, group_weights, opts.num_groups)
+    try:
+        _check_dro_inputs(logits, labels, groups, group_weights, opts.num_groups)
+    except (TypeError, ValueError):
+        abandon_if_gathering(logits, opts.gather_distributed, opts.process_group)
+        raise
+    if opts.gather_distributed:
+        # The ranks' logits and options must agree before their group sums are added.
+        gather_sizes(logits, opts.process_group, agree={**opts.header(), "update": update},
+                     name="logits")
     dtype = compute_dtype(logits.dtype)
     per_sample = F.cross_entropy(logits.to(dtype), labels.to(torch.int64), reduction="none")
     groups = groups.to(torch.int64)
