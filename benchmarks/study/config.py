@@ -123,7 +123,8 @@ class TrainConfig:
 
     ``autocast`` runs the encoder and heads of stage 1 in mixed precision (``"bfloat16"``,
     fast on CPUs with bf16 instructions and on GPUs) or not at all (``"none"``); the
-    losses, the linear heads and every evaluation stay in float32. ``channels_last`` is
+    encoder is read in the same precision for evaluation, probes and interventions, while
+    the losses, the linear heads, Grad-CAM and the CKA Grams stay in float32. ``channels_last`` is
     the memory layout of the convolutions (faster on CPU, same arithmetic).
 
     ``identification_epochs`` (JTT's T) trains the cross-entropy model whose

@@ -160,8 +160,9 @@ def train(
         parameters += list(model.classifier.parameters())
     n = images.shape[0]
     steps_per_epoch = n // t.batch_size
+    # One fused kernel updates every parameter (foreach still loops over op groups).
     optimizer = torch.optim.AdamW(parameters, lr=t.lr, weight_decay=t.weight_decay,
-                                  foreach=True)
+                                  fused=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=t.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
     )

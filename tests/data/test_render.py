@@ -131,3 +131,18 @@ def test_batch_size_and_thread_count_stay_within_the_documented_bound() -> None:
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(two, together, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [{"image_size": 32}, {"volume_size": 16}])
+def test_a_callers_autocast_does_not_change_the_samples(size: dict[str, int]) -> None:
+    # A model read in bfloat16 around an intervention must see the float32 samples.
+    ds = SyntheticNodules(NoduleSpec(), n=4, seed=3, **size)
+    plain, masks = ds.render(range(4), return_masks=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast, cast_masks = ds.render(range(4), return_masks=True,
+                                     overrides={"diameter_mm": 12.0})
+        again = ds.render(range(4))
+    assert again.dtype == torch.float32
+    assert torch.equal(again, plain)
+    assert torch.equal(cast, ds.render(range(4), overrides={"diameter_mm": 12.0}))
+    assert masks.keys() == cast_masks.keys()

@@ -1,7 +1,8 @@
 """Reference sets and the cross-batch memory with gather_distributed=True.
 
 A reference set: each rank's anchors meet every rank's reference rows, and the exactness
-contract of :mod:`nodulebench.distributed` holds for both tensors (the average over ranks
+contract of :mod:`nodulebench.distributed` holds for both tensors, on the reference and
+the tiled backends (the average over ranks
 of the losses is the single-process loss; each rank's gradients of its anchors and of its
 reference rows, divided by the world size, are the single-process gradients of those
 rows). The memory: every rank enqueues the gathered batch once, so all ranks hold the
@@ -10,6 +11,7 @@ same memory, and the next step's loss is exact too.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ LOSSES = {
     "triplet-all": (LF.triplet_margin_loss, {"mining": "all", "margin": 0.5}),
     "multi-similarity": (LF.multi_similarity_loss, {"base": 0.0, "beta": 10.0}),
 }
+BACKENDS = ("reference", "tiled")
 
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,13 +52,14 @@ def run_ranks(rank: int, world_size: int) -> dict[str, Any]:
     embeddings, labels, ref_emb, ref_labels = inputs()
     mine, my_refs = rank_slice(ANCHORS, rank), rank_slice(REFS, rank)
     results = {}
-    for name, (fn, options) in LOSSES.items():
+    for (name, (fn, options)), backend in itertools.product(LOSSES.items(), BACKENDS):
         rows = embeddings[mine].clone().requires_grad_(True)
         refs = ref_emb[my_refs].clone().requires_grad_(True)
         loss = fn(rows, labels[mine], ref_emb=refs, ref_labels=ref_labels[my_refs],
-                  gather_distributed=True, **options)
+                  gather_distributed=True, backend=backend, **options)
         loss.backward()
-        results[name] = {"loss": loss.detach(), "grad": rows.grad, "ref_grad": refs.grad}
+        results[f"{name}/{backend}"] = {"loss": loss.detach(), "grad": rows.grad,
+                                        "ref_grad": refs.grad}
     memory = CrossBatchMemory(SupConLoss(gather_distributed=True), embedding_size=3,
                               memory_size=16, dtype=torch.float64)
     memory(embeddings[mine], labels[mine])  # fills the memory with the gathered batch
@@ -78,9 +82,10 @@ def per_rank(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     return run_distributed(run_ranks, WORLD_SIZE, workdir)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_loss_and_both_gradients_equal_single_process(
-    per_rank: list[dict[str, Any]], name: str
+    per_rank: list[dict[str, Any]], name: str, backend: str
 ) -> None:
     fn, options = LOSSES[name]
     embeddings, labels, ref_emb, ref_labels = inputs()
@@ -90,7 +95,7 @@ def test_loss_and_both_gradients_equal_single_process(
     single.backward()
     assert embeddings.grad is not None and ref_emb.grad is not None
     assert ref_emb.grad.abs().sum() > 0, "vacuous case: no gradient reaches the reference"
-    results = [r[name] for r in per_rank]
+    results = [r[f"{name}/{backend}"] for r in per_rank]
     tight = {"rtol": 1e-10, "atol": 1e-12}
     torch.testing.assert_close(sum(r["loss"] for r in results) / WORLD_SIZE, single.detach(),
                                **tight)

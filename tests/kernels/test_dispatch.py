@@ -111,12 +111,17 @@ def test_kernels_are_plain_references_not_names() -> None:
         assert all(callable(fn) for fn in info.load().values())
 
 
-def test_reference_sets_are_served_by_the_reference_only() -> None:
+def test_reference_sets_are_served_by_the_reference_and_tiled_backends() -> None:
     z, ref = torch.randn(3, 4), torch.randn(5, 4)
     reference = (ref, torch.arange(5) % 2)
     assert select_backend("supcon", "auto", z, reference=reference) == "reference"
-    with pytest.raises(ValueError, match=r"backend='tiled' .* reference set"):
-        select_backend("supcon", "tiled", z, reference=reference)
+    assert select_backend("supcon", "tiled", z, reference=reference) == "tiled"
+    # "auto" weighs anchors x reference rows against the crossover's square.
+    bank = (torch.randn(4096, 4), torch.arange(4096) % 2)
+    assert select_backend("supcon", "auto", torch.randn(256, 4), reference=bank) == "tiled"
+    assert select_backend("supcon", "auto", torch.randn(255, 4), reference=bank) == "reference"
+    with pytest.raises(ValueError, match=r"backend='triton' .* a reference set"):
+        select_backend("supcon", "triton", z, reference=reference)
 
 
 def test_run_per_anchor_calls_the_selected_kernel() -> None:

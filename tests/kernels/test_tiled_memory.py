@@ -64,11 +64,46 @@ def grows_linearly(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> 
     return large <= 6 * small and large <= 32 * 512 * D
 
 
+
+def against_reference(kernel: Callable[..., tuple[torch.Tensor, ...]], **options: object
+                      ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The first half of the rows as anchors, the second half as their reference set."""
+
+    def run(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        half = z.shape[0] // 2
+        return kernel(z[:half], y[:half], reference=(z[half:], y[half:]), block_size=32,
+                      **options)[0]
+
+    return run
+
+
+REFERENCE_KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "supcon_out": against_reference(supcon_tiled, temperature=0.1),
+    "supcon_in": against_reference(supcon_tiled, temperature=0.1, variant="in"),
+    "contrastive": against_reference(contrastive_tiled),
+    "triplet_hard": against_reference(triplet_hard_tiled),
+    "triplet_all": against_reference(triplet_all_tiled),
+    "multi_similarity": against_reference(multi_similarity_tiled),
+}
+
+
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_saved_tensors_grow_linearly(name: str) -> None:
     assert grows_linearly(KERNELS[name])
 
 
+@pytest.mark.parametrize("name", sorted(REFERENCE_KERNELS))
+def test_saved_tensors_grow_linearly_with_a_reference_set(name: str) -> None:
+    assert grows_linearly(REFERENCE_KERNELS[name])
+
+
 def test_the_check_catches_a_dense_implementation() -> None:
     # The dense reference backend keeps its N x N similarity matrix for backward.
     assert not grows_linearly(lambda z, y: supcon_reference(z, y, temperature=0.1)[0])
+
+    def dense_against_reference(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        half = z.shape[0] // 2
+        return supcon_reference(z[:half], y[:half], temperature=0.1,
+                                reference=(z[half:], y[half:]))[0]
+
+    assert not grows_linearly(dense_against_reference)

@@ -68,6 +68,30 @@ def test_step_compiles_in_one_graph_and_matches_eager(name: str, backend: str,
     assert compiled_loss.num_excluded_anchors == eager_loss.num_excluded_anchors == 0
 
 
+@pytest.mark.parametrize("backend", ["reference", "tiled"])
+def test_step_with_a_reference_set_compiles_in_one_graph(backend: str) -> None:
+    # Anchors and reference rows both come from the model: the gradient reaches it twice.
+    x, labels = inputs()
+    ref_x = x[:7, 0].flip(0) + 0.5
+    ref_labels = torch.arange(7) % 4  # class 3 is absent from the anchors
+    torch._dynamo.reset()
+    eager_model, eager_loss = make_step("supcon", backend, {"temperature": 0.5})
+    compiled_model, compiled_loss = make_step("supcon", backend, {"temperature": 0.5})
+
+    def forward(model: torch.nn.Module, loss_fn: torch.nn.Module) -> torch.Tensor:
+        return loss_fn(model(x), labels, ref_emb=model(ref_x), ref_labels=ref_labels)
+
+    explanation = torch._dynamo.explain(forward)(compiled_model, compiled_loss)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
+    got = compiled(compiled_model, compiled_loss)
+    got.backward()
+    want = forward(eager_model, eager_loss)
+    want.backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(compiled_model.weight.grad, eager_model.weight.grad)
+
+
 @pytest.fixture
 def no_host_sync(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Make every way of reading a tensor's value on the host raise."""

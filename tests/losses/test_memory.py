@@ -9,6 +9,7 @@ import torch
 
 from _loss_cases import make_batch
 from nodulebench import ContrastiveLoss, CrossEntropyLoss, SupConLoss, TripletMarginLoss
+from nodulebench.kernels import dispatch
 from nodulebench.losses import CrossBatchMemory
 from nodulebench.losses import functional as LF
 
@@ -65,6 +66,37 @@ def test_remembers_the_prepared_rows_of_every_view_first_in_first_out() -> None:
     torch.testing.assert_close(memory.embeddings, rows[order])
     torch.testing.assert_close(memory.labels, labels[order])
     assert memory.filled == 5
+
+
+def test_auto_runs_a_full_memory_on_the_tiled_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 32 anchors x (32 + 2048) columns pass batch-hard triplet's crossover (256 x 256).
+    calls: list[str] = []
+    tiled = dispatch.BACKENDS["tiled"].kernel("triplet_hard")
+
+    def counted(*args: object, **kwargs: object) -> tuple[torch.Tensor, ...]:
+        calls.append("triplet_hard")
+        return tiled(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "_TILED_KERNELS", {"triplet_hard": counted})
+    size = 2048
+    memory = CrossBatchMemory(TripletMarginLoss(reduction="none"), embedding_size=3,
+                              memory_size=size, dtype=torch.float64)
+    bank, bank_labels = make_batch(0, size, None, 3, 4)
+    unit_bank = torch.nn.functional.normalize(bank, dim=1)
+    memory.load_state_dict({"embeddings": unit_bank, "labels": bank_labels,
+                            "_extra_state": {"filled": size, "position": 0}})
+    embeddings, labels = make_batch(1, 32, None, 3, 4)
+    embeddings.requires_grad_(True)
+    got = memory(embeddings, labels)
+    assert calls == ["triplet_hard"]
+    (grad,) = torch.autograd.grad(got.sum(), embeddings)
+    probe = embeddings.detach().clone().requires_grad_(True)
+    want = LF.triplet_margin_loss(torch.cat([probe, unit_bank]),
+                                  torch.cat([labels, bank_labels]), reduction="none",
+                                  backend="reference")[:32]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    (want_grad,) = torch.autograd.grad(want.sum(), probe)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
 
 
 def test_state_dict_resumes_the_same_memory() -> None:

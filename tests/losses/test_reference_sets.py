@@ -15,7 +15,8 @@ from _loss_cases import (
     ref_supcon,
     ref_triplet,
 )
-from nodulebench import SupConLoss, create_loss, get_loss_info, list_losses
+from nodulebench import NTXentLoss, SupConLoss, create_loss, get_loss_info, list_losses
+from nodulebench.kernels import dispatch
 from nodulebench.losses import functional as LF
 
 Case = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor], dict[str, object]]
@@ -34,7 +35,12 @@ CASES: dict[str, Case] = {
                          {"beta": 10.0, "base": 0.0, "epsilon": 0.5}),
 }
 # (anchor batch, anchor views, reference batch, reference views, D, classes)
-SHAPES = [(5, None, 7, None, 4, 3), (4, 2, 6, 3, 3, 2), (1, None, 9, 2, 5, 3)]
+SHAPES = [(5, None, 7, None, 4, 3), (4, 2, 6, 3, 3, 2), (1, None, 9, 2, 5, 3),
+          (6, None, 1, None, 3, 2)]
+# The cases the tiled kernels serve (semi-hard mining and PML's form are dense only).
+TILED_CASES = sorted(set(CASES) - {"contrastive-pml", "triplet-semihard-cos"})
+BACKEND_CASES = [(name, "reference") for name in sorted(CASES)] + [
+    (name, "tiled") for name in TILED_CASES]
 
 
 def case_inputs(seed: int, shape: tuple[int, int | None, int, int | None, int, int]
@@ -45,16 +51,16 @@ def case_inputs(seed: int, shape: tuple[int, int | None, int, int | None, int, i
     return embeddings, labels, ref_emb, ref_labels
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize(("name", "backend"), BACKEND_CASES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_matches_loop_reference(name: str, shape: tuple[int, int | None, int, int | None,
-                                                        int, int], reduction: str) -> None:
+def test_matches_loop_reference(name: str, backend: str, shape: tuple[
+        int, int | None, int, int | None, int, int], reduction: str) -> None:
     fn, ref, kwargs = CASES[name]
     for seed in range(2):
         embeddings, labels, ref_emb, ref_labels = case_inputs(seed, shape)
         got = fn(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels,
-                 reduction=reduction, **kwargs)
+                 reduction=reduction, backend=backend, **kwargs)
         want = ref(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels,
                    reduction=reduction, **kwargs)
         expected_shape = embeddings.shape[:-1] if reduction == "none" else ()
@@ -62,15 +68,15 @@ def test_matches_loop_reference(name: str, shape: tuple[int, int | None, int, in
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_exact_gradients_to_anchors_and_reference(name: str) -> None:
+@pytest.mark.parametrize(("name", "backend"), BACKEND_CASES)
+def test_exact_gradients_to_anchors_and_reference(name: str, backend: str) -> None:
     fn, _, kwargs = CASES[name]
     embeddings, labels, ref_emb, ref_labels = case_inputs(3, (4, 2, 5, None, 3, 2))
     embeddings.requires_grad_(True)
     ref_emb.requires_grad_(True)
 
     def loss(e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return fn(e, labels, ref_emb=r, ref_labels=ref_labels, **kwargs)
+        return fn(e, labels, ref_emb=r, ref_labels=ref_labels, backend=backend, **kwargs)
 
     assert torch.autograd.gradcheck(loss, (embeddings, ref_emb))
     loss(embeddings, ref_emb).backward()
@@ -112,15 +118,54 @@ def test_gather_without_process_group_is_the_plain_reference_loss() -> None:
     torch.testing.assert_close(gathered, plain, rtol=0, atol=0)
 
 
-def test_backends_that_cannot_compare_with_a_reference_set_say_why() -> None:
-    embeddings, labels, ref_emb, ref_labels = case_inputs(6, (4, None, 6, None, 3, 2))
-    with pytest.raises(ValueError, match=r"backend='tiled' cannot .* a reference set"):
-        SupConLoss(backend="tiled")(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels)
-    # "auto" takes the reference, even past the tiled crossover.
-    big, big_labels = make_batch(7, 64, None, 3, 4)
+def test_auto_takes_the_tiled_kernels_past_the_crossover(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    def counted(name: str) -> Callable[..., tuple[torch.Tensor, ...]]:
+        kernel = dispatch.BACKENDS["tiled"].kernel(name)
+
+        def run(*args: object, **kwargs: object) -> tuple[torch.Tensor, ...]:
+            calls.append(name)
+            return kernel(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(dispatch, "_TILED_KERNELS", {"supcon": counted("supcon")})
+    small, small_labels = make_batch(6, 4, None, 3, 4)
+    big, big_labels = make_batch(7, 256, None, 3, 4)
     bank, bank_labels = make_batch(8, 4096, None, 3, 4)
+    loss = SupConLoss()(small, small_labels, ref_emb=bank[:8], ref_labels=bank_labels[:8])
+    assert calls == [] and torch.isfinite(loss)
+    # 256 anchors x 4096 reference rows reach SupCon's crossover (1024 x 1024).
     loss = SupConLoss()(big, big_labels, ref_emb=bank, ref_labels=bank_labels)
-    assert torch.isfinite(loss)
+    assert calls == ["supcon"]
+    expected = SupConLoss(backend="reference")(big, big_labels, ref_emb=bank,
+                                               ref_labels=bank_labels)
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_triton_declines_reference_sets_with_its_reason() -> None:
+    embeddings, labels, ref_emb, ref_labels = case_inputs(6, (4, None, 6, None, 3, 2))
+    with pytest.raises(ValueError, match=r"backend='triton' cannot .* a reference set"):
+        SupConLoss(backend="triton")(embeddings, labels, ref_emb=ref_emb,
+                                     ref_labels=ref_labels)
+
+
+def test_ntxent_takes_no_reference_set_and_says_why() -> None:
+    view1, _ = make_batch(1, 4, None, 3, 2)
+    view2, _ = make_batch(2, 4, None, 3, 2)
+    ref_emb, ref_labels = make_batch(3, 5, None, 3, 2)
+    reason = r"NT-Xent takes no ref_emb / ref_labels: its positives are the other views"
+    with pytest.raises(TypeError, match=reason):
+        LF.ntxent_loss(view1, view2, ref_emb=ref_emb, ref_labels=ref_labels)
+    with pytest.raises(TypeError, match=reason):
+        LF.ntxent_loss(view1, view2, ref_emb=ref_emb)
+    with pytest.raises(TypeError, match=reason):
+        NTXentLoss()(view1, view2, ref_emb=ref_emb, ref_labels=ref_labels)
+    with pytest.raises(TypeError, match=reason):
+        NTXentLoss()(view1, view2, ref_labels=ref_labels)
 
 
 def test_bad_reference_sets_get_named_errors() -> None:

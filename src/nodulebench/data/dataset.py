@@ -380,9 +380,12 @@ class SyntheticNodules(Dataset[Any]):
             return (images, batch) if return_factors else images
         on_device = {name: v.to(dev) for name, v in batch.items()}
         renderer = render_hu if self.volume_size is None else render_volume_hu
-        images, masks = renderer(on_device, self.seed, idx, self.image_size,
-                                 with_masks=return_masks,
-                                 window_hu=LUNG_WINDOW_HU if self.output == "window" else None)
+        # A caller's autocast (a model read in bfloat16) must not change the samples' bytes.
+        with torch.autocast(dev.type, enabled=False):
+            images, masks = renderer(on_device, self.seed, idx, self.image_size,
+                                     with_masks=return_masks,
+                                     window_hu=LUNG_WINDOW_HU if self.output == "window"
+                                     else None)
         out: tuple[Any, ...] = (images,)
         if return_masks and masks is not None:
             out += ({k: masks[k] for k in MASK_NAMES},)

@@ -45,10 +45,20 @@ def _call(fn: KernelFunction, tensors: Sequence[torch.Tensor], options_text: str
           ) -> tuple[torch.Tensor, ...]:
     """``fn`` on the positional tensors, with the tensor options put back by name."""
     options = _decode(options_text)
-    names: list[str] = options.pop("__tensor_options__")
-    positional = len(tensors) - len(names)
-    by_name = dict(zip(names, tensors[positional:], strict=True))
+    # (name, None) for a tensor option, (name, k) for a tuple of k tensors (a reference set).
+    names: list[tuple[str, int | None]] = options.pop("__tensor_options__")
+    positional = len(tensors) - sum(1 if count is None else count for _, count in names)
+    rest = iter(tensors[positional:])
+    by_name = {name: next(rest) if count is None else tuple(next(rest) for _ in range(count))
+               for name, count in names}
     return fn(*tensors[:positional], **options, **by_name)
+
+
+def _tensor_option(value: object) -> bool:
+    """Whether an option travels as tensors: a tensor, or a tuple of them."""
+    return isinstance(value, torch.Tensor) or (
+        isinstance(value, tuple) and len(value) > 0
+        and all(isinstance(item, torch.Tensor) for item in value))
 
 
 def _operators(name: str, fn: KernelFunction, outputs: int) -> Callable[..., Any]:
@@ -102,7 +112,9 @@ def _operators(name: str, fn: KernelFunction, outputs: int) -> Callable[..., Any
 
 
 def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(like) if grad is None else grad
+    # A copy: an operator's outputs may not alias each other (a kernel with a reference
+    # set returns the gradients of z and ref_z as two views of one matrix).
+    return torch.zeros_like(like) if grad is None else grad.clone()
 
 
 def eager_under_compile(fn: _F) -> _F:
@@ -111,7 +123,8 @@ def eager_under_compile(fn: _F) -> _F:
     ``fn(*tensors, **options)`` must return ``(loss, valid)`` or ``(total, count,
     valid)`` with one entry per anchor (the rows of its first tensor, or ``row_range``),
     differentiable in ``loss``/``total`` only; an option is a tensor (a learnable
-    scale) or a Python literal (numbers, strings, ``row_range`` pairs).
+    scale), a tuple of tensors (a ``reference`` set) or a Python literal (numbers,
+    strings, ``row_range`` pairs).
     """
     outputs = len(typing.get_args(typing.get_type_hints(fn)["return"]))
     operator = _operators(fn.__name__, fn, outputs)
@@ -120,11 +133,13 @@ def eager_under_compile(fn: _F) -> _F:
     def wrapper(*tensors: torch.Tensor, **options: Any) -> Any:
         if not torch.compiler.is_compiling():
             return fn(*tensors, **options)
-        names = sorted(key for key, value in options.items()
-                       if isinstance(value, torch.Tensor))
+        names = sorted(key for key, value in options.items() if _tensor_option(value))
         literals = {key: value for key, value in options.items() if key not in names}
-        literals["__tensor_options__"] = names
-        extra = [options[key] for key in names]
+        literals["__tensor_options__"] = [
+            (key, None if isinstance(options[key], torch.Tensor) else len(options[key]))
+            for key in names]
+        extra = [t for key in names for t in (
+            (options[key],) if isinstance(options[key], torch.Tensor) else options[key])]
         return tuple(operator([*tensors, *extra], _encode(literals)))
 
     return wrapper  # type: ignore[return-value]

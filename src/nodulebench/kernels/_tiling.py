@@ -1,8 +1,12 @@
 """Shared pieces of the tiled engine: row blocks, argument checks, distance tiles.
 
-Every tiled kernel walks over blocks of ``block_size`` anchor rows; a block sees all ``N``
-columns, so the largest temporary is ``block_size x N`` and nothing of size ``N x N`` is
-ever held. The helpers here build the distance tile of a row block and push a tile of
+Every tiled kernel walks over blocks of ``block_size`` anchor rows; a block sees all ``M``
+columns, so the largest temporary is ``block_size x M`` and nothing of size ``N x M`` is
+ever held. The anchors and the columns are two row ranges of one matrix ``z``: the same
+rows by default, a distributed loss's own rows against the gathered batch
+(``row_range``), or every row of the batch against a separate reference set appended to
+it (:func:`join_reference`); a column is an anchor's self-pair iff it is the same row.
+The helpers here build the distance tile of a row block and push a tile of
 upstream weights ``dL/dd_ij`` back to the embeddings, both as row and as column
 contributions (the distance is symmetric in its two arguments).
 """
@@ -27,10 +31,15 @@ __all__ = [
     "check_prepared",
     "check_row_range",
     "distance_tile",
+    "has_self_pairs",
+    "join_reference",
     "eager_under_compile",
     "pair_distance",
+    "reference_rows",
     "row_blocks",
     "scatter_distance_grad",
+    "split_rows",
+    "stack_rows",
     "scatter_pair_grad",
     "self_mask",
     "tile_pairs",
@@ -44,29 +53,36 @@ TILE_ELEMENTS = 2**22
 
 
 
-def check_prepared(z: torch.Tensor, labels: torch.Tensor, block_size: int | None) -> int:
+def check_prepared(
+    z: torch.Tensor, labels: torch.Tensor, block_size: int | None,
+    columns: tuple[int, int] | None = None, names: tuple[str, str] = ("z", "labels"),
+) -> int:
     """Check the prepared inputs shared by every tiled kernel; return the block size.
 
-    ``block_size=None`` picks ``TILE_ELEMENTS // N`` rows (at least 16, at most ``N``).
+    ``block_size=None`` picks ``TILE_ELEMENTS // M`` rows (at least 16, at most ``N``)
+    for ``M`` columns: the rows ``columns`` of ``z`` (all ``N`` rows by default).
+    ``names`` name the two tensors in the errors.
     """
-    check_ndim("z", z, (2,), "(N, D)")
-    check_floating("z", z)
+    z_name, labels_name = names
+    check_ndim(z_name, z, (2,), "(N, D)")
+    check_floating(z_name, z)
     if z.dtype not in (torch.float32, torch.float64):
         raise TypeError(
-            f"z must be float32 or float64 (prepared inputs are upcast); got {z.dtype}"
+            f"{z_name} must be float32 or float64 (prepared inputs are upcast); got {z.dtype}"
         )
-    check_ndim("labels", labels, (1,), "(N,)")
+    check_ndim(labels_name, labels, (1,), "(N,)")
     if labels.dtype != torch.int64:
-        raise TypeError(f"labels must have dtype torch.int64; got {labels.dtype}")
+        raise TypeError(f"{labels_name} must have dtype torch.int64; got {labels.dtype}")
     if labels.shape[0] != z.shape[0]:
-        raise ValueError(
-            f"labels must have one entry per row of z ({z.shape[0]}); got {labels.shape[0]}"
-        )
+        raise ValueError(f"{labels_name} must have one entry per row of {z_name} "
+                         f"({z.shape[0]}); got {labels.shape[0]}")
     if labels.device != z.device:
-        raise ValueError(f"labels must be on z's device {z.device}; got {labels.device}")
+        raise ValueError(f"{labels_name} must be on {z_name}'s device {z.device}; "
+                         f"got {labels.device}")
     n = z.shape[0]
     if block_size is None:
-        return max(16, min(n, TILE_ELEMENTS // max(n, 1)))
+        m = n if columns is None else columns[1] - columns[0]
+        return max(16, min(n, TILE_ELEMENTS // max(m, 1)))
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int or None; got {block_size!r}")
     return block_size
@@ -103,10 +119,83 @@ def check_row_range(row_range: tuple[int, int] | None, n: int) -> tuple[int, int
     return row_range
 
 
-def self_mask(start: int, stop: int, n: int, device: torch.device) -> torch.Tensor:
-    """Boolean ``(stop - start, n)`` tile that is True on the self-pairs ``(i, i)``."""
+def join_reference(
+    z: torch.Tensor, labels: torch.Tensor, row_range: tuple[int, int] | None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor | None, torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """Check a kernel call; return ``(ref_z, labels, anchors, columns)``.
+
+    The kernels see the anchors and the columns as two row ranges of one matrix,
+    :func:`stack_rows` of ``z`` and ``ref_z``, with the labels returned here. Without
+    ``reference`` (``ref_z`` None) the anchors are ``row_range`` (every row by default)
+    and the columns every row. With ``reference=(ref_z, ref_labels)`` (``(M, D)``,
+    ``(M,)``) the anchors are the ``N`` rows of ``z`` and the columns the ``M`` rows
+    appended after them, so none is an anchor's self-pair; the kernel splits its
+    gradient back with :func:`split_rows`. The copy is ``O((N + M) D)``.
+    """
+    check_prepared(z, labels, None)
+    n = z.shape[0]
+    if reference is None:
+        return None, labels, check_row_range(row_range, n), (0, n)
+    if row_range is not None:
+        raise ValueError("row_range and reference are exclusive: with a reference set "
+                         f"every row of z is an anchor; got row_range={row_range!r}")
+    if not isinstance(reference, tuple) or len(reference) != 2:
+        raise TypeError("reference must be a (ref_z, ref_labels) pair of tensors; got "
+                        f"{type(reference).__name__}")
+    ref_z, ref_labels = reference
+    check_prepared(ref_z, ref_labels, None, names=("ref_z", "ref_labels"))
+    if ref_z.shape[0] == 0:
+        raise ValueError("ref_z must hold at least one row; got shape (0, D)")
+    if ref_z.shape[1] != z.shape[1] or ref_z.dtype != z.dtype or ref_z.device != z.device:
+        raise ValueError(
+            f"ref_z must match z's D = {z.shape[1]}, dtype {z.dtype} and device {z.device}; "
+            f"got D = {ref_z.shape[1]}, {ref_z.dtype} on {ref_z.device}")
+    m = ref_z.shape[0]
+    return ref_z, torch.cat((labels, ref_labels)), (0, n), (n, n + m)
+
+
+def stack_rows(z: torch.Tensor, ref_z: torch.Tensor | None) -> torch.Tensor:
+    """The kernel's one matrix: ``z``, with the reference rows (if any) appended.
+
+    Called inside the kernels' forward passes, where autograd is off: the joined matrix
+    is the kernel's own, and its gradient goes back through :func:`split_rows`.
+    """
+    return z if ref_z is None else torch.cat((z, ref_z))
+
+
+def reference_rows(ref_z: torch.Tensor | None) -> int | None:
+    """How many reference rows :func:`stack_rows` appends (None: no reference set)."""
+    return None if ref_z is None else ref_z.shape[0]
+
+
+def split_rows(
+    grad: torch.Tensor, ref_rows: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gradient of :func:`stack_rows`'s matrix as ``(grad_z, grad_ref_z)``.
+
+    ``ref_rows``: :func:`reference_rows` of the call.
+    """
+    if ref_rows is None:
+        return grad, None
+    n = grad.shape[0] - ref_rows
+    return grad[:n], grad[n:]
+
+
+def has_self_pairs(anchors: tuple[int, int], columns: tuple[int, int]) -> bool:
+    """Whether each anchor is also a column (its self-pair), as opposed to a reference set."""
+    return columns[0] <= anchors[0] and anchors[1] <= columns[1]
+
+
+def self_mask(
+    start: int, stop: int, n: int, device: torch.device, first_column: int = 0
+) -> torch.Tensor:
+    """Boolean ``(stop - start, n - first_column)`` tile, True on the self-pairs ``(i, i)``.
+
+    Rows ``start:stop`` against columns ``first_column:n``.
+    """
     rows = torch.arange(start, stop, device=device)
-    cols = torch.arange(n, device=device)
+    cols = torch.arange(first_column, n, device=device)
     return rows[:, None] == cols[None, :]
 
 
@@ -161,18 +250,21 @@ def scatter_distance_grad(
 
 
 def anchor_tiles(
-    n: int, block_size: int, row_range: tuple[int, int]
+    n: int, block_size: int, row_range: tuple[int, int],
+    column_range: tuple[int, int] | None = None,
 ) -> list[tuple[int, int, int, int]]:
-    """Tiles ``(r0, r1, c0, c1)`` of the anchors ``row_range`` against all ``n`` columns.
+    """Tiles ``(r0, r1, c0, c1)`` of the anchors ``row_range`` against the columns.
 
-    When every row is an anchor, the upper block triangle of :func:`tile_pairs` (for a
+    The columns are the rows ``column_range`` (all ``n`` by default). When every row is
+    an anchor and a column, the upper block triangle of :func:`tile_pairs` (for a
     symmetric pair function an off-diagonal tile serves its rows and its columns); else
     every anchor block against every column block.
     """
     a0, a1 = row_range
-    if (a0, a1) == (0, n):
+    k0, k1 = (0, n) if column_range is None else column_range
+    if (a0, a1) == (k0, k1) == (0, n):
         return tile_pairs(n, block_size)
-    columns = list(row_blocks(n, block_size))
+    columns = list(row_blocks(k1, block_size, k0))
     return [(r0, r1, c0, c1) for r0, r1 in row_blocks(a1, block_size, a0) for c0, c1 in columns]
 
 

@@ -254,9 +254,6 @@ BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
         options=_frozen(_TILED_OPTIONS),
         tolerances=_frozen({torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}),
         load=lambda: _TILED_KERNELS,
-        # Its tiles walk the batch against itself (symmetric tiles, class sums of the
-        # batch); a separate reference set would need every kernel's second operand.
-        reference_sets=False,
         summary="row blocks, online log-sum-exp, recompute backward; O(N D + b N) memory",
     ),
     # Declared once, beside the kernels, in nodulebench.kernels._triton_utils.

@@ -5,7 +5,10 @@ normalized where the loss normalizes, and upcast to float32 or float64; ``labels
 ``(N,)`` int64, already expanded per view) and returns the per-anchor quantities of the
 pinned loss definitions together with the valid-anchor mask. Each is a custom
 :class:`torch.autograd.Function` over blocks of anchor rows that never holds an ``N x N``
-matrix, in the forward or the backward pass; it runs on any device.
+matrix, in the forward or the backward pass; it runs on any device. The pairwise kernels
+also take ``row_range`` (a distributed loss's own rows against the gathered batch) and
+``reference=(ref_z, ref_labels)`` (every row against a separate reference set of ``M``
+rows, no self-pairs, gradients to both; never an ``N x M`` matrix either).
 """
 
 from __future__ import annotations

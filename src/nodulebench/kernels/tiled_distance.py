@@ -21,6 +21,8 @@ Per anchor :math:`i`, with :math:`d_{ij}` the distance, :math:`P(i)` the positiv
 where :math:`e_{i(1)} \le e_{i(2)} \le \dots` are anchor :math:`i`'s negative distances
 sorted once and :math:`k_{ip} = \#\{n : d_{in} < d_{ip} + m\}` comes from a binary search,
 so batch-all costs :math:`O(N^2 \log N)` time instead of the :math:`O(N^3)` enumeration.
+With a reference set of :math:`M` rows the columns :math:`j` run over its rows (none of
+them the anchor itself), and the contrastive mean is over those :math:`M`.
 """
 
 from __future__ import annotations
@@ -36,30 +38,43 @@ from nodulebench.kernels._tiling import (
     anchor_tiles,
     check_distance,
     check_prepared,
-    check_row_range,
     distance_tile,
     eager_under_compile,
+    has_self_pairs,
+    join_reference,
+    reference_rows,
     row_blocks,
     scatter_distance_grad,
     scatter_pair_grad,
     self_mask,
+    split_rows,
+    stack_rows,
 )
 
 __all__ = ["contrastive_tiled", "triplet_all_tiled", "triplet_hard_tiled"]
 
 
-def _cosine_ready(z: torch.Tensor, distance: str) -> torch.Tensor:
+def _cosine_ready(z: torch.Tensor | None, distance: str) -> torch.Tensor | None:
     # Cosine distance needs unit rows; normalizing under autograd keeps the kernels simple.
-    return torch.nn.functional.normalize(z, dim=1) if distance == "cosine" else z
+    if z is None or distance != "cosine":
+        return z
+    return torch.nn.functional.normalize(z, dim=1)
 
 
 def _masks(
-    labels: torch.Tensor, r0: int, r1: int
+    labels: torch.Tensor, r0: int, r1: int, columns: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive (same label, not self) and negative (other label) masks of a row block."""
-    same = labels[r0:r1, None] == labels[None, :]
-    pos = same & ~self_mask(r0, r1, labels.shape[0], labels.device)
+    k0, k1 = columns
+    same = labels[r0:r1, None] == labels[None, k0:k1]
+    pos = same & ~self_mask(r0, r1, k1, labels.device, k0)
     return pos, ~same
+
+
+def _column_rows(z: torch.Tensor, sq: torch.Tensor, columns: tuple[int, int]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The column rows of ``z`` and their squared norms."""
+    return z[columns[0] : columns[1]], sq[columns[0] : columns[1]]
 
 
 # ---------------------------------------------------------------- contrastive (Hadsell)
@@ -80,25 +95,27 @@ def _contrastive_tile(
 class _ContrastiveTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, block_size: int,
-        row_range: tuple[int, int],
+        ctx: Any, z: torch.Tensor, ref_z: torch.Tensor | None, labels: torch.Tensor,
+        margin: float, block_size: int, row_range: tuple[int, int], columns: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        z = stack_rows(z, ref_z)
         n = z.shape[0]
-        a0, a1 = row_range  # anchors are rows a0:a1; every row is a column
-        symmetric = (a0, a1) == (0, n)
+        a0, a1 = row_range  # anchors are rows a0:a1, the columns rows `columns`
+        symmetric = (a0, a1) == columns == (0, n)
+        others = _others(row_range, columns)
         sq = (z * z).sum(dim=1)
         total = torch.zeros(a1 - a0, dtype=z.dtype, device=z.device)
-        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
+        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range, columns):
             d, pos, neg, hinge = _contrastive_tile(z, labels, sq, r0, r1, c0, c1, margin)
             cost = torch.where(pos, d * d, torch.zeros_like(d))
             cost += torch.where(neg, hinge.square_(), 0.0)
             total[r0 - a0 : r1 - a0] += cost.sum(dim=1)
             if symmetric and c0 != r0:
                 total[c0:c1] += cost.sum(dim=0)
-        loss = total * (0.5 / max(n - 1, 1))
-        valid = torch.full((a1 - a0,), n >= 2, dtype=torch.bool, device=z.device)
+        loss = total * (0.5 / max(others, 1))
+        valid = torch.full((a1 - a0,), others >= 1, dtype=torch.bool, device=z.device)
         ctx.save_for_backward(z, labels, sq)
-        ctx.options = (margin, block_size, row_range)
+        ctx.options = (margin, block_size, row_range, columns, reference_rows(ref_z))
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -107,15 +124,16 @@ class _ContrastiveTiledFunction(torch.autograd.Function):
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, sq = ctx.saved_tensors
-        margin, block_size, row_range = ctx.options
+        margin, block_size, row_range, columns, ref_rows = ctx.options
         n = z.shape[0]
         a0, a1 = row_range
-        symmetric = (a0, a1) == (0, n)
+        symmetric = (a0, a1) == columns == (0, n)
+        others = _others(row_range, columns)
         grad_z = torch.zeros_like(z)
-        if n < 2:
-            return grad_z, None, None, None, None
-        g = grad_loss / (n - 1)
-        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
+        if others < 1:
+            return (*split_rows(grad_z, ref_rows), None, None, None, None, None)
+        g = grad_loss / others
+        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range, columns):
             d, pos, neg, hinge = _contrastive_tile(z, labels, sq, r0, r1, c0, c1, margin)
             # dc/dd: d for positives, -max(0, m - d) for negatives, 0 on the diagonal;
             # an off-diagonal tile of the triangle carries the pair for both its anchors.
@@ -125,13 +143,19 @@ class _ContrastiveTiledFunction(torch.autograd.Function):
             weight.mul_(g_rows + g[None, c0:c1] if symmetric and c0 != r0 else g_rows)
             scatter_distance_grad(weight, d, z, slice(r0, r1), slice(c0, c1), "euclidean",
                                   grad_z)
-        return grad_z, None, None, None, None
+        return (*split_rows(grad_z, ref_rows), None, None, None, None, None)
+
+
+def _others(anchors: tuple[int, int], columns: tuple[int, int]) -> int:
+    """How many columns each anchor is compared with: all but its self-pair, if any."""
+    return columns[1] - columns[0] - int(has_self_pairs(anchors, columns))
 
 
 @eager_under_compile
 def contrastive_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 1.0,
     block_size: int | None = None, row_range: tuple[int, int] | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor Hadsell contrastive loss (Euclidean) in :math:`O(N D + b^2)` memory.
 
@@ -146,22 +170,27 @@ def contrastive_tiled(
         row_range: ``(start, stop)``: only rows ``start:stop`` of ``z`` are anchors (all
             rows stay columns; shapes ``(N,)`` below become ``(stop - start,)``);
             ``None`` means every row.
+        reference: ``(ref_z, ref_labels)``, shapes ``(M, D)`` and ``(M,)``: every row of
+            ``z`` is an anchor, compared with the reference rows instead (none of them
+            its self-pair); exclusive with ``row_range``. Gradients flow to both.
 
     Returns:
         ``(loss, valid)``, both of shape ``(N,)``: the mean pair cost of each anchor over
-        the other ``N - 1`` rows, and ``valid`` (all True iff ``N >= 2``).
+        the other ``N - 1`` rows (the ``M`` reference rows), and ``valid`` (all True iff
+        that count is at least 1).
 
     Example:
         >>> z = torch.tensor([[0.0, 0.0], [0.0, 0.5], [3.0, 0.0]], dtype=torch.float64)
         >>> contrastive_tiled(z, torch.tensor([0, 0, 1]), margin=1.0)[0]
         tensor([0.0625, 0.0625, 0.0000], dtype=torch.float64)
     """
-    edge = check_prepared(z, labels, block_size)
+    ref_z, labels, anchors, columns = join_reference(z, labels, row_range, reference)
+    edge = check_prepared(z, labels[: z.shape[0]], block_size)
     check_positive("margin", margin, allow_zero=True)
     if block_size is None:
-        edge = max(1, min(z.shape[0], TILE_EDGE))
+        edge = max(1, min(max(anchors[1] - anchors[0], columns[1] - columns[0]), TILE_EDGE))
     loss, valid = _ContrastiveTiledFunction.apply(  # type: ignore[no-untyped-call]
-        z, labels, float(margin), edge, check_row_range(row_range, z.shape[0])
+        z, ref_z, labels, float(margin), edge, anchors, columns
     )
     return loss, valid
 
@@ -183,11 +212,14 @@ def _tied_extremes(
 class _TripletHardTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, distance: str,
-        block_size: int, row_range: tuple[int, int],
+        ctx: Any, z: torch.Tensor, ref_z: torch.Tensor | None, labels: torch.Tensor,
+        margin: float, distance: str, block_size: int, row_range: tuple[int, int],
+        columns: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        a0, a1 = row_range  # anchors are rows a0:a1; every row is a column
+        z = stack_rows(z, ref_z)
+        a0, a1 = row_range  # anchors are rows a0:a1, the columns rows `columns`
         sq = (z * z).sum(dim=1)
+        z_cols, sq_cols = _column_rows(z, sq, columns)
         hardest_pos = torch.zeros(a1 - a0, dtype=torch.int64, device=z.device)
         hardest_neg = torch.zeros_like(hardest_pos)
         tied = torch.zeros(a1 - a0, dtype=torch.bool, device=z.device)
@@ -195,13 +227,14 @@ class _TripletHardTiledFunction(torch.autograd.Function):
         valid = torch.zeros(a1 - a0, dtype=torch.bool, device=z.device)
         for r0, r1 in row_blocks(a1, block_size, a0):
             k0, k1 = r0 - a0, r1 - a0
-            d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
-            pos, neg = _masks(labels, r0, r1)
+            d = distance_tile(z[r0:r1], z_cols, sq[r0:r1], sq_cols, distance)
+            pos, neg = _masks(labels, r0, r1, columns)
             pos_d = d.masked_fill(~pos, float("-inf"))
             d_pos, first_pos = pos_d.max(dim=1)
             neg_d = d.masked_fill_(~neg, float("inf"))
             d_neg, first_neg = neg_d.min(dim=1)
-            hardest_pos[k0:k1], hardest_neg[k0:k1] = first_pos, first_neg
+            hardest_pos[k0:k1] = first_pos + columns[0]
+            hardest_neg[k0:k1] = first_neg + columns[0]
             valid[k0:k1] = pos.any(dim=1) & neg.any(dim=1)
             # A tie: the extreme is still there once its first occurrence is removed.
             second_pos = pos_d.scatter_(1, first_pos[:, None], float("-inf")).amax(dim=1)
@@ -210,7 +243,7 @@ class _TripletHardTiledFunction(torch.autograd.Function):
             raw[k0:k1] = torch.where(valid[k0:k1], d_pos - d_neg + margin, 0.0)
         loss = torch.relu(raw)
         ctx.save_for_backward(z, labels, sq, hardest_pos, hardest_neg, tied, raw, valid)
-        ctx.options = (distance, block_size, row_range)
+        ctx.options = (distance, block_size, row_range, columns, reference_rows(ref_z))
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -219,7 +252,7 @@ class _TripletHardTiledFunction(torch.autograd.Function):
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, sq, hardest_pos, hardest_neg, tied, raw, valid = ctx.saved_tensors
-        distance, block_size, (a0, a1) = ctx.options
+        distance, block_size, (a0, a1), columns, ref_rows = ctx.options
         # relu passes the gradient where its input is > 0, as torch.relu does.
         g = torch.where(valid & (raw > 0), grad_loss, torch.zeros_like(grad_loss))
         anchors = torch.arange(a0, a1, device=z.device)
@@ -235,14 +268,16 @@ class _TripletHardTiledFunction(torch.autograd.Function):
         for r0, r1 in row_blocks(a1, block_size, a0):
             if not any(r0 <= row < r1 for row in tied_rows):
                 continue
-            d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
-            pos, neg = _masks(labels, r0, r1)
+            z_cols, sq_cols = _column_rows(z, sq, columns)
+            d = distance_tile(z[r0:r1], z_cols, sq[r0:r1], sq_cols, distance)
+            pos, neg = _masks(labels, r0, r1, columns)
             at_pos, at_neg = _tied_extremes(d, pos, neg)
             g_tied = torch.where(tied[r0 - a0 : r1 - a0], g[r0 - a0 : r1 - a0], 0.0)[:, None]
             weight = torch.where(at_pos, g_tied / at_pos.sum(dim=1, keepdim=True), 0.0)
             weight -= torch.where(at_neg, g_tied / at_neg.sum(dim=1, keepdim=True), 0.0)
-            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(None), distance, grad_z)
-        return grad_z, None, None, None, None, None
+            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(*columns), distance,
+                                  grad_z)
+        return (*split_rows(grad_z, ref_rows), None, None, None, None, None, None)
 
 
 @eager_under_compile
@@ -250,6 +285,7 @@ def triplet_hard_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
     distance: str = "euclidean", block_size: int | None = None,
     row_range: tuple[int, int] | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor batch-hard triplet loss (Hermans et al. 2017) in :math:`O(N D + b N)`.
 
@@ -269,6 +305,9 @@ def triplet_hard_tiled(
         row_range: ``(start, stop)``: only rows ``start:stop`` of ``z`` are anchors (all
             rows stay columns; shapes ``(N,)`` below become ``(stop - start,)``);
             ``None`` means every row.
+        reference: ``(ref_z, ref_labels)``, shapes ``(M, D)`` and ``(M,)``: every row of
+            ``z`` is an anchor, compared with the reference rows instead (none of them
+            its self-pair); exclusive with ``row_range``. Gradients flow to both.
 
     Returns:
         ``(loss, valid)``, shape ``(N,)`` each; ``loss`` is 0 where the anchor has no
@@ -279,12 +318,13 @@ def triplet_hard_tiled(
         >>> triplet_hard_tiled(z, torch.tensor([0, 0, 1]), margin=0.2)[0]
         tensor([0.0000, 0.7000, 0.0000], dtype=torch.float64)
     """
-    block_size = check_prepared(z, labels, block_size)
+    ref_z, labels, anchors, columns = join_reference(z, labels, row_range, reference)
+    block_size = check_prepared(z, labels[: z.shape[0]], block_size, columns)
     check_positive("margin", margin, allow_zero=True)
     check_distance(distance)
     loss, valid = _TripletHardTiledFunction.apply(  # type: ignore[no-untyped-call]
-        _cosine_ready(z, distance), labels, float(margin), distance, block_size,
-        check_row_range(row_range, z.shape[0]),
+        _cosine_ready(z, distance), _cosine_ready(ref_z, distance), labels, float(margin),
+        distance, block_size, anchors, columns,
     )
     return loss, valid
 
@@ -313,22 +353,26 @@ def _triplet_all_tile(
 class _TripletAllTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, labels: torch.Tensor, margin: float, distance: str,
-        block_size: int, row_range: tuple[int, int],
+        ctx: Any, z: torch.Tensor, ref_z: torch.Tensor | None, labels: torch.Tensor,
+        margin: float, distance: str, block_size: int, row_range: tuple[int, int],
+        columns: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a0, a1 = row_range  # anchors are rows a0:a1; every row is a column
+        z = stack_rows(z, ref_z)
+        a0, a1 = row_range  # anchors are rows a0:a1, the columns rows `columns`
         sq = (z * z).sum(dim=1)
+        z_cols, sq_cols = _column_rows(z, sq, columns)
         total = torch.zeros(a1 - a0, dtype=z.dtype, device=z.device)
         count = torch.zeros(a1 - a0, dtype=torch.int64, device=z.device)
         valid = torch.zeros(a1 - a0, dtype=torch.bool, device=z.device)
         for r0, r1 in row_blocks(a1, block_size, a0):
             k0, k1 = r0 - a0, r1 - a0
-            d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
-            pos, neg = _masks(labels, r0, r1)
+            d = distance_tile(z[r0:r1], z_cols, sq[r0:r1], sq_cols, distance)
+            pos, neg = _masks(labels, r0, r1, columns)
             total[k0:k1], count[k0:k1], _ = _triplet_all_tile(d, pos, neg, margin)
             valid[k0:k1] = pos.any(dim=1) & neg.any(dim=1)
         ctx.save_for_backward(z, labels, sq)
-        ctx.options = (margin, distance, block_size, row_range)
+        ctx.options = (margin, distance, block_size, row_range, columns,
+                       reference_rows(ref_z))
         ctx.mark_non_differentiable(count, valid)
         return total, count, valid
 
@@ -338,11 +382,12 @@ class _TripletAllTiledFunction(torch.autograd.Function):
         _grad_valid: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, sq = ctx.saved_tensors
-        margin, distance, block_size, (a0, a1) = ctx.options
+        margin, distance, block_size, (a0, a1), columns, ref_rows = ctx.options
+        z_cols, sq_cols = _column_rows(z, sq, columns)
         grad_z = torch.zeros_like(z)
         for r0, r1 in row_blocks(a1, block_size, a0):
-            d = distance_tile(z[r0:r1], z, sq[r0:r1], sq, distance)
-            pos, neg = _masks(labels, r0, r1)
+            d = distance_tile(z[r0:r1], z_cols, sq[r0:r1], sq_cols, distance)
+            pos, neg = _masks(labels, r0, r1, columns)
             _, _, k = _triplet_all_tile(d, pos, neg, margin)
             # dS/dd_in = -#{p : d_ip + m > d_in}, with the same thresholds as the forward.
             thr_sorted = d.masked_fill(~pos, float("inf")).sort(dim=1).values + margin
@@ -350,8 +395,9 @@ class _TripletAllTiledFunction(torch.autograd.Function):
             active = num_pos - torch.searchsorted(thr_sorted, d, side="right")
             weight = k.to(d.dtype) - torch.where(neg, active, 0).to(d.dtype)
             weight.mul_(grad_total[r0 - a0 : r1 - a0, None])
-            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(None), distance, grad_z)
-        return grad_z, None, None, None, None, None
+            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(*columns), distance,
+                                  grad_z)
+        return (*split_rows(grad_z, ref_rows), None, None, None, None, None, None)
 
 
 @eager_under_compile
@@ -359,6 +405,7 @@ def triplet_all_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
     distance: str = "euclidean", block_size: int | None = None,
     row_range: tuple[int, int] | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Per-anchor batch-all triplet sums and counts in :math:`O(N^2 \log N)` time.
 
@@ -375,6 +422,9 @@ def triplet_all_tiled(
         row_range: ``(start, stop)``: only rows ``start:stop`` of ``z`` are anchors (all
             rows stay columns; shapes ``(N,)`` below become ``(stop - start,)``);
             ``None`` means every row.
+        reference: ``(ref_z, ref_labels)``, shapes ``(M, D)`` and ``(M,)``: every row of
+            ``z`` is an anchor, compared with the reference rows instead (none of them
+            its self-pair); exclusive with ``row_range``. Gradients flow to both.
 
     Returns:
         ``(total, count, valid)``, each of shape ``(N,)``: :math:`S_i`, the sum of
@@ -388,15 +438,17 @@ def triplet_all_tiled(
         >>> count.tolist()
         [0, 1, 2, 0]
     """
-    rows = check_prepared(z, labels, block_size)
+    ref_z, labels, anchors, columns = join_reference(z, labels, row_range, reference)
+    rows = check_prepared(z, labels[: z.shape[0]], block_size)
     check_positive("margin", margin, allow_zero=True)
     check_distance(distance)
     if block_size is None:
         # A block holds about 15 numbers per pair (sorts, prefix sums, int64 counts), so
         # it gets a quarter of the usual tile.
-        rows = max(16, min(z.shape[0], TILE_ELEMENTS // 4 // max(z.shape[0], 1)))
+        width = max(columns[1] - columns[0], 1)
+        rows = max(16, min(z.shape[0], TILE_ELEMENTS // 4 // width))
     total, count, valid = _TripletAllTiledFunction.apply(  # type: ignore[no-untyped-call]
-        _cosine_ready(z, distance), labels, float(margin), distance, rows,
-        check_row_range(row_range, z.shape[0]),
+        _cosine_ready(z, distance), _cosine_ready(ref_z, distance), labels, float(margin),
+        distance, rows, anchors, columns,
     )
     return total, count, valid

@@ -11,7 +11,8 @@ if :math:`S_{in} + \epsilon > \min_{p \in P(i)} S_{ip}`; then
         \Big).
 
 Both extremes and both logarithms are per-row reductions over a row block's ``(b, N)``
-tile, so the forward pass keeps four numbers per row. Each logarithm is a log-sum-exp
+tile (``(b, M)`` against a reference set of ``M`` rows), so the forward pass keeps four
+numbers per row. Each logarithm is a log-sum-exp
 over the kept exponents and a zero (the ``1 +``), so no ``exp`` overflows however large
 :math:`S` is (``normalize=False``). The mining masks are comparisons (no gradient),
 written so that a NaN similarity keeps its pair and reaches the loss; the backward pass
@@ -30,18 +31,30 @@ import torch
 from nodulebench._validation import check_positive
 from nodulebench.kernels._tiling import (
     check_prepared,
-    check_row_range,
     eager_under_compile,
+    join_reference,
+    reference_rows,
     row_blocks,
     self_mask,
+    split_rows,
+    stack_rows,
 )
 
 __all__ = ["multi_similarity_tiled"]
 
 
+def _masks(
+    labels: torch.Tensor, r0: int, r1: int, columns: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same-label and positive (same label, not self) masks of a row block's columns."""
+    k0, k1 = columns
+    same = labels[r0:r1, None] == labels[None, k0:k1]
+    return same, same & ~self_mask(r0, r1, k1, labels.device, k0)
+
+
 def _kept_exponents(
-    s: torch.Tensor, labels: torch.Tensor, r0: int, r1: int, max_neg: torch.Tensor,
-    min_pos: torch.Tensor, options: tuple[float, float, float, float],
+    s: torch.Tensor, labels: torch.Tensor, r0: int, r1: int, columns: tuple[int, int],
+    max_neg: torch.Tensor, min_pos: torch.Tensor, options: tuple[float, float, float, float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exponents of the kept positives and kept negatives of a block (``-inf`` elsewhere).
 
@@ -49,8 +62,7 @@ def _kept_exponents(
     similarity (or extreme) keeps its pair and the NaN reaches the loss.
     """
     alpha, beta, base, epsilon = options
-    same = labels[r0:r1, None] == labels[None, :]
-    pos = same & ~self_mask(r0, r1, labels.shape[0], labels.device)
+    same, pos = _masks(labels, r0, r1, columns)
     keep_pos = pos & ~(s - epsilon >= max_neg[:, None])
     keep_neg = ~same & ~(s + epsilon <= min_pos[:, None])
     pos_exponents = torch.where(keep_pos, -alpha * (s - base), float("-inf"))
@@ -66,34 +78,34 @@ def _log1p_sum_exp(exponents: torch.Tensor) -> torch.Tensor:
 class _MultiSimilarityTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, labels: torch.Tensor,
+        ctx: Any, z: torch.Tensor, ref_z: torch.Tensor | None, labels: torch.Tensor,
         options: tuple[float, float, float, float], block_size: int,
-        row_range: tuple[int, int],
+        row_range: tuple[int, int], columns: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        n = z.shape[0]
-        # Anchors are rows a0:a1 of z; every row of z is a column (all of them by default).
+        z = stack_rows(z, ref_z)
+        # Anchors are rows a0:a1 of z, the columns rows `columns` (all rows by default).
         a0, a1 = row_range
+        z_cols = z[columns[0] : columns[1]]
         alpha, beta = options[0], options[1]
         stats = torch.zeros(4, a1 - a0, dtype=z.dtype, device=z.device)
         max_neg, min_pos, pos_log, neg_log = stats.unbind(0)
         valid = torch.zeros(a1 - a0, dtype=torch.bool, device=z.device)
         for r0, r1 in row_blocks(a1, block_size, a0):
             k0, k1 = r0 - a0, r1 - a0
-            s = z[r0:r1] @ z.T
-            same = labels[r0:r1, None] == labels[None, :]
-            pos = same & ~self_mask(r0, r1, n, z.device)
+            s = z[r0:r1] @ z_cols.T
+            same, pos = _masks(labels, r0, r1, columns)
             max_neg[k0:k1] = s.masked_fill(same, float("-inf")).amax(dim=1)
             min_pos[k0:k1] = s.masked_fill(~pos, float("inf")).amin(dim=1)
             valid[k0:k1] = pos.any(dim=1)
             pos_exponents, neg_exponents = _kept_exponents(
-                s, labels, r0, r1, max_neg[k0:k1], min_pos[k0:k1], options
+                s, labels, r0, r1, columns, max_neg[k0:k1], min_pos[k0:k1], options
             )
             pos_log[k0:k1] = _log1p_sum_exp(pos_exponents)
             neg_log[k0:k1] = _log1p_sum_exp(neg_exponents)
         raw = pos_log / alpha + neg_log / beta
         loss = torch.where(valid, raw, torch.zeros_like(raw))
         ctx.save_for_backward(z, labels, stats, valid)
-        ctx.options = (options, block_size, row_range)
+        ctx.options = (options, block_size, row_range, columns, reference_rows(ref_z))
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -102,25 +114,26 @@ class _MultiSimilarityTiledFunction(torch.autograd.Function):
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, stats, valid = ctx.saved_tensors
-        options, block_size, (a0, a1) = ctx.options
+        options, block_size, (a0, a1), columns, ref_rows = ctx.options
+        z_cols = z[columns[0] : columns[1]]
         max_neg, min_pos, pos_log, neg_log = stats.unbind(0)
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
         grad_z = torch.zeros_like(z)
         for r0, r1 in row_blocks(a1, block_size, a0):
             k0, k1 = r0 - a0, r1 - a0
             z_rows = z[r0:r1]
-            s = z_rows @ z.T
+            s = z_rows @ z_cols.T
             pos_exponents, neg_exponents = _kept_exponents(
-                s, labels, r0, r1, max_neg[k0:k1], min_pos[k0:k1], options
+                s, labels, r0, r1, columns, max_neg[k0:k1], min_pos[k0:k1], options
             )
             # d/dS of (1/a) log(1 + sum e^{x}), x = -a(S - l), is -e^{x} / (1 + sum) =
             # -e^{x - pos_log}; of (1/b) log(1 + sum e^{x}), x = b(S - l), e^{x - neg_log}.
             weight = neg_exponents.sub_(neg_log[k0:k1, None]).exp_()
             weight.sub_(pos_exponents.sub_(pos_log[k0:k1, None]).exp_())
             weight.mul_(g[k0:k1, None])
-            grad_z[r0:r1].addmm_(weight, z)
-            grad_z.addmm_(weight.T, z_rows)
-        return grad_z, None, None, None, None
+            grad_z[r0:r1].addmm_(weight, z_cols)
+            grad_z[columns[0] : columns[1]].addmm_(weight.T, z_rows)
+        return (*split_rows(grad_z, ref_rows), None, None, None, None, None)
 
 
 @eager_under_compile
@@ -128,6 +141,7 @@ def multi_similarity_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, alpha: float = 2.0, beta: float = 50.0,
     base: float = 0.5, epsilon: float = 0.1, block_size: int | None = None,
     row_range: tuple[int, int] | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor multi-similarity loss with mining, in :math:`O(N D + b N)` memory.
 
@@ -141,6 +155,9 @@ def multi_similarity_tiled(
         block_size: Anchor rows per block; ``None`` sizes a ``b x N`` tile to 16 MiB.
         row_range: ``(start, stop)``: only rows ``start:stop`` of ``z`` are anchors (all
             rows stay columns); ``None`` means every row.
+        reference: ``(ref_z, ref_labels)``, shapes ``(M, D)`` and ``(M,)``: every row of
+            ``z`` is an anchor, compared with the reference rows instead (none of them
+            its self-pair); exclusive with ``row_range``. Gradients flow to both.
 
     Returns:
         ``(loss, valid)``, shape ``(A,)`` each (``A`` anchors, ``N`` by default);
@@ -152,7 +169,8 @@ def multi_similarity_tiled(
         >>> loss.shape, bool(valid.all())
         (torch.Size([6]), True)
     """
-    block_size = check_prepared(z, labels, block_size)
+    ref_z, labels, anchors, columns = join_reference(z, labels, row_range, reference)
+    block_size = check_prepared(z, labels[: z.shape[0]], block_size, columns)
     check_positive("alpha", alpha)
     check_positive("beta", beta)
     check_positive("epsilon", epsilon, allow_zero=True)
@@ -160,6 +178,6 @@ def multi_similarity_tiled(
         raise TypeError(f"base must be a real number; got {type(base).__name__}")
     options = (float(alpha), float(beta), float(base), float(epsilon))
     loss, valid = _MultiSimilarityTiledFunction.apply(  # type: ignore[no-untyped-call]
-        z, labels, options, block_size, check_row_range(row_range, z.shape[0])
+        z, ref_z, labels, options, block_size, anchors, columns
     )
     return loss, valid

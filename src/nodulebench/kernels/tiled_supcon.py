@@ -31,6 +31,11 @@ and a tile pair adds :math:`M z_J / \tau` to the rows of :math:`I` and
 the row and the column contributions, never holding :math:`G`. For ``"out"``,
 :math:`G_{ij} = g_i\,(e^{s_{ij} - \mathrm{LSE}_i} - [j \in P(i)] / |P(i)|)`.
 
+With a reference set the columns are its rows instead: :math:`A(i)` is every reference
+row, :math:`P(i)` those of the anchor's class, and each tile pairs an anchor block with a
+reference block (no mirror, no self-pair); the column contributions are then the
+gradient of the reference rows.
+
 Correct-N-Contrast (:func:`cnc_tiled`) is the same engine with other sets: each row also
 carries a prediction :math:`k_j`, :math:`P(i) = \{j: y_j = y_i, k_j \ne k_i\}` and
 :math:`A(i) = P(i) \cup \{j: k_j = k_i, y_j \ne y_i\}`. Both masks are symmetric, so the
@@ -49,18 +54,25 @@ from nodulebench.kernels._tiling import (
     TILE_EDGE,
     anchor_tiles,
     check_prepared,
-    check_row_range,
     eager_under_compile,
+    has_self_pairs,
+    join_reference,
+    reference_rows,
+    split_rows,
+    stack_rows,
 )
 
 __all__ = ["cnc_tiled", "supcon_tiled"]
 
 
 
-def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense class ids ``0..C-1`` per row and the size of each class."""
-    _, class_id = torch.unique(labels, return_inverse=True)
-    return class_id, torch.bincount(class_id)
+def _class_index(
+    labels: torch.Tensor, columns: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense class ids ``0..C-1`` per row and how many of the ``columns`` rows hold each."""
+    classes, class_id = torch.unique(labels, return_inverse=True)
+    return class_id, torch.bincount(class_id[columns[0] : columns[1]],
+                                    minlength=classes.shape[0])
 
 
 class _Sets:
@@ -69,20 +81,21 @@ class _Sets:
     Without predictions (SupCon) every other row is a candidate and those of the same
     class are positives. With them (``pairs=True``: the labels are packed pair labels of
     a class and a prediction) a pair is a candidate iff it agrees in exactly one of the
-    two, and a positive iff it agrees in the class.
+    two, and a positive iff it agrees in the class. Sizes count the ``columns`` rows.
     """
 
-    def __init__(self, labels: torch.Tensor, pairs: bool) -> None:
+    def __init__(self, labels: torch.Tensor, pairs: bool, columns: tuple[int, int],
+                 self_pairs: bool) -> None:
         self.predictions: torch.Tensor | None = None
         classes = labels
         if pairs:
             classes, self.predictions = unpack_pair_labels(labels)
-        self.class_id, self.class_size = _class_index(classes)
-        # The rows that share an anchor's class and are no positive: itself, for CnC
-        # its cell (same class and prediction).
-        self.cell_size = self.class_size.new_ones(labels.shape[0])[:, None]
+        self.class_id, self.class_size = _class_index(classes, columns)
+        # The columns that share an anchor's class and are no positive: itself (unless
+        # the columns are a reference set), for CnC its cell (same class and prediction).
+        self.cell_size = self.class_size.new_full((labels.shape[0], 1), int(self_pairs))
         if pairs:
-            cell_id, cell_size = _class_index(labels)
+            cell_id, cell_size = _class_index(labels, columns)
             self.cell_size = cell_size[cell_id][:, None]
 
     def num_positives(self, a0: int, a1: int) -> torch.Tensor:
@@ -136,15 +149,17 @@ def _fold_lse(running: torch.Tensor, tile: torch.Tensor, dim: int) -> None:
 class _SupConTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str,
-        block_size: int, row_range: tuple[int, int], pairs: bool,
+        ctx: Any, z: torch.Tensor, ref_z: torch.Tensor | None, labels: torch.Tensor,
+        temperature: float, variant: str, block_size: int, row_range: tuple[int, int],
+        columns: tuple[int, int], pairs: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        z = stack_rows(z, ref_z)
         n = z.shape[0]
-        # Anchors are rows a0:a1 of z; every row of z is a column (all of them by default).
+        # Anchors are rows a0:a1 of z, the columns rows `columns` (all rows by default).
         a0, a1 = row_range
-        symmetric = (a0, a1) == (0, n)
+        symmetric = (a0, a1) == columns == (0, n)
         inv_tau = 1.0 / temperature
-        sets = _Sets(labels, pairs)
+        sets = _Sets(labels, pairs, columns, has_self_pairs(row_range, columns))
         num_pos = sets.num_positives(a0, a1)
         valid = num_pos > 0
         lse = torch.full((a1 - a0,), float("-inf"), dtype=z.dtype, device=z.device)
@@ -153,7 +168,7 @@ class _SupConTiledFunction(torch.autograd.Function):
         # s is symmetric: when every row is an anchor, the tile of row block I x column
         # block J is the transpose of J x I, so one product serves the row LSEs of I
         # (along dim 1) and of J (dim 0).
-        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
+        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range, columns):
             s = sets.scores(z, inv_tau, r0, r1, c0, c1)
             mirrored = symmetric and c0 != r0
             _fold_lse(lse[r0 - a0 : r1 - a0], s, 1)
@@ -176,7 +191,8 @@ class _SupConTiledFunction(torch.autograd.Function):
             raw = lse - lse_pos + torch.log(num_pos.clamp(min=1).to(z.dtype))
         loss = torch.where(valid, raw, torch.zeros_like(raw))
         ctx.save_for_backward(z, labels, lse, lse_pos, num_pos, valid)
-        ctx.options = (inv_tau, variant, block_size, row_range, pairs)
+        ctx.options = (inv_tau, variant, block_size, row_range, columns, pairs,
+                       reference_rows(ref_z))
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -185,11 +201,11 @@ class _SupConTiledFunction(torch.autograd.Function):
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, lse, lse_pos, num_pos, valid = ctx.saved_tensors
-        inv_tau, variant, block_size, row_range, pairs = ctx.options
-        sets = _Sets(labels, pairs)
+        inv_tau, variant, block_size, row_range, columns, pairs, ref_rows = ctx.options
+        sets = _Sets(labels, pairs, columns, has_self_pairs(row_range, columns))
         n = z.shape[0]
         a0, a1 = row_range
-        symmetric = (a0, a1) == (0, n)
+        symmetric = (a0, a1) == columns == (0, n)
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
         # "out": each positive's share of the mean positive logit.
         pos_share = g / num_pos.clamp(min=1).to(z.dtype)
@@ -207,7 +223,7 @@ class _SupConTiledFunction(torch.autograd.Function):
                 tile.sub_(torch.exp(s - lse_pos[anchors].view(shape)).masked_fill_(~same, 0.0))
             return tile.mul_(g[anchors].view(shape))
 
-        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range):
+        for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range, columns):
             rows, cols = slice(r0, r1), slice(c0, c1)
             s = sets.scores(z, inv_tau, r0, r1, c0, c1)
             same = sets.positive(r0, r1, c0, c1)
@@ -230,20 +246,23 @@ class _SupConTiledFunction(torch.autograd.Function):
                 continue
             grad_z[rows].addmm_(m, z[cols], alpha=inv_tau)
             grad_z[cols].addmm_(m.T, z[rows], alpha=inv_tau)
-        return grad_z, None, None, None, None, None, None
+        return (*split_rows(grad_z, ref_rows), None, None, None, None, None, None, None)
 
 
 def _run(z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str,
-         block_size: int | None, row_range: tuple[int, int] | None, pairs: bool
+         block_size: int | None, row_range: tuple[int, int] | None,
+         reference: tuple[torch.Tensor, torch.Tensor] | None, pairs: bool
          ) -> tuple[torch.Tensor, torch.Tensor]:
-    edge = check_prepared(z, labels, block_size)
+    ref_z, labels, anchors, columns = join_reference(z, labels, row_range, reference)
+    edge = check_prepared(z, labels[: z.shape[0]], block_size)
     check_positive("temperature", temperature)
     check_choice("variant", variant, SUPCON_VARIANTS)
     if block_size is None:
-        edge = max(1, min(z.shape[0], TILE_EDGE))
+        # Square tiles, as wide as the larger of the two sets allows (a small reference
+        # set must not shrink the anchor blocks).
+        edge = max(1, min(max(anchors[1] - anchors[0], columns[1] - columns[0]), TILE_EDGE))
     loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]
-        z, labels, float(temperature), variant, edge,
-        check_row_range(row_range, z.shape[0]), pairs,
+        z, ref_z, labels, float(temperature), variant, edge, anchors, columns, pairs,
     )
     return loss, valid
 
@@ -252,6 +271,7 @@ def _run(z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str
 def supcon_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
     block_size: int | None = None, row_range: tuple[int, int] | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor SupCon loss in :math:`O(N D + b^2)` memory, forward and backward.
 
@@ -270,6 +290,10 @@ def supcon_tiled(
         row_range: ``(start, stop)``: only rows ``start:stop`` of ``z`` are anchors (all
             rows stay columns; a distributed loss passes the gathered batch and its own
             rows); ``None`` means every row.
+        reference: ``(ref_z, ref_labels)``, shapes ``(M, D)`` and ``(M,)``: every row of
+            ``z`` is an anchor and the candidates are the reference rows instead
+            (none of them an anchor's self-pair); exclusive with ``row_range``.
+            Gradients flow to ``z`` and ``ref_z``.
 
     Returns:
         ``(loss, valid)``: ``loss`` of shape ``(A,)`` (``A`` anchors, ``N`` by default)
@@ -282,20 +306,22 @@ def supcon_tiled(
         >>> valid.tolist()
         [True, True, True, True, False, False]
     """
-    return _run(z, labels, temperature, variant, block_size, row_range, pairs=False)
+    return _run(z, labels, temperature, variant, block_size, row_range, reference, pairs=False)
 
 
 @eager_under_compile
 def cnc_tiled(
     z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
     block_size: int | None = None, row_range: tuple[int, int] | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor Correct-N-Contrast loss in :math:`O(N D + b^2)` memory.
 
     :func:`supcon_tiled` with Correct-N-Contrast's sets (see the module docstring):
     ``labels`` are pair labels (``nodulebench.kernels._dense.pack_pair_labels`` of the
-    class labels and a reference model's predictions). Arguments and returns as there;
-    an anchor is valid iff some row has its class and another prediction.
+    class labels and a reference model's predictions; ``reference`` carries pair labels
+    too). Arguments and returns as there; an anchor is valid iff some column has its
+    class and another prediction.
 
     Example:
         >>> from nodulebench.kernels._dense import pack_pair_labels
@@ -305,4 +331,4 @@ def cnc_tiled(
         >>> valid.tolist()
         [True, True, False, False]
     """
-    return _run(z, labels, temperature, variant, block_size, row_range, pairs=True)
+    return _run(z, labels, temperature, variant, block_size, row_range, reference, pairs=True)

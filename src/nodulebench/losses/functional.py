@@ -312,6 +312,16 @@ def _stack_views(view1: torch.Tensor, view2: torch.Tensor | None) -> torch.Tenso
     return torch.stack((view1, view2), dim=1)
 
 
+def reject_reference_set(given: bool) -> None:
+    """Raise ``TypeError`` if a reference set was passed to NT-Xent, saying why."""
+    if given:
+        raise TypeError(
+            "NT-Xent takes no ref_emb / ref_labels: its positives are the other views of "
+            "the same sample, and a reference row is a view of no anchor's sample; for "
+            "extra candidates pass labels (e.g. sample indices) to supcon_loss / SupConLoss "
+            "with ref_emb and ref_labels")
+
+
 def ntxent_views(view1: torch.Tensor, view2: torch.Tensor | None) -> torch.Tensor:
     """The ``(B, V, D)`` views of an NT-Xent call (``view1`` itself, or both stacked)."""
     return _stack_views(view1, view2)
@@ -332,6 +342,10 @@ def ntxent_loss(
             \Big[ s_{ip} - \log \sum_{a \ne i} e^{s_{ia}} \Big], \quad
         s_{ij} = z_i \cdot z_j / \tau.
 
+    It takes no reference set: ``ref_emb`` / ``ref_labels`` raise ``TypeError``, since a
+    reference row is a view of no anchor's sample (SupCon with sample indices as labels
+    and a reference set is the labelled form).
+
     Args:
         view1: ``(B, V, D)`` with ``V >= 2``, or the first view ``(B, D)``.
         view2: the second view ``(B, D)``, or ``None`` when ``view1`` holds all views.
@@ -346,6 +360,7 @@ def ntxent_loss(
         >>> print(f"{ntxent_loss(a, b, temperature=0.5).item():.4f}")
         0.3348
     """
+    reject_reference_set("ref_emb" in options or "ref_labels" in options)
     return compute_pairwise(NTXentOptions.from_kwargs(**options),
                             ntxent_views(view1, view2), None).loss
 

@@ -157,10 +157,16 @@ class NTXentLoss(PairwiseLoss):
 
     Options = LF.NTXentOptions
 
-    def forward(  # type: ignore[override]
-        self, view1: torch.Tensor, view2: torch.Tensor | None = None
+    def forward(
+        self, view1: torch.Tensor, view2: torch.Tensor | None = None, *,
+        ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Loss of ``(B, V, D)`` views, or of two ``(B, D)`` views."""
+        """Loss of ``(B, V, D)`` views, or of two ``(B, D)`` views.
+
+        A reference set (``ref_emb``, ``ref_labels``) raises ``TypeError``: NT-Xent's
+        positives are the other views of the same sample, which no reference row is.
+        """
+        LF.reject_reference_set(ref_emb is not None or ref_labels is not None)
         return self._record(compute_pairwise(self.options, LF.ntxent_views(view1, view2),
                                              None))
 
