@@ -29,6 +29,7 @@ from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from nodulebench import NoduleSpec, SupConLoss, SyntheticNodules, distributed  # noqa: E402
+from small_cnn import small_cnn  # noqa: E402  (examples/small_cnn.py)
 
 
 def main() -> None:
@@ -45,11 +46,11 @@ def main() -> None:
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
 
     torch.manual_seed(0)  # identical initial weights on every rank (DDP also broadcasts)
-    encoder = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 32),
-    ).to(device)
+    # The examples' CNN with group norm: batch norm would normalise each rank's shard by
+    # its own statistics (SyncBatchNorm, which shares them, needs GPUs), so the run would
+    # no longer be the single-process one on the global batch.
+    encoder = nn.Sequential(small_cnn(norm=lambda channels: nn.GroupNorm(8, channels)),
+                            nn.Linear(64, 32)).to(device)
     model = DistributedDataParallel(encoder) if distributed.is_distributed() else encoder
     criterion = SupConLoss(temperature=0.1, gather_distributed=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

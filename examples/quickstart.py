@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from nodulebench import NoduleSpec, SupConLoss, SyntheticNodules
 from nodulebench.plotting import plot_probe_heatmap, plot_sample_grid, plot_sensitivity_bars
 from nodulebench.probing import extract_features, intervention_sensitivity, probe_factors
+from small_cnn import small_cnn  # examples/small_cnn.py, shared by the examples
 
 # [/imports]
 
@@ -72,12 +73,7 @@ def main() -> None:
     # [/data]
 
     # [train]
-    encoder = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),                 # (N, 64) features
-    )
+    encoder = small_cnn()  # three convolutions with batch norm: (N, 64) features
     projection = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
     criterion = SupConLoss(temperature=0.1)
     parameters = list(encoder.parameters()) + list(projection.parameters())

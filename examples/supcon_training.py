@@ -1,10 +1,10 @@
 """A SupCon training loop against cross-entropy, tested on shifted distributions.
 
-The same small CNN is trained twice on a training set where nodule size is a shortcut for
-the label: once end to end with cross-entropy, once with SupCon on two augmented views
-(then a linear head on the frozen features, the usual two-stage protocol). Both are
-tested on every test distribution of the training spec; the figure shows the loss curves
-and the accuracy per distribution.
+The same small CNN (``small_cnn.py``, batch-normalised) is trained twice on a training
+set where nodule size is a shortcut for the label: once end to end with cross-entropy,
+once with SupCon on two augmented views (then a linear head on the frozen features, the
+usual two-stage protocol). Both are tested on every test distribution of the training
+spec; the figure shows the loss curves and the accuracy per distribution.
 
     python examples/supcon_training.py --out supcon-training
     python examples/supcon_training.py --tiny --out /tmp/supcon
@@ -25,16 +25,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from nodulebench import NoduleSpec, SyntheticNodules, create_loss  # noqa: E402
-
-
-def make_encoder() -> nn.Module:
-    """Three convolutions and global average pooling: images (N, 1, H, W) -> (N, 64)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
+from small_cnn import recompute_batch_norm, small_cnn  # noqa: E402  (examples/small_cnn.py)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -50,7 +41,7 @@ def train(loss_name: str, images: torch.Tensor, labels: torch.Tensor, epochs: in
     """Train with ``"cross_entropy"`` or ``"supcon"``; returns the classifier and the losses."""
     torch.manual_seed(seed)  # the script's weights; the library never touches this RNG
     generator = torch.Generator().manual_seed(seed)
-    encoder, head = make_encoder(), nn.Linear(64, 2)
+    encoder, head = small_cnn(), nn.Linear(64, 2)
     # The registry builds any loss by name; unknown options raise and list the valid ones.
     criterion = create_loss(loss_name, **({"temperature": 0.1} if loss_name == "supcon" else {}))
     projection = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
@@ -69,6 +60,7 @@ def train(loss_name: str, images: torch.Tensor, labels: torch.Tensor, epochs: in
             loss.backward()
             optimizer.step()
             history.append(loss.item())
+    recompute_batch_norm(encoder, images)  # then eval mode, as the tests will use it
     if loss_name == "supcon":  # stage 2: a linear head on the frozen features
         with torch.no_grad():
             features = encoder(images)
@@ -87,7 +79,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a smoke test")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    n_train, n_test, epochs = (128, 64, 1) if args.tiny else (4096, 1000, 10)
+    n_train, n_test, epochs = (512, 128, 3) if args.tiny else (4096, 1000, 10)
 
     spec = NoduleSpec().with_shortcut("diameter_mm", 0.9)
     train_set = SyntheticNodules(spec, n=n_train, seed=0, image_size=32)

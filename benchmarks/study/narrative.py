@@ -215,10 +215,27 @@ def comparison_findings(runs_by_loss: dict[str, list[dict[str, Any]]], test: str
     return lines
 
 
+def split_underfit(runs_by_loss: dict[str, list[dict[str, Any]]]
+                   ) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """The adequately fit losses' runs, and a sentence naming the underfit ones left out.
+
+    An underfit model reacts to whatever changes how visible the cause is, so its
+    sensitivities and head gains say nothing about shortcut learning.
+    """
+    underfit = underfit_losses(runs_by_loss)
+    fit = {loss: runs for loss, runs in runs_by_loss.items() if loss not in underfit}
+    note = (f" Left out as underfit: {', '.join(underfit)}." if underfit else "")
+    return fit, note
+
+
 def sensitivity_findings(runs_by_loss: dict[str, list[dict[str, Any]]], shortcut: str,
                          control: dict[str, list[dict[str, Any]]] | None) -> list[str]:
-    """Shortcut against cause sensitivity (paired by seed), and against the control."""
+    """Shortcut against cause sensitivity (paired by seed), and against the control.
+
+    Underfit losses (see :func:`comparison_findings`) are left out of both, and named.
+    """
     causal = causal_factor()
+    runs_by_loss, underfit_note = split_underfit(runs_by_loss)
     rows = []
     for loss, runs in runs_by_loss.items():
         by_seed = {r["seed"]: {row["factor"]: row["mean_abs_probability_change"]
@@ -237,7 +254,8 @@ def sensitivity_findings(runs_by_loss: dict[str, list[dict[str, Any]]], shortcut
             "over losses): " + ", ".join(f"{loss} {c.difference:+.2f} [{c.low:+.2f}, "
                                          f"{c.high:+.2f}]" for loss, c in rows) + ". "
             + (f"Reacting more to the shortcut than to the cause: {', '.join(more)}."
-               if more else "No loss reacts detectably more to the shortcut than to the cause."))
+               if more else "No loss reacts detectably more to the shortcut than to the cause.")
+            + underfit_note)
     if control:
         above = []
         for loss, runs in runs_by_loss.items():
@@ -251,7 +269,8 @@ def sensitivity_findings(runs_by_loss: dict[str, list[dict[str, Any]]], shortcut
             f"Against the no-shortcut control (same factor, strength 0), whose sensitivity to "
             f"`{shortcut}` is what its visibility alone causes: "
             + (f"{', '.join(above)} react more to it (95 % intervals disjoint)."
-               if above else "no loss reacts more to it with disjoint 95 % intervals."))
+               if above else "no loss reacts more to it with disjoint 95 % intervals.")
+            + underfit_note)
     return lines
 
 
@@ -263,7 +282,8 @@ def findings(config: StudyConfig, store: RunStore, records: list[dict[str, Any]]
     lines = comparison_findings(runs_by_loss, HEADLINE_TEST)
     if "covariate" in tests_present(records):
         lines += comparison_findings(runs_by_loss, "covariate")[-1:]
-    gains = dfr_gains(runs_by_loss)
+    fit, underfit_note = split_underfit(runs_by_loss)
+    gains = dfr_gains(fit)
     if gains:
         moved = [g for g in gains if g.adjusted_p <= ALPHA]
         text = "; ".join(f"{g.loss} {g.difference:+.3f} [{g.low:+.3f}, {g.high:+.3f}]"
@@ -272,12 +292,13 @@ def findings(config: StudyConfig, store: RunStore, records: list[dict[str, Any]]
             f"Last-layer retraining on the group-balanced set (DFR) changes worst-group "
             f"accuracy on `{HEADLINE_TEST}` detectably (paired, Holm over losses) for: "
             + (text + "; for the others the change is within the noise."
-               if moved else "no loss."))
+               if moved else "no loss.") + underfit_note)
     control = next((e for e in config.experiments if e.shortcut == experiment.shortcut
                     and e.strength == 0.0 and e.name != experiment.name), None)
     control_runs = _losses(config, groups, control.name) if control else None
     lines += sensitivity_findings(runs_by_loss, experiment.shortcut, control_runs)
-    cka = cka_by_layer(config, store, experiment.name)
+    cka = {loss: rows for loss, rows in cka_by_layer(config, store, experiment.name).items()
+           if loss in fit}
     differing = {loss: [s for s, row in rows.items()
                         if row.excess is not None and row.excess.high is not None
                         and row.excess.high < 0]
@@ -290,7 +311,7 @@ def findings(config: StudyConfig, store: RunStore, records: list[dict[str, Any]]
             + (f"below the seed-to-seed floor (95 % interval under 0) for {'; '.join(named)}; "
                "elsewhere within the floor." if named else
                "no loss differs from it by more than two seeds of one loss differ, at any "
-               "stage."))
+               "stage.") + underfit_note)
     return lines
 
 

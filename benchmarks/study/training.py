@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from nodulebench import create_loss
+from nodulebench.distributed import sum_over_ranks
 from nodulebench.losses.functional import cross_entropy_loss
 
 from .augment import dihedral_views
@@ -185,9 +186,8 @@ def train(
             if group_dro is not None:
                 loss = group_dro(logits, y, extra["groups"])
             elif how.protocol == "jtt":
-                weights = extra["weights"]
                 per_image = cross_entropy_loss(logits, y, reduction="none")
-                loss = (weights * per_image).sum() / weights.sum()
+                loss = weighted_mean(per_image, extra["weights"], parallel)
             elif embedding_loss is None:
                 loss = cross_entropy(logits, y_views)  # type: ignore[misc]
             else:
@@ -211,6 +211,27 @@ def train(
         raise RuntimeError(f"{study_loss}: training diverged (loss {history[-1]})")
     model.eval()
     return TrainedModel(model, history, study_loss)
+
+
+def weighted_mean(per_image: torch.Tensor, weights: torch.Tensor,
+                  parallel: Parallel) -> torch.Tensor:
+    r"""JTT's loss: the weighted mean of per-image losses over the global batch.
+
+    Under torchrun rank :math:`r` returns :math:`W \sum_{i \in r} w_i \ell_i / \sum_i w_i`,
+    the weight sum taken over every rank (all-reduced, no gradient). DDP averages the
+    ranks' gradients, so the average is the gradient of one process's weighted mean on
+    the whole batch, however the weights fall on the ranks (the contract of
+    :mod:`nodulebench.distributed`, as in GroupDRO and the gathered losses).
+
+    Args:
+        per_image: ``(B,)`` this rank's per-image losses.
+        weights: ``(B,)`` their weights (positive).
+        parallel: this rank's place among the ranks.
+    """
+    if not parallel.active:
+        return (weights * per_image).sum() / weights.sum()
+    global_weight = sum_over_ranks(weights.sum())
+    return parallel.world_size * (weights * per_image).sum() / global_weight
 
 
 def identify(config: StudyConfig, images: torch.Tensor, labels: torch.Tensor, seed: int,

@@ -17,10 +17,11 @@ import torch
 import torch.distributed as dist
 from _dist_cases import DIM, Group
 
-from nodulebench import SupConLoss
+from nodulebench import ClipLoss, CnCLoss, GroupDROLoss, SigLipLoss, SupConLoss
 from nodulebench.distributed import gather_sizes
 from nodulebench.losses import CrossBatchMemory
 from nodulebench.losses import functional as LF
+from nodulebench.losses.group_robust import cnc_loss, group_dro_loss
 
 # The process-group timeout of the skipped-gather case: long enough to create the group
 # under load, short enough to keep the suite fast.
@@ -84,6 +85,22 @@ def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
         "memory_width": lambda: CrossBatchMemory(
             SupConLoss(**gather), embedding_size=DIM, memory_size=8)(
             z[:, : DIM - odd], y),
+        # Correct-N-Contrast and the two-tower losses check their own inputs first.
+        "cnc_short_predictions": lambda: cnc_loss(z, y, y[:-1] if odd else 1 - y, **gather),
+        "cnc_float_labels": lambda: CnCLoss(**gather)(z, y.double() if odd else y, 1 - y),
+        "clip_towers": lambda: LF.clip_loss(z, z[:, : DIM - odd], **gather),
+        "clip_temperature_value": lambda: LF.clip_loss(
+            z, z.flip(0), temperature=torch.tensor(-1.0 if odd else 0.1), **gather),
+        "clip_module_dtype": lambda: ClipLoss(**gather)(z, z.double() if odd else z),
+        "siglip_towers": lambda: LF.siglip_loss(z, z[: 3 + rank - odd], **gather),
+        "siglip_bias_shape": lambda: LF.siglip_loss(
+            z, z, bias=torch.zeros(2) if odd else torch.tensor(-1.0), **gather),
+        "siglip_module_device": lambda: SigLipLoss(**gather)(z, z.to("meta") if odd else z),
+        # GroupDRO (logits z with D = 5 classes): the same exchange before its group sums.
+        "dro_step_size": lambda: GroupDROLoss(step_size=0.02 if odd else 0.01, **gather)(
+            z, y, y),
+        "dro_groups_out_of_range": lambda: group_dro_loss(
+            z, y, y + 4 * odd, torch.full((4,), 0.25), **gather),
     }
 
 

@@ -38,6 +38,21 @@ EXPECTED = {
     "fields": ("every rank must pass the same fields in the same order", ("a=1.0", "b=1.0")),
     "clip_temperature": ("every rank must pass the same temperature", ("0.1", "0.2")),
     "two_tower_loss": ("every rank must pass the same loss", ("'clip'", "'siglip'")),
+    "dro_step_size": ("every rank must pass the same step_size", ("0.01", "0.02")),
+}
+
+
+# The error rank 1 raises about its own input in each case; the others name rank 1.
+REJECTED_ON_RANK_1 = {
+    "cnc_short_predictions": "ValueError: predictions must have shape (B,) = (4,)",
+    "cnc_float_labels": "TypeError: labels must have an integer dtype; got torch.float64",
+    "clip_towers": "ValueError: text_emb must have image_emb's shape (B, D) = (4, 5)",
+    "clip_temperature_value": "ValueError: temperature must be a finite number > 0",
+    "clip_module_dtype": "TypeError: text_emb must have image_emb's dtype torch.float32",
+    "siglip_towers": "ValueError: text_emb must have image_emb's shape (B, D) = (4, 5)",
+    "siglip_bias_shape": "ValueError: bias must be a float or a 0-dim tensor",
+    "siglip_module_device": "ValueError: text_emb must be on image_emb's device cpu",
+    "dro_groups_out_of_range": "ValueError: groups must lie in [0, 4) for num_groups = 4",
 }
 
 
@@ -78,6 +93,9 @@ def test_a_rank_that_rejects_its_input_makes_every_rank_fail(distributed_results
         assert res["memory_width"].startswith(
             "ValueError: embeddings must have D = embedding_size = 5" if rank == 1
             else named)
+        # Correct-N-Contrast and the two-tower losses, rejected on rank 1 alone.
+        for case, own in REJECTED_ON_RANK_1.items():
+            assert res[case].startswith(own if rank == 1 else named), (case, res[case])
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow  # each script starts its own interpreter (and tor
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-SCRIPTS = sorted(path.stem for path in EXAMPLES.glob("*.py"))
+MODULES = {"small_cnn"}  # imported by the scripts, not run
+SCRIPTS = sorted(path.stem for path in EXAMPLES.glob("*.py") if path.stem not in MODULES)
 PNG = b"\x89PNG\r\n\x1a\n"
 TESTS = ["iid", "decorrelated", "reversed", "heldout", "covariate"]
 
@@ -49,7 +50,7 @@ def test_there_are_at_least_six_gallery_scripts_besides_the_quickstart() -> None
     assert len(set(SCRIPTS) - {"quickstart"}) >= 6
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("name", SCRIPTS + sorted(MODULES))
 def test_scripts_use_only_public_names(name: str) -> None:
     public = {"nodulebench": set(nodulebench.__all__),
               "nodulebench.plotting": set(nodulebench.plotting.__all__),
@@ -97,6 +98,9 @@ def test_supcon_training(tmp_path: Path) -> None:
     for per_test in accuracy.values():
         assert set(per_test) == set(TESTS)
         assert all(0.0 <= value <= 1.0 for value in per_test.values())
+        # Even at the tiny size both models learn: 0.65 on 128 i.i.d. test images is
+        # more than 3 standard errors above chance.
+        assert per_test["iid"] >= 0.65
     assert_png(tmp_path / "supcon_vs_ce.png")
 
 
@@ -174,7 +178,7 @@ def test_quickstart_page_shows_only_code_from_the_tested_script() -> None:
 
 def test_examples_page_shows_every_script_and_its_figures() -> None:
     page = (ROOT / "docs" / "examples.rst").read_text()
-    for name in set(SCRIPTS) - {"quickstart"}:
+    for name in (set(SCRIPTS) | MODULES) - {"quickstart"}:
         assert f".. literalinclude:: ../examples/{name}.py" in page, name
     for image in re.findall(r"\.\. image:: (\S+)", page):
         assert (ROOT / "docs" / image).is_file(), image

@@ -8,8 +8,8 @@ import numpy as np
 
 from nodulebench.stats import mean_interval
 from study.analysis import cka_against_floor, underfit_losses
-from study.narrative import cell, comparison_findings
-from study.runner import run_id
+from study.narrative import cell, comparison_findings, sensitivity_findings
+from study.runner import causal_factor, run_id
 
 
 def runs(loss: str, iid: list[float], worst: list[float]) -> list[dict[str, Any]]:
@@ -78,6 +78,47 @@ def test_one_seed_gives_no_comparison_and_no_interval() -> None:
     assert "1 seed(s) per loss; no comparison is possible" in line
     assert cell(mean_interval([0.6])) == "0.600 (1 seed, no interval)"
     assert "±" not in cell(mean_interval([0.6, 0.7]))
+
+
+def with_sensitivity(by_loss: dict[str, list[dict[str, Any]]], shortcut: str,
+                     planted: dict[str, tuple[float, float]], seed: int
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """Each loss's runs with sensitivities ``(to the shortcut, to the cause)`` plus noise."""
+    rng = np.random.default_rng(seed)
+    for loss, runs_of_loss in by_loss.items():
+        to_shortcut, to_cause = planted[loss]
+        for run in runs_of_loss:
+            run["sensitivity"] = [
+                {"factor": shortcut, "mean_abs_probability_change":
+                    to_shortcut + rng.normal(0, 0.01)},
+                {"factor": causal_factor(), "mean_abs_probability_change":
+                    to_cause + rng.normal(0, 0.01)}]
+    return by_loss
+
+
+def test_underfit_loss_is_never_listed_as_reacting_more_to_the_shortcut() -> None:
+    """Planted: "lazy" underfits and reacts most to the shortcut; "hooked" is fit and does."""
+    shortcut = "diameter_mm"
+    planted_sens = {"hooked": (0.40, 0.10), "plain": (0.05, 0.30), "lazy": (0.60, 0.05)}
+    by_loss = with_sensitivity({"hooked": runs("hooked", [0.95] * 5, [0.6] * 5),
+                                "plain": runs("plain", [0.94] * 5, [0.6] * 5),
+                                "lazy": runs("lazy", [0.85] * 5, [0.6] * 5)},
+                               shortcut, planted_sens, seed=0)
+    # The control: every loss reacts little to the shortcut when it is not tied to the label.
+    control = with_sensitivity({loss: runs(loss, [0.95] * 5, [0.6] * 5) for loss in by_loss},
+                               shortcut, dict.fromkeys(by_loss, (0.05, 0.3)), seed=1)
+    shortcut_line, control_line = sensitivity_findings(by_loss, shortcut, control)
+    assert "Reacting more to the shortcut than to the cause: hooked." in shortcut_line
+    assert "lazy" not in shortcut_line.split("Left out")[0]
+    assert shortcut_line.endswith("Left out as underfit: lazy.")
+    assert "hooked react more to it (95 % intervals disjoint)." in control_line
+    assert "lazy" not in control_line.split("Left out")[0]
+    assert control_line.endswith("Left out as underfit: lazy.")
+    # Without the underfit loss nothing is left out, and the fit losses read the same.
+    fit_only = {loss: r for loss, r in by_loss.items() if loss != "lazy"}
+    lines = sensitivity_findings(fit_only, shortcut, control)
+    assert "Left out" not in " ".join(lines)
+    assert "Reacting more to the shortcut than to the cause: hooked." in lines[0]
 
 
 def _grams(features: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -15,7 +15,8 @@
   voxels across have too few voxels for a surface: at 32 voxels, default nodules under
   8 mm (under about 6 voxels across) read 1.05-1.21, above the bound of 1.
 - ``attenuation_hu``: median HU over the body minus calcification, vessels and chest wall,
-  eroded by two voxels (less for tiny nodules), as in 2-D.
+  eroded by two voxels (less for tiny nodules, volume by volume), as in 2-D; ``NaN`` where
+  those masks cover the whole body.
 - ``spicule_volume_mm3``: spicule voxels times the voxel volume.
 """
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from .._validation import check_choice, check_ndim
 from .factors import LUNG_WINDOW_HU
+from .measure import eroded_median
 
 __all__ = ["VolumeMeasurements", "measure_volume"]
 
@@ -175,19 +177,8 @@ def measure_volume(
     hu = vol.double()
     if units == "window":
         hu = window[0] + hu * (window[1] - window[0])
-    region = (parts["nodule"] & ~parts["spicules"] & ~parts["calcification"]
-              & ~parts["vessels"] & ~parts["pleura"]).double()
-    for radius in (2, 1, 0):  # erode; fall back to less erosion for tiny nodules
-        eroded = (-F.max_pool3d(-region, 2 * radius + 1, 1, radius)).bool() if radius else (
-            region.bool())
-        if bool((eroded.flatten(1).sum(1) > 0).all()):
-            break
-    values = torch.where(eroded, hu, torch.tensor(math.nan, dtype=torch.float64,
-                                                  device=vol.device))
-    attenuation = torch.nanmedian(values.flatten(1), dim=1).values
-    if bool(attenuation.isnan().any()):
-        raise ValueError("masks leave no uncalcified body voxel to measure attenuation in "
-                         f"volumes {torch.nonzero(attenuation.isnan()).flatten().tolist()}")
+    attenuation = eroded_median(hu, parts["nodule"] & ~parts["spicules"]
+                                & ~parts["calcification"] & ~parts["vessels"] & ~parts["pleura"])
     return VolumeMeasurements(
         volume_mm3=volume_mm3.float(),
         diameter_mm=feret.float(),

@@ -137,8 +137,27 @@ class LossOptions:
     """Base of every loss's options: each field is checked when the options are built.
 
     Subclasses are frozen dataclasses whose fields come from :func:`option`; building
-    one validates every field, so a bad option fails where it is given.
+    one validates every field, so a bad option fails where it is given. A registry loss
+    also names itself and its paper (class variables ``name`` and ``citation``).
     """
+
+    name: ClassVar[str]
+    citation: ClassVar[str]
+
+    def header(self) -> dict[str, None | bool | int | float | str]:
+        """The loss's name and options, as the ranks of a gather must agree on them.
+
+        Plain values only (a tensor option, such as a learnable temperature, appears as
+        ``"tensor"``: its value may differ between ranks only through training); the
+        process group and the gather switch are left out.
+        """
+        header: dict[str, None | bool | int | float | str] = {"loss": self.name}
+        for item in declared_fields(type(self)):
+            if item.name in ("gather_distributed", "process_group"):
+                continue
+            value = getattr(self, item.name)
+            header[item.name] = "tensor" if isinstance(value, torch.Tensor) else value
+        return header
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -299,24 +318,7 @@ class PairwiseOptions(EmbeddingOptions):
     it (:meth:`kernel` and :meth:`kernel_options`, or an override of :meth:`per_anchor`).
     """
 
-    name: ClassVar[str]
-    citation: ClassVar[str]
     labels_required: ClassVar[bool] = True
-
-    def header(self) -> dict[str, None | bool | int | float | str]:
-        """The loss's name and options, as the ranks of a gather must agree on them.
-
-        Plain values only (a tensor option, such as a learnable temperature, appears as
-        ``"tensor"``: its value may differ between ranks only through training); the
-        process group and the gather switch are left out.
-        """
-        header: dict[str, None | bool | int | float | str] = {"loss": self.name}
-        for item in declared_fields(type(self)):
-            if item.name in ("gather_distributed", "process_group"):
-                continue
-            value = getattr(self, item.name)
-            header[item.name] = "tensor" if isinstance(value, torch.Tensor) else value
-        return header
 
     def kernel(self) -> str:
         """The name of the per-anchor computation (see ``KERNEL_LOSSES``)."""

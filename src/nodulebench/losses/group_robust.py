@@ -24,7 +24,12 @@ from nodulebench._validation import (
     check_integer_tensor,
     check_ndim,
 )
-from nodulebench.distributed import get_world_size, is_distributed, sum_over_ranks
+from nodulebench.distributed import (
+    gather_sizes,
+    get_world_size,
+    is_distributed,
+    sum_over_ranks,
+)
 from nodulebench.kernels._dense import SUPCON_VARIANTS, pack_pair_labels
 from nodulebench.kernels.dispatch import run_per_anchor
 from nodulebench.losses._declaration import (
@@ -41,7 +46,11 @@ from nodulebench.losses._declaration import (
     positive,
     with_options_table,
 )
-from nodulebench.losses._inputs import PreparedEmbeddings, compute_dtype
+from nodulebench.losses._inputs import (
+    PreparedEmbeddings,
+    abandon_if_gathering,
+    compute_dtype,
+)
 from nodulebench.losses.modules import PairwiseLoss
 from nodulebench.losses.registry import register_loss
 
@@ -100,11 +109,22 @@ class CnCOptions(PairwiseOptions):
         return loss, valid, None
 
 
-def _pair_labels(embeddings: torch.Tensor, labels: Any, predictions: Any) -> torch.Tensor:
-    if not isinstance(embeddings, torch.Tensor):
-        raise TypeError(f"embeddings must be a torch.Tensor; got {type(embeddings).__name__}")
-    _check_row_vector("labels", labels, embeddings, "embeddings")
-    _check_row_vector("predictions", predictions, embeddings, "embeddings")
+def _pair_labels(embeddings: torch.Tensor, labels: Any, predictions: Any,
+                 options: PairwiseOptions) -> torch.Tensor:
+    """The packed pair labels of checked inputs.
+
+    A rejected input still meets the other ranks at the gather's header exchange, so
+    that they raise too instead of waiting for this rank.
+    """
+    try:
+        if not isinstance(embeddings, torch.Tensor):
+            raise TypeError(
+                f"embeddings must be a torch.Tensor; got {type(embeddings).__name__}")
+        _check_row_vector("labels", labels, embeddings, "embeddings")
+        _check_row_vector("predictions", predictions, embeddings, "embeddings")
+    except (TypeError, ValueError):
+        abandon_if_gathering(embeddings, options.gather_distributed, options.process_group)
+        raise
     return pack_pair_labels(labels, predictions)
 
 
@@ -147,7 +167,9 @@ def cnc_loss(
 
     Raises:
         TypeError: non-floating ``embeddings``, non-integer ``labels`` or ``predictions``.
-        ValueError: wrong shapes, another device, an invalid option.
+        ValueError: wrong shapes, another device, an invalid option; with
+            ``gather_distributed``, ranks whose calls disagree or another rank that
+            rejected its input (every rank raises, none waits).
 
     Example:
         >>> z = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
@@ -155,8 +177,9 @@ def cnc_loss(
         >>> print(f"{cnc_loss(z, y, k, temperature=0.5).item():.4f}")
         0.5130
     """
-    pair_labels = _pair_labels(embeddings, labels, predictions)
-    return compute_pairwise(CnCOptions.from_kwargs(**options), embeddings, pair_labels).loss
+    opts = CnCOptions.from_kwargs(**options)
+    return compute_pairwise(opts, embeddings,
+                            _pair_labels(embeddings, labels, predictions, opts)).loss
 
 
 @register_loss(CnCOptions.name, consumes="embeddings_and_predictions", requires_labels=True,
@@ -177,7 +200,7 @@ class CnCLoss(PairwiseLoss):
         self, embeddings: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor
     ) -> torch.Tensor:
         """Loss of ``embeddings`` with class ``labels`` and first-model ``predictions``."""
-        pair_labels = _pair_labels(embeddings, labels, predictions)
+        pair_labels = _pair_labels(embeddings, labels, predictions, self.options)
         return self._record(compute_pairwise(self.options, embeddings, pair_labels))
 
 
@@ -314,7 +337,10 @@ def group_dro_loss(
 
     With ``gather_distributed=True`` the group sums of :math:`\ell` and the counts
     :math:`m_g` are summed over the ranks before the update, so every rank computes the
-    same :math:`q`; each rank returns :math:`W` times its share
+    same :math:`q`. Before that the ranks exchange one header (as the pairwise losses do):
+    ranks whose logits (but for ``B``), options or ``update`` differ all raise the same
+    ``ValueError``, and a rank that rejects its own input makes the others raise one
+    naming it, instead of leaving them waiting. Each rank returns :math:`W` times its share
     :math:`\sum_g q_g \sum_{b \in \text{rank}, g_b = g} \ell_b / m_g`, whose average over
     the :math:`W` ranks (DDP's gradient averaging) is the single-process loss.
 
@@ -334,7 +360,8 @@ def group_dro_loss(
     Raises:
         TypeError: non-tensor or non-floating ``logits``, non-integer ``labels``/``groups``.
         ValueError: wrong shapes, ids out of range, a tensor on another device, an
-            invalid option.
+            invalid option; with ``gather_distributed``, ranks whose calls disagree or
+            another rank that rejected its input (every rank raises, none waits).
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]])
@@ -344,7 +371,15 @@ def group_dro_loss(
         [0.156, 0.188, 0.511, 0.144]
     """
     opts = GroupDROOptions.from_kwargs(**options)
-    _check_dro_inputs(logits, labels, groups, group_weights, opts.num_groups)
+    try:
+        _check_dro_inputs(logits, labels, groups, group_weights, opts.num_groups)
+    except (TypeError, ValueError):
+        abandon_if_gathering(logits, opts.gather_distributed, opts.process_group)
+        raise
+    if opts.gather_distributed:
+        # The ranks' logits and options must agree before their group sums are added.
+        gather_sizes(logits, opts.process_group, agree={**opts.header(), "update": update},
+                     name="logits")
     dtype = compute_dtype(logits.dtype)
     per_sample = F.cross_entropy(logits.to(dtype), labels.to(torch.int64), reduction="none")
     groups = groups.to(torch.int64)

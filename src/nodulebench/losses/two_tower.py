@@ -12,7 +12,9 @@ from :func:`nodulebench.kernels.dispatch.run_two_tower`: the dense definitions
 (``"reference"``, ``B x B`` logits) or the tiled engine (``"tiled"``, :math:`O(B D)`
 memory). With ``gather_distributed=True`` each rank's pairs are the anchors, compared
 with the gathered other tower, and the reduction follows the exact-gradient contract of
-:doc:`/scaling`; the learnable scale and bias receive exact gradients too.
+:doc:`/scaling`; the learnable scale and bias receive exact gradients too. A rank that
+rejects its towers still meets the others at the gather's header exchange, so that every
+rank raises instead of some waiting for it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from nodulebench.losses._inputs import (
     REDUCTIONS,
     PreparedEmbeddings,
     ReducedLoss,
+    abandon_if_gathering,
     compute_dtype,
     prepare_embeddings,
     reduce_per_anchor,
@@ -174,13 +177,17 @@ def _clip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: ClipOptions
     temperature, logit_scale = options.temperature, options.logit_scale
     normalize, reduction, backend = options.normalize, options.reduction, options.backend
     gather_distributed, process_group = options.gather_distributed, options.process_group
-    _check_towers(image_emb, text_emb)
     # Every check before the gather's collectives.
-    if logit_scale is not None:
-        scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
-    else:
-        tau = CLIP_TEMPERATURE if temperature is None else temperature
-        scale = 1.0 / _scalar("temperature", tau, image_emb, positive=True)
+    try:
+        _check_towers(image_emb, text_emb)
+        if logit_scale is not None:
+            scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
+        else:
+            tau = CLIP_TEMPERATURE if temperature is None else temperature
+            scale = 1.0 / _scalar("temperature", tau, image_emb, positive=True)
+    except (TypeError, ValueError):
+        abandon_if_gathering(image_emb, gather_distributed, process_group)
+        raise
     image, text = _prepare_towers(image_emb, text_emb, normalize=normalize,
                                   gather_distributed=gather_distributed,
                                   process_group=process_group,
@@ -223,7 +230,9 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, **options: Any) -
         TypeError: non-tensor or non-floating inputs, towers of different dtypes.
         ValueError: towers whose shapes differ or are not ``(B, D)``, a non-positive
             temperature, a scale tensor that is not 0-dim, both ``temperature`` and
-            ``logit_scale``, or an invalid option.
+            ``logit_scale``, or an invalid option; with ``gather_distributed``, ranks
+            whose calls disagree or another rank that rejected its towers (every rank
+            raises, none waits).
 
     Example:
         >>> x = torch.eye(3)
@@ -238,9 +247,13 @@ def _siglip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: SigLipOpti
     logit_scale, bias = options.logit_scale, options.bias
     normalize, reduction, backend = options.normalize, options.reduction, options.backend
     gather_distributed, process_group = options.gather_distributed, options.process_group
-    _check_towers(image_emb, text_emb)
-    scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
-    bias_tensor = _scalar("bias", bias, image_emb, positive=False)
+    try:
+        _check_towers(image_emb, text_emb)
+        scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
+        bias_tensor = _scalar("bias", bias, image_emb, positive=False)
+    except (TypeError, ValueError):
+        abandon_if_gathering(image_emb, gather_distributed, process_group)
+        raise
     image, text = _prepare_towers(image_emb, text_emb, normalize=normalize,
                                   gather_distributed=gather_distributed,
                                   process_group=process_group,
@@ -282,7 +295,9 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, **options: Any)
     Raises:
         TypeError: non-tensor or non-floating inputs, towers of different dtypes.
         ValueError: towers whose shapes differ or are not ``(B, D)``, a scale or bias
-            tensor that is not 0-dim, or an invalid option.
+            tensor that is not 0-dim, or an invalid option; with ``gather_distributed``, ranks
+            whose calls disagree or another rank that rejected its towers (every rank
+            raises, none waits).
 
     Example:
         >>> x = torch.eye(2)
