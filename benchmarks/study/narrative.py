@@ -146,8 +146,9 @@ def identification_tables(config: StudyConfig, store: RunStore, records: list[di
     ))
     density = {loss: saliency_intervals(runs) for loss, runs in runs_by_loss.items()}
     regions = list(next(iter(density.values()), {}))
+    layers = sorted({run["saliency"]["layer"] for runs in runs_by_loss.values() for run in runs})
     tables.append(Table(
-        "**Saliency per area** (Grad-CAM at the third stage, 8 x 8 at 32 px): the region's "
+        f"**Saliency per area** (Grad-CAM at `{'`, `'.join(layers)}`): the region's "
         "share of the attribution over its share of the pixels; 1 = no preference, above 1 = "
         "drawn to the region. Mean [95 % interval] over seeds.",
         ("loss", *regions),
@@ -335,8 +336,8 @@ def protocol_blocks(config: StudyConfig, records: list[dict[str, Any]],
             "so these numbers are ours, not a copy of theirs."),
         Heading(2, "Protocol"),
         Bullets((
-            f"Data: SyntheticNodules, {config.data.image_size}x{config.data.image_size} px; "
-            f"{config.data.n_train} training images per (experiment, seed), "
+            f"Data: SyntheticNodules, {_sample_size(config)}; "
+            f"{config.data.n_train} training {_samples(config)} per (experiment, seed), "
             f"{config.data.n_test} per test distribution; malignant iff `{causal_factor()}` "
             "passes the default threshold (the causal factor).",
             f"Training distributions: {experiments}. Strength 0 is the no-shortcut control.",
@@ -419,3 +420,15 @@ def report_blocks(config: StudyConfig, store: RunStore, records: list[dict[str, 
             blocks += experiment_blocks(config, store, records, experiment,
                                         figures[experiment.name])
     return blocks
+
+
+def _sample_size(config: StudyConfig) -> str:
+    """``32x32 px`` for images, ``16x16x16 voxel volumes`` for volumes."""
+    size = config.data.image_size
+    if config.data.dims == 3:
+        return f"{size}x{size}x{size} voxel volumes"
+    return f"{size}x{size} px"
+
+
+def _samples(config: StudyConfig) -> str:
+    return "volumes" if config.data.dims == 3 else "images"
