@@ -16,7 +16,7 @@ from nodulebench.probing.probes import (
     _fold_ids,
     _logistic_objective,
     _logistic_predict,
-    _ridge_predict,
+    _RidgeSplit,
 )
 
 
@@ -117,9 +117,9 @@ def test_ridge_matches_explicit_loo_search() -> None:
     xm, ym = x.mean(0), y.mean()
     w = torch.linalg.solve((x - xm).T @ (x - xm) + n * c * torch.eye(5, dtype=torch.float64),
                            (x - xm).T @ (y - ym))
-    # The LOO identity holds for centering inside the fit, which _ridge_predict does with
+    # The LOO identity holds for centering inside the fit, which _RidgeSplit does with
     # standardized (already centered) inputs; center here the same way.
-    predicted = _ridge_predict(x - xm, y, x_test - xm)
+    predicted = _RidgeSplit(x - xm).predict(y, x_test - xm)
     torch.testing.assert_close(predicted, (x_test - xm) @ w + ym)
 
 

@@ -81,13 +81,6 @@ class _RidgeSplit:
         return x_test @ best[1] + y_mean
 
 
-def _ridge_predict(
-    x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor
-) -> torch.Tensor:
-    """Ridge regression with the penalty chosen by exact leave-one-out error."""
-    return _RidgeSplit(x_train).predict(y_train, x_test)
-
-
 def _logistic_objective(
     x: torch.Tensor, onehot: torch.Tensor, row_weight: torch.Tensor, mean: torch.Tensor,
     std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, l2: float,
