@@ -7,7 +7,7 @@ check runs every pairwise loss eagerly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -44,6 +44,21 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(12, 2, 6, generator=gen, dtype=torch.float64), torch.arange(12) % 3
 
 
+def compiles_like_eager(forward: Callable[..., torch.Tensor],
+                        compiled: tuple[torch.nn.Module, torch.nn.Module],
+                        eager: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """``forward(model, loss)`` traces as one graph and matches eager, value and gradient."""
+    explanation = torch._dynamo.explain(forward)(*compiled)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    got = torch.compile(forward, fullgraph=True, backend="aot_eager")(*compiled)
+    got.backward()
+    want = forward(*eager)
+    want.backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(compiled[0].weight.grad, eager[0].weight.grad)
+
+
 @pytest.mark.parametrize(("name", "backend", "options"), CASES, ids=lambda x: str(x))
 def test_step_compiles_in_one_graph_and_matches_eager(name: str, backend: str,
                                                       options: dict[str, object]) -> None:
@@ -55,16 +70,7 @@ def test_step_compiles_in_one_graph_and_matches_eager(name: str, backend: str,
     def forward(model: torch.nn.Module, loss_fn: torch.nn.Module) -> torch.Tensor:
         return loss_fn(model(x), labels)
 
-    explanation = torch._dynamo.explain(forward)(compiled_model, compiled_loss)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    assert explanation.graph_count == 1
-    compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
-    got = compiled(compiled_model, compiled_loss)
-    got.backward()
-    want = forward(eager_model, eager_loss)
-    want.backward()
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(compiled_model.weight.grad, eager_model.weight.grad)
+    compiles_like_eager(forward, (compiled_model, compiled_loss), (eager_model, eager_loss))
     assert compiled_loss.num_excluded_anchors == eager_loss.num_excluded_anchors == 0
 
 
@@ -81,15 +87,7 @@ def test_step_with_a_reference_set_compiles_in_one_graph(backend: str) -> None:
     def forward(model: torch.nn.Module, loss_fn: torch.nn.Module) -> torch.Tensor:
         return loss_fn(model(x), labels, ref_emb=model(ref_x), ref_labels=ref_labels)
 
-    explanation = torch._dynamo.explain(forward)(compiled_model, compiled_loss)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
-    got = compiled(compiled_model, compiled_loss)
-    got.backward()
-    want = forward(eager_model, eager_loss)
-    want.backward()
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(compiled_model.weight.grad, eager_model.weight.grad)
+    compiles_like_eager(forward, (compiled_model, compiled_loss), (eager_model, eager_loss))
 
 
 @pytest.fixture
