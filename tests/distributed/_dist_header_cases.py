@@ -101,6 +101,17 @@ def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
             z, y, y),
         "dro_groups_out_of_range": lambda: group_dro_loss(
             z, y, y + 4 * odd, torch.full((4,), 0.25), **gather),
+        # A functional call whose options rank 1 alone gets wrong.
+        "supcon_option_value": lambda: LF.supcon_loss(
+            z, y, temperature=-1.0 if odd else 0.1, **gather),
+        "ntxent_option_typo": lambda: LF.ntxent_loss(
+            z, z.flip(0), **({"temprature": 0.1} if odd else {}), **gather),
+        "clip_option_value": lambda: LF.clip_loss(
+            z, z.flip(0), temperature=-1.0 if odd else 0.1, **gather),
+        "cnc_option_value": lambda: cnc_loss(z, y, 1 - y, temperature=-1.0 if odd else 0.1,
+                                             **gather),
+        "dro_option_value": lambda: group_dro_loss(
+            z, y, y, torch.full((4,), 0.25), step_size=-1.0 if odd else 0.01, **gather),
     }
 
 

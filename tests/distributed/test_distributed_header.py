@@ -53,6 +53,12 @@ REJECTED_ON_RANK_1 = {
     "siglip_bias_shape": "ValueError: bias must be a float or a 0-dim tensor",
     "siglip_module_device": "ValueError: text_emb must be on image_emb's device cpu",
     "dro_groups_out_of_range": "ValueError: groups must lie in [0, 4) for num_groups = 4",
+    # Options rejected on rank 1 alone (functional calls validate them per call).
+    "supcon_option_value": "ValueError: temperature must be > 0; got -1.0",
+    "ntxent_option_typo": "TypeError: NTXentOptions got an unknown option 'temprature'",
+    "clip_option_value": "ValueError: temperature must be a finite number > 0",
+    "cnc_option_value": "ValueError: temperature must be a finite number > 0; got -1.0",
+    "dro_option_value": "ValueError: step_size must be a finite number >= 0; got -1.0",
 }
 
 

@@ -28,6 +28,7 @@ from nodulebench.losses._inputs import (
     REDUCTIONS,
     PreparedEmbeddings,
     ReducedLoss,
+    abandon_if_gathering,
     prepare_embeddings,
     reduce_per_anchor,
 )
@@ -181,6 +182,21 @@ class LossOptions:
                     f"{did_you_mean(name, accepted)}; accepted: {', '.join(accepted)}"
                 )
         return cls(**kwargs)
+
+    @classmethod
+    def for_call(cls: type[_Options], tensor: object, **kwargs: Any) -> _Options:
+        """:meth:`from_kwargs` for a functional call whose first input is ``tensor``.
+
+        A rank whose options are rejected under ``gather_distributed=True`` still meets
+        the other ranks at the header exchange before raising, as a rank whose input is
+        rejected does: they fail naming it instead of waiting for it.
+        """
+        try:
+            return cls.from_kwargs(**kwargs)
+        except (TypeError, ValueError):
+            abandon_if_gathering(tensor, kwargs.get("gather_distributed"),
+                                 kwargs.get("process_group"))
+            raise
 
     def describe(self) -> str:
         """``name=value`` of the options that differ from their defaults, for ``repr``."""

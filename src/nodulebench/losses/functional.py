@@ -257,7 +257,7 @@ def supcon_loss(
         >>> print(f"{supcon_loss(z, y, temperature=0.5).item():.4f}")
         0.4302
     """
-    return compute_pairwise(SupConOptions.from_kwargs(**options), embeddings, labels,
+    return compute_pairwise(SupConOptions.for_call(embeddings, **options), embeddings, labels,
                             ref_emb=ref_emb, ref_labels=ref_labels).loss
 
 
@@ -361,7 +361,7 @@ def ntxent_loss(
         0.3348
     """
     reject_reference_set("ref_emb" in options or "ref_labels" in options)
-    return compute_pairwise(NTXentOptions.from_kwargs(**options),
+    return compute_pairwise(NTXentOptions.for_call(view1, **options),
                             ntxent_views(view1, view2), None).loss
 
 
@@ -462,7 +462,7 @@ def contrastive_loss(
         >>> print(f"{contrastive_loss(z, y, form='pml').item():.4f}")  # 0.95 + 0.3095
         1.2595
     """
-    return compute_pairwise(ContrastiveOptions.from_kwargs(**options), embeddings, labels,
+    return compute_pairwise(ContrastiveOptions.for_call(embeddings, **options), embeddings, labels,
                             ref_emb=ref_emb, ref_labels=ref_labels).loss
 
 
@@ -538,7 +538,7 @@ def triplet_margin_loss(
         >>> print(f"{triplet_margin_loss(z, y, normalize=False, mining='all').item():.4f}")
         0.7000
     """
-    return compute_pairwise(TripletOptions.from_kwargs(**options), embeddings, labels,
+    return compute_pairwise(TripletOptions.for_call(embeddings, **options), embeddings, labels,
                             ref_emb=ref_emb, ref_labels=ref_labels).loss
 
 
@@ -615,7 +615,7 @@ def multi_similarity_loss(
         >>> print(f"{multi_similarity_loss(z, y).item():.4f}")
         0.3394
     """
-    return compute_pairwise(MultiSimilarityOptions.from_kwargs(**options), embeddings,
+    return compute_pairwise(MultiSimilarityOptions.for_call(embeddings, **options), embeddings,
                             labels, ref_emb=ref_emb, ref_labels=ref_labels).loss
 
 

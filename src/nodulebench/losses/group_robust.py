@@ -177,7 +177,7 @@ def cnc_loss(
         >>> print(f"{cnc_loss(z, y, k, temperature=0.5).item():.4f}")
         0.5130
     """
-    opts = CnCOptions.from_kwargs(**options)
+    opts = CnCOptions.for_call(embeddings, **options)
     return compute_pairwise(opts, embeddings,
                             _pair_labels(embeddings, labels, predictions, opts)).loss
 
@@ -370,7 +370,7 @@ def group_dro_loss(
         >>> print([round(q, 3) for q in step.group_weights.tolist()])
         [0.156, 0.188, 0.511, 0.144]
     """
-    opts = GroupDROOptions.from_kwargs(**options)
+    opts = GroupDROOptions.for_call(logits, **options)
     try:
         _check_dro_inputs(logits, labels, groups, group_weights, opts.num_groups)
     except (TypeError, ValueError):

@@ -239,7 +239,7 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, **options: Any) -
         >>> round(float(clip_loss(x, x, temperature=0.5)), 4)  # log(e^2 + 2) - 2
         0.2395
     """
-    return _clip(image_emb, text_emb, ClipOptions.from_kwargs(**options)).loss
+    return _clip(image_emb, text_emb, ClipOptions.for_call(image_emb, **options)).loss
 
 
 def _siglip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: SigLipOptions
@@ -304,7 +304,7 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, **options: Any)
         >>> round(float(siglip_loss(x, x, logit_scale=math.log(10.0), bias=-5.0)), 4)
         0.0134
     """
-    return _siglip(image_emb, text_emb, SigLipOptions.from_kwargs(**options)).loss
+    return _siglip(image_emb, text_emb, SigLipOptions.for_call(image_emb, **options)).loss
 
 
 class TwoTowerLoss(torch.nn.Module):
