@@ -15,6 +15,7 @@ holds the gradient of the single-process loss on the global batch.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 from pathlib import Path
@@ -85,6 +86,11 @@ def main() -> None:
                title=f"DDP, {world_size} ranks, global batch {global_batch}")
         figure.savefig(args.out / "loss.png", dpi=90)
     if dist.is_initialized():
+        # Leave together, without DDP: a DDP module still alive when the group goes keeps
+        # its Gloo threads, and freed at interpreter exit they abort the process.
+        del model
+        gc.collect()
+        dist.barrier()  # rank 0 may still be writing its files
         dist.destroy_process_group()
 
 
