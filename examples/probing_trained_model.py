@@ -32,31 +32,30 @@ from nodulebench.probing import (  # noqa: E402
     probe_factors,
     write_records,
 )
+from small_cnn import recompute_batch_norm, small_cnn  # noqa: E402  (examples/small_cnn.py)
 
 FACTORS = ["spiculation", "diameter_mm", "lobulation", "sphericity", "texture"]
 
 
 def train_model(spec: NoduleSpec, n: int, steps: int, seed: int) -> nn.Module:
-    """A small CNN trained with cross-entropy on ``n`` images of ``spec``."""
+    """The examples' small CNN + a linear head, trained with cross-entropy on ``n`` images."""
     torch.manual_seed(seed)  # the script's weights; the library never touches this RNG
     model = nn.Sequential()
-    model.add_module("features", nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU()))
-    model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
-    model.add_module("head", nn.Linear(32, 2))
+    model.add_module("features", small_cnn())  # (N, 64) pooled features
+    model.add_module("head", nn.Linear(64, 2))
     data = SyntheticNodules(spec, n=n, seed=seed, image_size=32)
     images, labels = data.render(range(n)), data.labels
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
     for _ in range(steps):
         batch = torch.randint(0, n, (64,), generator=generator)
         loss = F.cross_entropy(model(images[batch]), labels[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return model.eval()
+    recompute_batch_norm(model, images)  # then eval mode
+    return model
 
 
 def main() -> None:
@@ -77,7 +76,7 @@ def main() -> None:
         with torch.no_grad():
             predicted = model(test.render(range(n_test))).argmax(dim=1)
         accuracy = float((predicted == test.labels).double().mean())
-        probes[name] = probe_factors(extract_features(model, test, "pool"),
+        probes[name] = probe_factors(extract_features(model, test, "features"),
                                      {f: test.factors[f] for f in FACTORS}, folds=3)
         used[name] = intervention_sensitivity(model, test, factors=FACTORS,
                                               n=min(128, n_test))
