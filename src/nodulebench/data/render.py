@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -181,17 +181,39 @@ def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Ten
         dict with keys :data:`MASK_NAMES` of ``(N, 1, S, S)`` bool masks (before blur and
         noise).
     """
+    return render_in_chunks(_render_chunk, factors, seed, indices, (image_size,) * 2,
+                            with_masks=with_masks, chunk_size=chunk_size, window_hu=window_hu)
+
+
+#: ``(factors, seed, indices, S, with_masks, out)`` -> masks or None: renders one chunk's
+#: HU into ``out`` (``(n, S, S)`` or ``(n, S, S, S)``).
+ChunkRenderer = Callable[
+    [Mapping[str, torch.Tensor], int, torch.Tensor, int, bool, torch.Tensor],
+    "dict[str, torch.Tensor] | None",
+]
+
+
+def render_in_chunks(render_chunk: ChunkRenderer, factors: Mapping[str, torch.Tensor],
+                     seed: int, indices: torch.Tensor, spatial: tuple[int, ...], *,
+                     with_masks: bool, chunk_size: int,
+                     window_hu: tuple[float, float] | None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """Fill ``(N, 1, *spatial)`` outputs chunk by chunk with ``render_chunk``.
+
+    The driver of :func:`render_hu` and of the volume renderer: chunks of ``chunk_size``
+    on the CPU (all at once elsewhere), each windowed while it is still in cache.
+    """
     dev = factors["diameter_mm"].device
-    n, s = indices.shape[0], image_size
-    hu = torch.empty(n, 1, s, s, device=dev, dtype=torch.float32)
-    masks = ({k: torch.empty(n, 1, s, s, device=dev, dtype=torch.bool) for k in MASK_NAMES}
-             if with_masks else None)
+    n = indices.shape[0]
+    hu = torch.empty(n, 1, *spatial, device=dev, dtype=torch.float32)
+    masks = ({k: torch.empty(n, 1, *spatial, device=dev, dtype=torch.bool)
+              for k in MASK_NAMES} if with_masks else None)
     step = n if dev.type != "cpu" else max(1, chunk_size)
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         part = {k: v[sl] for k, v in factors.items()}
         out = hu[sl, 0]
-        m = _render_chunk(part, seed, indices[sl].to(dev), s, with_masks, out)
+        m = render_chunk(part, seed, indices[sl].to(dev), spatial[0], with_masks, out)
         if window_hu is not None:
             low, high = window_hu
             out.sub_(low).mul_(1.0 / (high - low)).clamp_(0.0, 1.0)

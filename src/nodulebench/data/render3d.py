@@ -48,10 +48,10 @@ from .anatomy import TEXTURE_GRID, background, draw_context, ramp
 from .factors import REFERENCE_PATCH_PIXELS, SOLID_CORE_HU
 from .geometry import ANGLES, HARMONICS, shape_slice
 from .render import (
-    MASK_NAMES,
     acquire,
     calcification_sdf,
     nodule_density,
+    render_in_chunks,
     spicule_coverage,
 )
 
@@ -271,24 +271,8 @@ def render_volume_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: to
         ``None`` or a dict with keys :data:`~nodulebench.data.render.MASK_NAMES` of bool
         masks of that shape (before the slice profile, blur and noise).
     """
-    dev = factors["diameter_mm"].device
-    n, s = indices.shape[0], volume_size
-    hu = torch.empty(n, 1, s, s, s, device=dev, dtype=torch.float32)
-    masks = ({k: torch.empty(n, 1, s, s, s, device=dev, dtype=torch.bool)
-              for k in MASK_NAMES} if with_masks else None)
-    step = n if dev.type != "cpu" else max(1, chunk_size)
-    for start in range(0, n, step):
-        sl = slice(start, min(n, start + step))
-        part = {k: v[sl] for k, v in factors.items()}
-        out = hu[sl, 0]
-        m = _render_chunk(part, seed, indices[sl].to(dev), s, with_masks, out)
-        if window_hu is not None:
-            low, high = window_hu
-            out.sub_(low).mul_(1.0 / (high - low)).clamp_(0.0, 1.0)
-        if masks is not None and m is not None:
-            for k in MASK_NAMES:
-                masks[k][sl, 0] = m[k]
-    return hu, masks
+    return render_in_chunks(_render_chunk, factors, seed, indices, (volume_size,) * 3,
+                            with_masks=with_masks, chunk_size=chunk_size, window_hu=window_hu)
 
 
 def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Tensor, s: int,
