@@ -16,6 +16,7 @@ from nodulebench.probing.probes import (
     _fold_ids,
     _logistic_objective,
     _logistic_predict,
+    _preconditioner,
     _RidgeSplit,
 )
 
@@ -158,6 +159,41 @@ def test_logistic_problems_fitted_together_match_scipy_each() -> None:
         theta = _scipy_logistic(z[rows.numpy()], codes[rows].numpy(), 3, l2)
         expected = (z @ theta[:-1] + theta[-1]).argmax(axis=1)
         assert predicted[p].tolist() == expected.tolist()
+
+
+def test_logistic_fit_on_correlated_features_matches_scipy() -> None:
+    # Nearly collinear columns (condition number ~1e6): the preconditioned fit must still
+    # land on each problem's own optimum.
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(120, 2, generator=g, dtype=torch.float64)
+    noise = 1e-3 * torch.randn(120, 4, generator=g, dtype=torch.float64)
+    x = torch.cat([base, base @ torch.tensor([[1.0, 0.5], [0.2, 1.0]],
+                                             dtype=torch.float64), base[:, :1]], 1)
+    x = x + torch.cat([torch.zeros(120, 1, dtype=torch.float64), noise], 1)
+    codes = (base[:, 0] + 0.3 * torch.randn(120, generator=g, dtype=torch.float64) > 0).long()
+    codes = codes + (base[:, 1] > 0.8).long()
+    train = torch.stack([torch.arange(120) % 4 != k for k in range(2)])
+    predicted = _logistic_predict(x, torch.stack([codes, codes]), train, 3, 0.01)
+    for p, rows in enumerate(train):
+        mean, std = x[rows].mean(0), x[rows].std(0, correction=0)
+        z = ((x - mean) / std).numpy()
+        theta = _scipy_logistic(z[rows.numpy()], codes[rows].numpy(), 3, 0.01)
+        assert predicted[p].tolist() == (z @ theta[:-1] + theta[-1]).argmax(axis=1).tolist()
+
+
+def test_preconditioner_factors_half_the_correlation_plus_penalty() -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(50, 3, generator=g, dtype=torch.float64) @ torch.tensor(
+        [[1.0, 0.9, 0.0], [0.0, 0.4, 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    train = torch.stack([torch.arange(50) < 35, torch.arange(50) >= 10])
+    mean = torch.stack([x[rows].mean(0) for rows in train], dim=1)
+    std = torch.stack([x[rows].std(0, correction=0) for rows in train], dim=1)
+    row_weight = (train.double() / train.double().sum(1, keepdim=True)).T
+    chol = _preconditioner(x, row_weight, mean, std, 0.1)
+    for p, rows in enumerate(train):
+        z = (x[rows] - mean[:, p]) / std[:, p]
+        expected = 0.5 * z.T @ z / z.shape[0] + 0.1 * torch.eye(3, dtype=torch.float64)
+        torch.testing.assert_close(chol[p] @ chol[p].T, expected)
 
 
 def test_logistic_gradient_matches_autograd() -> None:

@@ -117,20 +117,41 @@ def _logits(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, weight: torc
     return (x @ scaled.flatten(1)).view(x.shape[0], *bias.shape) + offset
 
 
+def _preconditioner(x: torch.Tensor, row_weight: torch.Tensor, mean: torch.Tensor,
+                    std: torch.Tensor, l2: float) -> torch.Tensor:
+    """``(P, D, D)`` Cholesky factors ``L_p`` of ``C_p / 2 + l2 I``.
+
+    ``C_p = Z_p^T diag(row_weight_p) Z_p`` is the correlation matrix of problem ``p``'s
+    standardized training rows. Half of it bounds the curvature of the mean cross-entropy
+    in every direction of ``W_p`` (Boehning's bound), so in the variables
+    ``V_p = L_p^T W_p`` the objective's Hessian lies between ``l2`` times a
+    well-conditioned matrix and the identity however correlated the features are.
+    """
+    second = torch.einsum("np,nd,ne->pde", row_weight, x, x)
+    m, s = mean.T, std.T
+    correlation = (second - m[:, :, None] * m[:, None, :]) / (s[:, :, None] * s[:, None, :])
+    eye = torch.eye(x.shape[1], dtype=x.dtype)
+    return torch.linalg.cholesky(0.5 * correlation + l2 * eye)
+
+
 def _logistic_predict(
     x: torch.Tensor, codes: torch.Tensor, train: torch.Tensor, n_classes: int, l2: float,
 ) -> torch.Tensor:
     """Multinomial logistic regressions by L-BFGS; the predicted class of every row.
 
-    Problem ``p`` fits codes ``codes[p]`` on the rows ``train[p]`` of ``x``, standardized
-    by those rows, and minimizes ``mean cross-entropy + (l2 / 2) * ||W||_F^2`` (the
-    intercept is not penalized), from zeros, with a strong-Wolfe line search:
-    deterministic on a device. The problems are independent and their objectives add, so
-    one L-BFGS over all of them (every fold, probe and control) finds each one's minimum
-    at a fraction of the per-call overhead of separate fits.
+    Problem ``p`` fits codes ``codes[p]`` on the rows ``train[p]`` of ``x`` (on the CPU),
+    standardized by those rows, and minimizes ``mean cross-entropy + (l2 / 2) *
+    ||W||_F^2`` (the intercept is not penalized), from zeros, with scipy's L-BFGS-B:
+    deterministic. The problems are independent and their objectives add, so one L-BFGS
+    over all of them (every fold, probe and control) finds each one's minimum at a
+    fraction of the per-call overhead of separate fits. It runs in the preconditioned
+    variables of :func:`_preconditioner`: the same minimum, reached in several times
+    fewer steps on the correlated features of a network.
 
     Shapes: ``x`` ``(N, D)``; ``codes``, ``train`` ``(P, N)``. Returns ``(P, N)`` codes.
     """
+    from scipy.optimize import minimize
+
     problems, d = codes.shape[0], x.shape[1]
     stats = [_standardization(x[rows]) for rows in train]
     mean = torch.stack([m for m, _ in stats], dim=1)
@@ -138,20 +159,27 @@ def _logistic_predict(
     rows = train.T.to(torch.float64)
     row_weight = rows / rows.sum(dim=0)
     onehot = torch.nn.functional.one_hot(codes.T, n_classes).to(torch.float64)
-    weight = torch.zeros(d, problems, n_classes, dtype=torch.float64)
-    bias = torch.zeros(problems, n_classes, dtype=torch.float64)
-    optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=100 * problems, tolerance_grad=1e-7,
-        tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe",
-    )
+    chol = _preconditioner(x, row_weight, mean, std, l2)
+    n_weight = d * problems * n_classes
 
-    def closure() -> torch.Tensor:
-        loss, weight.grad, bias.grad = _logistic_objective(
-            x, onehot, row_weight, mean, std, weight, bias, l2
-        )
-        return loss
+    def unpack(theta: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W`` ``(D, P, K)`` and ``b`` ``(P, K)`` from the optimizer's ``(V, b)``."""
+        flat = torch.from_numpy(theta)
+        v = flat[:n_weight].view(problems, d, n_classes)
+        weight = torch.linalg.solve_triangular(chol.mT, v, upper=True)  # W_p = L_p^-T V_p
+        return weight.permute(1, 0, 2), flat[n_weight:].view(problems, n_classes)
 
-    optimizer.step(closure)  # type: ignore[no-untyped-call]
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, d_weight, d_bias = _logistic_objective(x, onehot, row_weight, mean, std,
+                                                     *unpack(theta), l2)
+        d_v = torch.linalg.solve_triangular(chol, d_weight.permute(1, 0, 2), upper=False)
+        return float(loss), torch.cat([d_v.flatten(), d_bias.flatten()]).numpy()
+
+    start = np.zeros(n_weight + problems * n_classes)
+    fit = minimize(objective, start, jac=True, method="L-BFGS-B",
+                   options={"maxiter": 100 * problems, "maxcor": 20, "gtol": 1e-7,
+                            "ftol": 1e-14})
+    weight, bias = unpack(fit.x)
     return _logits(x, mean, std, weight, bias).argmax(dim=2).T
 
 
