@@ -183,6 +183,8 @@ class CkaRow:
 
 
 GramLoader = Callable[[str], dict[str, torch.Tensor] | None]
+#: ``{loss: {stage: CkaRow}}`` of one experiment.
+CkaTable = dict[str, dict[str, CkaRow]]
 
 
 def store_grams(store: RunStore) -> GramLoader:
@@ -204,18 +206,24 @@ def store_grams(store: RunStore) -> GramLoader:
 
 def cka_against_floor(grams: GramLoader, experiment: str, losses: Sequence[str],
                       seeds: Sequence[int], reference: str = REFERENCE_LOSS
-                      ) -> dict[str, dict[str, CkaRow]]:
+                      ) -> CkaTable:
     """``{loss: {stage: CkaRow}}``: CKA with the reference and the same-loss floor.
 
     Every model of an experiment is measured on the same probe images, so representations
     of any two runs are row-aligned. Initialisations differ per (loss, seed), so the floor
-    is the similarity that training from another start alone leaves.
+    is the similarity that training from another start alone leaves. Each pair of runs is
+    measured once (the floors of the reference recur for every loss).
     """
+    measured: dict[tuple[frozenset[str], str], float | None] = {}
+
     def cka(a: str, b: str, stage: str) -> float | None:
-        ga, gb = grams(a), grams(b)
-        if ga is None or gb is None or stage not in ga or stage not in gb:
-            return None
-        return gram_linear_cka(ga[stage], gb[stage], debiased=True)
+        key = (frozenset((a, b)), stage)
+        if key not in measured:
+            ga, gb = grams(a), grams(b)
+            measured[key] = (None if ga is None or gb is None or stage not in ga
+                             or stage not in gb
+                             else gram_linear_cka(ga[stage], gb[stage], debiased=True))
+        return measured[key]
 
     def floor(loss: str, seed: int, stage: str) -> float | None:
         values = [cka(run_id(experiment, loss, seed), run_id(experiment, loss, other), stage)
@@ -223,7 +231,7 @@ def cka_against_floor(grams: GramLoader, experiment: str, losses: Sequence[str],
         defined = [v for v in values if v is not None]
         return sum(defined) / len(defined) if defined else None
 
-    out: dict[str, dict[str, CkaRow]] = {}
+    out: CkaTable = {}
     for loss in losses:
         if loss == reference:
             continue
@@ -250,7 +258,8 @@ def cka_against_floor(grams: GramLoader, experiment: str, losses: Sequence[str],
     return out
 
 
-def cka_by_layer(config: StudyConfig, store: RunStore,
-                 experiment: str) -> dict[str, dict[str, CkaRow]]:
-    """:func:`cka_against_floor` for the runs of one experiment in a results folder."""
-    return cka_against_floor(store_grams(store), experiment, config.losses, config.seeds)
+def study_cka(config: StudyConfig, store: RunStore) -> dict[str, CkaTable]:
+    """``{experiment: CkaTable}``: :func:`cka_against_floor` for every experiment's runs."""
+    grams = store_grams(store)
+    return {e.name: cka_against_floor(grams, e.name, config.losses, config.seeds)
+            for e in config.experiments}

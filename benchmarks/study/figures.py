@@ -13,7 +13,7 @@ from nodulebench.stats import MeanInterval
 
 from .analysis import (
     HEADLINE_METRIC,
-    cka_by_layer,
+    CkaTable,
     field_intervals,
     group_runs,
     metric_interval,
@@ -215,8 +215,8 @@ def embedding_figure(config: StudyConfig, store: RunStore, experiment: Any, caus
     return _save(fig, path)
 
 
-def write_figures(config: StudyConfig, store: RunStore,
-                  records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def write_figures(config: StudyConfig, store: RunStore, records: list[dict[str, Any]],
+                  cka: dict[str, CkaTable]) -> dict[str, dict[str, Any]]:
     """Write every figure; return ``{experiment: {figure kind: relative path(s)}}``.
 
     ``"_sweeps"`` maps each shortcut factor trained at three or more strengths to its
@@ -239,9 +239,8 @@ def write_figures(config: StudyConfig, store: RunStore,
             "embeddings": embedding_figure(config, store, experiment, causal_factor(),
                                            folder / f"embeddings_{name}.png"),
         }
-        cka = cka_by_layer(config, store, name)
-        if cka:
-            figs["cka"] = cka_figure(cka, name, folder / f"cka_{name}.png")
+        if cka[name]:
+            figs["cka"] = cka_figure(cka[name], name, folder / f"cka_{name}.png")
         figs["saliency"] = {}
         for loss in losses:
             rid = run_id(name, loss, config.seeds[0])

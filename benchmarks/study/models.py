@@ -8,6 +8,8 @@ which stage Grad-CAM reads.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -15,6 +17,41 @@ from torch import nn
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1, dims: int = 2) -> list[nn.Module]:
     conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
     return [conv(cin, cout, 3, stride, 1, bias=False), norm(cout), nn.ReLU(inplace=True)]
+
+
+class _ChannelMean(torch.autograd.Function):
+    """Mean over the spatial axes, whose gradient keeps the input's memory layout.
+
+    Autograd's own backward of a mean is a broadcast view, which the ReLU backward below
+    it reads across a channels-last layout at several times the cost of a dense copy.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape, ctx.layout = x.shape, _layout(x)  # type: ignore[attr-defined]
+        return x.mean(dim=tuple(range(2, x.ndim)))
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+                 grad: torch.Tensor) -> torch.Tensor:
+        shape = ctx.shape  # type: ignore[attr-defined]
+        spread = grad.div(math.prod(shape[2:])).view(*grad.shape, *[1] * (len(shape) - 2))
+        return spread.expand(shape).contiguous(memory_format=ctx.layout)  # type: ignore[attr-defined]
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    for layout in (torch.channels_last, torch.channels_last_3d):
+        if x.is_contiguous(memory_format=layout) and not x.is_contiguous():
+            return layout
+    return torch.contiguous_format
+
+
+class GlobalAveragePool(nn.Module):
+    """Global average pooling to ``(N, C)`` for images or volumes (any spatial rank)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` means of ``(N, C, *spatial)``."""
+        return _ChannelMean.apply(x)  # type: ignore[no-any-return]
 
 
 class SmallCNN(nn.Module):
@@ -35,8 +72,7 @@ class SmallCNN(nn.Module):
         self.stage2 = nn.Sequential(*_conv_bn_relu(w, 2 * w, 2, dims))
         self.stage3 = nn.Sequential(*_conv_bn_relu(2 * w, 4 * w, 2, dims))
         self.stage4 = nn.Sequential(*_conv_bn_relu(4 * w, 8 * w, 2, dims))
-        pool = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool3d(1)
-        self.pool = nn.Sequential(pool, nn.Flatten())
+        self.pool = GlobalAveragePool()
         self.out_dim = 8 * w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +130,7 @@ class ResNet18(nn.Module):
             self.add_module(f"stage{k}", nn.Sequential(BasicBlock(cin, cout, stride),
                                                        BasicBlock(cout, cout, 1)))
             cin = cout
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.pool = GlobalAveragePool()
         self.out_dim = 8 * w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from .analysis import (
     HEADS,
     REFERENCE_LOSS,
     UNDERFIT_MARGIN,
-    cka_by_layer,
+    CkaTable,
     compare_losses,
     dfr_gains,
     field_intervals,
@@ -34,7 +34,6 @@ from .config import STUDY_LOSSES, ExperimentConfig, StudyConfig
 from .document import Block, Bullets, Figure, Heading, Paragraph, Table
 from .models import STAGES
 from .runner import GROUPS, causal_factor
-from .store import RunStore
 
 METRIC_TITLES = {
     "worst_group_accuracy": "Worst-group accuracy",
@@ -118,7 +117,7 @@ def heads_table(config: StudyConfig, records: list[dict[str, Any]], experiment: 
                  ("loss", "protocol", *(HEAD_TITLES[h] for h in HEADS)), rows)
 
 
-def identification_tables(config: StudyConfig, store: RunStore, records: list[dict[str, Any]],
+def identification_tables(config: StudyConfig, cka: CkaTable, records: list[dict[str, Any]],
                           experiment: str) -> list[Table]:
     """Probe selectivity, intervention sensitivity, saliency density and CKA tables."""
     runs_by_loss = _losses(config, group_runs(records), experiment)
@@ -155,7 +154,6 @@ def identification_tables(config: StudyConfig, store: RunStore, records: list[di
         tuple((loss, *(cell(d.get(g), digits=2) for g in regions))
               for loss, d in density.items()),
     ))
-    cka = cka_by_layer(config, store, experiment)
     if cka:
         tables.append(Table(
             f"**Linear CKA (debiased) with {REFERENCE_LOSS}, minus the seed-to-seed floor**, "
@@ -275,7 +273,7 @@ def sensitivity_findings(runs_by_loss: dict[str, list[dict[str, Any]]], shortcut
     return lines
 
 
-def findings(config: StudyConfig, store: RunStore, records: list[dict[str, Any]],
+def findings(config: StudyConfig, cka: CkaTable, records: list[dict[str, Any]],
              experiment: ExperimentConfig) -> list[str]:
     """Plain sentences computed from the numbers (no claim that the tests don't carry)."""
     groups = group_runs(records)
@@ -298,8 +296,7 @@ def findings(config: StudyConfig, store: RunStore, records: list[dict[str, Any]]
                     and e.strength == 0.0 and e.name != experiment.name), None)
     control_runs = _losses(config, groups, control.name) if control else None
     lines += sensitivity_findings(runs_by_loss, experiment.shortcut, control_runs)
-    cka = {loss: rows for loss, rows in cka_by_layer(config, store, experiment.name).items()
-           if loss in fit}
+    cka = {loss: rows for loss, rows in cka.items() if loss in fit}
     differing = {loss: [s for s, row in rows.items()
                         if row.excess is not None and row.excess.high is not None
                         and row.excess.high < 0]
@@ -371,7 +368,7 @@ def protocol_blocks(config: StudyConfig, records: list[dict[str, Any]],
     ]
 
 
-def experiment_blocks(config: StudyConfig, store: RunStore, records: list[dict[str, Any]],
+def experiment_blocks(config: StudyConfig, cka: CkaTable, records: list[dict[str, Any]],
                       experiment: ExperimentConfig, figures: dict[str, Any]) -> list[Block]:
     """Findings, metric tables, identification tables and figures of one experiment."""
     name = experiment.name
@@ -381,7 +378,7 @@ def experiment_blocks(config: StudyConfig, store: RunStore, records: list[dict[s
                    f"strength {experiment.strength:g}"),
         Figure(figures["samples"], f"samples of every distribution, {name}"),
         Heading(3, "What the numbers support"),
-        Bullets(tuple(findings(config, store, records, experiment))),
+        Bullets(tuple(findings(config, cka, records, experiment))),
         Heading(3, "Generalization"),
         Figure(figures["worst_group"], f"worst-group accuracy with 95 % intervals, {name}"),
         metric_table(config, records, name, HEADLINE_METRIC),
@@ -391,7 +388,7 @@ def experiment_blocks(config: StudyConfig, store: RunStore, records: list[dict[s
     blocks += [metric_table(config, records, name, metric) for metric in METRIC_TITLES
                if metric != HEADLINE_METRIC]
     blocks.append(Heading(3, "Which features each loss learned"))
-    blocks += identification_tables(config, store, records, name)
+    blocks += identification_tables(config, cka, records, name)
     blocks += [Figure(figures["sensitivity"], f"intervention sensitivity, {name}")]
     if "cka" in figures:
         blocks.append(Figure(figures["cka"], f"CKA minus the seed floor by stage, {name}"))
@@ -404,7 +401,7 @@ def experiment_blocks(config: StudyConfig, store: RunStore, records: list[dict[s
     return blocks
 
 
-def report_blocks(config: StudyConfig, store: RunStore, records: list[dict[str, Any]],
+def report_blocks(config: StudyConfig, cka: dict[str, CkaTable], records: list[dict[str, Any]],
                   figures: dict[str, dict[str, Any]], machine: str) -> list[Block]:
     """The whole report."""
     blocks: list[Block] = [
@@ -417,7 +414,7 @@ def report_blocks(config: StudyConfig, store: RunStore, records: list[dict[str, 
                    for shortcut, path in figures["_sweeps"].items()]
     for experiment in config.experiments:
         if experiment.name in figures:
-            blocks += experiment_blocks(config, store, records, experiment,
+            blocks += experiment_blocks(config, cka[experiment.name], records, experiment,
                                         figures[experiment.name])
     return blocks
 

@@ -66,12 +66,14 @@ def machine_of(records: list[dict[str, Any]]) -> str:
 
 def write_report(config: StudyConfig, store: RunStore) -> None:
     """Write every aggregate output of the study from the finished runs."""
+    from .analysis import study_cka
     from .document import to_markdown
     from .figures import write_figures
     from .narrative import report_blocks
 
     records = load_records(config, store)
     write_metrics(store, records)
-    figures = write_figures(config, store, records)
-    blocks = report_blocks(config, store, records, figures, machine_of(records))
+    cka = study_cka(config, store)
+    figures = write_figures(config, store, records, cka)
+    blocks = report_blocks(config, cka, records, figures, machine_of(records))
     atomic_write_bytes(store.root / "report.md", to_markdown(blocks).encode())

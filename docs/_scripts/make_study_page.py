@@ -17,6 +17,7 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(DOCS.parent / "benchmarks"))
 
+from study.analysis import study_cka  # noqa: E402
 from study.config import config_from_dict  # noqa: E402
 from study.document import Heading, to_rst  # noqa: E402
 from study.figures import write_figures  # noqa: E402
@@ -33,8 +34,9 @@ def main() -> None:
     config = config_from_dict(raw)
     store = RunStore(args.results)
     records = load_records(config, store)
-    figures = write_figures(config, store, records)
-    blocks = report_blocks(config, store, records, figures, machine_of(records))
+    cka = study_cka(config, store)
+    figures = write_figures(config, store, records, cka)
+    blocks = report_blocks(config, cka, records, figures, machine_of(records))
     blocks = [b for b in blocks if not (isinstance(b, Heading) and b.level == 1)]
     target = DOCS / "_static" / "study"
     shutil.rmtree(target, ignore_errors=True)
