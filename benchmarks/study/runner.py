@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -9,7 +10,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,6 +319,29 @@ def _run_group(config: StudyConfig, store: RunStore, experiment: ExperimentConfi
         overall.update(1)
 
 
+#: Thread counts that numpy's and scipy's BLAS libraries read when they load.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def blas_threads(threads: int) -> Iterator[None]:
+    """Processes spawned inside start their BLAS libraries with ``threads`` threads.
+
+    Otherwise numpy's and scipy's OpenBLAS each start a thread per core, which spin-wait
+    after every call (the probes' L-BFGS makes thousands) on the core of another worker.
+    """
+    saved = {name: os.environ.get(name) for name in BLAS_THREAD_VARIABLES}
+    os.environ.update({name: str(threads) for name in BLAS_THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _run_in_workers(config: StudyConfig, store: RunStore, device: torch.device,
                     groups: list[tuple[ExperimentConfig, int]], workers: int) -> None:
     """Share the groups out round-robin among ``workers`` spawned processes and wait."""
@@ -331,8 +355,9 @@ def _run_in_workers(config: StudyConfig, store: RunStore, device: torch.device,
                         name=f"study-worker-{k}")
         for k in range(min(workers, len(groups)))
     ]
-    for process in processes:
-        process.start()
+    with blas_threads(threads):
+        for process in processes:
+            process.start()
     for process in processes:
         process.join()
     failed = [f"{p.name} (exit code {p.exitcode})" for p in processes if p.exitcode != 0]
