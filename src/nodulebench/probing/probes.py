@@ -122,10 +122,10 @@ def _preconditioner(x: torch.Tensor, row_weight: torch.Tensor, mean: torch.Tenso
     """``(P, D, D)`` Cholesky factors ``L_p`` of ``C_p / 2 + l2 I``.
 
     ``C_p = Z_p^T diag(row_weight_p) Z_p`` is the correlation matrix of problem ``p``'s
-    standardized training rows. Half of it bounds the curvature of the mean cross-entropy
-    in every direction of ``W_p`` (Boehning's bound), so in the variables
-    ``V_p = L_p^T W_p`` the objective's Hessian lies between ``l2`` times a
-    well-conditioned matrix and the identity however correlated the features are.
+    standardized training rows. ``C_p / 2`` bounds the curvature of the mean
+    cross-entropy in ``W_p`` (Boehning's bound), so in the variables ``V_p = L_p^T W_p``
+    the objective's Hessian is at most the identity, and the curvature that correlated
+    features concentrate in a few directions is spread evenly over all of them.
     """
     second = torch.einsum("np,nd,ne->pde", row_weight, x, x)
     m, s = mean.T, std.T
