@@ -131,7 +131,8 @@ def _preconditioner(x: torch.Tensor, row_weight: torch.Tensor, mean: torch.Tenso
     m, s = mean.T, std.T
     correlation = (second - m[:, :, None] * m[:, None, :]) / (s[:, :, None] * s[:, None, :])
     eye = torch.eye(x.shape[1], dtype=x.dtype)
-    return torch.linalg.cholesky(0.5 * correlation + l2 * eye)
+    factors: torch.Tensor = torch.linalg.cholesky(0.5 * correlation + l2 * eye)
+    return factors
 
 
 def _logistic_predict(
