@@ -72,16 +72,21 @@ def typecheck(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the HTML docs, nitpicky, with warnings as errors."""
     session.install("-e", ".[docs,study]")
-    session.run("sphinx-build", "-n", "-W", "--keep-going", "-b", "html", "docs",
-                "docs/_build/html")
+    session.run(
+        "sphinx-build", "-n", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html"
+    )
 
 
 @nox.session(venv_params=VENV, default=False)
 def fuzz(session: nox.Session) -> None:
     """Run the loss fuzz harness with its large Hypothesis profile (arguments go to pytest)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "tests/losses/test_fuzz.py", *session.posargs,
-                env={"NODULEBENCH_FUZZ_PROFILE": "fuzz-deep"})
+    session.run(
+        "pytest",
+        "tests/losses/test_fuzz.py",
+        *session.posargs,
+        env={"NODULEBENCH_FUZZ_PROFILE": "fuzz-deep"},
+    )
 
 
 @nox.session(venv_params=VENV, default=False)

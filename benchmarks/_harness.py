@@ -74,7 +74,8 @@ def peak_extra_bytes(step: Step, device: torch.device) -> int:
 
 def forward_backward(
     per_anchor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    z: torch.Tensor, labels: torch.Tensor,
+    z: torch.Tensor,
+    labels: torch.Tensor,
 ) -> Step:
     """A step that runs ``per_anchor`` on a fresh leaf copy of ``z`` and backpropagates."""
     leaf = z.detach().clone().requires_grad_()
@@ -119,7 +120,10 @@ def dense_contrastive(z: torch.Tensor, labels: torch.Tensor, margin: float = 1.0
 
 
 def dense_contrastive_pml(
-    z: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0, neg_margin: float = 1.0,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
 ) -> torch.Tensor:
     """pytorch-metric-learning's form: each anchor's unsquared positive and negative hinges."""
     d = _dense_euclidean(z)
@@ -151,8 +155,12 @@ def dense_triplet_all(z: torch.Tensor, labels: torch.Tensor, margin: float = 0.2
 
 
 def dense_multi_similarity(
-    z: torch.Tensor, labels: torch.Tensor, alpha: float = 2.0, beta: float = 50.0,
-    base: float = 0.5, epsilon: float = 0.1,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    epsilon: float = 0.1,
 ) -> torch.Tensor:
     s = z @ z.T
     eye = _eye(z.shape[0], z.device)

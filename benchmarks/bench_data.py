@@ -34,8 +34,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(ds: SyntheticNodules, device: torch.device, batch: int, repeats: int,
-          masks: bool) -> tuple[float, float]:
+def bench(
+    ds: SyntheticNodules, device: torch.device, batch: int, repeats: int, masks: bool
+) -> tuple[float, float]:
     """Median images/s over wall-clock time, and images per CPU-second of this process."""
     starts = range(0, ds.n - batch + 1, batch)
     chunks = [torch.arange(s, s + batch) for s in starts]
@@ -71,8 +72,9 @@ def bench_workers(ds: SyntheticNodules, batch: int, workers: int) -> float:
     DataLoader workers run torch with one thread each: one core per worker, no intra-op
     synchronisation (the way to use several cores, especially on a shared machine).
     """
-    loader = torch.utils.data.DataLoader(_Batches(ds, batch), batch_size=None,
-                                         num_workers=workers, prefetch_factor=2)
+    loader = torch.utils.data.DataLoader(
+        _Batches(ds, batch), batch_size=None, num_workers=workers, prefetch_factor=2
+    )
     it = iter(loader)
     for _ in range(workers):  # let every worker start and render once
         next(it)
@@ -103,12 +105,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--device", action="append", default=None,
-                        help="cpu and/or cuda (default: cpu, plus cuda when available)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="also time this many DataLoader worker processes (CPU)")
-    parser.add_argument("--volume-size", type=int, default=None,
-                        help="time volumes of this many voxels per side instead of images")
+    parser.add_argument(
+        "--device",
+        action="append",
+        default=None,
+        help="cpu and/or cuda (default: cpu, plus cuda when available)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also time this many DataLoader worker processes (CPU)",
+    )
+    parser.add_argument(
+        "--volume-size",
+        type=int,
+        default=None,
+        help="time volumes of this many voxels per side instead of images",
+    )
     parser.add_argument("--json", default=None, help="append JSON lines to this file")
     args = parser.parse_args()
     size = args.volume_size or args.image_size
@@ -132,34 +146,53 @@ def main() -> None:
         batch = args.batch_size if device.type == "cpu" else min(n, 16 * args.batch_size)
         rate, per_cpu_s = bench(ds, device, batch, args.repeats, masks=False)
         rate_masks, _ = bench(ds, device, batch, args.repeats, masks=True)
-        label = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                 else f"{platform.processor() or platform.machine()}, "
-                      f"{torch.get_num_threads()} threads")
-        print(f"{name} ({label}) {shape}, batch {batch}: "
-              f"{rate:,.0f} samples/s, {rate_masks:,.0f} samples/s with masks; "
-              f"peak memory of a {args.batch_size}-sample batch {peak:,.0f} MB")
+        label = (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        )
+        print(
+            f"{name} ({label}) {shape}, batch {batch}: "
+            f"{rate:,.0f} samples/s, {rate_masks:,.0f} samples/s with masks; "
+            f"peak memory of a {args.batch_size}-sample batch {peak:,.0f} MB"
+        )
         if device.type == "cpu":
             # on a shared machine wall-clock rates depend on the other jobs; CPU time less so
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-            print(f"    {per_cpu_s:,.0f} samples per CPU-second; load average {load:.1f} "
-                  f"on {os.cpu_count()} cores")
+            print(
+                f"    {per_cpu_s:,.0f} samples per CPU-second; load average {load:.1f} "
+                f"on {os.cpu_count()} cores"
+            )
         workers_rate = None
         if device.type == "cpu" and args.workers > 0:
             big = dataset(args.batch_size * (args.workers + 12))
             workers_rate = bench_workers(big, args.batch_size, args.workers)
-            print(f"    {args.workers} DataLoader workers (1 thread each): "
-                  f"{workers_rate:,.0f} samples/s")
+            print(
+                f"    {args.workers} DataLoader workers (1 thread each): "
+                f"{workers_rate:,.0f} samples/s"
+            )
         if args.json:
             with open(args.json, "a") as fh:
-                fh.write(json.dumps({
-                    "bench": "render", "device": name, "device_name": label,
-                    "image_size": args.image_size, "volume_size": args.volume_size,
-                    "batch_size": batch,
-                    "images_per_s": rate, "images_per_s_masks": rate_masks,
-                    "peak_mb": peak, "images_per_cpu_s": per_cpu_s,
-                    "workers": args.workers, "images_per_s_workers": workers_rate,
-                    "torch": torch.__version__,
-                }) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "bench": "render",
+                            "device": name,
+                            "device_name": label,
+                            "image_size": args.image_size,
+                            "volume_size": args.volume_size,
+                            "batch_size": batch,
+                            "images_per_s": rate,
+                            "images_per_s_masks": rate_masks,
+                            "peak_mb": peak,
+                            "images_per_cpu_s": per_cpu_s,
+                            "workers": args.workers,
+                            "images_per_s_workers": workers_rate,
+                            "torch": torch.__version__,
+                        }
+                    )
+                    + "\n"
+                )
 
 
 if __name__ == "__main__":

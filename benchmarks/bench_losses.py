@@ -51,8 +51,12 @@ OPTIONS: dict[str, dict[str, object]] = {
 }
 LOSSES = KERNEL_LOSSES + TWO_TOWER_LOSSES
 BACKENDS = ("dense", "compiled", "reference", "tiled", "triton", "pml")
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 PerAnchor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -96,8 +100,10 @@ def two_tower_fn(loss: str, backend: str) -> PerAnchor:
         if backend == "pml":
             raise ValueError("pytorch-metric-learning has no two-tower loss")
         image, text = z.chunk(2, dim=1)
-        scalars = {key: torch.tensor(value, dtype=z.dtype, device=z.device)
-                   for key, value in OPTIONS[loss].items()}
+        scalars = {
+            key: torch.tensor(value, dtype=z.dtype, device=z.device)
+            for key, value in OPTIONS[loss].items()
+        }
         chosen = "reference" if backend in ("dense", "compiled") else backend
         return run_two_tower(loss, image, text, backend=chosen, **scalars)[0]
 
@@ -137,8 +143,15 @@ def measure(
     if backend != "triton" and dtype in (torch.float16, torch.bfloat16):
         z = z.float()  # the losses upcast low precision before the maths
     record: dict[str, object] = {
-        "loss": loss, "backend": backend, "B": n, "D": args.dim, "dtype": args.dtype,
-        "device": device_name(device), "ms": None, "peak_bytes": None, "note": "",
+        "loss": loss,
+        "backend": backend,
+        "B": n,
+        "D": args.dim,
+        "dtype": args.dtype,
+        "device": device_name(device),
+        "ms": None,
+        "peak_bytes": None,
+        "note": "",
     }
     fn = per_anchor_fn(loss, backend)
     if fn is None:
@@ -171,15 +184,28 @@ def print_table(records: list[dict[str, object]]) -> None:
 
 def rst_table(records: list[dict[str, object]]) -> str:
     """The measured rows as an RST list-table (what the docs page shows)."""
-    lines = [".. list-table::", "   :header-rows: 1", "",
-             "   * - loss", "     - backend", "     - B", "     - ms", "     - peak MiB"]
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - loss",
+        "     - backend",
+        "     - B",
+        "     - ms",
+        "     - peak MiB",
+    ]
     for r in records:
         if r["ms"] is None:
             continue
         peak = r["peak_bytes"]
         mib = f"{peak / 2**20:.1f}" if isinstance(peak, int) else "-"
-        lines += [f"   * - {r['loss']}", f"     - {r['backend']}", f"     - {r['B']}",
-                  f"     - {r['ms']:.1f}", f"     - {mib}"]
+        lines += [
+            f"   * - {r['loss']}",
+            f"     - {r['backend']}",
+            f"     - {r['B']}",
+            f"     - {r['ms']:.1f}",
+            f"     - {mib}",
+        ]
     return "\n".join(lines)
 
 
@@ -187,7 +213,8 @@ def crossover(records: list[dict[str, object]], loss: str) -> int | None:
     """Smallest B from which tiled is faster than dense at every larger measured B."""
     times: dict[tuple[str, int], float] = {
         (str(r["backend"]), int(r["B"])): float(r["ms"])  # type: ignore[call-overload]
-        for r in records if r["loss"] == loss and r["ms"] is not None
+        for r in records
+        if r["loss"] == loss and r["ms"] is not None
     }
     sizes = sorted({n for (_, n) in times})
     best = None
@@ -202,24 +229,44 @@ def crossover(records: list[dict[str, object]], loss: str) -> int | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
-    parser.add_argument("--backends", nargs="+", default=["dense", "compiled", "tiled",
-                                                          "triton", "pml"], choices=BACKENDS)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[1024, 4096, 8192],
-                        help="batch sizes B (rows)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["dense", "compiled", "tiled", "triton", "pml"],
+        choices=BACKENDS,
+    )
+    parser.add_argument(
+        "--sizes", nargs="+", type=int, default=[1024, 4096, 8192], help="batch sizes B (rows)"
+    )
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: PyTorch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: PyTorch's choice)",
+    )
     parser.add_argument("--max-dense-bytes", type=float, default=6 * 2**30)
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON-lines file to append to (default: stdout only)")
-    parser.add_argument("--rst", type=Path, default=None,
-                        help="also write the table as an RST list-table to this file")
-    parser.add_argument("--crossover", action="store_true",
-                        help="dense vs tiled at B = 128 ... 2048, report the crossover")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="JSON-lines file to append to (default: stdout only)",
+    )
+    parser.add_argument(
+        "--rst",
+        type=Path,
+        default=None,
+        help="also write the table as an RST list-table to this file",
+    )
+    parser.add_argument(
+        "--crossover",
+        action="store_true",
+        help="dense vs tiled at B = 128 ... 2048, report the crossover",
+    )
     return parser.parse_args(argv)
 
 

@@ -42,8 +42,7 @@ from study.training import _Heads  # noqa: E402
 BATCH, VIEWS, SIZE, WIDTH = 128, 2, 32, 16
 
 
-def study_step(autocast: bool, layout: torch.memory_format,
-               compiled: bool) -> Callable[[], None]:
+def study_step(autocast: bool, layout: torch.memory_format, compiled: bool) -> Callable[[], None]:
     """A SupCon step of the study's model on one batch of two views."""
     generator = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
@@ -70,18 +69,28 @@ def study_step(autocast: bool, layout: torch.memory_format,
 
 def grouped_step(models: int) -> Callable[[], None]:
     """``models`` copies of the study's encoder as one network of grouped convolutions."""
+
     def stage(cin: int, cout: int, stride: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin * models, cout * models, 3, stride, 1, bias=False,
-                          groups=models), nn.BatchNorm2d(cout * models), nn.ReLU(inplace=True)]
+        return [
+            nn.Conv2d(cin * models, cout * models, 3, stride, 1, bias=False, groups=models),
+            nn.BatchNorm2d(cout * models),
+            nn.ReLU(inplace=True),
+        ]
 
     w = WIDTH
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        network = nn.Sequential(*stage(1, w, 1), *stage(w, 2 * w, 2), *stage(2 * w, 4 * w, 2),
-                                *stage(4 * w, 8 * w, 2), GlobalAveragePool())
+        network = nn.Sequential(
+            *stage(1, w, 1),
+            *stage(w, 2 * w, 2),
+            *stage(2 * w, 4 * w, 2),
+            *stage(4 * w, 8 * w, 2),
+            GlobalAveragePool(),
+        )
     network = network.to(memory_format=torch.channels_last)
-    images = torch.randn(BATCH * VIEWS, models, SIZE, SIZE,
-                         generator=torch.Generator().manual_seed(0))
+    images = torch.randn(
+        BATCH * VIEWS, models, SIZE, SIZE, generator=torch.Generator().manual_seed(0)
+    )
     images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3, fused=True)
 
@@ -101,8 +110,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_train_step.jsonl")
-    parser.add_argument("--profile", action="store_true",
-                        help="print the study step's operators by input shape")
+    parser.add_argument(
+        "--profile", action="store_true", help="print the study step's operators by input shape"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     cl, contiguous = torch.channels_last, torch.contiguous_format
@@ -125,15 +135,21 @@ def main() -> None:
             for _ in range(args.steps):
                 step()
             seconds[name] += time.perf_counter() - start
-    per_model = {name: round(1e3 * seconds[name] / (args.rounds * args.steps * models), 1)
-                 for name, (_, models) in variants.items()}
-    header = (f"SupCon step, {BATCH} images x {VIEWS} views of {SIZE} px, small_cnn width "
-              f"{WIDTH}, one thread, on {cpu_name()}, torch {torch.__version__}")
+    per_model = {
+        name: round(1e3 * seconds[name] / (args.rounds * args.steps * models), 1)
+        for name, (_, models) in variants.items()
+    }
+    header = (
+        f"SupCon step, {BATCH} images x {VIEWS} views of {SIZE} px, small_cnn width "
+        f"{WIDTH}, one thread, on {cpu_name()}, torch {torch.__version__}"
+    )
     print(header)
     for name, ms in per_model.items():
         print(f"  {name:>12}: {ms} ms per model-step")
-    print("  (ungrouped x1 and grouped x2 share an encoder without heads or loss: compare "
-          "them with each other)")
+    print(
+        "  (ungrouped x1 and grouped x2 share an encoder without heads or loss: compare "
+        "them with each other)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as handle:
         handle.write(json.dumps({"config": header, "ms_per_model_step": per_model}) + "\n")
@@ -144,9 +160,14 @@ def main() -> None:
         with profile(record_shapes=True) as prof:
             for _ in range(args.steps):
                 step()
-        print(prof.key_averages(group_by_input_shape=True).table(
-            sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=32,
-            max_shapes_column_width=60))
+        print(
+            prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total",
+                row_limit=15,
+                max_name_column_width=32,
+                max_shapes_column_width=60,
+            )
+        )
 
 
 if __name__ == "__main__":

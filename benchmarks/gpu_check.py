@@ -49,18 +49,28 @@ SWEEP = {
     "float32": [
         {"fwd_num_stages": 2, "bwd_block_rows": 32, "bwd_block_cols": 64},
         {"fwd_block_cols": 32, "fwd_num_stages": 2, "bwd_block_rows": 32, "bwd_block_cols": 64},
-        {"fwd_block_rows": 64, "fwd_block_cols": 32, "fwd_num_warps": 4, "fwd_num_stages": 2,
-         "bwd_block_rows": 32, "bwd_block_cols": 32},
+        {
+            "fwd_block_rows": 64,
+            "fwd_block_cols": 32,
+            "fwd_num_warps": 4,
+            "fwd_num_stages": 2,
+            "bwd_block_rows": 32,
+            "bwd_block_cols": 32,
+        },
     ],
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.environ.get("OUT", "."),
-                        help="folder for triton_supcon_gpu_check.json (default: $OUT or .)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="tiny sizes on the CPU under TRITON_INTERPRET=1")
+    parser.add_argument(
+        "--out",
+        default=os.environ.get("OUT", "."),
+        help="folder for triton_supcon_gpu_check.json (default: $OUT or .)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="tiny sizes on the CPU under TRITON_INTERPRET=1"
+    )
     parser.add_argument("--no-sweep", action="store_true", help="skip the tile sweep")
     parser.add_argument("--no-huge", action="store_true", help="skip B = 1,048,576")
     args = parser.parse_args()
@@ -92,11 +102,11 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def fwd_bwd(z: torch.Tensor, labels: torch.Tensor, variant: str = "out",
-                config: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def fwd_bwd(
+        z: torch.Tensor, labels: torch.Tensor, variant: str = "out", config: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         z = z.detach().requires_grad_(True)
-        loss, valid = supcon_triton(z, labels, temperature=0.1, variant=variant,
-                                    config=config)
+        loss, valid = supcon_triton(z, labels, temperature=0.1, variant=variant, config=config)
         loss.sum().div(valid.sum().clamp_min(1)).backward()
         assert z.grad is not None
         return loss.detach(), z.grad
@@ -122,15 +132,25 @@ def main() -> None:
         if variant == "out":
             loss = lse_all - sim.masked_fill(~positive, 0.0).sum(1) / count.clamp_min(1)
         else:
-            loss = (lse_all - torch.logsumexp(sim.masked_fill(~positive, -math.inf), 1)
-                    + torch.log(count.clamp_min(1).to(torch.float64)))
+            loss = (
+                lse_all
+                - torch.logsumexp(sim.masked_fill(~positive, -math.inf), 1)
+                + torch.log(count.clamp_min(1).to(torch.float64))
+            )
         return torch.where(count > 0, loss, torch.zeros_like(loss))
 
     report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"CPU interpreter ({platform.processor() or platform.machine()})",
-        "dry_run": args.dry_run, "torch": torch.__version__, "triton": triton.__version__,
-        "dim": DIM, "temperature": 0.1, "correctness": [], "timing": [], "sweep": [],
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU interpreter ({platform.processor() or platform.machine()})",
+        "dry_run": args.dry_run,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "dim": DIM,
+        "temperature": 0.1,
+        "correctness": [],
+        "timing": [],
+        "sweep": [],
     }
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -147,20 +167,31 @@ def main() -> None:
             assert z_ref.grad is not None
             tol = TRITON_SUPCON_CAPABILITIES.tolerances[dtype]
             loss_err = (loss.to(torch.float64) - loss_ref.detach()).abs().max().item()
-            grad_rel = ((grad.to(torch.float64) - z_ref.grad).abs().max()
-                        / z_ref.grad.abs().max()).item()
-            report["correctness"].append({
-                "B": n_check, "variant": variant, "dtype": dtype_name,
-                "max_loss_abs_err": loss_err, "grad_rel_err": grad_rel,
-                "loss_atol": tol.loss_atol, "grad_rel_tol": tol.grad_rel,
-                "ok": loss_err <= tol.loss_atol + tol.loss_rtol * loss_ref.abs().max().item()
-                and grad_rel <= tol.grad_rel,
-            })
+            grad_rel = (
+                (grad.to(torch.float64) - z_ref.grad).abs().max() / z_ref.grad.abs().max()
+            ).item()
+            report["correctness"].append(
+                {
+                    "B": n_check,
+                    "variant": variant,
+                    "dtype": dtype_name,
+                    "max_loss_abs_err": loss_err,
+                    "grad_rel_err": grad_rel,
+                    "loss_atol": tol.loss_atol,
+                    "grad_rel_tol": tol.grad_rel,
+                    "ok": loss_err <= tol.loss_atol + tol.loss_rtol * loss_ref.abs().max().item()
+                    and grad_rel <= tol.grad_rel,
+                }
+            )
 
     n_time = sizes["time"]
     labels = labels_for(n_time)
-    for variant, dtype_name in (("out", "bfloat16"), ("out", "float32"), ("out", "float16"),
-                                ("in", "bfloat16")):
+    for variant, dtype_name in (
+        ("out", "bfloat16"),
+        ("out", "float32"),
+        ("out", "float16"),
+        ("in", "bfloat16"),
+    ):
         z = unit_rows(n_time, dtypes[dtype_name])
         ms = median_ms(lambda: fwd_bwd(z, labels, variant), sizes["reps"])  # noqa: B023
         extra_bytes = None
@@ -174,13 +205,20 @@ def main() -> None:
         else:
             first = fwd_bwd(z, labels, variant)
         second = fwd_bwd(z, labels, variant)
-        report["timing"].append({
-            "B": n_time, "D": DIM, "variant": variant, "dtype": dtype_name,
-            "config": asdict(default_config(dtypes[dtype_name], DIM)),
-            "fwd_bwd_ms": ms, "extra_bytes": extra_bytes,
-            "bitwise_deterministic": bool(torch.equal(first[0], second[0])
-                                          and torch.equal(first[1], second[1])),
-        })
+        report["timing"].append(
+            {
+                "B": n_time,
+                "D": DIM,
+                "variant": variant,
+                "dtype": dtype_name,
+                "config": asdict(default_config(dtypes[dtype_name], DIM)),
+                "fwd_bwd_ms": ms,
+                "extra_bytes": extra_bytes,
+                "bitwise_deterministic": bool(
+                    torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+                ),
+            }
+        )
 
     if not args.no_sweep:
         for dtype_name, candidates in SWEEP.items():
@@ -188,8 +226,10 @@ def main() -> None:
             for overrides in candidates:
                 config = KernelConfig(**overrides)
                 try:
-                    ms = median_ms(lambda: fwd_bwd(z, labels, "out", config),  # noqa: B023
-                                   sizes["reps"])
+                    ms = median_ms(
+                        lambda: fwd_bwd(z, labels, "out", config),  # noqa: B023
+                        sizes["reps"],
+                    )
                     entry: dict[str, Any] = {"fwd_bwd_ms": ms}
                 except Exception as exc:  # e.g. out of shared memory: record, go on
                     entry = {"error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -203,29 +243,41 @@ def main() -> None:
         start = time.perf_counter()
         loss, grad = fwd_bwd(z, labels)
         sync()
-        report["huge"] = {"B": n_huge, "D": DIM, "dtype": "bfloat16",
-                          "seconds": time.perf_counter() - start,
-                          "finite": bool(torch.isfinite(loss).all() and torch.isfinite(grad).all())}
+        report["huge"] = {
+            "B": n_huge,
+            "D": DIM,
+            "dtype": "bfloat16",
+            "seconds": time.perf_counter() - start,
+            "finite": bool(torch.isfinite(loss).all() and torch.isfinite(grad).all()),
+        }
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "triton_supcon_gpu_check.json").write_text(json.dumps(report, indent=2))
     print(f"device: {report['device']}")
     for row in report["correctness"]:
-        print(f"check  B={row['B']:>7} {row['variant']:>3} {row['dtype']:>8}  "
-              f"loss err {row['max_loss_abs_err']:.2e}  grad rel {row['grad_rel_err']:.2e}  "
-              f"{'ok' if row['ok'] else 'FAIL'}")
+        print(
+            f"check  B={row['B']:>7} {row['variant']:>3} {row['dtype']:>8}  "
+            f"loss err {row['max_loss_abs_err']:.2e}  grad rel {row['grad_rel_err']:.2e}  "
+            f"{'ok' if row['ok'] else 'FAIL'}"
+        )
     for row in report["timing"]:
         mib = "n/a" if row["extra_bytes"] is None else f"{row['extra_bytes'] / 2**20:.1f} MiB"
-        print(f"time   B={row['B']:>7} {row['variant']:>3} {row['dtype']:>8}  "
-              f"{row['fwd_bwd_ms']:8.2f} ms  extra {mib}  "
-              f"deterministic {row['bitwise_deterministic']}")
+        print(
+            f"time   B={row['B']:>7} {row['variant']:>3} {row['dtype']:>8}  "
+            f"{row['fwd_bwd_ms']:8.2f} ms  extra {mib}  "
+            f"deterministic {row['bitwise_deterministic']}"
+        )
     for row in report["sweep"]:
-        print(f"sweep  {row['dtype']:>8} {tuple(row['config'].values())}  "
-              f"{row.get('fwd_bwd_ms', row.get('error'))}")
+        print(
+            f"sweep  {row['dtype']:>8} {tuple(row['config'].values())}  "
+            f"{row.get('fwd_bwd_ms', row.get('error'))}"
+        )
     if "huge" in report:
-        print(f"huge   B={report['huge']['B']} {report['huge']['seconds']:.2f} s "
-              f"finite {report['huge']['finite']}")
+        print(
+            f"huge   B={report['huge']['B']} {report['huge']['seconds']:.2f} s "
+            f"finite {report['huge']['finite']}"
+        )
 
 
 if __name__ == "__main__":

@@ -45,20 +45,26 @@ log = logging.getLogger("study")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", default="quick",
-                        help=f"one of {', '.join(PRESETS)} (default: quick)")
+    source.add_argument(
+        "--preset", default="quick", help=f"one of {', '.join(PRESETS)} (default: quick)"
+    )
     source.add_argument("--config", type=Path, help="a TOML config (copy a preset to start)")
     parser.add_argument("--out", type=Path, help="results folder (default: results/<name>)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
-    parser.add_argument("--losses", nargs="+",
-                        help=f"override the config's losses ({', '.join(STUDY_LOSSES)})")
+    parser.add_argument(
+        "--losses", nargs="+", help=f"override the config's losses ({', '.join(STUDY_LOSSES)})"
+    )
     parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes that train runs side by side, sharing --threads "
-                             "(default: 1; 2 suits a 2-core CPU)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that train runs side by side, sharing --threads "
+        "(default: 1; 2 suits a 2-core CPU)",
+    )
     return parser.parse_args(argv)
 
 
@@ -90,8 +96,9 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(f"device '{name}' asked for, but CUDA is not available here")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device '{name}' does not exist: "
-                              f"{torch.cuda.device_count()} CUDA device(s) here")
+            raise ConfigError(
+                f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) here"
+            )
     elif device.type != "cpu":
         raise ConfigError(f"unsupported device '{name}'; accepted: cpu, cuda, cuda:N")
     return device
@@ -105,8 +112,7 @@ def setup_logging(out: Path) -> None:
         log.addHandler(handler)
 
 
-def prepare_output(args: argparse.Namespace, config: StudyConfig,
-                   parallel: Parallel) -> RunStore:
+def prepare_output(args: argparse.Namespace, config: StudyConfig, parallel: Parallel) -> RunStore:
     """Rank 0 checks (or resets) the output folder; every rank learns the verdict."""
     out = args.out or Path("results") / config.name
     error = None
@@ -137,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(device_name)
         if parallel.active and args.workers > 1:
-            raise ConfigError("--workers > 1 cannot be combined with torchrun; use one or "
-                              "the other")
+            raise ConfigError(
+                "--workers > 1 cannot be combined with torchrun; use one or the other"
+            )
         if config.train.batch_size % parallel.world_size:
-            raise ConfigError(f"train.batch_size ({config.train.batch_size}) must be divisible "
-                              f"by the number of processes ({parallel.world_size})")
+            raise ConfigError(
+                f"train.batch_size ({config.train.batch_size}) must be divisible "
+                f"by the number of processes ({parallel.world_size})"
+            )
         store = prepare_output(args, config, parallel)
     except ConfigError as err:
         print(f"reproduce_study.py: error: {err}", file=sys.stderr)
@@ -152,15 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     if parallel.is_main:
         setup_logging(store.root)
     runs = len(config.experiments) * len(config.seeds) * len(config.losses)
-    log.info("study '%s': %d runs on %s x %d process(es), results in %s", config.name, runs,
-             device, parallel.world_size, store.root)
+    log.info(
+        "study '%s': %d runs on %s x %d process(es), results in %s",
+        config.name,
+        runs,
+        device,
+        parallel.world_size,
+        store.root,
+    )
     start = time.perf_counter()
     progress = Progress(enabled=not args.no_progress and parallel.is_main)
     run_grid(config, store, device, progress, parallel, workers=args.workers)
     if parallel.is_main:
         write_report(config, store)
-        log.info("finished in %.0f s; report: %s", time.perf_counter() - start,
-                 store.root / "report.md")
+        log.info(
+            "finished in %.0f s; report: %s", time.perf_counter() - start, store.root / "report.md"
+        )
     close_parallel(parallel)
     return 0
 

@@ -44,9 +44,12 @@ def toml_value(value: Any) -> str:
 
 def to_toml(table: dict[str, Any], prefix: str = "") -> str:
     """A nested dict as TOML: keys first, then sub-tables and arrays of tables."""
-    lines = [f"{key} = {toml_value(value)}" for key, value in table.items()
-             if not isinstance(value, dict)
-             and not (isinstance(value, list) and value and isinstance(value[0], dict))]
+    lines = [
+        f"{key} = {toml_value(value)}"
+        for key, value in table.items()
+        if not isinstance(value, dict)
+        and not (isinstance(value, list) and value and isinstance(value[0], dict))
+    ]
     for key, value in table.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -76,8 +79,15 @@ def main() -> None:
     path.write_text(to_toml(config) + "\n")
     print(f"wrote {path}")
 
-    command = [sys.executable, str(STUDY), "--config", str(path), "--out", str(args.out),
-               "--no-progress"]
+    command = [
+        sys.executable,
+        str(STUDY),
+        "--config",
+        str(path),
+        "--out",
+        str(args.out),
+        "--no-progress",
+    ]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
     print(f"report: {args.out / 'report.md'}")

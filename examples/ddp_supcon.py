@@ -42,23 +42,28 @@ def main() -> None:
 
     if "WORLD_SIZE" in os.environ:  # launched by torchrun
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-              if torch.cuda.is_available() else torch.device("cpu"))
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
 
     torch.manual_seed(0)  # identical initial weights on every rank (DDP also broadcasts)
     # The examples' CNN with group norm: batch norm would normalise each rank's shard by
     # its own statistics (SyncBatchNorm, which shares them, needs GPUs), so the run would
     # no longer be the single-process one on the global batch.
-    encoder = nn.Sequential(small_cnn(norm=lambda channels: nn.GroupNorm(8, channels)),
-                            nn.Linear(64, 32)).to(device)
+    encoder = nn.Sequential(
+        small_cnn(norm=lambda channels: nn.GroupNorm(8, channels)), nn.Linear(64, 32)
+    ).to(device)
     model = DistributedDataParallel(encoder) if distributed.is_distributed() else encoder
     criterion = SupConLoss(temperature=0.1, gather_distributed=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
     # Every rank holds the same dataset description and renders only what it needs.
-    data = SyntheticNodules(NoduleSpec().with_shortcut("diameter_mm", 0.9), n=n, seed=0,
-                            image_size=32)
+    data = SyntheticNodules(
+        NoduleSpec().with_shortcut("diameter_mm", 0.9), n=n, seed=0, image_size=32
+    )
     generator = torch.Generator().manual_seed(1)  # same draws on every rank
     history = []
     for step in range(steps):
@@ -73,17 +78,23 @@ def main() -> None:
         global_loss = distributed.sum_over_ranks(loss.detach()) / world_size
         history.append(float(global_loss))
         if rank == 0 and (step % 10 == 0 or step == steps - 1):
-            print(f"step {step:>3}: global SupCon loss {global_loss.item():.4f} "
-                  f"({world_size} ranks x {len(local)} samples)")
+            print(
+                f"step {step:>3}: global SupCon loss {global_loss.item():.4f} "
+                f"({world_size} ranks x {len(local)} samples)"
+            )
 
     if rank == 0:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "history.json").write_text(json.dumps(
-            {"world_size": world_size, "global_batch": global_batch, "loss": history}))
+        (args.out / "history.json").write_text(
+            json.dumps({"world_size": world_size, "global_batch": global_batch, "loss": history})
+        )
         figure, ax = plt.subplots(figsize=(4.5, 3), layout="constrained")
         ax.plot(range(1, steps + 1), history)
-        ax.set(xlabel="step", ylabel="SupCon loss (global batch)",
-               title=f"DDP, {world_size} ranks, global batch {global_batch}")
+        ax.set(
+            xlabel="step",
+            ylabel="SupCon loss (global batch)",
+            title=f"DDP, {world_size} ranks, global batch {global_batch}",
+        )
         figure.savefig(args.out / "loss.png", dpi=90)
     if dist.is_initialized():
         # Leave together, without DDP: a DDP module still alive when the group goes keeps

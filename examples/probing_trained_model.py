@@ -67,8 +67,10 @@ def main() -> None:
     n_train, steps, n_test = (128, 5, 64) if args.tiny else (2048, 300, 500)
 
     train_spec = NoduleSpec().with_shortcut("diameter_mm", 1.0)
-    models = {"size shortcut": train_model(train_spec, n_train, steps, seed=1),
-              "no shortcut": train_model(train_spec.decorrelated(), n_train, steps, seed=2)}
+    models = {
+        "size shortcut": train_model(train_spec, n_train, steps, seed=1),
+        "no shortcut": train_model(train_spec.decorrelated(), n_train, steps, seed=2),
+    }
     test = SyntheticNodules(train_spec.decorrelated(), n=n_test, seed=99, image_size=32)
 
     probes, used, summary = {}, {}, []
@@ -76,16 +78,20 @@ def main() -> None:
         with torch.no_grad():
             predicted = model(test.render(range(n_test))).argmax(dim=1)
         accuracy = float((predicted == test.labels).double().mean())
-        probes[name] = probe_factors(extract_features(model, test, "features"),
-                                     {f: test.factors[f] for f in FACTORS}, folds=3)
-        used[name] = intervention_sensitivity(model, test, factors=FACTORS,
-                                              n=min(128, n_test))
+        probes[name] = probe_factors(
+            extract_features(model, test, "features"),
+            {f: test.factors[f] for f in FACTORS},
+            folds=3,
+        )
+        used[name] = intervention_sensitivity(model, test, factors=FACTORS, n=min(128, n_test))
         summary.append({"model": name, "decorrelated accuracy": round(accuracy, 3)})
         print(f"{name}: accuracy on the decorrelated test set {accuracy:.3f}")
         for probe, effect in zip(probes[name], used[name], strict=True):
-            print(f"  {probe.factor:<12} probe {probe.metric} {probe.score:5.2f} "
-                  f"(selectivity {probe.selectivity:5.2f}), "
-                  f"p(malignant) moves {effect.mean_abs_probability_change:.3f}")
+            print(
+                f"  {probe.factor:<12} probe {probe.metric} {probe.score:5.2f} "
+                f"(selectivity {probe.selectivity:5.2f}), "
+                f"p(malignant) moves {effect.mean_abs_probability_change:.3f}"
+            )
 
     figure, (ax_probe, ax_used) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
     plot_probe_heatmap(probes, value="selectivity", ax=ax_probe)

@@ -65,11 +65,14 @@ def main() -> None:
     spec = NoduleSpec().with_shortcut("diameter_mm", 0.9)
     print(spec.describe())
     train = SyntheticNodules(spec, n=size["n_train"], seed=0, image_size=32)
-    tests = {name: SyntheticNodules(test_spec, n=size["n_test"], seed=1, image_size=32)
-             for name, test_spec in spec.test_distributions().items()}
+    tests = {
+        name: SyntheticNodules(test_spec, n=size["n_test"], seed=1, image_size=32)
+        for name, test_spec in spec.test_distributions().items()
+    }
     plot_sample_grid(train, by="label", per_group=8, path=args.out / "train_by_label.png")
-    plot_sample_grid(train, by="diameter_mm", per_group=8, bins=3,
-                     path=args.out / "train_by_diameter.png")
+    plot_sample_grid(
+        train, by="diameter_mm", per_group=8, bins=3, path=args.out / "train_by_diameter.png"
+    )
     # [/data]
 
     # [train]
@@ -78,7 +81,7 @@ def main() -> None:
     criterion = SupConLoss(temperature=0.1)
     parameters = list(encoder.parameters()) + list(projection.parameters())
     optimizer = torch.optim.Adam(parameters, lr=3e-3)
-    images = train.render(range(len(train)))                   # (N, 1, 32, 32) in [0, 1]
+    images = train.render(range(len(train)))  # (N, 1, 32, 32) in [0, 1]
     for epoch in range(size["epochs"]):
         for batch in torch.randperm(len(train), generator=generator).split(256):
             views = torch.stack([augment(images[batch], generator) for _ in range(2)], dim=1)
@@ -113,16 +116,20 @@ def main() -> None:
     # [/head]
 
     # [probe]
-    probe_set = tests["decorrelated"]            # size no longer tells the label here
+    probe_set = tests["decorrelated"]  # size no longer tells the label here
     factors = ["spiculation", "diameter_mm", "lobulation", "margin_sharpness", "texture"]
-    probes = probe_factors(extract_features(model, probe_set, "encoder"),
-                           {name: probe_set.factors[name] for name in factors}, folds=3)
-    used = intervention_sensitivity(model, probe_set, factors=factors,
-                                    n=size["interventions"])
+    probes = probe_factors(
+        extract_features(model, probe_set, "encoder"),
+        {name: probe_set.factors[name] for name in factors},
+        folds=3,
+    )
+    used = intervention_sensitivity(model, probe_set, factors=factors, n=size["interventions"])
     for probe, effect in zip(probes, used, strict=True):
-        print(f"{probe.factor:<17} decodable: {probe.metric} {probe.score:.2f} "
-              f"(shuffled {probe.control:.2f})   used: p(malignant) moves "
-              f"{effect.mean_abs_probability_change:.3f}")
+        print(
+            f"{probe.factor:<17} decodable: {probe.metric} {probe.score:.2f} "
+            f"(shuffled {probe.control:.2f})   used: p(malignant) moves "
+            f"{effect.mean_abs_probability_change:.3f}"
+        )
     ax = plot_probe_heatmap({"SupCon + linear head": probes})
     ax.figure.savefig(args.out / "probes.png", dpi=100)
     ax = plot_sensitivity_bars({"SupCon + linear head": used})

@@ -34,8 +34,14 @@ def main() -> None:
 
     spec = NoduleSpec().with_shortcut("diameter_mm", 0.9, threshold=12.0)
     distributions = {"train": spec, **spec.test_distributions()}
-    figure, axes = plt.subplots(1, len(distributions), figsize=(2.6 * len(distributions), 2.8),
-                                sharex=True, sharey=True, layout="constrained")
+    figure, axes = plt.subplots(
+        1,
+        len(distributions),
+        figsize=(2.6 * len(distributions), 2.8),
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+    )
     agreement = {}
     for ax, (name, dist_spec) in zip(axes, distributions.items(), strict=True):
         data = SyntheticNodules(dist_spec, n=n, seed=0, image_size=32)
@@ -43,8 +49,13 @@ def main() -> None:
         agreement[name] = round(float((large == data.labels.bool()).double().mean()), 3)
         for label, colour in ((0, "tab:blue"), (1, "tab:red")):
             chosen = data.labels == label
-            ax.scatter(data.factors["diameter_mm"][chosen], data.factors["spiculation"][chosen],
-                       s=4, c=colour, label=("benign", "malignant")[label])
+            ax.scatter(
+                data.factors["diameter_mm"][chosen],
+                data.factors["spiculation"][chosen],
+                s=4,
+                c=colour,
+                label=("benign", "malignant")[label],
+            )
         ax.axvline(12.0, color="grey", lw=0.8, ls="--")
         ax.set_title(f"{name}\nsize agrees with label: {agreement[name]:.0%}", fontsize=8)
         ax.set_xlabel("diameter_mm")

@@ -22,10 +22,17 @@ def small_cnn(norm: Callable[[int], nn.Module] = nn.BatchNorm2d) -> nn.Sequentia
             image on its own, which keeps a data-parallel run equal to one process).
     """
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), norm(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), norm(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), norm(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(1, 16, 3, padding=1),
+        norm(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        norm(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),
+        norm(64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
 
 
@@ -43,7 +50,7 @@ def recompute_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int
         layer.momentum = None  # a plain average over the batches below
     model.train()
     for start in range(0, len(images), batch_size):
-        model(images[start:start + batch_size])
+        model(images[start : start + batch_size])
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
     model.eval()

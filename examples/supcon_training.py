@@ -36,8 +36,9 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return images
 
 
-def train(loss_name: str, images: torch.Tensor, labels: torch.Tensor, epochs: int,
-          seed: int) -> tuple[nn.Module, list[float]]:
+def train(
+    loss_name: str, images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int
+) -> tuple[nn.Module, list[float]]:
     """Train with ``"cross_entropy"`` or ``"supcon"``; returns the classifier and the losses."""
     torch.manual_seed(seed)  # the script's weights; the library never touches this RNG
     generator = torch.Generator().manual_seed(seed)
@@ -84,8 +85,10 @@ def main() -> None:
     spec = NoduleSpec().with_shortcut("diameter_mm", 0.9)
     train_set = SyntheticNodules(spec, n=n_train, seed=0, image_size=32)
     images = train_set.render(range(n_train))
-    tests = {name: SyntheticNodules(s, n=n_test, seed=1, image_size=32)
-             for name, s in spec.test_distributions().items()}
+    tests = {
+        name: SyntheticNodules(s, n=n_test, seed=1, image_size=32)
+        for name, s in spec.test_distributions().items()
+    }
 
     results: dict[str, dict[str, float]] = {}
     histories = {}
@@ -95,8 +98,7 @@ def main() -> None:
         for name, test in tests.items():
             with torch.no_grad():
                 predicted = model(test.render(range(n_test))).argmax(dim=1)
-            results[loss_name][name] = round(float((predicted == test.labels).double().mean()),
-                                             3)
+            results[loss_name][name] = round(float((predicted == test.labels).double().mean()), 3)
         print(f"{loss_name:<14}", "  ".join(f"{k} {v:.3f}" for k, v in results[loss_name].items()))
 
     (args.out / "accuracy.json").write_text(json.dumps(results, indent=1))
@@ -107,8 +109,12 @@ def main() -> None:
     ax_loss.legend(frameon=False)
     names = list(tests)
     for k, loss_name in enumerate(results):
-        ax_acc.bar([i - 0.2 + 0.4 * k for i in range(len(names))],
-                   [results[loss_name][name] for name in names], width=0.4, label=loss_name)
+        ax_acc.bar(
+            [i - 0.2 + 0.4 * k for i in range(len(names))],
+            [results[loss_name][name] for name in names],
+            width=0.4,
+            label=loss_name,
+        )
     ax_acc.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     ax_acc.set(ylabel="test accuracy", ylim=(0, 1))
     ax_acc.legend(frameon=False, loc="lower left", fontsize=8)

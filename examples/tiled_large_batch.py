@@ -40,8 +40,11 @@ def peak_extra_bytes(step, device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - before
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]"
+    )
     running = peak = 0
     for _, nbytes in events:
         running += nbytes
@@ -82,12 +85,22 @@ def main() -> None:
             step()
             seconds = time.perf_counter() - start
             peak = peak_extra_bytes(step, device)
-            records.append({"backend": backend, "B": batch_size, "seconds": round(seconds, 4),
-                            "peak_MiB": round(peak / 2**20, 2), "loss": values[backend]})
-            print(f"B = {batch_size:>6}  {backend:<9}  loss {values[backend]:.6f}  "
-                  f"{seconds * 1e3:8.1f} ms  peak {peak / 2**20:9.1f} MiB")
+            records.append(
+                {
+                    "backend": backend,
+                    "B": batch_size,
+                    "seconds": round(seconds, 4),
+                    "peak_MiB": round(peak / 2**20, 2),
+                    "loss": values[backend],
+                }
+            )
+            print(
+                f"B = {batch_size:>6}  {backend:<9}  loss {values[backend]:.6f}  "
+                f"{seconds * 1e3:8.1f} ms  peak {peak / 2**20:9.1f} MiB"
+            )
         if len(values) == 2 and abs(values["tiled"] - values["reference"]) > 1e-4 * abs(
-                values["reference"]):
+            values["reference"]
+        ):
             raise RuntimeError(f"backends disagree at B = {batch_size}: {values}")
 
     (args.out / "memory.json").write_text(json.dumps(records, indent=1))
@@ -95,8 +108,7 @@ def main() -> None:
     for backend in ("reference", "tiled"):
         rows = [r for r in records if r["backend"] == backend]
         ax_time.plot([r["B"] for r in rows], [r["seconds"] for r in rows], "o-", label=backend)
-        ax_memory.plot([r["B"] for r in rows], [r["peak_MiB"] for r in rows], "o-",
-                       label=backend)
+        ax_memory.plot([r["B"] for r in rows], [r["peak_MiB"] for r in rows], "o-", label=backend)
     for ax, ylabel in ((ax_time, "forward + backward, s"), (ax_memory, "peak extra MiB")):
         ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel=ylabel)
         ax.grid(alpha=0.3)

@@ -16,8 +16,9 @@ Rows = list[list[float]]
 Tensor = torch.Tensor
 
 
-def flatten(embeddings: Tensor, labels: Tensor | None,
-            normalize: bool) -> tuple[Rows, list[int], tuple[int, ...]]:
+def flatten(
+    embeddings: Tensor, labels: Tensor | None, normalize: bool
+) -> tuple[Rows, list[int], tuple[int, ...]]:
     """Rows sample-major, labels per row, and the leading shape, in Python floats."""
     batch = embeddings.shape[0]
     views = embeddings.shape[1] if embeddings.ndim == 3 else 1
@@ -35,9 +36,13 @@ def flatten(embeddings: Tensor, labels: Tensor | None,
     return rows, row_labels, tuple(embeddings.shape[:-1])
 
 
-def pair_sets(embeddings: Tensor, labels: Tensor | None, normalize: bool,
-              ref_emb: Tensor | None, ref_labels: Tensor | None
-              ) -> tuple[Rows, list[int], Rows, list[int], bool, tuple[int, ...]]:
+def pair_sets(
+    embeddings: Tensor,
+    labels: Tensor | None,
+    normalize: bool,
+    ref_emb: Tensor | None,
+    ref_labels: Tensor | None,
+) -> tuple[Rows, list[int], Rows, list[int], bool, tuple[int, ...]]:
     """Anchors, their labels, columns, their labels, whether self-pairs exist, shape."""
     z, y, shape = flatten(embeddings, labels, normalize)
     if ref_emb is None:
@@ -62,8 +67,9 @@ def dist(a: list[float], b: list[float], kind: str = "euclidean") -> float:
     return sq if kind == "squared_euclidean" else math.sqrt(sq)
 
 
-def reduce(losses: list[float], valid: list[bool], reduction: str,
-           shape: tuple[int, ...]) -> Tensor:
+def reduce(
+    losses: list[float], valid: list[bool], reduction: str, shape: tuple[int, ...]
+) -> Tensor:
     if reduction == "none":
         values = [x if ok else 0.0 for x, ok in zip(losses, valid, strict=True)]
         return torch.tensor(values, dtype=torch.float64).reshape(shape)
@@ -74,10 +80,18 @@ def reduce(losses: list[float], valid: list[bool], reduction: str,
     return torch.tensor(total if reduction == "sum" else total / len(kept), dtype=torch.float64)
 
 
-def ref_supcon(embeddings: Tensor, labels: Tensor | None, *, temperature: float,
-               variant: str = "out", base_temperature: float | None = None,
-               normalize: bool = True, reduction: str = "mean",
-               ref_emb: Tensor | None = None, ref_labels: Tensor | None = None) -> Tensor:
+def ref_supcon(
+    embeddings: Tensor,
+    labels: Tensor | None,
+    *,
+    temperature: float,
+    variant: str = "out",
+    base_temperature: float | None = None,
+    normalize: bool = True,
+    reduction: str = "mean",
+    ref_emb: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+) -> Tensor:
     z, y, c, yc, has_self, shape = pair_sets(embeddings, labels, normalize, ref_emb, ref_labels)
     losses, valid = [], []
     for i in range(len(z)):
@@ -101,9 +115,16 @@ def ref_supcon(embeddings: Tensor, labels: Tensor | None, *, temperature: float,
     return reduce(losses, valid, reduction, shape)
 
 
-def ref_contrastive(embeddings: Tensor, labels: Tensor, *, margin: float = 1.0,
-                    normalize: bool = False, reduction: str = "mean",
-                    ref_emb: Tensor | None = None, ref_labels: Tensor | None = None) -> Tensor:
+def ref_contrastive(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    margin: float = 1.0,
+    normalize: bool = False,
+    reduction: str = "mean",
+    ref_emb: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+) -> Tensor:
     z, y, c, yc, has_self, shape = pair_sets(embeddings, labels, normalize, ref_emb, ref_labels)
     losses, valid = [], []
     for i in range(len(z)):
@@ -117,10 +138,18 @@ def ref_contrastive(embeddings: Tensor, labels: Tensor, *, margin: float = 1.0,
     return reduce(losses, valid, reduction, shape)
 
 
-def ref_contrastive_pml(embeddings: Tensor, labels: Tensor, *, margin: float = 1.0,
-                        pos_margin: float = 0.0, normalize: bool = False,
-                        reduction: str = "mean", ref_emb: Tensor | None = None,
-                        ref_labels: Tensor | None = None, form: str = "pml") -> Tensor:
+def ref_contrastive_pml(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    margin: float = 1.0,
+    pos_margin: float = 0.0,
+    normalize: bool = False,
+    reduction: str = "mean",
+    ref_emb: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+    form: str = "pml",
+) -> Tensor:
     """pytorch-metric-learning's ContrastiveLoss, from its definition (v2.x).
 
     Over every ordered pair (i, j), i != j: positive pairs give relu(d - pos_margin),
@@ -144,8 +173,7 @@ def ref_contrastive_pml(embeddings: Tensor, labels: Tensor, *, margin: float = 1
         return sum(nonzero) / len(nonzero) if nonzero else 0.0
 
     if reduction == "none":
-        per = [mean_nonzero(p) + mean_nonzero(n) for p, n in zip(pos_terms, neg_terms,
-                                                                 strict=True)]
+        per = [mean_nonzero(p) + mean_nonzero(n) for p, n in zip(pos_terms, neg_terms, strict=True)]
         return torch.tensor(per, dtype=torch.float64).reshape(shape)
     every_pos = [t for terms in pos_terms for t in terms]
     every_neg = [t for terms in neg_terms for t in terms]
@@ -154,10 +182,18 @@ def ref_contrastive_pml(embeddings: Tensor, labels: Tensor, *, margin: float = 1
     return torch.tensor(mean_nonzero(every_pos) + mean_nonzero(every_neg), dtype=torch.float64)
 
 
-def ref_triplet(embeddings: Tensor, labels: Tensor, *, margin: float = 0.2,
-                distance: str = "euclidean", mining: str = "hard", normalize: bool = True,
-                reduction: str = "mean", ref_emb: Tensor | None = None,
-                ref_labels: Tensor | None = None) -> Tensor:
+def ref_triplet(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    margin: float = 0.2,
+    distance: str = "euclidean",
+    mining: str = "hard",
+    normalize: bool = True,
+    reduction: str = "mean",
+    ref_emb: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+) -> Tensor:
     z, y, c, yc, has_self, shape = pair_sets(embeddings, labels, normalize, ref_emb, ref_labels)
     losses, counts, valid = [], [], []
     for i in range(len(z)):
@@ -195,11 +231,19 @@ def ref_triplet(embeddings: Tensor, labels: Tensor, *, margin: float = 0.2,
     return torch.tensor(total / sum(counts) if sum(counts) else 0.0, dtype=torch.float64)
 
 
-def ref_multi_similarity(embeddings: Tensor, labels: Tensor, *, alpha: float = 2.0,
-                         beta: float = 50.0, base: float = 0.5, epsilon: float = 0.1,
-                         normalize: bool = True, reduction: str = "mean",
-                         ref_emb: Tensor | None = None,
-                         ref_labels: Tensor | None = None) -> Tensor:
+def ref_multi_similarity(
+    embeddings: Tensor,
+    labels: Tensor,
+    *,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    epsilon: float = 0.1,
+    normalize: bool = True,
+    reduction: str = "mean",
+    ref_emb: Tensor | None = None,
+    ref_labels: Tensor | None = None,
+) -> Tensor:
     z, y, c, yc, has_self, shape = pair_sets(embeddings, labels, normalize, ref_emb, ref_labels)
     losses, valid = [], []
     for i in range(len(z)):
@@ -221,8 +265,14 @@ def ref_multi_similarity(embeddings: Tensor, labels: Tensor, *, alpha: float = 2
     return reduce(losses, valid, reduction, shape)
 
 
-def ref_cross_entropy(logits: Tensor, targets: Tensor, *, label_smoothing: float,
-                      weight: Tensor | None, reduction: str) -> Tensor:
+def ref_cross_entropy(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    label_smoothing: float,
+    weight: Tensor | None,
+    reduction: str,
+) -> Tensor:
     batch, classes = logits.shape
     w = [1.0] * classes if weight is None else [float(x) for x in weight]
     losses, denominator = [], 0.0
@@ -242,8 +292,9 @@ def ref_cross_entropy(logits: Tensor, targets: Tensor, *, label_smoothing: float
     return torch.tensor(total if reduction == "sum" else total / denominator, dtype=torch.float64)
 
 
-def make_batch(seed: int, batch: int, views: int | None, dim: int,
-               classes: int) -> tuple[Tensor, Tensor]:
+def make_batch(
+    seed: int, batch: int, views: int | None, dim: int, classes: int
+) -> tuple[Tensor, Tensor]:
     """Float64 embeddings ``(B, D)`` or ``(B, V, D)`` and labels in ``[0, classes)``."""
     gen = torch.Generator().manual_seed(seed)
     shape = (batch, dim) if views is None else (batch, views, dim)
@@ -256,9 +307,18 @@ KERNEL_CASES = ["random_with_singletons", "duplicates", "multi_view", "labels_no
 """The prepared batches every kernel is checked on (see :func:`make_case`)."""
 
 
-def make_case(name: str, dtype: torch.dtype, *, rows: int, dim: int, classes: int,
-              seed: int, views: int = 2, singletons: int = 1,
-              normalize: bool = True) -> tuple[Tensor, Tensor]:
+def make_case(
+    name: str,
+    dtype: torch.dtype,
+    *,
+    rows: int,
+    dim: int,
+    classes: int,
+    seed: int,
+    views: int = 2,
+    singletons: int = 1,
+    normalize: bool = True,
+) -> tuple[Tensor, Tensor]:
     """Prepared rows ``(N, D)`` and int64 labels ``(N,)`` of one kernel case.
 
     - ``"random_with_singletons"``: random labels, the first ``singletons`` rows alone in

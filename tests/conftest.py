@@ -5,14 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "bfloat16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--device", default="cpu", help="device the tests run on (default: cpu)")
     parser.addoption(
-        "--dtype", default="float32", choices=sorted(_DTYPES),
+        "--dtype",
+        default="float32",
+        choices=sorted(_DTYPES),
         help="floating dtype for tests that take the dtype fixture (default: float32)",
     )
 

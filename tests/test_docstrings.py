@@ -15,9 +15,7 @@ from nodulebench.losses import registry
 # Modules whose import needs an optional package that may be absent.
 _OPTIONAL = {"nodulebench.kernels.triton_supcon": "triton", "nodulebench.plotting": "matplotlib"}
 
-MODULES = sorted(
-    info.name for info in pkgutil.walk_packages(nodulebench.__path__, "nodulebench.")
-)
+MODULES = sorted(info.name for info in pkgutil.walk_packages(nodulebench.__path__, "nodulebench."))
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -39,17 +37,32 @@ def test_every_example_prints_a_value(name: str) -> None:
     if needs is not None and importlib.util.find_spec(needs) is None:
         pytest.skip(f"{name} needs {needs}")
     module = importlib.import_module(name)
-    silent = [test.name for test in doctest.DocTestFinder().find(module)
-              if test.examples and not any(example.want.strip() for example in test.examples)]
+    silent = [
+        test.name
+        for test in doctest.DocTestFinder().find(module)
+        if test.examples and not any(example.want.strip() for example in test.examples)
+    ]
     assert not silent, f"examples that print nothing: {silent}"
 
 
 # The modules users start from teach by example: each has at least one.
 TAUGHT_BY_EXAMPLE = [
-    "nodulebench.data.dataset", "nodulebench.data.spec", "nodulebench.data.measure",
+    "nodulebench.data.dataset",
+    "nodulebench.data.spec",
+    "nodulebench.data.measure",
     "nodulebench.data.measure3d",
-    *(f"nodulebench.probing.{name}" for name in
-      ("cka", "features", "interventions", "probes", "projection", "records", "saliency")),
+    *(
+        f"nodulebench.probing.{name}"
+        for name in (
+            "cka",
+            "features",
+            "interventions",
+            "probes",
+            "projection",
+            "records",
+            "saliency",
+        )
+    ),
 ]
 
 

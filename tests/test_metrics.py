@@ -37,7 +37,8 @@ def ece_by_loop(probs: list[float], labels: list[int], n_bins: int) -> float:
 
 samples = st.lists(
     st.tuples(st.sampled_from([i / 20 for i in range(21)]), st.integers(0, 1)),
-    min_size=2, max_size=40,
+    min_size=2,
+    max_size=40,
 )
 
 
@@ -71,8 +72,16 @@ def test_confusion_based_metrics() -> None:
     assert m.balanced_accuracy == pytest.approx((2 / 3 + 2 / 4) / 2)
     assert m.accuracy == pytest.approx(4 / 7)
     assert (m.n, m.n_positive) == (7, 3)
-    assert set(m.to_dict()) == {"accuracy", "sensitivity", "specificity", "balanced_accuracy",
-                                "roc_auc", "ece", "n", "n_positive"}
+    assert set(m.to_dict()) == {
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "balanced_accuracy",
+        "roc_auc",
+        "ece",
+        "n",
+        "n_positive",
+    }
 
 
 def test_single_class_set_reports_undefined_metrics_as_none() -> None:
@@ -94,8 +103,11 @@ def test_perfectly_calibrated_confident_predictions_have_zero_ece() -> None:
         (torch.tensor([0.5, float("nan")]), torch.tensor([1, 0]), "finite"),
         (torch.tensor([0.5, 0.2]), torch.tensor([1, 2]), "labels must be 0 or 1; got 2"),
         (torch.tensor([1.5, 0.2]), torch.tensor([1, 0]), "probabilities must lie in [0, 1]"),
-        (torch.tensor([2.5, -1.0]), torch.tensor([1, 0]), "got values in [-1, 2.5] (logits? "
-         "apply torch.sigmoid"),
+        (
+            torch.tensor([2.5, -1.0]),
+            torch.tensor([1, 0]),
+            "got values in [-1, 2.5] (logits? apply torch.sigmoid",
+        ),
     ],
 )
 def test_bad_input_is_named(probs: torch.Tensor, labels: torch.Tensor, fragment: str) -> None:
@@ -113,5 +125,6 @@ def test_confidence_on_a_bin_edge_falls_into_the_bin_that_starts_there() -> None
 
 def test_ece_of_confidently_wrong_predictions_exceeds_one_half() -> None:
     # Every prediction 0.99 sure and wrong: |accuracy - confidence| = 0.99 in one bin.
-    assert expected_calibration_error(torch.tensor([0.99, 0.01]),
-                                      torch.tensor([0, 1])) == pytest.approx(0.99)
+    assert expected_calibration_error(
+        torch.tensor([0.99, 0.01]), torch.tensor([0, 1])
+    ) == pytest.approx(0.99)

@@ -14,8 +14,9 @@ from nodulebench import _validation as v
 
 
 def test_version_is_pep440() -> None:
-    assert re.fullmatch(r"\d+\.\d+\.\d+((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?",
-                        nodulebench.__version__)
+    assert re.fullmatch(
+        r"\d+\.\d+\.\d+((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?", nodulebench.__version__
+    )
 
 
 def test_all_names_exist_and_are_unique() -> None:
@@ -34,8 +35,7 @@ def test_import_does_not_load_heavy_optional_packages() -> None:
         "         if m in sys.modules and m not in before]\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
 
@@ -48,22 +48,33 @@ def test_device_and_dtype_fixtures(device: torch.device, dtype: torch.dtype) -> 
 @pytest.mark.parametrize(
     ("call", "exc", "fragment"),
     [
-        (lambda: v.check_choice("reduction", "avg", ("mean", "sum")), ValueError,
-         "reduction must be one of 'mean', 'sum'; got 'avg'"),
+        (
+            lambda: v.check_choice("reduction", "avg", ("mean", "sum")),
+            ValueError,
+            "reduction must be one of 'mean', 'sum'; got 'avg'",
+        ),
         (lambda: v.check_positive("temperature", 0.0), ValueError, "temperature must be"),
         (lambda: v.check_positive("temperature", float("nan")), ValueError, "got nan"),
         (lambda: v.check_positive("margin", -1.0, allow_zero=True), ValueError, ">= 0"),
         (lambda: v.check_positive("margin", "1"), TypeError, "got str"),
         (lambda: v.check_in_range("strength", 1.5, -1, 1), ValueError, "[-1, 1]"),
-        (lambda: v.check_ndim("labels", torch.zeros(2, 2), (1,), "(B,)"), ValueError,
-         "got shape (2, 2)"),
+        (
+            lambda: v.check_ndim("labels", torch.zeros(2, 2), (1,), "(B,)"),
+            ValueError,
+            "got shape (2, 2)",
+        ),
         (lambda: v.check_ndim("labels", [1, 2], (1,), "(B,)"), TypeError, "got list"),
-        (lambda: v.check_floating("embeddings", torch.zeros(2, dtype=torch.long)),
-         TypeError, "torch.int64"),
-        (lambda: v.check_integer_tensor("labels", torch.zeros(2)), TypeError,
-         "torch.float32"),
-        (lambda: v.check_integer_tensor("labels", torch.zeros(2, dtype=torch.bool)),
-         TypeError, "torch.bool"),
+        (
+            lambda: v.check_floating("embeddings", torch.zeros(2, dtype=torch.long)),
+            TypeError,
+            "torch.int64",
+        ),
+        (lambda: v.check_integer_tensor("labels", torch.zeros(2)), TypeError, "torch.float32"),
+        (
+            lambda: v.check_integer_tensor("labels", torch.zeros(2, dtype=torch.bool)),
+            TypeError,
+            "torch.bool",
+        ),
     ],
 )
 def test_validation_messages_name_argument_and_value(call, exc, fragment) -> None:

@@ -27,8 +27,7 @@ def test_plotting_keeps_the_users_backend(tmp_path: Path) -> None:
         f"plot_traversals(ds, 0, [('diameter_mm', [6, 12])], path={str(tmp_path / 't.png')!r})\n"
         "print(matplotlib.get_backend())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "svg"
     for name in ("grid.png", "t.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -38,14 +37,14 @@ def test_plotting_keeps_the_users_backend(tmp_path: Path) -> None:
     "draw",
     [
         lambda: plotting.plot_sample_grid(SyntheticNodules(n=4, image_size=16)),
-        lambda: plotting.plot_traversals(SyntheticNodules(n=4, image_size=16), 0,
-                                         [("diameter_mm", [6.0])]),
+        lambda: plotting.plot_traversals(
+            SyntheticNodules(n=4, image_size=16), 0, [("diameter_mm", [6.0])]
+        ),
         lambda: probing.plot_embedding_scatter(torch.zeros(3, 2), torch.zeros(3)),
         lambda: probing.plot_gradcam_overlays(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)),
     ],
 )
-def test_missing_matplotlib_gives_one_install_hint(monkeypatch: pytest.MonkeyPatch,
-                                                   draw) -> None:
+def test_missing_matplotlib_gives_one_install_hint(monkeypatch: pytest.MonkeyPatch, draw) -> None:
     # None in sys.modules makes ``import matplotlib...`` raise ImportError.
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
@@ -54,8 +53,12 @@ def test_missing_matplotlib_gives_one_install_hint(monkeypatch: pytest.MonkeyPat
 
 
 def test_probing_figures_are_reexported_beside_the_data_figures() -> None:
-    for name in ("plot_probe_heatmap", "plot_sensitivity_bars", "plot_embedding_scatter",
-                 "plot_gradcam_overlays"):
+    for name in (
+        "plot_probe_heatmap",
+        "plot_sensitivity_bars",
+        "plot_embedding_scatter",
+        "plot_gradcam_overlays",
+    ):
         assert getattr(plotting, name) is getattr(probing, name)
         assert name in plotting.__all__
 
@@ -66,8 +69,7 @@ def test_sample_grid_has_one_row_per_category() -> None:
     ds = SyntheticNodules(NoduleSpec(), n=40, seed=3, image_size=16)
     fig = plotting.plot_sample_grid(ds, by="calcification", per_group=3)
     try:
-        rows = ["absent", "central", "laminated", "popcorn", "diffuse", "eccentric",
-                "stippled"]
+        rows = ["absent", "central", "laminated", "popcorn", "diffuse", "eccentric", "stippled"]
         assert len(fig.axes) == len(rows) * 3
         assert [ax.get_ylabel() for ax in fig.axes[::3]] == rows
     finally:

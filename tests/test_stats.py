@@ -51,9 +51,13 @@ def test_single_value_has_no_interval() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(2, 10).flatmap(lambda n: st.tuples(st.lists(finite, min_size=n, max_size=n),
-                                                        st.lists(finite, min_size=n,
-                                                                 max_size=n))))
+@given(
+    st.integers(2, 10).flatmap(
+        lambda n: st.tuples(
+            st.lists(finite, min_size=n, max_size=n), st.lists(finite, min_size=n, max_size=n)
+        )
+    )
+)
 def test_paired_comparison_matches_scipy(pair: tuple[list[float], list[float]]) -> None:
     a, b = pair
     differences = np.array(a) - np.array(b)
@@ -63,11 +67,9 @@ def test_paired_comparison_matches_scipy(pair: tuple[list[float], list[float]]) 
     reference = sps.ttest_rel(a, b)
     assert c.p_value == pytest.approx(reference.pvalue, rel=1e-6, abs=1e-12)
     assert c.difference == pytest.approx(differences.mean(), abs=1e-9)
-    low, high = sps.t.interval(0.95, len(a) - 1, loc=differences.mean(),
-                               scale=sps.sem(differences))
+    low, high = sps.t.interval(0.95, len(a) - 1, loc=differences.mean(), scale=sps.sem(differences))
     assert (c.low, c.high) == (pytest.approx(low, abs=1e-9), pytest.approx(high, abs=1e-9))
-    assert c.effect_size == pytest.approx(differences.mean() / differences.std(ddof=1),
-                                          rel=1e-9)
+    assert c.effect_size == pytest.approx(differences.mean() / differences.std(ddof=1), rel=1e-9)
 
 
 def test_paired_comparison_without_spread() -> None:
@@ -122,11 +124,14 @@ def test_planted_differences_are_detected_and_nulls_are_not() -> None:
             "null_b": seed_luck + rng.normal(0, 0.01, seeds),
             "better": seed_luck + 0.05 + rng.normal(0, 0.01, seeds),
         }
-        results = {(r.a, r.b): r for r in compare_all(
-            {k: v.tolist() for k, v in conditions.items()})}
+        results = {
+            (r.a, r.b): r for r in compare_all({k: v.tolist() for k, v in conditions.items()})
+        }
         false_families += results["null_a", "null_b"].rejected
-        detected += (results["null_a", "better"].better == "better"
-                     and results["null_b", "better"].better == "better")
+        detected += (
+            results["null_a", "better"].better == "better"
+            and results["null_b", "better"].better == "better"
+        )
     # The null pair is rejected at most at the nominal rate (Holm is conservative), the
     # planted 0.05 difference (5 x the noise) nearly always, despite seed luck 5 x larger.
     assert false_families / families <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / families)
@@ -170,17 +175,35 @@ def test_group_accuracy_finds_the_planted_worst_group() -> None:
         (lambda: paired_comparison([0.1, 0.2], [0.1, 0.2, 0.3]), ValueError, "one value per seed"),
         (lambda: holm([0.5, 1.5]), ValueError, "p_values must lie in [0, 1]"),
         (lambda: compare_all({"a": [0.1, 0.2], "b": [0.1, 0.2]}, alpha=0), ValueError, "alpha"),
-        (lambda: group_accuracy(torch.tensor([0.5]), torch.tensor([0]), torch.tensor([0])),
-         TypeError, "predictions must have an integer dtype"),
-        (lambda: group_accuracy(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([0])),
-         ValueError, "same length"),
-        (lambda: group_accuracy(torch.tensor([0]), torch.tensor([0]), torch.tensor([-1])),
-         ValueError, "groups must be >= 0"),
-        (lambda: group_accuracy(torch.tensor([0]), torch.tensor([0]), torch.tensor([2]),
-                                ["a"]), ValueError, "names must name every group"),
-        (lambda: group_accuracy(torch.tensor([], dtype=torch.long),
-                                torch.tensor([], dtype=torch.long),
-                                torch.tensor([], dtype=torch.long)), ValueError, "N = 0"),
+        (
+            lambda: group_accuracy(torch.tensor([0.5]), torch.tensor([0]), torch.tensor([0])),
+            TypeError,
+            "predictions must have an integer dtype",
+        ),
+        (
+            lambda: group_accuracy(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([0])),
+            ValueError,
+            "same length",
+        ),
+        (
+            lambda: group_accuracy(torch.tensor([0]), torch.tensor([0]), torch.tensor([-1])),
+            ValueError,
+            "groups must be >= 0",
+        ),
+        (
+            lambda: group_accuracy(torch.tensor([0]), torch.tensor([0]), torch.tensor([2]), ["a"]),
+            ValueError,
+            "names must name every group",
+        ),
+        (
+            lambda: group_accuracy(
+                torch.tensor([], dtype=torch.long),
+                torch.tensor([], dtype=torch.long),
+                torch.tensor([], dtype=torch.long),
+            ),
+            ValueError,
+            "N = 0",
+        ),
     ],
 )
 def test_bad_input_is_named(call, error: type[Exception], message: str) -> None:  # type: ignore[no-untyped-def]
@@ -193,6 +216,5 @@ def test_import_nodulebench_does_not_load_scipy() -> None:
     import sys
 
     code = "import sys, nodulebench, nodulebench.stats; print('scipy.stats' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -66,8 +66,9 @@ def head_metrics(record: dict[str, Any], head: str) -> dict[str, dict[str, Any]]
     return record["metrics"] if head == "model" else record["heads"][head]
 
 
-def metric_by_seed(runs: list[dict[str, Any]], test: str, metric: str,
-                   head: str = "model") -> dict[int, float]:
+def metric_by_seed(
+    runs: list[dict[str, Any]], test: str, metric: str, head: str = "model"
+) -> dict[int, float]:
     """``{seed: value}`` of one metric of one head on one test distribution."""
     out = {}
     for run in runs:
@@ -77,16 +78,20 @@ def metric_by_seed(runs: list[dict[str, Any]], test: str, metric: str,
     return out
 
 
-def metric_interval(runs: list[dict[str, Any]], test: str, metric: str,
-                    head: str = "model") -> MeanInterval | None:
+def metric_interval(
+    runs: list[dict[str, Any]], test: str, metric: str, head: str = "model"
+) -> MeanInterval | None:
     """Mean and interval over seeds of one metric on one test distribution."""
     return interval(metric_by_seed(runs, test, metric, head).values())
 
 
 def underfit_losses(runs_by_loss: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
     """``{loss: i.i.d. balanced accuracy}`` of losses more than the margin below the best."""
-    means = {loss: m.mean for loss, runs in runs_by_loss.items()
-             if (m := metric_interval(runs, "iid", "balanced_accuracy")) is not None}
+    means = {
+        loss: m.mean
+        for loss, runs in runs_by_loss.items()
+        if (m := metric_interval(runs, "iid", "balanced_accuracy")) is not None
+    }
     if not means:
         return {}
     best = max(means.values())
@@ -100,20 +105,23 @@ def _common_seeds(by_seed: dict[str, dict[int, float]]) -> list[int]:
     return sorted(seeds or ())
 
 
-def compare_losses(runs_by_loss: dict[str, list[dict[str, Any]]], test: str, metric: str,
-                   head: str = "model") -> tuple[list[PairResult], int]:
+def compare_losses(
+    runs_by_loss: dict[str, list[dict[str, Any]]], test: str, metric: str, head: str = "model"
+) -> tuple[list[PairResult], int]:
     """Paired comparisons of every pair of losses on the seeds they share, Holm-corrected.
 
     Returns:
         The pairs and the number of shared seeds (no pair below two seeds).
     """
-    by_seed = {loss: metric_by_seed(runs, test, metric, head)
-               for loss, runs in runs_by_loss.items()}
+    by_seed = {
+        loss: metric_by_seed(runs, test, metric, head) for loss, runs in runs_by_loss.items()
+    }
     seeds = _common_seeds(by_seed)
     if len(seeds) < 2 or len(by_seed) < 2:
         return [], len(seeds)
-    return compare_all({loss: [v[s] for s in seeds] for loss, v in by_seed.items()},
-                       alpha=ALPHA), len(seeds)
+    return compare_all(
+        {loss: [v[s] for s in seeds] for loss, v in by_seed.items()}, alpha=ALPHA
+    ), len(seeds)
 
 
 @dataclass(frozen=True)
@@ -128,8 +136,11 @@ class HeadGain:
     n: int
 
 
-def dfr_gains(runs_by_loss: dict[str, list[dict[str, Any]]], test: str = HEADLINE_TEST,
-              metric: str = HEADLINE_METRIC) -> list[HeadGain]:
+def dfr_gains(
+    runs_by_loss: dict[str, list[dict[str, Any]]],
+    test: str = HEADLINE_TEST,
+    metric: str = HEADLINE_METRIC,
+) -> list[HeadGain]:
     """Worst-group accuracy of the DFR head minus the protocol's head, paired by seed."""
     rows = []
     for loss, runs in runs_by_loss.items():
@@ -137,15 +148,17 @@ def dfr_gains(runs_by_loss: dict[str, list[dict[str, Any]]], test: str = HEADLIN
         own = metric_by_seed(runs, test, metric, "model")
         seeds = sorted(set(dfr) & set(own))
         if len(seeds) >= 2:
-            rows.append((loss, paired_comparison([dfr[s] for s in seeds],
-                                                 [own[s] for s in seeds])))
+            rows.append((loss, paired_comparison([dfr[s] for s in seeds], [own[s] for s in seeds])))
     adjusted = holm([c.p_value for _, c in rows])
-    return [HeadGain(loss, c.difference, c.low, c.high, p, c.n)
-            for (loss, c), p in zip(rows, adjusted, strict=True)]
+    return [
+        HeadGain(loss, c.difference, c.low, c.high, p, c.n)
+        for (loss, c), p in zip(rows, adjusted, strict=True)
+    ]
 
 
-def field_intervals(runs: list[dict[str, Any]], key: str, value: str,
-                    name: str = "factor") -> dict[str, MeanInterval]:
+def field_intervals(
+    runs: list[dict[str, Any]], key: str, value: str, name: str = "factor"
+) -> dict[str, MeanInterval]:
     """``{row[name]: interval of row[value]}`` over seeds for the list ``run[key]``."""
     by_name: dict[str, list[float]] = defaultdict(list)
     for run in runs:
@@ -155,8 +168,9 @@ def field_intervals(runs: list[dict[str, Any]], key: str, value: str,
     return {k: mean_interval(v) for k, v in by_name.items()}
 
 
-def saliency_intervals(runs: list[dict[str, Any]],
-                       quantity: str = "energy_per_area") -> dict[str, MeanInterval]:
+def saliency_intervals(
+    runs: list[dict[str, Any]], quantity: str = "energy_per_area"
+) -> dict[str, MeanInterval]:
     """``{region: interval over seeds}`` of a saliency quantity."""
     by_region: dict[str, list[float]] = defaultdict(list)
     for run in runs:
@@ -197,16 +211,23 @@ def store_grams(store: RunStore) -> GramLoader:
                 cache[rid] = None
             else:
                 arrays = store.load_arrays(rid)
-                cache[rid] = {s: torch.from_numpy(arrays[f"gram.{s}"]).double()
-                              for s in STAGES if f"gram.{s}" in arrays}
+                cache[rid] = {
+                    s: torch.from_numpy(arrays[f"gram.{s}"]).double()
+                    for s in STAGES
+                    if f"gram.{s}" in arrays
+                }
         return cache[rid]
 
     return load
 
 
-def cka_against_floor(grams: GramLoader, experiment: str, losses: Sequence[str],
-                      seeds: Sequence[int], reference: str = REFERENCE_LOSS
-                      ) -> CkaTable:
+def cka_against_floor(
+    grams: GramLoader,
+    experiment: str,
+    losses: Sequence[str],
+    seeds: Sequence[int],
+    reference: str = REFERENCE_LOSS,
+) -> CkaTable:
     """``{loss: {stage: CkaRow}}``: CKA with the reference and the same-loss floor.
 
     Every model of an experiment is measured on the same probe images, so representations
@@ -220,14 +241,19 @@ def cka_against_floor(grams: GramLoader, experiment: str, losses: Sequence[str],
         key = (frozenset((a, b)), stage)
         if key not in measured:
             ga, gb = grams(a), grams(b)
-            measured[key] = (None if ga is None or gb is None or stage not in ga
-                             or stage not in gb
-                             else gram_linear_cka(ga[stage], gb[stage], debiased=True))
+            measured[key] = (
+                None
+                if ga is None or gb is None or stage not in ga or stage not in gb
+                else gram_linear_cka(ga[stage], gb[stage], debiased=True)
+            )
         return measured[key]
 
     def floor(loss: str, seed: int, stage: str) -> float | None:
-        values = [cka(run_id(experiment, loss, seed), run_id(experiment, loss, other), stage)
-                  for other in seeds if other != seed]
+        values = [
+            cka(run_id(experiment, loss, seed), run_id(experiment, loss, other), stage)
+            for other in seeds
+            if other != seed
+        ]
         defined = [v for v in values if v is not None]
         return sum(defined) / len(defined) if defined else None
 
@@ -241,8 +267,10 @@ def cka_against_floor(grams: GramLoader, experiment: str, losses: Sequence[str],
             for seed in seeds:
                 # Models of different seeds, like the floor's pairs (one seed: the same).
                 others = [o for o in seeds if o != seed] or [seed]
-                values = [cka(run_id(experiment, loss, seed), run_id(experiment, reference, o),
-                              stage) for o in others]
+                values = [
+                    cka(run_id(experiment, loss, seed), run_id(experiment, reference, o), stage)
+                    for o in others
+                ]
                 defined = [v for v in values if v is not None]
                 c = sum(defined) / len(defined) if defined else None
                 fl, fr = floor(loss, seed, stage), floor(reference, seed, stage)
@@ -261,5 +289,7 @@ def cka_against_floor(grams: GramLoader, experiment: str, losses: Sequence[str],
 def study_cka(config: StudyConfig, store: RunStore) -> dict[str, CkaTable]:
     """``{experiment: CkaTable}``: :func:`cka_against_floor` for every experiment's runs."""
     grams = store_grams(store)
-    return {e.name: cka_against_floor(grams, e.name, config.losses, config.seeds)
-            for e in config.experiments}
+    return {
+        e.name: cka_against_floor(grams, e.name, config.losses, config.seeds)
+        for e in config.experiments
+    }

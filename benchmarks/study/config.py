@@ -26,7 +26,6 @@ PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = ("smoke", "quick", "quick3d", "full")
 
 
-
 @dataclass(frozen=True)
 class StudyLoss:
     """How one study loss trains: the registry losses it sums and its protocol.
@@ -103,8 +102,10 @@ class DataConfig:
 
     def sizes(self) -> dict[str, Any]:
         """The size arguments of :class:`~nodulebench.SyntheticNodules` for these data."""
-        return {"image_size": self.image_size,
-                "volume_size": self.image_size if self.dims == 3 else None}
+        return {
+            "image_size": self.image_size,
+            "volume_size": self.image_size if self.dims == 3 else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,9 @@ def _build(cls: type, table: Any, where: str) -> Any:
     unknown = sorted(set(table) - set(names))
     if unknown:
         hint = did_you_mean(unknown[0], names)
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in [{where}]; accepted: "
-                          f"{', '.join(names)}{hint}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in [{where}]; accepted: {', '.join(names)}{hint}"
+        )
     kwargs = {}
     for f in fields:
         if f.name not in table:
@@ -225,8 +227,18 @@ def load_config(path: Path) -> StudyConfig:
     return config_from_dict(raw, default_name=Path(path).stem)
 
 
-TOP_LEVEL = ("name", "seeds", "losses", "experiments", "device", "data", "model", "train",
-             "probe", "loss_options")
+TOP_LEVEL = (
+    "name",
+    "seeds",
+    "losses",
+    "experiments",
+    "device",
+    "data",
+    "model",
+    "train",
+    "probe",
+    "loss_options",
+)
 
 
 def config_from_dict(raw: dict[str, Any], *, default_name: str = "custom") -> StudyConfig:
@@ -238,8 +250,10 @@ def config_from_dict(raw: dict[str, Any], *, default_name: str = "custom") -> St
     """
     unknown = sorted(set(raw) - set(TOP_LEVEL))
     if unknown:
-        raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)}; accepted: "
-                          f"{', '.join(TOP_LEVEL)}{did_you_mean(unknown[0], TOP_LEVEL)}")
+        raise ConfigError(
+            f"unknown top-level key(s) {', '.join(unknown)}; accepted: "
+            f"{', '.join(TOP_LEVEL)}{did_you_mean(unknown[0], TOP_LEVEL)}"
+        )
     for key in ("seeds", "losses", "experiments"):
         if key not in raw:
             raise ConfigError(f"the config must set '{key}'")
@@ -252,8 +266,9 @@ def config_from_dict(raw: dict[str, Any], *, default_name: str = "custom") -> St
     losses = tuple(raw["losses"])
     check_losses(losses)
     if not isinstance(raw["experiments"], list):
-        raise ConfigError("experiments must be a list of [[experiments]] tables; got "
-                          f"{raw['experiments']!r}")
+        raise ConfigError(
+            f"experiments must be a list of [[experiments]] tables; got {raw['experiments']!r}"
+        )
     experiments = tuple(_build_experiment(e, i) for i, e in enumerate(raw["experiments"]))
     if not experiments:
         raise ConfigError("experiments must hold at least one [[experiments]] table")
@@ -266,8 +281,10 @@ def config_from_dict(raw: dict[str, Any], *, default_name: str = "custom") -> St
     registry_names = sorted({n for study in STUDY_LOSSES.values() for n in study.registry})
     for key, options in loss_options.items():
         if key not in registry_names:
-            raise ConfigError(f"unknown loss '{key}' in [loss_options]; accepted: "
-                              f"{', '.join(registry_names)}{did_you_mean(key, registry_names)}")
+            raise ConfigError(
+                f"unknown loss '{key}' in [loss_options]; accepted: "
+                f"{', '.join(registry_names)}{did_you_mean(key, registry_names)}"
+            )
         if not isinstance(options, dict):
             raise ConfigError(f"[loss_options.{key}] must be a table")
     config = StudyConfig(
@@ -290,8 +307,11 @@ def config_from_dict(raw: dict[str, Any], *, default_name: str = "custom") -> St
 
 def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
     """The seeds as a tuple, or ``ConfigError`` unless a non-empty list of distinct ints >= 0."""
-    ok = isinstance(seeds, (list, tuple)) and len(seeds) > 0 and all(
-        type(s) is int and s >= 0 for s in seeds)
+    ok = (
+        isinstance(seeds, (list, tuple))
+        and len(seeds) > 0
+        and all(type(s) is int and s >= 0 for s in seeds)
+    )
     if not ok:
         raise ConfigError(f"{where} must be a non-empty list of integers >= 0; got {seeds!r}")
     if len(set(seeds)) != len(seeds):
@@ -313,21 +333,33 @@ def _build_experiment(table: Any, index: int) -> ExperimentConfig:
     missing = sorted(set(EXPERIMENT_KEYS) - set(table))
     if unknown:
         hint = did_you_mean(unknown[0], EXPERIMENT_KEYS)
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; accepted: "
-                          f"{', '.join(EXPERIMENT_KEYS)}{hint}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in {where}; accepted: "
+            f"{', '.join(EXPERIMENT_KEYS)}{hint}"
+        )
     if missing:
         raise ConfigError(f"{where} must set {', '.join(missing)}")
     name, shortcut, strength = table["name"], table["shortcut"], table["strength"]
-    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)
-            and "__" not in name):
-        raise ConfigError(f"{where}.name must be a string of letters, digits, '.', '-' or "
-                          f"single '_' (it names files); got {name!r}")
+    if not (
+        isinstance(name, str)
+        and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)
+        and "__" not in name
+    ):
+        raise ConfigError(
+            f"{where}.name must be a string of letters, digits, '.', '-' or "
+            f"single '_' (it names files); got {name!r}"
+        )
     if shortcut not in FACTORS:
-        raise ConfigError(f"{where}.shortcut must be a factor name; got {shortcut!r}"
-                          f"{did_you_mean(shortcut, list(FACTORS))}; accepted: "
-                          f"{', '.join(FACTORS)}")
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
-            -1.0 <= strength <= 1.0):
+        raise ConfigError(
+            f"{where}.shortcut must be a factor name; got {shortcut!r}"
+            f"{did_you_mean(shortcut, list(FACTORS))}; accepted: "
+            f"{', '.join(FACTORS)}"
+        )
+    if (
+        isinstance(strength, bool)
+        or not isinstance(strength, (int, float))
+        or not (-1.0 <= strength <= 1.0)
+    ):
         raise ConfigError(f"{where}.strength must be a number in [-1, 1]; got {strength!r}")
     return ExperimentConfig(name=name, shortcut=shortcut, strength=float(strength))
 
@@ -338,8 +370,10 @@ def check_losses(losses: tuple[str, ...]) -> None:
         raise ConfigError("losses must name at least one loss")
     for name in losses:
         if name not in STUDY_LOSSES:
-            raise ConfigError(f"unknown loss {name!r}; accepted: {', '.join(STUDY_LOSSES)}"
-                              f"{did_you_mean(name, STUDY_LOSSES)}")
+            raise ConfigError(
+                f"unknown loss {name!r}; accepted: {', '.join(STUDY_LOSSES)}"
+                f"{did_you_mean(name, STUDY_LOSSES)}"
+            )
     if len(set(losses)) != len(losses):
         raise ConfigError(f"losses must not repeat a loss; got {list(losses)}")
 
@@ -369,73 +403,94 @@ def check_experiments(config: StudyConfig) -> None:
         try:
             spec = training_spec(experiment)
             for test_spec in (spec, *study_test_distributions(spec).values()):
-                SyntheticNodules(test_spec, n=2, seed=0,
-                                 **config.data.sizes()).render(range(2))
+                SyntheticNodules(test_spec, n=2, seed=0, **config.data.sizes()).render(range(2))
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"experiment '{experiment.name}' ({experiment.shortcut} at "
-                              f"strength {experiment.strength}): {err}") from err
+            raise ConfigError(
+                f"experiment '{experiment.name}' ({experiment.shortcut} at "
+                f"strength {experiment.strength}): {err}"
+            ) from err
 
 
 def _check_values(config: StudyConfig) -> None:
     from .models import ENCODERS
 
     if config.model.arch not in ENCODERS:
-        raise ConfigError(f"model.arch must be one of {', '.join(ENCODERS)}; got "
-                          f"{config.model.arch!r}{did_you_mean(config.model.arch, ENCODERS)}")
+        raise ConfigError(
+            f"model.arch must be one of {', '.join(ENCODERS)}; got "
+            f"{config.model.arch!r}{did_you_mean(config.model.arch, ENCODERS)}"
+        )
     d, t, p = config.data, config.train, config.probe
     if d.dims not in DIMS:
         raise ConfigError(f"data.dims must be 2 (images) or 3 (volumes); got {d.dims}")
     arch_dims = ENCODERS[config.model.arch].dims
     if arch_dims != d.dims:
         fitting = [name for name, encoder in ENCODERS.items() if encoder.dims == d.dims]
-        raise ConfigError(f"model.arch {config.model.arch!r} reads {arch_dims}-D inputs but "
-                          f"data.dims is {d.dims}; for data.dims = {d.dims} use one of "
-                          f"{', '.join(fitting)}")
+        raise ConfigError(
+            f"model.arch {config.model.arch!r} reads {arch_dims}-D inputs but "
+            f"data.dims is {d.dims}; for data.dims = {d.dims} use one of "
+            f"{', '.join(fitting)}"
+        )
     if d.dims == 3 and not 16 <= d.image_size <= MAX_VOLUME_SIZE:
-        raise ConfigError(f"data.image_size must be in 16 .. {MAX_VOLUME_SIZE} voxels for "
-                          f"volumes (data.dims = 3); got {d.image_size}")
+        raise ConfigError(
+            f"data.image_size must be in 16 .. {MAX_VOLUME_SIZE} voxels for "
+            f"volumes (data.dims = 3); got {d.image_size}"
+        )
     for where, value in [
-        ("data.image_size", d.image_size), ("data.n_train", d.n_train),
-        ("data.n_test", d.n_test), ("data.n_probe", d.n_probe), ("data.n_dfr", d.n_dfr),
+        ("data.image_size", d.image_size),
+        ("data.n_train", d.n_train),
+        ("data.n_test", d.n_test),
+        ("data.n_probe", d.n_probe),
+        ("data.n_dfr", d.n_dfr),
         ("model.width", config.model.width),
         ("model.projection_dim", config.model.projection_dim),
-        ("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
-        ("train.lr", t.lr), ("train.linear_steps", t.linear_steps),
+        ("train.epochs", t.epochs),
+        ("train.batch_size", t.batch_size),
+        ("train.lr", t.lr),
+        ("train.linear_steps", t.linear_steps),
         ("train.identification_epochs", t.identification_epochs),
         ("train.jtt_upweight", t.jtt_upweight),
-        ("train.linear_lr", t.linear_lr), ("probe.folds", p.folds),
-        ("probe.intervention_n", p.intervention_n), ("probe.gradcam_n", p.gradcam_n),
+        ("train.linear_lr", t.linear_lr),
+        ("probe.folds", p.folds),
+        ("probe.intervention_n", p.intervention_n),
+        ("probe.gradcam_n", p.gradcam_n),
         ("probe.cka_n", p.cka_n),
     ]:
         _positive(where, value)
-    for where, value in [("train.weight_decay", t.weight_decay),
-                         ("train.ce_weight", t.ce_weight)]:
+    for where, value in [("train.weight_decay", t.weight_decay), ("train.ce_weight", t.ce_weight)]:
         if value < 0:
             raise ConfigError(f"{where} must be >= 0; got {value!r}")
     if t.batch_size < 2:
-        raise ConfigError(f"train.batch_size must be >= 2 (pairs need partners); got "
-                          f"{t.batch_size}")
+        raise ConfigError(
+            f"train.batch_size must be >= 2 (pairs need partners); got {t.batch_size}"
+        )
     if t.batch_size > d.n_train:
-        raise ConfigError(f"train.batch_size ({t.batch_size}) must not exceed data.n_train "
-                          f"({d.n_train})")
+        raise ConfigError(
+            f"train.batch_size ({t.batch_size}) must not exceed data.n_train ({d.n_train})"
+        )
     if p.folds < 2:
-        raise ConfigError(f"probe.folds must be >= 2 (a probe is scored on held-out folds); "
-                          f"got {p.folds}")
+        raise ConfigError(
+            f"probe.folds must be >= 2 (a probe is scored on held-out folds); got {p.folds}"
+        )
     if d.n_probe < 2 * p.folds:
-        raise ConfigError(f"data.n_probe ({d.n_probe}) must be at least 2 x probe.folds "
-                          f"({p.folds})")
-    for where, value in [("probe.intervention_n", p.intervention_n),
-                         ("probe.gradcam_n", p.gradcam_n), ("probe.cka_n", p.cka_n)]:
+        raise ConfigError(
+            f"data.n_probe ({d.n_probe}) must be at least 2 x probe.folds ({p.folds})"
+        )
+    for where, value in [
+        ("probe.intervention_n", p.intervention_n),
+        ("probe.gradcam_n", p.gradcam_n),
+        ("probe.cka_n", p.cka_n),
+    ]:
         if value > d.n_probe:
             raise ConfigError(f"{where} ({value}) must not exceed data.n_probe ({d.n_probe})")
     if t.autocast not in AUTOCAST:
-        raise ConfigError(f"train.autocast must be one of {', '.join(AUTOCAST)}; got "
-                          f"{t.autocast!r}{did_you_mean(t.autocast, AUTOCAST)}")
+        raise ConfigError(
+            f"train.autocast must be one of {', '.join(AUTOCAST)}; got "
+            f"{t.autocast!r}{did_you_mean(t.autocast, AUTOCAST)}"
+        )
     if p.cka_n < 4:
         raise ConfigError(f"probe.cka_n must be >= 4 (debiased CKA); got {p.cka_n}")
     if d.n_dfr < 8:
-        raise ConfigError(f"data.n_dfr must be >= 8 (two of each of four groups); got "
-                          f"{d.n_dfr}")
+        raise ConfigError(f"data.n_dfr must be >= 8 (two of each of four groups); got {d.n_dfr}")
 
 
 def preset_path(preset: str) -> Path:

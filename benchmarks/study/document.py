@@ -62,8 +62,12 @@ def to_markdown(blocks: list[Block]) -> str:
         elif isinstance(block, Bullets):
             out.append("\n".join(f"- {item}" for item in block.items))
         elif isinstance(block, Table):
-            lines = [block.caption, "", "| " + " | ".join(block.header) + " |",
-                     "|" + "---|" * len(block.header)]
+            lines = [
+                block.caption,
+                "",
+                "| " + " | ".join(block.header) + " |",
+                "|" + "---|" * len(block.header),
+            ]
             lines += ["| " + " | ".join(row) + " |" for row in block.rows]
             out.append("\n".join(lines))
         else:

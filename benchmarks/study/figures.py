@@ -63,8 +63,7 @@ def distribution_samples(config: StudyConfig, experiment: Any, path: Path) -> st
     spec = training_spec(experiment)
     rows = {"train": spec, **study_test_distributions(spec)}
     cols = 2 * SAMPLES_PER_CLASS
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.3 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.3 * len(rows)), squeeze=False)
     for r, (name, row_spec) in enumerate(rows.items()):
         ds = SyntheticNodules(row_spec, n=64, seed=PROBE_SEED_OFFSET, **config.data.sizes())
         picks = []
@@ -82,8 +81,10 @@ def distribution_samples(config: StudyConfig, experiment: Any, path: Path) -> st
             if c == 0:
                 ax.set_ylabel(name, fontsize=8)
     where = " (central axial slices)" if config.data.dims == 3 else ""
-    fig.suptitle(f"{experiment.name}{where}: B/M = benign/malignant, value = "
-                 f"{experiment.shortcut}", fontsize=9)
+    fig.suptitle(
+        f"{experiment.name}{where}: B/M = benign/malignant, value = {experiment.shortcut}",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
@@ -94,19 +95,33 @@ def _errorbars(ax: Any, x: float, m: MeanInterval | None, **style: Any) -> None:
     if m.low is None or m.high is None:
         ax.plot([x], [m.mean], linestyle="none", fillstyle="none", **style)
         return
-    ax.errorbar([x], [m.mean], yerr=[[m.mean - m.low], [m.high - m.mean]], capsize=2,
-                linestyle="none", **style)
+    ax.errorbar(
+        [x],
+        [m.mean],
+        yerr=[[m.mean - m.low], [m.high - m.mean]],
+        capsize=2,
+        linestyle="none",
+        **style,
+    )
 
 
 def _loss_styles(losses: list[str]) -> dict[str, dict[str, Any]]:
     markers = "osD^vPX*"
-    return {loss: {"marker": markers[i % len(markers)], "color": f"C{i}", "label": loss}
-            for i, loss in enumerate(losses)}
+    return {
+        loss: {"marker": markers[i % len(markers)], "color": f"C{i}", "label": loss}
+        for i, loss in enumerate(losses)
+    }
 
 
-def interval_figure(rows: dict[str, dict[str, MeanInterval | None]], columns: list[str],
-                    ylabel: str, title: str, path: Path, ylim: tuple[float, float] | None,
-                    zero_line: bool = False) -> str:
+def interval_figure(
+    rows: dict[str, dict[str, MeanInterval | None]],
+    columns: list[str],
+    ylabel: str,
+    title: str,
+    path: Path,
+    ylim: tuple[float, float] | None,
+    zero_line: bool = False,
+) -> str:
     """One point with its 95 % interval per (loss, column), losses side by side."""
     plt = _pyplot()
     losses = list(rows)
@@ -130,48 +145,77 @@ def interval_figure(rows: dict[str, dict[str, MeanInterval | None]], columns: li
     return _save(fig, path)
 
 
-def worst_group_figure(config: StudyConfig, records: list[dict[str, Any]], experiment: str,
-                       path: Path) -> str:
+def worst_group_figure(
+    config: StudyConfig, records: list[dict[str, Any]], experiment: str, path: Path
+) -> str:
     """Worst-group accuracy per loss and test distribution, with 95 % intervals."""
     groups = group_runs(records)
     tests = tests_present(records)
-    rows = {loss: {t: metric_interval(groups[experiment, loss], t, HEADLINE_METRIC)
-                   for t in tests}
-            for loss in config.losses if (experiment, loss) in groups}
-    return interval_figure(rows, tests, "worst-group accuracy",
-                           f"{experiment}: mean and 95 % interval over seeds", path, (0, 1.02))
+    rows = {
+        loss: {t: metric_interval(groups[experiment, loss], t, HEADLINE_METRIC) for t in tests}
+        for loss in config.losses
+        if (experiment, loss) in groups
+    }
+    return interval_figure(
+        rows,
+        tests,
+        "worst-group accuracy",
+        f"{experiment}: mean and 95 % interval over seeds",
+        path,
+        (0, 1.02),
+    )
 
 
-def sensitivity_figure(config: StudyConfig, records: list[dict[str, Any]], experiment: str,
-                       path: Path) -> str:
+def sensitivity_figure(
+    config: StudyConfig, records: list[dict[str, Any]], experiment: str, path: Path
+) -> str:
     """Intervention sensitivity per loss and factor, with 95 % intervals."""
     groups = group_runs(records)
-    rows = {loss: dict(field_intervals(groups[experiment, loss], "sensitivity",
-                                       "mean_abs_probability_change"))
-            for loss in config.losses if (experiment, loss) in groups}
+    rows = {
+        loss: dict(
+            field_intervals(groups[experiment, loss], "sensitivity", "mean_abs_probability_change")
+        )
+        for loss in config.losses
+        if (experiment, loss) in groups
+    }
     factors = list(next(iter(rows.values()), {}))
-    return interval_figure(rows, factors, "mean |change of P(malignant)|",
-                           f"{experiment}: intervention sensitivity (95 % intervals)", path,
-                           None)
+    return interval_figure(
+        rows,
+        factors,
+        "mean |change of P(malignant)|",
+        f"{experiment}: intervention sensitivity (95 % intervals)",
+        path,
+        None,
+    )
 
 
 def cka_figure(cka: dict[str, dict[str, Any]], experiment: str, path: Path) -> str:
     """CKA with cross-entropy minus the seed-to-seed floor, stage by stage, with intervals."""
     rows = {loss: {s: row.excess for s, row in stages.items()} for loss, stages in cka.items()}
-    return interval_figure(rows, list(STAGES), "CKA with cross_entropy minus floor",
-                           f"{experiment}: below 0 = more different than two seeds", path,
-                           None, zero_line=True)
+    return interval_figure(
+        rows,
+        list(STAGES),
+        "CKA with cross_entropy minus floor",
+        f"{experiment}: below 0 = more different than two seeds",
+        path,
+        None,
+        zero_line=True,
+    )
 
 
-def sweep_figure(config: StudyConfig, records: list[dict[str, Any]], shortcut: str,
-                 experiments: list[ExperimentConfig], path: Path) -> str:
+def sweep_figure(
+    config: StudyConfig,
+    records: list[dict[str, Any]],
+    shortcut: str,
+    experiments: list[ExperimentConfig],
+    path: Path,
+) -> str:
     """Worst-group accuracy on the headline test against shortcut strength, per loss."""
     from .analysis import HEADLINE_TEST
 
     plt = _pyplot()
     groups = group_runs(records)
-    losses = [loss for loss in config.losses
-              if any((e.name, loss) in groups for e in experiments)]
+    losses = [loss for loss in config.losses if any((e.name, loss) in groups for e in experiments)]
     styles = _loss_styles(losses)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     ordered = sorted(experiments, key=lambda e: e.strength)
@@ -185,8 +229,14 @@ def sweep_figure(config: StudyConfig, records: list[dict[str, Any]], shortcut: s
             _errorbars(ax, x, m, **{k: v for k, v in styles[loss].items() if k != "label"})
             xs.append(x)
             means.append(m.mean)
-        ax.plot(xs, means, color=styles[loss]["color"], marker=styles[loss]["marker"],
-                label=loss, linewidth=1)
+        ax.plot(
+            xs,
+            means,
+            color=styles[loss]["color"],
+            marker=styles[loss]["marker"],
+            label=loss,
+            linewidth=1,
+        )
     ax.set_xlabel(f"strength of the {shortcut} shortcut in training")
     ax.set_ylabel(f"worst-group accuracy ({HEADLINE_TEST})")
     ax.set_ylim(0, 1.02)
@@ -195,16 +245,17 @@ def sweep_figure(config: StudyConfig, records: list[dict[str, Any]], shortcut: s
     return _save(fig, path)
 
 
-def embedding_figure(config: StudyConfig, store: RunStore, experiment: Any, causal: str,
-                     path: Path) -> str:
+def embedding_figure(
+    config: StudyConfig, store: RunStore, experiment: Any, causal: str, path: Path
+) -> str:
     """PCA of each loss's encoder output, coloured by the causal and the shortcut factor."""
     plt = _pyplot()
     seed = config.seeds[0]
-    losses = [loss for loss in config.losses
-              if store.is_done(run_id(experiment.name, loss, seed))]
+    losses = [loss for loss in config.losses if store.is_done(run_id(experiment.name, loss, seed))]
     spec = training_spec(experiment).decorrelated()
-    probe = SyntheticNodules(spec, n=config.data.n_probe, seed=PROBE_SEED_OFFSET,
-                             **config.data.sizes())
+    probe = SyntheticNodules(
+        spec, n=config.data.n_probe, seed=PROBE_SEED_OFFSET, **config.data.sizes()
+    )
     fig, axes = plt.subplots(2, len(losses), figsize=(2.6 * len(losses), 5.2), squeeze=False)
     for c, loss in enumerate(losses):
         arrays = store.load_arrays(run_id(experiment.name, loss, seed))
@@ -215,8 +266,9 @@ def embedding_figure(config: StudyConfig, store: RunStore, experiment: Any, caus
     return _save(fig, path)
 
 
-def write_figures(config: StudyConfig, store: RunStore, records: list[dict[str, Any]],
-                  cka: dict[str, CkaTable]) -> dict[str, dict[str, Any]]:
+def write_figures(
+    config: StudyConfig, store: RunStore, records: list[dict[str, Any]], cka: dict[str, CkaTable]
+) -> dict[str, dict[str, Any]]:
     """Write every figure; return ``{experiment: {figure kind: relative path(s)}}``.
 
     ``"_sweeps"`` maps each shortcut factor trained at three or more strengths to its
@@ -232,12 +284,15 @@ def write_figures(config: StudyConfig, store: RunStore, records: list[dict[str, 
             continue
         figs: dict[str, Any] = {
             "samples": distribution_samples(config, experiment, folder / f"samples_{name}.png"),
-            "worst_group": worst_group_figure(config, records, name,
-                                              folder / f"worst_group_{name}.png"),
-            "sensitivity": sensitivity_figure(config, records, name,
-                                              folder / f"sensitivity_{name}.png"),
-            "embeddings": embedding_figure(config, store, experiment, causal_factor(),
-                                           folder / f"embeddings_{name}.png"),
+            "worst_group": worst_group_figure(
+                config, records, name, folder / f"worst_group_{name}.png"
+            ),
+            "sensitivity": sensitivity_figure(
+                config, records, name, folder / f"sensitivity_{name}.png"
+            ),
+            "embeddings": embedding_figure(
+                config, store, experiment, causal_factor(), folder / f"embeddings_{name}.png"
+            ),
         }
         if cka[name]:
             figs["cka"] = cka_figure(cka[name], name, folder / f"cka_{name}.png")
@@ -248,8 +303,11 @@ def write_figures(config: StudyConfig, store: RunStore, records: list[dict[str, 
                 continue
             arrays = store.load_arrays(rid)
             fig = plot_gradcam_overlays(
-                *(central_slice(torch.from_numpy(arrays[f"saliency.{key}"]))
-                  for key in ("images", "maps", "spicules")))
+                *(
+                    central_slice(torch.from_numpy(arrays[f"saliency.{key}"]))
+                    for key in ("images", "maps", "spicules")
+                )
+            )
             where = ", central axial slice" if config.data.dims == 3 else ""
             fig.suptitle(f"{name}, {loss}: Grad-CAM, spicule mask contour{where}", fontsize=9)
             figs["saliency"][loss] = _save(fig, folder / f"gradcam_{name}_{loss}.png")
@@ -257,10 +315,13 @@ def write_figures(config: StudyConfig, store: RunStore, records: list[dict[str, 
     by_shortcut: dict[str, list[ExperimentConfig]] = {}
     for experiment in config.experiments:
         by_shortcut.setdefault(experiment.shortcut, []).append(experiment)
-    sweeps = {shortcut: sweep_figure(config, records, shortcut, experiments,
-                                     folder / f"sweep_{shortcut}.png")
-              for shortcut, experiments in by_shortcut.items()
-              if len({e.strength for e in experiments}) >= 3}
+    sweeps = {
+        shortcut: sweep_figure(
+            config, records, shortcut, experiments, folder / f"sweep_{shortcut}.png"
+        )
+        for shortcut, experiments in by_shortcut.items()
+        if len({e.strength for e in experiments}) >= 3
+    }
     if sweeps:
         out["_sweeps"] = sweeps
     return out

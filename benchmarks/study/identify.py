@@ -27,8 +27,9 @@ OVERLAY_SAMPLES = 6
 
 
 @torch.no_grad()
-def stage_grams(model: StudyModel, images: torch.Tensor,
-                device: torch.device) -> dict[str, torch.Tensor]:
+def stage_grams(
+    model: StudyModel, images: torch.Tensor, device: torch.device
+) -> dict[str, torch.Tensor]:
     """``{stage: (n, n) float64 Gram matrix}`` of each stage's unpooled, flattened output.
 
     Gram matrices are all linear CKA needs, and they stay ``n x n`` whatever the size of a
@@ -43,8 +44,9 @@ def stage_grams(model: StudyModel, images: torch.Tensor,
     return grams
 
 
-def saliency_energy(maps: torch.Tensor,
-                    masks: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+def saliency_energy(
+    maps: torch.Tensor, masks: dict[str, torch.Tensor]
+) -> dict[str, dict[str, float]]:
     """Share of the attribution and of the area in each region, and their ratio.
 
     ``energy_per_area`` is the mean energy share over the mean area share: 1 means the
@@ -52,8 +54,7 @@ def saliency_energy(maps: torch.Tensor,
     """
     energy = mask_energy(maps, masks)
     area = mask_energy(torch.ones_like(maps), masks)
-    out: dict[str, dict[str, float]] = {"energy_share": {}, "area_share": {},
-                                        "energy_per_area": {}}
+    out: dict[str, dict[str, float]] = {"energy_share": {}, "area_share": {}, "energy_per_area": {}}
     for region in energy:
         e, a = float(energy[region].mean()), float(area[region].mean())
         out["energy_share"][region] = e
@@ -81,7 +82,10 @@ def probeable(factors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def identify_features(
-    config: StudyConfig, model: StudyModel, data: ExperimentData, device: torch.device,
+    config: StudyConfig,
+    model: StudyModel,
+    data: ExperimentData,
+    device: torch.device,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Probe, intervene on and explain one trained model on the (decorrelated) probe set.
 
@@ -98,20 +102,25 @@ def identify_features(
     probes = probe_factors(pooled, probeable(probe_set.factors), folds=p.folds, seed=0)
     with autocast_context(precision, device):  # read as trained, like the test sets
         sensitivity = intervention_sensitivity(
-            model, data.probe_renders, n=p.intervention_n, seed=0,
-            embedding_layer=EMBEDDING_LAYER, device=device,
+            model,
+            data.probe_renders,
+            n=p.intervention_n,
+            seed=0,
+            embedding_layer=EMBEDDING_LAYER,
+            device=device,
         )
-    images = data.probe_images[:p.gradcam_n]
-    masks = {name: mask[:p.gradcam_n] for name, mask in data.probe_masks.items()}
+    images = data.probe_images[: p.gradcam_n]
+    masks = {name: mask[: p.gradcam_n] for name, mask in data.probe_masks.items()}
     layer = f"encoder.{model.encoder.saliency_stage}"
     maps = grad_cam(model, layer, images.to(device)).cpu()
     # A map that is zero everywhere attributes nothing; its shares are undefined.
     attributed = maps.flatten(1).amax(dim=1) > 0
     saliency: dict[str, Any] = {"layer": layer, "attributed": int(attributed.sum())}
     if bool(attributed.any()):
-        saliency.update(saliency_energy(maps[attributed],
-                                        {k: v[attributed] for k, v in masks.items()}))
-    grams = stage_grams(model, data.probe_images[:p.cka_n], device)
+        saliency.update(
+            saliency_energy(maps[attributed], {k: v[attributed] for k, v in masks.items()})
+        )
+    grams = stage_grams(model, data.probe_images[: p.cka_n], device)
     arrays = {f"gram.{name}": value.numpy().astype(np.float32) for name, value in grams.items()}
     arrays["projection"] = project_embeddings(pooled, dim=2).coordinates.numpy()
     arrays["saliency.maps"] = maps[:OVERLAY_SAMPLES].numpy()

@@ -32,8 +32,10 @@ class _ChannelMean(torch.autograd.Function):
         return x.mean(dim=tuple(range(2, x.ndim)))
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
-                 grad: torch.Tensor) -> torch.Tensor:
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+        grad: torch.Tensor,
+    ) -> torch.Tensor:
         shape = ctx.shape  # type: ignore[attr-defined]
         spread = grad.div(math.prod(shape[2:])).view(*grad.shape, *[1] * (len(shape) - 2))
         return spread.expand(shape).contiguous(memory_format=ctx.layout)  # type: ignore[attr-defined]
@@ -100,13 +102,16 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(*_conv_bn_relu(cin, cout, stride),
-                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(
+            *_conv_bn_relu(cin, cout, stride),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual block output."""
@@ -127,8 +132,9 @@ class ResNet18(nn.Module):
         cin = w
         for k, cout in enumerate(widths, start=1):
             stride = 1 if k == 1 else 2
-            self.add_module(f"stage{k}", nn.Sequential(BasicBlock(cin, cout, stride),
-                                                       BasicBlock(cout, cout, 1)))
+            self.add_module(
+                f"stage{k}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1))
+            )
             cin = cout
         self.pool = GlobalAveragePool()
         self.out_dim = 8 * w
@@ -145,8 +151,9 @@ class ResNet18(nn.Module):
         return _stage_outputs(self, x, self.stem)
 
 
-def _stage_outputs(encoder: nn.Module, x: torch.Tensor,
-                   stem: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def _stage_outputs(
+    encoder: nn.Module, x: torch.Tensor, stem: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     out = {}
     if stem is not None:
         x = stem(x)
@@ -158,7 +165,10 @@ def _stage_outputs(encoder: nn.Module, x: torch.Tensor,
 
 
 ENCODERS: dict[str, type[SmallCNN] | type[ResNet18]] = {
-    "small_cnn": SmallCNN, "resnet18": ResNet18, "small_cnn3d": SmallCNN3d}
+    "small_cnn": SmallCNN,
+    "resnet18": ResNet18,
+    "small_cnn3d": SmallCNN3d,
+}
 STAGES = ("stage1", "stage2", "stage3", "stage4", "pool")
 
 
@@ -173,8 +183,9 @@ class StudyModel(nn.Module):
         super().__init__()
         self.encoder = ENCODERS[arch](width)
         dim = self.encoder.out_dim
-        self.projection = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True),
-                                        nn.Linear(dim, projection_dim))
+        self.projection = nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, projection_dim)
+        )
         self.classifier = nn.Linear(dim, 2)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

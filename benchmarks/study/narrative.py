@@ -52,13 +52,16 @@ TEST_MEANINGS = {
     "decorrelated": "shortcut factor independent of the label: the four groups equally large",
     "reversed": "shortcut correlation negated",
     "heldout": "only the malignant, benign-looking group, which training made rarest; its "
-               "worst-group accuracy is that group's accuracy",
+    "worst-group accuracy is that group's accuracy",
     "covariate": "acquisition shift: noise, blur and pixel spacing changed (an acquisition "
-                 "shortcut's own factor is left as in training)",
+    "shortcut's own factor is left as in training)",
 }
 
-HEAD_TITLES = {"model": "protocol's head", "linear": "linear head refit on the training set",
-               "dfr": "DFR head (refit on the group-balanced set)"}
+HEAD_TITLES = {
+    "model": "protocol's head",
+    "linear": "linear head refit on the training set",
+    "dfr": "DFR head (refit on the group-balanced set)",
+}
 
 
 def cell(m: MeanInterval | None, digits: int = 3) -> str:
@@ -70,22 +73,33 @@ def cell(m: MeanInterval | None, digits: int = 3) -> str:
     return f"{m.mean:.{digits}f} [{m.low:.{digits}f}, {m.high:.{digits}f}]"
 
 
-def _losses(config: StudyConfig, groups: dict[tuple[str, str], list[dict[str, Any]]],
-            experiment: str) -> dict[str, list[dict[str, Any]]]:
-    return {loss: groups[experiment, loss] for loss in config.losses
-            if (experiment, loss) in groups}
+def _losses(
+    config: StudyConfig, groups: dict[tuple[str, str], list[dict[str, Any]]], experiment: str
+) -> dict[str, list[dict[str, Any]]]:
+    return {
+        loss: groups[experiment, loss] for loss in config.losses if (experiment, loss) in groups
+    }
 
 
-def metric_table(config: StudyConfig, records: list[dict[str, Any]], experiment: str,
-                 metric: str, head: str = "model") -> Table:
+def metric_table(
+    config: StudyConfig,
+    records: list[dict[str, Any]],
+    experiment: str,
+    metric: str,
+    head: str = "model",
+) -> Table:
     """Loss x test distribution table of one metric, mean [95 % interval] over seeds."""
     runs_by_loss = _losses(config, group_runs(records), experiment)
-    tests = [t for t in tests_present(records)
-             if not (t == "heldout" and metric in BOTH_CLASSES)]
-    rows = tuple((loss, *(cell(metric_interval(runs, t, metric, head)) for t in tests))
-                 for loss, runs in runs_by_loss.items())
-    return Table(f"**{METRIC_TITLES[metric]}**, {HEAD_TITLES[head]} (mean [95 % interval] "
-                 "over seeds)", ("loss", *tests), rows)
+    tests = [t for t in tests_present(records) if not (t == "heldout" and metric in BOTH_CLASSES)]
+    rows = tuple(
+        (loss, *(cell(metric_interval(runs, t, metric, head)) for t in tests))
+        for loss, runs in runs_by_loss.items()
+    )
+    return Table(
+        f"**{METRIC_TITLES[metric]}**, {HEAD_TITLES[head]} (mean [95 % interval] over seeds)",
+        ("loss", *tests),
+        rows,
+    )
 
 
 def group_table(config: StudyConfig, records: list[dict[str, Any]], experiment: str) -> Table:
@@ -95,77 +109,115 @@ def group_table(config: StudyConfig, records: list[dict[str, Any]], experiment: 
     for loss, runs in runs_by_loss.items():
         cells = []
         for group in GROUPS:
-            values = [r["metrics"][HEADLINE_TEST]["group_accuracy"].get(group)
-                      for r in runs if HEADLINE_TEST in r["metrics"]]
+            values = [
+                r["metrics"][HEADLINE_TEST]["group_accuracy"].get(group)
+                for r in runs
+                if HEADLINE_TEST in r["metrics"]
+            ]
             cells.append(cell(interval(values)))
         rows.append((loss, *cells))
-    return Table(f"**Accuracy per group** on `{HEADLINE_TEST}` (aligned: the shortcut agrees "
-                 "with the label; conflicting: it disagrees)", ("loss", *GROUPS), tuple(rows))
+    return Table(
+        f"**Accuracy per group** on `{HEADLINE_TEST}` (aligned: the shortcut agrees "
+        "with the label; conflicting: it disagrees)",
+        ("loss", *GROUPS),
+        tuple(rows),
+    )
 
 
 def heads_table(config: StudyConfig, records: list[dict[str, Any]], experiment: str) -> Table:
     """Worst-group accuracy of the three heads on one encoder: used vs decodable."""
     runs_by_loss = _losses(config, group_runs(records), experiment)
-    rows = tuple((loss, STUDY_LOSSES[loss].protocol,
-                  *(cell(metric_interval(runs, HEADLINE_TEST, HEADLINE_METRIC, head))
-                    for head in HEADS))
-                 for loss, runs in runs_by_loss.items())
-    return Table(f"**Worst-group accuracy on `{HEADLINE_TEST}` by head**: the protocol's "
-                 "head shows what the model *uses*; a linear head refit on the biased training "
-                 "set is the two-stage protocol; the DFR head, refit on a small group-balanced "
-                 "set, shows what the encoder makes *decodable*.",
-                 ("loss", "protocol", *(HEAD_TITLES[h] for h in HEADS)), rows)
+    rows = tuple(
+        (
+            loss,
+            STUDY_LOSSES[loss].protocol,
+            *(cell(metric_interval(runs, HEADLINE_TEST, HEADLINE_METRIC, head)) for head in HEADS),
+        )
+        for loss, runs in runs_by_loss.items()
+    )
+    return Table(
+        f"**Worst-group accuracy on `{HEADLINE_TEST}` by head**: the protocol's "
+        "head shows what the model *uses*; a linear head refit on the biased training "
+        "set is the two-stage protocol; the DFR head, refit on a small group-balanced "
+        "set, shows what the encoder makes *decodable*.",
+        ("loss", "protocol", *(HEAD_TITLES[h] for h in HEADS)),
+        rows,
+    )
 
 
-def identification_tables(config: StudyConfig, cka: CkaTable, records: list[dict[str, Any]],
-                          experiment: str) -> list[Table]:
+def identification_tables(
+    config: StudyConfig, cka: CkaTable, records: list[dict[str, Any]], experiment: str
+) -> list[Table]:
     """Probe selectivity, intervention sensitivity, saliency density and CKA tables."""
     runs_by_loss = _losses(config, group_runs(records), experiment)
-    probes = {loss: field_intervals(runs, "probes", "selectivity")
-              for loss, runs in runs_by_loss.items()}
+    probes = {
+        loss: field_intervals(runs, "probes", "selectivity") for loss, runs in runs_by_loss.items()
+    }
     factors = list(next(iter(probes.values()), {}))
-    tables = [Table(
-        "**Linear-probe selectivity** of the encoder output on the decorrelated distribution "
-        "(score minus shuffled-target control; R² for continuous factors, balanced accuracy "
-        "for categorical ones), mean [95 % interval] over seeds: what the features *encode*.",
-        ("loss", *factors),
-        tuple((loss, *(cell(p.get(f), digits=2) for f in factors))
-              for loss, p in probes.items()),
-    )]
-    sens = {loss: field_intervals(runs, "sensitivity", "mean_abs_probability_change")
-            for loss, runs in runs_by_loss.items()}
+    tables = [
+        Table(
+            "**Linear-probe selectivity** of the encoder output on the decorrelated distribution "
+            "(score minus shuffled-target control; R² for continuous factors, balanced accuracy "
+            "for categorical ones), mean [95 % interval] over seeds: what the features *encode*.",
+            ("loss", *factors),
+            tuple(
+                (loss, *(cell(p.get(f), digits=2) for f in factors)) for loss, p in probes.items()
+            ),
+        )
+    ]
+    sens = {
+        loss: field_intervals(runs, "sensitivity", "mean_abs_probability_change")
+        for loss, runs in runs_by_loss.items()
+    }
     sens_factors = list(next(iter(sens.values()), {}))
-    tables.append(Table(
-        "**Intervention sensitivity**: mean absolute change of the malignant probability "
-        "when only that factor moves (10th to 90th percentile, or between categories), "
-        "mean [95 % interval] over seeds: what the model *uses*.",
-        ("loss", *sens_factors),
-        tuple((loss, *(cell(v.get(f), digits=2) for f in sens_factors))
-              for loss, v in sens.items()),
-    ))
+    tables.append(
+        Table(
+            "**Intervention sensitivity**: mean absolute change of the malignant probability "
+            "when only that factor moves (10th to 90th percentile, or between categories), "
+            "mean [95 % interval] over seeds: what the model *uses*.",
+            ("loss", *sens_factors),
+            tuple(
+                (loss, *(cell(v.get(f), digits=2) for f in sens_factors))
+                for loss, v in sens.items()
+            ),
+        )
+    )
     density = {loss: saliency_intervals(runs) for loss, runs in runs_by_loss.items()}
     regions = list(next(iter(density.values()), {}))
     layers = sorted({run["saliency"]["layer"] for runs in runs_by_loss.values() for run in runs})
-    tables.append(Table(
-        f"**Saliency per area** (Grad-CAM at `{'`, `'.join(layers)}`): the region's "
-        "share of the attribution over its share of the pixels; 1 = no preference, above 1 = "
-        "drawn to the region. Mean [95 % interval] over seeds.",
-        ("loss", *regions),
-        tuple((loss, *(cell(d.get(g), digits=2) for g in regions))
-              for loss, d in density.items()),
-    ))
+    tables.append(
+        Table(
+            f"**Saliency per area** (Grad-CAM at `{'`, `'.join(layers)}`): the region's "
+            "share of the attribution over its share of the pixels; 1 = no preference, above 1 = "
+            "drawn to the region. Mean [95 % interval] over seeds.",
+            ("loss", *regions),
+            tuple(
+                (loss, *(cell(d.get(g), digits=2) for g in regions)) for loss, d in density.items()
+            ),
+        )
+    )
     if cka:
-        tables.append(Table(
-            f"**Linear CKA (debiased) with {REFERENCE_LOSS}, minus the seed-to-seed floor**, "
-            "stage by stage on unpooled features (same probe images; models of different "
-            "seeds and initialisations in every pair). Below 0: the two losses' "
-            "representations differ more than two seeds of one loss do. Floor in brackets "
-            "after the interval.",
-            ("loss", *STAGES),
-            tuple((loss, *(f"{cell(rows[s].excess, digits=2)}; floor "
-                           f"{cell(rows[s].floor, digits=2)}" for s in STAGES))
-                  for loss, rows in cka.items()),
-        ))
+        tables.append(
+            Table(
+                f"**Linear CKA (debiased) with {REFERENCE_LOSS}, minus the seed-to-seed floor**, "
+                "stage by stage on unpooled features (same probe images; models of different "
+                "seeds and initialisations in every pair). Below 0: the two losses' "
+                "representations differ more than two seeds of one loss do. Floor in brackets "
+                "after the interval.",
+                ("loss", *STAGES),
+                tuple(
+                    (
+                        loss,
+                        *(
+                            f"{cell(rows[s].excess, digits=2)}; floor "
+                            f"{cell(rows[s].floor, digits=2)}"
+                            for s in STAGES
+                        ),
+                    )
+                    for loss, rows in cka.items()
+                ),
+            )
+        )
     return tables
 
 
@@ -174,13 +226,19 @@ def _pair_text(pair: PairResult) -> str:
     better = pair.better
     worse = pair.b if better == pair.a else pair.a
     sign = 1 if better == pair.a else -1
-    return (f"**{better}** > **{worse}** by {sign * c.difference:.3f} "
-            f"[{min(sign * c.low, sign * c.high):.3f}, {max(sign * c.low, sign * c.high):.3f}] "
-            f"(Holm-adjusted p = {pair.adjusted_p:.2g})")
+    return (
+        f"**{better}** > **{worse}** by {sign * c.difference:.3f} "
+        f"[{min(sign * c.low, sign * c.high):.3f}, {max(sign * c.low, sign * c.high):.3f}] "
+        f"(Holm-adjusted p = {pair.adjusted_p:.2g})"
+    )
 
 
-def comparison_findings(runs_by_loss: dict[str, list[dict[str, Any]]], test: str,
-                        metric: str = HEADLINE_METRIC, head: str = "model") -> list[str]:
+def comparison_findings(
+    runs_by_loss: dict[str, list[dict[str, Any]]],
+    test: str,
+    metric: str = HEADLINE_METRIC,
+    head: str = "model",
+) -> list[str]:
     """What a paired, Holm-corrected comparison of the losses supports — and nothing more.
 
     Losses more than :data:`UNDERFIT_MARGIN` below the best i.i.d. balanced accuracy are
@@ -192,9 +250,11 @@ def comparison_findings(runs_by_loss: dict[str, list[dict[str, Any]]], test: str
     underfit = underfit_losses(runs_by_loss)
     if underfit:
         named = ", ".join(f"**{loss}** ({value:.3f})" for loss, value in underfit.items())
-        lines.append(f"Underfit (i.i.d. balanced accuracy more than {UNDERFIT_MARGIN} below the "
-                     f"best): {named}. Their numbers are not evidence of robustness; they are left "
-                     "out of the comparisons.")
+        lines.append(
+            f"Underfit (i.i.d. balanced accuracy more than {UNDERFIT_MARGIN} below the "
+            f"best): {named}. Their numbers are not evidence of robustness; they are left "
+            "out of the comparisons."
+        )
     fit = {loss: runs for loss, runs in runs_by_loss.items() if loss not in underfit}
     pairs, n = compare_losses(fit, test, metric, head)
     if len(fit) < 2:
@@ -204,18 +264,24 @@ def comparison_findings(runs_by_loss: dict[str, list[dict[str, Any]]], test: str
     else:
         rejected = [p for p in pairs if p.rejected]
         if not rejected:
-            lines.append(f"{title}: the {len(fit)} losses are indistinguishable with {n} seeds "
-                         f"(no Holm-corrected paired t-test over {len(pairs)} pairs rejects at "
-                         f"{ALPHA}).")
+            lines.append(
+                f"{title}: the {len(fit)} losses are indistinguishable with {n} seeds "
+                f"(no Holm-corrected paired t-test over {len(pairs)} pairs rejects at "
+                f"{ALPHA})."
+            )
         else:
-            lines.append(f"{title}, paired by seed ({n} seeds), Holm-corrected over "
-                         f"{len(pairs)} pairs: " + "; ".join(_pair_text(p) for p in rejected)
-                         + f". Every other pair is indistinguishable with {n} seeds.")
+            lines.append(
+                f"{title}, paired by seed ({n} seeds), Holm-corrected over "
+                f"{len(pairs)} pairs: "
+                + "; ".join(_pair_text(p) for p in rejected)
+                + f". Every other pair is indistinguishable with {n} seeds."
+            )
     return lines
 
 
-def split_underfit(runs_by_loss: dict[str, list[dict[str, Any]]]
-                   ) -> tuple[dict[str, list[dict[str, Any]]], str]:
+def split_underfit(
+    runs_by_loss: dict[str, list[dict[str, Any]]],
+) -> tuple[dict[str, list[dict[str, Any]]], str]:
     """The adequately fit losses' runs, and a sentence naming the underfit ones left out.
 
     An underfit model reacts to whatever changes how visible the cause is, so its
@@ -223,12 +289,15 @@ def split_underfit(runs_by_loss: dict[str, list[dict[str, Any]]]
     """
     underfit = underfit_losses(runs_by_loss)
     fit = {loss: runs for loss, runs in runs_by_loss.items() if loss not in underfit}
-    note = (f" Left out as underfit: {', '.join(underfit)}." if underfit else "")
+    note = f" Left out as underfit: {', '.join(underfit)}." if underfit else ""
     return fit, note
 
 
-def sensitivity_findings(runs_by_loss: dict[str, list[dict[str, Any]]], shortcut: str,
-                         control: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+def sensitivity_findings(
+    runs_by_loss: dict[str, list[dict[str, Any]]],
+    shortcut: str,
+    control: dict[str, list[dict[str, Any]]] | None,
+) -> list[str]:
     """Shortcut against cause sensitivity (paired by seed), and against the control.
 
     Underfit losses (see :func:`comparison_findings`) are left out of both, and named.
@@ -237,44 +306,70 @@ def sensitivity_findings(runs_by_loss: dict[str, list[dict[str, Any]]], shortcut
     runs_by_loss, underfit_note = split_underfit(runs_by_loss)
     rows = []
     for loss, runs in runs_by_loss.items():
-        by_seed = {r["seed"]: {row["factor"]: row["mean_abs_probability_change"]
-                               for row in r["sensitivity"]} for r in runs}
+        by_seed = {
+            r["seed"]: {
+                row["factor"]: row["mean_abs_probability_change"] for row in r["sensitivity"]
+            }
+            for r in runs
+        }
         seeds = [s for s, v in by_seed.items() if shortcut in v and causal in v]
         if len(seeds) >= 2:
-            rows.append((loss, paired_comparison([by_seed[s][shortcut] for s in seeds],
-                                                 [by_seed[s][causal] for s in seeds])))
+            rows.append(
+                (
+                    loss,
+                    paired_comparison(
+                        [by_seed[s][shortcut] for s in seeds], [by_seed[s][causal] for s in seeds]
+                    ),
+                )
+            )
     lines = []
     if rows:
         adjusted = holm([c.p_value for _, c in rows])
-        more = [loss for (loss, c), p in zip(rows, adjusted, strict=True)
-                if p <= ALPHA and c.difference > 0]
+        more = [
+            loss
+            for (loss, c), p in zip(rows, adjusted, strict=True)
+            if p <= ALPHA and c.difference > 0
+        ]
         lines.append(
             f"Intervention sensitivity to `{shortcut}` minus `{causal}` (paired by seed, Holm "
-            "over losses): " + ", ".join(f"{loss} {c.difference:+.2f} [{c.low:+.2f}, "
-                                         f"{c.high:+.2f}]" for loss, c in rows) + ". "
-            + (f"Reacting more to the shortcut than to the cause: {', '.join(more)}."
-               if more else "No loss reacts detectably more to the shortcut than to the cause.")
-            + underfit_note)
+            "over losses): "
+            + ", ".join(
+                f"{loss} {c.difference:+.2f} [{c.low:+.2f}, {c.high:+.2f}]" for loss, c in rows
+            )
+            + ". "
+            + (
+                f"Reacting more to the shortcut than to the cause: {', '.join(more)}."
+                if more
+                else "No loss reacts detectably more to the shortcut than to the cause."
+            )
+            + underfit_note
+        )
     if control:
         above = []
         for loss, runs in runs_by_loss.items():
             here = field_intervals(runs, "sensitivity", "mean_abs_probability_change")
-            base = field_intervals(control.get(loss, []), "sensitivity",
-                                   "mean_abs_probability_change")
+            base = field_intervals(
+                control.get(loss, []), "sensitivity", "mean_abs_probability_change"
+            )
             h, b = here.get(shortcut), base.get(shortcut)
             if h and b and h.low is not None and b.high is not None and h.low > b.high:
                 above.append(loss)
         lines.append(
             f"Against the no-shortcut control (same factor, strength 0), whose sensitivity to "
             f"`{shortcut}` is what its visibility alone causes: "
-            + (f"{', '.join(above)} react more to it (95 % intervals disjoint)."
-               if above else "no loss reacts more to it with disjoint 95 % intervals.")
-            + underfit_note)
+            + (
+                f"{', '.join(above)} react more to it (95 % intervals disjoint)."
+                if above
+                else "no loss reacts more to it with disjoint 95 % intervals."
+            )
+            + underfit_note
+        )
     return lines
 
 
-def findings(config: StudyConfig, cka: CkaTable, records: list[dict[str, Any]],
-             experiment: ExperimentConfig) -> list[str]:
+def findings(
+    config: StudyConfig, cka: CkaTable, records: list[dict[str, Any]], experiment: ExperimentConfig
+) -> list[str]:
     """Plain sentences computed from the numbers (no claim that the tests don't carry)."""
     groups = group_runs(records)
     runs_by_loss = _losses(config, groups, experiment.name)
@@ -285,97 +380,132 @@ def findings(config: StudyConfig, cka: CkaTable, records: list[dict[str, Any]],
     gains = dfr_gains(fit)
     if gains:
         moved = [g for g in gains if g.adjusted_p <= ALPHA]
-        text = "; ".join(f"{g.loss} {g.difference:+.3f} [{g.low:+.3f}, {g.high:+.3f}]"
-                         for g in moved)
+        text = "; ".join(
+            f"{g.loss} {g.difference:+.3f} [{g.low:+.3f}, {g.high:+.3f}]" for g in moved
+        )
         lines.append(
             f"Last-layer retraining on the group-balanced set (DFR) changes worst-group "
             f"accuracy on `{HEADLINE_TEST}` detectably (paired, Holm over losses) for: "
-            + (text + "; for the others the change is within the noise."
-               if moved else "no loss.") + underfit_note)
-    control = next((e for e in config.experiments if e.shortcut == experiment.shortcut
-                    and e.strength == 0.0 and e.name != experiment.name), None)
+            + (text + "; for the others the change is within the noise." if moved else "no loss.")
+            + underfit_note
+        )
+    control = next(
+        (
+            e
+            for e in config.experiments
+            if e.shortcut == experiment.shortcut and e.strength == 0.0 and e.name != experiment.name
+        ),
+        None,
+    )
     control_runs = _losses(config, groups, control.name) if control else None
     lines += sensitivity_findings(runs_by_loss, experiment.shortcut, control_runs)
     cka = {loss: rows for loss, rows in cka.items() if loss in fit}
-    differing = {loss: [s for s, row in rows.items()
-                        if row.excess is not None and row.excess.high is not None
-                        and row.excess.high < 0]
-                 for loss, rows in cka.items()}
-    if any(row.excess is not None and row.excess.high is not None
-           for rows in cka.values() for row in rows.values()):
+    differing = {
+        loss: [
+            s
+            for s, row in rows.items()
+            if row.excess is not None and row.excess.high is not None and row.excess.high < 0
+        ]
+        for loss, rows in cka.items()
+    }
+    if any(
+        row.excess is not None and row.excess.high is not None
+        for rows in cka.values()
+        for row in rows.values()
+    ):
         named = [f"{loss} at {', '.join(stages)}" for loss, stages in differing.items() if stages]
         lines.append(
             f"Representations (debiased linear CKA with {REFERENCE_LOSS}): "
-            + (f"below the seed-to-seed floor (95 % interval under 0) for {'; '.join(named)}; "
-               "elsewhere within the floor." if named else
-               "no loss differs from it by more than two seeds of one loss differ, at any "
-               "stage.") + underfit_note)
+            + (
+                f"below the seed-to-seed floor (95 % interval under 0) for {'; '.join(named)}; "
+                "elsewhere within the floor."
+                if named
+                else "no loss differs from it by more than two seeds of one loss differ, at any "
+                "stage."
+            )
+            + underfit_note
+        )
     return lines
 
 
-def protocol_blocks(config: StudyConfig, records: list[dict[str, Any]],
-                    machine: str) -> list[Block]:
+def protocol_blocks(
+    config: StudyConfig, records: list[dict[str, Any]], machine: str
+) -> list[Block]:
     """What was run, on what, and the honest note on the paper's unpublished details."""
     seconds = sum(r["total_seconds"] for r in records)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    experiments = "; ".join(f"`{e.name}`: `{e.shortcut}` at strength {e.strength:g}"
-                            for e in config.experiments)
+    experiments = "; ".join(
+        f"`{e.name}`: `{e.shortcut}` at strength {e.strength:g}" for e in config.experiments
+    )
     return [
         Paragraph(
             f"nodulebench {nodulebench.__version__}, preset `{config.name}`: {len(records)} runs "
             f"({len(config.experiments)} training distributions x {len(config.losses)} losses x "
             f"{len(config.seeds)} seeds), {seconds / 60:.1f} min of run time on {machine}; "
-            f"written {now}."),
+            f"written {now}."
+        ),
         Paragraph(
             "A faithful re-design of the protocol of Baltatzis et al., *The Effect of the Loss "
             "on Generalization: Empirical Study on Synthetic Lung Nodule Data* (iMIMIC 2021). "
             "The paper's generator parameters, architecture and result tables are not public, "
-            "so these numbers are ours, not a copy of theirs."),
+            "so these numbers are ours, not a copy of theirs."
+        ),
         Heading(2, "Protocol"),
-        Bullets((
-            f"Data: SyntheticNodules, {_sample_size(config)}; "
-            f"{config.data.n_train} training {_samples(config)} per (experiment, seed), "
-            f"{config.data.n_test} per test distribution; malignant iff `{causal_factor()}` "
-            "passes the default threshold (the causal factor).",
-            f"Training distributions: {experiments}. Strength 0 is the no-shortcut control.",
-            f"Model: `{config.model.arch}` (width {config.model.width}), initialised "
-            "independently for every (loss, seed). Embedding losses train encoder + projection "
-            "head on two flipped/rotated views, then a linear classifier on the frozen encoder "
-            "(the SupCon protocol); `cross_entropy` trains end to end on one view and "
-            "`cross_entropy_2view` on the same two views as the embedding losses; `supcon_ce` "
-            "trains SupCon and cross-entropy jointly; `ntxent` ignores labels.",
-            "Heads: every encoder is also read with a linear head refit on the frozen features "
-            "of the biased training set (the two-stage protocol for every loss) and with one "
-            f"refit on {config.data.n_dfr} images of the decorrelated distribution, where the "
-            "four (label x shortcut side) groups are equally large (DFR, Kirichenko et al. "
-            "2022).",
-            f"Training: {config.train.epochs} epochs, batch {config.train.batch_size}, AdamW "
-            f"with a one-cycle schedule to lr {config.train.lr}; seeds {list(config.seeds)}. "
-            "The seed fixes the data, the batch order and the views, so the losses of one seed "
-            "are compared on the same data (paired).",
-            "Headline metric: worst-group accuracy over the four (label x shortcut side) groups "
-            f"(Sagawa et al. 2020), compared on `{HEADLINE_TEST}`. A group's accuracy does not "
-            "depend on how common the group is, so `iid`, `decorrelated` and `reversed` differ "
-            "in it only by sampling noise; `decorrelated` has the largest smallest group.",
-            "Statistics: every cell is a mean over seeds with its 95 % Student-t interval. Two "
-            "losses are called different only where a paired t-test over seeds rejects at "
-            f"{ALPHA} after Holm's correction over all pairs of one family; a loss whose i.i.d. "
-            f"balanced accuracy is more than {UNDERFIT_MARGIN} below the best is reported as "
-            "underfit and left out of the comparisons.",
-            "Test distributions: "
-            + "; ".join(f"`{k}`: {v}" for k, v in TEST_MEANINGS.items()) + ".",
-        )),
+        Bullets(
+            (
+                f"Data: SyntheticNodules, {_sample_size(config)}; "
+                f"{config.data.n_train} training {_samples(config)} per (experiment, seed), "
+                f"{config.data.n_test} per test distribution; malignant iff `{causal_factor()}` "
+                "passes the default threshold (the causal factor).",
+                f"Training distributions: {experiments}. Strength 0 is the no-shortcut control.",
+                f"Model: `{config.model.arch}` (width {config.model.width}), initialised "
+                "independently for every (loss, seed). Embedding losses train encoder + projection "
+                "head on two flipped/rotated views, then a linear classifier on the frozen encoder "
+                "(the SupCon protocol); `cross_entropy` trains end to end on one view and "
+                "`cross_entropy_2view` on the same two views as the embedding losses; `supcon_ce` "
+                "trains SupCon and cross-entropy jointly; `ntxent` ignores labels.",
+                "Heads: every encoder is also read with a linear head refit on the frozen features "
+                "of the biased training set (the two-stage protocol for every loss) and with one "
+                f"refit on {config.data.n_dfr} images of the decorrelated distribution, where the "
+                "four (label x shortcut side) groups are equally large (DFR, Kirichenko et al. "
+                "2022).",
+                f"Training: {config.train.epochs} epochs, batch {config.train.batch_size}, AdamW "
+                f"with a one-cycle schedule to lr {config.train.lr}; seeds {list(config.seeds)}. "
+                "The seed fixes the data, the batch order and the views, so the losses of one seed "
+                "are compared on the same data (paired).",
+                "Headline metric: worst-group accuracy over the four (label x shortcut side) groups "
+                f"(Sagawa et al. 2020), compared on `{HEADLINE_TEST}`. A group's accuracy does not "
+                "depend on how common the group is, so `iid`, `decorrelated` and `reversed` differ "
+                "in it only by sampling noise; `decorrelated` has the largest smallest group.",
+                "Statistics: every cell is a mean over seeds with its 95 % Student-t interval. Two "
+                "losses are called different only where a paired t-test over seeds rejects at "
+                f"{ALPHA} after Holm's correction over all pairs of one family; a loss whose i.i.d. "
+                f"balanced accuracy is more than {UNDERFIT_MARGIN} below the best is reported as "
+                "underfit and left out of the comparisons.",
+                "Test distributions: "
+                + "; ".join(f"`{k}`: {v}" for k, v in TEST_MEANINGS.items())
+                + ".",
+            )
+        ),
     ]
 
 
-def experiment_blocks(config: StudyConfig, cka: CkaTable, records: list[dict[str, Any]],
-                      experiment: ExperimentConfig, figures: dict[str, Any]) -> list[Block]:
+def experiment_blocks(
+    config: StudyConfig,
+    cka: CkaTable,
+    records: list[dict[str, Any]],
+    experiment: ExperimentConfig,
+    figures: dict[str, Any],
+) -> list[Block]:
     """Findings, metric tables, identification tables and figures of one experiment."""
     name = experiment.name
     kind = "no-shortcut control: " if experiment.strength == 0 else ""
     blocks: list[Block] = [
-        Heading(2, f"Experiment `{name}`: {kind}`{experiment.shortcut}` tied to the label at "
-                   f"strength {experiment.strength:g}"),
+        Heading(
+            2,
+            f"Experiment `{name}`: {kind}`{experiment.shortcut}` tied to the label at "
+            f"strength {experiment.strength:g}",
+        ),
         Figure(figures["samples"], f"samples of every distribution, {name}"),
         Heading(3, "What the numbers support"),
         Bullets(tuple(findings(config, cka, records, experiment))),
@@ -385,24 +515,37 @@ def experiment_blocks(config: StudyConfig, cka: CkaTable, records: list[dict[str
         group_table(config, records, name),
         heads_table(config, records, name),
     ]
-    blocks += [metric_table(config, records, name, metric) for metric in METRIC_TITLES
-               if metric != HEADLINE_METRIC]
+    blocks += [
+        metric_table(config, records, name, metric)
+        for metric in METRIC_TITLES
+        if metric != HEADLINE_METRIC
+    ]
     blocks.append(Heading(3, "Which features each loss learned"))
     blocks += identification_tables(config, cka, records, name)
     blocks += [Figure(figures["sensitivity"], f"intervention sensitivity, {name}")]
     if "cka" in figures:
         blocks.append(Figure(figures["cka"], f"CKA minus the seed floor by stage, {name}"))
-    blocks.append(Paragraph(f"Illustrations from seed {config.seeds[0]} (one model each, no "
-                            "interval): encoder outputs (PCA) and Grad-CAM overlays (contour: "
-                            "spicule mask)."))
+    blocks.append(
+        Paragraph(
+            f"Illustrations from seed {config.seeds[0]} (one model each, no "
+            "interval): encoder outputs (PCA) and Grad-CAM overlays (contour: "
+            "spicule mask)."
+        )
+    )
     blocks.append(Figure(figures["embeddings"], f"embeddings, {name}"))
-    blocks += [Figure(path, f"Grad-CAM, {name}, {loss}")
-               for loss, path in figures["saliency"].items()]
+    blocks += [
+        Figure(path, f"Grad-CAM, {name}, {loss}") for loss, path in figures["saliency"].items()
+    ]
     return blocks
 
 
-def report_blocks(config: StudyConfig, cka: dict[str, CkaTable], records: list[dict[str, Any]],
-                  figures: dict[str, dict[str, Any]], machine: str) -> list[Block]:
+def report_blocks(
+    config: StudyConfig,
+    cka: dict[str, CkaTable],
+    records: list[dict[str, Any]],
+    figures: dict[str, dict[str, Any]],
+    machine: str,
+) -> list[Block]:
     """The whole report."""
     blocks: list[Block] = [
         Heading(1, f"The effect of the loss on generalization: study report ({config.name})"),
@@ -410,12 +553,15 @@ def report_blocks(config: StudyConfig, cka: dict[str, CkaTable], records: list[d
     ]
     if "_sweeps" in figures:
         blocks.append(Heading(2, "Shortcut strength"))
-        blocks += [Figure(path, f"worst-group accuracy against strength, {shortcut}")
-                   for shortcut, path in figures["_sweeps"].items()]
+        blocks += [
+            Figure(path, f"worst-group accuracy against strength, {shortcut}")
+            for shortcut, path in figures["_sweeps"].items()
+        ]
     for experiment in config.experiments:
         if experiment.name in figures:
-            blocks += experiment_blocks(config, cka[experiment.name], records, experiment,
-                                        figures[experiment.name])
+            blocks += experiment_blocks(
+                config, cka[experiment.name], records, experiment, figures[experiment.name]
+            )
     return blocks
 
 

@@ -40,7 +40,7 @@ class Parallel:
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous share of a global batch (its size divides evenly)."""
         size = batch.shape[0] // self.world_size
-        return batch[self.rank * size:(self.rank + 1) * size]
+        return batch[self.rank * size : (self.rank + 1) * size]
 
     def barrier(self) -> None:
         """Wait for every rank."""

@@ -26,6 +26,7 @@ class Progress:
             return
         from tqdm.auto import tqdm
 
-        with tqdm(total=total, desc=desc, position=position, leave=position == 0,
-                  dynamic_ncols=True) as bar:
+        with tqdm(
+            total=total, desc=desc, position=position, leave=position == 0, dynamic_ncols=True
+        ) as bar:
             yield bar

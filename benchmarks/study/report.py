@@ -10,8 +10,15 @@ from .config import StudyConfig
 from .runner import run_id
 from .store import RunStore, atomic_write_bytes, atomic_write_json
 
-METRICS = ("worst_group_accuracy", "balanced_accuracy", "accuracy", "sensitivity",
-           "specificity", "roc_auc", "ece")
+METRICS = (
+    "worst_group_accuracy",
+    "balanced_accuracy",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "roc_auc",
+    "ece",
+)
 
 
 def load_records(config: StudyConfig, store: RunStore) -> list[dict[str, Any]]:
@@ -31,8 +38,9 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
 
     The other heads' worst-group accuracies follow as ``<head>.<test>.worst_group_accuracy``.
     """
-    row: dict[str, Any] = {k: record[k] for k in ("run_id", "experiment", "shortcut",
-                                                  "strength", "loss", "seed")}
+    row: dict[str, Any] = {
+        k: record[k] for k in ("run_id", "experiment", "shortcut", "strength", "loss", "seed")
+    }
     for test, metrics in record["metrics"].items():
         for metric in METRICS:
             row[f"{test}.{metric}"] = metrics[metric]

@@ -74,9 +74,14 @@ class ExperimentData:
         return RenderCache(self.probe_set)
 
 
-def group_robust_inputs(config: StudyConfig, loss: str, data: ExperimentData, seed: int,
-                        device: torch.device, parallel: Parallel | None = None
-                        ) -> dict[str, torch.Tensor]:
+def group_robust_inputs(
+    config: StudyConfig,
+    loss: str,
+    data: ExperimentData,
+    seed: int,
+    device: torch.device,
+    parallel: Parallel | None = None,
+) -> dict[str, torch.Tensor]:
     """The per-sample inputs of a group-robust loss (none for the others).
 
     ``group_dro`` gets the generator's ground-truth groups (label x shortcut side), which a
@@ -90,8 +95,9 @@ def group_robust_inputs(config: StudyConfig, loss: str, data: ExperimentData, se
     if not how.needs_identification:
         return {}
     if data.identification is None:
-        data.identification = identify(config, train_set.images, train_set.labels, seed,
-                                       device, parallel)
+        data.identification = identify(
+            config, train_set.images, train_set.labels, seed, device, parallel
+        )
     wrong = data.identification != train_set.labels
     if how.groups == "inferred":
         return {"groups": 2 * train_set.labels + wrong.long()}
@@ -132,9 +138,13 @@ def study_test_distributions(spec: NoduleSpec) -> dict[str, NoduleSpec]:
     side of its split by the covariate shift, leaving some groups empty.
     """
     factor = spec.shortcut_factors[0]
-    return {"iid": spec.iid(), "decorrelated": spec.decorrelated(),
-            "reversed": spec.reversed(), "heldout": spec.heldout(),
-            "covariate": spec.covariate_shift(**{factor: spec.marginals[factor]})}
+    return {
+        "iid": spec.iid(),
+        "decorrelated": spec.decorrelated(),
+        "reversed": spec.reversed(),
+        "heldout": spec.heldout(),
+        "covariate": spec.covariate_shift(**{factor: spec.marginals[factor]}),
+    }
 
 
 def group_ids(spec: NoduleSpec, dataset: SyntheticNodules) -> torch.Tensor:
@@ -156,31 +166,46 @@ def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -
     d = config.data
     spec = training_spec(experiment)
     distributions = study_test_distributions(spec)
-    test_sets = {name: _labelled(test_spec, d.n_test, seed + TEST_SEED_OFFSET, d)
-                 for name, test_spec in distributions.items()}
-    probe_set = SyntheticNodules(distributions[PROBE_DISTRIBUTION], n=d.n_probe,
-                                 seed=PROBE_SEED_OFFSET, **d.sizes())
+    test_sets = {
+        name: _labelled(test_spec, d.n_test, seed + TEST_SEED_OFFSET, d)
+        for name, test_spec in distributions.items()
+    }
+    probe_set = SyntheticNodules(
+        distributions[PROBE_DISTRIBUTION], n=d.n_probe, seed=PROBE_SEED_OFFSET, **d.sizes()
+    )
     probe_images, probe_masks = probe_set.render(range(len(probe_set)), return_masks=True)
     return ExperimentData(
         train=_labelled(spec, d.n_train, seed, d),
         test_sets=test_sets,
         dfr=_labelled(distributions[PROBE_DISTRIBUTION], d.n_dfr, seed + DFR_SEED_OFFSET, d),
-        probe_set=probe_set, probe_images=probe_images, probe_masks=probe_masks,
+        probe_set=probe_set,
+        probe_images=probe_images,
+        probe_masks=probe_masks,
     )
 
 
 def evaluate(probabilities: torch.Tensor, test: LabelledImages) -> dict[str, Any]:
     """Binary metrics, per-group accuracies and the worst-group accuracy of one head."""
-    groups = group_accuracy((probabilities >= 0.5).long(), test.labels, test.groups,
-                            list(GROUPS))
-    return {**binary_metrics(probabilities, test.labels).to_dict(),
-            "worst_group_accuracy": groups.worst, "worst_group": groups.worst_group,
-            "group_accuracy": groups.per_group, "group_counts": groups.counts}
+    groups = group_accuracy((probabilities >= 0.5).long(), test.labels, test.groups, list(GROUPS))
+    return {
+        **binary_metrics(probabilities, test.labels).to_dict(),
+        "worst_group_accuracy": groups.worst,
+        "worst_group": groups.worst_group,
+        "group_accuracy": groups.per_group,
+        "group_counts": groups.counts,
+    }
 
 
-def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: int,
-            data: ExperimentData, device: torch.device, progress: Any,
-            parallel: Parallel | None = None) -> tuple[dict, dict] | None:
+def run_one(
+    config: StudyConfig,
+    experiment: ExperimentConfig,
+    loss: str,
+    seed: int,
+    data: ExperimentData,
+    device: torch.device,
+    progress: Any,
+    parallel: Parallel | None = None,
+) -> tuple[dict, dict] | None:
     """Train, evaluate and probe one model; return its record and arrays (rank 0 only).
 
     Every model is evaluated with three linear heads on the same encoder: its protocol's
@@ -193,9 +218,17 @@ def run_one(config: StudyConfig, experiment: ExperimentConfig, loss: str, seed: 
     steps = config.train.epochs * (config.data.n_train // config.train.batch_size)
     with progress.bar(total=steps, desc=run_id(experiment.name, loss, seed)) as bar:
         per_sample = group_robust_inputs(config, loss, data, seed, device, parallel)
-        trained = train(config, loss, data.train.images, data.train.labels, seed, device,
-                        on_step=lambda: bar.update(1), parallel=parallel,
-                        per_sample=per_sample)
+        trained = train(
+            config,
+            loss,
+            data.train.images,
+            data.train.labels,
+            seed,
+            device,
+            on_step=lambda: bar.update(1),
+            parallel=parallel,
+            per_sample=per_sample,
+        )
     train_seconds = time.perf_counter() - start
     if not parallel.is_main:
         return None
@@ -233,8 +266,15 @@ def check_output_folder(out: Path, config: StudyConfig, fresh: bool) -> None:
     """Create (or reset) the results folder; refuse one that holds another config's runs."""
     try:
         if fresh and out.exists():
-            for child in ("runs", "figures", "report.md", "metrics.json", "metrics.csv",
-                          "config.json", "study.log"):
+            for child in (
+                "runs",
+                "figures",
+                "report.md",
+                "metrics.json",
+                "metrics.csv",
+                "config.json",
+                "study.log",
+            ):
                 target = out / child
                 if target.is_dir():
                     shutil.rmtree(target)
@@ -264,8 +304,14 @@ def _resumable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in ("seeds", "losses", "device", "name")}
 
 
-def run_grid(config: StudyConfig, store: RunStore, device: torch.device, progress: Any,
-             parallel: Parallel | None = None, workers: int = 1) -> None:
+def run_grid(
+    config: StudyConfig,
+    store: RunStore,
+    device: torch.device,
+    progress: Any,
+    parallel: Parallel | None = None,
+    workers: int = 1,
+) -> None:
     """Run every (experiment, seed, loss) not finished yet, in a fixed order.
 
     Under torchrun rank 0 decides which runs are pending and every rank trains them
@@ -279,23 +325,34 @@ def run_grid(config: StudyConfig, store: RunStore, device: torch.device, progres
     if workers > 1:
         _run_in_workers(config, store, device, groups, workers)
         return
-    with progress.bar(total=len(groups) * len(config.losses), desc="study",
-                      position=0) as overall:
+    with progress.bar(total=len(groups) * len(config.losses), desc="study", position=0) as overall:
         for experiment, seed in groups:
             _run_group(config, store, experiment, seed, device, progress, parallel, overall)
 
 
-def _run_group(config: StudyConfig, store: RunStore, experiment: ExperimentConfig, seed: int,
-               device: torch.device, progress: Any, parallel: Parallel, overall: Any,
-               stopped: Callable[[], bool] = lambda: False) -> None:
+def _run_group(
+    config: StudyConfig,
+    store: RunStore,
+    experiment: ExperimentConfig,
+    seed: int,
+    device: torch.device,
+    progress: Any,
+    parallel: Parallel,
+    overall: Any,
+    stopped: Callable[[], bool] = lambda: False,
+) -> None:
     """The pending runs of one (experiment, seed): the data is rendered once for all.
 
     ``stopped`` is asked before each run; a worker whose study was stopped returns.
     """
     pending = parallel.broadcast(
-        [loss for loss in config.losses
-         if not _finished(store, run_id(experiment.name, loss, seed))]
-        if parallel.is_main else None
+        [
+            loss
+            for loss in config.losses
+            if not _finished(store, run_id(experiment.name, loss, seed))
+        ]
+        if parallel.is_main
+        else None
     )
     overall.update(len(config.losses) - len(pending))
     for loss in config.losses:
@@ -313,8 +370,7 @@ def _run_group(config: StudyConfig, store: RunStore, experiment: ExperimentConfi
         if result is not None:
             record, arrays = result
             store.save(rid, record, arrays)
-            log.info("done %s in %.1f s: %s", rid, record["total_seconds"],
-                     _headline(record))
+            log.info("done %s in %.1f s: %s", rid, record["total_seconds"], _headline(record))
         parallel.barrier()
         overall.update(1)
 
@@ -329,9 +385,13 @@ def worker_environment(threads: int) -> dict[str, str]:
       step frees and reallocates the same few-MB activations; returned, they come back as
       fresh pages whose faults cost up to a tenth of a run's time.
     """
-    return {"OPENBLAS_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            "OMP_NUM_THREADS": str(threads),
-            "MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+    return {
+        "OPENBLAS_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+        "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+        "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    }
 
 
 @contextlib.contextmanager
@@ -349,17 +409,24 @@ def environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _run_in_workers(config: StudyConfig, store: RunStore, device: torch.device,
-                    groups: list[tuple[ExperimentConfig, int]], workers: int) -> None:
+def _run_in_workers(
+    config: StudyConfig,
+    store: RunStore,
+    device: torch.device,
+    groups: list[tuple[ExperimentConfig, int]],
+    workers: int,
+) -> None:
     """Share the groups out round-robin among ``workers`` spawned processes and wait."""
     import multiprocessing
 
     threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker, args=(config, store.root, str(device),
-                                              groups[k::workers], threads, os.getpid()),
-                        name=f"study-worker-{k}")
+        context.Process(
+            target=_worker,
+            args=(config, store.root, str(device), groups[k::workers], threads, os.getpid()),
+            name=f"study-worker-{k}",
+        )
         for k in range(min(workers, len(groups)))
     ]
     with environment(worker_environment(threads)):
@@ -372,8 +439,14 @@ def _run_in_workers(config: StudyConfig, store: RunStore, device: torch.device,
         raise RuntimeError(f"study worker(s) failed: {', '.join(failed)}; see study.log")
 
 
-def _worker(config: StudyConfig, root: Path, device: str,
-            groups: list[tuple[ExperimentConfig, int]], threads: int, parent: int) -> None:
+def _worker(
+    config: StudyConfig,
+    root: Path,
+    device: str,
+    groups: list[tuple[ExperimentConfig, int]],
+    threads: int,
+    parent: int,
+) -> None:
     """One worker process: its groups, one after another, without progress bars."""
     from .progress import Progress
 
@@ -384,6 +457,7 @@ def _worker(config: StudyConfig, root: Path, device: str,
     log.addHandler(handler)
     store = RunStore(root)
     progress = Progress(enabled=False)
+
     def stopped() -> bool:  # the study was stopped: do not run on alone
         return os.getppid() != parent
 
@@ -391,8 +465,17 @@ def _worker(config: StudyConfig, root: Path, device: str,
         for experiment, seed in groups:
             if stopped():
                 return
-            _run_group(config, store, experiment, seed, torch.device(device), progress,
-                       Parallel(), overall, stopped)
+            _run_group(
+                config,
+                store,
+                experiment,
+                seed,
+                torch.device(device),
+                progress,
+                Parallel(),
+                overall,
+                stopped,
+            )
 
 
 def _finished(store: RunStore, rid: str) -> bool:

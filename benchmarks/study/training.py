@@ -61,8 +61,9 @@ class TrainedModel:
     study_loss: str
 
 
-def build_losses(config: StudyConfig, study_loss: str,
-                 parallel: Parallel | None = None) -> list[nn.Module]:
+def build_losses(
+    config: StudyConfig, study_loss: str, parallel: Parallel | None = None
+) -> list[nn.Module]:
     """The registry losses one study loss trains with, configured from ``loss_options``.
 
     Under torchrun the embedding losses gather the global batch, so that each rank's
@@ -144,7 +145,8 @@ def train(
             heads = nn.SyncBatchNorm.convert_sync_batchnorm(heads)
         # Each loss leaves one head unused: DDP must not wait for its gradients.
         heads = nn.parallel.DistributedDataParallel(
-            heads, device_ids=[device] if device.type == "cuda" else None,
+            heads,
+            device_ids=[device] if device.type == "cuda" else None,
             find_unused_parameters=True,
         )
     losses = build_losses(config, study_loss, parallel)
@@ -161,8 +163,7 @@ def train(
     n = images.shape[0]
     steps_per_epoch = n // t.batch_size
     # One fused kernel updates every parameter (foreach still loops over op groups).
-    optimizer = torch.optim.AdamW(parameters, lr=t.lr, weight_decay=t.weight_decay,
-                                  fused=True)
+    optimizer = torch.optim.AdamW(parameters, lr=t.lr, weight_decay=t.weight_decay, fused=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=t.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
     )
@@ -172,10 +173,12 @@ def train(
         order = torch.randperm(n, generator=order_generator)
         epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
         for step in range(steps_per_epoch):  # full batches only: pairs need partners
-            index = order[step * t.batch_size:(step + 1) * t.batch_size]
+            index = order[step * t.batch_size : (step + 1) * t.batch_size]
             x, y = images[index].to(device), labels[index].to(device)
-            extra = {name: parallel.shard(values[index].to(device))
-                     for name, values in per_sample.items()}
+            extra = {
+                name: parallel.shard(values[index].to(device))
+                for name, values in per_sample.items()
+            }
             # Views of the whole global batch (same on every rank), then this rank's shard.
             views = parallel.shard(dihedral_views(x, how.views, view_generator))
             y = parallel.shard(y)
@@ -213,8 +216,9 @@ def train(
     return TrainedModel(model, history, study_loss)
 
 
-def weighted_mean(per_image: torch.Tensor, weights: torch.Tensor,
-                  parallel: Parallel) -> torch.Tensor:
+def weighted_mean(
+    per_image: torch.Tensor, weights: torch.Tensor, parallel: Parallel
+) -> torch.Tensor:
     r"""JTT's loss: the weighted mean of per-image losses over the global batch.
 
     Under torchrun rank :math:`r` returns :math:`W \sum_{i \in r} w_i \ell_i / \sum_i w_i`,
@@ -234,16 +238,30 @@ def weighted_mean(per_image: torch.Tensor, weights: torch.Tensor,
     return parallel.world_size * (weights * per_image).sum() / global_weight
 
 
-def identify(config: StudyConfig, images: torch.Tensor, labels: torch.Tensor, seed: int,
-             device: torch.device, parallel: Parallel | None = None) -> torch.Tensor:
+def identify(
+    config: StudyConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seed: int,
+    device: torch.device,
+    parallel: Parallel | None = None,
+) -> torch.Tensor:
     """The identification model's predictions ``(N,)`` on its own training set.
 
     A cross-entropy model (the study's, stopped after ``identification_epochs``); JTT
     upweights its errors, CnC contrasts its predictions, ``group_dro_inferred`` groups by
     label x its correctness.
     """
-    trained = train(config, "cross_entropy", images, labels, seed, device, parallel=parallel,
-                    epochs=config.train.identification_epochs)
+    trained = train(
+        config,
+        "cross_entropy",
+        images,
+        labels,
+        seed,
+        device,
+        parallel=parallel,
+        epochs=config.train.identification_epochs,
+    )
     features = encode(trained.model, images, device, config.train.autocast)
     return (head_probabilities(trained.model.classifier, features) >= 0.5).long()
 
@@ -255,8 +273,7 @@ def memory_layout(config: StudyConfig) -> torch.memory_format:
     return torch.channels_last if config.data.dims == 2 else torch.channels_last_3d
 
 
-def autocast_context(dtype: str,
-                     device: torch.device) -> contextlib.AbstractContextManager[Any]:
+def autocast_context(dtype: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """Mixed precision for the encoder and heads (the losses then run in float32)."""
     if dtype == "none":
         return contextlib.nullcontext()
@@ -264,8 +281,13 @@ def autocast_context(dtype: str,
 
 
 @torch.no_grad()
-def encode(model: StudyModel, images: torch.Tensor, device: torch.device,
-           autocast: str = "none", batch_size: int = 1024) -> torch.Tensor:
+def encode(
+    model: StudyModel,
+    images: torch.Tensor,
+    device: torch.device,
+    autocast: str = "none",
+    batch_size: int = 1024,
+) -> torch.Tensor:
     """Float32 encoder features ``(N, D)`` in eval mode, on the device.
 
     ``autocast`` is the training's ``train.autocast``: the encoder is read in the
@@ -273,12 +295,17 @@ def encode(model: StudyModel, images: torch.Tensor, device: torch.device,
     """
     model.eval()
     with autocast_context(autocast, device):
-        return torch.cat([model.encoder(images[i:i + batch_size].to(device)).float()
-                          for i in range(0, images.shape[0], batch_size)])
+        return torch.cat(
+            [
+                model.encoder(images[i : i + batch_size].to(device)).float()
+                for i in range(0, images.shape[0], batch_size)
+            ]
+        )
 
 
-def fit_linear_head(config: StudyConfig, features: torch.Tensor, labels: torch.Tensor,
-                    seed: int) -> nn.Linear:
+def fit_linear_head(
+    config: StudyConfig, features: torch.Tensor, labels: torch.Tensor, seed: int
+) -> nn.Linear:
     """A linear classifier fitted by full-batch Adam and cross-entropy on frozen features."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
@@ -293,8 +320,14 @@ def fit_linear_head(config: StudyConfig, features: torch.Tensor, labels: torch.T
     return head
 
 
-def fit_heads(config: StudyConfig, trained: TrainedModel, train_set: LabelledImages,
-              dfr_set: LabelledImages, seed: int, device: torch.device) -> dict[str, nn.Module]:
+def fit_heads(
+    config: StudyConfig,
+    trained: TrainedModel,
+    train_set: LabelledImages,
+    dfr_set: LabelledImages,
+    seed: int,
+    device: torch.device,
+) -> dict[str, nn.Module]:
     """The linear heads read on one encoder: ``model`` (the protocol's), ``linear``, ``dfr``.
 
     ``linear`` is refit on the frozen features of the (biased) training set: for a
@@ -303,12 +336,14 @@ def fit_heads(config: StudyConfig, trained: TrainedModel, train_set: LabelledIma
     """
     model = trained.model
     precision = config.train.autocast
-    linear = fit_linear_head(config, encode(model, train_set.images, device, precision),
-                             train_set.labels, seed)
+    linear = fit_linear_head(
+        config, encode(model, train_set.images, device, precision), train_set.labels, seed
+    )
     if STUDY_LOSSES[trained.study_loss].protocol == "two_stage":
         model.classifier = linear
-    dfr = fit_linear_head(config, encode(model, dfr_set.images, device, precision),
-                          dfr_set.labels, seed)
+    dfr = fit_linear_head(
+        config, encode(model, dfr_set.images, device, precision), dfr_set.labels, seed
+    )
     return {"model": model.classifier, "linear": linear, "dfr": dfr}
 
 

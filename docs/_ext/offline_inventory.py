@@ -46,13 +46,15 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "torch.nn.Module": ("py:class", "generated/$.html#$"),
         # autodoc names nn.Module by its defining module in signatures and bases.
         "torch.nn.modules.module.Module": (
-            "py:class", "generated/torch.nn.Module.html#torch.nn.Module"
+            "py:class",
+            "generated/torch.nn.Module.html#torch.nn.Module",
         ),
         "torch.nn.functional.normalize": ("py:function", "generated/$.html#$"),
         "torch.nn.functional.cross_entropy": ("py:function", "generated/$.html#$"),
         "torch.utils.data.dataset.Dataset": ("py:class", "data.html#torch.utils.data.Dataset"),
         "torch.utils.data.dataloader.DataLoader": (
-            "py:class", "data.html#torch.utils.data.DataLoader"
+            "py:class",
+            "data.html#torch.utils.data.DataLoader",
         ),
         "torch.autograd.grad": ("py:function", "generated/$.html#$"),
         "torch.nn.CrossEntropyLoss": ("py:class", "generated/$.html#$"),
@@ -66,14 +68,16 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "torch.distributed": ("py:module", "distributed.html#module-$"),
         # autodoc spells ProcessGroup by its defining module
         "torch.distributed.distributed_c10d.ProcessGroup": (
-            "py:class", "distributed.html#torch.distributed.ProcessGroup"
+            "py:class",
+            "distributed.html#torch.distributed.ProcessGroup",
         ),
     },
     "numpy": {
         "numpy.ndarray": ("py:class", "reference/generated/$.html#$"),
         "numpy.memmap": ("py:class", "reference/generated/$.html#$"),
         "numpy.random.SeedSequence": (
-            "py:class", "reference/random/bit_generators/generated/$.html#$"
+            "py:class",
+            "reference/random/bit_generators/generated/$.html#$",
         ),
     },
 }

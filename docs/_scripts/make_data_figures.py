@@ -27,8 +27,10 @@ TRAVERSALS = [
     ("margin_sharpness", [0.0, 0.17, 0.33, 0.5, 0.67, 0.83, 1.0]),
     ("texture", ["solid", "part-solid", "ground-glass"]),
     ("attenuation_hu", [-750, -600, -450, -300, -150, 0, 100]),
-    ("calcification", ["absent", "central", "laminated", "popcorn", "diffuse", "eccentric",
-                       "stippled"]),
+    (
+        "calcification",
+        ["absent", "central", "laminated", "popcorn", "diffuse", "eccentric", "stippled"],
+    ),
     ("calcification_hu", [150, 250, 400, 550, 700, 850, 1000]),
     ("offset_x_mm", [-9, -6, -3, 0, 3, 6, 9]),
     ("offset_y_mm", [-9, -6, -3, 0, 3, 6, 9]),
@@ -54,8 +56,7 @@ def resolutions(path: Path) -> None:
         images = ds.render(indices)
         for col, k in enumerate(indices):
             ax = axes[row, col]
-            ax.imshow(images[col, 0].numpy(), cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
+            ax.imshow(images[col, 0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if col == 0:
@@ -72,55 +73,86 @@ def main() -> None:
     ds = SyntheticNodules(NoduleSpec(), n=16, seed=7)
     f = ds.factors
     # a plain nodule shows every change: solid, uncalcified, isolated, no fissure
-    plain = (f["texture"] == 0) & (f["calcification"] == 0) & (f["location"] == 0) & (
-        f["fissure"] == 0)
+    plain = (
+        (f["texture"] == 0) & (f["calcification"] == 0) & (f["location"] == 0) & (f["fissure"] == 0)
+    )
     index = int(plain.nonzero()[0])
     plot_traversals(ds, index, TRAVERSALS, path=OUT / "data_traversals.png")
     plt.close("all")
     by_name = dict(TRAVERSALS)
-    calcified = SyntheticNodules(NoduleSpec(marginals={"calcification": Fixed("laminated"),
-                                                       "texture": Fixed("solid")}),
-                                 n=16, seed=7)
-    plot_traversals(calcified, index, [("calcification_hu", by_name["calcification_hu"])],
-                    path=OUT / "data_traversals_calcification_hu.png")
+    calcified = SyntheticNodules(
+        NoduleSpec(marginals={"calcification": Fixed("laminated"), "texture": Fixed("solid")}),
+        n=16,
+        seed=7,
+    )
+    plot_traversals(
+        calcified,
+        index,
+        [("calcification_hu", by_name["calcification_hu"])],
+        path=OUT / "data_traversals_calcification_hu.png",
+    )
     plt.close("all")
     small = SyntheticNodules(NoduleSpec(), n=16, seed=7, image_size=32)
-    plot_traversals(small, index, [(name, by_name[name]) for name in
-                               ("spiculation", "diameter_mm", "calcification")],
-                    path=OUT / "data_traversals_32px.png")
+    plot_traversals(
+        small,
+        index,
+        [(name, by_name[name]) for name in ("spiculation", "diameter_mm", "calcification")],
+        path=OUT / "data_traversals_32px.png",
+    )
     plt.close("all")
     resolutions(OUT / "data_resolutions.png")
     plt.close("all")
     # noise and kernel are easier to judge on a quiet nodule
-    quiet = SyntheticNodules(NoduleSpec(marginals={"vessels": Fixed("none"),
-                                                   "location": Fixed("isolated")}),
-                             n=16, seed=7)
-    plot_traversals(quiet, index, [(name, by_name[name]) for name in
-                                   ("site", "kernel", "noise_hu")],
-                    path=OUT / "data_traversals_acquisition.png")
+    quiet = SyntheticNodules(
+        NoduleSpec(marginals={"vessels": Fixed("none"), "location": Fixed("isolated")}),
+        n=16,
+        seed=7,
+    )
+    plot_traversals(
+        quiet,
+        index,
+        [(name, by_name[name]) for name in ("site", "kernel", "noise_hu")],
+        path=OUT / "data_traversals_acquisition.png",
+    )
     plt.close("all")
 
     train = NoduleSpec().with_shortcut("diameter_mm", 0.9)
     for name, spec in {"train": train, **train.test_distributions()}.items():
         seed = 0 if name == "train" else 1
         shown = SyntheticNodules(spec, n=64, seed=seed)
-        plot_sample_grid(shown, by="label", per_group=6, path=OUT / f"data_dist_{name}.png",
-                         title=spec.describe().replace("; ", "\n"))
+        plot_sample_grid(
+            shown,
+            by="label",
+            per_group=6,
+            path=OUT / f"data_dist_{name}.png",
+            title=spec.describe().replace("; ", "\n"),
+        )
         plt.close("all")
     calc = NoduleSpec().with_shortcut("calcification", 1.0)
-    plot_sample_grid(SyntheticNodules(calc, n=64, seed=0), by="label", per_group=8,
-                     path=OUT / "data_calcification_shortcut.png")
+    plot_sample_grid(
+        SyntheticNodules(calc, n=64, seed=0),
+        by="label",
+        per_group=8,
+        path=OUT / "data_calcification_shortcut.png",
+    )
     plt.close("all")
     site = NoduleSpec().with_shortcut("site", 1.0)
-    plot_sample_grid(SyntheticNodules(site, n=64, seed=0), by="label", per_group=8,
-                     path=OUT / "data_site_shortcut.png",
-                     title="site shortcut, strength 1: benign from scanners A/B, "
-                           "malignant from C/D")
+    plot_sample_grid(
+        SyntheticNodules(site, n=64, seed=0),
+        by="label",
+        per_group=8,
+        path=OUT / "data_site_shortcut.png",
+        title="site shortcut, strength 1: benign from scanners A/B, malignant from C/D",
+    )
     plt.close("all")
     screening = NoduleSpec.screening()
-    plot_sample_grid(SyntheticNodules(screening, n=64, seed=0), by="label", per_group=8,
-                     path=OUT / "data_screening.png", title=screening.describe().replace(
-                         "; ", "\n"))
+    plot_sample_grid(
+        SyntheticNodules(screening, n=64, seed=0),
+        by="label",
+        per_group=8,
+        path=OUT / "data_screening.png",
+        title=screening.describe().replace("; ", "\n"),
+    )
     plt.close("all")
 
 

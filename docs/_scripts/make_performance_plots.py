@@ -37,11 +37,13 @@ def read_records(paths: list[Path]) -> dict[str, Series]:
                 continue
             devices.add(record["device"])
             table[record["loss"]][record["backend"]].append(
-                (int(record["B"]), float(record["ms"]), record["peak_bytes"] / 2**20))
+                (int(record["B"]), float(record["ms"]), record["peak_bytes"] / 2**20)
+            )
     if len(devices) > 1:
         raise ValueError(f"the records come from several devices: {sorted(devices)}")
-    return {loss: {b: sorted(points) for b, points in series.items()}
-            for loss, series in table.items()}
+    return {
+        loss: {b: sorted(points) for b, points in series.items()} for loss, series in table.items()
+    }
 
 
 def plot_loss(loss: str, series: Series, title: str, path: Path) -> None:
@@ -51,8 +53,7 @@ def plot_loss(loss: str, series: Series, title: str, path: Path) -> None:
         sizes = [p[0] for p in points]
         ax_time.plot(sizes, [p[1] for p in points], marker="o", label=backend)
         ax_memory.plot(sizes, [p[2] for p in points], marker="o", label=backend)
-    for ax, ylabel in ((ax_time, "forward + backward, ms"),
-                       (ax_memory, "peak extra memory, MiB")):
+    for ax, ylabel in ((ax_time, "forward + backward, ms"), (ax_memory, "peak extra memory, MiB")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size B")
@@ -68,8 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("jsonl", nargs="+", type=Path, help="bench_losses.py output files")
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the PNG files")
-    parser.add_argument("--title", default="CPU, 1 thread, float32, D = 128",
-                        help="what and where it was measured, shown on each figure")
+    parser.add_argument(
+        "--title",
+        default="CPU, 1 thread, float32, D = 128",
+        help="what and where it was measured, shown on each figure",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for loss, series in read_records(args.jsonl).items():

@@ -44,8 +44,17 @@ from nodulebench.probing import (  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "_static" / "probing"
 IMAGE_SIZE = 32
-SHOWN_FACTORS = ("spiculation", "diameter_mm", "lobulation", "sphericity", "margin_sharpness",
-                 "texture", "calcification", "vessels", "noise_hu")
+SHOWN_FACTORS = (
+    "spiculation",
+    "diameter_mm",
+    "lobulation",
+    "sphericity",
+    "margin_sharpness",
+    "texture",
+    "calcification",
+    "vessels",
+    "noise_hu",
+)
 
 
 class SmallCNN(nn.Module):
@@ -54,9 +63,12 @@ class SmallCNN(nn.Module):
     def __init__(self, generator: torch.Generator) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
         )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(32, 2)
@@ -96,10 +108,13 @@ def accuracy(model: nn.Module, data: SyntheticNodules) -> float:
 def rounded(model: str, record: Any, keys: tuple[str, ...]) -> dict[str, Any]:
     """One table row: the model's name and the chosen fields, floats to 3 decimals."""
     fields = record.to_dict()
-    return {"model": model, **{
-        key: round(fields[key], 3) if isinstance(fields[key], float) else fields[key]
-        for key in keys
-    }}
+    return {
+        "model": model,
+        **{
+            key: round(fields[key], 3) if isinstance(fields[key], float) else fields[key]
+            for key in keys
+        },
+    }
 
 
 def main() -> None:
@@ -127,18 +142,43 @@ def main() -> None:
         features = extract_features(model, test, "pool")
         probes[name] = probe_factors(features, factors, folds=5, seed=0)
         sensitivities[name] = intervention_sensitivity(
-            model, test, factors=list(SHOWN_FACTORS), n=128, seed=0, embedding_layer="pool",
+            model,
+            test,
+            factors=list(SHOWN_FACTORS),
+            n=128,
+            seed=0,
+            embedding_layer="pool",
             values={"calcification": [0, 1]},  # absent vs central, not all 10 pairs
         )
-        summary.append({"model": name, "decorrelated test accuracy":
-                        round(accuracy(model, test), 3)})
+        summary.append(
+            {"model": name, "decorrelated test accuracy": round(accuracy(model, test), 3)}
+        )
     lap("probed and intervened")
-    write_records([rounded(m, r, ("factor", "metric", "score", "control", "selectivity"))
-                   for m, rs in probes.items() for r in rs], OUT / "probe_table.csv")
-    write_records([rounded(m, r, ("factor", "flip_rate", "mean_abs_probability_change",
-                                  "relative_embedding_displacement"))
-                   for m, rs in sensitivities.items() for r in rs],
-                  OUT / "sensitivity_table.csv")
+    write_records(
+        [
+            rounded(m, r, ("factor", "metric", "score", "control", "selectivity"))
+            for m, rs in probes.items()
+            for r in rs
+        ],
+        OUT / "probe_table.csv",
+    )
+    write_records(
+        [
+            rounded(
+                m,
+                r,
+                (
+                    "factor",
+                    "flip_rate",
+                    "mean_abs_probability_change",
+                    "relative_embedding_displacement",
+                ),
+            )
+            for m, rs in sensitivities.items()
+            for r in rs
+        ],
+        OUT / "sensitivity_table.csv",
+    )
     write_records(summary, OUT / "accuracy.csv")
 
     ax = plot_probe_heatmap(probes, value="selectivity")
@@ -151,8 +191,9 @@ def main() -> None:
     features = extract_features(models["size shortcut"], test, "pool")["pool"]
     projection = project_embeddings(features, dim=2)
     figure, axes = plt.subplots(1, 2, figsize=(8, 3.4), layout="constrained")
-    plot_embedding_scatter(projection.coordinates, test.factors["diameter_mm"],
-                           label="diameter_mm", ax=axes[0])
+    plot_embedding_scatter(
+        projection.coordinates, test.factors["diameter_mm"], label="diameter_mm", ax=axes[0]
+    )
     plot_embedding_scatter(projection.coordinates, test.labels, label="label", ax=axes[1])
     figure.suptitle("size-shortcut model: embedding PCA")
     figure.savefig(OUT / "embedding_scatter.png", dpi=110)
@@ -165,8 +206,10 @@ def main() -> None:
         shares = mask_energy(maps, masks)
         with torch.no_grad():
             p = torch.softmax(model(images), dim=1)[:, 1]
-        titles = [f"p={float(p[i]):.2f} spic.={float(shares['spicules'][i]):.2f}"
-                  for i in range(len(chosen))]
+        titles = [
+            f"p={float(p[i]):.2f} spic.={float(shares['spicules'][i]):.2f}"
+            for i in range(len(chosen))
+        ]
         figure = plot_gradcam_overlays(images, maps, masks["nodule"], titles=titles)
         figure.suptitle(f"Grad-CAM, {name}", fontsize=9)
         slug = name.replace(" ", "_")

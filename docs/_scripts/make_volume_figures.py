@@ -29,7 +29,7 @@ def _views(volume: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def _coronal_slab(volume: torch.Tensor, half: int = 6) -> torch.Tensor:
     """Maximum-intensity projection of a coronal slab of ``2 half + 1`` slices, z upwards."""
     c = volume.shape[1] // 2
-    return volume[:, c - half:c + half + 1].amax(1).flip(0)
+    return volume[:, c - half : c + half + 1].amax(1).flip(0)
 
 
 def _show(ax: plt.Axes, image: torch.Tensor) -> None:
@@ -93,8 +93,13 @@ def main() -> None:
     plt.close("all")
     f = ds.factors
     # a plain nodule shows every change: solid, uncalcified, isolated, no fissure, no vessel
-    plain = (f["texture"] == 0) & (f["calcification"] == 0) & (f["location"] == 0) & (
-        f["fissure"] == 0) & (f["vessels"] == 0)
+    plain = (
+        (f["texture"] == 0)
+        & (f["calcification"] == 0)
+        & (f["location"] == 0)
+        & (f["fissure"] == 0)
+        & (f["vessels"] == 0)
+    )
     traversal(ds, int(plain.nonzero()[0]), OUT / "data_volume_traversal.png")
     plt.close("all")
 

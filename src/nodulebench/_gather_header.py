@@ -24,8 +24,18 @@ _SLOT_WORDS = 1 + _TEXT_WORDS
 HEADER_WORDS = 2 + MAX_NDIM + _MAX_FIELDS * _SLOT_WORDS
 _ABANDONED = -1  # the ndim word of a rank that joins the exchange only to bow out
 _DTYPES = (
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+    torch.complex128,
 )
 
 
@@ -53,8 +63,9 @@ def agreed_fields(agree: Mapping[str, object] | None) -> list[str]:
     if agree is None:
         return []
     if not isinstance(agree, Mapping):
-        raise TypeError(f"agree must be a mapping of names to values or None; "
-                        f"got {type(agree).__name__}")
+        raise TypeError(
+            f"agree must be a mapping of names to values or None; got {type(agree).__name__}"
+        )
     if len(agree) > _MAX_FIELDS:
         raise ValueError(f"agree must hold at most {_MAX_FIELDS} fields; got {len(agree)}")
     fields = []
@@ -74,8 +85,9 @@ def _digest(text: str) -> int:
 
 def _encode_field(text: str) -> list[int]:
     shown = text.encode()[: 8 * _TEXT_WORDS].ljust(8 * _TEXT_WORDS, b"\0")
-    words = [int.from_bytes(shown[i : i + 8], "little", signed=True)
-             for i in range(0, len(shown), 8)]
+    words = [
+        int.from_bytes(shown[i : i + 8], "little", signed=True) for i in range(0, len(shown), 8)
+    ]
     return [_digest(text), *words]
 
 
@@ -123,12 +135,12 @@ def check_headers(name: str, rows: list[list[int]]) -> None:
         fields = {text.partition("=")[0] for text in texts}
         if len(fields) == 1:
             field = fields.pop()
-            listed = ", ".join(f"rank {r}: {text.partition('=')[2]}"
-                               for r, text in enumerate(texts))
+            listed = ", ".join(
+                f"rank {r}: {text.partition('=')[2]}" for r, text in enumerate(texts)
+            )
             raise ValueError(f"every rank must pass the same {field}; got {listed}")
         listed = ", ".join(f"rank {r}: {text or 'nothing'}" for r, text in enumerate(texts))
-        raise ValueError(f"every rank must pass the same fields in the same order; "
-                         f"got {listed}")
+        raise ValueError(f"every rank must pass the same fields in the same order; got {listed}")
 
 
 def abandoned_header() -> list[int]:
@@ -136,4 +148,3 @@ def abandoned_header() -> list[int]:
     header = [0] * HEADER_WORDS
     header[1] = _ABANDONED
     return header
-

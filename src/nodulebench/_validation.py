@@ -70,9 +70,7 @@ def check_in_range(
     ok = low <= value <= high if inclusive else low < value < high
     if not (math.isfinite(value) and ok):
         brackets = "[{}, {}]" if inclusive else "({}, {})"
-        raise ValueError(
-            f"{name} must lie in {brackets.format(low, high)}; got {value!r}"
-        )
+        raise ValueError(f"{name} must lie in {brackets.format(low, high)}; got {value!r}")
 
 
 def check_ndim(name: str, tensor: Any, ndims: Collection[int], shape_hint: str) -> None:
@@ -80,9 +78,7 @@ def check_ndim(name: str, tensor: Any, ndims: Collection[int], shape_hint: str) 
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(tensor).__name__}")
     if tensor.ndim not in ndims:
-        raise ValueError(
-            f"{name} must have shape {shape_hint}; got shape {tuple(tensor.shape)}"
-        )
+        raise ValueError(f"{name} must have shape {shape_hint}; got shape {tuple(tensor.shape)}")
 
 
 def check_floating(name: str, tensor: torch.Tensor) -> None:

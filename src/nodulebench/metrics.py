@@ -61,9 +61,7 @@ def _check_scores_and_labels(scores: torch.Tensor, labels: torch.Tensor) -> None
         raise ValueError("scores must be finite; got NaN or infinite values")
     bad = ~((labels == 0) | (labels == 1))
     if bool(bad.any()):
-        raise ValueError(
-            f"labels must be 0 or 1; got {labels[bad][0].item()!r} among them"
-        )
+        raise ValueError(f"labels must be 0 or 1; got {labels[bad][0].item()!r} among them")
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
@@ -147,7 +145,10 @@ def expected_calibration_error(
 
 
 def binary_metrics(
-    probabilities: torch.Tensor, labels: torch.Tensor, *, threshold: float = 0.5,
+    probabilities: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    threshold: float = 0.5,
     n_bins: int = 15,
 ) -> BinaryMetrics:
     """All metrics of the study for one test set.

@@ -37,17 +37,25 @@ __all__ = [
 def _groups(ds: SyntheticNodules, by: str, bins: int) -> list[tuple[str, torch.Tensor]]:
     """``(title, indices)`` per group of ``ds`` split by the label or a factor."""
     if by == "label":
-        return [(name, torch.nonzero(ds.labels == c).flatten())
-                for c, name in ((0, "benign"), (1, "malignant"))]
+        return [
+            (name, torch.nonzero(ds.labels == c).flatten())
+            for c, name in ((0, "benign"), (1, "malignant"))
+        ]
     info = get_factor(by, argument="by")
     values = ds.factors[by]
     if info.is_categorical:
-        return [(name, torch.nonzero(values == c).flatten())
-                for c, name in enumerate(info.categories)]
+        return [
+            (name, torch.nonzero(values == c).flatten()) for c, name in enumerate(info.categories)
+        ]
     edges = torch.quantile(values.double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64))
     which = torch.bucketize(values.double(), edges[1:-1], right=True)
-    return [(f"{edges[b]:.3g}-{edges[b + 1]:.3g} {info.unit}".strip(),
-             torch.nonzero(which == b).flatten()) for b in range(bins)]
+    return [
+        (
+            f"{edges[b]:.3g}-{edges[b + 1]:.3g} {info.unit}".strip(),
+            torch.nonzero(which == b).flatten(),
+        )
+        for b in range(bins)
+    ]
 
 
 def plot_sample_grid(
@@ -82,8 +90,12 @@ def plot_sample_grid(
     check_positive("per_group", per_group)
     check_positive("bins", bins)
     groups = _groups(dataset, by, int(bins))
-    fig, axes = plt.subplots(len(groups), per_group, squeeze=False,
-                             figsize=(1.1 * per_group + 1.2, 1.15 * len(groups) + 0.4))
+    fig, axes = plt.subplots(
+        len(groups),
+        per_group,
+        squeeze=False,
+        figsize=(1.1 * per_group + 1.2, 1.15 * len(groups) + 0.4),
+    )
     for row, (name, members) in enumerate(groups):
         chosen = members[:per_group]
         images = dataset.render(chosen) if chosen.numel() else torch.empty(0)
@@ -124,8 +136,9 @@ def plot_traversals(
     plt = import_pyplot()
 
     cols = max(len(values) for _, values in traversals)
-    fig, axes = plt.subplots(len(traversals), cols, squeeze=False,
-                             figsize=(1.1 * cols + 1.6, 1.2 * len(traversals)))
+    fig, axes = plt.subplots(
+        len(traversals), cols, squeeze=False, figsize=(1.1 * cols + 1.6, 1.2 * len(traversals))
+    )
     for row, (factor, values) in enumerate(traversals):
         images = dataset.traverse(index, factor, list(values))
         for col in range(cols):

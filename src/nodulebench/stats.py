@@ -154,8 +154,9 @@ class PairedComparison:
         return asdict(self)
 
 
-def paired_comparison(a: Sequence[float], b: Sequence[float], *,
-                      confidence: float = 0.95) -> PairedComparison:
+def paired_comparison(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95
+) -> PairedComparison:
     r"""Paired t-test of ``a`` against ``b``, where ``a[i]`` and ``b[i]`` share a seed.
 
     Two losses trained on the same seed see the same data, so the seed's luck is shared
@@ -187,8 +188,9 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *,
     first = _values("a", a, 2)
     second = _values("b", b, 2)
     if len(first) != len(second):
-        raise ValueError(f"a and b must hold one value per seed each; got {len(first)} and "
-                         f"{len(second)} values")
+        raise ValueError(
+            f"a and b must hold one value per seed each; got {len(first)} and {len(second)} values"
+        )
     differences = [x - y for x, y in zip(first, second, strict=True)]
     n = len(differences)
     mean = math.fsum(differences) / n
@@ -269,8 +271,9 @@ class PairResult:
         return self.a if self.comparison.difference > 0 else self.b
 
 
-def compare_all(conditions: Mapping[str, Sequence[float]], *, alpha: float = 0.05,
-                confidence: float = 0.95) -> list[PairResult]:
+def compare_all(
+    conditions: Mapping[str, Sequence[float]], *, alpha: float = 0.05, confidence: float = 0.95
+) -> list[PairResult]:
     """Paired comparisons of every pair of conditions, Holm-corrected as one family.
 
     Args:
@@ -292,11 +295,14 @@ def compare_all(conditions: Mapping[str, Sequence[float]], *, alpha: float = 0.0
     check_in_range("alpha", alpha, 0.0, 1.0, inclusive=False)
     names = list(conditions)
     pairs = list(combinations(names, 2))
-    results = [paired_comparison(conditions[a], conditions[b], confidence=confidence)
-               for a, b in pairs]
+    results = [
+        paired_comparison(conditions[a], conditions[b], confidence=confidence) for a, b in pairs
+    ]
     adjusted = holm([r.p_value for r in results])
-    return [PairResult(a, b, result, p, p <= alpha)
-            for (a, b), result, p in zip(pairs, results, adjusted, strict=True)]
+    return [
+        PairResult(a, b, result, p, p <= alpha)
+        for (a, b), result, p in zip(pairs, results, adjusted, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -320,8 +326,12 @@ class GroupAccuracy:
         return asdict(self)
 
 
-def group_accuracy(predictions: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
-                   names: Sequence[str] | None = None) -> GroupAccuracy:
+def group_accuracy(
+    predictions: torch.Tensor,
+    labels: torch.Tensor,
+    groups: torch.Tensor,
+    names: Sequence[str] | None = None,
+) -> GroupAccuracy:
     """Accuracy within each group and the worst-group accuracy (Sagawa et al., 2020).
 
     Worst-group accuracy is the accuracy of the group the classifier serves worst; for a
@@ -352,8 +362,10 @@ def group_accuracy(predictions: torch.Tensor, labels: torch.Tensor, groups: torc
         check_integer_tensor(name, tensor)
     n = predictions.shape[0]
     if labels.shape[0] != n or groups.shape[0] != n:
-        raise ValueError(f"predictions, labels and groups must have the same length; got "
-                         f"{n}, {labels.shape[0]} and {groups.shape[0]}")
+        raise ValueError(
+            f"predictions, labels and groups must have the same length; got "
+            f"{n}, {labels.shape[0]} and {groups.shape[0]}"
+        )
     if n == 0:
         raise ValueError("predictions must hold at least one sample; got N = 0")
     g = groups.detach().cpu().long()
@@ -363,13 +375,13 @@ def group_accuracy(predictions: torch.Tensor, labels: torch.Tensor, groups: torc
     if names is None:
         names = [str(i) for i in range(count)]
     elif len(names) < count:
-        raise ValueError(f"names must name every group index up to {count - 1}; got "
-                         f"{len(names)} name(s)")
+        raise ValueError(
+            f"names must name every group index up to {count - 1}; got {len(names)} name(s)"
+        )
     correct = (predictions.detach().cpu() == labels.detach().cpu()).double()
     totals = torch.bincount(g, minlength=len(names))
     hits = torch.bincount(g, weights=correct, minlength=len(names))
-    per_group = {names[k]: float(hits[k] / totals[k]) for k in range(len(names))
-                 if totals[k] > 0}
+    per_group = {names[k]: float(hits[k] / totals[k]) for k in range(len(names)) if totals[k] > 0}
     counts = {names[k]: int(totals[k]) for k in range(len(names)) if totals[k] > 0}
     worst_group = min(per_group, key=lambda k: per_group[k])
     return GroupAccuracy(per_group[worst_group], worst_group, per_group, counts)

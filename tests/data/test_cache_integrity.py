@@ -24,8 +24,7 @@ def _dataset(seed: int = 3) -> SyntheticNodules:
 
 
 def _open(path: Path, verify: str = "full", seed: int = 3) -> SyntheticNodules:
-    return SyntheticNodules(SPEC, n=N, seed=seed, image_size=SIZE, cache=path,
-                            verify_cache=verify)  # type: ignore[arg-type]
+    return SyntheticNodules(SPEC, n=N, seed=seed, image_size=SIZE, cache=path, verify_cache=verify)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -43,14 +42,15 @@ def test_manifest_records_a_digest_and_both_modes_load(cache: Path) -> None:
     assert manifest["format"] == 2 and len(manifest["images_blake2b"]) == 64
     expected = _dataset().render(range(N))
     for verify in ("full", "size"):
-        torch.testing.assert_close(_open(cache, verify).render(range(N)), expected,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(_open(cache, verify).render(range(N)), expected, rtol=0, atol=0)
 
 
 def test_digest_does_not_depend_on_batch_size(tmp_path: Path, cache: Path) -> None:
     _dataset().materialize(tmp_path / "d", batch_size=N)
-    digest = [json.loads((p / "manifest.json").read_text())["images_blake2b"]
-              for p in (cache, tmp_path / "d")]
+    digest = [
+        json.loads((p / "manifest.json").read_text())["images_blake2b"]
+        for p in (cache, tmp_path / "d")
+    ]
     assert digest[0] == digest[1]
 
 
@@ -73,16 +73,18 @@ def test_interrupted_rematerialize_keeps_the_previous_cache(
     assert len(calls) == 2
     # the old cache is whole and still opens, with its own images; no partial folder is left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
-    torch.testing.assert_close(_open(cache).render(range(N)), _dataset().render(range(N)),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        _open(cache).render(range(N)), _dataset().render(range(N)), rtol=0, atol=0
+    )
     with pytest.raises(CacheError, match="seed must be 4; got 3"):
         _open(cache, seed=4)
 
 
 def test_rematerialize_replaces_a_cache(cache: Path) -> None:
     _dataset(seed=4).materialize(cache)
-    torch.testing.assert_close(_open(cache, seed=4).render(range(N)),
-                               _dataset(seed=4).render(range(N)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        _open(cache, seed=4).render(range(N)), _dataset(seed=4).render(range(N)), rtol=0, atol=0
+    )
     assert sorted(p.name for p in cache.parent.iterdir()) == ["c"]
 
 
@@ -114,7 +116,7 @@ def test_swapped_images_are_caught(cache: Path) -> None:
 def test_truncated_array_is_named(cache: Path, name: str, keep: float, verify: str) -> None:
     path = cache / name
     data = path.read_bytes()
-    path.write_bytes(data[:int(keep * len(data)) if keep < 1 else int(keep)])
+    path.write_bytes(data[: int(keep * len(data)) if keep < 1 else int(keep)])
     with pytest.raises(CacheError, match=rf"damaged: {name} cannot be read"):
         _open(cache, verify)
 
@@ -126,11 +128,14 @@ def test_missing_array_is_named(cache: Path, name: str) -> None:
         _open(cache)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b'{"format": 2, "n": 1', "is not valid JSON"),
-    (b"\xff\xfe\x00garbage", "is not valid JSON"),
-    (b"[1, 2]", "must hold an object; got list"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"format": 2, "n": 1', "is not valid JSON"),
+        (b"\xff\xfe\x00garbage", "is not valid JSON"),
+        (b"[1, 2]", "must hold an object; got list"),
+    ],
+)
 def test_damaged_manifest_is_named(cache: Path, content: bytes, message: str) -> None:
     (cache / "manifest.json").write_bytes(content)
     with pytest.raises(CacheError, match=rf"manifest\.json {message}"):
@@ -149,14 +154,16 @@ def test_manifest_without_digest_or_of_another_format(cache: Path) -> None:
         _open(cache)
 
 
-@pytest.mark.parametrize(("shape", "dtype"), [
-    ((N, 1, SIZE, SIZE), np.float64),
-    ((N, 1, SIZE, SIZE), np.float16),
-    ((N, 1, SIZE + 1, SIZE), np.float32),
-    ((N - 1, 1, SIZE, SIZE), np.float32),
-])
-def test_images_of_wrong_shape_or_dtype(cache: Path, shape: tuple[int, ...],
-                                        dtype: type) -> None:
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [
+        ((N, 1, SIZE, SIZE), np.float64),
+        ((N, 1, SIZE, SIZE), np.float16),
+        ((N, 1, SIZE + 1, SIZE), np.float32),
+        ((N - 1, 1, SIZE, SIZE), np.float32),
+    ],
+)
+def test_images_of_wrong_shape_or_dtype(cache: Path, shape: tuple[int, ...], dtype: type) -> None:
     np.save(cache / "images.npy", np.zeros(shape, dtype), allow_pickle=False)
     with pytest.raises(CacheError, match=r"images\.npy must be float32 of shape"):
         _open(cache, "size")
@@ -203,8 +210,11 @@ def test_materialize_batch_size_must_be_positive(tmp_path: Path, batch_size: int
 
 
 def test_verify_cache_must_be_a_mode(cache: Path) -> None:
-    with pytest.raises(ValueError, match=r"verify_cache must be one of 'full', 'size'; "
-                                         r"got 'ful' \(did you mean 'full'\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"verify_cache must be one of 'full', 'size'; "
+        r"got 'ful' \(did you mean 'full'\?\)",
+    ):
         _open(cache, "ful")
 
 
@@ -221,8 +231,9 @@ def test_pickled_cached_dataset_maps_the_file_again(cache: Path) -> None:
     ds = _open(cache)
     blob = pickle.dumps(ds)
     assert len(blob) < N * SIZE * SIZE * 4  # the images themselves are not pickled
-    torch.testing.assert_close(pickle.loads(blob).render(range(N)), ds.render(range(N)),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        pickle.loads(blob).render(range(N)), ds.render(range(N)), rtol=0, atol=0
+    )
     _dataset(seed=4).materialize(cache)
     with pytest.raises(CacheError, match="changed since it was opened"):
         pickle.loads(blob)

@@ -56,8 +56,9 @@ def test_transforms_are_called() -> None:
         calls.append("label")
         return int(y) + 10
 
-    ds = SyntheticNodules(SPEC, n=3, image_size=16, transform=transform,
-                          target_transform=target_transform)
+    ds = SyntheticNodules(
+        SPEC, n=3, image_size=16, transform=transform, target_transform=target_transform
+    )
     plain = SyntheticNodules(SPEC, n=3, image_size=16)
     image, target = ds[1]
     assert calls == ["image", "label"]
@@ -135,8 +136,10 @@ def test_intervene_changes_only_what_is_named() -> None:
     # the body and the exogenous noise are the same: far from the nodule nothing moves
     outside = ~torch.nn.functional.max_pool2d(spiky_masks["nodule"].float(), 9, 1, 4).bool()
     torch.testing.assert_close(spiky[outside], base[outside], rtol=0, atol=0.02)
-    assert torch.equal(spiky_masks["nodule"] & ~spiky_masks["spicules"],
-                       base_masks["nodule"] & ~base_masks["spicules"])
+    assert torch.equal(
+        spiky_masks["nodule"] & ~spiky_masks["spicules"],
+        base_masks["nodule"] & ~base_masks["spicules"],
+    )
 
 
 def test_intervening_on_texture_redraws_attenuation_in_its_range() -> None:
@@ -168,13 +171,19 @@ def test_traverse(ds: SyntheticNodules) -> None:
         (lambda ds: ds.render([0, 30]), IndexError, "got 30"),
         (lambda ds: ds.render(torch.tensor([0.5])), TypeError, "1-D integer tensor"),
         (lambda ds: ds.intervene(0, size=3.0), ValueError, "overrides must be one of"),
-        (lambda ds: ds.intervene(0, diameter_mm=50.0), ValueError,
-         "overrides['diameter_mm'] must lie in [3.0, 30.0] mm; got 50.0"),
+        (
+            lambda ds: ds.intervene(0, diameter_mm=50.0),
+            ValueError,
+            "overrides['diameter_mm'] must lie in [3.0, 30.0] mm; got 50.0",
+        ),
         (lambda ds: ds.intervene(0, diameter_mm=float("nan")), ValueError, "got nan"),
         (lambda ds: ds.intervene(0, texture="fluffy"), ValueError, "got 'fluffy'"),
         (lambda ds: ds.intervene(0, texture=5), ValueError, "category codes in [0, 2]"),
-        (lambda ds: ds.render([0, 1], overrides={"sphericity": torch.ones(3)}), ValueError,
-         "must be a number or a (2,) tensor"),
+        (
+            lambda ds: ds.render([0, 1], overrides={"sphericity": torch.ones(3)}),
+            ValueError,
+            "must be a number or a (2,) tensor",
+        ),
         (lambda ds: ds.traverse(0, "colour", [1.0]), ValueError, "got 'colour'"),
     ],
 )
@@ -206,11 +215,11 @@ def _digest(t: torch.Tensor) -> str:
 
 
 def test_golden_factor_table_and_labels() -> None:
-    ds = SyntheticNodules(SPEC.with_shortcut("calcification", 0.5), n=64, seed=2024,
-                          image_size=32)
+    ds = SyntheticNodules(SPEC.with_shortcut("calcification", 0.5), n=64, seed=2024, image_size=32)
     # the factors pinned before slice_thickness_mm existed: adding a factor changes none
-    table = torch.stack([ds.factors[name].double() for name in FACTORS
-                         if name != "slice_thickness_mm"])
+    table = torch.stack(
+        [ds.factors[name].double() for name in FACTORS if name != "slice_thickness_mm"]
+    )
     assert _digest(table) == GOLDEN_TABLE
     assert _digest(ds.labels) == GOLDEN_LABELS
 
@@ -219,10 +228,8 @@ def test_golden_images() -> None:
     # FFT libraries differ in the last bits between builds: pin values, not bytes
     ds = SyntheticNodules(SPEC, n=64, seed=2024, image_size=32, output="hu")
     hu = ds.render([0, 17, 63])
-    torch.testing.assert_close(hu.mean((1, 2, 3)), torch.tensor(GOLDEN_MEANS), rtol=0,
-                               atol=0.05)
-    torch.testing.assert_close(hu[:, 0, 16, 16], torch.tensor(GOLDEN_CENTRES), rtol=0,
-                               atol=0.05)
+    torch.testing.assert_close(hu.mean((1, 2, 3)), torch.tensor(GOLDEN_MEANS), rtol=0, atol=0.05)
+    torch.testing.assert_close(hu[:, 0, 16, 16], torch.tensor(GOLDEN_CENTRES), rtol=0, atol=0.05)
 
 
 GOLDEN_TABLE = "228ccdcb14e71e42"
@@ -235,10 +242,13 @@ def test_materialize_and_reload(tmp_path) -> None:
     ds = SyntheticNodules(SPEC, n=10, seed=6, image_size=16)
     ds.materialize(tmp_path / "c", batch_size=4)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
-        "factors.npy", "images.npy", "labels.npy", "manifest.json"]
+        "factors.npy",
+        "images.npy",
+        "labels.npy",
+        "manifest.json",
+    ]
     cached = SyntheticNodules(SPEC, n=10, seed=6, image_size=16, cache=tmp_path / "c")
-    torch.testing.assert_close(cached.render(range(10)), ds.render(range(10)), rtol=0,
-                               atol=1e-5)
+    torch.testing.assert_close(cached.render(range(10)), ds.render(range(10)), rtol=0, atol=1e-5)
     torch.testing.assert_close(cached[3][0], ds[3][0], rtol=0, atol=1e-5)
     # interventions and masks still render
     assert cached.intervene(0, spiculation=1.0).shape == (1, 16, 16)
@@ -250,6 +260,7 @@ def test_materialize_and_reload(tmp_path) -> None:
         SyntheticNodules(SPEC, n=10, seed=6, image_size=16, cache=tmp_path / "missing")
     # a cache holds plain .npy arrays: no pickle needed to read them
     import numpy as np
+
     assert np.load(tmp_path / "c" / "labels.npy", allow_pickle=False).shape == (10,)
 
 
@@ -259,8 +270,9 @@ def test_render_and_intervene_return_the_factors_used() -> None:
     for name, v in ds.factors.items():
         assert torch.equal(used[name], v[[1, 5]])
     # overriding texture re-derives attenuation from its own exogenous noise: reported
-    _, masks, used = ds.render([1, 5], return_masks=True, return_factors=True,
-                               overrides={"texture": "ground-glass"})
+    _, masks, used = ds.render(
+        [1, 5], return_masks=True, return_factors=True, overrides={"texture": "ground-glass"}
+    )
     assert set(masks) >= {"nodule", "vessels"}
     assert used["texture"].tolist() == [2, 2]
     assert bool(((used["attenuation_hu"] >= -750) & (used["attenuation_hu"] <= -450)).all())
@@ -270,11 +282,14 @@ def test_render_and_intervene_return_the_factors_used() -> None:
     torch.testing.assert_close(image, ds.intervene(5, site="scanner_c"), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("spec", [
-    SPEC,
-    NoduleSpec(label_noise=0.1).with_shortcut("calcification", 0.6).with_shortcut("site", -0.4),
-    NoduleSpec(malignant_fraction=None),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SPEC,
+        NoduleSpec(label_noise=0.1).with_shortcut("calcification", 0.6).with_shortcut("site", -0.4),
+        NoduleSpec(malignant_fraction=None),
+    ],
+)
 def test_rows_per_index_equal_the_whole_table(spec: NoduleSpec) -> None:
     from nodulebench.data.sampling import factor_rows, sample_factors
 
@@ -289,8 +304,9 @@ def test_rows_per_index_equal_the_whole_table(spec: NoduleSpec) -> None:
 def test_ten_million_samples_without_a_table() -> None:
     import pickle
 
-    ds = SyntheticNodules(SPEC.replace(label_noise=0.05), n=10_000_000, seed=1, image_size=16,
-                          return_factors=True)
+    ds = SyntheticNodules(
+        SPEC.replace(label_noise=0.05), n=10_000_000, seed=1, image_size=16, return_factors=True
+    )
     image, label, factors = ds[9_999_999]
     assert image.shape == (1, 16, 16) and label.dtype == torch.int64
     assert ds._full is None  # rendering and items never built the table

@@ -13,13 +13,19 @@ from nodulebench.data.factors import KERNELS
 from nodulebench.data.geometry import spicule_count
 
 # no texture, vessels, context, blur or noise: the image is the object and its partial volume
-QUIET = {"background_texture_hu": Fixed(0.0), "vessels": Fixed("none"), "blur_mm": Fixed(0.0),
-         "noise_hu": Fixed(0.0), "calcification": Fixed("absent"), "texture": Fixed("solid"),
-         "location": Fixed("isolated"), "fissure": Fixed("absent")}
+QUIET = {
+    "background_texture_hu": Fixed(0.0),
+    "vessels": Fixed("none"),
+    "blur_mm": Fixed(0.0),
+    "noise_hu": Fixed(0.0),
+    "calcification": Fixed("absent"),
+    "texture": Fixed("solid"),
+    "location": Fixed("isolated"),
+    "fissure": Fixed("absent"),
+}
 
 
-def _spicule_area_mm2(ds: SyntheticNodules, idx: list[int]) -> tuple[torch.Tensor,
-                                                                       torch.Tensor]:
+def _spicule_area_mm2(ds: SyntheticNodules, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Spicule area from the image alone: HU added by the spicules over their contrast."""
     spiky = ds.render(idx)
     plain = ds.render(idx, overrides={"spiculation": 0.0})
@@ -52,9 +58,15 @@ def test_same_spicule_area_and_same_image_at_every_size() -> None:
 
 def test_thin_spicules_stay_thin_at_coarse_pixels() -> None:
     # a strand thinner than a pixel adds less than a pixel's worth of contrast per pixel
-    spec = NoduleSpec(marginals={**QUIET, "attenuation_hu": Fixed(40.0),
-                                 "spiculation": Fixed(1.0), "pixel_spacing_mm": Fixed(0.9)},
-                      malignant_fraction=None)
+    spec = NoduleSpec(
+        marginals={
+            **QUIET,
+            "attenuation_hu": Fixed(40.0),
+            "spiculation": Fixed(1.0),
+            "pixel_spacing_mm": Fixed(0.9),
+        },
+        malignant_fraction=None,
+    )
     ds = SyntheticNodules(spec, n=8, seed=1, image_size=32, output="hu")
     hu, masks = ds.render(range(8), return_masks=True)
     spic = masks["spicules"]
@@ -84,11 +96,17 @@ def test_spicule_count_follows_the_documented_onsets() -> None:
 
 
 def test_vessels_show_through_ground_glass_not_through_solid() -> None:
-    base = {**QUIET, "vessels": Fixed("many"), "diameter_mm": Fixed(16.0),
-            "offset_x_mm": Fixed(0.0), "offset_y_mm": Fixed(0.0)}
+    base = {
+        **QUIET,
+        "vessels": Fixed("many"),
+        "diameter_mm": Fixed(16.0),
+        "offset_x_mm": Fixed(0.0),
+        "offset_y_mm": Fixed(0.0),
+    }
     for texture, attenuation in (("ground-glass", -650.0), ("solid", 40.0)):
-        spec = NoduleSpec(marginals={**base, "texture": Fixed(texture),
-                                     "attenuation_hu": Fixed(attenuation)})
+        spec = NoduleSpec(
+            marginals={**base, "texture": Fixed(texture), "attenuation_hu": Fixed(attenuation)}
+        )
         ds = SyntheticNodules(spec, n=16, seed=5, output="hu")
         hu, masks = ds.render(range(16), return_masks=True)
         plain = ds.render(range(16), overrides={"vessels": "none"})
@@ -104,8 +122,15 @@ def test_vessels_show_through_ground_glass_not_through_solid() -> None:
 
 @pytest.mark.parametrize("texture", ["solid", "part-solid", "ground-glass"])
 def test_nothing_is_brighter_than_the_body_except_calcification(texture: str) -> None:
-    spec = NoduleSpec(marginals={**QUIET, "texture": Fixed(texture), "spiculation": Fixed(1.0),
-                                 "vessels": Fixed("many")}, malignant_fraction=None)
+    spec = NoduleSpec(
+        marginals={
+            **QUIET,
+            "texture": Fixed(texture),
+            "spiculation": Fixed(1.0),
+            "vessels": Fixed("many"),
+        },
+        malignant_fraction=None,
+    )
     ds = SyntheticNodules(spec, n=12, seed=2, output="hu")
     hu, masks = ds.render(range(12), return_masks=True, overrides={"vessels": "none"})
     att = ds.factors["attenuation_hu"]
@@ -117,16 +142,26 @@ def test_nothing_is_brighter_than_the_body_except_calcification(texture: str) ->
     for k in range(12):
         assert float(hu[k][masks["nodule"][k]].max()) <= float(ceiling[k] + ringing[k])
     # calcification is the exception
-    calcified = ds.render(range(12), overrides={"vessels": "none", "calcification": "popcorn",
-                                                "calcification_hu": 800.0})
+    calcified = ds.render(
+        range(12),
+        overrides={"vessels": "none", "calcification": "popcorn", "calcification_hu": 800.0},
+    )
     assert bool((calcified.flatten(1).amax(1) > ceiling + 100).all())
 
 
 def test_solid_core_position_and_size_vary() -> None:
-    spec = NoduleSpec(marginals={**QUIET, "texture": Fixed("part-solid"),
-                                 "attenuation_hu": Fixed(-600.0), "diameter_mm": Fixed(18.0),
-                                 "sphericity": Fixed(1.0), "lobulation": Fixed(0.0),
-                                 "offset_x_mm": Fixed(0.0), "offset_y_mm": Fixed(0.0)})
+    spec = NoduleSpec(
+        marginals={
+            **QUIET,
+            "texture": Fixed("part-solid"),
+            "attenuation_hu": Fixed(-600.0),
+            "diameter_mm": Fixed(18.0),
+            "sphericity": Fixed(1.0),
+            "lobulation": Fixed(0.0),
+            "offset_x_mm": Fixed(0.0),
+            "offset_y_mm": Fixed(0.0),
+        }
+    )
     ds = SyntheticNodules(spec, n=16, seed=4, output="hu")
     hu = ds.render(range(16))
     core = hu[:, 0] > -200.0
@@ -138,22 +173,29 @@ def test_solid_core_position_and_size_vary() -> None:
 
 
 def test_calcification_hu_is_a_factor() -> None:
-    spec = NoduleSpec(marginals={**QUIET, "calcification": Fixed("central"),
-                                 "diameter_mm": Fixed(16.0)})
+    spec = NoduleSpec(
+        marginals={**QUIET, "calcification": Fixed("central"), "diameter_mm": Fixed(16.0)}
+    )
     ds = SyntheticNodules(spec, n=4, seed=0, output="hu")
     for value in (200.0, 900.0):
-        hu, masks = ds.render(range(4), return_masks=True,
-                              overrides={"calcification_hu": value})
-        core = masks["calcification"] & ~(F.max_pool2d((~masks["calcification"]).float(), 5,
-                                                        1, 2).bool())
+        hu, masks = ds.render(range(4), return_masks=True, overrides={"calcification_hu": value})
+        core = masks["calcification"] & ~(
+            F.max_pool2d((~masks["calcification"]).float(), 5, 1, 2).bool()
+        )
         assert abs(float(hu[core].median()) - value) < 5.0
 
 
 @pytest.mark.parametrize(("pattern", "blobs"), [("eccentric", 1), ("stippled", 3)])
 def test_eccentric_and_stippled_patterns(pattern: str, blobs: int) -> None:
-    spec = NoduleSpec(marginals={**QUIET, "calcification": Fixed(pattern),
-                                 "diameter_mm": Fixed(20.0), "offset_x_mm": Fixed(0.0),
-                                 "offset_y_mm": Fixed(0.0)})
+    spec = NoduleSpec(
+        marginals={
+            **QUIET,
+            "calcification": Fixed(pattern),
+            "diameter_mm": Fixed(20.0),
+            "offset_x_mm": Fixed(0.0),
+            "offset_y_mm": Fixed(0.0),
+        }
+    )
     ds = SyntheticNodules(spec, n=6, seed=9, image_size=128)
     _, masks = ds.render(range(6), return_masks=True)
     calc = masks["calcification"][:, 0].float()
@@ -169,14 +211,13 @@ def test_eccentric_and_stippled_patterns(pattern: str, blobs: int) -> None:
         assert parts == [1] * 6
         cy = (calc * ys).flatten(1).sum(1) / area - 63.5
         cx = (calc * xs).flatten(1).sum(1) / area - 63.5
-        assert bool((torch.sqrt(cx ** 2 + cy ** 2) > 5).all())  # off-centre
+        assert bool((torch.sqrt(cx**2 + cy**2) > 5).all())  # off-centre
     else:
         assert min(parts) >= blobs
 
 
 def test_kernels_shape_the_noise_spectrum() -> None:
-    spec = NoduleSpec(marginals={**QUIET, "noise_hu": Fixed(30.0),
-                                 "pixel_spacing_mm": Fixed(0.7)})
+    spec = NoduleSpec(marginals={**QUIET, "noise_hu": Fixed(30.0), "pixel_spacing_mm": Fixed(0.7)})
     ds = SyntheticNodules(spec, n=16, seed=0, output="hu")
     centroids = []
     for kernel in KERNELS:
@@ -236,8 +277,7 @@ def test_chest_wall_is_muscle_and_fissure_is_a_thin_line() -> None:
     ("changes", "fragments"),
     [
         ({"location": "pleural"}, ("overrides['location']", "'pleural'")),
-        ({"calcification_hu": 50.0}, ("overrides['calcification_hu']", "[150.0, 1000.0]",
-                                      "50.0")),
+        ({"calcification_hu": 50.0}, ("overrides['calcification_hu']", "[150.0, 1000.0]", "50.0")),
         ({"kernel": 3}, ("overrides['kernel']", "[0, 2]")),
         ({"site": "scanner_e"}, ("overrides['site']", "'scanner_e'")),
         ({"fissure": 1.5}, ("overrides['fissure']", "[0, 1]")),

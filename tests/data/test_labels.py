@@ -9,8 +9,9 @@ from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.data import LabelFunction, LinearLabelRule, LogisticLabelRule, Split
 from nodulebench.data.sampling import label_coins, sample_factors
 
-RULE = LogisticLabelRule({"diameter_mm": 6.0, "spiculation": 5.0},
-                         {("texture", "part-solid"): 1.5}, bias=-5.0)
+RULE = LogisticLabelRule(
+    {"diameter_mm": 6.0, "spiculation": 5.0}, {("texture", "part-solid"): 1.5}, bias=-5.0
+)
 SPEC = NoduleSpec(label_rule=RULE, malignant_fraction=None)
 
 
@@ -36,8 +37,7 @@ def test_counterfactual_labels_keep_the_coin() -> None:
     ds = SyntheticNodules(SPEC, n=64, seed=1)
     coins = label_coins(1, torch.arange(64))
     assert torch.equal(SPEC.rule_labels(ds.factors, coins), ds.labels)
-    bigger = {**ds.factors, "diameter_mm": torch.full((64,), 30.0),
-              "spiculation": torch.ones(64)}
+    bigger = {**ds.factors, "diameter_mm": torch.full((64,), 30.0), "spiculation": torch.ones(64)}
     flipped = SPEC.rule_labels(bigger, coins)
     assert bool((flipped >= ds.labels).all()) and int(flipped.sum()) > int(ds.labels.sum())
     with pytest.raises(ValueError, match="coin must be the samples"):
@@ -53,21 +53,28 @@ def test_label_noise_flips_an_exact_count_of_probabilistic_labels() -> None:
 def test_fingerprints_tell_rules_apart() -> None:
     a = LabelFunction(lambda fs: (fs["lobulation"] > 0.3).long(), ("lobulation",), "lob")
     b = LabelFunction(lambda fs: (fs["lobulation"] > 0.5).long(), ("lobulation",), "lob")
-    specs = [NoduleSpec(label_rule=rule, malignant_fraction=None) for rule in (
-        a, b, LinearLabelRule({"spiculation": 1.0}, 0.5),
-        LogisticLabelRule({"spiculation": 1.0}, bias=0.5), RULE)]
+    specs = [
+        NoduleSpec(label_rule=rule, malignant_fraction=None)
+        for rule in (
+            a,
+            b,
+            LinearLabelRule({"spiculation": 1.0}, 0.5),
+            LogisticLabelRule({"spiculation": 1.0}, bias=0.5),
+            RULE,
+        )
+    ]
     prints = {spec.fingerprint() for spec in specs}
     assert len(prints) == len(specs)
     # the same function (by value) gives the same fingerprint
     a2 = LabelFunction(a.fn, ("lobulation",), "lob")
     assert NoduleSpec(label_rule=a2, malignant_fraction=None).fingerprint() == (
-        specs[0].fingerprint())
+        specs[0].fingerprint()
+    )
 
 
 @pytest.mark.parametrize("rule", [LinearLabelRule({"spiculation": 1.0}, 0.5), RULE])
 def test_heldout_for_rules_that_cannot_fix_the_label(rule) -> None:
-    train = NoduleSpec(label_rule=rule, malignant_fraction=None).with_shortcut(
-        "calcification", 0.8)
+    train = NoduleSpec(label_rule=rule, malignant_fraction=None).with_shortcut("calcification", 0.8)
     held = train.test_distributions()["heldout"]
     f, y = sample_factors(held, 600, 1)
     side = held.shortcuts[0].split.malignant_side(f["calcification"])
@@ -82,8 +89,7 @@ def test_heldout_for_rules_that_cannot_fix_the_label(rule) -> None:
         (lambda: LogisticLabelRule({"texture": 1.0}), "must name continuous factors"),
         (lambda: LogisticLabelRule({}, {("texture", "fluffy"): 1.0}), "got 'fluffy'"),
         (lambda: LogisticLabelRule({"spiculation": float("nan")}), "must be finite"),
-        (lambda: LogisticLabelRule({"spiculation": 1.0}, bias=float("inf")),
-         "bias must be finite"),
+        (lambda: LogisticLabelRule({"spiculation": 1.0}, bias=float("inf")), "bias must be finite"),
         (lambda: LogisticLabelRule({}), "at least one factor"),
         (lambda: LogisticLabelRule({"size": 1.0}), "got 'size'"),
     ],

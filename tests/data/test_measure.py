@@ -12,9 +12,14 @@ from nodulebench.data import Fixed, Uniform, measure
 # plain solid nodules: no lobulation or spicules to change the outline, no calcification;
 # a faint parenchymal texture, since ground glass lets it show through, and moderate noise
 PLAIN = NoduleSpec(
-    marginals={"spiculation": Fixed(0.0), "lobulation": Fixed(0.0),
-               "texture": Fixed("solid"), "calcification": Fixed("absent"),
-               "background_texture_hu": Fixed(10.0), "noise_hu": Fixed(15.0)},
+    marginals={
+        "spiculation": Fixed(0.0),
+        "lobulation": Fixed(0.0),
+        "texture": Fixed("solid"),
+        "calcification": Fixed("absent"),
+        "background_texture_hu": Fixed(10.0),
+        "noise_hu": Fixed(15.0),
+    },
     malignant_fraction=None,
 )
 
@@ -59,18 +64,19 @@ def test_attenuation_round_trip(ds: SyntheticNodules, attenuation: float) -> Non
 
 
 def test_attenuation_ignores_calcification_and_spicules(ds: SyntheticNodules) -> None:
-    got = _measure(ds, 0, diameter_mm=18.0, attenuation_hu=30.0, calcification=1,
-                   spiculation=1.0)
+    got = _measure(ds, 0, diameter_mm=18.0, attenuation_hu=30.0, calcification=1, spiculation=1.0)
     assert abs(got["attenuation_hu"] - 30.0) < 12.0
     assert got["spicule_area_mm2"] > 5.0
 
 
 def test_measure_on_hu_images_and_single_image() -> None:
     hu_ds = SyntheticNodules(PLAIN, n=2, seed=0, output="hu")
-    images, masks = hu_ds.render([1], return_masks=True, overrides={"attenuation_hu": -600.0,
-                                                                     "diameter_mm": 15.0})
-    single = measure(images[0], {k: v[0] for k, v in masks.items()},
-                     float(hu_ds.pixel_size_mm[1]), units="hu")
+    images, masks = hu_ds.render(
+        [1], return_masks=True, overrides={"attenuation_hu": -600.0, "diameter_mm": 15.0}
+    )
+    single = measure(
+        images[0], {k: v[0] for k, v in masks.items()}, float(hu_ds.pixel_size_mm[1]), units="hu"
+    )
     assert single.attenuation_hu.shape == (1,)
     # one image of coarse-grained noise (std 15 HU): the median is within about one std
     assert abs(float(single.attenuation_hu[0]) + 600.0) < 18.0
@@ -90,14 +96,23 @@ def test_measured_factors_track_the_table_at_32_pixels() -> None:
     ("call", "exc", "fragment"),
     [
         (lambda img, m: measure(img, {}, 0.7), ValueError, "masks must contain 'nodule'"),
-        (lambda img, m: measure(img[0, 0], m, 0.7), ValueError,
-         "image must have shape (1, H, W) or (N, 1, H, W); got shape (16, 16)"),
+        (
+            lambda img, m: measure(img[0, 0], m, 0.7),
+            ValueError,
+            "image must have shape (1, H, W) or (N, 1, H, W); got shape (16, 16)",
+        ),
         (lambda img, m: measure(img, m, -1.0), ValueError, "pixel_spacing_mm must be"),
         (lambda img, m: measure(img, m, torch.ones(3)), ValueError, "(2,) tensor"),
-        (lambda img, m: measure(img, {"nodule": torch.zeros_like(m["nodule"])}, 0.7),
-         ValueError, "images [0, 1] are empty"),
-        (lambda img, m: measure(img, {"nodule": m["nodule"][:1]}, 0.7), ValueError,
-         "must have the image's shape"),
+        (
+            lambda img, m: measure(img, {"nodule": torch.zeros_like(m["nodule"])}, 0.7),
+            ValueError,
+            "images [0, 1] are empty",
+        ),
+        (
+            lambda img, m: measure(img, {"nodule": m["nodule"][:1]}, 0.7),
+            ValueError,
+            "must have the image's shape",
+        ),
         (lambda img, m: measure(img, m, 0.7, units="mm"), ValueError, "units must be one of"),
     ],
 )
@@ -117,8 +132,13 @@ def test_covered_bodies_have_nan_attenuation_and_leave_the_batch_alone() -> None
     covered = [267, 789, 1852, 1901]
     batch = [*covered, *range(40)]
     images, masks = ds.render(batch, return_masks=True)
-    region = (masks["nodule"] & ~masks["spicules"] & ~masks["calcification"]
-              & ~masks["vessels"] & ~masks["pleura"])
+    region = (
+        masks["nodule"]
+        & ~masks["spicules"]
+        & ~masks["calcification"]
+        & ~masks["vessels"]
+        & ~masks["pleura"]
+    )
     visible = region.flatten(1).sum(1)
     assert visible[:4].tolist() == [0, 0, 0, 0] and bool((visible[4:] > 0).all())
     # Planted: some nodule of the batch has no pixel left after two pixels of erosion.
@@ -126,7 +146,14 @@ def test_covered_bodies_have_nan_attenuation_and_leave_the_batch_alone() -> None
     assert not bool(deep.flatten(1).any(1).all())
     together = measure(images, masks, ds.pixel_size_mm[batch]).attenuation_hu
     assert bool(together[:4].isnan().all()) and bool(together[4:].isfinite().all())
-    alone = torch.stack([
-        measure(images[k:k + 1], {name: m[k:k + 1] for name, m in masks.items()},
-                ds.pixel_size_mm[batch[k]]).attenuation_hu[0] for k in range(len(batch))])
+    alone = torch.stack(
+        [
+            measure(
+                images[k : k + 1],
+                {name: m[k : k + 1] for name, m in masks.items()},
+                ds.pixel_size_mm[batch[k]],
+            ).attenuation_hu[0]
+            for k in range(len(batch))
+        ]
+    )
     torch.testing.assert_close(together, alone, equal_nan=True, rtol=0, atol=0)

@@ -15,8 +15,7 @@ from nodulebench.data.factors import FACTORS, SITES
 N = 24
 
 
-def _render(spec: NoduleSpec, seed: int, **overrides: Any) -> tuple[SyntheticNodules,
-                                                                     Measurements]:
+def _render(spec: NoduleSpec, seed: int, **overrides: Any) -> tuple[SyntheticNodules, Measurements]:
     ds = SyntheticNodules(spec, n=N, seed=seed, output="hu")
     images, masks = ds.render(range(N), return_masks=True, overrides=overrides)
     return ds, measure(images, masks, ds.pixel_size_mm, units="hu")
@@ -77,8 +76,10 @@ def test_kernel_and_noise_round_trip(kernel: str) -> None:
 
 
 def test_noise_spectral_ratio_orders_the_kernels() -> None:
-    ratios = [float(_render(NoduleSpec(), 2, kernel=k, noise_hu=30.0)[1]
-                    .noise_spectral_ratio.median()) for k in ("smooth", "standard", "sharp")]
+    ratios = [
+        float(_render(NoduleSpec(), 2, kernel=k, noise_hu=30.0)[1].noise_spectral_ratio.median())
+        for k in ("smooth", "standard", "sharp")
+    ]
     assert ratios == sorted(ratios)
     assert all(0 < r < 4 for r in ratios)  # |1 - e^(2 pi i f)|^2 lies in [0, 4]
 

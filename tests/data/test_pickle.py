@@ -26,19 +26,26 @@ def large_and_spiculated(factors):  # type: ignore[no-untyped-def]
 
 SPECS = {
     "default": NoduleSpec(),
-    "shortcuts": NoduleSpec().with_shortcut("diameter_mm", 0.9)
+    "shortcuts": NoduleSpec()
+    .with_shortcut("diameter_mm", 0.9)
     .with_shortcut("calcification", -0.5),
-    "shifted": NoduleSpec().with_shortcut("vessels", 1.0).covariate_shift(
-        noise_hu=Uniform(60.0, 80.0)),
+    "shifted": NoduleSpec()
+    .with_shortcut("vessels", 1.0)
+    .covariate_shift(noise_hu=Uniform(60.0, 80.0)),
     "heldout": NoduleSpec().with_shortcut("diameter_mm", 0.9).heldout(),
-    "marginals": NoduleSpec(marginals={"texture": Categorical({"solid": 1.0}),
-                                       "lobulation": Fixed(0.2)}, name="custom"),
-    "linear rule": NoduleSpec(label_rule=LinearLabelRule({"diameter_mm": 1.0,
-                                                          "spiculation": 1.0}, 1.0),
-                              malignant_fraction=None),
-    "function rule": NoduleSpec(label_rule=LabelFunction(
-        large_and_spiculated, ("diameter_mm", "spiculation"), "large_and_spiculated"),
-        malignant_fraction=None),
+    "marginals": NoduleSpec(
+        marginals={"texture": Categorical({"solid": 1.0}), "lobulation": Fixed(0.2)}, name="custom"
+    ),
+    "linear rule": NoduleSpec(
+        label_rule=LinearLabelRule({"diameter_mm": 1.0, "spiculation": 1.0}, 1.0),
+        malignant_fraction=None,
+    ),
+    "function rule": NoduleSpec(
+        label_rule=LabelFunction(
+            large_and_spiculated, ("diameter_mm", "spiculation"), "large_and_spiculated"
+        ),
+        malignant_fraction=None,
+    ),
     "split rule": NoduleSpec(label_rule=Split("lobulation", 0.3), label_noise=0.1),
 }
 
@@ -55,8 +62,7 @@ def test_spec_pickles_to_an_equal_spec(name: str) -> None:
 
 
 def test_dataset_pickles_with_identical_samples() -> None:
-    ds = SyntheticNodules(SPECS["shortcuts"], n=16, seed=5, image_size=16,
-                          return_factors=True)
+    ds = SyntheticNodules(SPECS["shortcuts"], n=16, seed=5, image_size=16, return_factors=True)
     copy = pickle.loads(pickle.dumps(ds))
     torch.testing.assert_close(copy.render(range(16)), ds.render(range(16)), rtol=0, atol=0)
     assert torch.equal(copy.labels, ds.labels)
@@ -89,7 +95,13 @@ def test_data_guide_example_runs_under_spawn(tmp_path: Path) -> None:
         "    main()\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            env=env, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[-2] == "(256, 1, 64, 64) (256,) 2"

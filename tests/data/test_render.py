@@ -10,8 +10,14 @@ from nodulebench.data import FACTORS, Fixed
 from nodulebench.data.render import render_hu, window
 from nodulebench.data.sampling import sample_factors
 
-QUIET = {"background_texture_hu": Fixed(0.0), "vessels": Fixed("none"), "blur_mm": Fixed(0.0),
-         "noise_hu": Fixed(0.0), "location": Fixed("isolated"), "fissure": Fixed("absent")}
+QUIET = {
+    "background_texture_hu": Fixed(0.0),
+    "vessels": Fixed("none"),
+    "blur_mm": Fixed(0.0),
+    "noise_hu": Fixed(0.0),
+    "location": Fixed("isolated"),
+    "fissure": Fixed("absent"),
+}
 
 
 def test_noise_std_is_noise_hu() -> None:
@@ -29,8 +35,9 @@ def test_noise_std_is_noise_hu() -> None:
 
 
 def test_background_level_and_texture() -> None:
-    ds = SyntheticNodules(NoduleSpec(marginals={**QUIET, "diameter_mm": Fixed(4.0)}), n=8,
-                          seed=1, output="hu")
+    ds = SyntheticNodules(
+        NoduleSpec(marginals={**QUIET, "diameter_mm": Fixed(4.0)}), n=8, seed=1, output="hu"
+    )
     hu, masks = ds.render(range(8), return_masks=True)
     far = ~torch.nn.functional.max_pool2d(masks["nodule"].float(), 15, 1, 7).bool()
     for k in range(8):
@@ -41,8 +48,9 @@ def test_background_level_and_texture() -> None:
 
 
 def test_blur_softens_edges() -> None:
-    ds = SyntheticNodules(NoduleSpec(marginals={**QUIET, "margin_sharpness": Fixed(1.0)}),
-                          n=2, seed=0)
+    ds = SyntheticNodules(
+        NoduleSpec(marginals={**QUIET, "margin_sharpness": Fixed(1.0)}), n=2, seed=0
+    )
     sharp = ds.render([0])
     soft = ds.render([0], overrides={"blur_mm": 1.5})
     grad = lambda x: (x[..., 1:] - x[..., :-1]).abs().max()  # noqa: E731
@@ -62,10 +70,12 @@ def test_spicule_area_grows_with_spiculation() -> None:
 
 @pytest.mark.parametrize("pattern", FACTORS["calcification"].categories)
 def test_calcification_masks_per_pattern(pattern: str) -> None:
-    ds = SyntheticNodules(NoduleSpec(marginals={"texture": Fixed("solid")}), n=3, seed=4,
-                          output="hu")
-    hu, masks = ds.render(range(3), return_masks=True,
-                          overrides={"calcification": pattern, "diameter_mm": 15.0})
+    ds = SyntheticNodules(
+        NoduleSpec(marginals={"texture": Fixed("solid")}), n=3, seed=4, output="hu"
+    )
+    hu, masks = ds.render(
+        range(3), return_masks=True, overrides={"calcification": pattern, "diameter_mm": 15.0}
+    )
     calc = masks["calcification"]
     if pattern == "absent":
         assert not bool(calc.any())
@@ -105,13 +115,16 @@ def test_cpu_and_cuda_agree() -> None:
 def test_images_are_continuous_in_the_factors() -> None:
     # no nearest-bin lookups or hard thresholds: float32-sized differences between devices
     # (atan2, sqrt) cannot flip a pixel, which is what lets CPU and CUDA agree to 1e-3
-    ds = SyntheticNodules(NoduleSpec(marginals={"margin_sharpness": Fixed(1.0)}), n=32,
-                          seed=8)
+    ds = SyntheticNodules(NoduleSpec(marginals={"margin_sharpness": Fixed(1.0)}), n=32, seed=8)
     idx = list(range(32))
     base = ds.render(idx)
-    nudged = ds.render(idx, overrides={
-        "offset_x_mm": ds.factors["offset_x_mm"] + 1e-5,
-        "orientation_deg": ds.factors["orientation_deg"] + 1e-5})
+    nudged = ds.render(
+        idx,
+        overrides={
+            "offset_x_mm": ds.factors["offset_x_mm"] + 1e-5,
+            "orientation_deg": ds.factors["orientation_deg"] + 1e-5,
+        },
+    )
     assert float((nudged - base).abs().max()) < 1e-3
 
 
@@ -139,8 +152,7 @@ def test_a_callers_autocast_does_not_change_the_samples(size: dict[str, int]) ->
     ds = SyntheticNodules(NoduleSpec(), n=4, seed=3, **size)
     plain, masks = ds.render(range(4), return_masks=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        cast, cast_masks = ds.render(range(4), return_masks=True,
-                                     overrides={"diameter_mm": 12.0})
+        cast, cast_masks = ds.render(range(4), return_masks=True, overrides={"diameter_mm": 12.0})
         again = ds.render(range(4))
     assert again.dtype == torch.float32
     assert torch.equal(again, plain)

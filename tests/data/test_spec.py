@@ -80,8 +80,9 @@ def test_factors_stay_in_physical_ranges_and_marginals() -> None:
 
 
 @pytest.mark.parametrize("strength", [-1.0, -0.3, 0.0, 0.55, 0.9, 1.0])
-@pytest.mark.parametrize(("factor", "n"), [("diameter_mm", 999), ("calcification", 500),
-                                           ("texture", 137)])
+@pytest.mark.parametrize(
+    ("factor", "n"), [("diameter_mm", 999), ("calcification", 500), ("texture", 137)]
+)
 def test_exact_shortcut_counts(factor: str, n: int, strength: float) -> None:
     spec = NoduleSpec().with_shortcut(factor, strength)
     for agree, size in agree_counts(spec, n)[factor].values():
@@ -89,9 +90,12 @@ def test_exact_shortcut_counts(factor: str, n: int, strength: float) -> None:
 
 
 def test_combined_shortcuts_each_exact_with_label_noise() -> None:
-    spec = (NoduleSpec(label_noise=0.1).with_shortcut("diameter_mm", 0.8)
-            .with_shortcut("calcification", -0.6).with_shortcut("margin_sharpness", 0.3,
-                                                                threshold=0.8))
+    spec = (
+        NoduleSpec(label_noise=0.1)
+        .with_shortcut("diameter_mm", 0.8)
+        .with_shortcut("calcification", -0.6)
+        .with_shortcut("margin_sharpness", 0.3, threshold=0.8)
+    )
     factors, labels = sample_factors(spec, 777, 5)
     clean = (factors["spiculation"] > 0.5).long()
     assert int((clean != labels).sum()) == round(777 * 0.1)
@@ -109,7 +113,7 @@ def test_conditioned_factor_keeps_its_marginal_within_the_side() -> None:
     assert float(big.min()) > 12.5 and float(small.max()) <= 12.5
     # uniform on (12.5, 20]: mean 16.25, var 56.25/12
     assert abs(float(big.mean()) - 16.25) < 0.15
-    assert abs(float(big.var()) - 7.5 ** 2 / 12) < 0.4
+    assert abs(float(big.var()) - 7.5**2 / 12) < 0.4
 
 
 def test_test_distributions() -> None:
@@ -121,8 +125,10 @@ def test_test_distributions() -> None:
     assert tests["decorrelated"].shortcuts[0].strength == 0.0
     assert tests["reversed"].shortcuts[0].strength == -0.9
     f_rev, _ = sample_factors(tests["reversed"], 400, 1)
-    assert agree_counts(tests["reversed"], 400, 1)["diameter_mm"][1] == (expected_agree(
-        200, -0.9), 200)
+    assert agree_counts(tests["reversed"], 400, 1)["diameter_mm"][1] == (
+        expected_agree(200, -0.9),
+        200,
+    )
     # held out: only malignant samples on the benign-looking side (small nodules)
     f_ho, y_ho = sample_factors(tests["heldout"], 300, 2)
     assert bool((y_ho == 1).all()) and float(f_ho["diameter_mm"].max()) <= 12.5
@@ -187,47 +193,97 @@ def test_per_index_purity_without_allocation() -> None:
 
 
 BAD_SPECS = [
-    (lambda: NoduleSpec(marginals={"diameter_mm": Uniform(1.0, 10.0)}), ValueError,
-     "marginals['diameter_mm'] must lie in [3.0, 30.0] mm; got [1.0, 10.0]"),
-    (lambda: NoduleSpec(marginals={"size": Uniform(1.0, 10.0)}), ValueError,
-     "marginals must be one of diameter_mm"),
-    (lambda: NoduleSpec(marginals={"texture": Uniform(0.0, 1.0)}), ValueError,
-     "must be Categorical or Fixed"),
-    (lambda: NoduleSpec(marginals={"texture": Categorical({"fluffy": 1.0})}), ValueError,
-     "got 'fluffy'"),
+    (
+        lambda: NoduleSpec(marginals={"diameter_mm": Uniform(1.0, 10.0)}),
+        ValueError,
+        "marginals['diameter_mm'] must lie in [3.0, 30.0] mm; got [1.0, 10.0]",
+    ),
+    (
+        lambda: NoduleSpec(marginals={"size": Uniform(1.0, 10.0)}),
+        ValueError,
+        "marginals must be one of diameter_mm",
+    ),
+    (
+        lambda: NoduleSpec(marginals={"texture": Uniform(0.0, 1.0)}),
+        ValueError,
+        "must be Categorical or Fixed",
+    ),
+    (
+        lambda: NoduleSpec(marginals={"texture": Categorical({"fluffy": 1.0})}),
+        ValueError,
+        "got 'fluffy'",
+    ),
     (lambda: NoduleSpec(marginals={"calcification": Fixed("bone")}), ValueError, "'bone'"),
-    (lambda: NoduleSpec().with_shortcut("diameter_mm", 1.5), ValueError,
-     "strength must lie in [-1.0, 1.0]; got 1.5"),
-    (lambda: NoduleSpec().with_shortcut("spiculation", 0.5), ValueError,
-     "must not feed the label rule"),
-    (lambda: NoduleSpec().with_shortcut("diameter_mm", 0.5, threshold=40.0), ValueError,
-     "threshold must lie in (3.0, 30.0)"),
-    (lambda: NoduleSpec().with_shortcut("diameter_mm", 0.5, threshold=25.0), ValueError,
-     "no mass"),
-    (lambda: NoduleSpec().with_shortcut("texture", 0.5, malignant_categories=("x",)),
-     ValueError, "non-empty proper subset"),
-    (lambda: NoduleSpec().with_shortcut("attenuation_hu", 0.5), ValueError,
-     "needs a Uniform marginal"),
+    (
+        lambda: NoduleSpec().with_shortcut("diameter_mm", 1.5),
+        ValueError,
+        "strength must lie in [-1.0, 1.0]; got 1.5",
+    ),
+    (
+        lambda: NoduleSpec().with_shortcut("spiculation", 0.5),
+        ValueError,
+        "must not feed the label rule",
+    ),
+    (
+        lambda: NoduleSpec().with_shortcut("diameter_mm", 0.5, threshold=40.0),
+        ValueError,
+        "threshold must lie in (3.0, 30.0)",
+    ),
+    (lambda: NoduleSpec().with_shortcut("diameter_mm", 0.5, threshold=25.0), ValueError, "no mass"),
+    (
+        lambda: NoduleSpec().with_shortcut("texture", 0.5, malignant_categories=("x",)),
+        ValueError,
+        "non-empty proper subset",
+    ),
+    (
+        lambda: NoduleSpec().with_shortcut("attenuation_hu", 0.5),
+        ValueError,
+        "needs a Uniform marginal",
+    ),
     (lambda: NoduleSpec().with_shortcut("colour", 0.5), ValueError, "got 'colour'"),
-    (lambda: NoduleSpec(marginals={"spiculation": Uniform(0.0, 0.4)}), ValueError,
-     "marginals['spiculation'] must give both classes"),
+    (
+        lambda: NoduleSpec(marginals={"spiculation": Uniform(0.0, 0.4)}),
+        ValueError,
+        "marginals['spiculation'] must give both classes",
+    ),
     (lambda: NoduleSpec(label_noise=0.7), ValueError, "label_noise must lie in [0.0, 0.5]"),
     (lambda: NoduleSpec(malignant_fraction=1.2), ValueError, "malignant_fraction"),
-    (lambda: NoduleSpec(label_rule=LinearLabelRule({"spiculation": 1.0}, 0.5)), ValueError,
-     "malignant_fraction must be None"),
-    (lambda: NoduleSpec(label_rule=Split("spiculation", 1.5)), ValueError,
-     "label_rule.threshold must lie in (0.0, 1.0)"),
+    (
+        lambda: NoduleSpec(label_rule=LinearLabelRule({"spiculation": 1.0}, 0.5)),
+        ValueError,
+        "malignant_fraction must be None",
+    ),
+    (
+        lambda: NoduleSpec(label_rule=Split("spiculation", 1.5)),
+        ValueError,
+        "label_rule.threshold must lie in (0.0, 1.0)",
+    ),
     (lambda: NoduleSpec().heldout(), ValueError, "at least one shortcut"),
-    (lambda: NoduleSpec().with_shortcut("diameter_mm", 1).heldout(label=2), ValueError,
-     "label must be 0 or 1; got 2"),
-    (lambda: NoduleSpec().with_shortcut("diameter_mm", 1).heldout("texture"), ValueError,
-     "factor must be one of the shortcut factors"),
-    (lambda: NoduleSpec(shortcuts=(Shortcut(Split("diameter_mm", 10.0), 0.5),) * 2),
-     ValueError, "distinct"),
-    (lambda: NoduleSpec(marginals={"attenuation_hu": ByCategory("texture", {})}), ValueError,
-     "one entry per category"),
-    (lambda: NoduleSpec(marginals={"diameter_mm": 5.0}), TypeError,  # type: ignore[dict-item]
-     "must be Uniform, LogUniform, Categorical, Fixed or ByCategory"),
+    (
+        lambda: NoduleSpec().with_shortcut("diameter_mm", 1).heldout(label=2),
+        ValueError,
+        "label must be 0 or 1; got 2",
+    ),
+    (
+        lambda: NoduleSpec().with_shortcut("diameter_mm", 1).heldout("texture"),
+        ValueError,
+        "factor must be one of the shortcut factors",
+    ),
+    (
+        lambda: NoduleSpec(shortcuts=(Shortcut(Split("diameter_mm", 10.0), 0.5),) * 2),
+        ValueError,
+        "distinct",
+    ),
+    (
+        lambda: NoduleSpec(marginals={"attenuation_hu": ByCategory("texture", {})}),
+        ValueError,
+        "one entry per category",
+    ),
+    (
+        lambda: NoduleSpec(marginals={"diameter_mm": 5.0}),
+        TypeError,  # type: ignore[dict-item]
+        "must be Uniform, LogUniform, Categorical, Fixed or ByCategory",
+    ),
 ]
 
 
@@ -239,8 +295,11 @@ def test_bad_specs_raise_with_field_range_and_value(make, exc, fragment) -> None
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from([f for f in FACTORS.values() if not f.is_categorical]),
-       st.floats(-1e4, 1e4, allow_nan=False), st.floats(0.01, 1e3))
+@given(
+    st.sampled_from([f for f in FACTORS.values() if not f.is_categorical]),
+    st.floats(-1e4, 1e4, allow_nan=False),
+    st.floats(0.01, 1e3),
+)
 def test_out_of_range_uniforms_rejected(factor, low, width) -> None:
     dist = Uniform(low, low + width)
     inside = factor.low <= low and low + width <= factor.high
@@ -260,8 +319,11 @@ def test_out_of_range_strengths_rejected(strength: float) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 400), st.floats(-1, 1), st.sampled_from(["diameter_mm", "vessels",
-                                                                 "lobulation", "texture"]))
+@given(
+    st.integers(1, 400),
+    st.floats(-1, 1),
+    st.sampled_from(["diameter_mm", "vessels", "lobulation", "texture"]),
+)
 def test_shortcut_counts_property(n: int, strength: float, factor: str) -> None:
     spec = NoduleSpec().with_shortcut(factor, strength)
     for agree, size in agree_counts(spec, n, n)[factor].values():

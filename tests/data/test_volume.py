@@ -17,10 +17,13 @@ from nodulebench.data.render import MASK_NAMES
 
 REFERENCE = Path(__file__).with_name("reference_2d_v2.npz")
 # every context, calcification pattern and texture in twelve samples
-CONTEXT = {"location": torch.tensor([0, 1, 2] * 4),
-           "calcification": torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 3, 6, 5, 1]),
-           "fissure": torch.tensor([0, 1] * 6), "vessels": torch.tensor([2, 1, 0] * 4),
-           "texture": torch.tensor([0, 1, 2, 1] * 3)}
+CONTEXT = {
+    "location": torch.tensor([0, 1, 2] * 4),
+    "calcification": torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 3, 6, 5, 1]),
+    "fissure": torch.tensor([0, 1] * 6),
+    "vessels": torch.tensor([2, 1, 0] * 4),
+    "texture": torch.tensor([0, 1, 2, 1] * 3),
+}
 
 
 def test_2d_images_are_those_of_the_v2_renderer() -> None:
@@ -110,8 +113,12 @@ def test_chunk_size_does_not_change_volumes() -> None:
 
 
 def test_noise_is_independent_between_slices_and_texture_is_smooth() -> None:
-    quiet = {"vessels": "none", "location": "isolated", "fissure": "absent",
-             "slice_thickness_mm": 0.5}
+    quiet = {
+        "vessels": "none",
+        "location": "isolated",
+        "fissure": "absent",
+        "slice_thickness_mm": 0.5,
+    }
     spec = NoduleSpec(marginals={"background_texture_hu": Fixed(0.0)})
     ds = SyntheticNodules(spec, n=4, seed=2, volume_size=32, output="hu")
     vol = ds.render([0], overrides={**quiet, "noise_hu": 40.0, "offset_x_mm": -10.0})
@@ -119,8 +126,9 @@ def test_noise_is_independent_between_slices_and_texture_is_smooth() -> None:
     a, b = corner[4:12].flatten(), corner[5:13].flatten()
     assert abs(float(torch.corrcoef(torch.stack((a, b)))[0, 1])) < 0.1
     textured = SyntheticNodules(n=4, seed=2, volume_size=32, output="hu").render(
-        [0, 1, 2], overrides={**quiet, "noise_hu": 0.0, "background_texture_hu": 60.0,
-                              "offset_x_mm": -10.0})
+        [0, 1, 2],
+        overrides={**quiet, "noise_hu": 0.0, "background_texture_hu": 60.0, "offset_x_mm": -10.0},
+    )
     field = textured[:, 0, :, :, 20:]  # away from the nodule
     along_z = (field[:, 1:] - field[:, :-1]).abs().mean()
     along_x = (field[..., 1:] - field[..., :-1]).abs().mean()
@@ -129,14 +137,19 @@ def test_noise_is_independent_between_slices_and_texture_is_smooth() -> None:
 
 def test_planted_ball_measures_back() -> None:
     ds = SyntheticNodules(n=8, seed=5, volume_size=32, output="hu")
-    ball = {"sphericity": 1.0, "lobulation": 0.0, "spiculation": 0.0, "diameter_mm": 14.0,
-            "calcification": "absent", "texture": "solid"}
-    vol, masks, used = ds.render(range(4), return_masks=True, overrides=ball,
-                                 return_factors=True)
+    ball = {
+        "sphericity": 1.0,
+        "lobulation": 0.0,
+        "spiculation": 0.0,
+        "diameter_mm": 14.0,
+        "calcification": "absent",
+        "texture": "solid",
+    }
+    vol, masks, used = ds.render(range(4), return_masks=True, overrides=ball, return_factors=True)
     m = measure_volume(vol, masks, ds.voxel_size_mm[:4], units="hu")
     # the median over the eroded body, off by noise and blur (here at most 12.4 HU)
     torch.testing.assert_close(m.attenuation_hu, used["attenuation_hu"], rtol=0, atol=15.0)
-    expected = math.pi * 14.0 ** 3 / 6
+    expected = math.pi * 14.0**3 / 6
     assert torch.allclose(m.volume_mm3, torch.full((4,), expected), rtol=0.06)
     assert torch.allclose(m.diameter_mm, torch.full((4,), 14.0), atol=1.0)
     assert bool((m.sphericity > 0.92).all()) and bool((m.sphericity < 1.08).all())
@@ -166,14 +179,13 @@ def test_spicules_are_tubes_and_grow_with_spiculation() -> None:
     assert int(vols[0].sum()) == 0
     assert bool((vols[2] >= vols[1]).all()) and int(vols[2].sum()) > int(vols[1].sum()) > 0
     # a tube of the in-plane set is seen in the slices next to the central one, thinner
-    _, masks = ds.render([0], return_masks=True, overrides={"spiculation": 1.0,
-                                                            "diameter_mm": 6.0})
+    _, masks = ds.render([0], return_masks=True, overrides={"spiculation": 1.0, "diameter_mm": 6.0})
     per_slice = masks["spicules"][0, 0].flatten(1).sum(1)
     assert int(per_slice[16]) > 0
     # the oblique set leaves the body upwards and downwards, beyond the body's top and bottom
     body_slices = torch.nonzero(masks["body"][0, 0].flatten(1).any(1)).flatten()
-    assert int(per_slice[int(body_slices.max()) + 1:].sum()) > 0
-    assert int(per_slice[:int(body_slices.min())].sum()) > 0
+    assert int(per_slice[int(body_slices.max()) + 1 :].sum()) > 0
+    assert int(per_slice[: int(body_slices.min())].sum()) > 0
 
 
 def test_volumes_materialize_and_reload(tmp_path: Path) -> None:
@@ -191,8 +203,11 @@ def test_volumes_materialize_and_reload(tmp_path: Path) -> None:
     [
         ({"volume_size": 8}, ValueError, "volume_size must be an int in [16, 256]; got 8"),
         ({"volume_size": 32.0}, TypeError, "volume_size must be an int; got float"),
-        ({"volume_size": 32, "image_size": 48}, ValueError,
-         "image_size must be left at 64 or equal volume_size"),
+        (
+            {"volume_size": 32, "image_size": 48},
+            ValueError,
+            "image_size must be left at 64 or equal volume_size",
+        ),
     ],
 )
 def test_bad_volume_arguments_raise(kwargs, exc, fragment) -> None:
@@ -203,8 +218,11 @@ def test_bad_volume_arguments_raise(kwargs, exc, fragment) -> None:
 
 def test_bad_volume_values_raise() -> None:
     ds = SyntheticNodules(n=4, volume_size=16)
-    with pytest.raises(ValueError, match=r"overrides\['slice_thickness_mm'\] must lie in "
-                                         r"\[0.5, 5.0\] mm; got 9.0"):
+    with pytest.raises(
+        ValueError,
+        match=r"overrides\['slice_thickness_mm'\] must lie in "
+        r"\[0.5, 5.0\] mm; got 9.0",
+    ):
         ds.intervene(0, slice_thickness_mm=9.0)
     with pytest.raises(ValueError, match="voxel_size_mm needs a volume dataset"):
         _ = SyntheticNodules(n=4).voxel_size_mm
@@ -218,15 +236,18 @@ def test_bad_volume_values_raise() -> None:
     with pytest.raises(ValueError, match=r"masks\['vessels'\] must have the volume's shape"):
         measure_volume(vol, {**masks, "vessels": masks["vessels"][:1]}, 1.0)
     with pytest.raises(ValueError, match="volumes \\[1\\] are empty"):
-        measure_volume(vol, {"nodule": torch.stack((masks["nodule"][0],
-                                                    torch.zeros_like(masks["nodule"][0])))},
-                       1.0)
+        measure_volume(
+            vol,
+            {"nodule": torch.stack((masks["nodule"][0], torch.zeros_like(masks["nodule"][0])))},
+            1.0,
+        )
 
 
 @pytest.mark.gpu
 def test_volumes_cpu_and_cuda_agree() -> None:
-    ds = SyntheticNodules(NoduleSpec().with_shortcut("calcification", 0.5), n=16, seed=0,
-                          volume_size=32)
+    ds = SyntheticNodules(
+        NoduleSpec().with_shortcut("calcification", 0.5), n=16, seed=0, volume_size=32
+    )
     idx = list(range(16))
     cpu, cpu_masks = ds.render(idx, return_masks=True)
     gpu, gpu_masks = ds.render(idx, device="cuda", return_masks=True)
@@ -247,20 +268,20 @@ def test_volume_datasets_pickle_and_take_shortcuts() -> None:
     thick = ds.factors["slice_thickness_mm"] > 1.8  # the median of uniform 0.6 - 3.0
     agree = (thick == ds.labels.bool()).float().mean()
     assert float(agree) == pytest.approx(0.9)
-    test = SyntheticNodules(spec.test_distributions()["reversed"], n=40, seed=10,
-                            volume_size=16)
+    test = SyntheticNodules(spec.test_distributions()["reversed"], n=40, seed=10, volume_size=16)
     flipped = (test.factors["slice_thickness_mm"] > 1.8) == test.labels.bool()
     assert float(flipped.float().mean()) == pytest.approx(0.1)
 
 
 @settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 2**32), index=st.integers(0, 999),
-       size=st.sampled_from([16, 32]))
+@given(seed=st.integers(0, 2**32), index=st.integers(0, 999), size=st.sampled_from([16, 32]))
 def test_any_thin_volume_holds_its_2d_image(seed: int, index: int, size: int) -> None:
     # profiles up to 0.7 mm are the identity at 16 and 32 voxels (voxels of >= 0.92 mm)
     thin = {"slice_thickness_mm": 0.7}
     image = SyntheticNodules(n=1000, seed=seed, image_size=size, output="hu").render(
-        [index], overrides=thin)
+        [index], overrides=thin
+    )
     volume = SyntheticNodules(n=1000, seed=seed, volume_size=size, output="hu").render(
-        [index], overrides=thin)
+        [index], overrides=thin
+    )
     torch.testing.assert_close(volume[:, :, size // 2], image, rtol=0, atol=1e-3)

@@ -78,10 +78,14 @@ def case_gather(rank: int, world_size: int, group: Group) -> dict[str, Any]:
     labels = torch.arange(start, start + sizes[rank]) * 10
     known = gather_sizes(local, group)
     return {
-        "rank": get_rank(group), "world_size": get_world_size(group),
-        "distributed": is_distributed(group), "global_world_size": get_world_size(),
-        "sizes": torch.tensor(known), "offset": local_row_offset(local, group),
-        "gathered": gathered.detach(), "grad": local.grad,
+        "rank": get_rank(group),
+        "world_size": get_world_size(group),
+        "distributed": is_distributed(group),
+        "global_world_size": get_world_size(),
+        "sizes": torch.tensor(known),
+        "offset": local_row_offset(local, group),
+        "gathered": gathered.detach(),
+        "grad": local.grad,
         "gathered_with_sizes": all_gather_with_grad(local, group, sizes=known).detach(),
         "labels": all_gather_no_grad(labels, group),
         "labels_with_sizes": all_gather_no_grad(labels, group, sizes=known),
@@ -107,9 +111,7 @@ def case_shape_errors(rank: int, world_size: int, group: Group) -> dict[str, Any
         "dtype": _error_message(lambda: all_gather_with_grad(dtype, group)),
         "trailing": _error_message(lambda: all_gather_with_grad(trailing, group)),
         "ndim": _error_message(lambda: gather_sizes(rank_of_tensor, group)),
-        "sizes": _error_message(
-            lambda: all_gather_no_grad(trailing, group, sizes=wrong_sizes)
-        ),
+        "sizes": _error_message(lambda: all_gather_no_grad(trailing, group, sizes=wrong_sizes)),
     }
 
 
@@ -141,7 +143,10 @@ def supcon_rows_vs_columns(
 
 
 def reduce_like_contract(
-    loss: torch.Tensor, valid: torch.Tensor, reduction: str, world_size: int,
+    loss: torch.Tensor,
+    valid: torch.Tensor,
+    reduction: str,
+    world_size: int,
     group: Group = None,
 ) -> torch.Tensor:
     """Rank r's share of the global loss, normalised so that DDP's average is exact."""
@@ -180,7 +185,9 @@ def case_contract(rank: int, world_size: int, group: Group) -> dict[str, Any]:
             value = reduce_like_contract(loss, valid, reduction, world_size, group)
             value.sum().backward()
             results[f"{layout}-{reduction}"] = {
-                "loss": value.detach(), "grad": local.grad, "offset": offset
+                "loss": value.detach(),
+                "grad": local.grad,
+                "offset": offset,
             }
     return results
 

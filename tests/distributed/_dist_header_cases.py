@@ -49,69 +49,85 @@ def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
     gather: dict[str, Any] = {"gather_distributed": True, "process_group": group}
     return {
         "labels": lambda: LF.supcon_loss(z, None if odd else y, **gather),
-        "temperature": lambda: LF.supcon_loss(z, y, temperature=0.2 if odd else 0.1,
-                                              **gather),
+        "temperature": lambda: LF.supcon_loss(z, y, temperature=0.2 if odd else 0.1, **gather),
         "loss": lambda: (LF.contrastive_loss if odd else LF.supcon_loss)(z, y, **gather),
-        "reduction": lambda: LF.triplet_margin_loss(z, y, reduction="sum" if odd else "mean",
-                                                    **gather),
+        "reduction": lambda: LF.triplet_margin_loss(
+            z, y, reduction="sum" if odd else "mean", **gather
+        ),
         "normalize": lambda: LF.multi_similarity_loss(z, y, normalize=not odd, **gather),
         "dtype": lambda: LF.supcon_loss(z.half() if odd else z, y, **gather),
         "width": lambda: LF.contrastive_loss(torch.zeros(3, DIM + odd), y[:3], **gather),
         "views": lambda: LF.supcon_loss(z[:, None].expand(-1, 1 + odd, -1), y, **gather),
         "int_vs_float": lambda: LF.supcon_loss(z, y, temperature=1 if odd else 1.0, **gather),
-        "clip_temperature": lambda: LF.clip_loss(z, z.flip(0), temperature=0.2 if odd else 0.1,
-                                                 **gather),
+        "clip_temperature": lambda: LF.clip_loss(
+            z, z.flip(0), temperature=0.2 if odd else 0.1, **gather
+        ),
         "two_tower_loss": lambda: (LF.siglip_loss if odd else LF.clip_loss)(z, z, **gather),
         "form": lambda: LF.contrastive_loss(z, y, form="pml" if odd else "hadsell", **gather),
         "ref_temperature": lambda: LF.supcon_loss(
-            z, y, ref_emb=z, ref_labels=y, temperature=0.2 if odd else 0.1, **gather),
-        "ref_width": lambda: LF.supcon_loss(torch.ones(3, DIM + odd), y[:3],
-                                            ref_emb=torch.ones(2, DIM + odd),
-                                            ref_labels=y[:2], **gather),
+            z, y, ref_emb=z, ref_labels=y, temperature=0.2 if odd else 0.1, **gather
+        ),
+        "ref_width": lambda: LF.supcon_loss(
+            torch.ones(3, DIM + odd),
+            y[:3],
+            ref_emb=torch.ones(2, DIM + odd),
+            ref_labels=y[:2],
+            **gather,
+        ),
         "memory_temperature": lambda: CrossBatchMemory(
-            SupConLoss(temperature=0.2 if odd else 0.1, **gather), embedding_size=DIM,
-            memory_size=8)(z, y),
+            SupConLoss(temperature=0.2 if odd else 0.1, **gather), embedding_size=DIM, memory_size=8
+        )(z, y),
         "fields": lambda: gather_sizes(z, group, agree={"b" if odd else "a": 1}),
         "long_value": lambda: gather_sizes(
-            z, group, agree={"note": "x" * 40 + ("!" if odd else "?")}),
+            z, group, agree={"note": "x" * 40 + ("!" if odd else "?")}
+        ),
         # Rank 1 (or every rank) rejects its own input: it still meets the others.
         "empty_batch": lambda: LF.supcon_loss(z[:0] if odd else z, **gather),
         "bad_labels": lambda: LF.contrastive_loss(z, y[:-1] if odd else y, **gather),
         "all_empty": lambda: LF.triplet_margin_loss(z[:0], y[:0], **gather),
-        "ref_bad_width": lambda: LF.supcon_loss(z, y, ref_emb=z[:, : DIM - odd],
-                                                ref_labels=y, **gather),
-        "ref_no_labels": lambda: LF.supcon_loss(z, y, ref_emb=z,
-                                                ref_labels=None if odd else y, **gather),
+        "ref_bad_width": lambda: LF.supcon_loss(
+            z, y, ref_emb=z[:, : DIM - odd], ref_labels=y, **gather
+        ),
+        "ref_no_labels": lambda: LF.supcon_loss(
+            z, y, ref_emb=z, ref_labels=None if odd else y, **gather
+        ),
         "memory_width": lambda: CrossBatchMemory(
-            SupConLoss(**gather), embedding_size=DIM, memory_size=8)(
-            z[:, : DIM - odd], y),
+            SupConLoss(**gather), embedding_size=DIM, memory_size=8
+        )(z[:, : DIM - odd], y),
         # Correct-N-Contrast and the two-tower losses check their own inputs first.
         "cnc_short_predictions": lambda: cnc_loss(z, y, y[:-1] if odd else 1 - y, **gather),
         "cnc_float_labels": lambda: CnCLoss(**gather)(z, y.double() if odd else y, 1 - y),
         "clip_towers": lambda: LF.clip_loss(z, z[:, : DIM - odd], **gather),
         "clip_temperature_value": lambda: LF.clip_loss(
-            z, z.flip(0), temperature=torch.tensor(-1.0 if odd else 0.1), **gather),
+            z, z.flip(0), temperature=torch.tensor(-1.0 if odd else 0.1), **gather
+        ),
         "clip_module_dtype": lambda: ClipLoss(**gather)(z, z.double() if odd else z),
         "siglip_towers": lambda: LF.siglip_loss(z, z[: 3 + rank - odd], **gather),
         "siglip_bias_shape": lambda: LF.siglip_loss(
-            z, z, bias=torch.zeros(2) if odd else torch.tensor(-1.0), **gather),
+            z, z, bias=torch.zeros(2) if odd else torch.tensor(-1.0), **gather
+        ),
         "siglip_module_device": lambda: SigLipLoss(**gather)(z, z.to("meta") if odd else z),
         # GroupDRO (logits z with D = 5 classes): the same exchange before its group sums.
-        "dro_step_size": lambda: GroupDROLoss(step_size=0.02 if odd else 0.01, **gather)(
-            z, y, y),
+        "dro_step_size": lambda: GroupDROLoss(step_size=0.02 if odd else 0.01, **gather)(z, y, y),
         "dro_groups_out_of_range": lambda: group_dro_loss(
-            z, y, y + 4 * odd, torch.full((4,), 0.25), **gather),
+            z, y, y + 4 * odd, torch.full((4,), 0.25), **gather
+        ),
         # A functional call whose options rank 1 alone gets wrong.
         "supcon_option_value": lambda: LF.supcon_loss(
-            z, y, temperature=-1.0 if odd else 0.1, **gather),
+            z, y, temperature=-1.0 if odd else 0.1, **gather
+        ),
         "ntxent_option_typo": lambda: LF.ntxent_loss(
-            z, z.flip(0), **({"temprature": 0.1} if odd else {}), **gather),
+            z, z.flip(0), **({"temprature": 0.1} if odd else {}), **gather
+        ),
         "clip_option_value": lambda: LF.clip_loss(
-            z, z.flip(0), temperature=-1.0 if odd else 0.1, **gather),
-        "cnc_option_value": lambda: cnc_loss(z, y, 1 - y, temperature=-1.0 if odd else 0.1,
-                                             **gather),
+            z, z.flip(0), temperature=-1.0 if odd else 0.1, **gather
+        ),
+        "cnc_option_value": lambda: cnc_loss(
+            z, y, 1 - y, temperature=-1.0 if odd else 0.1, **gather
+        ),
         "dro_option_value": lambda: group_dro_loss(
-            z, y, y, torch.full((4,), 0.25), step_size=-1.0 if odd else 0.01, **gather),
+            z, y, y, torch.full((4,), 0.25), step_size=-1.0 if odd else 0.01, **gather
+        ),
     }
 
 
@@ -139,6 +155,5 @@ def case_skipped_gather(rank: int, world_size: int, group: Group) -> dict[str, A
     try:
         LF.supcon_loss(z, y, gather_distributed=True, process_group=short)
     except RuntimeError as error:
-        return {"raised": f"{type(error).__name__}: {error}",
-                "waited_s": time.monotonic() - start}
+        return {"raised": f"{type(error).__name__}: {error}", "waited_s": time.monotonic() - start}
     return {"raised": "no error", "waited_s": time.monotonic() - start}

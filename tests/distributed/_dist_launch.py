@@ -46,7 +46,11 @@ def run_distributed(
     workdir.mkdir(parents=True, exist_ok=True)
     target = Path(sys.modules[fn.__module__].__file__ or "").resolve()
     store = dist.TCPStore(
-        "127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False,
+        "127.0.0.1",
+        0,
+        world_size,
+        is_master=True,
+        wait_for_workers=False,
         timeout=timedelta(seconds=timeout_s),
     )
     env = dict(os.environ)
@@ -58,11 +62,18 @@ def run_distributed(
     try:
         for rank in range(world_size):
             with (workdir / f"rank{rank}.log").open("w") as log:
-                cmd = [sys.executable, __file__, str(rank), str(world_size), str(store.port),
-                       str(target), fn.__name__, str(workdir), str(timeout_s)]
-                procs.append(
-                    subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-                )
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    str(rank),
+                    str(world_size),
+                    str(store.port),
+                    str(target),
+                    fn.__name__,
+                    str(workdir),
+                    str(timeout_s),
+                ]
+                procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
         # Poll rather than wait in turn: once one rank fails, the others would only
         # block in their next collective, so they are stopped at once.
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
@@ -85,10 +96,10 @@ def run_distributed(
     if failures:
         timed_out = time.monotonic() >= deadline
         reason = f"the {timeout_s} s timeout expired" if timed_out else "a rank failed"
-        raise RuntimeError(f"distributed run on {world_size} ranks aborted: {reason}\n"
-                           + "\n".join(failures))
-    return [torch.load(workdir / f"rank{rank}.pt", weights_only=True)
-            for rank in range(world_size)]
+        raise RuntimeError(
+            f"distributed run on {world_size} ranks aborted: {reason}\n" + "\n".join(failures)
+        )
+    return [torch.load(workdir / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]
 
 
 def _child_main(argv: list[str]) -> None:
@@ -98,8 +109,7 @@ def _child_main(argv: list[str]) -> None:
     sys.path.insert(0, str(target.parent))
     module = importlib.import_module(target.stem)
     store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=timeout)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
-                            timeout=timeout)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
     try:
         result = getattr(module, name)(rank, world_size)
         torch.save(result, workdir / f"rank{rank}.pt")

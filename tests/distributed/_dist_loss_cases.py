@@ -28,7 +28,9 @@ LOSS_SPECS: dict[str, tuple[Callable[..., torch.Tensor], dict[str, Any], bool]] 
     "contrastive": (LF.contrastive_loss, {"margin": 3.0}, True),
     "triplet-hard": (LF.triplet_margin_loss, {"mining": "hard", "margin": 0.5}, True),
     "triplet-hard-cosine": (
-        LF.triplet_margin_loss, {"mining": "hard", "margin": 0.5, "distance": "cosine"}, True
+        LF.triplet_margin_loss,
+        {"mining": "hard", "margin": 0.5, "distance": "cosine"},
+        True,
     ),
     "triplet-all": (LF.triplet_margin_loss, {"mining": "all", "margin": 0.5}, True),
     "triplet-semihard": (LF.triplet_margin_loss, {"mining": "semihard", "margin": 0.5}, True),
@@ -51,9 +53,7 @@ def loss_keys() -> Iterator[tuple[str, str, str, str]]:
         yield from itertools.product((name,), backends, sorted(LAYOUTS), inputs)
 
 
-def loss_inputs(
-    layout: str, input_kind: str, world_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_inputs(layout: str, input_kind: str, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The global float64 batch of a case, identical on every rank and in the parent."""
     sizes = LAYOUTS[layout][world_size]
     seed = 100 * world_size + 10 * sorted(LAYOUTS).index(layout) + INPUTS.index(input_kind)
@@ -64,14 +64,24 @@ def loss_inputs(
 
 
 def call_loss(
-    name: str, backend: str, embeddings: torch.Tensor, labels: torch.Tensor, reduction: str,
+    name: str,
+    backend: str,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    reduction: str,
     **gather: Any,
 ) -> torch.Tensor:
     fn, options, needs_labels = LOSS_SPECS[name]
     if fn is LF.ntxent_loss:
         return fn(embeddings, reduction=reduction, backend=backend, **options, **gather)
-    return fn(embeddings, labels if needs_labels else None, reduction=reduction,
-              backend=backend, **options, **gather)
+    return fn(
+        embeddings,
+        labels if needs_labels else None,
+        reduction=reduction,
+        backend=backend,
+        **options,
+        **gather,
+    )
 
 
 def case_losses(rank: int, world_size: int, group: Group) -> dict[str, Any]:
@@ -83,11 +93,19 @@ def case_losses(rank: int, world_size: int, group: Group) -> dict[str, Any]:
         local = slice(start, start + sizes[rank])
         for reduction in LAYOUT_REDUCTIONS[layout]:
             rows = embeddings[local].clone().requires_grad_(True)
-            value = call_loss(name, backend, rows, labels[local], reduction,
-                              gather_distributed=True, process_group=group)
+            value = call_loss(
+                name,
+                backend,
+                rows,
+                labels[local],
+                reduction,
+                gather_distributed=True,
+                process_group=group,
+            )
             value.sum().backward()
             results["/".join((name, backend, layout, input_kind, reduction))] = {
-                "loss": value.detach(), "grad": rows.grad,
+                "loss": value.detach(),
+                "grad": rows.grad,
             }
     return results
 
@@ -96,8 +114,13 @@ def case_backend_refusal(rank: int, world_size: int, group: Group) -> dict[str, 
     """Forcing Triton with gather_distributed=True fails the same way on every rank."""
     embeddings, labels = loss_inputs("even", "labels", world_size)
     try:
-        LF.supcon_loss(embeddings[:2], labels[:2], backend="triton", gather_distributed=True,
-                       process_group=group)
+        LF.supcon_loss(
+            embeddings[:2],
+            labels[:2],
+            backend="triton",
+            gather_distributed=True,
+            process_group=group,
+        )
     except ValueError as error:
         return {"message": str(error)}
     return {"message": "no error"}

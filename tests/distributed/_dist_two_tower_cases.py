@@ -23,8 +23,9 @@ TWO_TOWER_BACKENDS = ("reference", "tiled")
 
 def two_tower_keys() -> Iterator[tuple[str, str, str, str]]:
     """(loss, backend, layout, reduction) of every case."""
-    for name, backend, layout in itertools.product(TWO_TOWER_LOSSES, TWO_TOWER_BACKENDS,
-                                                   sorted(LAYOUTS)):
+    for name, backend, layout in itertools.product(
+        TWO_TOWER_LOSSES, TWO_TOWER_BACKENDS, sorted(LAYOUTS)
+    ):
         for reduction in LAYOUT_REDUCTIONS[layout]:
             yield name, backend, layout, reduction
 
@@ -39,15 +40,25 @@ def two_tower_inputs(layout: str, world_size: int) -> tuple[torch.Tensor, torch.
 
 def scalar_leaves(name: str) -> dict[str, torch.Tensor]:
     """The learnable scalars of a loss, as fresh leaves (bias -1: both labels matter)."""
-    values = {"logit_scale": math.log(5.0)} if name == "clip" else {
-        "logit_scale": math.log(10.0), "bias": -1.0}
-    return {key: torch.tensor(value, dtype=torch.float64, requires_grad=True)
-            for key, value in values.items()}
+    values = (
+        {"logit_scale": math.log(5.0)}
+        if name == "clip"
+        else {"logit_scale": math.log(10.0), "bias": -1.0}
+    )
+    return {
+        key: torch.tensor(value, dtype=torch.float64, requires_grad=True)
+        for key, value in values.items()
+    }
 
 
 def call_two_tower(
-    name: str, backend: str, image: torch.Tensor, text: torch.Tensor, reduction: str,
-    scalars: dict[str, torch.Tensor], **gather: Any,
+    name: str,
+    backend: str,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    reduction: str,
+    scalars: dict[str, torch.Tensor],
+    **gather: Any,
 ) -> torch.Tensor:
     fn = LF.clip_loss if name == "clip" else LF.siglip_loss
     return fn(image, text, reduction=reduction, backend=backend, **scalars, **gather)
@@ -63,11 +74,21 @@ def case_two_tower(rank: int, world_size: int, group: Group) -> dict[str, Any]:
         image_rows = image[local].clone().requires_grad_(True)
         text_rows = text[local].clone().requires_grad_(True)
         scalars = scalar_leaves(name)
-        value = call_two_tower(name, backend, image_rows, text_rows, reduction, scalars,
-                               gather_distributed=True, process_group=group)
+        value = call_two_tower(
+            name,
+            backend,
+            image_rows,
+            text_rows,
+            reduction,
+            scalars,
+            gather_distributed=True,
+            process_group=group,
+        )
         value.sum().backward()
         results["/".join((name, backend, layout, reduction))] = {
-            "loss": value.detach(), "image_grad": image_rows.grad, "text_grad": text_rows.grad,
+            "loss": value.detach(),
+            "image_grad": image_rows.grad,
+            "text_grad": text_rows.grad,
             **{f"{key}_grad": leaf.grad for key, leaf in scalars.items()},
         }
     return results

@@ -55,8 +55,9 @@ def test_anchor_range_matches_whole_batch(name: str, backend: str, row_range) ->
     expected = run_per_anchor(loss, whole, labels, backend=backend, **block, **options)
     (expected[0][start:stop] * weights[start:stop]).sum().backward()
     part = z.clone().requires_grad_(True)
-    got = run_per_anchor(loss, part, labels, backend=backend, row_range=row_range, **block,
-                         **options)
+    got = run_per_anchor(
+        loss, part, labels, backend=backend, row_range=row_range, **block, **options
+    )
     (got[0] * weights[start:stop]).sum().backward()
 
     for value, reference in zip(got, expected, strict=True):
@@ -64,8 +65,7 @@ def test_anchor_range_matches_whole_batch(name: str, backend: str, row_range) ->
     torch.testing.assert_close(part.grad, whole.grad, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("row_range", [(2, 1), (0, N + 1), (-1, 3), [0, 2], (0.0, 2)],
-                         ids=str)
+@pytest.mark.parametrize("row_range", [(2, 1), (0, N + 1), (-1, 3), [0, 2], (0.0, 2)], ids=str)
 def test_bad_row_range_is_named(row_range) -> None:
     z, labels = _inputs()
     with pytest.raises(ValueError, match="row_range must be a \\(start, stop\\) pair"):

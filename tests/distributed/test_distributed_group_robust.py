@@ -44,8 +44,11 @@ def cnc_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     batch = sum(ROWS)
     labels = torch.randint(0, 2, (batch,), generator=gen)
     flips = torch.rand(batch, generator=gen) < 0.4
-    return (torch.randn(batch, 2, 4, generator=gen, dtype=torch.float64), labels,
-            torch.where(flips, 1 - labels, labels))
+    return (
+        torch.randn(batch, 2, 4, generator=gen, dtype=torch.float64),
+        labels,
+        torch.where(flips, 1 - labels, labels),
+    )
 
 
 def run_ranks(rank: int, world_size: int) -> dict[str, Any]:
@@ -57,13 +60,20 @@ def run_ranks(rank: int, world_size: int) -> dict[str, Any]:
         rows = logits[mine].clone().requires_grad_(True)
         loss = loss_fn(rows, labels[mine], groups[mine])
         loss.backward()
-        results["dro"].append({"loss": loss.detach(), "grad": rows.grad,
-                               "weights": loss_fn.group_weights.clone()})
+        results["dro"].append(
+            {"loss": loss.detach(), "grad": rows.grad, "weights": loss_fn.group_weights.clone()}
+        )
     embeddings, labels, predictions = cnc_inputs()
     for backend in ("reference", "tiled"):
         rows = embeddings[mine].clone().requires_grad_(True)
-        loss = cnc_loss(rows, labels[mine], predictions[mine], temperature=0.4,
-                        backend=backend, gather_distributed=True)
+        loss = cnc_loss(
+            rows,
+            labels[mine],
+            predictions[mine],
+            temperature=0.4,
+            backend=backend,
+            gather_distributed=True,
+        )
         loss.backward()
         results[backend] = {"loss": loss.detach(), "grad": rows.grad}
     return results
@@ -91,10 +101,12 @@ def test_group_dro_weights_losses_and_gradients_equal_single_process(
         results = [r["dro"][step] for r in per_rank]
         for result in results:
             torch.testing.assert_close(result["weights"], single.group_weights, **TIGHT)
-        torch.testing.assert_close(sum(r["loss"] for r in results) / WORLD_SIZE,
-                                   loss.detach(), **TIGHT)
-        torch.testing.assert_close(torch.cat([r["grad"] for r in results]) / WORLD_SIZE,
-                                   leaf.grad, **TIGHT)
+        torch.testing.assert_close(
+            sum(r["loss"] for r in results) / WORLD_SIZE, loss.detach(), **TIGHT
+        )
+        torch.testing.assert_close(
+            torch.cat([r["grad"] for r in results]) / WORLD_SIZE, leaf.grad, **TIGHT
+        )
     assert single.group_weights[3] < 0.25  # the absent group: renormalised only
 
 
@@ -108,7 +120,9 @@ def test_cnc_loss_and_gradients_equal_single_process(
     single.backward()
     assert leaf.grad is not None and leaf.grad.abs().sum() > 0
     results = [r[backend] for r in per_rank]
-    torch.testing.assert_close(sum(r["loss"] for r in results) / WORLD_SIZE, single.detach(),
-                               **TIGHT)
-    torch.testing.assert_close(torch.cat([r["grad"] for r in results]) / WORLD_SIZE,
-                               leaf.grad, **TIGHT)
+    torch.testing.assert_close(
+        sum(r["loss"] for r in results) / WORLD_SIZE, single.detach(), **TIGHT
+    )
+    torch.testing.assert_close(
+        torch.cat([r["grad"] for r in results]) / WORLD_SIZE, leaf.grad, **TIGHT
+    )

@@ -27,8 +27,10 @@ EXPECTED = {
     "loss": ("every rank must pass the same loss", ("'supcon'", "'contrastive'")),
     "reduction": ("every rank must pass the same reduction", ("'mean'", "'sum'")),
     "normalize": ("every rank must pass the same normalize", ("True", "False")),
-    "dtype": ("embeddings must have the same dtype on every rank",
-              ("torch.float32", "torch.float16")),
+    "dtype": (
+        "embeddings must have the same dtype on every rank",
+        ("torch.float32", "torch.float16"),
+    ),
     "width": (SHAPES, ("(3, 5)", "(3, 6)", "(3, 5)")),
     "views": (SHAPES, ("(3, 1, 5)", "(4, 2, 5)", "(5, 1, 5)")),
     "form": ("every rank must pass the same form", ("'hadsell'", "'pml'")),
@@ -69,8 +71,9 @@ def _listing(world_size: int, values: tuple[str, ...]) -> str:
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
 @pytest.mark.parametrize("case", sorted(EXPECTED))
-def test_every_rank_raises_the_same_named_error(distributed_results, world_size: int,
-                                                case: str) -> None:
+def test_every_rank_raises_the_same_named_error(
+    distributed_results, world_size: int, case: str
+) -> None:
     per_rank = distributed_results(world_size, "header_errors")
     messages = {res[case] for res in per_rank}
     assert len(messages) == 1, f"ranks raised different errors: {messages}"
@@ -79,44 +82,49 @@ def test_every_rank_raises_the_same_named_error(distributed_results, world_size:
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
-def test_a_rank_that_rejects_its_input_makes_every_rank_fail(distributed_results,
-                                                              world_size: int) -> None:
+def test_a_rank_that_rejects_its_input_makes_every_rank_fail(
+    distributed_results, world_size: int
+) -> None:
     per_rank = distributed_results(world_size, "header_errors")
     empty = "ValueError: embeddings must hold at least one sample, view and feature"
     short = "ValueError: labels must have shape (B,) = (4,) to match embeddings of shape"
-    named = ("ValueError: rank 1 rejected its own input before the gather (the error "
-             "raised there says why), so no rank can gather")
+    named = (
+        "ValueError: rank 1 rejected its own input before the gather (the error "
+        "raised there says why), so no rank can gather"
+    )
     for rank, res in enumerate(per_rank):
         assert res["empty_batch"].startswith(empty if rank == 1 else named)
         assert res["bad_labels"].startswith(short if rank == 1 else named)
         assert res["all_empty"].startswith(empty)  # each rank its own error, nobody waits
         # A reference set or a memory bank rejected on rank 1 alone.
         assert res["ref_bad_width"].startswith(
-            "ValueError: ref_emb must have the embedding dimension D = 5" if rank == 1
-            else named)
+            "ValueError: ref_emb must have the embedding dimension D = 5" if rank == 1 else named
+        )
         assert res["ref_no_labels"].startswith(
-            "TypeError: labels were given but ref_labels is None" if rank == 1 else named)
+            "TypeError: labels were given but ref_labels is None" if rank == 1 else named
+        )
         assert res["memory_width"].startswith(
-            "ValueError: embeddings must have D = embedding_size = 5" if rank == 1
-            else named)
+            "ValueError: embeddings must have D = embedding_size = 5" if rank == 1 else named
+        )
         # Correct-N-Contrast and the two-tower losses, rejected on rank 1 alone.
         for case, own in REJECTED_ON_RANK_1.items():
             assert res[case].startswith(own if rank == 1 else named), (case, res[case])
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
-def test_long_values_are_cut_in_the_message_but_compared_whole(distributed_results,
-                                                               world_size: int) -> None:
+def test_long_values_are_cut_in_the_message_but_compared_whole(
+    distributed_results, world_size: int
+) -> None:
     for res in distributed_results(world_size, "header_errors"):
         shown = "'" + "x" * 26 + "..."  # 32 bytes of "note='xxx..." travel
         assert res["long_value"] == (
             "ValueError: every rank must pass the same note; got "
-            + ", ".join(f"rank {rank}: {shown}" for rank in range(world_size)))
+            + ", ".join(f"rank {rank}: {shown}" for rank in range(world_size))
+        )
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
-def test_equal_numbers_agree_and_ranks_stay_in_step(distributed_results,
-                                                    world_size: int) -> None:
+def test_equal_numbers_agree_and_ranks_stay_in_step(distributed_results, world_size: int) -> None:
     for res in distributed_results(world_size, "header_errors"):
         assert res["int_vs_float"] == "no error"  # temperature=1 on one rank, 1.0 elsewhere
         # After every failed call above, the ranks still meet in the next collective.
@@ -142,8 +150,11 @@ def test_a_rank_that_skips_the_gather_times_out_its_peers(distributed_results) -
         ({"": 1}, ValueError, "agree's keys must be non-empty and without '='; got ''"),
         ({"a=b": 1}, ValueError, "got 'a=b'"),
         ({3: 1}, TypeError, "agree's keys must be strings; got int"),
-        ({"weights": [1.0]}, TypeError,
-         "agree['weights'] must be None, a bool, an int, a float or a str; got list"),
+        (
+            {"weights": [1.0]},
+            TypeError,
+            "agree['weights'] must be None, a bool, an int, a float or a str; got list",
+        ),
         ({"weights": torch.tensor(1.0)}, TypeError, "got Tensor"),
     ],
 )
@@ -162,26 +173,43 @@ def test_abandon_gather_without_a_process_group() -> None:
 def test_loss_options_are_checked_in_a_single_process_run() -> None:
     z, labels = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
     with pytest.raises(TypeError, match=r"agree\['margin'\] must be None, a bool"):
-        prepare_embeddings(z, labels, normalize=True, labels_required=True,
-                           gather_distributed=True, options={"margin": [0.5]})
+        prepare_embeddings(
+            z,
+            labels,
+            normalize=True,
+            labels_required=True,
+            gather_distributed=True,
+            options={"margin": [0.5]},
+        )
     # Without gather_distributed the options are not used, hence not checked.
-    prepare_embeddings(z, labels, normalize=True, labels_required=True,
-                       options={"margin": [0.5]})
+    prepare_embeddings(z, labels, normalize=True, labels_required=True, options={"margin": [0.5]})
     # Every loss hands valid options over (a bad one would raise here).
-    for loss in (LF.supcon_loss, LF.contrastive_loss, LF.triplet_margin_loss,
-                 LF.multi_similarity_loss):
+    for loss in (
+        LF.supcon_loss,
+        LF.contrastive_loss,
+        LF.triplet_margin_loss,
+        LF.multi_similarity_loss,
+    ):
         assert torch.isfinite(loss(z, labels, gather_distributed=True))
     assert torch.isfinite(LF.ntxent_loss(z, z.flip(0), gather_distributed=True))
     # Two-tower losses: a learnable (tensor) scale is agreed as "tensor", not refused.
     scale = torch.tensor(1.0, requires_grad=True)
     assert torch.isfinite(LF.clip_loss(z, z.flip(0), logit_scale=scale, gather_distributed=True))
-    assert torch.isfinite(LF.siglip_loss(z, z.flip(0), logit_scale=scale,
-                                         bias=torch.tensor(-1.0), gather_distributed=True))
+    assert torch.isfinite(
+        LF.siglip_loss(
+            z, z.flip(0), logit_scale=scale, bias=torch.tensor(-1.0), gather_distributed=True
+        )
+    )
 
 
-@pytest.mark.parametrize("name", [name for name in list_losses()
-                                  if isinstance(getattr(create_loss(name), "options", None),
-                                                PairwiseOptions)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        name
+        for name in list_losses()
+        if isinstance(getattr(create_loss(name), "options", None), PairwiseOptions)
+    ],
+)
 def test_every_pairwise_declaration_gives_a_header_the_exchange_accepts(name: str) -> None:
     loss = create_loss(name, gather_distributed=True)
     header = loss.options.header()
@@ -192,8 +220,13 @@ def test_every_pairwise_declaration_gives_a_header_the_exchange_accepts(name: st
     assert torch.isfinite(loss(*args.get(name, (z, labels))))
 
 
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**60), 2**60),
-                   st.floats(allow_nan=False), st.text(max_size=40))
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**60), 2**60),
+    st.floats(allow_nan=False),
+    st.text(max_size=40),
+)
 NAMES = st.text(string.ascii_letters + "_ ", min_size=1, max_size=12)
 
 
@@ -209,8 +242,10 @@ def test_headers_differ_exactly_where_a_value_differs(options, data) -> None:
     old, new = options[name], data.draw(VALUES)
     assume(not (_number(old) and _number(new) and old == new))  # the example test below
     z = torch.zeros(2, 3)
-    rows = [encode_header(z, agreed_fields(options)),
-            encode_header(z, agreed_fields({**options, name: new}))]
+    rows = [
+        encode_header(z, agreed_fields(options)),
+        encode_header(z, agreed_fields({**options, name: new})),
+    ]
     if type(old) is type(new) and old == new:
         check_headers("z", rows)
         return

@@ -42,13 +42,22 @@ def test_single_process_defaults() -> None:
 @pytest.mark.parametrize(
     ("call", "exc", "fragment"),
     [
-        (lambda: nd.all_gather_with_grad([1.0]), TypeError,
-         "tensor must be a torch.Tensor; got list"),
-        (lambda: nd.all_gather_no_grad(torch.tensor(1.0)), ValueError,
-         "along dim 0); got shape ()"),
+        (
+            lambda: nd.all_gather_with_grad([1.0]),
+            TypeError,
+            "tensor must be a torch.Tensor; got list",
+        ),
+        (
+            lambda: nd.all_gather_no_grad(torch.tensor(1.0)),
+            ValueError,
+            "along dim 0); got shape ()",
+        ),
         (lambda: nd.gather_sizes(torch.zeros((1,) * 9)), ValueError, "between 1 and 8"),
-        (lambda: nd.get_rank(group="world"), TypeError,
-         "group must be a torch.distributed.ProcessGroup or None; got str"),
+        (
+            lambda: nd.get_rank(group="world"),
+            TypeError,
+            "group must be a torch.distributed.ProcessGroup or None; got str",
+        ),
         (lambda: nd.get_world_size(group=3), TypeError, "got int"),
         (lambda: nd.sum_over_ranks(3), TypeError, "tensor must be a torch.Tensor; got int"),
     ],
@@ -67,8 +76,7 @@ def test_gather_values_gradients_and_queries(distributed_results, world_size: in
     weight_sum = sum(gather_weights(sum(sizes), r) for r in range(world_size))
     for rank, res in enumerate(distributed_results(world_size, "gather")):
         start = sum(sizes[:rank])
-        assert (res["rank"], res["world_size"], res["global_world_size"]) == (
-            rank, world_size, 3)
+        assert (res["rank"], res["world_size"], res["global_world_size"]) == (rank, world_size, 3)
         assert res["distributed"] is True
         assert res["sizes"].tolist() == list(sizes)
         assert res["offset"] == start
@@ -79,8 +87,7 @@ def test_gather_values_gradients_and_queries(distributed_results, world_size: in
         assert res["labels_requires_grad"] is False
         assert res["summed"].tolist() == [sum(range(world_size)), world_size]
         # d/d(local) sum_s <gathered, w_s> = sum_s w_s restricted to this rank's rows
-        torch.testing.assert_close(res["grad"], weight_sum[start : start + sizes[rank]],
-                                   **TIGHT)
+        torch.testing.assert_close(res["grad"], weight_sum[start : start + sizes[rank]], **TIGHT)
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
@@ -89,10 +96,13 @@ def test_mismatched_shapes_raise_on_every_rank(distributed_results, world_size: 
         assert "same shape on every rank except for the first dimension" in res["trailing"]
         assert "rank 0: (2, 3), rank 1: (2, 4)" in res["trailing"]
         assert "rank 0: (2, 3), rank 1: (2, 3, 1)" in res["ndim"]
-        assert ("same dtype on every rank; got rank 0: torch.float32, rank 1: torch.float64"
-                in res["dtype"])
-        assert f"sizes must list every rank's first dimension ({world_size} entries" in (
-            res["sizes"])
+        assert (
+            "same dtype on every rank; got rank 0: torch.float32, rank 1: torch.float64"
+            in res["dtype"]
+        )
+        assert (
+            f"sizes must list every rank's first dimension ({world_size} entries" in (res["sizes"])
+        )
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -108,12 +118,12 @@ def test_exactness_contract_with_independent_loss(
     single = {"mean": loss.sum() / valid.sum(), "sum": loss.sum(), "none": loss}[reduction]
     single.sum().backward()
     assert rows.grad is not None
-    per_rank = [res[f"{layout}-{reduction}"]
-                for res in distributed_results(world_size, "contract")]
+    per_rank = [res[f"{layout}-{reduction}"] for res in distributed_results(world_size, "contract")]
     starts = [res["offset"] for res in per_rank]
     if reduction == "none":
-        torch.testing.assert_close(torch.cat([r["loss"] for r in per_rank]), single.detach(),
-                                   **TIGHT)
+        torch.testing.assert_close(
+            torch.cat([r["loss"] for r in per_rank]), single.detach(), **TIGHT
+        )
     else:
         average = sum(r["loss"] for r in per_rank) / world_size
         torch.testing.assert_close(average, single.detach(), **TIGHT)

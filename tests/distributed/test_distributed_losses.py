@@ -15,10 +15,17 @@ TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
-@pytest.mark.parametrize(("name", "backend", "layout", "input_kind"), list(loss_keys()),
-                         ids=["-".join(key) for key in loss_keys()])
+@pytest.mark.parametrize(
+    ("name", "backend", "layout", "input_kind"),
+    list(loss_keys()),
+    ids=["-".join(key) for key in loss_keys()],
+)
 def test_loss_and_gradient_equal_single_process(
-    distributed_results, world_size: int, name: str, backend: str, layout: str,
+    distributed_results,
+    world_size: int,
+    name: str,
+    backend: str,
+    layout: str,
     input_kind: str,
 ) -> None:
     embeddings, labels = loss_inputs(layout, input_kind, world_size)
@@ -30,11 +37,11 @@ def test_loss_and_gradient_equal_single_process(
         single.sum().backward()
         assert rows.grad is not None
         assert rows.grad.abs().sum() > 0, "vacuous case: the loss has no gradient"
-        results = [r["/".join((name, backend, layout, input_kind, reduction))]
-                   for r in per_rank]
+        results = [r["/".join((name, backend, layout, input_kind, reduction))] for r in per_rank]
         if reduction == "none":
-            torch.testing.assert_close(torch.cat([r["loss"] for r in results]),
-                                       single.detach(), **TIGHT)
+            torch.testing.assert_close(
+                torch.cat([r["loss"] for r in results]), single.detach(), **TIGHT
+            )
         else:
             average = sum(r["loss"] for r in results) / world_size
             torch.testing.assert_close(average, single.detach(), **TIGHT)
@@ -44,14 +51,14 @@ def test_loss_and_gradient_equal_single_process(
         torch.testing.assert_close(grads, rows.grad, **TIGHT)
 
 
-@pytest.mark.parametrize(("name", "backend"),
-                         [(name, b) for name, bs in LOSS_BACKENDS.items() for b in bs])
+@pytest.mark.parametrize(
+    ("name", "backend"), [(name, b) for name, bs in LOSS_BACKENDS.items() for b in bs]
+)
 def test_gather_without_process_group_is_the_plain_loss(name: str, backend: str) -> None:
     embeddings, labels = loss_inputs("uneven", "views", 2)
     for reduction in REDUCTIONS:
         plain = call_loss(name, backend, embeddings, labels, reduction)
-        gathered = call_loss(name, backend, embeddings, labels, reduction,
-                             gather_distributed=True)
+        gathered = call_loss(name, backend, embeddings, labels, reduction, gather_distributed=True)
         torch.testing.assert_close(gathered, plain, rtol=0, atol=0)
 
 
@@ -81,20 +88,34 @@ def test_modules_and_registry_accept_the_distributed_options() -> None:
         assert "gather_distributed=True" in repr(loss)
     embeddings, labels = loss_inputs("even", "views", 2)
     module = nodulebench.SupConLoss(gather_distributed=True)
-    torch.testing.assert_close(module(embeddings, labels), LF.supcon_loss(embeddings, labels),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        module(embeddings, labels), LF.supcon_loss(embeddings, labels), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize(
     ("call", "exc", "fragment"),
     [
-        (lambda: nodulebench.SupConLoss(gather_distributed=1), TypeError,
-         "gather_distributed must be a bool; got int"),
-        (lambda: LF.supcon_loss(torch.randn(4, 3), gather_distributed="yes"), TypeError,
-         "gather_distributed must be a bool; got str"),
-        (lambda: LF.contrastive_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long),
-                                     gather_distributed=True, process_group="world"),
-         TypeError, "group must be a torch.distributed.ProcessGroup or None; got str"),
+        (
+            lambda: nodulebench.SupConLoss(gather_distributed=1),
+            TypeError,
+            "gather_distributed must be a bool; got int",
+        ),
+        (
+            lambda: LF.supcon_loss(torch.randn(4, 3), gather_distributed="yes"),
+            TypeError,
+            "gather_distributed must be a bool; got str",
+        ),
+        (
+            lambda: LF.contrastive_loss(
+                torch.randn(4, 3),
+                torch.zeros(4, dtype=torch.long),
+                gather_distributed=True,
+                process_group="world",
+            ),
+            TypeError,
+            "group must be a torch.distributed.ProcessGroup or None; got str",
+        ),
     ],
 )
 def test_bad_distributed_options_are_named(call, exc, fragment) -> None:

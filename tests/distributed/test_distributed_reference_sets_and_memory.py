@@ -39,8 +39,7 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(42)
     embeddings = torch.randn(sum(ANCHORS), 2, 3, generator=gen, dtype=torch.float64)
     ref_emb = torch.randn(sum(REFS), 3, generator=gen, dtype=torch.float64)
-    return (embeddings, torch.tensor([0, 1, 0, 2, 1]), ref_emb,
-            torch.tensor([1, 0, 2, 0, 1, 1]))
+    return (embeddings, torch.tensor([0, 1, 0, 2, 1]), ref_emb, torch.tensor([1, 0, 2, 0, 1, 1]))
 
 
 def rank_slice(sizes: tuple[int, ...], rank: int) -> slice:
@@ -55,20 +54,34 @@ def run_ranks(rank: int, world_size: int) -> dict[str, Any]:
     for (name, (fn, options)), backend in itertools.product(LOSSES.items(), BACKENDS):
         rows = embeddings[mine].clone().requires_grad_(True)
         refs = ref_emb[my_refs].clone().requires_grad_(True)
-        loss = fn(rows, labels[mine], ref_emb=refs, ref_labels=ref_labels[my_refs],
-                  gather_distributed=True, backend=backend, **options)
+        loss = fn(
+            rows,
+            labels[mine],
+            ref_emb=refs,
+            ref_labels=ref_labels[my_refs],
+            gather_distributed=True,
+            backend=backend,
+            **options,
+        )
         loss.backward()
-        results[f"{name}/{backend}"] = {"loss": loss.detach(), "grad": rows.grad,
-                                        "ref_grad": refs.grad}
-    memory = CrossBatchMemory(SupConLoss(gather_distributed=True), embedding_size=3,
-                              memory_size=16, dtype=torch.float64)
+        results[f"{name}/{backend}"] = {
+            "loss": loss.detach(),
+            "grad": rows.grad,
+            "ref_grad": refs.grad,
+        }
+    memory = CrossBatchMemory(
+        SupConLoss(gather_distributed=True), embedding_size=3, memory_size=16, dtype=torch.float64
+    )
     memory(embeddings[mine], labels[mine])  # fills the memory with the gathered batch
     rows = ref_emb[my_refs].clone().requires_grad_(True)
     loss = memory(rows, ref_labels[my_refs])
     loss.backward()
-    results["memory"] = {"loss": loss.detach(), "grad": rows.grad,
-                         "rows": memory.embeddings[: memory.filled].clone(),
-                         "labels": memory.labels[: memory.filled].clone()}
+    results["memory"] = {
+        "loss": loss.detach(),
+        "grad": rows.grad,
+        "rows": memory.embeddings[: memory.filled].clone(),
+        "labels": memory.labels[: memory.filled].clone(),
+    }
     return results
 
 
@@ -97,12 +110,15 @@ def test_loss_and_both_gradients_equal_single_process(
     assert ref_emb.grad.abs().sum() > 0, "vacuous case: no gradient reaches the reference"
     results = [r[f"{name}/{backend}"] for r in per_rank]
     tight = {"rtol": 1e-10, "atol": 1e-12}
-    torch.testing.assert_close(sum(r["loss"] for r in results) / WORLD_SIZE, single.detach(),
-                               **tight)
-    torch.testing.assert_close(torch.cat([r["grad"] for r in results]) / WORLD_SIZE,
-                               embeddings.grad, **tight)
-    torch.testing.assert_close(torch.cat([r["ref_grad"] for r in results]) / WORLD_SIZE,
-                               ref_emb.grad, **tight)
+    torch.testing.assert_close(
+        sum(r["loss"] for r in results) / WORLD_SIZE, single.detach(), **tight
+    )
+    torch.testing.assert_close(
+        torch.cat([r["grad"] for r in results]) / WORLD_SIZE, embeddings.grad, **tight
+    )
+    torch.testing.assert_close(
+        torch.cat([r["ref_grad"] for r in results]) / WORLD_SIZE, ref_emb.grad, **tight
+    )
 
 
 def test_memory_holds_the_gathered_batches_and_its_loss_is_exact(
@@ -115,8 +131,9 @@ def test_memory_holds_the_gathered_batches_and_its_loss_is_exact(
     for result in per_rank:
         memory = result["memory"]
         torch.testing.assert_close(memory["rows"], torch.cat([first, second]))
-        torch.testing.assert_close(memory["labels"],
-                                   torch.cat([labels.repeat_interleave(2), ref_labels]))
+        torch.testing.assert_close(
+            memory["labels"], torch.cat([labels.repeat_interleave(2), ref_labels])
+        )
     # The second step: every rank's anchors against the gathered batch and the first one.
     rows = ref_emb.clone().requires_grad_(True)
     everything = torch.cat([rows, embeddings.detach().reshape(-1, 3)])
@@ -127,7 +144,9 @@ def test_memory_holds_the_gathered_batches_and_its_loss_is_exact(
     single.backward()
     tight = {"rtol": 1e-10, "atol": 1e-12}
     results = [r["memory"] for r in per_rank]
-    torch.testing.assert_close(sum(r["loss"] for r in results) / WORLD_SIZE, single.detach(),
-                               **tight)
-    torch.testing.assert_close(torch.cat([r["grad"] for r in results]) / WORLD_SIZE,
-                               rows.grad, **tight)
+    torch.testing.assert_close(
+        sum(r["loss"] for r in results) / WORLD_SIZE, single.detach(), **tight
+    )
+    torch.testing.assert_close(
+        torch.cat([r["grad"] for r in results]) / WORLD_SIZE, rows.grad, **tight
+    )

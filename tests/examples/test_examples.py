@@ -31,8 +31,9 @@ TESTS = ["iid", "decorrelated", "reversed", "heldout", "covariate"]
 
 def run(*args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
-                            timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT
+    )
     if result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result.stdout
@@ -52,9 +53,11 @@ def test_there_are_at_least_six_gallery_scripts_besides_the_quickstart() -> None
 
 @pytest.mark.parametrize("name", SCRIPTS + sorted(MODULES))
 def test_scripts_use_only_public_names(name: str) -> None:
-    public = {"nodulebench": set(nodulebench.__all__),
-              "nodulebench.plotting": set(nodulebench.plotting.__all__),
-              "nodulebench.probing": set(nodulebench.probing.__all__)}
+    public = {
+        "nodulebench": set(nodulebench.__all__),
+        "nodulebench.plotting": set(nodulebench.plotting.__all__),
+        "nodulebench.probing": set(nodulebench.probing.__all__),
+    }
     tree = ast.parse((EXAMPLES / f"{name}.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nodulebench"):
@@ -70,8 +73,11 @@ def test_quickstart(tmp_path: Path) -> None:
     for name in TESTS:
         assert re.search(rf"accuracy on {name}\s+[01]\.\d{{3}}", stdout), name
     for factor in ("spiculation", "diameter_mm", "lobulation", "margin_sharpness", "texture"):
-        assert re.search(rf"^{factor}\s+decodable: .* used: p\(malignant\) moves 0\.\d{{3}}$",
-                         stdout, re.MULTILINE), factor
+        assert re.search(
+            rf"^{factor}\s+decodable: .* used: p\(malignant\) moves 0\.\d{{3}}$",
+            stdout,
+            re.MULTILINE,
+        ), factor
     for figure in ("train_by_label", "train_by_diameter", "probes", "interventions"):
         assert_png(tmp_path / f"{figure}.png")
 
@@ -130,8 +136,17 @@ def test_probing_trained_model(tmp_path: Path) -> None:
 
 
 def test_ddp_with_two_processes_matches_one_process(tmp_path: Path) -> None:
-    run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(EXAMPLES / "ddp_supcon.py"), "--tiny", "--out", str(tmp_path / "two"))
+    run(
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(EXAMPLES / "ddp_supcon.py"),
+        "--tiny",
+        "--out",
+        str(tmp_path / "two"),
+    )
     run_example("ddp_supcon", tmp_path / "one")
     two = json.loads((tmp_path / "two" / "history.json").read_text())
     one = json.loads((tmp_path / "one" / "history.json").read_text())

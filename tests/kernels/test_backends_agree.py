@@ -14,10 +14,12 @@ from nodulebench.kernels.dispatch import BACKENDS, KERNEL_LOSSES, run_per_anchor
 OPTIONS: dict[str, list[dict[str, object]]] = {
     "supcon": [{"temperature": 0.2, "variant": "out"}, {"temperature": 0.2, "variant": "in"}],
     "contrastive": [{"margin": 1.5}],
-    "triplet_hard": [{"margin": 0.3, "distance": d}
-                     for d in ("euclidean", "squared_euclidean", "cosine")],
-    "triplet_all": [{"margin": 0.3, "distance": d}
-                    for d in ("euclidean", "squared_euclidean", "cosine")],
+    "triplet_hard": [
+        {"margin": 0.3, "distance": d} for d in ("euclidean", "squared_euclidean", "cosine")
+    ],
+    "triplet_all": [
+        {"margin": 0.3, "distance": d} for d in ("euclidean", "squared_euclidean", "cosine")
+    ],
     "multi_similarity": [{"alpha": 2.0, "beta": 10.0, "base": 0.5, "epsilon": 0.1}],
     "cnc": [{"temperature": 0.2, "variant": "out"}, {"temperature": 0.2, "variant": "in"}],
 }
@@ -35,8 +37,13 @@ def inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     ("backend", "loss"),
-    [(name, loss) for name in BACKENDS if name != "reference" for loss in KERNEL_LOSSES
-     if loss in BACKENDS[name].options],
+    [
+        (name, loss)
+        for name in BACKENDS
+        if name != "reference"
+        for loss in KERNEL_LOSSES
+        if loss in BACKENDS[name].options
+    ],
 )
 def test_backend_matches_reference(backend: str, loss: str, dtype: torch.dtype) -> None:
     z, labels = inputs(dtype)
@@ -55,8 +62,9 @@ def test_backend_matches_reference(backend: str, loss: str, dtype: torch.dtype) 
         rtol, atol = info.tolerances[dtype]
         for value, reference in zip(got, expected, strict=True):
             if value.is_floating_point():
-                torch.testing.assert_close(value.double(), reference.detach().double(),
-                                           rtol=rtol, atol=atol)
+                torch.testing.assert_close(
+                    value.double(), reference.detach().double(), rtol=rtol, atol=atol
+                )
             else:
                 assert torch.equal(value, reference)
         torch.testing.assert_close(grad.double(), expected_grad, rtol=rtol, atol=atol)

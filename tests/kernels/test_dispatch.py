@@ -27,7 +27,8 @@ def test_every_backend_declares_tolerances_for_its_dtypes() -> None:
 def test_tiled_serves_every_loss_but_semihard_and_pml_contrastive_on_cpu() -> None:
     z = torch.randn(8, 4)
     assert set(BACKENDS["tiled"].options) == (
-        set(KERNEL_LOSSES + TWO_TOWER_LOSSES) - {"triplet_semihard", "contrastive_pml"})
+        set(KERNEL_LOSSES + TWO_TOWER_LOSSES) - {"triplet_semihard", "contrastive_pml"}
+    )
     for loss in BACKENDS["tiled"].options:
         assert select_backend(loss, "tiled", z) == "tiled"
 

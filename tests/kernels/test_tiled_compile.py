@@ -43,9 +43,17 @@ def make_step(loss_name: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, o
         ("triplet_hard", "aot_eager"),
         # The default backend generates C++: about a minute on a 2-core CPU, so it is
         # opt-in (NODULEBENCH_RUN_SLOW=1) to keep CI within its time budget.
-        pytest.param("supcon", "inductor", marks=[pytest.mark.slow, pytest.mark.skipif(
-            os.environ.get("NODULEBENCH_RUN_SLOW") != "1",
-            reason="inductor compile takes ~1 min; set NODULEBENCH_RUN_SLOW=1")]),
+        pytest.param(
+            "supcon",
+            "inductor",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(
+                    os.environ.get("NODULEBENCH_RUN_SLOW") != "1",
+                    reason="inductor compile takes ~1 min; set NODULEBENCH_RUN_SLOW=1",
+                ),
+            ],
+        ),
     ],
 )
 def test_compiled_training_step_matches_eager(loss_name: str, compile_backend: str) -> None:

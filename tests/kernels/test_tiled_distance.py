@@ -74,8 +74,9 @@ def loop_triplet_all(
 
 
 def make_case(name: str, dtype: torch.dtype, rows: int = 23) -> tuple[torch.Tensor, torch.Tensor]:
-    return shared_case(name, dtype, rows=rows, dim=5, classes=3, seed=11,
-                       views=2, singletons=1, normalize=False)
+    return shared_case(
+        name, dtype, rows=rows, dim=5, classes=3, seed=11, views=2, singletons=1, normalize=False
+    )
 
 
 CASES = KERNEL_CASES
@@ -84,8 +85,12 @@ CASES = KERNEL_CASES
 def cases_and_dtypes() -> list[tuple[str, torch.dtype]]:
     # Duplicates in float32 would sit on sqrt(rounding noise) ~ 3e-4 instead of the 1e-6
     # floor, which no tight tolerance can absorb: duplicates are checked in float64.
-    return [(c, dt) for c in CASES for dt in (torch.float32, torch.float64)
-            if not (c == "duplicates" and dt == torch.float32)]
+    return [
+        (c, dt)
+        for c in CASES
+        for dt in (torch.float32, torch.float64)
+        if not (c == "duplicates" and dt == torch.float32)
+    ]
 
 
 def weights_for(z: torch.Tensor) -> torch.Tensor:
@@ -161,15 +166,25 @@ def test_triplet_hard_ties_share_the_gradient_as_the_reference(
 ) -> None:
     # Rows 1, 2 coincide (anchor 0's two farthest positives tie) and rows 4, 5 coincide
     # (its two closest negatives tie; row 3 is farther): each tied pair gets half.
-    z = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0],
-                      [0.6, 0.0, 0.8], [0.6, 0.0, 0.8]], dtype=torch.float64)
+    z = torch.tensor(
+        [
+            [1.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [-1.0, 0.0, 0.0],
+            [0.6, 0.0, 0.8],
+            [0.6, 0.0, 0.8],
+        ],
+        dtype=torch.float64,
+    )
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
     results = []
     for backend in ("reference", "tiled"):
         x = z.clone().requires_grad_()
         extra = {"block_size": block_size} if backend == "tiled" else {}
-        loss, _ = run_per_anchor("triplet_hard", x, labels, backend=backend, margin=5.0,
-                                 distance=distance, **extra)
+        loss, _ = run_per_anchor(
+            "triplet_hard", x, labels, backend=backend, margin=5.0, distance=distance, **extra
+        )
         (grad,) = torch.autograd.grad(loss.sum(), x)
         results.append((loss.detach(), grad))
     (ref, ref_grad), (got, grad) = results
@@ -177,8 +192,7 @@ def test_triplet_hard_ties_share_the_gradient_as_the_reference(
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
     # Anchor 0 alone, planted: the gradient through its tied positives is split evenly.
     x = z.clone().requires_grad_()
-    loss, _ = triplet_hard_tiled(x, labels, margin=5.0, distance=distance,
-                                 block_size=block_size)
+    loss, _ = triplet_hard_tiled(x, labels, margin=5.0, distance=distance, block_size=block_size)
     (grad,) = torch.autograd.grad(loss[0], x)
     torch.testing.assert_close(grad[1], grad[2], rtol=0.0, atol=0.0)
     torch.testing.assert_close(grad[4], grad[5], rtol=0.0, atol=0.0)
@@ -191,8 +205,14 @@ def test_triplet_exactly_at_the_margin_has_zero_gradient(backend: str, mining: s
     # Anchor 0 at 0 has its positive at 1 and its negative at -1: d_ap - d_an + 0 = 0
     # exactly; every other triplet is inactive. relu's gradient at 0 is 0 on every backend.
     z = torch.tensor([[0.0], [1.0], [-1.0]], dtype=torch.float64, requires_grad=True)
-    out = run_per_anchor(f"triplet_{mining}", z, torch.tensor([0, 0, 1]), backend=backend,
-                         margin=0.0, distance="euclidean")
+    out = run_per_anchor(
+        f"triplet_{mining}",
+        z,
+        torch.tensor([0, 0, 1]),
+        backend=backend,
+        margin=0.0,
+        distance="euclidean",
+    )
     (grad,) = torch.autograd.grad(out[0].sum(), z)
     assert torch.equal(out[0], torch.zeros(3, dtype=torch.float64))
     assert torch.equal(grad, torch.zeros_like(grad))

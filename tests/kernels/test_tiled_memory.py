@@ -24,18 +24,19 @@ D = 8
 
 KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "supcon_out": lambda z, y: supcon_tiled(z, y, temperature=0.1, block_size=32)[0],
-    "supcon_in": lambda z, y: supcon_tiled(z, y, temperature=0.1, variant="in",
-                                           block_size=32)[0],
+    "supcon_in": lambda z, y: supcon_tiled(z, y, temperature=0.1, variant="in", block_size=32)[0],
     "contrastive": lambda z, y: contrastive_tiled(z, y, block_size=32)[0],
     "triplet_hard": lambda z, y: triplet_hard_tiled(z, y, block_size=32)[0],
     "triplet_all": lambda z, y: triplet_all_tiled(z, y, block_size=32)[0],
     "multi_similarity": lambda z, y: multi_similarity_tiled(z, y, block_size=32)[0],
     # Two towers: z and its reversed copy.
     "clip": lambda z, y: clip_tiled(z, z.flip(0), scale=torch.tensor(10.0), block_size=32)[0],
-    "siglip": lambda z, y: siglip_tiled(z, z.flip(0), scale=torch.tensor(10.0),
-                                        bias=torch.tensor(-10.0), block_size=32)[0],
-    "cnc": lambda z, y: cnc_tiled(z, pack_pair_labels(y % 2, y // 2 % 2), temperature=0.1,
-                                  block_size=32)[0],
+    "siglip": lambda z, y: siglip_tiled(
+        z, z.flip(0), scale=torch.tensor(10.0), bias=torch.tensor(-10.0), block_size=32
+    )[0],
+    "cnc": lambda z, y: cnc_tiled(
+        z, pack_pair_labels(y % 2, y // 2 % 2), temperature=0.1, block_size=32
+    )[0],
 }
 
 
@@ -64,15 +65,16 @@ def grows_linearly(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> 
     return large <= 6 * small and large <= 32 * 512 * D
 
 
-
-def against_reference(kernel: Callable[..., tuple[torch.Tensor, ...]], **options: object
-                      ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def against_reference(
+    kernel: Callable[..., tuple[torch.Tensor, ...]], **options: object
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The first half of the rows as anchors, the second half as their reference set."""
 
     def run(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         half = z.shape[0] // 2
-        return kernel(z[:half], y[:half], reference=(z[half:], y[half:]), block_size=32,
-                      **options)[0]
+        return kernel(z[:half], y[:half], reference=(z[half:], y[half:]), block_size=32, **options)[
+            0
+        ]
 
     return run
 
@@ -103,7 +105,8 @@ def test_the_check_catches_a_dense_implementation() -> None:
 
     def dense_against_reference(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         half = z.shape[0] // 2
-        return supcon_reference(z[:half], y[:half], temperature=0.1,
-                                reference=(z[half:], y[half:]))[0]
+        return supcon_reference(
+            z[:half], y[:half], temperature=0.1, reference=(z[half:], y[half:])
+        )[0]
 
     assert not grows_linearly(dense_against_reference)

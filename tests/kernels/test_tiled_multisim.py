@@ -16,7 +16,11 @@ TOL = get_backend_info("tiled").tolerances
 
 
 def dense_multi_similarity(
-    z: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float, base: float,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    beta: float,
+    base: float,
     epsilon: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     s = z @ z.T
@@ -34,8 +38,9 @@ def dense_multi_similarity(
 
 
 def make_case(name: str, dtype: torch.dtype, rows: int = 27) -> tuple[torch.Tensor, torch.Tensor]:
-    return shared_case(name, dtype, rows=rows, dim=4, classes=4, seed=5,
-                       views=2, singletons=1, normalize=True)
+    return shared_case(
+        name, dtype, rows=rows, dim=4, classes=4, seed=5, views=2, singletons=1, normalize=True
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -110,8 +115,9 @@ def test_overflowing_single_pair_is_its_exponent_over_beta() -> None:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("backend", ["reference", "tiled"])
 def test_non_finite_rows_give_nan_not_a_finite_loss(backend: str, bad: float) -> None:
-    z = torch.nn.functional.normalize(torch.randn(8, 4, generator=torch.Generator().manual_seed(1)),
-                                      dim=1)
+    z = torch.nn.functional.normalize(
+        torch.randn(8, 4, generator=torch.Generator().manual_seed(1)), dim=1
+    )
     z[0, 0] = bad
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     loss, valid = run_per_anchor("multi_similarity", z, labels, backend=backend)

@@ -26,10 +26,12 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
     "supcon": [{"temperature": 0.3, "variant": "out"}, {"temperature": 0.3, "variant": "in"}],
     "cnc": [{"temperature": 0.3, "variant": "out"}, {"temperature": 0.3, "variant": "in"}],
     "contrastive": [{"margin": 1.2}],
-    "triplet_hard": [{"margin": 0.3, "distance": d}
-                     for d in ("euclidean", "squared_euclidean", "cosine")],
-    "triplet_all": [{"margin": 0.3, "distance": d}
-                    for d in ("euclidean", "squared_euclidean", "cosine")],
+    "triplet_hard": [
+        {"margin": 0.3, "distance": d} for d in ("euclidean", "squared_euclidean", "cosine")
+    ],
+    "triplet_all": [
+        {"margin": 0.3, "distance": d} for d in ("euclidean", "squared_euclidean", "cosine")
+    ],
     "multi_similarity": [{"alpha": 2.0, "beta": 10.0, "base": 0.3, "epsilon": 0.4}],
 }
 CASES = [(loss, options) for loss, choices in OPTIONS.items() for options in choices]
@@ -38,18 +40,21 @@ CASE_IDS = [f"{loss}-{'-'.join(str(v) for v in options.values())}" for loss, opt
 SHAPES = [(11, 7), (6, 17), (9, 1), (1, 8)]
 
 
-def sets(n: int, m: int, dtype: torch.dtype, loss: str, seed: int = 3
-         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def sets(
+    n: int, m: int, dtype: torch.dtype, loss: str, seed: int = 3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Anchors and a reference set with classes the other lacks.
 
     The anchors' first two rows have classes no reference row has (anchors without a
     positive), the reference's classes 3 and 4 no anchor has; the reference repeats a
     row under its label (tied distances).
     """
-    z, labels = make_case("random_with_singletons", dtype, rows=n, dim=5, classes=3,
-                          seed=seed, singletons=min(2, n))
-    ref_z, ref_labels = make_case("random_with_singletons", dtype, rows=m, dim=5,
-                                  classes=5, seed=seed + 1, singletons=0)
+    z, labels = make_case(
+        "random_with_singletons", dtype, rows=n, dim=5, classes=3, seed=seed, singletons=min(2, n)
+    )
+    ref_z, ref_labels = make_case(
+        "random_with_singletons", dtype, rows=m, dim=5, classes=5, seed=seed + 1, singletons=0
+    )
     if m >= 4:
         ref_z[3], ref_labels[3] = ref_z[1], ref_labels[1]
     if loss == "cnc":  # pair labels: a class and a first model's prediction
@@ -58,20 +63,26 @@ def sets(n: int, m: int, dtype: torch.dtype, loss: str, seed: int = 3
     return z, labels, ref_z, ref_labels
 
 
-def per_anchor(backend: str, loss: str, z: torch.Tensor, labels: torch.Tensor,
-               ref_z: torch.Tensor, ref_labels: torch.Tensor, options: dict[str, Any],
-               block_size: int | None = None
-               ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]:
+def per_anchor(
+    backend: str,
+    loss: str,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    ref_z: torch.Tensor,
+    ref_labels: torch.Tensor,
+    options: dict[str, Any],
+    block_size: int | None = None,
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]:
     """The backend's per-anchor tensors and the gradients of a weighted sum to both sets."""
     z = z.detach().clone().requires_grad_()
     ref_z = ref_z.detach().clone().requires_grad_()
     reference = (ref_z, ref_labels)
     if block_size is None:
-        result = run_per_anchor(loss, z, labels, backend=backend, reference=reference,
-                                **options)
+        result = run_per_anchor(loss, z, labels, backend=backend, reference=reference, **options)
     else:
-        result = BACKENDS[backend].kernel(loss)(z, labels, reference=reference,
-                                                block_size=block_size, **options)
+        result = BACKENDS[backend].kernel(loss)(
+            z, labels, reference=reference, block_size=block_size, **options
+        )
     weights = torch.linspace(0.5, 1.5, z.shape[0], dtype=z.dtype)
     grads = torch.autograd.grad((result[0] * weights).sum(), (z, ref_z), allow_unused=True)
     zero = [torch.zeros_like(t) for t in (z, ref_z)]
@@ -86,12 +97,12 @@ def test_values_and_both_gradients_match_the_reference_backend(
     loss: str, options: dict[str, Any], shape: tuple[int, int], dtype: torch.dtype
 ) -> None:
     z, labels, ref_z, ref_labels = sets(*shape, dtype, loss)
-    expected, expected_grads = per_anchor("reference", loss, z.double(), labels,
-                                          ref_z.double(), ref_labels, options)
+    expected, expected_grads = per_anchor(
+        "reference", loss, z.double(), labels, ref_z.double(), ref_labels, options
+    )
     rtol, atol = TOL[dtype]
     for block_size in (None, 1, 4):
-        got, grads = per_anchor("tiled", loss, z, labels, ref_z, ref_labels, options,
-                                block_size)
+        got, grads = per_anchor("tiled", loss, z, labels, ref_z, ref_labels, options, block_size)
         for value, reference in zip(got, expected, strict=True):
             if value.is_floating_point():
                 assert value.dtype == dtype
@@ -120,34 +131,39 @@ def test_gradcheck_float64_both_tensors(loss: str, options: dict[str, Any]) -> N
     kernel: Callable[..., tuple[torch.Tensor, ...]] = TILED.kernel(loss)
 
     def fn(anchors: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        return kernel(anchors, labels, reference=(reference, ref_labels), block_size=2,
-                      **options)[0]
+        return kernel(anchors, labels, reference=(reference, ref_labels), block_size=2, **options)[
+            0
+        ]
 
-    assert torch.autograd.gradcheck(fn, (z.clone().requires_grad_(),
-                                         ref_z.clone().requires_grad_()))
+    assert torch.autograd.gradcheck(
+        fn, (z.clone().requires_grad_(), ref_z.clone().requires_grad_())
+    )
 
 
 @settings(max_examples=25, deadline=None)
 @given(
-    n=st.integers(1, 9), m=st.integers(1, 9), classes=st.integers(1, 4),
-    block_size=st.integers(1, 5), seed=st.integers(0, 2**16),
+    n=st.integers(1, 9),
+    m=st.integers(1, 9),
+    classes=st.integers(1, 4),
+    block_size=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
     loss=st.sampled_from(sorted(OPTIONS)),
 )
-def test_property_tiled_equals_reference(n: int, m: int, classes: int, block_size: int,
-                                         seed: int, loss: str) -> None:
+def test_property_tiled_equals_reference(
+    n: int, m: int, classes: int, block_size: int, seed: int, loss: str
+) -> None:
     gen = torch.Generator().manual_seed(seed)
-    z = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=torch.float64),
-                                      dim=1)
-    ref_z = torch.nn.functional.normalize(torch.randn(m, 3, generator=gen,
-                                                      dtype=torch.float64), dim=1)
+    z = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=torch.float64), dim=1)
+    ref_z = torch.nn.functional.normalize(
+        torch.randn(m, 3, generator=gen, dtype=torch.float64), dim=1
+    )
     labels = torch.randint(0, classes, (n,), generator=gen)
     ref_labels = torch.randint(0, classes, (m,), generator=gen)
     if loss == "cnc":
         labels = pack_pair_labels(labels, torch.randint(0, 2, (n,), generator=gen))
         ref_labels = pack_pair_labels(ref_labels, torch.randint(0, 2, (m,), generator=gen))
     options = OPTIONS[loss][0]
-    expected, expected_grads = per_anchor("reference", loss, z, labels, ref_z, ref_labels,
-                                          options)
+    expected, expected_grads = per_anchor("reference", loss, z, labels, ref_z, ref_labels, options)
     got, grads = per_anchor("tiled", loss, z, labels, ref_z, ref_labels, options, block_size)
     rtol, atol = TOL[torch.float64]
     for value, reference in zip((*got, *grads), (*expected, *expected_grads), strict=True):
@@ -162,10 +178,12 @@ def test_a_reference_set_is_never_the_anchors_self_pairs() -> None:
     # the batch against itself (same values as the reference backend, not the self case).
     z, labels = make_case("multi_view", torch.float64, rows=8, dim=4, classes=2, seed=5)
     within, _ = run_per_anchor("supcon", z, labels, backend="tiled", temperature=0.5)
-    against, _ = run_per_anchor("supcon", z, labels, backend="tiled", temperature=0.5,
-                                reference=(z, labels))
-    expected, _ = run_per_anchor("supcon", z, labels, backend="reference", temperature=0.5,
-                                 reference=(z, labels))
+    against, _ = run_per_anchor(
+        "supcon", z, labels, backend="tiled", temperature=0.5, reference=(z, labels)
+    )
+    expected, _ = run_per_anchor(
+        "supcon", z, labels, backend="reference", temperature=0.5, reference=(z, labels)
+    )
     torch.testing.assert_close(against, expected, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(within, against)
 
@@ -174,11 +192,19 @@ def test_bad_reference_sets_get_named_errors() -> None:
     z, labels = make_case("multi_view", torch.float64, rows=6, dim=4, classes=2, seed=1)
     supcon = TILED.kernel("supcon")
     with pytest.raises(ValueError, match=r"ref_z must match z's D = 4"):
-        supcon(z, labels, reference=(torch.zeros(3, 5, dtype=torch.float64),
-                                     torch.zeros(3, dtype=torch.int64)), temperature=0.1)
+        supcon(
+            z,
+            labels,
+            reference=(torch.zeros(3, 5, dtype=torch.float64), torch.zeros(3, dtype=torch.int64)),
+            temperature=0.1,
+        )
     with pytest.raises(ValueError, match=r"ref_z must match .* dtype torch.float64"):
-        supcon(z, labels, reference=(torch.zeros(3, 4), torch.zeros(3, dtype=torch.int64)),
-               temperature=0.1)
+        supcon(
+            z,
+            labels,
+            reference=(torch.zeros(3, 4), torch.zeros(3, dtype=torch.int64)),
+            temperature=0.1,
+        )
     with pytest.raises(ValueError, match=r"ref_labels must have one entry per row of ref_z"):
         supcon(z, labels, reference=(z[:3], labels[:2]), temperature=0.1)
     with pytest.raises(TypeError, match=r"ref_labels must have dtype torch.int64"):

@@ -17,8 +17,9 @@ TOL = get_backend_info("tiled").tolerances
 
 
 def make_case(name: str, dtype: torch.dtype, rows: int = 37) -> tuple[torch.Tensor, torch.Tensor]:
-    return shared_case(name, dtype, rows=rows, dim=6, classes=5, seed=7,
-                       views=3, singletons=3, normalize=True)
+    return shared_case(
+        name, dtype, rows=rows, dim=6, classes=5, seed=7, views=3, singletons=3, normalize=True
+    )
 
 
 CASES = KERNEL_CASES
@@ -31,8 +32,9 @@ def test_values_and_gradients_match_dense(case: str, variant: str, dtype: torch.
     z, labels = make_case(case, dtype)
     weights = torch.randn(z.shape[0], dtype=dtype, generator=torch.Generator().manual_seed(1))
     # Values from the suite's loop reference; gradients from the dense reference backend.
-    expected = ref_supcon(z.double(), labels, temperature=0.2, variant=variant,
-                          normalize=False, reduction="none")
+    expected = ref_supcon(
+        z.double(), labels, temperature=0.2, variant=variant, normalize=False, reduction="none"
+    )
     z_ref = z.detach().double().requires_grad_()
     dense, expected_valid = supcon_reference(z_ref, labels, temperature=0.2, variant=variant)
     (expected_grad,) = torch.autograd.grad((dense * weights.double()).sum(), z_ref)
@@ -96,12 +98,14 @@ def test_unnormalized_error_is_relative_to_the_logits(scale: float, variant: str
     # err by roundings of |z|^2 / tau (25-60x the bound below at scales 10 and 1000);
     # computed from the logits, the error is that of the logits and of the loss itself.
     gen = torch.Generator().manual_seed(1)
-    z = torch.eye(24, dtype=torch.float64) + 0.001 * torch.randn(24, 24, generator=gen,
-                                                                 dtype=torch.float64)
+    z = torch.eye(24, dtype=torch.float64) + 0.001 * torch.randn(
+        24, 24, generator=gen, dtype=torch.float64
+    )
     z = scale * z
     labels = torch.arange(24) % 3
-    expected, _ = run_per_anchor("supcon", z, labels, backend="reference", temperature=0.1,
-                                 variant=variant)
+    expected, _ = run_per_anchor(
+        "supcon", z, labels, backend="reference", temperature=0.1, variant=variant
+    )
     loss, _ = supcon_tiled(z.float(), labels, temperature=0.1, variant=variant, block_size=7)
     off_diagonal = (z @ z.T).fill_diagonal_(0.0)
     logit_scale = off_diagonal.abs().amax(dim=1) / 0.1

@@ -26,8 +26,10 @@ def clip_loop(
     for i in anchors:
         row = torch.stack([scale * torch.dot(x[i], y[j]) for j in range(len(y))])
         col = torch.stack([scale * torch.dot(x[k], y[i]) for k in range(len(x))])
-        out.append(0.5 * (torch.log(torch.exp(row).sum()) - row[i])
-                   + 0.5 * (torch.log(torch.exp(col).sum()) - col[i]))
+        out.append(
+            0.5 * (torch.log(torch.exp(row).sum()) - row[i])
+            + 0.5 * (torch.log(torch.exp(col).sum()) - col[i])
+        )
     return torch.stack(out)
 
 
@@ -47,9 +49,12 @@ def siglip_loop(
 
 def towers(n: int, dim: int = 3, seed: int = 0) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(seed)
-    x, y = (torch.nn.functional.normalize(torch.randn(n, dim, generator=gen,
-                                                       dtype=torch.float64), dim=1)
-            for _ in range(2))
+    x, y = (
+        torch.nn.functional.normalize(
+            torch.randn(n, dim, generator=gen, dtype=torch.float64), dim=1
+        )
+        for _ in range(2)
+    )
     scale = torch.tensor(4.0, dtype=torch.float64)
     bias = torch.tensor(-1.5, dtype=torch.float64)
     return x, y, scale, bias
@@ -67,13 +72,15 @@ ROW_RANGES = [None, (0, 7), (2, 5), (0, 3), (6, 7)]
 def test_clip_tiled_equals_the_loop_and_the_dense_reference(row_range, block_size) -> None:
     x, y, scale, _ = towers(7)
     anchors = range(*(row_range or (0, 7)))
-    weights = torch.randn(len(anchors), dtype=torch.float64,
-                          generator=torch.Generator().manual_seed(1))
+    weights = torch.randn(
+        len(anchors), dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
     results = []
-    for fn in (lambda a, b, s: clip_tiled(a, b, scale=s, block_size=block_size,
-                                          row_range=row_range)[0],
-               lambda a, b, s: clip_reference(a, b, scale=s, row_range=row_range)[0],
-               lambda a, b, s: clip_loop(a, b, s, anchors)):
+    for fn in (
+        lambda a, b, s: clip_tiled(a, b, scale=s, block_size=block_size, row_range=row_range)[0],
+        lambda a, b, s: clip_reference(a, b, scale=s, row_range=row_range)[0],
+        lambda a, b, s: clip_loop(a, b, s, anchors),
+    ):
         inputs = leaves(x, y, scale)
         loss = fn(*inputs)
         grads = torch.autograd.grad((loss * weights).sum(), inputs)
@@ -90,14 +97,17 @@ def test_clip_tiled_equals_the_loop_and_the_dense_reference(row_range, block_siz
 def test_siglip_tiled_equals_the_loop_and_the_dense_reference(row_range, block_size) -> None:
     x, y, scale, bias = towers(7, seed=2)
     anchors = range(*(row_range or (0, 7)))
-    weights = torch.randn(len(anchors), dtype=torch.float64,
-                          generator=torch.Generator().manual_seed(3))
+    weights = torch.randn(
+        len(anchors), dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    )
     results = []
-    for fn in (lambda a, b, s, c: siglip_tiled(a, b, scale=s, bias=c, block_size=block_size,
-                                               row_range=row_range)[0],
-               lambda a, b, s, c: siglip_reference(a, b, scale=s, bias=c,
-                                                   row_range=row_range)[0],
-               lambda a, b, s, c: siglip_loop(a, b, s, c, anchors)):
+    for fn in (
+        lambda a, b, s, c: siglip_tiled(
+            a, b, scale=s, bias=c, block_size=block_size, row_range=row_range
+        )[0],
+        lambda a, b, s, c: siglip_reference(a, b, scale=s, bias=c, row_range=row_range)[0],
+        lambda a, b, s, c: siglip_loop(a, b, s, c, anchors),
+    ):
         inputs = leaves(x, y, scale, bias)
         loss = fn(*inputs)
         grads = torch.autograd.grad((loss * weights).sum(), inputs)
@@ -117,8 +127,9 @@ def test_tiled_gradcheck_float64(row_range) -> None:
         (x, y, scale),
     )
     assert torch.autograd.gradcheck(
-        lambda a, b, s, c: siglip_tiled(a, b, scale=s, bias=c, block_size=2,
-                                        row_range=row_range)[0],
+        lambda a, b, s, c: siglip_tiled(a, b, scale=s, bias=c, block_size=2, row_range=row_range)[
+            0
+        ],
         (x, y, scale, bias),
     )
 
@@ -128,27 +139,34 @@ def test_planted_values() -> None:
     eye = torch.eye(4, dtype=torch.float64)
     scale = torch.tensor(3.0, dtype=torch.float64)
     expected_clip = math.log(math.exp(3.0) + 3.0) - 3.0
-    for loss in (clip_tiled(eye, eye, scale=scale, block_size=3)[0],
-                 clip_reference(eye, eye, scale=scale)[0]):
+    for loss in (
+        clip_tiled(eye, eye, scale=scale, block_size=3)[0],
+        clip_reference(eye, eye, scale=scale)[0],
+    ):
         torch.testing.assert_close(loss, torch.full((4,), expected_clip, dtype=torch.float64))
     bias = torch.tensor(-1.0, dtype=torch.float64)
     # Own pair: -log sigmoid(3 - 1); three others: -log sigmoid(-(0 - 1)).
     expected_siglip = math.log1p(math.exp(-2.0)) + 3 * math.log1p(math.exp(-1.0))
-    for loss in (siglip_tiled(eye, eye, scale=scale, bias=bias, block_size=3)[0],
-                 siglip_reference(eye, eye, scale=scale, bias=bias)[0]):
+    for loss in (
+        siglip_tiled(eye, eye, scale=scale, bias=bias, block_size=3)[0],
+        siglip_reference(eye, eye, scale=scale, bias=bias)[0],
+    ):
         torch.testing.assert_close(loss, torch.full((4,), expected_siglip, dtype=torch.float64))
 
 
 def test_tiled_float32_matches_float64_reference() -> None:
     x, y, scale, bias = towers(64, dim=16, seed=5)
-    tolerance = dict(zip(("rtol", "atol"), BACKENDS["tiled"].tolerances[torch.float32],
-                         strict=True))
+    tolerance = dict(
+        zip(("rtol", "atol"), BACKENDS["tiled"].tolerances[torch.float32], strict=True)
+    )
     got = clip_tiled(x.float(), y.float(), scale=scale.float(), block_size=24)[0]
     torch.testing.assert_close(got.double(), clip_reference(x, y, scale=scale)[0], **tolerance)
-    got = siglip_tiled(x.float(), y.float(), scale=scale.float(), bias=bias.float(),
-                       block_size=24)[0]
-    torch.testing.assert_close(got.double(), siglip_reference(x, y, scale=scale, bias=bias)[0],
-                               **tolerance)
+    got = siglip_tiled(x.float(), y.float(), scale=scale.float(), bias=bias.float(), block_size=24)[
+        0
+    ]
+    torch.testing.assert_close(
+        got.double(), siglip_reference(x, y, scale=scale, bias=bias)[0], **tolerance
+    )
 
 
 def test_dispatch_serves_two_tower_losses_and_triton_declines() -> None:
@@ -159,8 +177,11 @@ def test_dispatch_serves_two_tower_losses_and_triton_declines() -> None:
         assert valid.all()
     assert select_backend("clip", "auto", x) == "reference"
     for loss in TWO_TOWER_LOSSES:
-        with pytest.raises(ValueError, match=rf"backend='triton' cannot compute '{loss}' here: "
-                                             r"the SupCon kernels compare one tower"):
+        with pytest.raises(
+            ValueError,
+            match=rf"backend='triton' cannot compute '{loss}' here: "
+            r"the SupCon kernels compare one tower",
+        ):
             select_backend(loss, "triton", x)
     with pytest.raises(ValueError, match="loss must be one of 'clip', 'siglip'; got 'supcon'"):
         run_two_tower("supcon", x, y, scale=scale)
@@ -171,20 +192,41 @@ def test_dispatch_serves_two_tower_losses_and_triton_declines() -> None:
 @pytest.mark.parametrize(
     ("call", "exc", "fragment"),
     [
-        (lambda x, s: clip_tiled(x, x[:, :2], scale=s), ValueError,
-         "text must match image's shape (4, 3)"),
-        (lambda x, s: clip_tiled(x, x, scale=s[None]), ValueError,
-         "scale must be a 0-dim tensor; got (1,)"),
-        (lambda x, s: clip_tiled(x, x, scale=s.float()), ValueError,
-         "scale must have image's dtype torch.float64"),
-        (lambda x, s: siglip_tiled(x, x, scale=s, bias=0.0), ValueError,
-         "bias must be a 0-dim tensor; got float"),
-        (lambda x, s: clip_tiled(x.half(), x.half(), scale=s.half()), TypeError,
-         "image must be float32 or float64"),
-        (lambda x, s: clip_tiled(x, x, scale=s, block_size=0), ValueError,
-         "block_size must be a positive int or None; got 0"),
-        (lambda x, s: clip_tiled(x, x, scale=s, row_range=(3, 9)), ValueError,
-         "row_range must be a (start, stop) pair"),
+        (
+            lambda x, s: clip_tiled(x, x[:, :2], scale=s),
+            ValueError,
+            "text must match image's shape (4, 3)",
+        ),
+        (
+            lambda x, s: clip_tiled(x, x, scale=s[None]),
+            ValueError,
+            "scale must be a 0-dim tensor; got (1,)",
+        ),
+        (
+            lambda x, s: clip_tiled(x, x, scale=s.float()),
+            ValueError,
+            "scale must have image's dtype torch.float64",
+        ),
+        (
+            lambda x, s: siglip_tiled(x, x, scale=s, bias=0.0),
+            ValueError,
+            "bias must be a 0-dim tensor; got float",
+        ),
+        (
+            lambda x, s: clip_tiled(x.half(), x.half(), scale=s.half()),
+            TypeError,
+            "image must be float32 or float64",
+        ),
+        (
+            lambda x, s: clip_tiled(x, x, scale=s, block_size=0),
+            ValueError,
+            "block_size must be a positive int or None; got 0",
+        ),
+        (
+            lambda x, s: clip_tiled(x, x, scale=s, row_range=(3, 9)),
+            ValueError,
+            "row_range must be a (start, stop) pair",
+        ),
     ],
 )
 def test_tiled_bad_inputs_are_named(call, exc, fragment) -> None:
@@ -212,8 +254,12 @@ def test_compiled_training_step_with_a_learnable_scale_matches_eager() -> None:
             logit_scale.grad = None
             image, text = (torch.nn.functional.normalize(towers(t), dim=1) for t in (x, y))
             loss = clip_tiled(image, text, scale=logit_scale.exp(), block_size=4)[0].mean()
-            loss = loss + siglip_tiled(image, text, scale=logit_scale.exp(),
-                                       bias=-logit_scale, block_size=4)[0].mean()
+            loss = (
+                loss
+                + siglip_tiled(
+                    image, text, scale=logit_scale.exp(), bias=-logit_scale, block_size=4
+                )[0].mean()
+            )
             loss.backward()
             return loss.detach()
 

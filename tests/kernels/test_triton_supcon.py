@@ -31,12 +31,24 @@ REPO = Path(__file__).resolve().parents[2]
 @needs_triton
 def test_kernels_match_reference_under_interpreter() -> None:
     env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"),
-                                                      env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(CASES), "-q", "-p", "no:cacheprovider",
-         "-o", "log_cli=false"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(CASES),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "log_cli=false",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout
@@ -110,8 +122,11 @@ def test_cpu_needs_the_interpreter(value: str, monkeypatch: pytest.MonkeyPatch) 
         ({"precision": "fp64"}, ValueError, "precision must be one of"),
         ({"z": torch.zeros(4, 8, dtype=torch.float64)}, ValueError, "z must have dtype in"),
         ({"z": torch.zeros(4, 257)}, ValueError, "at most 256 columns"),
-        ({"z": torch.zeros(0, 8), "labels": torch.zeros(0, dtype=torch.int64)}, ValueError,
-         "at least one row"),
+        (
+            {"z": torch.zeros(0, 8), "labels": torch.zeros(0, dtype=torch.int64)},
+            ValueError,
+            "at least one row",
+        ),
     ],
 )
 def test_bad_arguments_raise_with_a_message(
@@ -119,8 +134,11 @@ def test_bad_arguments_raise_with_a_message(
 ) -> None:
     from nodulebench.kernels.triton_supcon import supcon_triton
 
-    call: dict[str, object] = {"z": torch.zeros(4, 8), "labels": torch.zeros(4, dtype=torch.int64),
-                               "temperature": 0.1}
+    call: dict[str, object] = {
+        "z": torch.zeros(4, 8),
+        "labels": torch.zeros(4, dtype=torch.int64),
+        "temperature": 0.1,
+    }
     call.update(kwargs)
     z, labels = call.pop("z"), call.pop("labels")
     with pytest.raises(error, match=re.escape(fragment)):
@@ -139,8 +157,9 @@ def test_cpu_tensor_without_interpreter_is_refused(monkeypatch: pytest.MonkeyPat
 # --- CUDA, realistic sizes -------------------------------------------------------------
 
 
-def _dense_reference_float64(z: torch.Tensor, labels: torch.Tensor, temperature: float,
-                             variant: str) -> torch.Tensor:
+def _dense_reference_float64(
+    z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str
+) -> torch.Tensor:
     """Vectorised float64 SupCon on a GPU (B = 4096 fits easily), from the definition."""
     z = z.to(torch.float64)
     n_rows = z.shape[0]
@@ -166,7 +185,8 @@ def test_cuda_matches_float64_at_b4096(variant: str, dtype: torch.dtype) -> None
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     z = torch.nn.functional.normalize(
-        torch.randn(4096, 128, device="cuda", generator=gen), dim=1).to(dtype)
+        torch.randn(4096, 128, device="cuda", generator=gen), dim=1
+    ).to(dtype)
     labels = torch.randint(0, 100, (4096,), device="cuda", generator=gen)
     weights = torch.rand(4096, device="cuda", generator=gen)
     z_kernel = z.clone().requires_grad_(True)
@@ -176,8 +196,9 @@ def test_cuda_matches_float64_at_b4096(variant: str, dtype: torch.dtype) -> None
     loss_ref = _dense_reference_float64(z_ref, labels, 0.1, variant)
     (loss_ref * weights.to(torch.float64)).sum().backward()
     tol = TRITON_SUPCON_CAPABILITIES.tolerances[dtype]
-    torch.testing.assert_close(loss.to(torch.float64), loss_ref.detach(), atol=tol.loss_atol,
-                               rtol=tol.loss_rtol)
+    torch.testing.assert_close(
+        loss.to(torch.float64), loss_ref.detach(), atol=tol.loss_atol, rtol=tol.loss_rtol
+    )
     assert z_kernel.grad is not None and z_ref.grad is not None
     error = (z_kernel.grad.to(torch.float64) - z_ref.grad).abs().max()
     assert error <= tol.grad_rel * z_ref.grad.abs().max()
@@ -190,7 +211,8 @@ def test_cuda_b32768_is_deterministic_and_small_in_memory() -> None:
 
     gen = torch.Generator(device="cuda").manual_seed(1)
     z = torch.nn.functional.normalize(
-        torch.randn(32768, 128, device="cuda", generator=gen), dim=1).to(torch.bfloat16)
+        torch.randn(32768, 128, device="cuda", generator=gen), dim=1
+    ).to(torch.bfloat16)
     labels = torch.randint(0, 1000, (32768,), device="cuda", generator=gen)
     results = []
     for _ in range(2):
@@ -213,19 +235,32 @@ def test_cuda_b32768_is_deterministic_and_small_in_memory() -> None:
 def test_gpu_check_script_dry_run_writes_its_json(tmp_path: Path) -> None:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # the script must set it itself for --dry-run
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"),
-                                                      env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-W", "error", str(REPO / "benchmarks" / "gpu_check.py"),
-         "--dry-run", "--no-sweep", "--out", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-W",
+            "error",
+            str(REPO / "benchmarks" / "gpu_check.py"),
+            "--dry-run",
+            "--no-sweep",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "triton_supcon_gpu_check.json").read_text())
     assert report["dry_run"] is True and report["sweep"] == []
     assert len(report["correctness"]) == 6 and all(row["ok"] for row in report["correctness"])
     assert {(row["variant"], row["dtype"]) for row in report["timing"]} >= {
-        ("out", "bfloat16"), ("out", "float32")}
+        ("out", "bfloat16"),
+        ("out", "float32"),
+    }
     assert all(row["bitwise_deterministic"] for row in report["timing"])
     assert report["huge"]["finite"] is True
 
@@ -252,9 +287,11 @@ def test_cuda_one_million_rows_complete() -> None:
 
     gen = torch.Generator(device="cuda").manual_seed(2)
     n_rows = 1_048_576
-    z = torch.nn.functional.normalize(
-        torch.randn(n_rows, 128, device="cuda", generator=gen), dim=1
-    ).to(torch.bfloat16).requires_grad_(True)
+    z = (
+        torch.nn.functional.normalize(torch.randn(n_rows, 128, device="cuda", generator=gen), dim=1)
+        .to(torch.bfloat16)
+        .requires_grad_(True)
+    )
     labels = torch.randint(0, n_rows // 32, (n_rows,), device="cuda", generator=gen)
     loss, valid = supcon_triton(z, labels, temperature=0.1)
     (loss.sum() / valid.sum()).backward()

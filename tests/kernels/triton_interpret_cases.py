@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton", reason="triton is not installed")
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("run through test_triton_supcon.py (needs TRITON_INTERPRET=1)",
-                allow_module_level=True)
+    pytest.skip(
+        "run through test_triton_supcon.py (needs TRITON_INTERPRET=1)", allow_module_level=True
+    )
 
 from _loss_cases import ref_supcon  # noqa: E402
 from nodulebench.kernels._reference import supcon_reference  # noqa: E402
@@ -26,9 +27,16 @@ from nodulebench.kernels.triton_supcon import KernelConfig, supcon_triton  # noq
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 # Small tiles so that N <= 70 spans several row and column blocks with ragged edges.
-SMALL_TILES = KernelConfig(fwd_block_rows=16, fwd_block_cols=32, bwd_block_rows=32,
-                           bwd_block_cols=16, fwd_num_warps=1, bwd_num_warps=1, fwd_num_stages=1,
-                           bwd_num_stages=1)
+SMALL_TILES = KernelConfig(
+    fwd_block_rows=16,
+    fwd_block_cols=32,
+    bwd_block_rows=32,
+    bwd_block_cols=16,
+    fwd_num_warps=1,
+    bwd_num_warps=1,
+    fwd_num_stages=1,
+    bwd_num_stages=1,
+)
 
 
 def unit_rows(n: int, d: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -37,8 +45,14 @@ def unit_rows(n: int, d: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
     return z.to(dtype)
 
 
-def check_against_reference(z: torch.Tensor, labels: torch.Tensor, *, temperature: float,
-                            variant: str, config: KernelConfig | None = None) -> None:
+def check_against_reference(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    variant: str,
+    config: KernelConfig | None = None,
+) -> None:
     if z.dtype == torch.float32:  # the interpreter computes float32 dots exactly
         loss_atol, loss_rtol, grad_rel = 1e-5, 1e-5, 1e-5
     else:
@@ -47,25 +61,33 @@ def check_against_reference(z: torch.Tensor, labels: torch.Tensor, *, temperatur
     weights = torch.rand(z.shape[0], generator=torch.Generator().manual_seed(7)) + 0.5
 
     z_kernel = z.clone().requires_grad_(True)
-    loss, valid = supcon_triton(z_kernel, labels, temperature=temperature, variant=variant,
-                                config=config)
+    loss, valid = supcon_triton(
+        z_kernel, labels, temperature=temperature, variant=variant, config=config
+    )
     (loss * weights).sum().backward()
 
     # Values from the suite's loop reference; gradients from the dense reference backend.
     z_ref = z.to(torch.float64).requires_grad_(True)
-    loss_ref = ref_supcon(z_ref.detach(), labels, temperature=temperature, variant=variant,
-                          normalize=False, reduction="none")
-    dense, _ = supcon_reference(z_ref, labels.to(torch.int64), temperature=temperature,
-                                variant=variant)
+    loss_ref = ref_supcon(
+        z_ref.detach(),
+        labels,
+        temperature=temperature,
+        variant=variant,
+        normalize=False,
+        reduction="none",
+    )
+    dense, _ = supcon_reference(
+        z_ref, labels.to(torch.int64), temperature=temperature, variant=variant
+    )
     (dense * weights.to(torch.float64)).sum().backward()
 
     expected_valid = torch.tensor(
-        [bool(((labels == labels[i]).sum() > 1).item()) for i in range(labels.shape[0])])
+        [bool(((labels == labels[i]).sum() > 1).item()) for i in range(labels.shape[0])]
+    )
     assert loss.dtype == torch.float32 and loss.shape == (z.shape[0],)
     assert valid.dtype == torch.bool and torch.equal(valid, expected_valid)
     assert torch.all(loss[~valid] == 0.0)
-    torch.testing.assert_close(loss.to(torch.float64), loss_ref, atol=loss_atol,
-                               rtol=loss_rtol)
+    torch.testing.assert_close(loss.to(torch.float64), loss_ref, atol=loss_atol, rtol=loss_rtol)
     assert z_kernel.grad is not None and z_kernel.grad.dtype == z.dtype
     assert torch.isfinite(z_kernel.grad).all()
     grad_ref = z_ref.grad
@@ -144,8 +166,7 @@ def test_non_contiguous_input_and_int32_labels() -> None:
     z_strided = z.T.contiguous().T  # same values, column-major strides
     labels = torch.randint(0, 5, (30,), generator=torch.Generator().manual_seed(15))
     assert not z_strided.is_contiguous()
-    check_against_reference(z_strided, labels.to(torch.int32), temperature=0.2,
-                            variant="out")
+    check_against_reference(z_strided, labels.to(torch.int32), temperature=0.2, variant="out")
 
 
 def test_valid_mask_is_not_differentiable_and_double_backward_refuses() -> None:
@@ -167,13 +188,14 @@ def test_valid_mask_is_not_differentiable_and_double_backward_refuses() -> None:
     temperature=st.floats(0.05, 1.0),
     seed=st.integers(0, 2**16),
 )
-def test_property_matches_reference(n_rows: int, dim: int, n_classes: int, variant: str,
-                                    temperature: float, seed: int) -> None:
+def test_property_matches_reference(
+    n_rows: int, dim: int, n_classes: int, variant: str, temperature: float, seed: int
+) -> None:
     z = unit_rows(n_rows, dim, seed=seed, dtype=torch.float32)
-    labels = torch.randint(0, n_classes, (n_rows,),
-                           generator=torch.Generator().manual_seed(seed + 1))
-    check_against_reference(z, labels, temperature=temperature, variant=variant,
-                            config=SMALL_TILES)
+    labels = torch.randint(
+        0, n_classes, (n_rows,), generator=torch.Generator().manual_seed(seed + 1)
+    )
+    check_against_reference(z, labels, temperature=temperature, variant=variant, config=SMALL_TILES)
 
 
 def test_labels_that_alias_in_int32_stay_distinct() -> None:

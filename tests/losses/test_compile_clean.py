@@ -30,8 +30,9 @@ CASES = [
 PAIRWISE = [name for name in list_losses() if get_loss_info(name).consumes == "embeddings"]
 
 
-def make_step(name: str, backend: str, options: dict[str, object]
-              ) -> tuple[torch.nn.Module, torch.nn.Module]:
+def make_step(
+    name: str, backend: str, options: dict[str, object]
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     model = torch.nn.Linear(6, 4, dtype=torch.float64)
     with torch.no_grad():
         model.weight.copy_(torch.linspace(-1, 1, 24, dtype=torch.float64).reshape(4, 6))
@@ -44,9 +45,11 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(12, 2, 6, generator=gen, dtype=torch.float64), torch.arange(12) % 3
 
 
-def compiles_like_eager(forward: Callable[..., torch.Tensor],
-                        compiled: tuple[torch.nn.Module, torch.nn.Module],
-                        eager: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+def compiles_like_eager(
+    forward: Callable[..., torch.Tensor],
+    compiled: tuple[torch.nn.Module, torch.nn.Module],
+    eager: tuple[torch.nn.Module, torch.nn.Module],
+) -> None:
     """``forward(model, loss)`` traces as one graph and matches eager, value and gradient."""
     explanation = torch._dynamo.explain(forward)(*compiled)
     assert explanation.graph_break_count == 0, explanation.break_reasons
@@ -60,8 +63,9 @@ def compiles_like_eager(forward: Callable[..., torch.Tensor],
 
 
 @pytest.mark.parametrize(("name", "backend", "options"), CASES, ids=lambda x: str(x))
-def test_step_compiles_in_one_graph_and_matches_eager(name: str, backend: str,
-                                                      options: dict[str, object]) -> None:
+def test_step_compiles_in_one_graph_and_matches_eager(
+    name: str, backend: str, options: dict[str, object]
+) -> None:
     x, labels = inputs()
     torch._dynamo.reset()
     eager_model, eager_loss = make_step(name, backend, options)
@@ -105,12 +109,12 @@ def no_host_sync(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.mark.parametrize("backend", ["reference", "tiled"])
 @pytest.mark.parametrize("name", PAIRWISE)
-def test_the_loss_path_never_reads_the_device(name: str, backend: str,
-                                              no_host_sync: None) -> None:
+def test_the_loss_path_never_reads_the_device(name: str, backend: str, no_host_sync: None) -> None:
     options = {"mining": "all"} if name == "triplet" and backend == "tiled" else {}
     loss_fn = create_loss(name, backend=backend, **options)
-    embeddings = torch.randn(8, 2, 4, generator=torch.Generator().manual_seed(1),
-                             requires_grad=True)
+    embeddings = torch.randn(
+        8, 2, 4, generator=torch.Generator().manual_seed(1), requires_grad=True
+    )
     labels = torch.arange(8) % 3
     if get_loss_info(name).consumes == "paired_embeddings":
         loss = loss_fn(embeddings[:, 0], embeddings[:, 1])

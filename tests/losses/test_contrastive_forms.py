@@ -13,8 +13,9 @@ from nodulebench.losses import functional as LF
 def test_hadsell_stays_the_default() -> None:
     embeddings, labels = make_batch(0, 8, None, 4, 3)
     assert ContrastiveLoss().form == "hadsell"
-    torch.testing.assert_close(ContrastiveLoss()(embeddings, labels),
-                               ref_contrastive(embeddings, labels))
+    torch.testing.assert_close(
+        ContrastiveLoss()(embeddings, labels), ref_contrastive(embeddings, labels)
+    )
 
 
 def test_pml_form_equals_pml_definition_with_its_defaults() -> None:
@@ -30,8 +31,7 @@ def test_pml_form_equals_pml_definition_with_its_defaults() -> None:
 
 def test_pml_form_without_non_zero_terms_is_a_connected_zero() -> None:
     embeddings = torch.tensor([[0.0, 0.0], [0.0, 0.05], [5.0, 0.0]], requires_grad=True)
-    loss = LF.contrastive_loss(embeddings, torch.tensor([0, 0, 1]), form="pml",
-                               pos_margin=0.1)
+    loss = LF.contrastive_loss(embeddings, torch.tensor([0, 0, 1]), form="pml", pos_margin=0.1)
     loss.backward()
     assert loss.item() == 0.0 and embeddings.grad is not None
 

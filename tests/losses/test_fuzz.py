@@ -35,10 +35,16 @@ from nodulebench import get_loss_info, list_losses
 from nodulebench.kernels.dispatch import get_backend_info
 
 PROFILE_ENV = "NODULEBENCH_FUZZ_PROFILE"
-settings.register_profile("fuzz-ci", max_examples=20, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("fuzz-deep", max_examples=1000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "fuzz-ci",
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "fuzz-deep", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 FUZZ = settings.get_profile(os.environ.get(PROFILE_ENV, "fuzz-ci"))
 
 PAIRWISE = [name for name in list_losses() if get_loss_info(name).consumes == "embeddings"]
@@ -70,8 +76,11 @@ def takes_labels(name: str) -> bool:
 def loss_cases(draw: st.DrawFn, name: str, reductions: tuple[str, ...]) -> dict[str, Any]:
     """Options, a float64 batch of some scale, and labels (or None) for loss ``name``."""
     info = get_loss_info(name)
-    options = {key: draw(st.sampled_from(values)) for key, values in OPTION_VALUES.items()
-               if key in info.accepted_kwargs}
+    options = {
+        key: draw(st.sampled_from(values))
+        for key, values in OPTION_VALUES.items()
+        if key in info.accepted_kwargs
+    }
     options["reduction"] = draw(st.sampled_from(reductions))
     labelled = takes_labels(name) and (info.requires_labels or draw(st.booleans()))
     # Without labels the views are each other's positives: draw at least two.
@@ -87,8 +96,9 @@ def loss_cases(draw: st.DrawFn, name: str, reductions: tuple[str, ...]) -> dict[
     return {"options": options, "embeddings": embeddings, "labels": labels}
 
 
-def run(name: str, case: dict[str, Any], backend: str,
-        dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def run(
+    name: str, case: dict[str, Any], backend: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss and the gradient of its sum with respect to the embeddings."""
     loss_fn = get_loss_info(name).factory(backend=backend, **case["options"])
     embeddings = case["embeddings"].to(dtype, copy=True).requires_grad_()
@@ -98,8 +108,9 @@ def run(name: str, case: dict[str, Any], backend: str,
     return loss.detach(), grad
 
 
-def run_if_served(name: str, case: dict[str, Any], backend: str,
-                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+def run_if_served(
+    name: str, case: dict[str, Any], backend: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """:func:`run`, or None where ``backend`` cannot compute these options (it says why)."""
     try:
         return run(name, case, backend, dtype)
@@ -152,14 +163,16 @@ def test_finite_inputs_give_finite_values_equal_across_backends(
         return
     compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     rtol, atol = get_backend_info("tiled").tolerances[compute_dtype]
-    atol *= pair_scale(case) * (case["embeddings"].shape[0] if
-                                case["options"]["reduction"] == "sum" else 1)
+    atol *= pair_scale(case) * (
+        case["embeddings"].shape[0] if case["options"]["reduction"] == "sum" else 1
+    )
     (ref_loss, ref_grad), (loss, grad) = results["reference"], results["tiled"]
     torch.testing.assert_close(loss, ref_loss, rtol=rtol, atol=atol)
     # A bfloat16 gradient is rounded once more: one unit in its last place (2**-7).
     grad_rtol = max(rtol, 2.0**-7) if dtype == torch.bfloat16 else rtol
-    torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=grad_rtol,
-                               atol=atol * normalize_gain(case))
+    torch.testing.assert_close(
+        grad.double(), ref_grad.double(), rtol=grad_rtol, atol=atol * normalize_gain(case)
+    )
 
 
 @pytest.mark.parametrize("dtype_name", sorted(DTYPES))

@@ -16,8 +16,11 @@ from nodulebench.losses.group_robust import cnc_loss, group_dro_loss
 
 
 def paper_group_dro(
-    batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_groups: int,
-    step_size: float, adjustment: float = 0.0, sizes: list[float] | None = None,
+    batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    num_groups: int,
+    step_size: float,
+    adjustment: float = 0.0,
+    sizes: list[float] | None = None,
 ) -> tuple[list[list[float]], list[float]]:
     """Sagawa et al.'s Algorithm 1 on mini-batches, one group and one sample at a time.
 
@@ -46,8 +49,9 @@ def paper_group_dro(
     return trajectory, objectives
 
 
-def dro_batches(steps: int, batch: int, num_groups: int, seed: int = 0,
-                absent: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def dro_batches(
+    steps: int, batch: int, num_groups: int, seed: int = 0, absent: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(steps):
@@ -66,14 +70,17 @@ def test_weights_and_objective_follow_the_paper_step_by_step(
 ) -> None:
     sizes = [50.0, 10.0, 200.0, 5.0]
     batches = dro_batches(6, 10, 4, seed=3, absent=absent)
-    want_q, want_loss = paper_group_dro(batches, 4, step_size=0.3, adjustment=adjustment,
-                                        sizes=sizes)
-    loss_fn = GroupDROLoss(num_groups=4, step_size=0.3, adjustment=adjustment,
-                           group_counts=torch.tensor(sizes))
+    want_q, want_loss = paper_group_dro(
+        batches, 4, step_size=0.3, adjustment=adjustment, sizes=sizes
+    )
+    loss_fn = GroupDROLoss(
+        num_groups=4, step_size=0.3, adjustment=adjustment, group_counts=torch.tensor(sizes)
+    )
     for (logits, labels, groups), q, objective in zip(batches, want_q, want_loss, strict=True):
         loss = loss_fn(logits, labels, groups)
-        torch.testing.assert_close(loss_fn.group_weights, torch.tensor(q, dtype=torch.float64),
-                                   rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(
+            loss_fn.group_weights, torch.tensor(q, dtype=torch.float64), rtol=1e-12, atol=1e-14
+        )
         assert loss.item() == pytest.approx(objective, rel=1e-12)
     if absent is not None:  # only the renormalisation moved it: below uniform, never NaN
         assert 0.0 < loss_fn.group_weights[absent].item() < 0.25
@@ -184,15 +191,22 @@ def test_group_dro_bad_options_are_named() -> None:
         GroupDROLoss(reduction="sum")
     with pytest.raises(TypeError, match="unknown keyword argument"):
         create_loss("group_dro", stepsize=0.1)
-    assert repr(create_loss("group_dro", step_size=0.05)) == \
-        "GroupDROLoss(step_size=0.05, reduction='mean')"
+    assert (
+        repr(create_loss("group_dro", step_size=0.05))
+        == "GroupDROLoss(step_size=0.05, reduction='mean')"
+    )
 
 
 # --------------------------------------------------------------------------- CnC
 
 
-def dense_cnc(embeddings: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
-              temperature: float, variant: str = "out") -> torch.Tensor:
+def dense_cnc(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    predictions: torch.Tensor,
+    temperature: float,
+    variant: str = "out",
+) -> torch.Tensor:
     """The definition, anchor by anchor: SupCon over CnC's positives and negatives."""
     views = embeddings.shape[1] if embeddings.ndim == 3 else 1
     z = torch.nn.functional.normalize(embeddings.reshape(-1, embeddings.shape[-1]), dim=1)
@@ -209,14 +223,16 @@ def dense_cnc(embeddings: torch.Tensor, labels: torch.Tensor, predictions: torch
         if variant == "out":
             losses.append(torch.stack([log_denominator - s[p] for p in positives]).mean())
         else:
-            log_mean = torch.logsumexp(torch.stack([s[p] for p in positives]), 0) \
-                - math.log(len(positives))
+            log_mean = torch.logsumexp(torch.stack([s[p] for p in positives]), 0) - math.log(
+                len(positives)
+            )
             losses.append(log_denominator - log_mean)
     return torch.stack(losses).mean()
 
 
-def cnc_case(seed: int, batch: int = 9, views: int = 2
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cnc_case(
+    seed: int, batch: int = 9, views: int = 2
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     embeddings = torch.randn(batch, views, 5, generator=gen, dtype=torch.float64)
     labels = torch.randint(0, 2, (batch,), generator=gen)
@@ -231,8 +247,7 @@ def test_cnc_values_and_gradients_equal_the_dense_definition(backend: str, varia
     for seed in range(3):
         embeddings, labels, predictions = cnc_case(seed)
         leaf = embeddings.clone().requires_grad_(True)
-        got = cnc_loss(leaf, labels, predictions, temperature=0.3, variant=variant,
-                       backend=backend)
+        got = cnc_loss(leaf, labels, predictions, temperature=0.3, variant=variant, backend=backend)
         (grad,) = torch.autograd.grad(got, leaf)
         check = embeddings.clone().requires_grad_(True)
         want = dense_cnc(check, labels, predictions, 0.3, variant)
@@ -253,8 +268,15 @@ def test_cnc_tiled_in_small_tiles_and_gradcheck() -> None:
         return cnc_tiled(rows, codes, temperature=0.5, block_size=3)[0]
 
     assert torch.autograd.gradcheck(fn, (z,))
-    want = cnc_loss(z.detach(), labels, predictions, temperature=0.5, normalize=False,
-                    reduction="none", backend="reference")
+    want = cnc_loss(
+        z.detach(),
+        labels,
+        predictions,
+        temperature=0.5,
+        normalize=False,
+        reduction="none",
+        backend="reference",
+    )
     torch.testing.assert_close(fn(z.detach()), want)
 
 
@@ -270,8 +292,7 @@ def test_cnc_module_records_anchors_without_a_positive() -> None:
 
 @settings(max_examples=20, deadline=None)
 @given(st.integers(0, 10_000), st.integers(-3, 3))
-def test_cnc_is_invariant_to_permutations_and_relabelled_predictions(seed: int,
-                                                                      shift: int) -> None:
+def test_cnc_is_invariant_to_permutations_and_relabelled_predictions(seed: int, shift: int) -> None:
     embeddings, labels, predictions = cnc_case(seed, batch=8)
     order = torch.randperm(8, generator=torch.Generator().manual_seed(seed))
     base = cnc_loss(embeddings, labels, predictions)

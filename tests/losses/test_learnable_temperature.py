@@ -19,8 +19,9 @@ BACKENDS = ["reference", "tiled"]
 def test_tensor_temperature_gives_the_float_loss(backend: str, variant: str) -> None:
     embeddings, labels = make_batch(0, 6, 2, 4, 3)
     tau = torch.tensor(0.3, dtype=torch.float64)
-    got = LF.supcon_loss(embeddings, labels, temperature=tau, variant=variant,
-                         backend=backend, reduction="none")
+    got = LF.supcon_loss(
+        embeddings, labels, temperature=tau, variant=variant, backend=backend, reduction="none"
+    )
     want = ref_supcon(embeddings, labels, temperature=0.3, variant=variant, reduction="none")
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
@@ -30,12 +31,14 @@ def test_tensor_temperature_gives_the_float_loss(backend: str, variant: str) -> 
 def test_exact_gradient_to_the_temperature(backend: str, log_scale: bool) -> None:
     embeddings, labels = make_batch(1, 5, 2, 3, 2)
     embeddings.requires_grad_(True)
-    value = torch.tensor(math.log(1 / 0.4) if log_scale else 0.4, dtype=torch.float64,
-                         requires_grad=True)
+    value = torch.tensor(
+        math.log(1 / 0.4) if log_scale else 0.4, dtype=torch.float64, requires_grad=True
+    )
 
     def loss(e: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return LF.supcon_loss(e, labels, temperature=t, log_scale=log_scale,
-                              base_temperature=0.07, backend=backend)
+        return LF.supcon_loss(
+            e, labels, temperature=t, log_scale=log_scale, base_temperature=0.07, backend=backend
+        )
 
     assert torch.autograd.gradcheck(loss, (embeddings, value))
 
@@ -45,21 +48,25 @@ def test_log_scale_is_clips_logit_scale() -> None:
     logit_scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64)
     torch.testing.assert_close(
         LF.supcon_loss(embeddings, labels, temperature=logit_scale, log_scale=True),
-        LF.supcon_loss(embeddings, labels, temperature=0.07), rtol=1e-12, atol=1e-12)
+        LF.supcon_loss(embeddings, labels, temperature=0.07),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     # A float log-scale is read the same way.
     torch.testing.assert_close(
         LF.supcon_loss(embeddings, labels, temperature=math.log(1 / 0.07), log_scale=True),
-        LF.supcon_loss(embeddings, labels, temperature=0.07), rtol=1e-12, atol=1e-12)
+        LF.supcon_loss(embeddings, labels, temperature=0.07),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def test_tensor_temperature_with_a_reference_set() -> None:
     embeddings, labels = make_batch(3, 4, None, 3, 2)
     bank, bank_labels = make_batch(4, 6, None, 3, 2)
     tau = torch.tensor(0.5, dtype=torch.float64)
-    got = LF.supcon_loss(embeddings, labels, ref_emb=bank, ref_labels=bank_labels,
-                         temperature=tau)
-    want = ref_supcon(embeddings, labels, ref_emb=bank, ref_labels=bank_labels,
-                      temperature=0.5)
+    got = LF.supcon_loss(embeddings, labels, ref_emb=bank, ref_labels=bank_labels, temperature=tau)
+    want = ref_supcon(embeddings, labels, ref_emb=bank, ref_labels=bank_labels, temperature=0.5)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
@@ -81,22 +88,32 @@ def test_a_parameter_temperature_is_learned_by_the_module() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"temperature": torch.tensor([0.1])}, ValueError,
-         r"temperature must be a float or a 0-dim tensor; got a tensor of shape \(1,\)"),
-        ({"temperature": torch.tensor(1)}, TypeError,
-         "temperature must be a floating tensor; got dtype torch.int64"),
+        (
+            {"temperature": torch.tensor([0.1])},
+            ValueError,
+            r"temperature must be a float or a 0-dim tensor; got a tensor of shape \(1,\)",
+        ),
+        (
+            {"temperature": torch.tensor(1)},
+            TypeError,
+            "temperature must be a floating tensor; got dtype torch.int64",
+        ),
         ({"temperature": torch.tensor(-0.1)}, ValueError, "temperature must be > 0"),
         ({"temperature": torch.tensor(0.0)}, ValueError, "temperature must be > 0"),
         ({"temperature": torch.tensor(float("nan"))}, ValueError, "temperature must be > 0"),
         ({"temperature": 0.0}, ValueError, "temperature must be > 0"),
         ({"temperature": "0.1"}, TypeError, "temperature must be a real number or a 0-dim"),
-        ({"temperature": torch.tensor(float("inf")), "log_scale": True}, ValueError,
-         "temperature \\(a log-scale\\) must be finite"),
+        (
+            {"temperature": torch.tensor(float("inf")), "log_scale": True},
+            ValueError,
+            "temperature \\(a log-scale\\) must be finite",
+        ),
         ({"log_scale": 1}, TypeError, "log_scale must be a bool"),
     ],
 )
-def test_bad_temperatures_get_named_errors(kwargs: dict[str, object], error: type,
-                                          match: str) -> None:
+def test_bad_temperatures_get_named_errors(
+    kwargs: dict[str, object], error: type, match: str
+) -> None:
     with pytest.raises(error, match=match):
         SupConLoss(**kwargs)  # type: ignore[arg-type]
     with pytest.raises(error, match=match):

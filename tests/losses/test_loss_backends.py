@@ -99,8 +99,10 @@ def test_functional_accepts_backend() -> None:
 
 
 def test_unknown_backend_is_rejected_at_construction() -> None:
-    with pytest.raises(ValueError, match="backend must be one of 'auto', 'reference', "
-                                         "'tiled', 'triton'; got 'cuda'"):
+    with pytest.raises(
+        ValueError,
+        match="backend must be one of 'auto', 'reference', 'tiled', 'triton'; got 'cuda'",
+    ):
         SupConLoss(backend="cuda")
 
 

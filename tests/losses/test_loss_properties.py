@@ -50,46 +50,55 @@ def permutation(n: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(PAIRWISE))
 @PROPERTY_SETTINGS
 @given(data=batches())
-def test_batch_permutation_invariance(name: str,
-                                      data: tuple[torch.Tensor, torch.Tensor, int]) -> None:
+def test_batch_permutation_invariance(
+    name: str, data: tuple[torch.Tensor, torch.Tensor, int]
+) -> None:
     fn, kwargs = PAIRWISE[name]
     embeddings, labels, seed = data
     perm = permutation(embeddings.shape[0], seed)
-    torch.testing.assert_close(fn(embeddings[perm], labels[perm], **kwargs),
-                               fn(embeddings, labels, **kwargs))
+    torch.testing.assert_close(
+        fn(embeddings[perm], labels[perm], **kwargs), fn(embeddings, labels, **kwargs)
+    )
     per_anchor = fn(embeddings, labels, reduction="none", **kwargs)
-    torch.testing.assert_close(fn(embeddings[perm], labels[perm], reduction="none", **kwargs),
-                               per_anchor[perm])
+    torch.testing.assert_close(
+        fn(embeddings[perm], labels[perm], reduction="none", **kwargs), per_anchor[perm]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(PAIRWISE))
 @PROPERTY_SETTINGS
 @given(data=batches(), offset=st.integers(-5, 100))
-def test_label_renaming_invariance(name: str, data: tuple[torch.Tensor, torch.Tensor, int],
-                                   offset: int) -> None:
+def test_label_renaming_invariance(
+    name: str, data: tuple[torch.Tensor, torch.Tensor, int], offset: int
+) -> None:
     fn, kwargs = PAIRWISE[name]
     embeddings, labels, seed = data
     # An injective renaming: permute the label values, then shift them.
     renamed = permutation(int(labels.max()) + 1, seed)[labels] * 7 + offset
-    torch.testing.assert_close(fn(embeddings, renamed, reduction="none", **kwargs),
-                               fn(embeddings, labels, reduction="none", **kwargs))
+    torch.testing.assert_close(
+        fn(embeddings, renamed, reduction="none", **kwargs),
+        fn(embeddings, labels, reduction="none", **kwargs),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(PAIRWISE))
 @PROPERTY_SETTINGS
 @given(data=batches(), log_scale=st.floats(-3.0, 3.0))
-def test_scale_invariance_when_normalized(name: str,
-                                          data: tuple[torch.Tensor, torch.Tensor, int],
-                                          log_scale: float) -> None:
+def test_scale_invariance_when_normalized(
+    name: str, data: tuple[torch.Tensor, torch.Tensor, int], log_scale: float
+) -> None:
     fn, kwargs = PAIRWISE[name]
     embeddings, labels, _ = data
     scaled = embeddings * 10.0**log_scale
-    torch.testing.assert_close(fn(scaled, labels, reduction="none", **kwargs),
-                               fn(embeddings, labels, reduction="none", **kwargs))
+    torch.testing.assert_close(
+        fn(scaled, labels, reduction="none", **kwargs),
+        fn(embeddings, labels, reduction="none", **kwargs),
+    )
 
 
-def assert_finite_loss_and_grad(fn: LossFn, embeddings: torch.Tensor, labels: torch.Tensor,
-                                **kwargs: object) -> None:
+def assert_finite_loss_and_grad(
+    fn: LossFn, embeddings: torch.Tensor, labels: torch.Tensor, **kwargs: object
+) -> None:
     leaf = embeddings.detach().clone().requires_grad_(True)
     loss = fn(leaf, labels, **kwargs)
     loss.backward()
@@ -100,18 +109,25 @@ def assert_finite_loss_and_grad(fn: LossFn, embeddings: torch.Tensor, labels: to
 
 @pytest.mark.parametrize("variant", ["out", "in"])
 @PROPERTY_SETTINGS
-@given(data=batches(), log_temperature=st.floats(-3.0, 3.0),
-       dtype=st.sampled_from([torch.float32, torch.float64]))
-def test_supcon_finite_at_extreme_temperatures(variant: str,
-                                               data: tuple[torch.Tensor, torch.Tensor, int],
-                                               log_temperature: float,
-                                               dtype: torch.dtype) -> None:
+@given(
+    data=batches(),
+    log_temperature=st.floats(-3.0, 3.0),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_supcon_finite_at_extreme_temperatures(
+    variant: str,
+    data: tuple[torch.Tensor, torch.Tensor, int],
+    log_temperature: float,
+    dtype: torch.dtype,
+) -> None:
     embeddings, labels, _ = data
     temperature = 10.0**log_temperature
-    assert_finite_loss_and_grad(LF.supcon_loss, embeddings.to(dtype), labels,
-                                temperature=temperature, variant=variant)
-    assert_finite_loss_and_grad(LF.supcon_loss, embeddings.to(dtype), None,
-                                temperature=temperature, variant=variant)
+    assert_finite_loss_and_grad(
+        LF.supcon_loss, embeddings.to(dtype), labels, temperature=temperature, variant=variant
+    )
+    assert_finite_loss_and_grad(
+        LF.supcon_loss, embeddings.to(dtype), None, temperature=temperature, variant=variant
+    )
 
 
 @pytest.mark.parametrize("temperature", [1e-3, 1e3])
@@ -119,22 +135,26 @@ def test_supcon_extreme_temperatures_exact_endpoints(temperature: float) -> None
     embeddings = torch.randn(6, 2, 8, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 0, 1, 2, 2])
     for variant in ("out", "in"):
-        assert_finite_loss_and_grad(LF.supcon_loss, embeddings, labels,
-                                    temperature=temperature, variant=variant)
+        assert_finite_loss_and_grad(
+            LF.supcon_loss, embeddings, labels, temperature=temperature, variant=variant
+        )
         assert_finite_loss_and_grad(LF.ntxent_loss, embeddings, None, temperature=temperature)
 
 
 @pytest.mark.parametrize("name", sorted(PAIRWISE))
 @PROPERTY_SETTINGS
 @given(data=batches(), normalize=st.booleans())
-def test_finite_when_embeddings_coincide(name: str,
-                                         data: tuple[torch.Tensor, torch.Tensor, int],
-                                         normalize: bool) -> None:
+def test_finite_when_embeddings_coincide(
+    name: str, data: tuple[torch.Tensor, torch.Tensor, int], normalize: bool
+) -> None:
     fn, kwargs = PAIRWISE[name]
     embeddings, labels, _ = data
     # Every row the same vector: all distances are at their singular point 0.
-    coincident = embeddings.reshape(-1, embeddings.shape[-1])[:1].expand_as(
-        embeddings.reshape(-1, embeddings.shape[-1])).reshape(embeddings.shape)
+    coincident = (
+        embeddings.reshape(-1, embeddings.shape[-1])[:1]
+        .expand_as(embeddings.reshape(-1, embeddings.shape[-1]))
+        .reshape(embeddings.shape)
+    )
     options = {**kwargs, "normalize": normalize}
     assert_finite_loss_and_grad(fn, coincident.float(), labels, **options)
     assert_finite_loss_and_grad(fn, coincident, labels, **options)

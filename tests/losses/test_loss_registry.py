@@ -73,8 +73,13 @@ def test_every_loss_builds_with_defaults_runs_and_backpropagates(name: str) -> N
 def test_every_loss_has_metadata_and_rejects_unknown_kwargs(name: str) -> None:
     info = get_loss_info(name)
     assert isinstance(info, LossInfo) and info.name == name
-    assert info.consumes in ("embeddings", "logits", "paired_embeddings",
-                             "embeddings_and_predictions", "logits_and_groups")
+    assert info.consumes in (
+        "embeddings",
+        "logits",
+        "paired_embeddings",
+        "embeddings_and_predictions",
+        "logits_and_groups",
+    )
     assert isinstance(info.requires_labels, bool)
     assert info.citation
     assert "reduction" in info.accepted_kwargs
@@ -148,18 +153,28 @@ def test_register_rejects_bad_entries(scratch_registry: None) -> None:
         register_loss("supcon", consumes="embeddings", requires_labels=True, citation="-")
     consumes = "'embeddings', 'logits', 'paired_embeddings'"
     with pytest.raises(ValueError, match=message_for("consumes", consumes, "'images'")):
-        register_loss("x", consumes="images", requires_labels=True,  # type: ignore[arg-type]
-                      citation="-")
+        register_loss(
+            "x",
+            consumes="images",
+            requires_labels=True,  # type: ignore[arg-type]
+            citation="-",
+        )
     with pytest.raises(ValueError, match="non-empty str"):
         register_loss("", consumes="logits", requires_labels=True, citation="-")
     with pytest.raises(TypeError, match="requires_labels must be a bool"):
-        register_loss("x", consumes="logits", requires_labels=1,  # type: ignore[arg-type]
-                      citation="-")
+        register_loss(
+            "x",
+            consumes="logits",
+            requires_labels=1,  # type: ignore[arg-type]
+            citation="-",
+        )
     with pytest.raises(TypeError, match=re.escape("**kwargs")):
+
         @register_loss("swallower", consumes="logits", requires_labels=True, citation="-")
         class Swallower(torch.nn.Module):
             def __init__(self, **kwargs: object) -> None:
                 super().__init__()
+
     assert "swallower" not in list_losses()
 
 
@@ -168,9 +183,19 @@ def message_for(*parts: str) -> str:
 
 
 def test_public_names() -> None:
-    for name in ("SupConLoss", "NTXentLoss", "ContrastiveLoss", "TripletMarginLoss",
-                 "MultiSimilarityLoss", "CrossEntropyLoss", "create_loss", "list_losses",
-                 "register_loss", "get_loss_info", "LossInfo"):
+    for name in (
+        "SupConLoss",
+        "NTXentLoss",
+        "ContrastiveLoss",
+        "TripletMarginLoss",
+        "MultiSimilarityLoss",
+        "CrossEntropyLoss",
+        "create_loss",
+        "list_losses",
+        "register_loss",
+        "get_loss_info",
+        "LossInfo",
+    ):
         assert name in nodulebench.__all__ and hasattr(nodulebench, name)
 
 
@@ -183,7 +208,6 @@ def test_every_pairwise_loss_declares_a_plain_header_for_the_gather() -> None:
         header = module.options.header()
         assert header["loss"] == name
         assert "process_group" not in header and "gather_distributed" not in header
-        assert all(v is None or isinstance(v, (bool, int, float, str))
-                   for v in header.values())
+        assert all(v is None or isinstance(v, (bool, int, float, str)) for v in header.values())
     learnable = create_loss("supcon", temperature=torch.tensor(0.1, requires_grad=True))
     assert learnable.options.header()["temperature"] == "tensor"

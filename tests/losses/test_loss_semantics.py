@@ -26,8 +26,12 @@ from nodulebench.losses.distances import (
 )
 
 LossFn = Callable[..., torch.Tensor]
-PAIRWISE_FNS: list[LossFn] = [LF.supcon_loss, LF.contrastive_loss, LF.triplet_margin_loss,
-                              LF.multi_similarity_loss]
+PAIRWISE_FNS: list[LossFn] = [
+    LF.supcon_loss,
+    LF.contrastive_loss,
+    LF.triplet_margin_loss,
+    LF.multi_similarity_loss,
+]
 
 
 def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -39,18 +43,21 @@ def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> tor
 
 @pytest.mark.parametrize("views", [2, 3])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_ntxent_equals_supcon_without_labels_and_with_own_classes(views: int,
-                                                                  reduction: str) -> None:
+def test_ntxent_equals_supcon_without_labels_and_with_own_classes(
+    views: int, reduction: str
+) -> None:
     embeddings = randn(6, views, 5, dtype=torch.float64)
     ntxent = LF.ntxent_loss(embeddings, temperature=0.3, reduction=reduction)
     unlabeled = LF.supcon_loss(embeddings, None, temperature=0.3, reduction=reduction)
-    own_class = LF.supcon_loss(embeddings, torch.arange(6) * 3 + 1, temperature=0.3,
-                               reduction=reduction)
+    own_class = LF.supcon_loss(
+        embeddings, torch.arange(6) * 3 + 1, temperature=0.3, reduction=reduction
+    )
     torch.testing.assert_close(ntxent, unlabeled)
     torch.testing.assert_close(ntxent, own_class)
     if views == 2:
-        two_views = LF.ntxent_loss(embeddings[:, 0], embeddings[:, 1], temperature=0.3,
-                                   reduction=reduction)
+        two_views = LF.ntxent_loss(
+            embeddings[:, 0], embeddings[:, 1], temperature=0.3, reduction=reduction
+        )
         torch.testing.assert_close(two_views, ntxent)
 
 
@@ -63,10 +70,15 @@ def test_ntxent_module_accepts_both_forms() -> None:
 @pytest.mark.parametrize("variant", ["out", "in"])
 def test_base_temperature_scales_by_temperature_ratio(variant: str) -> None:
     embeddings, labels = randn(6, 2, 4), torch.tensor([0, 1, 0, 1, 2, 2])
-    plain = LF.supcon_loss(embeddings, labels, temperature=0.2, variant=variant,
-                           reduction="none")
-    scaled = LF.supcon_loss(embeddings, labels, temperature=0.2, variant=variant,
-                            base_temperature=0.07, reduction="none")
+    plain = LF.supcon_loss(embeddings, labels, temperature=0.2, variant=variant, reduction="none")
+    scaled = LF.supcon_loss(
+        embeddings,
+        labels,
+        temperature=0.2,
+        variant=variant,
+        base_temperature=0.07,
+        reduction="none",
+    )
     torch.testing.assert_close(scaled, plain * (0.2 / 0.07))
 
 
@@ -80,23 +92,29 @@ def test_supcon_in_is_at_most_out() -> None:
 
 def test_supcon_single_positive_variants_agree() -> None:
     embeddings = randn(5, 2, 4, seed=4)
-    torch.testing.assert_close(LF.supcon_loss(embeddings, variant="in"),
-                               LF.supcon_loss(embeddings, variant="out"))
+    torch.testing.assert_close(
+        LF.supcon_loss(embeddings, variant="in"), LF.supcon_loss(embeddings, variant="out")
+    )
 
 
 # ----------------------------------------------------------------------------- excluded anchors
 
 
-@pytest.mark.parametrize(("factory", "kwargs"), [
-    (SupConLoss, {}),
-    (SupConLoss, {"variant": "in"}),
-    (TripletMarginLoss, {}),
-    (TripletMarginLoss, {"mining": "all"}),
-    (TripletMarginLoss, {"mining": "semihard"}),
-    (MultiSimilarityLoss, {}),
-], ids=str)
+@pytest.mark.parametrize(
+    ("factory", "kwargs"),
+    [
+        (SupConLoss, {}),
+        (SupConLoss, {"variant": "in"}),
+        (TripletMarginLoss, {}),
+        (TripletMarginLoss, {"mining": "all"}),
+        (TripletMarginLoss, {"mining": "semihard"}),
+        (MultiSimilarityLoss, {}),
+    ],
+    ids=str,
+)
 def test_anchors_without_positive_are_excluded_and_counted(
-        factory: type[torch.nn.Module], kwargs: dict[str, object]) -> None:
+    factory: type[torch.nn.Module], kwargs: dict[str, object]
+) -> None:
     embeddings = randn(5, 6, dtype=torch.float64)
     labels = torch.tensor([1, 1, 7, 9, 1])  # labels 7 and 9 have no positive
     excluded, kept = [2, 3], [0, 1, 4]
@@ -109,8 +127,9 @@ def test_anchors_without_positive_are_excluded_and_counted(
     assert bool((per_anchor[kept] >= 0).all())
     if kwargs.get("mining") != "all":  # "all" averages over triplets, tested below
         torch.testing.assert_close(loss, per_anchor[kept].mean())
-        torch.testing.assert_close(factory(reduction="sum", **kwargs)(embeddings, labels),
-                                   per_anchor.sum())
+        torch.testing.assert_close(
+            factory(reduction="sum", **kwargs)(embeddings, labels), per_anchor.sum()
+        )
 
 
 def test_triplet_anchor_without_negative_is_excluded() -> None:
@@ -127,17 +146,22 @@ def test_contrastive_single_row_is_excluded() -> None:
     assert loss.item() == 0.0
 
 
-@pytest.mark.parametrize(("factory", "kwargs"), [
-    (SupConLoss, {}),
-    (SupConLoss, {"variant": "in"}),
-    (TripletMarginLoss, {}),
-    (TripletMarginLoss, {"mining": "all"}),
-    (TripletMarginLoss, {"mining": "semihard"}),
-    (MultiSimilarityLoss, {}),
-], ids=str)
+@pytest.mark.parametrize(
+    ("factory", "kwargs"),
+    [
+        (SupConLoss, {}),
+        (SupConLoss, {"variant": "in"}),
+        (TripletMarginLoss, {}),
+        (TripletMarginLoss, {"mining": "all"}),
+        (TripletMarginLoss, {"mining": "semihard"}),
+        (MultiSimilarityLoss, {}),
+    ],
+    ids=str,
+)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_batch_without_valid_anchor_gives_connected_zero(
-        factory: type[torch.nn.Module], kwargs: dict[str, object], reduction: str) -> None:
+    factory: type[torch.nn.Module], kwargs: dict[str, object], reduction: str
+) -> None:
     module = factory(reduction=reduction, **kwargs)
     embeddings = randn(4, 2, 3).requires_grad_(True)
     loss = module(embeddings[:, :1], torch.tensor([0, 1, 2, 3]))  # one view, all distinct
@@ -149,10 +173,12 @@ def test_batch_without_valid_anchor_gives_connected_zero(
     assert bool((embeddings.grad == 0).all())
 
 
-@pytest.mark.parametrize("factory", [SupConLoss, TripletMarginLoss, MultiSimilarityLoss],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "factory", [SupConLoss, TripletMarginLoss, MultiSimilarityLoss], ids=lambda f: f.__name__
+)
 def test_float16_batch_without_valid_anchor_gives_zero_not_nan(
-        factory: type[torch.nn.Module]) -> None:
+    factory: type[torch.nn.Module],
+) -> None:
     # The entries sum to 3.6e5, beyond float16's range (65504): the zero must not be
     # computed from that sum.
     embeddings = torch.full((4, 3), 3.0e4, dtype=torch.float16, requires_grad=True)
@@ -168,8 +194,9 @@ def test_float16_batch_without_valid_anchor_gives_zero_not_nan(
 
 def test_triplet_all_with_no_positive_triplet_gives_connected_zero() -> None:
     # Two tight, far apart clusters: every triplet satisfies the margin.
-    embeddings = torch.tensor([[0.0, 1.0], [0.0, 1.01], [1.0, 0.0], [1.01, 0.0]],
-                              requires_grad=True)
+    embeddings = torch.tensor(
+        [[0.0, 1.0], [0.0, 1.01], [1.0, 0.0], [1.01, 0.0]], requires_grad=True
+    )
     loss_fn = TripletMarginLoss(mining="all")
     loss = loss_fn(embeddings, torch.tensor([0, 0, 1, 1]))
     assert loss.item() == 0.0 and loss_fn.num_excluded_anchors == 0
@@ -181,11 +208,19 @@ def test_triplet_all_mean_is_global_over_positive_triplets() -> None:
     embeddings, labels = randn(6, 3, seed=8), torch.tensor([0, 0, 1, 1, 2, 0])
     total = LF.triplet_margin_loss(embeddings, labels, mining="all", margin=1.0, reduction="sum")
     mean = LF.triplet_margin_loss(embeddings, labels, mining="all", margin=1.0)
-    d = torch.cdist(torch.nn.functional.normalize(embeddings), torch.nn.functional.normalize(
-        embeddings))
-    count = sum(1 for i in range(6) for p in range(6) for n in range(6)
-                if p != i and labels[p] == labels[i] and labels[n] != labels[i]
-                and d[i, p] - d[i, n] + 1.0 > 0)
+    d = torch.cdist(
+        torch.nn.functional.normalize(embeddings), torch.nn.functional.normalize(embeddings)
+    )
+    count = sum(
+        1
+        for i in range(6)
+        for p in range(6)
+        for n in range(6)
+        if p != i
+        and labels[p] == labels[i]
+        and labels[n] != labels[i]
+        and d[i, p] - d[i, n] + 1.0 > 0
+    )
     torch.testing.assert_close(mean, total / count)
 
 
@@ -238,8 +273,9 @@ def test_runs_on_requested_device_and_dtype(device: torch.device, dtype: torch.d
 @pytest.mark.parametrize("fn", PAIRWISE_FNS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_non_finite_embeddings_give_non_finite_loss(fn: LossFn, bad: float,
-                                                    normalize: bool) -> None:
+def test_non_finite_embeddings_give_non_finite_loss(
+    fn: LossFn, bad: float, normalize: bool
+) -> None:
     # Documented: not checked (no device sync); a NaN/inf entry makes the loss NaN (or inf),
     # never a finite number computed without that row.
     embeddings = randn(4, 3)
@@ -304,54 +340,74 @@ def test_bad_embeddings_and_labels(fn: LossFn) -> None:
         fn(torch.randn(4, 3), LABELS, normalize=1)
 
 
-@pytest.mark.parametrize("fn", [LF.contrastive_loss, LF.triplet_margin_loss,
-                                LF.multi_similarity_loss], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "fn",
+    [LF.contrastive_loss, LF.triplet_margin_loss, LF.multi_similarity_loss],
+    ids=lambda f: f.__name__,
+)
 def test_labels_required(fn: LossFn) -> None:
     with pytest.raises(TypeError, match=message("labels", "(B,) integer", "None")):
         fn(torch.randn(4, 3), None)
 
 
-@pytest.mark.parametrize(("factory", "kwargs", "error", "parts"), [
-    (SupConLoss, {"temperature": 0.0}, ValueError, ("temperature", "> 0", "0.0")),
-    (SupConLoss, {"temperature": -1.0}, ValueError, ("temperature", "> 0", "-1.0")),
-    (SupConLoss, {"temperature": math.nan}, ValueError, ("temperature", "> 0", "nan")),
-    (SupConLoss, {"temperature": "0.1"}, TypeError, ("temperature", "real number", "str")),
-    (SupConLoss, {"variant": "both"}, ValueError, ("variant", "'out', 'in'", "'both'")),
-    (SupConLoss, {"base_temperature": 0.0}, ValueError, ("base_temperature", "> 0", "0.0")),
-    (SupConLoss, {"reduction": "avg"}, ValueError, ("reduction", "'mean'", "'avg'")),
-    (NTXentLoss, {"temperature": -0.5}, ValueError, ("temperature", "> 0", "-0.5")),
-    (ContrastiveLoss, {"margin": -1.0}, ValueError, ("margin", ">= 0", "-1.0")),
-    (TripletMarginLoss, {"margin": -0.2}, ValueError, ("margin", ">= 0", "-0.2")),
-    (TripletMarginLoss, {"mining": "easy"}, ValueError, ("mining", "'all'", "'easy'")),
-    (TripletMarginLoss, {"distance": "l1"}, ValueError, ("distance", "'euclidean'", "'l1'")),
-    (MultiSimilarityLoss, {"alpha": 0.0}, ValueError, ("alpha", "> 0", "0.0")),
-    (MultiSimilarityLoss, {"beta": -50.0}, ValueError, ("beta", "> 0", "-50.0")),
-    (MultiSimilarityLoss, {"base": 2.0}, ValueError, ("base", "[-1.0, 1.0]", "2.0")),
-    (MultiSimilarityLoss, {"epsilon": -0.1}, ValueError, ("epsilon", ">= 0", "-0.1")),
-    (CrossEntropyLoss, {"label_smoothing": 1.5}, ValueError, ("label_smoothing", "[0.0, 1.0]",
-                                                             "1.5")),
-    (CrossEntropyLoss, {"weight": torch.ones(2, 2)}, ValueError, ("weight", "(C,)", "(2, 2)")),
-    (CrossEntropyLoss, {"weight": torch.ones(3, dtype=torch.int64)}, TypeError,
-     ("weight", "floating", "torch.int64")),
-    (CrossEntropyLoss, {"reduction": "batchmean"}, ValueError, ("reduction", "'batchmean'")),
-], ids=lambda x: x.__name__ if isinstance(x, type) else None)
-def test_bad_options_fail_at_construction_and_call(factory: type, kwargs: dict[str, object],
-                                                   error: type[Exception],
-                                                   parts: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "error", "parts"),
+    [
+        (SupConLoss, {"temperature": 0.0}, ValueError, ("temperature", "> 0", "0.0")),
+        (SupConLoss, {"temperature": -1.0}, ValueError, ("temperature", "> 0", "-1.0")),
+        (SupConLoss, {"temperature": math.nan}, ValueError, ("temperature", "> 0", "nan")),
+        (SupConLoss, {"temperature": "0.1"}, TypeError, ("temperature", "real number", "str")),
+        (SupConLoss, {"variant": "both"}, ValueError, ("variant", "'out', 'in'", "'both'")),
+        (SupConLoss, {"base_temperature": 0.0}, ValueError, ("base_temperature", "> 0", "0.0")),
+        (SupConLoss, {"reduction": "avg"}, ValueError, ("reduction", "'mean'", "'avg'")),
+        (NTXentLoss, {"temperature": -0.5}, ValueError, ("temperature", "> 0", "-0.5")),
+        (ContrastiveLoss, {"margin": -1.0}, ValueError, ("margin", ">= 0", "-1.0")),
+        (TripletMarginLoss, {"margin": -0.2}, ValueError, ("margin", ">= 0", "-0.2")),
+        (TripletMarginLoss, {"mining": "easy"}, ValueError, ("mining", "'all'", "'easy'")),
+        (TripletMarginLoss, {"distance": "l1"}, ValueError, ("distance", "'euclidean'", "'l1'")),
+        (MultiSimilarityLoss, {"alpha": 0.0}, ValueError, ("alpha", "> 0", "0.0")),
+        (MultiSimilarityLoss, {"beta": -50.0}, ValueError, ("beta", "> 0", "-50.0")),
+        (MultiSimilarityLoss, {"base": 2.0}, ValueError, ("base", "[-1.0, 1.0]", "2.0")),
+        (MultiSimilarityLoss, {"epsilon": -0.1}, ValueError, ("epsilon", ">= 0", "-0.1")),
+        (
+            CrossEntropyLoss,
+            {"label_smoothing": 1.5},
+            ValueError,
+            ("label_smoothing", "[0.0, 1.0]", "1.5"),
+        ),
+        (CrossEntropyLoss, {"weight": torch.ones(2, 2)}, ValueError, ("weight", "(C,)", "(2, 2)")),
+        (
+            CrossEntropyLoss,
+            {"weight": torch.ones(3, dtype=torch.int64)},
+            TypeError,
+            ("weight", "floating", "torch.int64"),
+        ),
+        (CrossEntropyLoss, {"reduction": "batchmean"}, ValueError, ("reduction", "'batchmean'")),
+    ],
+    ids=lambda x: x.__name__ if isinstance(x, type) else None,
+)
+def test_bad_options_fail_at_construction_and_call(
+    factory: type, kwargs: dict[str, object], error: type[Exception], parts: tuple[str, ...]
+) -> None:
     with pytest.raises(error, match=message(*parts)):
         factory(**kwargs)
 
 
-@pytest.mark.parametrize(("fn", "kwargs", "parts"), [
-    (LF.supcon_loss, {"temperature": 0.0}, ("temperature", "> 0", "0.0")),
-    (LF.ntxent_loss, {"temperature": 0.0}, ("temperature", "> 0", "0.0")),
-    (LF.contrastive_loss, {"margin": -1.0}, ("margin", ">= 0", "-1.0")),
-    (LF.triplet_margin_loss, {"mining": "easy"}, ("mining", "'easy'")),
-    (LF.triplet_margin_loss, {"distance": "l1"}, ("distance", "'l1'")),
-    (LF.multi_similarity_loss, {"epsilon": -1.0}, ("epsilon", ">= 0", "-1.0")),
-], ids=lambda x: getattr(x, "__name__", None))
-def test_functional_validates_options(fn: LossFn, kwargs: dict[str, object],
-                                      parts: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("fn", "kwargs", "parts"),
+    [
+        (LF.supcon_loss, {"temperature": 0.0}, ("temperature", "> 0", "0.0")),
+        (LF.ntxent_loss, {"temperature": 0.0}, ("temperature", "> 0", "0.0")),
+        (LF.contrastive_loss, {"margin": -1.0}, ("margin", ">= 0", "-1.0")),
+        (LF.triplet_margin_loss, {"mining": "easy"}, ("mining", "'easy'")),
+        (LF.triplet_margin_loss, {"distance": "l1"}, ("distance", "'l1'")),
+        (LF.multi_similarity_loss, {"epsilon": -1.0}, ("epsilon", ">= 0", "-1.0")),
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
+def test_functional_validates_options(
+    fn: LossFn, kwargs: dict[str, object], parts: tuple[str, ...]
+) -> None:
     embeddings = torch.randn(4, 2, 3)
     with pytest.raises(ValueError, match=message(*parts)):
         if fn is LF.ntxent_loss:

@@ -19,17 +19,26 @@ SIZE = 6  # remembered rows; batches of 4 rows, so the ring wraps on the third b
 @pytest.mark.parametrize("backend", ["reference", "tiled"])
 @pytest.mark.parametrize(
     ("module", "functional"),
-    [(SupConLoss, LF.supcon_loss), (ContrastiveLoss, LF.contrastive_loss),
-     (TripletMarginLoss, LF.triplet_margin_loss)],
+    [
+        (SupConLoss, LF.supcon_loss),
+        (ContrastiveLoss, LF.contrastive_loss),
+        (TripletMarginLoss, LF.triplet_margin_loss),
+    ],
 )
 def test_equals_the_batch_against_itself_and_the_last_rows(
-    backend: str, module: type, functional: Callable[..., torch.Tensor],
+    backend: str,
+    module: type,
+    functional: Callable[..., torch.Tensor],
 ) -> None:
     # Every anchor of the batch meets the batch (self-pair excluded) and the last SIZE
     # rows of earlier batches, which take no gradient: the per-anchor losses of the
     # batch followed by those rows, first rows only.
-    memory = CrossBatchMemory(module(backend=backend, reduction="none"), embedding_size=3,
-                              memory_size=SIZE, dtype=torch.float64)
+    memory = CrossBatchMemory(
+        module(backend=backend, reduction="none"),
+        embedding_size=3,
+        memory_size=SIZE,
+        dtype=torch.float64,
+    )
     normalize = memory.loss.normalize
     history: list[tuple[torch.Tensor, torch.Tensor]] = []
     for seed in range(4):
@@ -42,8 +51,9 @@ def test_equals_the_batch_against_itself_and_the_last_rows(
         if history:
             rows = torch.cat([probe, torch.cat([e for e, _ in history])[-SIZE:]])
             row_labels = torch.cat([labels, torch.cat([y for _, y in history])[-SIZE:]])
-        want = functional(rows, row_labels, reduction="none", backend="reference",
-                          normalize=normalize)[:4]
+        want = functional(
+            rows, row_labels, reduction="none", backend="reference", normalize=normalize
+        )[:4]
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
         want.sum().backward()
         torch.testing.assert_close(embeddings.grad, probe.grad, rtol=1e-9, atol=1e-12)
@@ -59,8 +69,9 @@ def test_remembers_the_prepared_rows_of_every_view_first_in_first_out() -> None:
     assert memory.filled == 4
     memory(second.float(), second_labels)
     unit = torch.nn.functional.normalize
-    rows = torch.cat([unit(first.reshape(4, 3).float(), dim=1),
-                      unit(second.reshape(2, 3).float(), dim=1)])
+    rows = torch.cat(
+        [unit(first.reshape(4, 3).float(), dim=1), unit(second.reshape(2, 3).float(), dim=1)]
+    )
     labels = torch.cat([first_labels.repeat_interleave(2), second_labels.repeat_interleave(2)])
     order = [5, 1, 2, 3, 4]  # row 4 went to slot 4, row 5 overwrote slot 0
     torch.testing.assert_close(memory.embeddings, rows[order])
@@ -79,21 +90,30 @@ def test_auto_runs_a_full_memory_on_the_tiled_kernels(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(dispatch, "_TILED_KERNELS", {"triplet_hard": counted})
     size = 2048
-    memory = CrossBatchMemory(TripletMarginLoss(reduction="none"), embedding_size=3,
-                              memory_size=size, dtype=torch.float64)
+    memory = CrossBatchMemory(
+        TripletMarginLoss(reduction="none"), embedding_size=3, memory_size=size, dtype=torch.float64
+    )
     bank, bank_labels = make_batch(0, size, None, 3, 4)
     unit_bank = torch.nn.functional.normalize(bank, dim=1)
-    memory.load_state_dict({"embeddings": unit_bank, "labels": bank_labels,
-                            "_extra_state": {"filled": size, "position": 0}})
+    memory.load_state_dict(
+        {
+            "embeddings": unit_bank,
+            "labels": bank_labels,
+            "_extra_state": {"filled": size, "position": 0},
+        }
+    )
     embeddings, labels = make_batch(1, 32, None, 3, 4)
     embeddings.requires_grad_(True)
     got = memory(embeddings, labels)
     assert calls == ["triplet_hard"]
     (grad,) = torch.autograd.grad(got.sum(), embeddings)
     probe = embeddings.detach().clone().requires_grad_(True)
-    want = LF.triplet_margin_loss(torch.cat([probe, unit_bank]),
-                                  torch.cat([labels, bank_labels]), reduction="none",
-                                  backend="reference")[:32]
+    want = LF.triplet_margin_loss(
+        torch.cat([probe, unit_bank]),
+        torch.cat([labels, bank_labels]),
+        reduction="none",
+        backend="reference",
+    )[:32]
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     (want_grad,) = torch.autograd.grad(want.sum(), probe)
     torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
@@ -108,8 +128,9 @@ def test_state_dict_resumes_the_same_memory() -> None:
     restored.load_state_dict(memory.state_dict())
     assert restored.filled == memory.filled == 5
     embeddings, labels = make_batch(9, 3, None, 3, 2)
-    torch.testing.assert_close(restored(embeddings.float(), labels),
-                               memory(embeddings.float(), labels))
+    torch.testing.assert_close(
+        restored(embeddings.float(), labels), memory(embeddings.float(), labels)
+    )
     torch.testing.assert_close(restored.embeddings, memory.embeddings)
     memory.reset()
     assert memory.filled == 0 and "filled=0" in repr(memory)

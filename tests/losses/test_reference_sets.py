@@ -22,29 +22,47 @@ from nodulebench.losses import functional as LF
 Case = tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor], dict[str, object]]
 CASES: dict[str, Case] = {
     "supcon-out": (LF.supcon_loss, ref_supcon, {"temperature": 0.3}),
-    "supcon-in": (LF.supcon_loss, ref_supcon, {"temperature": 0.5, "variant": "in",
-                                               "base_temperature": 0.07}),
+    "supcon-in": (
+        LF.supcon_loss,
+        ref_supcon,
+        {"temperature": 0.5, "variant": "in", "base_temperature": 0.07},
+    ),
     "contrastive": (LF.contrastive_loss, ref_contrastive, {"margin": 2.5}),
-    "contrastive-pml": (LF.contrastive_loss, ref_contrastive_pml,
-                        {"form": "pml", "margin": 2.5, "pos_margin": 0.5}),
+    "contrastive-pml": (
+        LF.contrastive_loss,
+        ref_contrastive_pml,
+        {"form": "pml", "margin": 2.5, "pos_margin": 0.5},
+    ),
     "triplet-hard": (LF.triplet_margin_loss, ref_triplet, {"margin": 0.5}),
     "triplet-all": (LF.triplet_margin_loss, ref_triplet, {"mining": "all", "margin": 0.5}),
-    "triplet-semihard-cos": (LF.triplet_margin_loss, ref_triplet,
-                             {"mining": "semihard", "distance": "cosine", "margin": 0.3}),
-    "multi-similarity": (LF.multi_similarity_loss, ref_multi_similarity,
-                         {"beta": 10.0, "base": 0.0, "epsilon": 0.5}),
+    "triplet-semihard-cos": (
+        LF.triplet_margin_loss,
+        ref_triplet,
+        {"mining": "semihard", "distance": "cosine", "margin": 0.3},
+    ),
+    "multi-similarity": (
+        LF.multi_similarity_loss,
+        ref_multi_similarity,
+        {"beta": 10.0, "base": 0.0, "epsilon": 0.5},
+    ),
 }
 # (anchor batch, anchor views, reference batch, reference views, D, classes)
-SHAPES = [(5, None, 7, None, 4, 3), (4, 2, 6, 3, 3, 2), (1, None, 9, 2, 5, 3),
-          (6, None, 1, None, 3, 2)]
+SHAPES = [
+    (5, None, 7, None, 4, 3),
+    (4, 2, 6, 3, 3, 2),
+    (1, None, 9, 2, 5, 3),
+    (6, None, 1, None, 3, 2),
+]
 # The cases the tiled kernels serve (semi-hard mining and PML's form are dense only).
 TILED_CASES = sorted(set(CASES) - {"contrastive-pml", "triplet-semihard-cos"})
 BACKEND_CASES = [(name, "reference") for name in sorted(CASES)] + [
-    (name, "tiled") for name in TILED_CASES]
+    (name, "tiled") for name in TILED_CASES
+]
 
 
-def case_inputs(seed: int, shape: tuple[int, int | None, int, int | None, int, int]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def case_inputs(
+    seed: int, shape: tuple[int, int | None, int, int | None, int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     batch, views, ref_batch, ref_views, dim, classes = shape
     embeddings, labels = make_batch(seed, batch, views, dim, classes)
     ref_emb, ref_labels = make_batch(seed + 50, ref_batch, ref_views, dim, classes)
@@ -54,15 +72,32 @@ def case_inputs(seed: int, shape: tuple[int, int | None, int, int | None, int, i
 @pytest.mark.parametrize(("name", "backend"), BACKEND_CASES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_matches_loop_reference(name: str, backend: str, shape: tuple[
-        int, int | None, int, int | None, int, int], reduction: str) -> None:
+def test_matches_loop_reference(
+    name: str,
+    backend: str,
+    shape: tuple[int, int | None, int, int | None, int, int],
+    reduction: str,
+) -> None:
     fn, ref, kwargs = CASES[name]
     for seed in range(2):
         embeddings, labels, ref_emb, ref_labels = case_inputs(seed, shape)
-        got = fn(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels,
-                 reduction=reduction, backend=backend, **kwargs)
-        want = ref(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels,
-                   reduction=reduction, **kwargs)
+        got = fn(
+            embeddings,
+            labels,
+            ref_emb=ref_emb,
+            ref_labels=ref_labels,
+            reduction=reduction,
+            backend=backend,
+            **kwargs,
+        )
+        want = ref(
+            embeddings,
+            labels,
+            ref_emb=ref_emb,
+            ref_labels=ref_labels,
+            reduction=reduction,
+            **kwargs,
+        )
         expected_shape = embeddings.shape[:-1] if reduction == "none" else ()
         assert got.shape == want.shape == expected_shape
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
@@ -88,24 +123,38 @@ def test_reference_rows_are_never_self_pairs() -> None:
     # The batch as its own reference set: each anchor now also meets itself, as a positive.
     embeddings, labels = make_batch(1, 6, None, 4, 2)
     own = LF.supcon_loss(embeddings, labels, temperature=0.5, reduction="none")
-    with_self = LF.supcon_loss(embeddings, labels, ref_emb=embeddings, ref_labels=labels,
-                               temperature=0.5, reduction="none")
-    torch.testing.assert_close(with_self, ref_supcon(embeddings, labels, temperature=0.5,
-                                                     reduction="none", ref_emb=embeddings,
-                                                     ref_labels=labels))
+    with_self = LF.supcon_loss(
+        embeddings, labels, ref_emb=embeddings, ref_labels=labels, temperature=0.5, reduction="none"
+    )
+    torch.testing.assert_close(
+        with_self,
+        ref_supcon(
+            embeddings,
+            labels,
+            temperature=0.5,
+            reduction="none",
+            ref_emb=embeddings,
+            ref_labels=labels,
+        ),
+    )
     assert not torch.allclose(own, with_self)
 
 
-@pytest.mark.parametrize("name", [n for n in list_losses() if n != "ntxent"
-                                  and get_loss_info(n).consumes == "embeddings"])
+@pytest.mark.parametrize(
+    "name",
+    [n for n in list_losses() if n != "ntxent" and get_loss_info(n).consumes == "embeddings"],
+)
 def test_every_pairwise_module_takes_a_reference_set(name: str) -> None:
     embeddings, labels, ref_emb, ref_labels = case_inputs(4, (4, None, 6, None, 3, 2))
     module = create_loss(name)
     got = module(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels)
     options = {k: v for k, v in vars(module.options).items() if k != "process_group"}
-    functional = {"supcon": LF.supcon_loss, "contrastive": LF.contrastive_loss,
-                  "triplet": LF.triplet_margin_loss,
-                  "multi_similarity": LF.multi_similarity_loss}[name]
+    functional = {
+        "supcon": LF.supcon_loss,
+        "contrastive": LF.contrastive_loss,
+        "triplet": LF.triplet_margin_loss,
+        "multi_similarity": LF.multi_similarity_loss,
+    }[name]
     want = functional(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels, **options)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
@@ -113,8 +162,9 @@ def test_every_pairwise_module_takes_a_reference_set(name: str) -> None:
 def test_gather_without_process_group_is_the_plain_reference_loss() -> None:
     embeddings, labels, ref_emb, ref_labels = case_inputs(5, (4, None, 6, None, 3, 2))
     plain = LF.supcon_loss(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels)
-    gathered = LF.supcon_loss(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels,
-                              gather_distributed=True)
+    gathered = LF.supcon_loss(
+        embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels, gather_distributed=True
+    )
     torch.testing.assert_close(gathered, plain, rtol=0, atol=0)
 
 
@@ -141,16 +191,16 @@ def test_auto_takes_the_tiled_kernels_past_the_crossover(
     # 256 anchors x 4096 reference rows reach SupCon's crossover (1024 x 1024).
     loss = SupConLoss()(big, big_labels, ref_emb=bank, ref_labels=bank_labels)
     assert calls == ["supcon"]
-    expected = SupConLoss(backend="reference")(big, big_labels, ref_emb=bank,
-                                               ref_labels=bank_labels)
+    expected = SupConLoss(backend="reference")(
+        big, big_labels, ref_emb=bank, ref_labels=bank_labels
+    )
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_triton_declines_reference_sets_with_its_reason() -> None:
     embeddings, labels, ref_emb, ref_labels = case_inputs(6, (4, None, 6, None, 3, 2))
     with pytest.raises(ValueError, match=r"backend='triton' cannot .* a reference set"):
-        SupConLoss(backend="triton")(embeddings, labels, ref_emb=ref_emb,
-                                     ref_labels=ref_labels)
+        SupConLoss(backend="triton")(embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels)
 
 
 def test_ntxent_takes_no_reference_set_and_says_why() -> None:
@@ -172,8 +222,12 @@ def test_bad_reference_sets_get_named_errors() -> None:
     embeddings, labels, ref_emb, ref_labels = case_inputs(9, (4, None, 6, None, 3, 2))
     loss = SupConLoss()
     with pytest.raises(ValueError, match=r"ref_emb must have the embedding dimension D = 3"):
-        loss(embeddings, labels, ref_emb=torch.randn(6, 5, dtype=torch.float64),
-             ref_labels=ref_labels)
+        loss(
+            embeddings,
+            labels,
+            ref_emb=torch.randn(6, 5, dtype=torch.float64),
+            ref_labels=ref_labels,
+        )
     with pytest.raises(TypeError, match=r"labels were given but ref_labels is None"):
         loss(embeddings, labels, ref_emb=ref_emb)
     with pytest.raises(TypeError, match=r"ref_labels were given but labels is None"):

@@ -14,8 +14,9 @@ from nodulebench.losses.distances import pairwise_distance
 DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
 
 
-def cubic_semihard(z: torch.Tensor, labels: torch.Tensor, margin: float,
-                   distance: str) -> torch.Tensor:
+def cubic_semihard(
+    z: torch.Tensor, labels: torch.Tensor, margin: float, distance: str
+) -> torch.Tensor:
     """Per-anchor semi-hard loss with the (N, N, N) tensor of every (anchor, p, n)."""
     n = z.shape[0]
     d = pairwise_distance(z, distance)
@@ -54,14 +55,14 @@ def case(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("margin", [0.0, 0.3, 5.0])
 def test_matches_the_cubic_enumeration(name: str, distance: str, margin: float) -> None:
     z, labels = case(name)
-    w = torch.randn(z.shape[0], generator=torch.Generator().manual_seed(1),
-                    dtype=torch.float64)
+    w = torch.randn(z.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     z_ref = z.clone().requires_grad_()
     expected = cubic_semihard(z_ref, labels, margin, distance)
     (expected_grad,) = torch.autograd.grad((expected * w).sum(), z_ref)
     z_got = z.clone().requires_grad_()
-    loss, _ = run_per_anchor("triplet_semihard", z_got, labels, backend="reference",
-                             margin=margin, distance=distance)
+    loss, _ = run_per_anchor(
+        "triplet_semihard", z_got, labels, backend="reference", margin=margin, distance=distance
+    )
     (grad,) = torch.autograd.grad((loss * w).sum(), z_got)
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
@@ -71,16 +72,24 @@ def test_gradcheck_float64() -> None:
     z, labels = case("random")
     z = z[:10].clone().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda x: run_per_anchor("triplet_semihard", x, labels[:10], backend="reference",
-                                 margin=0.5, distance="euclidean")[0], (z,)
+        lambda x: run_per_anchor(
+            "triplet_semihard",
+            x,
+            labels[:10],
+            backend="reference",
+            margin=0.5,
+            distance="euclidean",
+        )[0],
+        (z,),
     )
 
 
 def test_nan_row_gives_nan() -> None:
     z, labels = case("random")
     z[3, 1] = math.nan
-    loss, valid = run_per_anchor("triplet_semihard", z, labels, backend="reference",
-                                 margin=0.2, distance="euclidean")
+    loss, valid = run_per_anchor(
+        "triplet_semihard", z, labels, backend="reference", margin=0.2, distance="euclidean"
+    )
     assert torch.isnan(loss[valid]).any()
 
 
@@ -108,8 +117,9 @@ def grows_at_most_quadratically(fn: Callable[[torch.Tensor, torch.Tensor], torch
 
 def test_memory_grows_like_n_squared_not_n_cubed() -> None:
     def semihard(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return run_per_anchor("triplet_semihard", z, labels, backend="reference",
-                              margin=0.2, distance="euclidean")[0]
+        return run_per_anchor(
+            "triplet_semihard", z, labels, backend="reference", margin=0.2, distance="euclidean"
+        )[0]
 
     def cubic(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return cubic_semihard(z, labels, 0.2, "euclidean")

@@ -19,8 +19,10 @@ PROPERTY_SETTINGS = settings(max_examples=20, deadline=None)
 
 def pairs(batch: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, dim, generator=gen, dtype=torch.float64),
-            torch.randn(batch, dim, generator=gen, dtype=torch.float64))
+    return (
+        torch.randn(batch, dim, generator=gen, dtype=torch.float64),
+        torch.randn(batch, dim, generator=gen, dtype=torch.float64),
+    )
 
 
 def clip_by_formula(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -52,10 +54,15 @@ def siglip_by_formula(
 def test_clip_value_and_gradients_equal_the_formula(backend: str) -> None:
     x, y = pairs(5, 4, seed=0)
     results = []
-    for fn in (lambda a, b, t: clip_loss(a, b, logit_scale=t, backend=backend),
-               lambda a, b, t: clip_by_formula(a, b, t.exp())):
-        leaves = [x.clone().requires_grad_(), y.clone().requires_grad_(),
-                  torch.tensor(math.log(5.0), dtype=torch.float64, requires_grad=True)]
+    for fn in (
+        lambda a, b, t: clip_loss(a, b, logit_scale=t, backend=backend),
+        lambda a, b, t: clip_by_formula(a, b, t.exp()),
+    ):
+        leaves = [
+            x.clone().requires_grad_(),
+            y.clone().requires_grad_(),
+            torch.tensor(math.log(5.0), dtype=torch.float64, requires_grad=True),
+        ]
         loss = fn(*leaves)
         results.append((loss, torch.autograd.grad(loss, leaves)))
     (loss, grads), (expected, expected_grads) = results
@@ -69,11 +76,16 @@ def test_clip_value_and_gradients_equal_the_formula(backend: str) -> None:
 def test_siglip_value_and_gradients_equal_the_formula(backend: str) -> None:
     x, y = pairs(5, 4, seed=1)
     results = []
-    for fn in (lambda a, b, t, c: siglip_loss(a, b, logit_scale=t, bias=c, backend=backend),
-               siglip_by_formula):
-        leaves = [x.clone().requires_grad_(), y.clone().requires_grad_(),
-                  torch.tensor(math.log(10.0), dtype=torch.float64, requires_grad=True),
-                  torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)]
+    for fn in (
+        lambda a, b, t, c: siglip_loss(a, b, logit_scale=t, bias=c, backend=backend),
+        siglip_by_formula,
+    ):
+        leaves = [
+            x.clone().requires_grad_(),
+            y.clone().requires_grad_(),
+            torch.tensor(math.log(10.0), dtype=torch.float64, requires_grad=True),
+            torch.tensor(-3.0, dtype=torch.float64, requires_grad=True),
+        ]
         loss = fn(*leaves)
         results.append((loss, torch.autograd.grad(loss, leaves)))
     (loss, grads), (expected, expected_grads) = results
@@ -89,16 +101,19 @@ def test_gradcheck_through_normalization_and_learnable_scalars(backend: str) -> 
     bias = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda a, b, t: clip_loss(a, b, temperature=t, backend=backend, reduction="none"),
-        (x, y, tau))
+        (x, y, tau),
+    )
     assert torch.autograd.gradcheck(
         lambda a, b, t, c: siglip_loss(a, b, logit_scale=t, bias=c, backend=backend),
-        (x, y, tau, bias))
+        (x, y, tau, bias),
+    )
 
 
 def test_temperature_and_logit_scale_are_two_spellings_of_one_scale() -> None:
     x, y = pairs(6, 3, seed=3)
-    torch.testing.assert_close(clip_loss(x, y, temperature=0.25),
-                               clip_loss(x, y, logit_scale=math.log(4.0)))
+    torch.testing.assert_close(
+        clip_loss(x, y, temperature=0.25), clip_loss(x, y, logit_scale=math.log(4.0))
+    )
     torch.testing.assert_close(clip_loss(x, y), clip_loss(x, y, temperature=0.07))
 
 
@@ -124,8 +139,9 @@ def test_low_precision_is_computed_in_float32() -> None:
     for fn in (clip_loss, siglip_loss):
         low = fn(x.bfloat16(), y.bfloat16())
         assert low.dtype == torch.float32
-        torch.testing.assert_close(low.double(), fn(x.bfloat16().double(), y.bfloat16().double()),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            low.double(), fn(x.bfloat16().double(), y.bfloat16().double()), rtol=1e-5, atol=1e-5
+        )
 
 
 @st.composite
@@ -143,22 +159,24 @@ def test_permuting_the_pairs_permutes_the_per_pair_losses(name: str, data, backe
     fn = clip_loss if name == "clip" else siglip_loss
     x, y, perm = data
     per_pair = fn(x, y, reduction="none", backend=backend)
-    torch.testing.assert_close(fn(x[perm], y[perm], reduction="none", backend=backend),
-                               per_pair[perm])
+    torch.testing.assert_close(
+        fn(x[perm], y[perm], reduction="none", backend=backend), per_pair[perm]
+    )
     torch.testing.assert_close(fn(x[perm], y[perm], backend=backend), per_pair.mean())
 
 
 @PROPERTY_SETTINGS
-@given(data=paired_batches(), backend=st.sampled_from(BACKENDS),
-       temperature=st.floats(0.02, 5.0))
+@given(data=paired_batches(), backend=st.sampled_from(BACKENDS), temperature=st.floats(0.02, 5.0))
 def test_infonce_is_symmetric_under_swapping_towers(data, backend, temperature) -> None:
     x, y, _ = data
     torch.testing.assert_close(
         clip_loss(y, x, temperature=temperature, reduction="none", backend=backend),
-        clip_loss(x, y, temperature=temperature, reduction="none", backend=backend))
+        clip_loss(x, y, temperature=temperature, reduction="none", backend=backend),
+    )
     # SigLIP's total (not its per-image rows) is symmetric too: z is.
-    torch.testing.assert_close(siglip_loss(y, x, backend=backend),
-                               siglip_loss(x, y, backend=backend))
+    torch.testing.assert_close(
+        siglip_loss(y, x, backend=backend), siglip_loss(x, y, backend=backend)
+    )
 
 
 @PROPERTY_SETTINGS
@@ -171,8 +189,10 @@ def test_normalized_losses_ignore_the_scale_of_the_rows(data, factor) -> None:
 
 def test_finite_at_extreme_scales() -> None:
     x, y = (t.requires_grad_() for t in pairs(5, 3, seed=6))
-    for loss in (clip_loss(x, y, temperature=1e-4, backend="tiled"),
-                 siglip_loss(x, y, logit_scale=12.0, bias=50.0, backend="tiled")):
+    for loss in (
+        clip_loss(x, y, temperature=1e-4, backend="tiled"),
+        siglip_loss(x, y, logit_scale=12.0, bias=50.0, backend="tiled"),
+    ):
         grads = torch.autograd.grad(loss, (x, y))
         assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
 
@@ -225,46 +245,90 @@ X = torch.randn(4, 3)
 @pytest.mark.parametrize(
     ("call", "exc", "fragment"),
     [
-        (lambda: clip_loss(X, torch.randn(4, 5)), ValueError,
-         "text_emb must have image_emb's shape (B, D) = (4, 3), one row per pair; got shape "
-         "(4, 5)"),
-        (lambda: siglip_loss(X, torch.randn(5, 3)), ValueError,
-         "text_emb must have image_emb's shape (B, D) = (4, 3), one row per pair; got shape "
-         "(5, 3)"),
-        (lambda: clip_loss(X[None], X[None]), ValueError,
-         "image_emb must have shape (B, D); got shape (1, 4, 3)"),
-        (lambda: clip_loss(X, X.double()), TypeError,
-         "text_emb must have image_emb's dtype torch.float32; got torch.float64"),
+        (
+            lambda: clip_loss(X, torch.randn(4, 5)),
+            ValueError,
+            "text_emb must have image_emb's shape (B, D) = (4, 3), one row per pair; got shape "
+            "(4, 5)",
+        ),
+        (
+            lambda: siglip_loss(X, torch.randn(5, 3)),
+            ValueError,
+            "text_emb must have image_emb's shape (B, D) = (4, 3), one row per pair; got shape "
+            "(5, 3)",
+        ),
+        (
+            lambda: clip_loss(X[None], X[None]),
+            ValueError,
+            "image_emb must have shape (B, D); got shape (1, 4, 3)",
+        ),
+        (
+            lambda: clip_loss(X, X.double()),
+            TypeError,
+            "text_emb must have image_emb's dtype torch.float32; got torch.float64",
+        ),
         (lambda: clip_loss(X, X.long()), TypeError, "text_emb must have a floating-point dtype"),
-        (lambda: clip_loss(X, X, temperature=0.0), ValueError,
-         "temperature must be a finite number > 0; got 0.0"),
-        (lambda: clip_loss(X, X, temperature=-0.1), ValueError,
-         "temperature must be a finite number > 0; got -0.1"),
-        (lambda: clip_loss(X, X, temperature=torch.tensor(-0.5, requires_grad=True)), ValueError,
-         "temperature must be a finite number > 0; got -0.5"),
-        (lambda: clip_loss(X, X, temperature=torch.tensor([0.1])), ValueError,
-         "temperature must be a float or a 0-dim tensor (shape ()); got shape (1,)"),
-        (lambda: clip_loss(X, X, logit_scale=torch.ones(2, 2)), ValueError,
-         "logit_scale must be a float or a 0-dim tensor (shape ()); got shape (2, 2)"),
-        (lambda: clip_loss(X, X, temperature=0.1, logit_scale=1.0), ValueError,
-         "pass temperature or logit_scale, not both"),
-        (lambda: clip_loss(X, X, logit_scale=math.inf), ValueError,
-         "logit_scale must be a finite number; got inf"),
-        (lambda: siglip_loss(X, X, bias=torch.zeros(1)), ValueError,
-         "bias must be a float or a 0-dim tensor (shape ()); got shape (1,)"),
-        (lambda: siglip_loss(X, X, bias="0"), TypeError,
-         "bias must be a real number or a 0-dim tensor; got str"),
+        (
+            lambda: clip_loss(X, X, temperature=0.0),
+            ValueError,
+            "temperature must be a finite number > 0; got 0.0",
+        ),
+        (
+            lambda: clip_loss(X, X, temperature=-0.1),
+            ValueError,
+            "temperature must be a finite number > 0; got -0.1",
+        ),
+        (
+            lambda: clip_loss(X, X, temperature=torch.tensor(-0.5, requires_grad=True)),
+            ValueError,
+            "temperature must be a finite number > 0; got -0.5",
+        ),
+        (
+            lambda: clip_loss(X, X, temperature=torch.tensor([0.1])),
+            ValueError,
+            "temperature must be a float or a 0-dim tensor (shape ()); got shape (1,)",
+        ),
+        (
+            lambda: clip_loss(X, X, logit_scale=torch.ones(2, 2)),
+            ValueError,
+            "logit_scale must be a float or a 0-dim tensor (shape ()); got shape (2, 2)",
+        ),
+        (
+            lambda: clip_loss(X, X, temperature=0.1, logit_scale=1.0),
+            ValueError,
+            "pass temperature or logit_scale, not both",
+        ),
+        (
+            lambda: clip_loss(X, X, logit_scale=math.inf),
+            ValueError,
+            "logit_scale must be a finite number; got inf",
+        ),
+        (
+            lambda: siglip_loss(X, X, bias=torch.zeros(1)),
+            ValueError,
+            "bias must be a float or a 0-dim tensor (shape ()); got shape (1,)",
+        ),
+        (
+            lambda: siglip_loss(X, X, bias="0"),
+            TypeError,
+            "bias must be a real number or a 0-dim tensor; got str",
+        ),
         (lambda: siglip_loss(X, X, reduction="avg"), ValueError, "reduction must be one of"),
-        (lambda: clip_loss(X, X, backend="tiles"), ValueError,
-         "(did you mean 'tiled'?)"),
-        (lambda: clip_loss(X, X, backend="triton"), ValueError,
-         "backend='triton' cannot compute 'clip' here"),
+        (lambda: clip_loss(X, X, backend="tiles"), ValueError, "(did you mean 'tiled'?)"),
+        (
+            lambda: clip_loss(X, X, backend="triton"),
+            ValueError,
+            "backend='triton' cannot compute 'clip' here",
+        ),
         (lambda: ClipLoss(temperature=0.0), ValueError, "temperature must be a finite number > 0"),
         (lambda: ClipLoss(max_scale=-1.0), ValueError, "max_scale must be a finite number > 0"),
         (lambda: ClipLoss(learnable=1), TypeError, "learnable must be a bool; got int"),
         (lambda: SigLipLoss(bias=math.nan), ValueError, "bias must be a finite number; got nan"),
-        (lambda: SigLipLoss(logit_scale=None), TypeError,
-         "logit_scale must be a real number; got NoneType"),
+        (
+            lambda: SigLipLoss(logit_scale=None),
+            TypeError,
+            "logit_scale must be a real number; got NoneType",
+        ),
     ],
 )
 def test_bad_inputs_are_named(call, exc, fragment) -> None:

@@ -31,6 +31,7 @@ def _reference_debiased_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     K_ij - rowmean_i - colmean_j + grandmean with means taken with n - 2 and
     (n - 1)(n - 2) denominators; its inner products are proportional to HSIC_u.
     """
+
     def u_center(g: torch.Tensor) -> torch.Tensor:
         n = g.shape[0]
         g = g.clone()
@@ -91,13 +92,17 @@ def test_flattens_trailing_dimensions_and_accepts_float32() -> None:
     [
         (torch.ones(10, 3), torch.rand(10, 2), {}, ValueError, "x has zero variance"),
         (torch.rand(10, 3), torch.full((10, 2), 0.1), {}, ValueError, "y has zero variance"),
-        (torch.rand(3, 2), torch.rand(3, 2), {"debiased": True}, ValueError,
-         "at least 4 samples; got 3"),
+        (
+            torch.rand(3, 2),
+            torch.rand(3, 2),
+            {"debiased": True},
+            ValueError,
+            "at least 4 samples; got 3",
+        ),
         (torch.rand(1, 2), torch.rand(1, 2), {}, ValueError, "at least 2 samples; got 1"),
         (torch.rand(5, 2), torch.rand(6, 2), {}, ValueError, "same number of rows as x (5)"),
         (torch.rand(5), torch.rand(5, 2), {}, ValueError, "x must have shape"),
-        (torch.ones(5, 2, dtype=torch.long), torch.rand(5, 2), {}, TypeError,
-         "floating-point"),
+        (torch.ones(5, 2, dtype=torch.long), torch.rand(5, 2), {}, TypeError, "floating-point"),
         (torch.rand(5, 2), torch.full((5, 2), float("nan")), {}, ValueError, "finite"),
         ([[1.0]], torch.rand(5, 2), {}, TypeError, "x must be a torch.Tensor"),
     ],
@@ -125,9 +130,11 @@ def test_gram_form_equals_the_feature_form(n: int, d1: int, d2: int, debiased: b
     x, y = _random(n, d1, 3), _random(n, d2, 4)
     y[:, 0] += 2 * x[:, 0]
     assert gram_linear_cka(x @ x.T, y @ y.T, debiased=debiased) == pytest.approx(
-        linear_cka(x, y, debiased=debiased), rel=1e-9, abs=1e-12)
+        linear_cka(x, y, debiased=debiased), rel=1e-9, abs=1e-12
+    )
     assert gram_linear_cka(1e200 * (x @ x.T), 1e-200 * (y @ y.T)) == pytest.approx(
-        linear_cka(x, y), rel=1e-9)
+        linear_cka(x, y), rel=1e-9
+    )
 
 
 @pytest.mark.parametrize(
@@ -142,8 +149,12 @@ def test_gram_form_equals_the_feature_form(n: int, d1: int, d2: int, debiased: b
         (torch.full((4, 4), float("nan")), torch.eye(4), ValueError, "finite"),
     ],
 )
-def test_gram_form_rejects_bad_input(k: torch.Tensor, l: torch.Tensor,  # noqa: E741
-                                     error: type[Exception], message: str) -> None:
+def test_gram_form_rejects_bad_input(
+    k: torch.Tensor,
+    l: torch.Tensor,  # noqa: E741
+    error: type[Exception],
+    message: str,
+) -> None:
     from nodulebench.probing import gram_linear_cka
 
     with pytest.raises(error, match=message):

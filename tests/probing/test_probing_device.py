@@ -11,8 +11,13 @@ from nodulebench.probing import extract_features, grad_cam, intervention_sensiti
 
 def _model() -> nn.Sequential:
     g = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g))
@@ -27,9 +32,12 @@ def test_device_results_match_cpu(device: torch.device) -> None:
     for name in cpu:
         torch.testing.assert_close(dev[name], cpu[name], rtol=1e-3, atol=1e-3)
     images = data.render(torch.arange(4))
-    torch.testing.assert_close(grad_cam(dev_model, "1", images.to(device), target=1).cpu(),
-                               grad_cam(cpu_model, "1", images, target=1),
-                               rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(
+        grad_cam(dev_model, "1", images.to(device), target=1).cpu(),
+        grad_cam(cpu_model, "1", images, target=1),
+        rtol=1e-3,
+        atol=1e-4,
+    )
     kwargs = {"factors": ["diameter_mm", "spiculation"], "n": 8, "embedding_layer": "3"}
     on_cpu = intervention_sensitivity(cpu_model, data, **kwargs)
     on_dev = intervention_sensitivity(dev_model, data, **kwargs)

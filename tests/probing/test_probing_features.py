@@ -27,8 +27,9 @@ def _images(n: int = 10) -> torch.Tensor:
 
 def test_matches_direct_forward_with_global_pooling() -> None:
     model, x = _model(), _images()
-    feats = extract_features(model, TensorDataset(x, torch.arange(10)), ["0", "1", "3", ""],
-                             batch_size=3)
+    feats = extract_features(
+        model, TensorDataset(x, torch.arange(10)), ["0", "1", "3", ""], batch_size=3
+    )
     with torch.no_grad():
         conv = model[0](x)
         expected_conv = conv.mean(dim=(2, 3))
@@ -80,8 +81,11 @@ def test_unknown_layer_names_the_argument_and_lists_known_names() -> None:
 
 @pytest.mark.parametrize(
     ("layers", "exc", "fragment"),
-    [([], ValueError, "at least one module"), (["0", "0"], ValueError, "repeat"),
-     ([3], TypeError, "layers must be strings")],
+    [
+        ([], ValueError, "at least one module"),
+        (["0", "0"], ValueError, "repeat"),
+        ([3], TypeError, "layers must be strings"),
+    ],
 )
 def test_bad_layers(layers, exc, fragment) -> None:
     with pytest.raises(exc, match=fragment):

@@ -107,8 +107,9 @@ def _reference(model, dataset, indices, name, values, embed):
 def test_matches_per_sample_reference(two_logits: bool) -> None:
     dataset = DiscNodules(40)
     model = DiscMean(two_logits)
-    results = intervention_sensitivity(model, dataset, n=12, seed=3, batch_size=5,
-                                       embedding_layer="embed")
+    results = intervention_sensitivity(
+        model, dataset, n=12, seed=3, batch_size=5, embedding_layer="embed"
+    )
     assert [r.factor for r in results] == ["diameter_mm", "calcification"]  # fixed skipped
     picked = np.sort(np.random.default_rng(3).choice(40, size=12, replace=False)).tolist()
 
@@ -122,8 +123,12 @@ def test_matches_per_sample_reference(two_logits: bool) -> None:
     assert calc.values == (0.0, 1.0, 2.0) and calc.n_pairs == 3
     for record in results:
         expected = _reference(model, dataset, picked, record.factor, record.values, embed)
-        got = (record.flip_rate, record.mean_abs_probability_change,
-               record.mean_probability_change, record.embedding_displacement)
+        got = (
+            record.flip_rate,
+            record.mean_abs_probability_change,
+            record.mean_probability_change,
+            record.embedding_displacement,
+        )
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
         assert record.n_samples == 12 and isinstance(record, SensitivityResult)
     # Size drives this model, the calcification dot sits inside the ignored centre.
@@ -134,8 +139,13 @@ def test_matches_per_sample_reference(two_logits: bool) -> None:
 
 def test_user_values_and_named_fixed_factor() -> None:
     dataset = DiscNodules(20)
-    [fixed] = intervention_sensitivity(DiscMean(True), dataset, factors=["diameter_mm"],
-                                       values={"diameter_mm": [6.0, 10.0, 16.0]}, n=8)
+    [fixed] = intervention_sensitivity(
+        DiscMean(True),
+        dataset,
+        factors=["diameter_mm"],
+        values={"diameter_mm": [6.0, 10.0, 16.0]},
+        n=8,
+    )
     assert fixed.values == (6.0, 10.0, 16.0) and fixed.values_from == "user"
     assert fixed.n_pairs == 3 and fixed.embedding_displacement is None
     assert fixed.relative_embedding_displacement is None
@@ -155,10 +165,16 @@ def test_deterministic_given_seed() -> None:
     [
         ({"factors": ["size"]}, ValueError, "factors: unknown factor 'size'"),
         ({"factors": "diameter_mm"}, TypeError, "factors must be a sequence of names"),
-        ({"factors": ["fixed_spacing"]}, ValueError,
-         "'fixed_spacing' does not vary in the dataset; pass values="),
-        ({"values": {"diameter_mm": [3.0]}}, ValueError,
-         "values['diameter_mm'] must hold at least two distinct values"),
+        (
+            {"factors": ["fixed_spacing"]},
+            ValueError,
+            "'fixed_spacing' does not vary in the dataset; pass values=",
+        ),
+        (
+            {"values": {"diameter_mm": [3.0]}},
+            ValueError,
+            "values['diameter_mm'] must hold at least two distinct values",
+        ),
         ({"values": {"size": [3.0, 4.0]}}, ValueError, "values names unknown factor 'size'"),
         ({"n": 0}, ValueError, "n must be an int >= 1; got 0"),
         ({"embedding_layer": "head"}, ValueError, "layers: 'head' is not a module"),
@@ -182,10 +198,12 @@ def test_category_names_become_codes_and_bad_values_raise() -> None:
 
     data = SyntheticNodules(NoduleSpec(), n=8, seed=0, image_size=16)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 2))
-    [named] = intervention_sensitivity(model, data, factors=["calcification"], n=4,
-                                       values={"calcification": ["absent", "popcorn"]})
-    [coded] = intervention_sensitivity(model, data, factors=["calcification"], n=4,
-                                       values={"calcification": [0, 3]})
+    [named] = intervention_sensitivity(
+        model, data, factors=["calcification"], n=4, values={"calcification": ["absent", "popcorn"]}
+    )
+    [coded] = intervention_sensitivity(
+        model, data, factors=["calcification"], n=4, values={"calcification": [0, 3]}
+    )
     assert named == coded and named.values == (0.0, 3.0)
     with pytest.raises(ValueError, match=re.escape("category names of calcification")):
         intervention_sensitivity(model, data, values={"calcification": ["absent", "big"]})
@@ -226,8 +244,12 @@ def test_render_cache_keys_on_indices_overrides_and_returns_copies() -> None:
     big = {"diameter_mm": torch.full((3,), 12.0)}
     batch = cached.render([0, 1, 2], overrides=big)
     batch += 100.0  # an in-place edit of the returned batch must not reach the cache
-    torch.testing.assert_close(cached.render([0, 1, 2], overrides=big),
-                               dataset.render([0, 1, 2], overrides=big), rtol=0, atol=0)
+    torch.testing.assert_close(
+        cached.render([0, 1, 2], overrides=big),
+        dataset.render([0, 1, 2], overrides=big),
+        rtol=0,
+        atol=0,
+    )
     assert cached.renders == 1
     cached.render([0, 1, 2], overrides={"diameter_mm": torch.full((3,), 13.0)})
     cached.render(torch.tensor([0, 1, 3]), overrides=big)

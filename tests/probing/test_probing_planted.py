@@ -69,8 +69,11 @@ def dataset() -> SyntheticNodules:
     # ground-glass nodules fall below the silhouette threshold: hold them fixed so that
     # each model reads what it claims to.
     spec = NoduleSpec().with_marginals(
-        vessels=Fixed("none"), calcification=Fixed("absent"), texture=Fixed("solid"),
-        location=Fixed("isolated"), fissure=Fixed("absent"),
+        vessels=Fixed("none"),
+        calcification=Fixed("absent"),
+        texture=Fixed("solid"),
+        location=Fixed("isolated"),
+        fissure=Fixed("absent"),
     )
     return SyntheticNodules(spec, n=96, seed=0, image_size=IMAGE_SIZE)
 

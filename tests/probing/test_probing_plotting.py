@@ -26,18 +26,19 @@ def _close_figures():
 
 
 def _probe(factor: str, score: float) -> ProbeResult:
-    return ProbeResult("fc", factor, "continuous", "r2", score, 0.0, 0.0, 0.0, score, 0.0,
-                       10, 2)
+    return ProbeResult("fc", factor, "continuous", "r2", score, 0.0, 0.0, 0.0, score, 0.0, 10, 2)
 
 
 def _sensitivity(factor: str, change: float) -> SensitivityResult:
-    return SensitivityResult(factor, "continuous", (1.0, 2.0), "percentiles", 8, 1,
-                             change, change, change, None, None)
+    return SensitivityResult(
+        factor, "continuous", (1.0, 2.0), "percentiles", 8, 1, change, change, change, None, None
+    )
 
 
 def test_probe_heatmap_cells_and_missing_factor() -> None:
-    ax = plot_probe_heatmap({"ce": [_probe("size", 0.9), _probe("spic", 0.1)],
-                             "supcon": [_probe("spic", 0.8)]})
+    ax = plot_probe_heatmap(
+        {"ce": [_probe("size", 0.9), _probe("spic", 0.1)], "supcon": [_probe("spic", 0.8)]}
+    )
     texts = sorted(t.get_text() for t in ax.texts)
     assert texts == ["0.10", "0.80", "0.90"]  # the missing cell stays blank
     assert [t.get_text() for t in ax.get_xticklabels()] == ["size", "spic"]
@@ -48,13 +49,19 @@ def test_probe_heatmap_cells_and_missing_factor() -> None:
 
 
 def test_sensitivity_bars_heights() -> None:
-    ax = plot_sensitivity_bars({"a": [_sensitivity("size", 0.3), _sensitivity("spic", 0.1)],
-                                "b": [_sensitivity("spic", 0.5)]}, metric="flip_rate")
+    ax = plot_sensitivity_bars(
+        {
+            "a": [_sensitivity("size", 0.3), _sensitivity("spic", 0.1)],
+            "b": [_sensitivity("spic", 0.5)],
+        },
+        metric="flip_rate",
+    )
     heights = [round(p.get_height(), 6) for p in ax.patches]
     assert heights == [0.3, 0.1, 0.0, 0.5]
     with pytest.raises(ValueError, match="no relative_embedding_displacement"):
-        plot_sensitivity_bars({"a": [_sensitivity("size", 0.3)]},
-                              metric="relative_embedding_displacement")
+        plot_sensitivity_bars(
+            {"a": [_sensitivity("size", 0.3)]}, metric="relative_embedding_displacement"
+        )
 
 
 def test_embedding_scatter_continuous_and_categorical() -> None:

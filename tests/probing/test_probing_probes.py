@@ -31,8 +31,12 @@ def _planted(n: int = 240, d: int = 12, seed: int = 0):
     x = torch.randn(n, d, generator=g)
     x[:, 0] += (size.float() - 14) / 3
     x[:, 1:4] += 3.0 * torch.nn.functional.one_hot(code, 3).float()
-    factors = {"diameter_mm": size, "calcification": code, "independent": independent,
-               "noise_code": noise_code}
+    factors = {
+        "diameter_mm": size,
+        "calcification": code,
+        "independent": independent,
+        "noise_code": noise_code,
+    }
     return x, factors
 
 
@@ -64,9 +68,7 @@ def test_deterministic_given_seed_and_mapping_of_layers() -> None:
     a = probe_factors({"a": x, "b": x[:, :4]}, factors, folds=3, seed=7)
     b = probe_factors({"a": x, "b": x[:, :4]}, factors, folds=3, seed=7)
     assert a == b
-    assert [(r.layer, r.factor) for r in a] == [
-        (layer, f) for layer in ("a", "b") for f in factors
-    ]
+    assert [(r.layer, r.factor) for r in a] == [(layer, f) for layer in ("a", "b") for f in factors]
     c = probe_factors({"a": x}, factors, folds=3, seed=8)
     assert [r.control for r in c] != [r.control for r in a[:4]]
 
@@ -80,8 +82,12 @@ def test_records_convert_to_plain_dicts() -> None:
 
 
 @settings(max_examples=20, deadline=None)
-@given(n=st.integers(6, 60), folds=st.integers(2, 6), classes=st.integers(1, 4),
-       seed=st.integers(0, 2**31))
+@given(
+    n=st.integers(6, 60),
+    folds=st.integers(2, 6),
+    classes=st.integers(1, 4),
+    seed=st.integers(0, 2**31),
+)
 def test_fold_ids_partition_and_stratify(n: int, folds: int, classes: int, seed: int) -> None:
     target = np.arange(n) % classes
     for stratified in (False, True):
@@ -109,15 +115,15 @@ def test_ridge_matches_explicit_loo_search() -> None:
             keep = torch.arange(n) != i
             xm, ym = x[keep].mean(0), y[keep].mean()
             xc, yc = x[keep] - xm, y[keep] - ym
-            w = torch.linalg.solve(xc.T @ xc + n * c * torch.eye(5, dtype=torch.float64),
-                                   xc.T @ yc)
+            w = torch.linalg.solve(xc.T @ xc + n * c * torch.eye(5, dtype=torch.float64), xc.T @ yc)
             errors.append(float((y[i] - ((x[i] - xm) @ w + ym)) ** 2))
         if best is None or np.mean(errors) < best[0]:
             best = (np.mean(errors), c)
     c = best[1]
     xm, ym = x.mean(0), y.mean()
-    w = torch.linalg.solve((x - xm).T @ (x - xm) + n * c * torch.eye(5, dtype=torch.float64),
-                           (x - xm).T @ (y - ym))
+    w = torch.linalg.solve(
+        (x - xm).T @ (x - xm) + n * c * torch.eye(5, dtype=torch.float64), (x - xm).T @ (y - ym)
+    )
     # The LOO identity holds for centering inside the fit, which _RidgeSplit does with
     # standardized (already centered) inputs; center here the same way.
     predicted = _RidgeSplit(x - xm).predict(y, x_test - xm)
@@ -129,23 +135,25 @@ def _scipy_logistic(x: np.ndarray, y: np.ndarray, classes: int, l2: float) -> np
     n, d = x.shape
 
     def objective(theta: np.ndarray) -> float:
-        w, b = theta[:d * classes].reshape(d, classes), theta[d * classes:]
+        w, b = theta[: d * classes].reshape(d, classes), theta[d * classes :]
         logits = x @ w + b
         logits = logits - logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         return float(-logp[np.arange(n), y].mean() + 0.5 * l2 * (w**2).sum())
 
-    theta = scipy.optimize.minimize(objective, np.zeros((d + 1) * classes), method="BFGS",
-                                    tol=1e-10).x
-    return np.vstack([theta[:d * classes].reshape(d, classes), theta[d * classes:]])
+    theta = scipy.optimize.minimize(
+        objective, np.zeros((d + 1) * classes), method="BFGS", tol=1e-10
+    ).x
+    return np.vstack([theta[: d * classes].reshape(d, classes), theta[d * classes :]])
 
 
 def test_logistic_problems_fitted_together_match_scipy_each() -> None:
     # Two problems on different training rows and targets, fitted in one L-BFGS; each must
     # predict as its own optimum does on the features standardized by its training rows.
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(90, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.2],
-                                                                             dtype=torch.float64)
+    x = torch.randn(90, 3, generator=g, dtype=torch.float64) * torch.tensor(
+        [1.0, 3.0, 0.2], dtype=torch.float64
+    )
     first = (x[:, 0] + 0.5 * torch.randn(90, generator=g, dtype=torch.float64) > 0).long()
     first = first + (x[:, 1] > 3).long()
     second = (x[:, 2] + 0.1 * torch.randn(90, generator=g, dtype=torch.float64) > 0).long()
@@ -167,8 +175,9 @@ def test_logistic_fit_on_correlated_features_matches_scipy() -> None:
     g = torch.Generator().manual_seed(6)
     base = torch.randn(120, 2, generator=g, dtype=torch.float64)
     noise = 1e-3 * torch.randn(120, 4, generator=g, dtype=torch.float64)
-    x = torch.cat([base, base @ torch.tensor([[1.0, 0.5], [0.2, 1.0]],
-                                             dtype=torch.float64), base[:, :1]], 1)
+    x = torch.cat(
+        [base, base @ torch.tensor([[1.0, 0.5], [0.2, 1.0]], dtype=torch.float64), base[:, :1]], 1
+    )
     x = x + torch.cat([torch.zeros(120, 1, dtype=torch.float64), noise], 1)
     codes = (base[:, 0] + 0.3 * torch.randn(120, generator=g, dtype=torch.float64) > 0).long()
     codes = codes + (base[:, 1] > 0.8).long()
@@ -184,7 +193,8 @@ def test_logistic_fit_on_correlated_features_matches_scipy() -> None:
 def test_preconditioner_factors_half_the_correlation_plus_penalty() -> None:
     g = torch.Generator().manual_seed(7)
     x = torch.randn(50, 3, generator=g, dtype=torch.float64) @ torch.tensor(
-        [[1.0, 0.9, 0.0], [0.0, 0.4, 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        [[1.0, 0.9, 0.0], [0.0, 0.4, 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64
+    )
     train = torch.stack([torch.arange(50) < 35, torch.arange(50) >= 10])
     mean = torch.stack([x[rows].mean(0) for rows in train], dim=1)
     std = torch.stack([x[rows].std(0, correction=0) for rows in train], dim=1)
@@ -205,17 +215,21 @@ def test_logistic_gradient_matches_autograd() -> None:
     bias = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
     mean = torch.stack([x[rows].mean(0) for rows in train], dim=1)
     std = torch.stack([x[rows].std(0, correction=0) for rows in train], dim=1)
-    loss = sum(
-        torch.nn.functional.cross_entropy(
-            ((x[rows] - mean[:, p]) / std[:, p]) @ weight[:, p] + bias[p], codes[p][rows]
+    loss = (
+        sum(
+            torch.nn.functional.cross_entropy(
+                ((x[rows] - mean[:, p]) / std[:, p]) @ weight[:, p] + bias[p], codes[p][rows]
+            )
+            for p, rows in enumerate(train)
         )
-        for p, rows in enumerate(train)
-    ) + 0.05 * (weight**2).sum()
+        + 0.05 * (weight**2).sum()
+    )
     loss.backward()
     row_weight = (train.double() / train.double().sum(1, keepdim=True)).T
     onehot = torch.nn.functional.one_hot(codes.T, 3).double()
-    value, d_weight, d_bias = _logistic_objective(x, onehot, row_weight, mean, std,
-                                                  weight.detach(), bias.detach(), 0.1)
+    value, d_weight, d_bias = _logistic_objective(
+        x, onehot, row_weight, mean, std, weight.detach(), bias.detach(), 0.1
+    )
     torch.testing.assert_close(value, loss.detach())
     torch.testing.assert_close(d_weight, weight.grad)
     torch.testing.assert_close(d_bias, bias.grad)
@@ -224,27 +238,61 @@ def test_logistic_gradient_matches_autograd() -> None:
 @pytest.mark.parametrize(
     ("features", "factors", "kwargs", "exc", "fragment"),
     [
-        (torch.zeros(10, 2), {"f": torch.rand(9, dtype=torch.float64)}, {}, ValueError,
-         "factors['f'] must have one value per feature row (10); got 9"),
-        ({"a": torch.zeros(10, 2), "b": torch.zeros(8, 2)}, {"f": torch.rand(10)}, {},
-         ValueError, "features['b'] must have 10 rows"),
+        (
+            torch.zeros(10, 2),
+            {"f": torch.rand(9, dtype=torch.float64)},
+            {},
+            ValueError,
+            "factors['f'] must have one value per feature row (10); got 9",
+        ),
+        (
+            {"a": torch.zeros(10, 2), "b": torch.zeros(8, 2)},
+            {"f": torch.rand(10)},
+            {},
+            ValueError,
+            "features['b'] must have 10 rows",
+        ),
         (torch.zeros(10), {"f": torch.rand(10)}, {}, ValueError, "must have shape (N, D)"),
         (torch.zeros(10, 2), {"f": torch.ones(10)}, {}, ValueError, "is constant"),
-        (torch.zeros(10, 2), {"f": torch.zeros(10, dtype=torch.long)}, {}, ValueError,
-         "at least 2 classes"),
-        (torch.zeros(10, 2), {"f": torch.rand(10)}, {"folds": 1}, ValueError,
-         "folds must be an int >= 2; got 1"),
-        (torch.zeros(10, 2), {"f": torch.rand(10)}, {"folds": 11}, ValueError,
-         "folds must be <= the number of samples 10; got 11"),
-        (torch.full((10, 2), float("nan")), {"f": torch.rand(10)}, {}, ValueError,
-         "must be finite"),
+        (
+            torch.zeros(10, 2),
+            {"f": torch.zeros(10, dtype=torch.long)},
+            {},
+            ValueError,
+            "at least 2 classes",
+        ),
+        (
+            torch.zeros(10, 2),
+            {"f": torch.rand(10)},
+            {"folds": 1},
+            ValueError,
+            "folds must be an int >= 2; got 1",
+        ),
+        (
+            torch.zeros(10, 2),
+            {"f": torch.rand(10)},
+            {"folds": 11},
+            ValueError,
+            "folds must be <= the number of samples 10; got 11",
+        ),
+        (
+            torch.full((10, 2), float("nan")),
+            {"f": torch.rand(10)},
+            {},
+            ValueError,
+            "must be finite",
+        ),
         (torch.zeros(10, 2), {}, {}, TypeError, "factors must be a non-empty mapping"),
         ([[0.0]], {"f": torch.rand(10)}, {}, TypeError, "features must be a tensor"),
-        (torch.zeros(10, 2), {"f": torch.rand(10)}, {"logistic_l2": 0.0}, ValueError,
-         "logistic_l2 must be a finite number > 0"),
+        (
+            torch.zeros(10, 2),
+            {"f": torch.rand(10)},
+            {"logistic_l2": 0.0},
+            ValueError,
+            "logistic_l2 must be a finite number > 0",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(features, factors, kwargs, exc, fragment) -> None:
     with pytest.raises(exc, match=re.escape(fragment)):
         probe_factors(features, factors, **kwargs)
-

@@ -67,10 +67,22 @@ def test_projection_bad_input(features, dim, exc, fragment) -> None:
 
 
 def _records():
-    probe = ProbeResult("fc", "diameter_mm", "continuous", "r2", 0.9, 0.01, -0.02, 0.01,
-                        0.92, 0.0, 100, 5)
-    sensitivity = SensitivityResult("calcification", "categorical", (0.0, 1.0, 2.0),
-                                    "categories", 64, 3, 0.1, 0.05, -0.01, None, None)
+    probe = ProbeResult(
+        "fc", "diameter_mm", "continuous", "r2", 0.9, 0.01, -0.02, 0.01, 0.92, 0.0, 100, 5
+    )
+    sensitivity = SensitivityResult(
+        "calcification",
+        "categorical",
+        (0.0, 1.0, 2.0),
+        "categories",
+        64,
+        3,
+        0.1,
+        0.05,
+        -0.01,
+        None,
+        None,
+    )
     return probe, sensitivity
 
 

@@ -15,8 +15,11 @@ from nodulebench.probing import grad_cam, mask_energy
 def _gap_model(stride: int = 1, seed: int = 0) -> nn.Sequential:
     g = torch.Generator().manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, stride=stride), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+        nn.Conv2d(1, 4, 3, padding=1, stride=stride),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
     )
     with torch.no_grad():
         for p in model.parameters():
@@ -49,8 +52,9 @@ def test_equals_cam_for_global_average_pooling_heads(stride: int, target: int) -
 def test_target_forms_agree_and_default_follows_prediction() -> None:
     model, x = _gap_model(), _images(4)
     predicted = model(x).argmax(dim=1)
-    per_image = torch.stack([grad_cam(model, "1", x[i:i + 1], int(c))[0]
-                             for i, c in enumerate(predicted)])
+    per_image = torch.stack(
+        [grad_cam(model, "1", x[i : i + 1], int(c))[0] for i, c in enumerate(predicted)]
+    )
     torch.testing.assert_close(grad_cam(model, "1", x), per_image)
     torch.testing.assert_close(grad_cam(model, "1", x, predicted), per_image)
 
@@ -118,36 +122,81 @@ def test_mask_energy_partitions_with_later_masks_taking_precedence() -> None:
 @pytest.mark.parametrize(
     ("call", "exc", "fragment"),
     [
-        (lambda: grad_cam(_gap_model(), "4", _images()), ValueError,
-         "layer '4' must have a spatial output"),
-        (lambda: grad_cam(_gap_model(), "head", _images()), ValueError,
-         "layers: 'head' is not a module"),
-        (lambda: grad_cam(_gap_model(), "1", _images(), target=2), ValueError,
-         "target must index one of the 2 classes"),
-        (lambda: grad_cam(_gap_model(), "1", _images(), target=torch.zeros(2).long()),
-         ValueError, "target must be an integer tensor of shape (3,)"),
-        (lambda: grad_cam(nn.Sequential(nn.Identity(), nn.Flatten(0, -1)), "0", _images(1)),
-         ValueError, "the model must return logits"),
-        (lambda: grad_cam(nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1),
-                                        nn.Flatten(0)), "0", _images(), target=1),
-         ValueError, "target must be None for a model with a single logit"),
-        (lambda: grad_cam(_gap_model(), "1", _images()[0]), ValueError,
-         "images must have shape (N, C, H, W) or (N, C, D, H, W)"),
-        (lambda: grad_cam(_gap_model(), "1", (_images() * 9).long()), TypeError,
-         "images must have a floating-point dtype"),
-        (lambda: mask_energy(torch.zeros(2, 1, 3, 3), {}), ValueError,
-         "images [0, 1] are all zero"),
+        (
+            lambda: grad_cam(_gap_model(), "4", _images()),
+            ValueError,
+            "layer '4' must have a spatial output",
+        ),
+        (
+            lambda: grad_cam(_gap_model(), "head", _images()),
+            ValueError,
+            "layers: 'head' is not a module",
+        ),
+        (
+            lambda: grad_cam(_gap_model(), "1", _images(), target=2),
+            ValueError,
+            "target must index one of the 2 classes",
+        ),
+        (
+            lambda: grad_cam(_gap_model(), "1", _images(), target=torch.zeros(2).long()),
+            ValueError,
+            "target must be an integer tensor of shape (3,)",
+        ),
+        (
+            lambda: grad_cam(nn.Sequential(nn.Identity(), nn.Flatten(0, -1)), "0", _images(1)),
+            ValueError,
+            "the model must return logits",
+        ),
+        (
+            lambda: grad_cam(
+                nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten(0)),
+                "0",
+                _images(),
+                target=1,
+            ),
+            ValueError,
+            "target must be None for a model with a single logit",
+        ),
+        (
+            lambda: grad_cam(_gap_model(), "1", _images()[0]),
+            ValueError,
+            "images must have shape (N, C, H, W) or (N, C, D, H, W)",
+        ),
+        (
+            lambda: grad_cam(_gap_model(), "1", (_images() * 9).long()),
+            TypeError,
+            "images must have a floating-point dtype",
+        ),
+        (
+            lambda: mask_energy(torch.zeros(2, 1, 3, 3), {}),
+            ValueError,
+            "images [0, 1] are all zero",
+        ),
         (lambda: mask_energy(-torch.ones(2, 1, 3, 3), {}), ValueError, "non-negative"),
-        (lambda: mask_energy(torch.ones(2, 1, 3, 3), {"a": torch.ones(2, 1, 3, 3)}),
-         TypeError, "masks['a'] must be a bool tensor"),
-        (lambda: mask_energy(torch.ones(2, 1, 3, 3),
-                             {"a": torch.ones(2, 1, 3, 4, dtype=torch.bool)}),
-         ValueError, "masks['a'] must have the maps' shape (2, 1, 3, 3)"),
-        (lambda: mask_energy(torch.ones(2, 1, 3, 3),
-                             {"background": torch.ones(2, 1, 3, 3, dtype=torch.bool)}),
-         ValueError, "reserved region 'background'"),
-        (lambda: mask_energy(torch.ones(2, 2, 3, 3), {}), ValueError,
-         "maps must have shape (N, 1, H, W) or (N, 1, D, H, W)"),
+        (
+            lambda: mask_energy(torch.ones(2, 1, 3, 3), {"a": torch.ones(2, 1, 3, 3)}),
+            TypeError,
+            "masks['a'] must be a bool tensor",
+        ),
+        (
+            lambda: mask_energy(
+                torch.ones(2, 1, 3, 3), {"a": torch.ones(2, 1, 3, 4, dtype=torch.bool)}
+            ),
+            ValueError,
+            "masks['a'] must have the maps' shape (2, 1, 3, 3)",
+        ),
+        (
+            lambda: mask_energy(
+                torch.ones(2, 1, 3, 3), {"background": torch.ones(2, 1, 3, 3, dtype=torch.bool)}
+            ),
+            ValueError,
+            "reserved region 'background'",
+        ),
+        (
+            lambda: mask_energy(torch.ones(2, 2, 3, 3), {}),
+            ValueError,
+            "maps must have shape (N, 1, H, W) or (N, 1, D, H, W)",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(call, exc, fragment) -> None:

@@ -71,16 +71,25 @@ def dataset() -> SyntheticNodules:
     # thin bright lines that are not spicules (vessels, fissures), the chest wall and
     # ground glass are held fixed so that each model reads what it claims to
     spec = NoduleSpec().with_marginals(
-        vessels=Fixed("none"), calcification=Fixed("absent"), texture=Fixed("solid"),
-        location=Fixed("isolated"), fissure=Fixed("absent"), slice_thickness_mm=Fixed(1.0),
+        vessels=Fixed("none"),
+        calcification=Fixed("absent"),
+        texture=Fixed("solid"),
+        location=Fixed("isolated"),
+        fissure=Fixed("absent"),
+        slice_thickness_mm=Fixed(1.0),
     )
     return SyntheticNodules(spec, n=48, seed=0, volume_size=VOLUME_SIZE)
 
 
 def _by_factor(model: nn.Module, dataset: SyntheticNodules) -> dict[str, float]:
-    results = intervention_sensitivity(model, dataset, n=16, seed=0, batch_size=16,
-                                       factors=["diameter_mm", "spiculation", "noise_hu",
-                                                "orientation_deg"])
+    results = intervention_sensitivity(
+        model,
+        dataset,
+        n=16,
+        seed=0,
+        batch_size=16,
+        factors=["diameter_mm", "spiculation", "noise_hu", "orientation_deg"],
+    )
     return {r.factor: r.mean_abs_probability_change for r in results}
 
 
@@ -98,8 +107,7 @@ def test_spicule_model_uses_spiculation_not_diameter(dataset: SyntheticNodules) 
     assert change["diameter_mm"] < 0.3 * change["spiculation"], change
 
 
-def test_grad_cam_on_a_conv3d_puts_energy_in_the_spicule_mask(
-        dataset: SyntheticNodules) -> None:
+def test_grad_cam_on_a_conv3d_puts_energy_in_the_spicule_mask(dataset: SyntheticNodules) -> None:
     spiculated = torch.nonzero(dataset.factors["spiculation"] > 0.6).flatten()[:8]
     volumes, masks = dataset.render(spiculated, return_masks=True)
     model = SpiculeVolumeModel().calibrate(volumes)
@@ -107,15 +115,21 @@ def test_grad_cam_on_a_conv3d_puts_energy_in_the_spicule_mask(
     assert maps.shape == volumes.shape and bool((maps >= 0).all())
     shares = mask_energy(maps, masks)
     assert float(shares["spicules"].mean()) > 0.7, shares
-    body = mask_energy(grad_cam(BodyVolumeModel().calibrate(volumes), "silhouette", volumes,
-                                target=1), masks)
+    body = mask_energy(
+        grad_cam(BodyVolumeModel().calibrate(volumes), "silhouette", volumes, target=1), masks
+    )
     assert float(body["body"].mean() + body["nodule"].mean()) > 0.5, body
     assert float(body["background"].mean()) < 0.3, body
 
 
 def test_grad_cam_upsamples_a_coarse_conv3d_trilinearly() -> None:
-    model = nn.Sequential(nn.Conv3d(1, 3, 3, stride=2, padding=1), nn.ReLU(),
-                          nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(3, 2))
+    model = nn.Sequential(
+        nn.Conv3d(1, 3, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(3, 2),
+    )
     volumes = torch.rand(2, 1, 8, 10, 12)
     maps = grad_cam(model, "1", volumes, target=0)
     assert maps.shape == (2, 1, 8, 10, 12) and bool((maps >= 0).all())
@@ -124,8 +138,13 @@ def test_grad_cam_upsamples_a_coarse_conv3d_trilinearly() -> None:
 
 
 def test_extract_features_pools_volumes(dataset: SyntheticNodules) -> None:
-    model = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1),
-                          nn.Flatten(), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Conv3d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
     feats = extract_features(model, dataset, ["0", "4"], batch_size=16)
     assert feats["0"].shape == (len(dataset), 4) and feats["4"].shape == (len(dataset), 2)
     direct = model(dataset.render(torch.arange(4))).detach()

@@ -46,7 +46,13 @@ def test_every_symmetry_is_drawn_and_views_repeat_with_the_generator() -> None:
     first = dihedral_views(volumes, 2, torch.Generator().manual_seed(5))
     again = dihedral_views(volumes, 2, torch.Generator().manual_seed(5))
     assert torch.equal(first, again)
-    drawn = {next(k for k, g in enumerate(dihedral_group(volumes[b].numpy()))
-                  if np.array_equal(first[b, v].numpy(), g))
-             for b in range(64) for v in range(2)}
+    drawn = {
+        next(
+            k
+            for k, g in enumerate(dihedral_group(volumes[b].numpy()))
+            if np.array_equal(first[b, v].numpy(), g)
+        )
+        for b in range(64)
+        for v in range(2)
+    }
     assert drawn == set(range(8))

@@ -51,12 +51,18 @@ def _set(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("experiments.0.strength", "high", "experiments[0].strength must be a number in [-1, 1]; "
-                                           "got 'high'"),
+        (
+            "experiments.0.strength",
+            "high",
+            "experiments[0].strength must be a number in [-1, 1]; got 'high'",
+        ),
         ("experiments.0.strength", 1.5, "strength must be a number in [-1, 1]; got 1.5"),
         ("experiments.0.strength", True, "strength must be a number in [-1, 1]; got True"),
-        ("experiments.0.shortcut", "diamter_mm", "shortcut must be a factor name; got "
-                                                 "'diamter_mm' (did you mean 'diameter_mm'?)"),
+        (
+            "experiments.0.shortcut",
+            "diamter_mm",
+            "shortcut must be a factor name; got 'diamter_mm' (did you mean 'diameter_mm'?)",
+        ),
         ("experiments.0.name", "a/b", "experiments[0].name must be a string"),
         ("experiments.0.name", 3, "experiments[0].name must be a string"),
         ("experiments.0.colour", "red", "unknown key(s) colour in experiments[0]"),
@@ -78,17 +84,27 @@ def _set(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("train.epochs", 2.5, "train.epochs must be int; got 2.5"),
         ("train.batch_size", 1, "train.batch_size must be >= 2"),
         ("train.batch_size", 10_000, "train.batch_size (10000) must not exceed data.n_train"),
-        ("train.autocast", "bf16", "train.autocast must be one of none, bfloat16, float16; "
-                                   "got 'bf16'"),
+        (
+            "train.autocast",
+            "bf16",
+            "train.autocast must be one of none, bfloat16, float16; got 'bf16'",
+        ),
         ("train.channels_last", "yes", "train.channels_last must be bool"),
         ("train.weight_decay", -0.1, "train.weight_decay must be >= 0"),
         ("data.image_size", 8, "image_size must be an int in [16, 1024]; got 8"),
         ("data.n_dfr", 4, "data.n_dfr must be >= 8"),
-        ("model.arch", "resnet", "model.arch must be one of small_cnn, resnet18, small_cnn3d; got "
-                                "'resnet'"),
+        (
+            "model.arch",
+            "resnet",
+            "model.arch must be one of small_cnn, resnet18, small_cnn3d; got 'resnet'",
+        ),
         ("loss_options.contrastive.margin", -0.2, "[loss_options.contrastive]: margin must be"),
-        ("loss_options.supcon.temprature", 0.1, "[loss_options.supcon]: create_loss('supcon') got "
-                                                "unknown keyword argument(s) temprature"),
+        (
+            "loss_options.supcon.temprature",
+            0.1,
+            "[loss_options.supcon]: create_loss('supcon') got "
+            "unknown keyword argument(s) temprature",
+        ),
         ("loss_options.supcn", {}, "unknown loss 'supcn' in [loss_options]"),
         ("device", 0, "device must be a string; got 0"),
     ],
@@ -112,8 +128,9 @@ def test_quick3d_is_quick_on_volumes() -> None:
 
 def volumes() -> dict[str, Any]:
     """The smoke preset on volumes: a 3-D CNN on 16-voxel volumes."""
-    return _set(_set(_set(smoke(), "data.dims", 3), "data.image_size", 16), "model.arch",
-                "small_cnn3d")
+    return _set(
+        _set(_set(smoke(), "data.dims", 3), "data.image_size", 16), "model.arch", "small_cnn3d"
+    )
 
 
 def test_volume_config_is_accepted_and_sizes_the_generator() -> None:
@@ -129,12 +146,23 @@ def test_volume_config_is_accepted_and_sizes_the_generator() -> None:
         ("data.dims", 1, "data.dims must be 2 (images) or 3 (volumes); got 1"),
         ("data.dims", "3", "data.dims must be int; got '3'"),
         ("data.dims", 3.0, "data.dims must be int; got 3.0"),
-        ("data.dims", 2, "model.arch 'small_cnn3d' reads 3-D inputs but data.dims is 2; for "
-                         "data.dims = 2 use one of small_cnn, resnet18"),
-        ("model.arch", "resnet18", "model.arch 'resnet18' reads 2-D inputs but data.dims is 3; "
-                                   "for data.dims = 3 use one of small_cnn3d"),
-        ("data.image_size", 300, "data.image_size must be in 16 .. 256 voxels for volumes "
-                                 "(data.dims = 3); got 300"),
+        (
+            "data.dims",
+            2,
+            "model.arch 'small_cnn3d' reads 3-D inputs but data.dims is 2; for "
+            "data.dims = 2 use one of small_cnn, resnet18",
+        ),
+        (
+            "model.arch",
+            "resnet18",
+            "model.arch 'resnet18' reads 2-D inputs but data.dims is 3; "
+            "for data.dims = 3 use one of small_cnn3d",
+        ),
+        (
+            "data.image_size",
+            300,
+            "data.image_size must be in 16 .. 256 voxels for volumes (data.dims = 3); got 300",
+        ),
     ],
 )
 def test_bad_volume_values_are_named(path: str, value: Any, message: str) -> None:

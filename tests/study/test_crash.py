@@ -21,8 +21,17 @@ COMPARED = ("metrics", "heads", "loss_history", "probes", "sensitivity", "salien
 
 
 def command(out: Path) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--config", str(CONFIG), "--out", str(out),
-            "--no-progress", "--threads", "1"]
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--config",
+        str(CONFIG),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
 
 
 def environment() -> dict[str, str]:
@@ -30,15 +39,18 @@ def environment() -> dict[str, str]:
 
 
 def finish(out: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(command(out), capture_output=True, text=True, env=environment(),
-                            timeout=600)
+    result = subprocess.run(
+        command(out), capture_output=True, text=True, env=environment(), timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def records(out: Path) -> dict[str, dict]:
-    return {r["run_id"]: {k: r[k] for k in COMPARED}
-            for r in json.loads((out / "metrics.json").read_text())}
+    return {
+        r["run_id"]: {k: r[k] for k in COMPARED}
+        for r in json.loads((out / "metrics.json").read_text())
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +63,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_gives_identical_metrics(
-        reference: tuple[Path, float], tmp_path: Path) -> None:
+    reference: tuple[Path, float], tmp_path: Path
+) -> None:
     expected, seconds = reference
     out = tmp_path / "killed"
     chance = random.Random(2024)
     for _ in range(3):
-        process = subprocess.Popen(command(out), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, env=environment())
+        process = subprocess.Popen(
+            command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment()
+        )
         time.sleep(chance.uniform(0.2, 0.8) * seconds)
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -67,8 +81,9 @@ def test_sigkill_at_random_points_then_rerun_gives_identical_metrics(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", ["json", "npz"])
-def test_truncated_run_file_is_named_and_redone(reference: tuple[Path, float], tmp_path: Path,
-                                                victim: str) -> None:
+def test_truncated_run_file_is_named_and_redone(
+    reference: tuple[Path, float], tmp_path: Path, victim: str
+) -> None:
     expected, _ = reference
     out = tmp_path / "damaged"
     import shutil

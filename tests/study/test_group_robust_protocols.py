@@ -20,8 +20,14 @@ def tiny_data(n: int = 64) -> ExperimentData:
     groups = 2 * labels + (torch.arange(n) // 2) % 2
     images = torch.rand(n, 1, 16, 16, generator=gen)
     train_set = LabelledImages(images, labels, groups)
-    return ExperimentData(train=train_set, test_sets={}, dfr=train_set, probe_set=None,
-                          probe_images=images, probe_masks={})  # type: ignore[arg-type]
+    return ExperimentData(
+        train=train_set,
+        test_sets={},
+        dfr=train_set,
+        probe_set=None,
+        probe_images=images,
+        probe_masks={},
+    )  # type: ignore[arg-type]
 
 
 def test_each_method_gets_what_it_needs() -> None:
@@ -50,19 +56,23 @@ def test_each_protocol_trains_a_finite_model(loss: str) -> None:
     data = tiny_data()
     device = torch.device("cpu")
     per_sample = group_robust_inputs(config, loss, data, 0, device)
-    trained = train(config, loss, data.train.images, data.train.labels, 0, device,
-                    per_sample=per_sample)
+    trained = train(
+        config, loss, data.train.images, data.train.labels, 0, device, per_sample=per_sample
+    )
     assert len(trained.loss_history) == config.train.epochs
     assert all(torch.isfinite(torch.tensor(trained.loss_history)))
     assert STUDY_LOSSES[loss].views == 1
 
 
 def test_identification_options_are_checked() -> None:
-    raw = {"seeds": [0], "losses": ["jtt"],
-           "experiments": [{"name": "d", "shortcut": "diameter_mm", "strength": 0.9}],
-           "data": {"image_size": 16, "n_train": 64, "n_test": 8, "n_probe": 8, "n_dfr": 8},
-           "probe": {"folds": 2, "intervention_n": 8, "gradcam_n": 8, "cka_n": 8},
-           "train": {"batch_size": 32, "identification_epochs": 0}}
+    raw = {
+        "seeds": [0],
+        "losses": ["jtt"],
+        "experiments": [{"name": "d", "shortcut": "diameter_mm", "strength": 0.9}],
+        "data": {"image_size": 16, "n_train": 64, "n_test": 8, "n_probe": 8, "n_dfr": 8},
+        "probe": {"folds": 2, "intervention_n": 8, "gradcam_n": 8, "cka_n": 8},
+        "train": {"batch_size": 32, "identification_epochs": 0},
+    }
     with pytest.raises(ConfigError, match="train.identification_epochs"):
         config_from_dict(raw)
     raw["train"] = {"batch_size": 32, "jtt_upweight": -1.0}

@@ -13,11 +13,19 @@ from study.runner import causal_factor, run_id
 
 
 def runs(loss: str, iid: list[float], worst: list[float]) -> list[dict[str, Any]]:
-    return [{"loss": loss, "seed": seed, "experiment": "e",
-             "metrics": {"iid": {"balanced_accuracy": b, "worst_group_accuracy": w},
-                         "decorrelated": {"balanced_accuracy": b, "worst_group_accuracy": w}},
-             "heads": {}}
-            for seed, (b, w) in enumerate(zip(iid, worst, strict=True))]
+    return [
+        {
+            "loss": loss,
+            "seed": seed,
+            "experiment": "e",
+            "metrics": {
+                "iid": {"balanced_accuracy": b, "worst_group_accuracy": w},
+                "decorrelated": {"balanced_accuracy": b, "worst_group_accuracy": w},
+            },
+            "heads": {},
+        }
+        for seed, (b, w) in enumerate(zip(iid, worst, strict=True))
+    ]
 
 
 def planted(seed: int) -> dict[str, list[dict[str, Any]]]:
@@ -55,8 +63,10 @@ def test_underfit_loss_is_named_and_never_called_better() -> None:
 def test_no_difference_gives_indistinguishable() -> None:
     rng = np.random.default_rng(3)
     luck = rng.normal(0.7, 0.05, 5)
-    by_loss = {name: runs(name, [0.95] * 5, (luck + rng.normal(0, 0.01, 5)).tolist())
-               for name in ("a", "b", "c")}
+    by_loss = {
+        name: runs(name, [0.95] * 5, (luck + rng.normal(0, 0.01, 5)).tolist())
+        for name in ("a", "b", "c")
+    }
     [line] = comparison_findings(by_loss, "decorrelated")
     assert "the 3 losses are indistinguishable with 5 seeds" in line
 
@@ -66,8 +76,10 @@ def test_planted_nulls_are_rarely_reported() -> None:
     for seed in range(100):
         rng = np.random.default_rng(seed)
         luck = rng.normal(0.7, 0.05, 5)
-        by_loss = {name: runs(name, [0.95] * 5, (luck + rng.normal(0, 0.01, 5)).tolist())
-                   for name in ("a", "b", "c", "d")}
+        by_loss = {
+            name: runs(name, [0.95] * 5, (luck + rng.normal(0, 0.01, 5)).tolist())
+            for name in ("a", "b", "c", "d")
+        }
         false += any(">" in line for line in comparison_findings(by_loss, "decorrelated"))
     assert false <= 10  # Holm keeps the family-wise rate at 0.05 (binomial 100, 0.05)
 
@@ -80,19 +92,27 @@ def test_one_seed_gives_no_comparison_and_no_interval() -> None:
     assert "±" not in cell(mean_interval([0.6, 0.7]))
 
 
-def with_sensitivity(by_loss: dict[str, list[dict[str, Any]]], shortcut: str,
-                     planted: dict[str, tuple[float, float]], seed: int
-                     ) -> dict[str, list[dict[str, Any]]]:
+def with_sensitivity(
+    by_loss: dict[str, list[dict[str, Any]]],
+    shortcut: str,
+    planted: dict[str, tuple[float, float]],
+    seed: int,
+) -> dict[str, list[dict[str, Any]]]:
     """Each loss's runs with sensitivities ``(to the shortcut, to the cause)`` plus noise."""
     rng = np.random.default_rng(seed)
     for loss, runs_of_loss in by_loss.items():
         to_shortcut, to_cause = planted[loss]
         for run in runs_of_loss:
             run["sensitivity"] = [
-                {"factor": shortcut, "mean_abs_probability_change":
-                    to_shortcut + rng.normal(0, 0.01)},
-                {"factor": causal_factor(), "mean_abs_probability_change":
-                    to_cause + rng.normal(0, 0.01)}]
+                {
+                    "factor": shortcut,
+                    "mean_abs_probability_change": to_shortcut + rng.normal(0, 0.01),
+                },
+                {
+                    "factor": causal_factor(),
+                    "mean_abs_probability_change": to_cause + rng.normal(0, 0.01),
+                },
+            ]
     return by_loss
 
 
@@ -100,13 +120,23 @@ def test_underfit_loss_is_never_listed_as_reacting_more_to_the_shortcut() -> Non
     """Planted: "lazy" underfits and reacts most to the shortcut; "hooked" is fit and does."""
     shortcut = "diameter_mm"
     planted_sens = {"hooked": (0.40, 0.10), "plain": (0.05, 0.30), "lazy": (0.60, 0.05)}
-    by_loss = with_sensitivity({"hooked": runs("hooked", [0.95] * 5, [0.6] * 5),
-                                "plain": runs("plain", [0.94] * 5, [0.6] * 5),
-                                "lazy": runs("lazy", [0.85] * 5, [0.6] * 5)},
-                               shortcut, planted_sens, seed=0)
+    by_loss = with_sensitivity(
+        {
+            "hooked": runs("hooked", [0.95] * 5, [0.6] * 5),
+            "plain": runs("plain", [0.94] * 5, [0.6] * 5),
+            "lazy": runs("lazy", [0.85] * 5, [0.6] * 5),
+        },
+        shortcut,
+        planted_sens,
+        seed=0,
+    )
     # The control: every loss reacts little to the shortcut when it is not tied to the label.
-    control = with_sensitivity({loss: runs(loss, [0.95] * 5, [0.6] * 5) for loss in by_loss},
-                               shortcut, dict.fromkeys(by_loss, (0.05, 0.3)), seed=1)
+    control = with_sensitivity(
+        {loss: runs(loss, [0.95] * 5, [0.6] * 5) for loss in by_loss},
+        shortcut,
+        dict.fromkeys(by_loss, (0.05, 0.3)),
+        seed=1,
+    )
     shortcut_line, control_line = sensitivity_findings(by_loss, shortcut, control)
     assert "Reacting more to the shortcut than to the cause: hooked." in shortcut_line
     assert "lazy" not in shortcut_line.split("Left out")[0]
@@ -131,21 +161,21 @@ def test_cka_against_the_floor_on_planted_representations() -> None:
     """Loss "same" learns what the reference learns; loss "other" learns something else."""
     rng = np.random.default_rng(0)
     n, seeds = 40, [0, 1, 2, 3]
-    shared = rng.normal(size=(n, 6))       # what both the reference and "same" encode
-    different = rng.normal(size=(n, 6))    # what "other" encodes
+    shared = rng.normal(size=(n, 6))  # what both the reference and "same" encode
+    different = rng.normal(size=(n, 6))  # what "other" encodes
     store: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         for loss, signal in (("cross_entropy", shared), ("same", shared), ("other", different)):
-            rotation = np.linalg.qr(rng.normal(size=(6, 6)))[0]   # another initialisation
+            rotation = np.linalg.qr(rng.normal(size=(6, 6)))[0]  # another initialisation
             features = signal @ rotation + 0.3 * rng.normal(size=(n, 6))
-            store[run_id("e", loss, seed)] = _grams({s: features for s in
-                                                     ("stage1", "stage2", "stage3", "stage4",
-                                                      "pool")})
+            store[run_id("e", loss, seed)] = _grams(
+                {s: features for s in ("stage1", "stage2", "stage3", "stage4", "pool")}
+            )
     rows = cka_against_floor(store.get, "e", ["cross_entropy", "same", "other"], seeds)
     for stage in ("stage1", "pool"):
         same, other = rows["same"][stage], rows["other"][stage]
         assert same.excess is not None and other.excess is not None
         assert same.excess.low is not None and other.excess.high is not None
-        assert same.excess.low < 0 < same.excess.high    # within the seed-to-seed floor
-        assert other.excess.high < 0                     # clearly below it
+        assert same.excess.low < 0 < same.excess.high  # within the seed-to-seed floor
+        assert other.excess.high < 0  # clearly below it
         assert other.floor is not None and other.floor.mean > 0.8

@@ -13,9 +13,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "reproduce_study.py"
-STUDY_LOSSES = ["cross_entropy", "cross_entropy_2view", "supcon", "supcon_ce", "contrastive",
-                "triplet", "multi_similarity", "ntxent", "group_dro", "group_dro_inferred", "jtt",
-                "cnc"]
+STUDY_LOSSES = [
+    "cross_entropy",
+    "cross_entropy_2view",
+    "supcon",
+    "supcon_ce",
+    "contrastive",
+    "triplet",
+    "multi_similarity",
+    "ntxent",
+    "group_dro",
+    "group_dro_inferred",
+    "jtt",
+    "cnc",
+]
 EXPERIMENTS = {"control", "diameter", "calcification", "acquisition"}
 GROUPS = {"benign-aligned", "benign-conflicting", "malignant-aligned", "malignant-conflicting"}
 TESTS = ["iid", "decorrelated", "reversed", "heldout", "covariate"]
@@ -23,8 +34,13 @@ TESTS = ["iid", "decorrelated", "reversed", "heldout", "covariate"]
 
 def run_study(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    result = subprocess.run([sys.executable, str(SCRIPT), "--no-progress", *args],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"study failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
@@ -41,7 +57,8 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_smoke_writes_every_output(smoke: Path) -> None:
     records = json.loads((smoke / "metrics.json").read_text())
     assert sorted(r["loss"] for r in records if r["experiment"] == "diameter") == sorted(
-        STUDY_LOSSES)
+        STUDY_LOSSES
+    )
     assert {r["experiment"] for r in records} == EXPERIMENTS
     for record in records:
         assert sorted(record["metrics"]) == sorted(TESTS)
@@ -51,8 +68,7 @@ def test_smoke_writes_every_output(smoke: Path) -> None:
                 assert 0.0 <= metrics["balanced_accuracy"] <= 1.0
                 assert 0.0 <= metrics["ece"] <= 1.0
                 groups = metrics["group_accuracy"]
-                assert set(groups) == ({"malignant-conflicting"} if test == "heldout"
-                                       else GROUPS)
+                assert set(groups) == ({"malignant-conflicting"} if test == "heldout" else GROUPS)
                 assert metrics["worst_group_accuracy"] == min(groups.values())
                 assert sum(metrics["group_counts"].values()) == metrics["n"]
         assert {r["factor"] for r in record["probes"]} >= {"diameter_mm", "spiculation"}
@@ -78,18 +94,27 @@ def test_smoke_writes_every_output(smoke: Path) -> None:
 @pytest.mark.slow
 def test_smoke_report_has_tables_figures_and_findings(smoke: Path) -> None:
     report = (smoke / "report.md").read_text()
-    for heading in ("## Protocol", "### What the numbers support", "### Generalization",
-                    "### Which features each loss learned", "not public",
-                    "**Worst-group accuracy**, protocol's head (mean [95 % interval]",
-                    "**Accuracy per group**", "DFR head", "minus the seed-to-seed floor",
-                    "**Saliency per area**", "no-shortcut control"):
+    for heading in (
+        "## Protocol",
+        "### What the numbers support",
+        "### Generalization",
+        "### Which features each loss learned",
+        "not public",
+        "**Worst-group accuracy**, protocol's head (mean [95 % interval]",
+        "**Accuracy per group**",
+        "DFR head",
+        "minus the seed-to-seed floor",
+        "**Saliency per area**",
+        "no-shortcut control",
+    ):
         assert heading in report, heading
     assert "±" not in report
     for loss in STUDY_LOSSES:
         assert f"| {loss} |" in report
     assert "| loss | " + " | ".join(TESTS) + " |" in report
-    figures = [line.split("(")[1].rstrip(")") for line in report.splitlines()
-               if line.startswith("![")]
+    figures = [
+        line.split("(")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")
+    ]
     assert len(figures) >= len(EXPERIMENTS) * (5 + len(STUDY_LOSSES))
     for figure in figures:
         path = smoke / figure
@@ -125,8 +150,7 @@ def test_rerun_skips_finished_runs_and_resumes_identically(smoke: Path) -> None:
         (["--preset", "smoke", "--losses", "supcom"], "(did you mean 'supcon'?)"),
     ],
 )
-def test_bad_arguments_fail_before_training(tmp_path: Path, args: list[str],
-                                            message: str) -> None:
+def test_bad_arguments_fail_before_training(tmp_path: Path, args: list[str], message: str) -> None:
     result = run_study(*args, "--out", str(tmp_path / "out"), check=False)
     assert result.returncode == 2
     assert message in result.stderr
@@ -166,10 +190,26 @@ def test_study_runs_under_torchrun_on_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(SCRIPT), "--config", str(config), "--out", str(out), "--no-progress", "--seeds",
-         "0"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(SCRIPT),
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--seeds",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     records = json.loads((out / "metrics.json").read_text())

@@ -22,18 +22,28 @@ def saved(tmp_path: Path) -> RunStore:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda s: s.json_path("e__l__seed0").write_text('{"run_id": "e__l'), "e__l__seed0.json "
-         "cannot be read as JSON"),
+        (
+            lambda s: s.json_path("e__l__seed0").write_text('{"run_id": "e__l'),
+            "e__l__seed0.json cannot be read as JSON",
+        ),
         (lambda s: s.json_path("e__l__seed0").write_bytes(b"\xff\xfe"), "cannot be read as JSON"),
         (lambda s: s.json_path("e__l__seed0").write_text("[1, 2]"), "does not hold a run record"),
-        (lambda s: s.json_path("e__l__seed0").write_text('{"run_id": "e__l__seed0"}'),
-         "lacks the key(s) experiment, loss"),
-        (lambda s: s.json_path("e__l__seed0").write_text(
-            s.json_path("e__l__seed0").read_text().replace("e__l__seed0", "x__y__seed1")),
-         "holds the record of run 'x__y__seed1'"),
-        (lambda s: s.npz_path("e__l__seed0").write_bytes(
-            s.npz_path("e__l__seed0").read_bytes()[:50]), "e__l__seed0.npz cannot be read as "
-         ".npz"),
+        (
+            lambda s: s.json_path("e__l__seed0").write_text('{"run_id": "e__l__seed0"}'),
+            "lacks the key(s) experiment, loss",
+        ),
+        (
+            lambda s: s.json_path("e__l__seed0").write_text(
+                s.json_path("e__l__seed0").read_text().replace("e__l__seed0", "x__y__seed1")
+            ),
+            "holds the record of run 'x__y__seed1'",
+        ),
+        (
+            lambda s: s.npz_path("e__l__seed0").write_bytes(
+                s.npz_path("e__l__seed0").read_bytes()[:50]
+            ),
+            "e__l__seed0.npz cannot be read as .npz",
+        ),
     ],
 )
 def test_damaged_run_is_named_and_not_done(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]

@@ -26,9 +26,23 @@ TESTS = ["iid", "decorrelated", "reversed", "heldout", "covariate"]
 def study3d(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("smoke3d")
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(SCRIPT), "--no-progress", "--config",
-                             str(CONFIG), "--out", str(out), "--threads", "1"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--no-progress",
+            "--config",
+            str(CONFIG),
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return out
 
@@ -38,8 +52,12 @@ def test_small_cnn3d_has_the_stages_of_small_cnn() -> None:
     assert isinstance(model.encoder, SmallCNN3d)
     outputs = model.encoder.stage_outputs(torch.rand(2, 1, 16, 16, 16))
     assert {name: tuple(v.shape) for name, v in outputs.items()} == {
-        "stage1": (2, 4, 16, 16, 16), "stage2": (2, 8, 8, 8, 8), "stage3": (2, 16, 4, 4, 4),
-        "stage4": (2, 32, 2, 2, 2), "pool": (2, 32)}
+        "stage1": (2, 4, 16, 16, 16),
+        "stage2": (2, 8, 8, 8, 8),
+        "stage3": (2, 16, 4, 4, 4),
+        "stage4": (2, 32, 2, 2, 2),
+        "pool": (2, 32),
+    }
     assert model(torch.rand(3, 1, 16, 16, 16)).shape == (3, 2)
 
 
@@ -47,7 +65,8 @@ def test_small_cnn3d_has_the_stages_of_small_cnn() -> None:
 def test_volume_study_writes_every_output(study3d: Path) -> None:
     records = json.loads((study3d / "metrics.json").read_text())
     assert sorted((r["loss"], r["seed"]) for r in records) == sorted(
-        (loss, seed) for loss in LOSSES for seed in (0, 1))
+        (loss, seed) for loss in LOSSES for seed in (0, 1)
+    )
     for record in records:
         assert sorted(record["metrics"]) == sorted(TESTS)
         assert sorted(record["heads"]) == ["dfr", "linear"]
@@ -71,13 +90,18 @@ def test_volume_study_writes_every_output(study3d: Path) -> None:
 @pytest.mark.slow
 def test_volume_study_report_has_tables_and_slice_figures(study3d: Path) -> None:
     report = (study3d / "report.md").read_text()
-    for heading in ("## Protocol", "### What the numbers support", "**Saliency per area**",
-                    "**Worst-group accuracy**"):
+    for heading in (
+        "## Protocol",
+        "### What the numbers support",
+        "**Saliency per area**",
+        "**Worst-group accuracy**",
+    ):
         assert heading in report, heading
     for loss in LOSSES:
         assert f"| {loss} |" in report
-    figures = [line.split("(")[1].rstrip(")") for line in report.splitlines()
-               if line.startswith("![")]
+    figures = [
+        line.split("(")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")
+    ]
     assert f"figures/gradcam_diameter_{LOSSES[0]}.png" in figures
     for figure in figures:
         assert (study3d / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure

@@ -11,13 +11,13 @@ from study.runner import environment, worker_environment
 
 def test_worker_environment_limits_blas_threads_and_keeps_freed_memory() -> None:
     variables = worker_environment(3)
-    assert {variables[name] for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                         "OMP_NUM_THREADS")} == {"3"}
+    assert {
+        variables[name] for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+    } == {"3"}
     assert int(variables["MALLOC_TRIM_THRESHOLD_"]) >= 1 << 30
 
 
-def test_environment_sets_every_variable_and_restores_them(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_sets_every_variable_and_restores_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "7")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     with environment({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}):

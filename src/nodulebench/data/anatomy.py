@@ -38,8 +38,11 @@ def upsample_matrix(size: int, grid: int, periodic: bool, device: str) -> torch.
     node = torch.arange(grid, dtype=torch.float64)
     if periodic:
         d = ((t[:, None] - node[None, :] + grid / 2) % grid - grid / 2).abs()
-        w = torch.where(d < 1, 2 / 3 - d ** 2 + d ** 3 / 2,
-                        torch.where(d < 2, (2 - d) ** 3 / 6, torch.zeros_like(d)))
+        w = torch.where(
+            d < 1,
+            2 / 3 - d**2 + d**3 / 2,
+            torch.where(d < 2, (2 - d) ** 3 / 6, torch.zeros_like(d)),
+        )
     else:
         t = t.clamp(0, grid - 1)
         w = (1 - (t[:, None] - node[None, :]).abs()).clamp(min=0)
@@ -51,9 +54,15 @@ def upsample_matrix(size: int, grid: int, periodic: bool, device: str) -> torch.
 _BSPLINE_STD = 0.48
 
 
-def draw_context(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
-                 hu: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, body_k: torch.Tensor,
-                 pixel_mm: torch.Tensor) -> torch.Tensor:
+def draw_context(
+    factors: Mapping[str, torch.Tensor],
+    shape_u: torch.Tensor,
+    hu: torch.Tensor,
+    dx: torch.Tensor,
+    dy: torch.Tensor,
+    body_k: torch.Tensor,
+    pixel_mm: torch.Tensor,
+) -> torch.Tensor:
     """Draw the fissure and the chest wall into ``hu`` in place; return the wall's coverage.
 
     The pleura of a juxta-pleural nodule is an arc of a 100 mm circle (the thorax) touching
@@ -71,10 +80,13 @@ def draw_context(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
         offset = (u[:, 1] - 0.5) * 0.8 * fov
         x = dx[fis] + factors["offset_x_mm"][fis].to(hu.dtype)[:, None, None]
         y = dy[fis] + factors["offset_y_mm"][fis].to(hu.dtype)[:, None, None]
-        d = (x * torch.cos(angle)[:, None, None] + y * torch.sin(angle)[:, None, None]
-             - offset[:, None, None])
+        d = (
+            x * torch.cos(angle)[:, None, None]
+            + y * torch.sin(angle)[:, None, None]
+            - offset[:, None, None]
+        )
         half, pf = 0.2, p[fis]
-        cover = (torch.minimum(d + half, 0.5 * pf) - torch.maximum(d - half, -0.5 * pf))
+        cover = torch.minimum(d + half, 0.5 * pf) - torch.maximum(d - half, -0.5 * pf)
         cover = cover.clamp_(min=0.0) / pf
         hu[fis] += cover * (FISSURE_HU - hu[fis])
     pleural = torch.nonzero(factors["location"] == 2).flatten()
@@ -86,18 +98,28 @@ def draw_context(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
         radius = 100.0
         cx = (touch - radius) * torch.cos(phi)  # the thorax centre, relative to the nodule
         cy = (touch - radius) * torch.sin(phi)
-        sd = torch.sqrt((dx[pleural] - cx[:, None, None]) ** 2
-                        + (dy[pleural] - cy[:, None, None]) ** 2) - radius
+        sd = (
+            torch.sqrt(
+                (dx[pleural] - cx[:, None, None]) ** 2 + (dy[pleural] - cy[:, None, None]) ** 2
+            )
+            - radius
+        )
         alpha = ramp(sd, p[pleural])
         hu[pleural] += alpha * (CHEST_WALL_HU - hu[pleural])
         wall[pleural] = alpha
     return wall
 
 
-def background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
-                coarse_white: torch.Tensor, pixel_mm: torch.Tensor, s: int,
-                with_mask: bool, body_k: torch.Tensor, dz: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def background(
+    factors: Mapping[str, torch.Tensor],
+    shape_u: torch.Tensor,
+    coarse_white: torch.Tensor,
+    pixel_mm: torch.Tensor,
+    s: int,
+    with_mask: bool,
+    body_k: torch.Tensor,
+    dz: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Parenchyma, texture and vessels in HU, ``(N, S, S)``, and the vessel mask if asked.
 
     Drawn on a half-resolution grid (vessels are 1-3 mm wide, the texture is smoother) and
@@ -149,9 +171,11 @@ def background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
     branch = torch.arange(_MAX_VESSELS, device=dev) % 2 == 1
     parent = (torch.arange(_MAX_VESSELS, device=dev) - 1).clamp(min=0)
     px = v_offset[:, parent] * torch.cos(v_angle[:, parent]) - v_middle[:, parent] * torch.sin(
-        v_angle[:, parent])
+        v_angle[:, parent]
+    )
     py = v_offset[:, parent] * torch.sin(v_angle[:, parent]) + v_middle[:, parent] * torch.cos(
-        v_angle[:, parent])
+        v_angle[:, parent]
+    )
     turn = torch.deg2rad(20 + 30 * vu[:, 3]) * torch.where(vu[:, 2] < 0.5, -1.0, 1.0)
     b_angle = v_angle[:, parent] + turn
     v_angle = torch.where(branch, b_angle, v_angle)
@@ -168,10 +192,12 @@ def background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
         if not bool((counts > j).any()):
             break
         present = (counts > j).to(dt)[:, None, None]
-        across = x * v_cos[:, j, None, None] + (y * v_sin[:, j, None, None]
-                                                 - v_offset[:, j, None, None])
+        across = x * v_cos[:, j, None, None] + (
+            y * v_sin[:, j, None, None] - v_offset[:, j, None, None]
+        )
         along = (y * v_cos[:, j, None, None] - v_middle[:, j, None, None]) - (
-            x * v_sin[:, j, None, None])
+            x * v_sin[:, j, None, None]
+        )
         pos = along / v_half_length[:, j, None, None]
         if branch[j]:
             pos = pos.clamp(min=0) - (along * inv_edge).clamp(max=0)  # one-sided, soft start
@@ -180,12 +206,11 @@ def background(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
         dist = across.abs_() if dz is None else torch.hypot(across, dz[:, None, None])
         alpha = dist.sub_(radius).mul_(-inv_edge)
         alpha = alpha.add_(0.5).clamp_(0, 1)
-        alpha *= (1 - pos ** 2).clamp_(min=0.0) * present
+        alpha *= (1 - pos**2).clamp_(min=0.0) * present
         field += alpha * (v_peak[:, j, None, None] - field)
         if mask is not None:
             torch.maximum(mask, alpha, out=mask)
     if low == s:
         return field, mask
     resample = upsample_matrix(s, low, False, str(dev))
-    return (resample @ field @ resample.T,
-            None if mask is None else resample @ mask @ resample.T)
+    return (resample @ field @ resample.T, None if mask is None else resample @ mask @ resample.T)

@@ -30,8 +30,14 @@ import torch
 from .._validation import check_choice, check_int
 from .factors import FACTORS
 
-__all__ = ["CACHE_FORMAT", "VERIFY_MODES", "CacheError", "load_images", "manifest_for",
-           "materialize"]
+__all__ = [
+    "CACHE_FORMAT",
+    "VERIFY_MODES",
+    "CacheError",
+    "load_images",
+    "manifest_for",
+    "materialize",
+]
 
 #: Version of the on-disk layout; bumped when it changes (2: image digest, atomic writes).
 CACHE_FORMAT = 2
@@ -74,8 +80,10 @@ def _check_replaceable(root: pathlib.Path) -> None:
         raise FileExistsError(f"path must be a folder for the cache; {root} is a file")
     extra = sorted(p.name for p in root.iterdir() if p.name not in _FILES)
     if extra:
-        raise FileExistsError(f"path must be a new folder, an empty one or a cache written by "
-                              f"materialize; {root} also holds {extra[:3]} (left untouched)")
+        raise FileExistsError(
+            f"path must be a new folder, an empty one or a cache written by "
+            f"materialize; {root} also holds {extra[:3]} (left untouched)"
+        )
 
 
 def materialize(ds: Any, path: str | pathlib.Path, batch_size: int = 1024) -> pathlib.Path:
@@ -108,13 +116,14 @@ def materialize(ds: Any, path: str | pathlib.Path, batch_size: int = 1024) -> pa
 
 def _write(ds: Any, folder: pathlib.Path, batch_size: int) -> str:
     """Write the three arrays into ``folder``; returns the digest of the image bytes."""
-    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.float32,
-                                       shape=(ds.n, *ds.sample_shape))
+    images = np.lib.format.open_memmap(
+        folder / "images.npy", mode="w+", dtype=np.float32, shape=(ds.n, *ds.sample_shape)
+    )
     digest = hashlib.blake2b(digest_size=32)
     for start in range(0, ds.n, batch_size):
         idx = torch.arange(start, min(ds.n, start + batch_size))
         batch = np.ascontiguousarray(ds.render(idx).numpy(), dtype=np.float32)
-        images[start:start + idx.numel()] = batch
+        images[start : start + idx.numel()] = batch
         digest.update(batch.data)
     images.flush()
     del images
@@ -151,8 +160,9 @@ def _read_manifest(root: pathlib.Path) -> dict[str, Any]:
     return found
 
 
-def _load_array(root: pathlib.Path, name: str, shape: tuple[int, ...], dtype: Any,
-                mmap: bool = False) -> np.ndarray[Any, Any]:
+def _load_array(
+    root: pathlib.Path, name: str, shape: tuple[int, ...], dtype: Any, mmap: bool = False
+) -> np.ndarray[Any, Any]:
     path = root / name
     if not path.is_file():
         raise _damaged(root, f"{name} is missing")
@@ -161,15 +171,18 @@ def _load_array(root: pathlib.Path, name: str, shape: tuple[int, ...], dtype: An
     except (ValueError, OSError, EOFError) as err:  # truncated or garbled file
         raise _damaged(root, f"{name} cannot be read ({err})") from None
     if array.shape != shape or array.dtype != dtype:
-        raise _damaged(root, f"{name} must be {np.dtype(dtype)} of shape {shape}; got "
-                             f"{array.dtype} of shape {array.shape}")
+        raise _damaged(
+            root,
+            f"{name} must be {np.dtype(dtype)} of shape {shape}; got "
+            f"{array.dtype} of shape {array.shape}",
+        )
     return array  # type: ignore[no-any-return]
 
 
 def _chunks(images: np.ndarray[Any, Any]) -> Any:
     rows = max(1, _CHUNK_BYTES // max(1, images[:1].nbytes))
     for start in range(0, len(images), rows):
-        yield np.ascontiguousarray(images[start:start + rows])
+        yield np.ascontiguousarray(images[start : start + rows])
 
 
 def _check_digest(root: pathlib.Path, images: np.ndarray[Any, Any], expected: Any) -> None:
@@ -178,11 +191,15 @@ def _check_digest(root: pathlib.Path, images: np.ndarray[Any, Any], expected: An
         digest.update(chunk.data)
     if digest.hexdigest() == expected:
         return
-    nonfinite = sum(int((~np.isfinite(c)).reshape(len(c), -1).any(axis=1).sum())
-                    for c in _chunks(images))
+    nonfinite = sum(
+        int((~np.isfinite(c)).reshape(len(c), -1).any(axis=1).sum()) for c in _chunks(images)
+    )
     detail = f"; {nonfinite} images hold NaN or inf" if nonfinite else ""
-    raise _damaged(root, f"images.npy differs from what materialize wrote (its BLAKE2b "
-                         f"digest does not match the manifest{detail})")
+    raise _damaged(
+        root,
+        f"images.npy differs from what materialize wrote (its BLAKE2b "
+        f"digest does not match the manifest{detail})",
+    )
 
 
 class MappedImages:
@@ -199,8 +216,9 @@ class MappedImages:
 
     def _map(self) -> np.ndarray[Any, Any]:
         if _read_manifest(self.root).get(_DIGEST) != self.digest:
-            raise CacheError(f"cache at {self.root} changed since it was opened; open the "
-                             "dataset again")
+            raise CacheError(
+                f"cache at {self.root} changed since it was opened; open the dataset again"
+            )
         return _load_array(self.root, "images.npy", self.shape, np.float32, mmap=True)
 
     def __getitem__(self, index: Any) -> np.ndarray[Any, Any]:
@@ -214,8 +232,9 @@ class MappedImages:
         self.array = self._map()
 
 
-def load_images(ds: Any, path: str | pathlib.Path,
-                verify: Literal["full", "size"] = "full") -> MappedImages:
+def load_images(
+    ds: Any, path: str | pathlib.Path, verify: Literal["full", "size"] = "full"
+) -> MappedImages:
     """Memory-map the cached images of ``ds`` after checking manifest, tables and images.
 
     Args:
@@ -236,22 +255,30 @@ def load_images(ds: Any, path: str | pathlib.Path,
     root = pathlib.Path(path).resolve()
     found = _read_manifest(root)
     if found.get("format") != CACHE_FORMAT:
-        raise CacheError(f"cache at {root} has format {found.get('format')!r}; this version "
-                         f"reads format {CACHE_FORMAT}: materialize it again")
+        raise CacheError(
+            f"cache at {root} has format {found.get('format')!r}; this version "
+            f"reads format {CACHE_FORMAT}: materialize it again"
+        )
     for key, value in manifest_for(ds).items():
         if key != "spec" and found.get(key) != value:
-            raise CacheError(f"cache at {root} does not match this dataset: {key} must be "
-                             f"{value!r}; got {found.get(key)!r}")
+            raise CacheError(
+                f"cache at {root} does not match this dataset: {key} must be "
+                f"{value!r}; got {found.get(key)!r}"
+            )
     digest = found.get(_DIGEST)
     if not isinstance(digest, str):
         raise _damaged(root, f"{_MANIFEST} must record {_DIGEST}; got {digest!r}")
     labels = _load_array(root, "labels.npy", (ds.n,), np.int64)
     table = _load_array(root, "factors.npy", (len(FACTORS), ds.n), np.float64)
-    for name, stored, mine in (("labels", labels, ds.labels.numpy()),
-                               ("factors", table, _factor_table(ds))):
+    for name, stored, mine in (
+        ("labels", labels, ds.labels.numpy()),
+        ("factors", table, _factor_table(ds)),
+    ):
         if not np.array_equal(stored, mine):
-            raise CacheError(f"cache at {root} does not match this dataset: its {name} differ "
-                             "(modified, or made by another version of nodulebench?)")
+            raise CacheError(
+                f"cache at {root} does not match this dataset: its {name} differ "
+                "(modified, or made by another version of nodulebench?)"
+            )
     images = MappedImages(root, (ds.n, *ds.sample_shape), digest)
     if verify == "full":
         _check_digest(root, images.array, digest)

@@ -37,11 +37,15 @@ Override = float | int | str | torch.Tensor
 def _category_code(info: Factor, value: str, argument: str) -> int:
     """The code of category ``value`` of ``info``; a named error for anything else."""
     if not info.is_categorical:
-        raise ValueError(f"{argument} must be a number in [{info.low}, {info.high}] "
-                         f"{info.unit} for the continuous factor {info.name}; got {value!r}")
+        raise ValueError(
+            f"{argument} must be a number in [{info.low}, {info.high}] "
+            f"{info.unit} for the continuous factor {info.name}; got {value!r}"
+        )
     if value not in info.categories:
-        raise ValueError(f"{argument} must be one of {info.categories}; got {value!r}"
-                         f"{did_you_mean(value, info.categories)}")
+        raise ValueError(
+            f"{argument} must be one of {info.categories}; got {value!r}"
+            f"{did_you_mean(value, info.categories)}"
+        )
     return info.categories.index(value)
 
 
@@ -53,8 +57,9 @@ def _target_device(device: torch.device | str | None) -> torch.device:
         dev = torch.device(device)
         torch.empty(0, device=dev)  # torch raises AssertionError for CUDA without a GPU
     except (AssertionError, RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be a device available on this machine; got "
-                         f"{device!r} ({err})") from None
+        raise ValueError(
+            f"device must be a device available on this machine; got {device!r} ({err})"
+        ) from None
     return dev
 
 
@@ -134,13 +139,16 @@ class SyntheticNodules(Dataset[Any]):
         self.n = check_int("n", n, 1, _MAX_N)
         self.seed = check_int("seed", seed, 0, 2**64 - 1)
         self.image_size = check_int("image_size", image_size, 16, 1024)
-        self.volume_size = (None if volume_size is None
-                            else check_int("volume_size", volume_size, 16, 256))
+        self.volume_size = (
+            None if volume_size is None else check_int("volume_size", volume_size, 16, 256)
+        )
         if self.volume_size is not None:
             if self.image_size not in (REFERENCE_PATCH_PIXELS, self.volume_size):
-                raise ValueError("image_size must be left at 64 or equal volume_size (the "
-                                 f"slices' size); got image_size={self.image_size}, "
-                                 f"volume_size={self.volume_size}")
+                raise ValueError(
+                    "image_size must be left at 64 or equal volume_size (the "
+                    f"slices' size); got image_size={self.image_size}, "
+                    f"volume_size={self.volume_size}"
+                )
             self.image_size = self.volume_size
         check_choice("output", output, ("window", "hu"))
         self.output = output
@@ -151,7 +159,8 @@ class SyntheticNodules(Dataset[Any]):
         # the whole table only on request (or when shortcuts or label noise allocate within
         # classes that a non-Split rule makes: then every label is needed first)
         self._full: tuple[dict[str, torch.Tensor], torch.Tensor] | None = (
-            None if is_lazy(spec) else sample_factors(spec, self.n, self.seed))
+            None if is_lazy(spec) else sample_factors(spec, self.n, self.seed)
+        )
         self._cached: Any = None if cache is None else load_images(self, cache, verify_cache)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -233,8 +242,10 @@ class SyntheticNodules(Dataset[Any]):
             ValueError: the dataset renders 2-D images (no ``volume_size``).
         """
         if self.volume_size is None:
-            raise ValueError("voxel_size_mm needs a volume dataset; got volume_size=None "
-                             "(use pixel_size_mm for images)")
+            raise ValueError(
+                "voxel_size_mm needs a volume dataset; got volume_size=None "
+                "(use pixel_size_mm for images)"
+            )
         return self.pixel_size_mm[:, None].expand(-1, 3).contiguous()
 
     @property
@@ -247,10 +258,15 @@ class SyntheticNodules(Dataset[Any]):
         return self.n
 
     def __repr__(self) -> str:
-        size = (f"image_size={self.image_size}" if self.volume_size is None
-                else f"volume_size={self.volume_size}")
-        return (f"SyntheticNodules(n={self.n}, seed={self.seed}, {size}, "
-                f"output={self.output!r}, spec={self.spec.describe()!r})")
+        size = (
+            f"image_size={self.image_size}"
+            if self.volume_size is None
+            else f"volume_size={self.volume_size}"
+        )
+        return (
+            f"SyntheticNodules(n={self.n}, seed={self.seed}, {size}, "
+            f"output={self.output!r}, spec={self.spec.describe()!r})"
+        )
 
     # ------------------------------------------------------------------ access
     def _index(self, i: Any) -> int:
@@ -278,8 +294,9 @@ class SyntheticNodules(Dataset[Any]):
         factors, labels = self._rows(torch.tensor(ks, dtype=torch.int64))
         return [self._sample(j, images[j], factors, labels) for j in range(len(ks))]
 
-    def _sample(self, j: int, image: torch.Tensor, factors: dict[str, torch.Tensor],
-                labels: torch.Tensor) -> Any:
+    def _sample(
+        self, j: int, image: torch.Tensor, factors: dict[str, torch.Tensor], labels: torch.Tensor
+    ) -> Any:
         """Sample ``j`` of a batch whose factor rows and labels are given."""
         label = labels[j]
         out: Any = image if self.transform is None else self.transform(image)
@@ -291,18 +308,23 @@ class SyntheticNodules(Dataset[Any]):
     def _indices(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         if isinstance(indices, torch.Tensor):
             if indices.ndim != 1 or indices.is_floating_point() or indices.dtype == torch.bool:
-                raise TypeError("indices must be a 1-D integer tensor; got "
-                                f"{indices.dtype} of shape {tuple(indices.shape)}")
+                raise TypeError(
+                    "indices must be a 1-D integer tensor; got "
+                    f"{indices.dtype} of shape {tuple(indices.shape)}"
+                )
             idx = indices.to("cpu", torch.int64)
         else:
             idx = torch.tensor([self._index(i) for i in indices], dtype=torch.int64)
         if idx.numel() and (int(idx.min()) < -self.n or int(idx.max()) >= self.n):
-            raise IndexError(f"indices must lie in [-{self.n}, {self.n}); got "
-                             f"[{int(idx.min())}, {int(idx.max())}]")
+            raise IndexError(
+                f"indices must lie in [-{self.n}, {self.n}); got "
+                f"[{int(idx.min())}, {int(idx.max())}]"
+            )
         return idx % self.n
 
-    def _override_values(self, overrides: Mapping[str, Override], count: int
-                         ) -> dict[str, torch.Tensor]:
+    def _override_values(
+        self, overrides: Mapping[str, Override], count: int
+    ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for name, value in overrides.items():
             info = get_factor(name, argument="overrides")
@@ -311,29 +333,37 @@ class SyntheticNodules(Dataset[Any]):
             try:
                 t = torch.as_tensor(value).flatten()
             except (TypeError, ValueError, RuntimeError):
-                raise TypeError(f"overrides[{name!r}] must be a number, a category name or a "
-                                f"tensor; got {type(value).__name__}") from None
+                raise TypeError(
+                    f"overrides[{name!r}] must be a number, a category name or a "
+                    f"tensor; got {type(value).__name__}"
+                ) from None
             if t.numel() == 1:
                 t = t.expand(count)
             if t.shape != (count,):
-                raise ValueError(f"overrides[{name!r}] must be a number or a ({count},) "
-                                 f"tensor; got shape {tuple(t.shape)}")
+                raise ValueError(
+                    f"overrides[{name!r}] must be a number or a ({count},) "
+                    f"tensor; got shape {tuple(t.shape)}"
+                )
             if info.is_categorical:
                 codes = t.to(torch.int64)
                 if bool((codes.to(t.dtype) != t).any()) or bool(
                     ((codes < 0) | (codes >= len(info.categories))).any()
                 ):
-                    raise ValueError(f"overrides[{name!r}] must be category codes in "
-                                     f"[0, {len(info.categories) - 1}] or names "
-                                     f"{info.categories}; got {t.tolist()[:4]}")
+                    raise ValueError(
+                        f"overrides[{name!r}] must be category codes in "
+                        f"[0, {len(info.categories) - 1}] or names "
+                        f"{info.categories}; got {t.tolist()[:4]}"
+                    )
                 out[name] = codes
             else:
                 vals = t.to(torch.float32)
                 bad = ~torch.isfinite(vals) | (vals < info.low) | (vals > info.high)
                 if bool(bad.any()):
-                    raise ValueError(f"overrides[{name!r}] must lie in [{info.low}, "
-                                     f"{info.high}] {info.unit}; got "
-                                     f"{float(vals[bad][0])!r}")
+                    raise ValueError(
+                        f"overrides[{name!r}] must lie in [{info.low}, "
+                        f"{info.high}] {info.unit}; got "
+                        f"{float(vals[bad][0])!r}"
+                    )
                 out[name] = vals
         return out
 
@@ -382,10 +412,14 @@ class SyntheticNodules(Dataset[Any]):
         renderer = render_hu if self.volume_size is None else render_volume_hu
         # A caller's autocast (a model read in bfloat16) must not change the samples' bytes.
         with torch.autocast(dev.type, enabled=False):
-            images, masks = renderer(on_device, self.seed, idx, self.image_size,
-                                     with_masks=return_masks,
-                                     window_hu=LUNG_WINDOW_HU if self.output == "window"
-                                     else None)
+            images, masks = renderer(
+                on_device,
+                self.seed,
+                idx,
+                self.image_size,
+                with_masks=return_masks,
+                window_hu=LUNG_WINDOW_HU if self.output == "window" else None,
+            )
         out: tuple[Any, ...] = (images,)
         if return_masks and masks is not None:
             out += ({k: masks[k] for k in MASK_NAMES},)
@@ -413,8 +447,9 @@ class SyntheticNodules(Dataset[Any]):
             return images[0], {name: v[0] for name, v in factors.items()}
         return images[0]
 
-    def traverse(self, i: int, factor: str,
-                 values: Sequence[float] | Sequence[str] | torch.Tensor) -> torch.Tensor:
+    def traverse(
+        self, i: int, factor: str, values: Sequence[float] | Sequence[str] | torch.Tensor
+    ) -> torch.Tensor:
         """Sample ``i`` rendered once per value of ``factor``: ``(len(values), 1, H, W)``.
 
         A volume dataset returns ``(len(values), 1, D, H, W)``.
@@ -424,13 +459,16 @@ class SyntheticNodules(Dataset[Any]):
         if isinstance(values, str):
             raise TypeError(f"values must be a sequence of values; got the string {values!r}")
         if not isinstance(values, torch.Tensor):
-            codes = [_category_code(info, v, f"values[{j}] for {factor}")
-                     if isinstance(v, str) else v for j, v in enumerate(values)]
+            codes = [
+                _category_code(info, v, f"values[{j}] for {factor}") if isinstance(v, str) else v
+                for j, v in enumerate(values)
+            ]
             try:
                 vals = torch.tensor(codes)
             except (TypeError, ValueError, RuntimeError):
-                raise TypeError("values must hold numbers or category names; got "
-                                f"{list(values)[:4]!r}") from None
+                raise TypeError(
+                    f"values must hold numbers or category names; got {list(values)[:4]!r}"
+                ) from None
         if isinstance(vals, torch.Tensor) and vals.ndim != 1:
             raise ValueError(f"values must be one-dimensional; got shape {tuple(vals.shape)}")
         k = self._index(i)

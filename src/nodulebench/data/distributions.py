@@ -18,8 +18,16 @@ import torch
 
 from .factors import Factor, get_factor
 
-__all__ = ["ByCategory", "Categorical", "Distribution", "Fixed", "LogUniform", "Split", "Uniform",
-           "draw"]
+__all__ = [
+    "ByCategory",
+    "Categorical",
+    "Distribution",
+    "Fixed",
+    "LogUniform",
+    "Split",
+    "Uniform",
+    "draw",
+]
 
 
 def _is_real(value: object) -> bool:
@@ -29,8 +37,7 @@ def _is_real(value: object) -> bool:
 def _check_real(argument: str, value: object) -> None:
     """``TypeError`` unless ``value`` is a real number (a string such as ``"5"`` is not)."""
     if not _is_real(value):
-        raise TypeError(f"{argument} must be a real number; got {type(value).__name__} "
-                        f"{value!r}")
+        raise TypeError(f"{argument} must be a real number; got {type(value).__name__} {value!r}")
 
 
 @dataclass(frozen=True)
@@ -62,9 +69,11 @@ class Split:
         spec = get_factor(self.factor, argument=f"{argument}.factor")
         if spec.is_categorical:
             unknown = [c for c in self.malignant_categories if c not in spec.categories]
-            if unknown or not self.malignant_categories or len(
-                set(self.malignant_categories)
-            ) == len(spec.categories):
+            if (
+                unknown
+                or not self.malignant_categories
+                or len(set(self.malignant_categories)) == len(spec.categories)
+            ):
                 raise ValueError(
                     f"{argument}.malignant_categories must be a non-empty proper subset of "
                     f"{spec.categories}; got {self.malignant_categories!r}"
@@ -81,8 +90,9 @@ class Split:
         """``(N,)`` bool: which values lie on the malignant-looking side."""
         spec = get_factor(self.factor)
         if spec.is_categorical:
-            codes = torch.tensor([spec.categories.index(c) for c in self.malignant_categories],
-                                 device=values.device)
+            codes = torch.tensor(
+                [spec.categories.index(c) for c in self.malignant_categories], device=values.device
+            )
             return torch.isin(values, codes)
         threshold = float(self.threshold)  # type: ignore[arg-type]  # validated
         return values > threshold if self.malignant_above else values <= threshold
@@ -111,12 +121,14 @@ class Uniform:
         _check_real("Uniform low", self.low)
         _check_real("Uniform high", self.high)
         if self.low > self.high:
-            raise ValueError(f"Uniform low must be <= high; got low={self.low!r} > "
-                             f"high={self.high!r}")
+            raise ValueError(
+                f"Uniform low must be <= high; got low={self.low!r} > high={self.high!r}"
+            )
         if self.exclude is not None:
             if not isinstance(self.exclude, (tuple, list)) or len(self.exclude) != 2:
-                raise TypeError(f"Uniform exclude must be a pair (a, b) or None; got "
-                                f"{self.exclude!r}")
+                raise TypeError(
+                    f"Uniform exclude must be a pair (a, b) or None; got {self.exclude!r}"
+                )
             for bound in self.exclude:
                 _check_real("Uniform exclude", bound)
 
@@ -131,19 +143,25 @@ class Uniform:
     def validate(self, factor: Factor, argument: str) -> None:
         """Raise ``ValueError`` unless the support lies inside the factor's range."""
         if factor.is_categorical:
-            raise ValueError(f"{argument} must be Categorical or Fixed for the categorical "
-                             f"factor {factor.name}; got {self!r}")
+            raise ValueError(
+                f"{argument} must be Categorical or Fixed for the categorical "
+                f"factor {factor.name}; got {self!r}"
+            )
         ok = all(math.isfinite(v) for v in (self.low, self.high)) and (
             factor.low <= self.low <= self.high <= factor.high
         )
         if not ok:
-            raise ValueError(f"{argument} must lie in [{factor.low}, {factor.high}] "
-                             f"{factor.unit}; got [{self.low}, {self.high}]")
+            raise ValueError(
+                f"{argument} must lie in [{factor.low}, {factor.high}] "
+                f"{factor.unit}; got [{self.low}, {self.high}]"
+            )
         if self.exclude is not None and (
             not self.exclude[0] < self.exclude[1] or not self.intervals()
         ):
-            raise ValueError(f"{argument}.exclude must be an interval (a, b), a < b, leaving "
-                             f"some mass; got {self.exclude!r}")
+            raise ValueError(
+                f"{argument}.exclude must be an interval (a, b), a < b, leaving "
+                f"some mass; got {self.exclude!r}"
+            )
 
     def sample(self, u: torch.Tensor, parents: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Inverse CDF: ``(N,)`` uniforms to ``(N,)`` values."""
@@ -165,8 +183,9 @@ class Uniform:
             low, high = self.low, min(self.high, t)
         if high <= low or not Uniform(low, high, self.exclude).intervals():
             side = "malignant" if malignant else "benign"
-            raise ValueError(f"the {side}-looking side of {split.describe()} has no mass "
-                             f"under {self!r}")
+            raise ValueError(
+                f"the {side}-looking side of {split.describe()} has no mass under {self!r}"
+            )
         return Uniform(low, high, self.exclude)
 
 
@@ -184,14 +203,18 @@ class LogUniform:
     def validate(self, factor: Factor, argument: str) -> None:
         """Raise ``ValueError`` unless ``0 < low < high`` lies inside the factor's range."""
         if factor.is_categorical:
-            raise ValueError(f"{argument} must be Categorical or Fixed for the categorical "
-                             f"factor {factor.name}; got {self!r}")
+            raise ValueError(
+                f"{argument} must be Categorical or Fixed for the categorical "
+                f"factor {factor.name}; got {self!r}"
+            )
         ok = all(math.isfinite(v) for v in (self.low, self.high)) and (
             0 < self.low < self.high and factor.low <= self.low and self.high <= factor.high
         )
         if not ok:
-            raise ValueError(f"{argument} must satisfy 0 < low < high within [{factor.low}, "
-                             f"{factor.high}] {factor.unit}; got [{self.low}, {self.high}]")
+            raise ValueError(
+                f"{argument} must satisfy 0 < low < high within [{factor.low}, "
+                f"{factor.high}] {factor.unit}; got [{self.low}, {self.high}]"
+            )
 
     def sample(self, u: torch.Tensor, parents: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Inverse CDF ``low * (high / low) ** u``."""
@@ -207,8 +230,9 @@ class LogUniform:
             low, high = self.low, min(self.high, t)
         if not low < high:
             side = "malignant" if malignant else "benign"
-            raise ValueError(f"the {side}-looking side of {split.describe()} has no mass "
-                             f"under {self!r}")
+            raise ValueError(
+                f"the {side}-looking side of {split.describe()} has no mass under {self!r}"
+            )
         return LogUniform(low, high)
 
 
@@ -224,26 +248,36 @@ class Categorical:
         elif isinstance(weights, (tuple, list)):
             pairs = tuple(weights)
         else:
-            raise TypeError("Categorical weights must be a mapping {category: weight} or a "
-                            f"tuple of (category, weight) pairs; got {type(weights).__name__} "
-                            f"{weights!r}")
+            raise TypeError(
+                "Categorical weights must be a mapping {category: weight} or a "
+                f"tuple of (category, weight) pairs; got {type(weights).__name__} "
+                f"{weights!r}"
+            )
         pairs = tuple(tuple(p) if isinstance(p, list) else p for p in pairs)  # from JSON
         for pair in pairs:
-            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
-                    and _is_real(pair[1])):
-                raise TypeError("Categorical weights must be (category name, number) pairs; "
-                                f"got {pair!r}")
+            if not (
+                isinstance(pair, tuple)
+                and len(pair) == 2
+                and isinstance(pair[0], str)
+                and _is_real(pair[1])
+            ):
+                raise TypeError(
+                    f"Categorical weights must be (category name, number) pairs; got {pair!r}"
+                )
         object.__setattr__(self, "weights", pairs)
 
     def validate(self, factor: Factor, argument: str) -> None:
         """Raise ``ValueError`` on unknown categories or non-positive total weight."""
         if not factor.is_categorical:
-            raise ValueError(f"{argument} must be Uniform or Fixed for the continuous factor "
-                             f"{factor.name}; got {self!r}")
+            raise ValueError(
+                f"{argument} must be Uniform or Fixed for the continuous factor "
+                f"{factor.name}; got {self!r}"
+            )
         for name, w in self.weights:
             if name not in factor.categories:
-                raise ValueError(f"{argument} categories must be among {factor.categories}; "
-                                 f"got {name!r}")
+                raise ValueError(
+                    f"{argument} categories must be among {factor.categories}; got {name!r}"
+                )
             if not (math.isfinite(w) and w >= 0):
                 raise ValueError(f"{argument} weights must be finite and >= 0; got {w!r}")
         if sum(w for _, w in self.weights) <= 0:
@@ -262,13 +296,12 @@ class Categorical:
 
     def restrict(self, split: Split, malignant: bool) -> Categorical:
         """This distribution conditioned on one side of ``split``."""
-        keep = [
-            (c, w) for c, w in self.weights if (c in split.malignant_categories) == malignant
-        ]
+        keep = [(c, w) for c, w in self.weights if (c in split.malignant_categories) == malignant]
         if sum(w for _, w in keep) <= 0:
             side = "malignant" if malignant else "benign"
-            raise ValueError(f"the {side}-looking side of {split.describe()} has no mass "
-                             f"under {self!r}")
+            raise ValueError(
+                f"the {side}-looking side of {split.describe()} has no mass under {self!r}"
+            )
         return Categorical(tuple(keep))
 
 
@@ -282,23 +315,28 @@ class Fixed:
         """Raise ``ValueError`` when ``value`` is outside the factor's range."""
         if factor.is_categorical:
             if self.value not in factor.categories:
-                raise ValueError(f"{argument} must be one of {factor.categories}; "
-                                 f"got {self.value!r}")
+                raise ValueError(
+                    f"{argument} must be one of {factor.categories}; got {self.value!r}"
+                )
         elif isinstance(self.value, str) or not (
             math.isfinite(self.value) and factor.low <= self.value <= factor.high
         ):
-            raise ValueError(f"{argument} must lie in [{factor.low}, {factor.high}] "
-                             f"{factor.unit}; got {self.value!r}")
+            raise ValueError(
+                f"{argument} must lie in [{factor.low}, {factor.high}] "
+                f"{factor.unit}; got {self.value!r}"
+            )
 
     def restrict(self, split: Split, malignant: bool) -> Fixed:
         """Itself, when ``value`` lies on the requested side; else ``ValueError``."""
         factor = get_factor(split.factor)
-        code = (factor.categories.index(str(self.value)) if factor.is_categorical
-                else float(self.value))
+        code = (
+            factor.categories.index(str(self.value)) if factor.is_categorical else float(self.value)
+        )
         if bool(split.malignant_side(torch.tensor([code]))[0]) != malignant:
             side = "malignant" if malignant else "benign"
-            raise ValueError(f"the {side}-looking side of {split.describe()} has no mass "
-                             f"under {self!r}")
+            raise ValueError(
+                f"the {side}-looking side of {split.describe()} has no mass under {self!r}"
+            )
         return self
 
 
@@ -316,9 +354,12 @@ class ByCategory:
     parent: str
     choices: tuple[tuple[str, Uniform | Categorical | Fixed], ...]
 
-    def __init__(self, parent: str,
-                 choices: Mapping[str, Uniform | Categorical | Fixed]
-                 | tuple[tuple[str, Uniform | Categorical | Fixed], ...]) -> None:
+    def __init__(
+        self,
+        parent: str,
+        choices: Mapping[str, Uniform | Categorical | Fixed]
+        | tuple[tuple[str, Uniform | Categorical | Fixed], ...],
+    ) -> None:
         object.__setattr__(self, "parent", parent)
         pairs = tuple(choices.items()) if isinstance(choices, Mapping) else tuple(choices)
         object.__setattr__(self, "choices", pairs)
@@ -327,22 +368,23 @@ class ByCategory:
         """Every parent category needs a valid distribution inside the factor's range."""
         parent = get_factor(self.parent, argument=f"{argument}.parent")
         if not parent.is_categorical:
-            raise ValueError(f"{argument}.parent must be a categorical factor; "
-                             f"got {self.parent!r}")
+            raise ValueError(f"{argument}.parent must be a categorical factor; got {self.parent!r}")
         names = [c for c, _ in self.choices]
         if sorted(names) != sorted(parent.categories):
-            raise ValueError(f"{argument}.choices must have one entry per category "
-                             f"{parent.categories}; got {tuple(names)}")
+            raise ValueError(
+                f"{argument}.choices must have one entry per category "
+                f"{parent.categories}; got {tuple(names)}"
+            )
         allowed = (Categorical, Fixed) if factor.is_categorical else (Uniform, Fixed)
         for name, dist in self.choices:
             if not isinstance(dist, allowed):
                 kinds = " or ".join(k.__name__ for k in allowed)
-                raise ValueError(f"{argument}.choices[{name!r}] must be a {kinds}; "
-                                 f"got {dist!r}")
+                raise ValueError(f"{argument}.choices[{name!r}] must be a {kinds}; got {dist!r}")
             dist.validate(factor, f"{argument}.choices[{name!r}]")
 
-    def sample(self, u: torch.Tensor, parents: Mapping[str, torch.Tensor],
-               factor: Factor | None = None) -> torch.Tensor:
+    def sample(
+        self, u: torch.Tensor, parents: Mapping[str, torch.Tensor], factor: Factor | None = None
+    ) -> torch.Tensor:
         """Draw each sample from the distribution of its parent's category.
 
         ``factor`` (the child) is needed when the choices are categorical.
@@ -359,8 +401,12 @@ class ByCategory:
         return out
 
 
-def draw(dist: Uniform | LogUniform | Categorical | Fixed | ByCategory, factor: Factor | None,
-         u: torch.Tensor, parents: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def draw(
+    dist: Uniform | LogUniform | Categorical | Fixed | ByCategory,
+    factor: Factor | None,
+    u: torch.Tensor,
+    parents: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
     """Values of ``factor`` from exogenous uniforms ``u``: floats, or int64 category codes.
 
     ``factor`` may be ``None`` only for a continuous distribution (:class:`Uniform`, or a
@@ -372,8 +418,7 @@ def draw(dist: Uniform | LogUniform | Categorical | Fixed | ByCategory, factor: 
         return dist.sample_codes(factor, u)
     if isinstance(dist, Fixed):
         if factor is not None and factor.is_categorical:
-            return torch.full_like(u, factor.categories.index(str(dist.value)),
-                                   dtype=torch.int64)
+            return torch.full_like(u, factor.categories.index(str(dist.value)), dtype=torch.int64)
         return torch.full_like(u, float(dist.value))
     if isinstance(dist, ByCategory):
         return dist.sample(u, parents, factor)

@@ -61,11 +61,13 @@ class Kernel:
 
 
 #: Reconstruction kernels by name (the ``kernel`` factor's categories, in order).
-KERNELS: MappingProxyType[str, Kernel] = MappingProxyType({
-    "smooth": Kernel(0.14, 0.6),
-    "standard": Kernel(0.24, 0.4),
-    "sharp": Kernel(0.38, 0.2),
-})
+KERNELS: MappingProxyType[str, Kernel] = MappingProxyType(
+    {
+        "smooth": Kernel(0.14, 0.6),
+        "standard": Kernel(0.24, 0.4),
+        "sharp": Kernel(0.38, 0.2),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,14 @@ class Site:
 
 
 #: The named scanners of the ``site`` factor. Scanner C runs a low-dose protocol.
-SITES: MappingProxyType[str, Site] = MappingProxyType({
-    "scanner_a": Site("smooth", (8.0, 18.0), (0.70, 0.80)),
-    "scanner_b": Site("standard", (12.0, 24.0), (0.62, 0.72)),
-    "scanner_c": Site("standard", (28.0, 40.0), (0.74, 0.86)),
-    "scanner_d": Site("sharp", (18.0, 30.0), (0.56, 0.66)),
-})
+SITES: MappingProxyType[str, Site] = MappingProxyType(
+    {
+        "scanner_a": Site("smooth", (8.0, 18.0), (0.70, 0.80)),
+        "scanner_b": Site("standard", (12.0, 24.0), (0.62, 0.72)),
+        "scanner_c": Site("standard", (28.0, 40.0), (0.74, 0.86)),
+        "scanner_d": Site("sharp", (18.0, 30.0), (0.56, 0.66)),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -128,82 +132,201 @@ class Factor:
         return self.kind == "categorical"
 
 
-def _continuous(name: str, unit: str, low: float, high: float, description: str,
-                lidc: str = "", malignant_above: bool = True) -> Factor:
+def _continuous(
+    name: str,
+    unit: str,
+    low: float,
+    high: float,
+    description: str,
+    lidc: str = "",
+    malignant_above: bool = True,
+) -> Factor:
     return Factor(name, "continuous", unit, low, high, (), description, lidc, malignant_above)
 
 
-def _categorical(name: str, categories: tuple[str, ...], description: str, lidc: str,
-                 malignant: tuple[str, ...]) -> Factor:
-    return Factor(name, "categorical", "", 0.0, float(len(categories) - 1), categories,
-                  description, lidc, True, malignant)
+def _categorical(
+    name: str, categories: tuple[str, ...], description: str, lidc: str, malignant: tuple[str, ...]
+) -> Factor:
+    return Factor(
+        name,
+        "categorical",
+        "",
+        0.0,
+        float(len(categories) - 1),
+        categories,
+        description,
+        lidc,
+        True,
+        malignant,
+    )
 
 
 _TABLE = (
-    _continuous("diameter_mm", "mm", 3.0, 30.0,
-                "Longest axis of the nodule body (the ellipse's major axis).",
-                "LIDC outlines nodules of 3-30 mm"),
-    _continuous("sphericity", "", 0.4, 1.0,
-                "Minor / major axis ratio of the body ellipse (1 is round).",
-                "sphericity 1 (linear) .. 5 (round)", malignant_above=False),
-    _continuous("orientation_deg", "deg", 0.0, 180.0,
-                "Angle of the major axis, counter-clockwise from the image x axis."),
-    _continuous("lobulation", "", 0.0, 1.0,
-                "Amplitude of radial harmonics of order 2-5 (up to 35 % of the radius).",
-                "lobulation 1 (none) .. 5 (marked)"),
-    _continuous("spiculation", "", 0.0, 1.0,
-                "Number (0 below 0.25, then one more per 0.07, up to 10), length "
-                "((2 + 8 s) mm times 0.6-1.4) of thin tapered curved spicules.",
-                "spiculation 1 (none) .. 5 (marked)"),
-    _continuous("margin_sharpness", "", 0.0, 1.0,
-                "Sharpness of the nodule edge: the edge ramp is 0.1 + 2.9 (1 - m) mm wide.",
-                "margin 1 (poorly defined) .. 5 (sharp)", malignant_above=False),
-    _categorical("texture", ("solid", "part-solid", "ground-glass"),
-                 "Internal density pattern; part-solid adds a solid core of varying size "
-                "and position; ground glass lets vessels show through.",
-                 "texture 5 (solid), 3 (part-solid), 1 (non-solid / ground glass)",
-                 ("solid", "part-solid")),
-    _continuous("attenuation_hu", "HU", -800.0, 150.0,
-                "Attenuation of the nodule body (the ground-glass part if part-solid)."),
-    _categorical("calcification", ("absent", "central", "laminated", "popcorn", "diffuse",
-                                   "eccentric", "stippled"),
-                 "Calcification pattern drawn at calcification_hu; eccentric and stippled "
-                 "are the indeterminate patterns.",
-                 "calcification 6 (absent), 5 (central), 2 (laminated), 1 (popcorn), "
-                 "3 (solid), 4 (non-central)", ("absent", "eccentric", "stippled")),
-    _continuous("calcification_hu", "HU", 150.0, 1000.0,
-                "Attenuation of calcified regions (calcified nodules read > +150 HU)."),
+    _continuous(
+        "diameter_mm",
+        "mm",
+        3.0,
+        30.0,
+        "Longest axis of the nodule body (the ellipse's major axis).",
+        "LIDC outlines nodules of 3-30 mm",
+    ),
+    _continuous(
+        "sphericity",
+        "",
+        0.4,
+        1.0,
+        "Minor / major axis ratio of the body ellipse (1 is round).",
+        "sphericity 1 (linear) .. 5 (round)",
+        malignant_above=False,
+    ),
+    _continuous(
+        "orientation_deg",
+        "deg",
+        0.0,
+        180.0,
+        "Angle of the major axis, counter-clockwise from the image x axis.",
+    ),
+    _continuous(
+        "lobulation",
+        "",
+        0.0,
+        1.0,
+        "Amplitude of radial harmonics of order 2-5 (up to 35 % of the radius).",
+        "lobulation 1 (none) .. 5 (marked)",
+    ),
+    _continuous(
+        "spiculation",
+        "",
+        0.0,
+        1.0,
+        "Number (0 below 0.25, then one more per 0.07, up to 10), length "
+        "((2 + 8 s) mm times 0.6-1.4) of thin tapered curved spicules.",
+        "spiculation 1 (none) .. 5 (marked)",
+    ),
+    _continuous(
+        "margin_sharpness",
+        "",
+        0.0,
+        1.0,
+        "Sharpness of the nodule edge: the edge ramp is 0.1 + 2.9 (1 - m) mm wide.",
+        "margin 1 (poorly defined) .. 5 (sharp)",
+        malignant_above=False,
+    ),
+    _categorical(
+        "texture",
+        ("solid", "part-solid", "ground-glass"),
+        "Internal density pattern; part-solid adds a solid core of varying size "
+        "and position; ground glass lets vessels show through.",
+        "texture 5 (solid), 3 (part-solid), 1 (non-solid / ground glass)",
+        ("solid", "part-solid"),
+    ),
+    _continuous(
+        "attenuation_hu",
+        "HU",
+        -800.0,
+        150.0,
+        "Attenuation of the nodule body (the ground-glass part if part-solid).",
+    ),
+    _categorical(
+        "calcification",
+        ("absent", "central", "laminated", "popcorn", "diffuse", "eccentric", "stippled"),
+        "Calcification pattern drawn at calcification_hu; eccentric and stippled "
+        "are the indeterminate patterns.",
+        "calcification 6 (absent), 5 (central), 2 (laminated), 1 (popcorn), "
+        "3 (solid), 4 (non-central)",
+        ("absent", "eccentric", "stippled"),
+    ),
+    _continuous(
+        "calcification_hu",
+        "HU",
+        150.0,
+        1000.0,
+        "Attenuation of calcified regions (calcified nodules read > +150 HU).",
+    ),
     _continuous("offset_x_mm", "mm", -10.0, 10.0, "Nodule centre offset along x."),
     _continuous("offset_y_mm", "mm", -10.0, 10.0, "Nodule centre offset along y."),
-    _continuous("background_hu", "HU", -950.0, -700.0,
-                "Mean attenuation of the surrounding lung parenchyma."),
-    _continuous("background_texture_hu", "HU", 0.0, 80.0,
-                "Standard deviation of the smooth parenchymal texture."),
-    _categorical("vessels", ("none", "few", "many"),
-                 "Number of vessel segments in the patch (0, 2 or 5).", "", ("many",)),
-    _categorical("location", ("isolated", "juxta-vascular", "juxta-pleural"),
-                 "Context: alone in the parenchyma, touching a vessel, or touching the "
-                 "pleura with the chest wall beyond.", "", ("juxta-pleural",)),
-    _categorical("fissure", ("absent", "present"),
-                 "A thin interlobar fissure crossing the patch.", "", ("present",)),
-    _categorical("site", tuple(SITES),
-                 "Scanner; by default it sets the kernel, noise (dose) and spacing ranges.",
-                 "", ("scanner_c", "scanner_d")),
-    _categorical("kernel", tuple(KERNELS),
-                 "Reconstruction kernel: noise texture (power spectrum) and resolution.",
-                 "", ("sharp",)),
-    _continuous("noise_hu", "HU", 0.0, 150.0,
-                "Standard deviation of the acquisition noise (falls as 1/sqrt(dose))."),
-    _continuous("blur_mm", "mm", 0.0, 2.0,
-                "Standard deviation of the Gaussian point-spread function (the kernel's "
-                "own PSF adds in quadrature)."),
-    _continuous("pixel_spacing_mm", "mm", 0.46, 0.98,
-                "In-plane acquisition spacing; the patch spans 64 such pixels.",
-                "LIDC in-plane spacing is about 0.46-0.98 mm"),
-    _continuous("slice_thickness_mm", "mm", 0.5, 5.0,
-                "Full width at half maximum of the slice sensitivity profile along z "
-                "(volumes only: a 2-D image is a thin section).",
-                "LIDC slice thickness is about 0.6-5 mm"),
+    _continuous(
+        "background_hu",
+        "HU",
+        -950.0,
+        -700.0,
+        "Mean attenuation of the surrounding lung parenchyma.",
+    ),
+    _continuous(
+        "background_texture_hu",
+        "HU",
+        0.0,
+        80.0,
+        "Standard deviation of the smooth parenchymal texture.",
+    ),
+    _categorical(
+        "vessels",
+        ("none", "few", "many"),
+        "Number of vessel segments in the patch (0, 2 or 5).",
+        "",
+        ("many",),
+    ),
+    _categorical(
+        "location",
+        ("isolated", "juxta-vascular", "juxta-pleural"),
+        "Context: alone in the parenchyma, touching a vessel, or touching the "
+        "pleura with the chest wall beyond.",
+        "",
+        ("juxta-pleural",),
+    ),
+    _categorical(
+        "fissure",
+        ("absent", "present"),
+        "A thin interlobar fissure crossing the patch.",
+        "",
+        ("present",),
+    ),
+    _categorical(
+        "site",
+        tuple(SITES),
+        "Scanner; by default it sets the kernel, noise (dose) and spacing ranges.",
+        "",
+        ("scanner_c", "scanner_d"),
+    ),
+    _categorical(
+        "kernel",
+        tuple(KERNELS),
+        "Reconstruction kernel: noise texture (power spectrum) and resolution.",
+        "",
+        ("sharp",),
+    ),
+    _continuous(
+        "noise_hu",
+        "HU",
+        0.0,
+        150.0,
+        "Standard deviation of the acquisition noise (falls as 1/sqrt(dose)).",
+    ),
+    _continuous(
+        "blur_mm",
+        "mm",
+        0.0,
+        2.0,
+        "Standard deviation of the Gaussian point-spread function (the kernel's "
+        "own PSF adds in quadrature).",
+    ),
+    _continuous(
+        "pixel_spacing_mm",
+        "mm",
+        0.46,
+        0.98,
+        "In-plane acquisition spacing; the patch spans 64 such pixels.",
+        "LIDC in-plane spacing is about 0.46-0.98 mm",
+    ),
+    _continuous(
+        "slice_thickness_mm",
+        "mm",
+        0.5,
+        5.0,
+        "Full width at half maximum of the slice sensitivity profile along z "
+        "(volumes only: a 2-D image is a thin section).",
+        "LIDC slice thickness is about 0.6-5 mm",
+    ),
 )
 
 #: Ordered, read-only mapping ``name -> Factor`` of every factor, in sampling order.

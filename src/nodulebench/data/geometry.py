@@ -97,8 +97,7 @@ def body_radius(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor) -> t
 def spicule_count(spiculation: torch.Tensor) -> torch.Tensor:
     """``(N,)`` int64 number of spicules present (of nonzero length) at ``spiculation``."""
     onsets = SPICULE_ONSET + SPICULE_STEP * torch.arange(MAX_SPICULES, dtype=torch.float64)
-    return (spiculation.double().cpu()[:, None] > onsets[None, :]).sum(1).to(
-        spiculation.device)
+    return (spiculation.double().cpu()[:, None] > onsets[None, :]).sum(1).to(spiculation.device)
 
 
 @dataclass(frozen=True)
@@ -126,22 +125,44 @@ class Spicules:
 
     def select(self, rows: torch.Tensor) -> Spicules:
         """The spicules of some samples of the batch."""
-        return Spicules(*(getattr(self, f)[rows] for f in (
-            "angle", "base_mm", "length_mm", "width_mm", "bend_mm", "ripple", "nearest")))
+        return Spicules(
+            *(
+                getattr(self, f)[rows]
+                for f in (
+                    "angle",
+                    "base_mm",
+                    "length_mm",
+                    "width_mm",
+                    "bend_mm",
+                    "ripple",
+                    "nearest",
+                )
+            )
+        )
 
     def table(self) -> torch.Tensor:
         """``(N, ANGLES, 7)`` parameters of the nearest spicule per angular bin.
 
         Columns: cosine and sine of the angle, base, length, width, bend, ripple.
         """
-        params = torch.stack((torch.cos(self.angle), torch.sin(self.angle), self.base_mm,
-                              self.length_mm, self.width_mm, self.bend_mm, self.ripple),
-                             dim=-1)  # (N, J, 7)
+        params = torch.stack(
+            (
+                torch.cos(self.angle),
+                torch.sin(self.angle),
+                self.base_mm,
+                self.length_mm,
+                self.width_mm,
+                self.bend_mm,
+                self.ripple,
+            ),
+            dim=-1,
+        )  # (N, J, 7)
         return torch.gather(params, 1, self.nearest[:, :, None].expand(-1, -1, 7))
 
 
-def spicules(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
-             body_r: torch.Tensor) -> Spicules:
+def spicules(
+    factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor, body_r: torch.Tensor
+) -> Spicules:
     """The spicules of a batch (see the module docstring for the formulas)."""
     dev, dt = shape_u.device, shape_u.dtype
     s = factors["spiculation"].to(dt)[:, None]
@@ -150,8 +171,9 @@ def spicules(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
     grown = ((s - onset[None, :]) / SPICULE_GROWTH).clamp(0.0, 1.0)
     first = 2 * math.pi * shape_slice(shape_u, "spicule_first_angle")
     # golden-angle spacing keeps present spicules apart whatever their number
-    angle = (first + j[None, :] * GOLDEN_ANGLE
-             + 0.15 * (shape_slice(shape_u, "spicule_jitter") - 0.5)) % (2 * math.pi)
+    angle = (
+        first + j[None, :] * GOLDEN_ANGLE + 0.15 * (shape_slice(shape_u, "spicule_jitter") - 0.5)
+    ) % (2 * math.pi)
     length = (2 + 8 * s) * (0.6 + 0.8 * shape_slice(shape_u, "spicule_length")) * grown
     width = 0.5 + shape_slice(shape_u, "spicule_width")
     bend = 0.4 * (shape_slice(shape_u, "spicule_bend") - 0.5) * length

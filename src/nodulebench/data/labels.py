@@ -21,8 +21,15 @@ import torch
 from .distributions import Split
 from .factors import FACTORS, get_factor
 
-__all__ = ["AnyLabelRule", "LabelFunction", "LabelRule", "LinearLabelRule", "LogisticLabelRule",
-           "callable_digest", "rule_inputs"]
+__all__ = [
+    "AnyLabelRule",
+    "LabelFunction",
+    "LabelRule",
+    "LinearLabelRule",
+    "LogisticLabelRule",
+    "callable_digest",
+    "rule_inputs",
+]
 
 #: The default label rule: malignant iff spiculation > 0.5 (a clinical malignancy cue).
 LabelRule = Split
@@ -43,8 +50,9 @@ class LinearLabelRule:
     weights: tuple[tuple[str, float], ...]
     threshold: float
 
-    def __init__(self, weights: Mapping[str, float] | tuple[tuple[str, float], ...],
-                 threshold: float) -> None:
+    def __init__(
+        self, weights: Mapping[str, float] | tuple[tuple[str, float], ...], threshold: float
+    ) -> None:
         pairs = tuple(weights.items()) if isinstance(weights, Mapping) else tuple(weights)
         object.__setattr__(self, "weights", pairs)
         object.__setattr__(self, "threshold", threshold)
@@ -60,8 +68,7 @@ class LinearLabelRule:
             raise ValueError(f"{argument}.weights must name at least one factor; got ()")
         for name, w in self.weights:
             if get_factor(name, argument=f"{argument}.weights").is_categorical:
-                raise ValueError(f"{argument}.weights must name continuous factors; "
-                                 f"got {name!r}")
+                raise ValueError(f"{argument}.weights must name continuous factors; got {name!r}")
             if not math.isfinite(w):
                 raise ValueError(f"{argument}.weights must be finite; got {w!r} for {name}")
         if not math.isfinite(self.threshold):
@@ -113,13 +120,18 @@ class LogisticLabelRule:
     category_weights: tuple[tuple[str, str, float], ...]
     bias: float
 
-    def __init__(self, weights: Mapping[str, float] | tuple[tuple[str, float], ...],
-                 category_weights: Mapping[tuple[str, str], float]
-                 | tuple[tuple[str, str, float], ...] = (),
-                 bias: float = 0.0) -> None:
+    def __init__(
+        self,
+        weights: Mapping[str, float] | tuple[tuple[str, float], ...],
+        category_weights: Mapping[tuple[str, str], float] | tuple[tuple[str, str, float], ...] = (),
+        bias: float = 0.0,
+    ) -> None:
         pairs = tuple(weights.items()) if isinstance(weights, Mapping) else tuple(weights)
-        triples = (tuple((f, c, w) for (f, c), w in category_weights.items())
-                   if isinstance(category_weights, Mapping) else tuple(category_weights))
+        triples = (
+            tuple((f, c, w) for (f, c), w in category_weights.items())
+            if isinstance(category_weights, Mapping)
+            else tuple(category_weights)
+        )
         object.__setattr__(self, "weights", pairs)
         object.__setattr__(self, "category_weights", triples)
         object.__setattr__(self, "bias", bias)
@@ -136,18 +148,23 @@ class LogisticLabelRule:
             raise ValueError(f"{argument} must weigh at least one factor; got no weights")
         for name, w in self.weights:
             if get_factor(name, argument=f"{argument}.weights").is_categorical:
-                raise ValueError(f"{argument}.weights must name continuous factors (use "
-                                 f"category_weights for categories); got {name!r}")
+                raise ValueError(
+                    f"{argument}.weights must name continuous factors (use "
+                    f"category_weights for categories); got {name!r}"
+                )
             if not math.isfinite(w):
                 raise ValueError(f"{argument}.weights must be finite; got {w!r} for {name}")
         for name, category, w in self.category_weights:
             info = get_factor(name, argument=f"{argument}.category_weights")
             if category not in info.categories:
-                raise ValueError(f"{argument}.category_weights for {name} must name one of "
-                                 f"{info.categories}; got {category!r}")
+                raise ValueError(
+                    f"{argument}.category_weights for {name} must name one of "
+                    f"{info.categories}; got {category!r}"
+                )
             if not math.isfinite(w):
-                raise ValueError(f"{argument}.category_weights must be finite; got {w!r} "
-                                 f"for {name}={category}")
+                raise ValueError(
+                    f"{argument}.category_weights must be finite; got {w!r} for {name}={category}"
+                )
         if not math.isfinite(self.bias):
             raise ValueError(f"{argument}.bias must be finite; got {self.bias!r}")
 
@@ -162,19 +179,25 @@ class LogisticLabelRule:
             logit = logit + w * (factors[name].cpu() == code).double()
         return torch.sigmoid(logit)
 
-    def __call__(self, factors: Mapping[str, torch.Tensor],
-                 coin: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, factors: Mapping[str, torch.Tensor], coin: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(N,)`` int64 labels ``[coin < p]``; ``coin`` is ``(N,)`` uniforms in ``(0, 1)``."""
         if coin is None:
-            raise ValueError("coin must be the samples' (N,) label coins for a "
-                             "LogisticLabelRule (nodulebench.data.sampling.label_coins); "
-                             "got None")
+            raise ValueError(
+                "coin must be the samples' (N,) label coins for a "
+                "LogisticLabelRule (nodulebench.data.sampling.label_coins); "
+                "got None"
+            )
         return (coin.double().cpu() < self.probability(factors)).long()
 
     def describe(self) -> str:
         """Human-readable rule."""
-        terms = [f"{self.bias:g}"] + [f"{w:g}*norm({f})" for f, w in self.weights] + [
-            f"{w:g}*[{f}={c}]" for f, c, w in self.category_weights]
+        terms = (
+            [f"{self.bias:g}"]
+            + [f"{w:g}*norm({f})" for f, w in self.weights]
+            + [f"{w:g}*[{f}={c}]" for f, c, w in self.category_weights]
+        )
         return f"sigmoid({' + '.join(terms)})"
 
 
@@ -225,8 +248,10 @@ class LabelFunction:
         n = next(iter(factors.values())).shape[0]
         labels = torch.as_tensor(self.fn(factors))
         if labels.shape != (n,) or not bool(((labels == 0) | (labels == 1)).all()):
-            raise ValueError(f"label function {self.name!r} must return ({n},) values in "
-                             f"{{0, 1}}; got shape {tuple(labels.shape)}")
+            raise ValueError(
+                f"label function {self.name!r} must return ({n},) values in "
+                f"{{0, 1}}; got shape {tuple(labels.shape)}"
+            )
         return labels.long()
 
     def describe(self) -> str:
@@ -235,8 +260,6 @@ class LabelFunction:
 
 
 AnyLabelRule = Union[Split, LinearLabelRule, LogisticLabelRule, LabelFunction]  # noqa: UP007
-
-
 
 
 def rule_inputs(rule: AnyLabelRule) -> tuple[str, ...]:

@@ -155,8 +155,10 @@ def measure(
         if key in masks:
             m = _batch(f"masks[{key!r}]", masks[key])
             if m.shape != img.shape:
-                raise ValueError(f"masks[{key!r}] must have the image's shape {tuple(img.shape)};"
-                                 f" got {tuple(m.shape)}")
+                raise ValueError(
+                    f"masks[{key!r}] must have the image's shape {tuple(img.shape)};"
+                    f" got {tuple(m.shape)}"
+                )
             parts[key] = m.bool()
         else:
             parts[key] = torch.zeros_like(nodule, dtype=torch.bool)
@@ -164,13 +166,16 @@ def measure(
     pixel = torch.as_tensor(pixel_spacing_mm, dtype=torch.float64).flatten()
     pixel = pixel.expand(n) if pixel.numel() == 1 else pixel
     if pixel.shape != (n,) or not bool((pixel > 0).all()) or not bool(pixel.isfinite().all()):
-        raise ValueError(f"pixel_spacing_mm must be a positive float or a ({n},) tensor of "
-                         f"positive values; got {pixel_spacing_mm!r}")
+        raise ValueError(
+            f"pixel_spacing_mm must be a positive float or a ({n},) tensor of "
+            f"positive values; got {pixel_spacing_mm!r}"
+        )
     counts = body.flatten(1).sum(1)
     if bool((counts == 0).any()):
         empty = torch.nonzero(counts == 0).flatten().tolist()
-        raise ValueError(f"masks['nodule'] minus spicules must be non-empty; images {empty} "
-                         "are empty")
+        raise ValueError(
+            f"masks['nodule'] minus spicules must be non-empty; images {empty} are empty"
+        )
     pixel = pixel.to(img.device)
 
     # pixel centres in mm, x to the right and y upwards (as the renderer draws them)
@@ -188,7 +193,7 @@ def measure(
     syy = (weight * cy * cy).sum(1) / total + 1 / 12
     sxy = (weight * cx * cy).sum(1) / total
     half_trace = (sxx + syy) / 2
-    root = torch.sqrt(((sxx - syy) / 2) ** 2 + sxy ** 2)
+    root = torch.sqrt(((sxx - syy) / 2) ** 2 + sxy**2)
     lam_max, lam_min = half_trace + root, (half_trace - root).clamp_min(0)
     orientation = torch.rad2deg(0.5 * torch.atan2(2 * sxy, sxx - syy)) % 180
 
@@ -204,7 +209,8 @@ def measure(
     if units == "window":
         hu = window[0] + hu * (window[1] - window[0])
     attenuation = eroded_median(
-        hu, body & ~parts["calcification"] & ~parts["vessels"] & ~parts["pleura"])
+        hu, body & ~parts["calcification"] & ~parts["vessels"] & ~parts["pleura"]
+    )
 
     calc = parts["calcification"]
     inner = _erode(calc, 1)
@@ -212,15 +218,17 @@ def measure(
     count = inner.flatten(1).sum(1)
     calc_hu = (hu * inner).flatten(1).sum(1) / count  # 0 / 0 = NaN where nothing is calcified
     abutting = (parts["vessels"] & _dilate(body, 1)).flatten(1).any(1) & ~(
-        parts["vessels"] & _erode(body, 2)).flatten(1).any(1)
+        parts["vessels"] & _erode(body, 2)
+    ).flatten(1).any(1)
     location = torch.where(parts["pleura"].flatten(1).any(1), 2, abutting.long())
-    anything = body | parts["spicules"] | parts["calcification"] | parts["vessels"] | (
-        parts["pleura"])
+    anything = (
+        body | parts["spicules"] | parts["calcification"] | parts["vessels"] | (parts["pleura"])
+    )
     backdrop = ~_dilate(anything, 2)
     fissure_hu = _brightest_line(hu, backdrop, x, y)
     noise_hu, ratio, kernel, site = _acquisition(hu, backdrop, pixel * h / REFERENCE_PATCH_PIXELS)
 
-    area = pixel ** 2
+    area = pixel**2
     return Measurements(
         diameter_mm=(feret * pixel).float(),
         equivalent_diameter_mm=(4 * torch.sqrt(lam_max) * pixel).float(),
@@ -251,12 +259,12 @@ def eroded_median(values: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     pool = F.max_pool2d if region.ndim == 4 else F.max_pool3d
     chosen = torch.zeros_like(region)
     for radius in (0, 1, 2):  # each deeper erosion replaces the last where it leaves pixels
-        eroded = ~pool((~region).double(), 2 * radius + 1, 1, radius).bool() if radius else (
-            region)
+        eroded = ~pool((~region).double(), 2 * radius + 1, 1, radius).bool() if radius else (region)
         keeps = eroded.flatten(1).any(1).reshape((-1,) + (1,) * (region.ndim - 1))
         chosen = torch.where(keeps, eroded, chosen)
-    inside = torch.where(chosen, values, torch.tensor(math.nan, dtype=values.dtype,
-                                                      device=values.device))
+    inside = torch.where(
+        chosen, values, torch.tensor(math.nan, dtype=values.dtype, device=values.device)
+    )
     return torch.nanmedian(inside.flatten(1), dim=1).values
 
 
@@ -268,8 +276,9 @@ def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return ~_dilate(~mask, radius)
 
 
-def _brightest_line(hu: torch.Tensor, backdrop: torch.Tensor, x: torch.Tensor,
-                    y: torch.Tensor) -> torch.Tensor:
+def _brightest_line(
+    hu: torch.Tensor, backdrop: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """``(N,)`` largest mean excess HU along a one-pixel line through the backdrop."""
     n, _, h, w = hu.shape
     keep = backdrop.flatten(1).double()
@@ -280,8 +289,7 @@ def _brightest_line(hu: torch.Tensor, backdrop: torch.Tensor, x: torch.Tensor,
     cx, cy = x - (w - 1) / 2, y + (h - 1) / 2
     offset = torch.round(cx[:, None] * torch.cos(angles) + cy[:, None] * torch.sin(angles))
     bins = int(math.ceil(math.hypot(h, w))) + 2
-    index = (offset + bins // 2).long() + bins * torch.arange(angles.numel(),
-                                                               device=hu.device)
+    index = (offset + bins // 2).long() + bins * torch.arange(angles.numel(), device=hu.device)
     index = index.reshape(-1).expand(n, -1)
     sums = hu.new_zeros(n, bins * angles.numel(), dtype=torch.float64)
     counts = torch.zeros_like(sums)
@@ -302,14 +310,15 @@ def _kernel_differences(size: int) -> torch.Tensor:
     out = []
     for kernel in KERNELS.values():
         f0 = kernel.noise_peak * size / REFERENCE_PATCH_PIXELS
-        power = torch.sqrt(f2) * torch.exp(-f2 / f0 ** 2)
+        power = torch.sqrt(f2) * torch.exp(-f2 / f0**2)
         power = power / power.sum()
-        out.append(torch.stack([(power * first).sum(), (power * first ** 2).sum()]))
+        out.append(torch.stack([(power * first).sum(), (power * first**2).sum()]))
     return torch.stack(out)
 
 
-def _acquisition(hu: torch.Tensor, backdrop: torch.Tensor, spacing: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _acquisition(
+    hu: torch.Tensor, backdrop: torch.Tensor, spacing: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noise std, spectral ratio, kernel and site codes, each ``(N,)``, from the backdrop."""
     img, keep = hu[:, 0], backdrop[:, 0]
     first = img.new_zeros(2, img.shape[0])
@@ -318,10 +327,10 @@ def _acquisition(hu: torch.Tensor, backdrop: torch.Tensor, spacing: torch.Tensor
         a, b, c = (img.narrow(dim, i, img.shape[dim] - 2) for i in range(3))
         ka, kb, kc = (keep.narrow(dim, i, keep.shape[dim] - 2) for i in range(3))
         both, three = (ka & kb).double(), (ka & kb & kc).double()
-        first += torch.stack([((b - a) ** 2 * both).flatten(1).sum(1),
-                              both.flatten(1).sum(1)])
-        second += torch.stack([((c - 2 * b + a) ** 2 * three).flatten(1).sum(1),
-                               three.flatten(1).sum(1)])
+        first += torch.stack([((b - a) ** 2 * both).flatten(1).sum(1), both.flatten(1).sum(1)])
+        second += torch.stack(
+            [((c - 2 * b + a) ** 2 * three).flatten(1).sum(1), three.flatten(1).sum(1)]
+        )
     d1, d2 = first[0] / first[1], second[0] / second[1]
     ratio = d2 / d1
     predicted = _kernel_differences(hu.shape[-1]).to(hu.device)

@@ -69,8 +69,10 @@ def _spacing(voxel_size_mm: float | torch.Tensor, n: int) -> torch.Tensor:
     elif t.shape == (n,):
         t = t[:, None].expand(n, 3)
     if t.shape != (n, 3) or not bool((t > 0).all()) or not bool(t.isfinite().all()):
-        raise ValueError(f"voxel_size_mm must be a positive float, a ({n},) or a ({n}, 3) "
-                         f"tensor of positive values; got {voxel_size_mm!r}")
+        raise ValueError(
+            f"voxel_size_mm must be a positive float, a ({n},) or a ({n}, 3) "
+            f"tensor of positive values; got {voxel_size_mm!r}"
+        )
     return t
 
 
@@ -147,8 +149,10 @@ def measure_volume(
         if key in masks:
             m = _batch(f"masks[{key!r}]", masks[key])
             if m.shape != vol.shape:
-                raise ValueError(f"masks[{key!r}] must have the volume's shape "
-                                 f"{tuple(vol.shape)}; got {tuple(m.shape)}")
+                raise ValueError(
+                    f"masks[{key!r}] must have the volume's shape "
+                    f"{tuple(vol.shape)}; got {tuple(m.shape)}"
+                )
             parts[key] = m.bool()
         else:
             parts[key] = torch.zeros(vol.shape, dtype=torch.bool, device=vol.device)
@@ -157,8 +161,9 @@ def measure_volume(
     counts = body.flatten(1).sum(1)
     if bool((counts == 0).any()):
         empty = torch.nonzero(counts == 0).flatten().tolist()
-        raise ValueError(f"masks['nodule'] minus spicules must be non-empty; volumes {empty} "
-                         "are empty")
+        raise ValueError(
+            f"masks['nodule'] minus spicules must be non-empty; volumes {empty} are empty"
+        )
     voxel_mm3 = spacing.prod(1)
 
     surface = _surface(body, spacing)
@@ -177,8 +182,14 @@ def measure_volume(
     hu = vol.double()
     if units == "window":
         hu = window[0] + hu * (window[1] - window[0])
-    attenuation = eroded_median(hu, parts["nodule"] & ~parts["spicules"]
-                                & ~parts["calcification"] & ~parts["vessels"] & ~parts["pleura"])
+    attenuation = eroded_median(
+        hu,
+        parts["nodule"]
+        & ~parts["spicules"]
+        & ~parts["calcification"]
+        & ~parts["vessels"]
+        & ~parts["pleura"],
+    )
     return VolumeMeasurements(
         volume_mm3=volume_mm3.float(),
         diameter_mm=feret.float(),

@@ -48,18 +48,17 @@ __all__ = ["MASK_NAMES", "render_hu", "window"]
 #: :func:`~nodulebench.probing.mask_energy`, where the last region containing a pixel takes
 #: it, scores ``"nodule"`` as the body core and gives vessels inside a nodule to the nodule
 #: (``"body"`` equals ``"nodule"`` minus ``"spicules"`` and so receives no share there).
-MASK_NAMES: tuple[str, ...] = ("vessels", "pleura", "body", "nodule", "spicules",
-                                "calcification")
+MASK_NAMES: tuple[str, ...] = ("vessels", "pleura", "body", "nodule", "spicules", "calcification")
 
 _SOFT_TISSUE_HU = 40.0
 _SHAPE_STREAM = 100
 _NOISE_STREAM = 101
-_CALCIFICATION_CODES = {name: code for code, name in
-                        enumerate(FACTORS["calcification"].categories)}
+_CALCIFICATION_CODES = {name: code for code, name in enumerate(FACTORS["calcification"].categories)}
 
 
-def window(hu: torch.Tensor, low: float = LUNG_WINDOW_HU[0],
-           high: float = LUNG_WINDOW_HU[1]) -> torch.Tensor:
+def window(
+    hu: torch.Tensor, low: float = LUNG_WINDOW_HU[0], high: float = LUNG_WINDOW_HU[1]
+) -> torch.Tensor:
     """Map HU linearly to ``[0, 1]`` over ``[low, high]``, clamping outside."""
     return ((hu - low) / (high - low)).clamp_(0.0, 1.0)
 
@@ -72,13 +71,19 @@ def _lookup(table: torch.Tensor, pos: torch.Tensor, i0: torch.Tensor) -> torch.T
     """
     frac = pos - i0
     i = i0.long().bitwise_and_(ANGLES - 1)  # "& (K - 1)" wraps negative angles
-    return torch.addcmul(torch.gather(table, 1, i), frac,
-                         torch.gather(table.roll(-1, 1) - table, 1, i))
+    return torch.addcmul(
+        torch.gather(table, 1, i), frac, torch.gather(table.roll(-1, 1) - table, 1, i)
+    )
 
 
-def spicule_coverage(sp: geometry.Spicules, dx: torch.Tensor, dy: torch.Tensor,
-                     nearest_bin: torch.Tensor, pixel_mm: torch.Tensor,
-                     dz: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def spicule_coverage(
+    sp: geometry.Spicules,
+    dx: torch.Tensor,
+    dy: torch.Tensor,
+    nearest_bin: torch.Tensor,
+    pixel_mm: torch.Tensor,
+    dz: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Partial-volume coverage ``(N, P)`` of each pixel by its nearest spicule, and a mask.
 
     Across the strand the coverage is the overlap of the cross-section ``[d - w/2, d + w/2]``
@@ -93,7 +98,8 @@ def spicule_coverage(sp: geometry.Spicules, dx: torch.Tensor, dy: torch.Tensor,
     n = dx.shape[0]
     params = sp.table().reshape(n * ANGLES, -1)  # one row per angular bin
     row = nearest_bin.bitwise_and_(ANGLES - 1).add_(
-        torch.arange(n, device=dx.device)[:, None] * ANGLES)
+        torch.arange(n, device=dx.device)[:, None] * ANGLES
+    )
     picked = params.index_select(0, row.flatten()).reshape(n, -1, params.shape[1])
     cos_a, sin_a, base, length, width, bend, ripple = picked.unbind(-1)
     along = dx * cos_a + dy * sin_a - base
@@ -110,9 +116,16 @@ def spicule_coverage(sp: geometry.Spicules, dx: torch.Tensor, dy: torch.Tensor,
     return cover, inside & (length > 0)
 
 
-def calcification_sdf(code: torch.Tensor, rho: torch.Tensor, body_r: torch.Tensor,
-                      dx: torch.Tensor, dy: torch.Tensor, mean_r: torch.Tensor,
-                      blob_u: torch.Tensor, dz: torch.Tensor | None = None) -> torch.Tensor:
+def calcification_sdf(
+    code: torch.Tensor,
+    rho: torch.Tensor,
+    body_r: torch.Tensor,
+    dx: torch.Tensor,
+    dy: torch.Tensor,
+    mean_r: torch.Tensor,
+    blob_u: torch.Tensor,
+    dz: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Signed distance (mm, > 0 inside) to the calcified region of each pattern.
 
     Central, laminated and diffuse patterns are rings or discs in the body's own radial
@@ -124,11 +137,11 @@ def calcification_sdf(code: torch.Tensor, rho: torch.Tensor, body_r: torch.Tenso
     codes = _CALCIFICATION_CODES
     sdf = torch.full_like(rho, -1e3)
     sdf = torch.where(c == codes["central"], (0.35 - rho) * body_r, sdf)
-    sdf = torch.where(c == codes["laminated"],
-                      torch.maximum(0.07 - (rho - 0.62).abs(), 0.12 - rho) * body_r, sdf)
+    sdf = torch.where(
+        c == codes["laminated"], torch.maximum(0.07 - (rho - 0.62).abs(), 0.12 - rho) * body_r, sdf
+    )
     sdf = torch.where(c == codes["diffuse"], (0.8 - rho) * body_r, sdf)
-    blobby = (code == codes["popcorn"]) | (code == codes["eccentric"]) | (
-        code == codes["stippled"])
+    blobby = (code == codes["popcorn"]) | (code == codes["eccentric"]) | (code == codes["stippled"])
     pick = torch.nonzero(blobby).flatten()
     if pick.numel():
         k = CALCIFICATION_BLOBS
@@ -138,16 +151,24 @@ def calcification_sdf(code: torch.Tensor, rho: torch.Tensor, body_r: torch.Tenso
         blob = torch.arange(k, device=code.device)[None, :]
         # popcorn: 5 blobs of 14-22 % of the radius within 60 % of it; eccentric: one disc of
         # 30 % at 50 %; stippled: 12 dots of 0.6-0.9 mm within 75 %
-        radius = torch.where(cp == codes["popcorn"], 0.6 * u[:, :k] ** 0.5,
-                             torch.where(cp == codes["eccentric"], torch.full_like(u[:, :k], 0.5),
-                                         0.75 * u[:, :k] ** 0.5)) * r_mean
-        size = torch.where(cp == codes["popcorn"], (0.14 + 0.08 * u[:, 2 * k:]) * r_mean,
-                           torch.where(cp == codes["eccentric"], 0.3 * r_mean,
-                                       0.6 + 0.3 * u[:, 2 * k:]))
-        count = torch.where(cp == codes["popcorn"], 5, torch.where(cp == codes["eccentric"],
-                                                                     1, k))
+        radius = (
+            torch.where(
+                cp == codes["popcorn"],
+                0.6 * u[:, :k] ** 0.5,
+                torch.where(
+                    cp == codes["eccentric"], torch.full_like(u[:, :k], 0.5), 0.75 * u[:, :k] ** 0.5
+                ),
+            )
+            * r_mean
+        )
+        size = torch.where(
+            cp == codes["popcorn"],
+            (0.14 + 0.08 * u[:, 2 * k :]) * r_mean,
+            torch.where(cp == codes["eccentric"], 0.3 * r_mean, 0.6 + 0.3 * u[:, 2 * k :]),
+        )
+        count = torch.where(cp == codes["popcorn"], 5, torch.where(cp == codes["eccentric"], 1, k))
         size = torch.where(blob < count, size, torch.full_like(size, -1e3))
-        angle = 2 * math.pi * u[:, k:2 * k]
+        angle = 2 * math.pi * u[:, k : 2 * k]
         bx = (radius * torch.cos(angle))[:, :, None, None]
         by = (radius * torch.sin(angle))[:, :, None, None]
         dist2 = (dx[pick, None] - bx) ** 2 + (dy[pick, None] - by) ** 2
@@ -158,10 +179,16 @@ def calcification_sdf(code: torch.Tensor, rho: torch.Tensor, body_r: torch.Tenso
     return sdf
 
 
-def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Tensor,
-              image_size: int, *, with_masks: bool = False, chunk_size: int = 128,
-              window_hu: tuple[float, float] | None = None
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+def render_hu(
+    factors: Mapping[str, torch.Tensor],
+    seed: int,
+    indices: torch.Tensor,
+    image_size: int,
+    *,
+    with_masks: bool = False,
+    chunk_size: int = 128,
+    window_hu: tuple[float, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Render a batch of patches in HU (or windowed to ``[0, 1]``).
 
     Args:
@@ -181,8 +208,16 @@ def render_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Ten
         dict with keys :data:`MASK_NAMES` of ``(N, 1, S, S)`` bool masks (before blur and
         noise).
     """
-    return render_in_chunks(_render_chunk, factors, seed, indices, (image_size,) * 2,
-                            with_masks=with_masks, chunk_size=chunk_size, window_hu=window_hu)
+    return render_in_chunks(
+        _render_chunk,
+        factors,
+        seed,
+        indices,
+        (image_size,) * 2,
+        with_masks=with_masks,
+        chunk_size=chunk_size,
+        window_hu=window_hu,
+    )
 
 
 #: ``(factors, seed, indices, S, with_masks, out)`` -> masks or None: renders one chunk's
@@ -193,11 +228,17 @@ ChunkRenderer = Callable[
 ]
 
 
-def render_in_chunks(render_chunk: ChunkRenderer, factors: Mapping[str, torch.Tensor],
-                     seed: int, indices: torch.Tensor, spatial: tuple[int, ...], *,
-                     with_masks: bool, chunk_size: int,
-                     window_hu: tuple[float, float] | None
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+def render_in_chunks(
+    render_chunk: ChunkRenderer,
+    factors: Mapping[str, torch.Tensor],
+    seed: int,
+    indices: torch.Tensor,
+    spatial: tuple[int, ...],
+    *,
+    with_masks: bool,
+    chunk_size: int,
+    window_hu: tuple[float, float] | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Fill ``(N, 1, *spatial)`` outputs chunk by chunk with ``render_chunk``.
 
     The driver of :func:`render_hu` and of the volume renderer: chunks of ``chunk_size``
@@ -206,8 +247,11 @@ def render_in_chunks(render_chunk: ChunkRenderer, factors: Mapping[str, torch.Te
     dev = factors["diameter_mm"].device
     n = indices.shape[0]
     hu = torch.empty(n, 1, *spatial, device=dev, dtype=torch.float32)
-    masks = ({k: torch.empty(n, 1, *spatial, device=dev, dtype=torch.bool)
-              for k in MASK_NAMES} if with_masks else None)
+    masks = (
+        {k: torch.empty(n, 1, *spatial, device=dev, dtype=torch.bool) for k in MASK_NAMES}
+        if with_masks
+        else None
+    )
     step = n if dev.type != "cpu" else max(1, chunk_size)
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
@@ -223,8 +267,14 @@ def render_in_chunks(render_chunk: ChunkRenderer, factors: Mapping[str, torch.Te
     return hu, masks
 
 
-def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Tensor, s: int,
-                  with_masks: bool, out: torch.Tensor) -> dict[str, torch.Tensor] | None:
+def _render_chunk(
+    factors: Mapping[str, torch.Tensor],
+    seed: int,
+    idx: torch.Tensor,
+    s: int,
+    with_masks: bool,
+    out: torch.Tensor,
+) -> dict[str, torch.Tensor] | None:
     """Render ``(n, S, S)`` HU into ``out``; return the masks when asked."""
     dev = idx.device
     dt = torch.float32
@@ -255,12 +305,16 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         k = spiky
         nearest_bin = torch.round(pos[k]).to(torch.int64)
         spic_cover[k], spic_inside[k] = spicule_coverage(
-            spic.select(k), dx[k].expand(-1, s, s).reshape(k.numel(), -1),
-            dy[k].expand(-1, s, s).reshape(k.numel(), -1), nearest_bin, pixel_mm[k])
+            spic.select(k),
+            dx[k].expand(-1, s, s).reshape(k.numel(), -1),
+            dy[k].expand(-1, s, s).reshape(k.numel(), -1),
+            nearest_bin,
+            pixel_mm[k],
+        )
     # partial volume: an edge is never sharper than one output pixel
     pv = pixel_mm[:, None, None]
     margin_mm = (0.1 + 2.9 * (1 - f32("margin_sharpness")))[:, None, None]
-    edge_mm = torch.sqrt(margin_mm ** 2 + pv ** 2)
+    edge_mm = torch.sqrt(margin_mm**2 + pv**2)
     alpha_body = ramp(body_r - r, edge_mm)
     spic_cover = spic_cover.reshape(n, s, s)
     alpha_nodule = alpha_body + (1 - alpha_body) * spic_cover  # union of the two covers
@@ -274,8 +328,9 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     sp = s + 2 * pad
     half_bins = sp * (sp // 2 + 1)
     white = rng.centered_halves(noise_key, (g * g + 2 * half_bins + 1) // 2, dt)
-    behind, vessel_alpha = background(factors, shape_u, white[:, :g * g], pixel_mm, s,
-                                      with_masks, body_k)
+    behind, vessel_alpha = background(
+        factors, shape_u, white[:, : g * g], pixel_mm, s, with_masks, body_k
+    )
     wall_alpha = draw_context(factors, shape_u, behind, dx, dy, body_k, pixel_mm)
 
     # --- nodule: a fill fraction f of dense tissue D, so ground glass adds to what is behind
@@ -292,20 +347,26 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         core_angle = 2 * math.pi * core_u[:, 2]
         cx = (core_shift * torch.cos(core_angle))[:, None, None]
         cy = (core_shift * torch.sin(core_angle))[:, None, None]
-        core_sdf = core_radius[:, None, None] - torch.sqrt((dx[ps] - cx) ** 2
-                                                           + (dy[ps] - cy) ** 2)
+        core_sdf = core_radius[:, None, None] - torch.sqrt((dx[ps] - cx) ** 2 + (dy[ps] - cy) ** 2)
         core = ramp(core_sdf, edge_mm[ps]) * alpha_body[ps]
         hu[ps] += core * (SOLID_CORE_HU - hu[ps])
     calc_sdf = None
     calcified = torch.nonzero(factors["calcification"] != 0).flatten()
     if calcified.numel():
         c = calcified
-        calc_sdf = calcification_sdf(factors["calcification"][c], rho[c], body_r[c], dx[c],
-                                      dy[c], mean_r[c], shape_slice(shape_u[c], "calcification"))
+        calc_sdf = calcification_sdf(
+            factors["calcification"][c],
+            rho[c],
+            body_r[c],
+            dx[c],
+            dy[c],
+            mean_r[c],
+            shape_slice(shape_u[c], "calcification"),
+        )
         alpha_calc = ramp(calc_sdf, pv[c]) * alpha_body[c]
         hu[c] += alpha_calc * (f32("calcification_hu")[c, None, None] - hu[c])
 
-    acquire(factors, hu, white[:, g * g:g * g + 2 * half_bins], pixel_mm, pad, out)
+    acquire(factors, hu, white[:, g * g : g * g + 2 * half_bins], pixel_mm, pad, out)
 
     masks = None
     if with_masks:
@@ -315,15 +376,21 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         if calc_sdf is not None:
             calc[calcified] = body[calcified] & (calc_sdf > 0)
         # thin vessels cover a pixel partly: mark the pixels they pass through
-        vessels = (vessel_alpha > 0.25 if vessel_alpha is not None
-                   else torch.zeros_like(body))
-        masks = {"nodule": body | spicules, "body": body, "spicules": spicules,
-                 "calcification": calc, "vessels": vessels, "pleura": wall_alpha > 0.5}
+        vessels = vessel_alpha > 0.25 if vessel_alpha is not None else torch.zeros_like(body)
+        masks = {
+            "nodule": body | spicules,
+            "body": body,
+            "spicules": spicules,
+            "calcification": calc,
+            "vessels": vessels,
+            "pleura": wall_alpha > 0.5,
+        }
     return masks
 
 
-def nodule_density(factors: Mapping[str, torch.Tensor], dims: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def nodule_density(
+    factors: Mapping[str, torch.Tensor], dims: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense tissue ``D`` and fill fraction ``f`` of each nodule, shaped ``(N,) + (1,) * dims``.
 
     A nodule voxel holds a fraction ``f`` of tissue at ``D = max(attenuation, soft
@@ -337,8 +404,14 @@ def nodule_density(factors: Mapping[str, torch.Tensor], dims: int
     return dense, (att - level) / (dense - level)
 
 
-def acquire(factors: Mapping[str, torch.Tensor], hu: torch.Tensor, noise_white: torch.Tensor,
-            pixel_mm: torch.Tensor, pad: int, out: torch.Tensor) -> None:
+def acquire(
+    factors: Mapping[str, torch.Tensor],
+    hu: torch.Tensor,
+    noise_white: torch.Tensor,
+    pixel_mm: torch.Tensor,
+    pad: int,
+    out: torch.Tensor,
+) -> None:
     """In-plane acquisition of ``(R, S, S)`` HU slices into ``out``: PSF and noise, one FFT pair.
 
     The Gaussian point-spread function (``blur_mm`` and the kernel's own, in quadrature)
@@ -355,21 +428,22 @@ def acquire(factors: Mapping[str, torch.Tensor], hu: torch.Tensor, noise_white: 
         return factors[name].to(dt)
 
     psf_px = torch.tensor([k.psf_pixels for k in KERNELS.values()], device=dev, dtype=dt)
-    sigma_mm = torch.sqrt(f32("blur_mm") ** 2
-                          + (psf_px[kernel] * f32("pixel_spacing_mm")) ** 2)
+    sigma_mm = torch.sqrt(f32("blur_mm") ** 2 + (psf_px[kernel] * f32("pixel_spacing_mm")) ** 2)
     fy = torch.fft.fftfreq(sp, device=dev, dtype=dt)[:, None]
     fx = torch.fft.rfftfreq(sp, device=dev, dtype=dt)[None, :]
-    freq2_px = fy ** 2 + fx ** 2  # (cycles / output pixel)^2
+    freq2_px = fy**2 + fx**2  # (cycles / output pixel)^2
     padded = torch.nn.functional.pad(hu[:, None], (pad, pad, pad, pad), mode="replicate")
     spectrum = torch.fft.rfft2(padded[:, 0], norm="ortho")
     blur_px = sigma_mm / pixel_mm
-    spectrum *= torch.exp(freq2_px[None] * (-2 * math.pi ** 2 * blur_px ** 2)[:, None, None])
+    spectrum *= torch.exp(freq2_px[None] * (-2 * math.pi**2 * blur_px**2)[:, None, None])
     # centred uniforms times sqrt(6): variance 1/2 per part, unit complex variance
-    amp = _noise_amplitude(sp, s, str(dev))[kernel] * (
-        math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
+    amp = (
+        _noise_amplitude(sp, s, str(dev))[kernel]
+        * (math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
+    )
     w = torch.view_as_complex(noise_white.reshape(n, sp, sp // 2 + 1, 2))
     spectrum += w * amp
-    out.copy_(torch.fft.irfft2(spectrum, s=(sp, sp), norm="ortho")[:, pad:pad + s, pad:pad + s])
+    out.copy_(torch.fft.irfft2(spectrum, s=(sp, sp), norm="ortho")[:, pad : pad + s, pad : pad + s])
 
 
 @functools.lru_cache(maxsize=32)
@@ -388,6 +462,6 @@ def _noise_amplitude(size: int, s: int, device: str) -> torch.Tensor:
     out = []
     for kernel in KERNELS.values():
         f0 = kernel.noise_peak * s / REFERENCE_PATCH_PIXELS
-        norm = torch.sqrt((torch.sqrt(full2) * torch.exp(-full2 / f0 ** 2)).mean())
-        out.append(torch.sqrt(torch.sqrt(half2) * torch.exp(-half2 / f0 ** 2)) / norm)
+        norm = torch.sqrt((torch.sqrt(full2) * torch.exp(-full2 / f0**2)).mean())
+        out.append(torch.sqrt(torch.sqrt(half2) * torch.exp(-half2 / f0**2)) / norm)
     return torch.stack(out).float().to(device)

@@ -69,8 +69,12 @@ _FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
 _SSP_CUTOFF = 3.0  # profile truncated (smoothly) at this many standard deviations
 
 
-def body_radius_3d(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
-                   shape3_u: torch.Tensor, body_k: torch.Tensor) -> torch.Tensor:
+def body_radius_3d(
+    factors: Mapping[str, torch.Tensor],
+    shape_u: torch.Tensor,
+    shape3_u: torch.Tensor,
+    body_k: torch.Tensor,
+) -> torch.Tensor:
     """Body radius on the 2-D angular grid, ``(N, ELEVATIONS, ANGLES)`` in mm.
 
     ``body_k``: the 2-D outline :func:`~nodulebench.data.geometry.body_radius`, copied into
@@ -85,28 +89,29 @@ def body_radius_3d(factors: Mapping[str, torch.Tensor], shape_u: torch.Tensor,
     c = b + (a - b) * shape3_u[:, :1]
     phi = theta[None, :] - torch.deg2rad(factors["orientation_deg"].to(dt))[:, None]
     in_plane = (torch.cos(phi) / a) ** 2 + (torch.sin(phi) / b) ** 2  # (N, K)
-    inv2 = cos_psi ** 2 * in_plane[:, None, :] + sin_psi ** 2 / (c ** 2)[:, :, None]
+    inv2 = cos_psi**2 * in_plane[:, None, :] + sin_psi**2 / (c**2)[:, :, None]
     ellipsoid = torch.rsqrt(inv2)
     h = len(HARMONICS)
     amp = 0.5 + 0.5 * shape_slice(shape_u, "harmonic_amplitude")  # (N, H)
     phase = 2 * math.pi * shape_slice(shape_u, "harmonic_phase")
-    tilt = 2 * shape3_u[:, 1:1 + h] - 1  # in [-1, 1]: |wave| <= 1 as in 2-D
-    tilt_phase = 2 * math.pi * shape3_u[:, 1 + h:1 + 2 * h]
+    tilt = 2 * shape3_u[:, 1 : 1 + h] - 1  # in [-1, 1]: |wave| <= 1 as in 2-D
+    tilt_phase = 2 * math.pi * shape3_u[:, 1 + h : 1 + 2 * h]
     wave = torch.zeros_like(ellipsoid)
     for j, k in enumerate(HARMONICS):
         sectoral = torch.cos(k * theta[None, :] + phase[:, j, None])[:, None, :]
-        tilted = (tilt[:, j, None] * torch.cos((k - 1) * theta[None, :]
-                                               + tilt_phase[:, j, None]))[:, None, :]
-        wave += amp[:, j, None, None] * cos_psi ** (k - 1) * (cos_psi * sectoral
-                                                              + sin_psi * tilted)
+        tilted = (tilt[:, j, None] * torch.cos((k - 1) * theta[None, :] + tilt_phase[:, j, None]))[
+            :, None, :
+        ]
+        wave += amp[:, j, None, None] * cos_psi ** (k - 1) * (cos_psi * sectoral + sin_psi * tilted)
     wave /= amp.sum(1)[:, None, None]
     radius = ellipsoid * (1 + 0.35 * factors["lobulation"].to(dt)[:, None, None] * wave)
     radius[:, ELEVATIONS // 2] = body_k
     return radius
 
 
-def _lookup_3d(table: torch.Tensor, pos: torch.Tensor, i0: torch.Tensor,
-               elevation: torch.Tensor) -> torch.Tensor:
+def _lookup_3d(
+    table: torch.Tensor, pos: torch.Tensor, i0: torch.Tensor, elevation: torch.Tensor
+) -> torch.Tensor:
     """Bilinear lookup of ``(N, E, K)`` at azimuth bins ``pos (N, P)`` and ``elevation``.
 
     ``elevation``: ``(N, D, P)`` radians; the result is ``(N, D, P)``. Azimuth is
@@ -125,17 +130,27 @@ def _lookup_3d(table: torch.Tensor, pos: torch.Tensor, i0: torch.Tensor,
 
     def at(index: torch.Tensor) -> torch.Tensor:
         flat_index = index.reshape(n, -1)
-        return torch.addcmul(torch.gather(flat, 1, flat_index), frac.expand(-1, d, -1).reshape(
-            n, -1), torch.gather(step, 1, flat_index)).reshape(n, d, -1)
+        return torch.addcmul(
+            torch.gather(flat, 1, flat_index),
+            frac.expand(-1, d, -1).reshape(n, -1),
+            torch.gather(step, 1, flat_index),
+        ).reshape(n, d, -1)
 
     low = at(row)
     return torch.addcmul(low, efrac, at(row + k) - low)
 
 
-def _oblique_spicules(factors: Mapping[str, torch.Tensor], shape3_u: torch.Tensor,
-                      table: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor,
-                      dz: torch.Tensor, pixel_mm: torch.Tensor, azimuth_pos: torch.Tensor,
-                      elevation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _oblique_spicules(
+    factors: Mapping[str, torch.Tensor],
+    shape3_u: torch.Tensor,
+    table: torch.Tensor,
+    dx: torch.Tensor,
+    dy: torch.Tensor,
+    dz: torch.Tensor,
+    pixel_mm: torch.Tensor,
+    azimuth_pos: torch.Tensor,
+    elevation: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Coverage ``(N, D, S, S)`` of the oblique spicules and the voxels they pass through.
 
     ``dx (N, 1, 1, S)``, ``dy (N, 1, S, 1)``, ``dz (N, D, 1, 1)``: voxel centres relative
@@ -152,7 +167,7 @@ def _oblique_spicules(factors: Mapping[str, torch.Tensor], shape3_u: torch.Tenso
 
     def numbers(i: int) -> torch.Tensor:
         lo = _OBLIQUE + 1 + i * j_count
-        return shape3_u[:, lo:lo + j_count]
+        return shape3_u[:, lo : lo + j_count]
 
     s = factors["spiculation"].to(dt)[:, None]
     onset = geometry.SPICULE_ONSET + geometry.SPICULE_STEP * j
@@ -161,8 +176,11 @@ def _oblique_spicules(factors: Mapping[str, torch.Tensor], shape3_u: torch.Tenso
     width = 0.5 + numbers(3)
     bend = 0.4 * (numbers(4) - 0.5) * length
     ripple = 2 * math.pi * numbers(5)
-    azimuth = (2 * math.pi * shape3_u[:, _OBLIQUE, None] + j * geometry.GOLDEN_ANGLE
-               + 0.15 * (numbers(0) - 0.5)) % (2 * math.pi)
+    azimuth = (
+        2 * math.pi * shape3_u[:, _OBLIQUE, None]
+        + j * geometry.GOLDEN_ANGLE
+        + 0.15 * (numbers(0) - 0.5)
+    ) % (2 * math.pi)
     up = torch.where(j % 2 == 0, 1.0, -1.0).to(dt)
     psi = up * torch.deg2rad(35 + 40 * numbers(1))
     azimuth_bin = torch.round(azimuth * (k / (2 * math.pi))).long().bitwise_and_(k - 1)
@@ -170,26 +188,37 @@ def _oblique_spicules(factors: Mapping[str, torch.Tensor], shape3_u: torch.Tenso
     radius = torch.gather(table.reshape(n, -1), 1, elevation_bin * k + azimuth_bin)
     base = torch.maximum(radius - 1.0, 0.5 * radius)  # start inside the body, as in 2-D
     cos_psi, sin_psi = torch.cos(psi), torch.sin(psi)
-    axis = torch.stack((cos_psi * torch.cos(azimuth), cos_psi * torch.sin(azimuth), sin_psi),
-                       -1)  # (N, J, 3) as (x, y, z)
-    sideways = torch.stack((-sin_psi * torch.cos(azimuth), -sin_psi * torch.sin(azimuth),
-                            cos_psi), -1)
+    axis = torch.stack(
+        (cos_psi * torch.cos(azimuth), cos_psi * torch.sin(azimuth), sin_psi), -1
+    )  # (N, J, 3) as (x, y, z)
+    sideways = torch.stack(
+        (-sin_psi * torch.cos(azimuth), -sin_psi * torch.sin(azimuth), cos_psi), -1
+    )
     # nearest present spicule of each direction of the angular grid
     theta = torch.arange(k, device=dev, dtype=dt) * (2 * math.pi / k)
     grid_psi = torch.linspace(-math.pi / 2, math.pi / 2, e, device=dev, dtype=dt)
-    grid = torch.stack((torch.cos(grid_psi)[:, None] * torch.cos(theta)[None, :],
-                        torch.cos(grid_psi)[:, None] * torch.sin(theta)[None, :],
-                        torch.sin(grid_psi)[:, None].expand(-1, k)), -1).reshape(-1, 3)
+    grid = torch.stack(
+        (
+            torch.cos(grid_psi)[:, None] * torch.cos(theta)[None, :],
+            torch.cos(grid_psi)[:, None] * torch.sin(theta)[None, :],
+            torch.sin(grid_psi)[:, None].expand(-1, k),
+        ),
+        -1,
+    ).reshape(-1, 3)
     alignment = torch.einsum("gc,njc->ngj", grid, axis) - 10.0 * (length <= 0)[:, None, :]
     nearest = alignment.argmax(2)  # (N, E * K)
     epos = torch.round(elevation * ((e - 1) / math.pi) + (e - 1) / 2).long()
     direction = epos * k + torch.round(azimuth_pos).long().bitwise_and_(k - 1)[:, None, :]
     voxel_spicule = torch.gather(nearest, 1, direction.reshape(n, -1))  # (N, V)
-    params = torch.cat((axis, sideways, torch.stack((base, length, width, bend, ripple), -1)),
-                       -1)  # (N, J, 11)
+    params = torch.cat(
+        (axis, sideways, torch.stack((base, length, width, bend, ripple), -1)), -1
+    )  # (N, J, 11)
     rows = voxel_spicule + torch.arange(n, device=dev)[:, None] * j_count
-    picked = params.reshape(n * j_count, -1).index_select(0, rows.flatten()).reshape(
-        n, -1, params.shape[-1])
+    picked = (
+        params.reshape(n * j_count, -1)
+        .index_select(0, rows.flatten())
+        .reshape(n, -1, params.shape[-1])
+    )
     ux, uy, uz, wx, wy, wz, b0, ell, w0, bnd, rip = picked.unbind(-1)
     d = dz.shape[1]
     shape = (n, d, dy.shape[2], dx.shape[3])
@@ -198,19 +227,22 @@ def _oblique_spicules(factors: Mapping[str, torch.Tensor], shape3_u: torch.Tenso
     t = (along / ell.clamp(min=1e-6)).clamp_(0.0, 1.0)
     off = bnd * t * t
     reach = b0 + along
-    rho = torch.sqrt((x - reach * ux - off * wx) ** 2 + (y - reach * uy - off * wy) ** 2
-                     + (z - reach * uz - off * wz) ** 2)
+    rho = torch.sqrt(
+        (x - reach * ux - off * wx) ** 2
+        + (y - reach * uy - off * wy) ** 2
+        + (z - reach * uz - off * wz) ** 2
+    )
     half = 0.5 * w0 * (1 - 0.85 * t) * (1 + 0.2 * torch.sin(3 * math.pi * t + rip))
     p = pixel_mm[:, None]
     # a ramp one voxel wide holds pi (half^2 + p^2 / 12) of cross-section, or
     # pi (half + p / 2)^3 / (3 p) when thinner than a voxel: scale to pi half^2
-    conserve = torch.where(half >= 0.5 * p, half ** 2 / (half ** 2 + p ** 2 / 12),
-                           3 * p * half ** 2 / (half + 0.5 * p) ** 3)
+    conserve = torch.where(
+        half >= 0.5 * p, half**2 / (half**2 + p**2 / 12), 3 * p * half**2 / (half + 0.5 * p) ** 3
+    )
     cover = ramp(half - rho, p) * (conserve * (ell > 0))
     cover *= (along / p + 0.5).clamp_(0.0, 1.0) * ((ell - along) / p + 0.5).clamp_(0.0, 1.0)
-    inside = ((rho < torch.maximum(half, 0.5 * p)) & (along >= 0) & (along <= ell)
-              & (ell > 0))
-    off_centre = (z != 0)
+    inside = (rho < torch.maximum(half, 0.5 * p)) & (along >= 0) & (along <= ell) & (ell > 0)
+    off_centre = z != 0
     return (cover * off_centre).reshape(shape), (inside & off_centre).reshape(shape)
 
 
@@ -218,12 +250,14 @@ def _slice_keys(seed: int, idx: torch.Tensor, offsets: torch.Tensor) -> torch.Te
     """``(N, D)`` noise key per slice; the slice at offset 0 has the 2-D image's key."""
     key0 = rng.key_words(seed, idx, _NOISE_STREAM)
     salt = rng.hash32((offsets + 0x5BD1E995).to(torch.int32))
-    return torch.where(offsets[None, :] == 0, key0[:, None], rng.hash32(key0[:, None]
-                                                                       ^ salt[None, :]))
+    return torch.where(
+        offsets[None, :] == 0, key0[:, None], rng.hash32(key0[:, None] ^ salt[None, :])
+    )
 
 
-def _slice_profile(hu: torch.Tensor, thickness_mm: torch.Tensor, voxel_mm: torch.Tensor
-                   ) -> torch.Tensor:
+def _slice_profile(
+    hu: torch.Tensor, thickness_mm: torch.Tensor, voxel_mm: torch.Tensor
+) -> torch.Tensor:
     """Convolve ``(N, D, S, S)`` along z with each sample's slice sensitivity profile.
 
     A Gaussian of FWHM ``thickness_mm`` sampled at the voxel spacing, minus its value at
@@ -236,8 +270,9 @@ def _slice_profile(hu: torch.Tensor, thickness_mm: torch.Tensor, voxel_mm: torch
     if reach < 1:
         return hu
     offsets = torch.arange(-reach, reach + 1, device=hu.device, dtype=hu.dtype)
-    weights = (torch.exp(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2)
-               - math.exp(-0.5 * _SSP_CUTOFF ** 2)).clamp_(min=0.0)
+    weights = (
+        torch.exp(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2) - math.exp(-0.5 * _SSP_CUTOFF**2)
+    ).clamp_(min=0.0)
     weights /= weights.sum(1, keepdim=True)
     out = torch.zeros_like(hu)
     slices = torch.arange(d, device=hu.device)
@@ -250,10 +285,16 @@ def _slice_profile(hu: torch.Tensor, thickness_mm: torch.Tensor, voxel_mm: torch
     return out
 
 
-def render_volume_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: torch.Tensor,
-                     volume_size: int, *, with_masks: bool = False, chunk_size: int = 8,
-                     window_hu: tuple[float, float] | None = None
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+def render_volume_hu(
+    factors: Mapping[str, torch.Tensor],
+    seed: int,
+    indices: torch.Tensor,
+    volume_size: int,
+    *,
+    with_masks: bool = False,
+    chunk_size: int = 8,
+    window_hu: tuple[float, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Render a batch of volumes in HU (or windowed to ``[0, 1]``).
 
     Args:
@@ -271,12 +312,26 @@ def render_volume_hu(factors: Mapping[str, torch.Tensor], seed: int, indices: to
         ``None`` or a dict with keys :data:`~nodulebench.data.render.MASK_NAMES` of bool
         masks of that shape (before the slice profile, blur and noise).
     """
-    return render_in_chunks(_render_chunk, factors, seed, indices, (volume_size,) * 3,
-                            with_masks=with_masks, chunk_size=chunk_size, window_hu=window_hu)
+    return render_in_chunks(
+        _render_chunk,
+        factors,
+        seed,
+        indices,
+        (volume_size,) * 3,
+        with_masks=with_masks,
+        chunk_size=chunk_size,
+        window_hu=window_hu,
+    )
 
 
-def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Tensor, s: int,
-                  with_masks: bool, out: torch.Tensor) -> dict[str, torch.Tensor] | None:
+def _render_chunk(
+    factors: Mapping[str, torch.Tensor],
+    seed: int,
+    idx: torch.Tensor,
+    s: int,
+    with_masks: bool,
+    out: torch.Tensor,
+) -> dict[str, torch.Tensor] | None:
     """Render ``(n, S, S, S)`` HU into ``out``; return the masks when asked."""
     dev, dt = idx.device, torch.float32
     n, d = idx.shape[0], s
@@ -315,19 +370,30 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         m = k.numel()
         nearest_bin = torch.round(pos[k]).to(torch.int64)[:, None].expand(-1, d, -1)
         spic_cover[k], spic_inside[k] = spicule_coverage(
-            spic.select(k), dx[k, None].expand(-1, d, s, s).reshape(m, -1),
-            dy[k, None].expand(-1, d, s, s).reshape(m, -1), nearest_bin.reshape(m, -1),
-            pixel_mm[k], dz=dz[k].expand(-1, d, s, s).reshape(m, -1))
-        cover, inside = _oblique_spicules({"spiculation": factors["spiculation"][k]},
-                                          shape3_u[k], table[k], dx[k, None], dy[k, None],
-                                          dz[k], pixel_mm[k], pos[k],
-                                          elevation[k].reshape(m, d, -1))
+            spic.select(k),
+            dx[k, None].expand(-1, d, s, s).reshape(m, -1),
+            dy[k, None].expand(-1, d, s, s).reshape(m, -1),
+            nearest_bin.reshape(m, -1),
+            pixel_mm[k],
+            dz=dz[k].expand(-1, d, s, s).reshape(m, -1),
+        )
+        cover, inside = _oblique_spicules(
+            {"spiculation": factors["spiculation"][k]},
+            shape3_u[k],
+            table[k],
+            dx[k, None],
+            dy[k, None],
+            dz[k],
+            pixel_mm[k],
+            pos[k],
+            elevation[k].reshape(m, d, -1),
+        )
         in_plane = spic_cover[k]
         spic_cover[k] = in_plane + (1 - in_plane) * cover.reshape(m, -1)
         spic_inside[k] |= inside.reshape(m, -1)
     pv = pixel_mm[:, None, None, None]
     margin_mm = (0.1 + 2.9 * (1 - f32("margin_sharpness")))[:, None, None, None]
-    edge_mm = torch.sqrt(margin_mm ** 2 + pv ** 2)
+    edge_mm = torch.sqrt(margin_mm**2 + pv**2)
     alpha_body = ramp(body_r - r, edge_mm)
     alpha_nodule = alpha_body + (1 - alpha_body) * spic_cover.reshape(n, d, s, s)
 
@@ -345,18 +411,27 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
     node = torch.floor(t)
     turn = (t - node) * (math.pi / 2)
     lo = (node.long() + d // 2).to(dev)
-    coarse = (white[:, lo, :g * g] * torch.cos(turn).to(dev, dt)[None, :, None]
-              + white[:, (lo + 1).clamp(max=d - 1), :g * g]
-              * torch.sin(turn).to(dev, dt)[None, :, None])
+    coarse = (
+        white[:, lo, : g * g] * torch.cos(turn).to(dev, dt)[None, :, None]
+        + white[:, (lo + 1).clamp(max=d - 1), : g * g] * torch.sin(turn).to(dev, dt)[None, :, None]
+    )
     rows = {name: v.repeat_interleave(d, 0) for name, v in factors.items()}
     shape_rows = shape_u.repeat_interleave(d, 0)
     body_rows = body_k.repeat_interleave(d, 0)
     pixel_rows = pixel_mm.repeat_interleave(d, 0)
     z_rows = z.reshape(-1)
-    behind, vessel_alpha = background(rows, shape_rows, coarse.reshape(n * d, -1), pixel_rows,
-                                      s, with_masks, body_rows, dz=z_rows)
-    wall_alpha = draw_context(rows, shape_rows, behind, dx.repeat_interleave(d, 0),
-                              dy.repeat_interleave(d, 0), body_rows, pixel_rows)
+    behind, vessel_alpha = background(
+        rows, shape_rows, coarse.reshape(n * d, -1), pixel_rows, s, with_masks, body_rows, dz=z_rows
+    )
+    wall_alpha = draw_context(
+        rows,
+        shape_rows,
+        behind,
+        dx.repeat_interleave(d, 0),
+        dy.repeat_interleave(d, 0),
+        body_rows,
+        pixel_rows,
+    )
 
     # --- nodule: fill fraction of dense tissue, solid core, calcification (as in 2-D)
     dense, fill = nodule_density(factors, 3)
@@ -372,7 +447,8 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         cx = (core_shift * torch.cos(core_angle))[:, None, None]
         cy = (core_shift * torch.sin(core_angle))[:, None, None]
         core_sdf = core_radius[:, None, None, None] - torch.sqrt(
-            ((dx[ps] - cx) ** 2 + (dy[ps] - cy) ** 2)[:, None] + dz[ps] ** 2)
+            ((dx[ps] - cx) ** 2 + (dy[ps] - cy) ** 2)[:, None] + dz[ps] ** 2
+        )
         core = ramp(core_sdf, edge_mm[ps]) * alpha_body[ps]
         hu[ps] += core * (SOLID_CORE_HU - hu[ps])
     calc_sdf = None
@@ -382,17 +458,28 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         m = c.numel()
         stack = (m, d * s, s)  # slices stacked along y: the 2-D code's (N, H, W) layout
         calc_sdf = calcification_sdf(
-            factors["calcification"][c], (r[c] / body_r[c]).reshape(stack),
-            body_r[c].reshape(stack), dx[c], dy[c, None].expand(-1, d, -1, -1).reshape(
-                m, -1, 1), mean_r[c], shape_slice(shape_u[c], "calcification"),
-            dz=dz[c].expand(-1, -1, s, -1).reshape(m, -1, 1)).reshape(m, d, s, s)
+            factors["calcification"][c],
+            (r[c] / body_r[c]).reshape(stack),
+            body_r[c].reshape(stack),
+            dx[c],
+            dy[c, None].expand(-1, d, -1, -1).reshape(m, -1, 1),
+            mean_r[c],
+            shape_slice(shape_u[c], "calcification"),
+            dz=dz[c].expand(-1, -1, s, -1).reshape(m, -1, 1),
+        ).reshape(m, d, s, s)
         alpha_calc = ramp(calc_sdf, pv[c]) * alpha_body[c]
         hu[c] += alpha_calc * (f32("calcification_hu")[c, None, None, None] - hu[c])
 
     # --- acquisition: slice profile along z, then the 2-D acquisition of every slice
     hu = _slice_profile(hu, f32("slice_thickness_mm"), pixel_mm)
-    acquire(rows, hu.reshape(n * d, s, s), white[:, :, g * g:g * g + 2 * half_bins].reshape(
-        n * d, -1), pixel_rows, pad, out.reshape(n * d, s, s))
+    acquire(
+        rows,
+        hu.reshape(n * d, s, s),
+        white[:, :, g * g : g * g + 2 * half_bins].reshape(n * d, -1),
+        pixel_rows,
+        pad,
+        out.reshape(n * d, s, s),
+    )
 
     masks = None
     if with_masks:
@@ -401,9 +488,17 @@ def _render_chunk(factors: Mapping[str, torch.Tensor], seed: int, idx: torch.Ten
         calc = torch.zeros_like(body)
         if calc_sdf is not None:
             calc[calcified] = body[calcified] & (calc_sdf > 0)
-        vessels = (vessel_alpha.reshape(n, d, s, s) > 0.25 if vessel_alpha is not None
-                   else torch.zeros_like(body))
-        masks = {"nodule": body | spicules, "body": body, "spicules": spicules,
-                 "calcification": calc, "vessels": vessels,
-                 "pleura": wall_alpha.reshape(n, d, s, s) > 0.5}
+        vessels = (
+            vessel_alpha.reshape(n, d, s, s) > 0.25
+            if vessel_alpha is not None
+            else torch.zeros_like(body)
+        )
+        masks = {
+            "nodule": body | spicules,
+            "body": body,
+            "spicules": spicules,
+            "calcification": calc,
+            "vessels": vessels,
+            "pleura": wall_alpha.reshape(n, d, s, s) > 0.5,
+        }
     return masks

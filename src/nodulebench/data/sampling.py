@@ -19,8 +19,14 @@ from .distributions import ByCategory, Distribution, Split, draw
 from .factors import FACTORS
 from .spec import NoduleSpec
 
-__all__ = ["derive_children", "exogenous_uniforms", "factor_rows", "is_lazy", "label_coins",
-           "sample_factors"]
+__all__ = [
+    "derive_children",
+    "exogenous_uniforms",
+    "factor_rows",
+    "is_lazy",
+    "label_coins",
+    "sample_factors",
+]
 
 _LABEL_STREAM = 2000
 _NOISE_STREAM = 2001
@@ -47,13 +53,15 @@ def label_coins(seed: int, indices: torch.Tensor) -> torch.Tensor:
     return rng.uniform(rng.key_words(seed, indices, _COIN_STREAM), 1, torch.float64)[:, 0]
 
 
-def _draw(dist: Distribution, factor: str, u: torch.Tensor,
-          values: dict[str, torch.Tensor]) -> torch.Tensor:
+def _draw(
+    dist: Distribution, factor: str, u: torch.Tensor, values: dict[str, torch.Tensor]
+) -> torch.Tensor:
     return draw(dist, FACTORS[factor], u, values)
 
 
-def _draw_sided(dist: Distribution, split: Split, u: torch.Tensor,
-                malignant_side: torch.Tensor) -> torch.Tensor:
+def _draw_sided(
+    dist: Distribution, split: Split, u: torch.Tensor, malignant_side: torch.Tensor
+) -> torch.Tensor:
     """Draw each sample from ``dist`` restricted to its allocated side of ``split``."""
     info = FACTORS[split.factor]
     out = torch.empty_like(u, dtype=torch.int64 if info.is_categorical else u.dtype)
@@ -85,8 +93,9 @@ class _Allocation:
         sizes = (n - n_malignant, n_malignant)
         self.labels, self.rank, self.sizes = self._noisy(rank, sizes)
 
-    def _noisy(self, rank: torch.Tensor, sizes: tuple[int, int]
-               ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def _noisy(
+        self, rank: torch.Tensor, sizes: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """Flip ``round(n_c * label_noise)`` labels of each class; ranks in the new classes."""
         truth = self.truth
         if self.spec.label_noise == 0:
@@ -111,8 +120,12 @@ class _Allocation:
         for c in (0, 1):
             sel = self.labels == c
             count = _round_half_up(self.sizes[c] * (1 + strength) / 2)
-            agree[sel] = rng.permutation(self.seed, _SHORTCUT_STREAM + 10 * j + c,
-                                         self.rank[sel], self.sizes[c]) < count
+            agree[sel] = (
+                rng.permutation(
+                    self.seed, _SHORTCUT_STREAM + 10 * j + c, self.rank[sel], self.sizes[c]
+                )
+                < count
+            )
         return torch.where(self.labels == 1, agree, ~agree)
 
 
@@ -127,8 +140,9 @@ def is_lazy(spec: NoduleSpec) -> bool:
     return allocated or (not spec.shortcuts and spec.label_noise == 0)
 
 
-def factor_rows(spec: NoduleSpec, n: int, seed: int, indices: torch.Tensor
-                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def factor_rows(
+    spec: NoduleSpec, n: int, seed: int, indices: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Factors and labels of some samples of an ``n``-sample dataset, computed per index.
 
     Needs :func:`is_lazy`; the result equals the rows ``indices`` of
@@ -138,38 +152,50 @@ def factor_rows(spec: NoduleSpec, n: int, seed: int, indices: torch.Tensor
         ``(factors, labels)`` as in :func:`sample_factors`, of length ``len(indices)``.
     """
     if not is_lazy(spec):
-        raise ValueError("factor_rows needs allocated labels, or no shortcut and no label "
-                         f"noise; got {spec.describe()}")
+        raise ValueError(
+            "factor_rows needs allocated labels, or no shortcut and no label "
+            f"noise; got {spec.describe()}"
+        )
     idx = indices.to("cpu", torch.int64)
-    allocation = (_Allocation(spec, n, seed, idx) if spec.malignant_fraction is not None
-                  and isinstance(spec.label_rule, Split) else None)
+    allocation = (
+        _Allocation(spec, n, seed, idx)
+        if spec.malignant_fraction is not None and isinstance(spec.label_rule, Split)
+        else None
+    )
     return _fill(spec, seed, idx, allocation)
 
 
-def _fill(spec: NoduleSpec, seed: int, idx: torch.Tensor, allocation: _Allocation | None
-          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _fill(
+    spec: NoduleSpec, seed: int, idx: torch.Tensor, allocation: _Allocation | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Draw every factor of ``idx`` given the allocation (``None``: labels from the rule)."""
     u = {name: exogenous_uniforms(seed, idx, name) for name in FACTORS}
     shortcut_names = set(spec.shortcut_factors)
     deferred = shortcut_names | {
-        name for name, dist in spec.marginals.items()
+        name
+        for name, dist in spec.marginals.items()
         if isinstance(dist, ByCategory) and dist.parent in shortcut_names
     }
     values: dict[str, torch.Tensor] = {}
     rule = spec.label_rule
     if spec.malignant_fraction is not None and allocation is not None and isinstance(rule, Split):
-        values[rule.factor] = _draw_sided(spec.marginals[rule.factor], rule, u[rule.factor],
-                                          allocation.truth.bool())
+        values[rule.factor] = _draw_sided(
+            spec.marginals[rule.factor], rule, u[rule.factor], allocation.truth.bool()
+        )
     for name in FACTORS:
         if name not in values and name not in deferred:
             values[name] = _draw(spec.marginals[name], name, u[name], values)
-    labels = (allocation.labels if allocation is not None
-              else spec.rule_labels(values, label_coins(seed, idx)))
+    labels = (
+        allocation.labels
+        if allocation is not None
+        else spec.rule_labels(values, label_coins(seed, idx))
+    )
     for j, sc in enumerate(spec.shortcuts):
         assert allocation is not None  # is_lazy or the eager path provide one
         name = sc.split.factor
-        values[name] = _draw_sided(spec.marginals[name], sc.split, u[name],
-                                   allocation.side(j, sc.strength))
+        values[name] = _draw_sided(
+            spec.marginals[name], sc.split, u[name], allocation.side(j, sc.strength)
+        )
     for name in FACTORS:
         if name not in values:
             values[name] = _draw(spec.marginals[name], name, u[name], values)
@@ -190,13 +216,15 @@ class _RankedAllocation(_Allocation):
         sizes = (int((labels == 0).sum()), int((labels == 1).sum()))
         for c in (0, 1):
             sel = labels == c
-            rank[sel] = rng.permutation(seed, _LABEL_STREAM + 1 + c, torch.arange(sizes[c]),
-                                        sizes[c])
+            rank[sel] = rng.permutation(
+                seed, _LABEL_STREAM + 1 + c, torch.arange(sizes[c]), sizes[c]
+            )
         self.labels, self.rank, self.sizes = self._noisy(rank, sizes)
 
 
-def sample_factors(spec: NoduleSpec, n: int, seed: int) -> tuple[dict[str, torch.Tensor],
-                                                                   torch.Tensor]:
+def sample_factors(
+    spec: NoduleSpec, n: int, seed: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Factor table and labels of ``n`` samples (CPU tensors).
 
     Returns:
@@ -212,11 +240,14 @@ def sample_factors(spec: NoduleSpec, n: int, seed: int) -> tuple[dict[str, torch
         factors = {name: torch.empty(n, dtype=v.dtype) for name, v in first.items()}
         labels = torch.empty(n, dtype=torch.int64)
         for start in range(0, n, _CHUNK):
-            part, part_labels = ((first, first_labels) if start == 0 else
-                                 factor_rows(spec, n, seed, idx[start:start + _CHUNK]))
+            part, part_labels = (
+                (first, first_labels)
+                if start == 0
+                else factor_rows(spec, n, seed, idx[start : start + _CHUNK])
+            )
             for name, v in part.items():
-                factors[name][start:start + _CHUNK] = v
-            labels[start:start + _CHUNK] = part_labels
+                factors[name][start : start + _CHUNK] = v
+            labels[start : start + _CHUNK] = part_labels
         return factors, labels
     # the rule decides the labels; shortcuts and noise allocate within the classes it makes
     plain, labels = _fill(spec.replace(shortcuts=(), label_noise=0.0), seed, idx, None)
@@ -224,8 +255,13 @@ def sample_factors(spec: NoduleSpec, n: int, seed: int) -> tuple[dict[str, torch
     return _fill(spec, seed, idx, _RankedAllocation(spec, n, seed, labels))
 
 
-def derive_children(spec: NoduleSpec, seed: int, indices: torch.Tensor,
-                    factors: dict[str, torch.Tensor], changed: set[str]) -> set[str]:
+def derive_children(
+    spec: NoduleSpec,
+    seed: int,
+    indices: torch.Tensor,
+    factors: dict[str, torch.Tensor],
+    changed: set[str],
+) -> set[str]:
     """Re-draw, in place, factors whose marginal depends on a changed parent.
 
     Keeps the exogenous uniform of each child, so an intervention on ``texture`` moves
@@ -236,8 +272,11 @@ def derive_children(spec: NoduleSpec, seed: int, indices: torch.Tensor,
     """
     redrawn: set[str] = set()
     for name, dist in spec.marginals.items():
-        if (isinstance(dist, ByCategory) and name not in changed
-                and (dist.parent in changed or dist.parent in redrawn)):
+        if (
+            isinstance(dist, ByCategory)
+            and name not in changed
+            and (dist.parent in changed or dist.parent in redrawn)
+        ):
             u = exogenous_uniforms(seed, indices.cpu(), name).to(factors[dist.parent].device)
             factors[name] = dist.sample(u, factors, FACTORS[name]).to(factors[name].dtype)
             redrawn.add(name)

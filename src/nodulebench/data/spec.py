@@ -51,49 +51,66 @@ __all__ = [
 ]
 
 #: Default marginal of every factor (the training distribution of the study).
-DEFAULT_MARGINALS: Mapping[str, Distribution] = MappingProxyType({
-    "diameter_mm": Uniform(5.0, 20.0),
-    "sphericity": Uniform(0.6, 1.0),
-    "orientation_deg": Uniform(0.0, 180.0),
-    "lobulation": Uniform(0.0, 0.6),
-    "spiculation": Uniform(0.0, 1.0, exclude=(0.35, 0.65)),
-    "margin_sharpness": Uniform(0.5, 1.0),
-    "texture": Categorical({"solid": 0.6, "part-solid": 0.2, "ground-glass": 0.2}),
-    "attenuation_hu": ByCategory("texture", {
-        "solid": Uniform(0.0, 80.0),
-        "part-solid": Uniform(-650.0, -400.0),
-        "ground-glass": Uniform(-750.0, -450.0),
-    }),
-    "calcification": Categorical({"absent": 0.76, "central": 0.04, "laminated": 0.04,
-                                  "popcorn": 0.04, "diffuse": 0.04, "eccentric": 0.04,
-                                  "stippled": 0.04}),
-    "calcification_hu": Uniform(200.0, 900.0),
-    "offset_x_mm": Uniform(-3.0, 3.0),
-    "offset_y_mm": Uniform(-3.0, 3.0),
-    "background_hu": Uniform(-890.0, -840.0),
-    "background_texture_hu": Uniform(10.0, 40.0),
-    "vessels": Categorical({"none": 0.3, "few": 0.4, "many": 0.3}),
-    "location": Categorical({"isolated": 0.6, "juxta-vascular": 0.2, "juxta-pleural": 0.2}),
-    "fissure": Categorical({"absent": 0.85, "present": 0.15}),
-    # the scanner bundles kernel, dose (noise) and spacing: a shortcut on "site" moves all
-    "site": Categorical({name: 1.0 for name in SITES}),
-    "kernel": ByCategory("site", {name: Fixed(s.kernel) for name, s in SITES.items()}),
-    "noise_hu": ByCategory("site", {name: Uniform(*s.noise_hu) for name, s in SITES.items()}),
-    "blur_mm": Uniform(0.2, 0.5),
-    "pixel_spacing_mm": ByCategory("site", {name: Uniform(*s.pixel_spacing_mm)
-                                            for name, s in SITES.items()}),
-    "slice_thickness_mm": Uniform(0.6, 3.0),
-})
+DEFAULT_MARGINALS: Mapping[str, Distribution] = MappingProxyType(
+    {
+        "diameter_mm": Uniform(5.0, 20.0),
+        "sphericity": Uniform(0.6, 1.0),
+        "orientation_deg": Uniform(0.0, 180.0),
+        "lobulation": Uniform(0.0, 0.6),
+        "spiculation": Uniform(0.0, 1.0, exclude=(0.35, 0.65)),
+        "margin_sharpness": Uniform(0.5, 1.0),
+        "texture": Categorical({"solid": 0.6, "part-solid": 0.2, "ground-glass": 0.2}),
+        "attenuation_hu": ByCategory(
+            "texture",
+            {
+                "solid": Uniform(0.0, 80.0),
+                "part-solid": Uniform(-650.0, -400.0),
+                "ground-glass": Uniform(-750.0, -450.0),
+            },
+        ),
+        "calcification": Categorical(
+            {
+                "absent": 0.76,
+                "central": 0.04,
+                "laminated": 0.04,
+                "popcorn": 0.04,
+                "diffuse": 0.04,
+                "eccentric": 0.04,
+                "stippled": 0.04,
+            }
+        ),
+        "calcification_hu": Uniform(200.0, 900.0),
+        "offset_x_mm": Uniform(-3.0, 3.0),
+        "offset_y_mm": Uniform(-3.0, 3.0),
+        "background_hu": Uniform(-890.0, -840.0),
+        "background_texture_hu": Uniform(10.0, 40.0),
+        "vessels": Categorical({"none": 0.3, "few": 0.4, "many": 0.3}),
+        "location": Categorical({"isolated": 0.6, "juxta-vascular": 0.2, "juxta-pleural": 0.2}),
+        "fissure": Categorical({"absent": 0.85, "present": 0.15}),
+        # the scanner bundles kernel, dose (noise) and spacing: a shortcut on "site" moves all
+        "site": Categorical({name: 1.0 for name in SITES}),
+        "kernel": ByCategory("site", {name: Fixed(s.kernel) for name, s in SITES.items()}),
+        "noise_hu": ByCategory("site", {name: Uniform(*s.noise_hu) for name, s in SITES.items()}),
+        "blur_mm": Uniform(0.2, 0.5),
+        "pixel_spacing_mm": ByCategory(
+            "site", {name: Uniform(*s.pixel_spacing_mm) for name, s in SITES.items()}
+        ),
+        "slice_thickness_mm": Uniform(0.6, 3.0),
+    }
+)
 
 #: Acquisition marginals of the default covariate shift (noisier, blurrier, coarser).
-COVARIATE_SHIFT: Mapping[str, Distribution] = MappingProxyType({
-    "noise_hu": Uniform(40.0, 60.0),
-    "blur_mm": Uniform(0.8, 1.2),
-    "pixel_spacing_mm": Uniform(0.85, 0.98),
-})
+COVARIATE_SHIFT: Mapping[str, Distribution] = MappingProxyType(
+    {
+        "noise_hu": Uniform(40.0, 60.0),
+        "blur_mm": Uniform(0.8, 1.2),
+        "pixel_spacing_mm": Uniform(0.85, 0.98),
+    }
+)
 
 #: Names of the test distributions :meth:`NoduleSpec.test_distributions` returns.
 TEST_DISTRIBUTIONS: tuple[str, ...] = ("iid", "decorrelated", "reversed", "heldout", "covariate")
+
 
 @dataclass(frozen=True)
 class Shortcut:
@@ -117,8 +134,10 @@ def _median_threshold(dist: Distribution, factor_name: str) -> float:
     if isinstance(dist, LogUniform):
         return float((dist.low * dist.high) ** 0.5)
     if not isinstance(dist, Uniform):
-        raise ValueError(f"a shortcut on {factor_name} needs a Uniform marginal or an explicit "
-                         f"threshold; got {dist!r}")
+        raise ValueError(
+            f"a shortcut on {factor_name} needs a Uniform marginal or an explicit "
+            f"threshold; got {dist!r}"
+        )
     parts = dist.intervals()
     half = sum(hi - lo for lo, hi in parts) / 2
     for lo, hi in parts:
@@ -170,14 +189,18 @@ class NoduleSpec:
         full = {name: self.marginals.get(name, DEFAULT_MARGINALS[name]) for name in FACTORS}
         for name, dist in full.items():
             if not isinstance(dist, (Uniform, LogUniform, Categorical, Fixed, ByCategory)):
-                raise TypeError(f"marginals[{name!r}] must be Uniform, LogUniform, Categorical, "
-                                f"Fixed or ByCategory; got {type(dist).__name__}")
+                raise TypeError(
+                    f"marginals[{name!r}] must be Uniform, LogUniform, Categorical, "
+                    f"Fixed or ByCategory; got {type(dist).__name__}"
+                )
             dist.validate(FACTORS[name], f"marginals[{name!r}]")
             if isinstance(dist, ByCategory) and list(FACTORS).index(dist.parent) > list(
                 FACTORS
             ).index(name):
-                raise ValueError(f"marginals[{name!r}].parent must come before {name} in "
-                                 f"FACTORS; got {dist.parent!r}")
+                raise ValueError(
+                    f"marginals[{name!r}].parent must come before {name} in "
+                    f"FACTORS; got {dist.parent!r}"
+                )
         object.__setattr__(self, "marginals", MappingProxyType(full))
         object.__setattr__(self, "shortcuts", tuple(self.shortcuts))
         self._validate_label()
@@ -186,29 +209,42 @@ class NoduleSpec:
     def _validate_label(self) -> None:
         rule = self.label_rule
         if not isinstance(rule, (Split, LinearLabelRule, LogisticLabelRule, LabelFunction)):
-            raise TypeError(f"label_rule must be a Split, LinearLabelRule, LogisticLabelRule "
-                            f"or LabelFunction; got {type(rule).__name__}")
+            raise TypeError(
+                f"label_rule must be a Split, LinearLabelRule, LogisticLabelRule "
+                f"or LabelFunction; got {type(rule).__name__}"
+            )
         rule.validate("label_rule")
         check_in_range("label_noise", self.label_noise, 0.0, 0.5)
         if self.malignant_fraction is not None:
             check_in_range("malignant_fraction", self.malignant_fraction, 0.0, 1.0)
             if not isinstance(rule, Split):
-                raise ValueError("malignant_fraction must be None when label_rule is not a "
-                                 f"Split (exact class counts need one causal factor); got "
-                                 f"{self.malignant_fraction!r}")
+                raise ValueError(
+                    "malignant_fraction must be None when label_rule is not a "
+                    f"Split (exact class counts need one causal factor); got "
+                    f"{self.malignant_fraction!r}"
+                )
             dist = self.marginals[rule.factor]
             if isinstance(dist, ByCategory):
-                raise ValueError(f"marginals[{rule.factor!r}] of the label factor must be "
-                                 f"Uniform, Categorical or Fixed; got {dist!r}")
-            sides = [side for side, needed in ((True, self.malignant_fraction > 0),
-                                               (False, self.malignant_fraction < 1)) if needed]
+                raise ValueError(
+                    f"marginals[{rule.factor!r}] of the label factor must be "
+                    f"Uniform, Categorical or Fixed; got {dist!r}"
+                )
+            sides = [
+                side
+                for side, needed in (
+                    (True, self.malignant_fraction > 0),
+                    (False, self.malignant_fraction < 1),
+                )
+                if needed
+            ]
             for side in sides:
                 try:
                     dist.restrict(rule, side)
                 except ValueError as err:
-                    raise ValueError(f"marginals[{rule.factor!r}] must give both classes of "
-                                     f"malignant_fraction={self.malignant_fraction}: {err}"
-                                     ) from None
+                    raise ValueError(
+                        f"marginals[{rule.factor!r}] must give both classes of "
+                        f"malignant_fraction={self.malignant_fraction}: {err}"
+                    ) from None
 
     def _validate_shortcuts(self) -> None:
         seen: set[str] = set()
@@ -221,20 +257,24 @@ class NoduleSpec:
             check_in_range(f"{arg}.strength", sc.strength, -1.0, 1.0)
             f = sc.split.factor
             if f in seen:
-                raise ValueError(f"{arg}.split.factor must be distinct per shortcut; got {f!r} "
-                                 "twice")
+                raise ValueError(
+                    f"{arg}.split.factor must be distinct per shortcut; got {f!r} twice"
+                )
             seen.add(f)
             if f in inputs or any(
-                isinstance(self.marginals[g], ByCategory)
-                and self.marginals[g].parent == f  # type: ignore[union-attr]
+                isinstance(self.marginals[g], ByCategory) and self.marginals[g].parent == f  # type: ignore[union-attr]
                 for g in inputs
             ):
-                raise ValueError(f"{arg}.split.factor must not feed the label rule "
-                                 f"({self.label_rule.describe()}); got {f!r}")
+                raise ValueError(
+                    f"{arg}.split.factor must not feed the label rule "
+                    f"({self.label_rule.describe()}); got {f!r}"
+                )
             dist = self.marginals[f]
             if isinstance(dist, ByCategory):
-                raise ValueError(f"marginals[{f!r}] of a shortcut factor must be Uniform, "
-                                 f"Categorical or Fixed; got {dist!r}")
+                raise ValueError(
+                    f"marginals[{f!r}] of a shortcut factor must be Uniform, "
+                    f"Categorical or Fixed; got {dist!r}"
+                )
             for side in self._sides_needed(sc.strength):
                 try:
                     dist.restrict(sc.split, side)
@@ -265,8 +305,9 @@ class NoduleSpec:
         """Factors correlated with the label on purpose."""
         return tuple(sc.split.factor for sc in self.shortcuts)
 
-    def rule_labels(self, factors: Mapping[str, torch.Tensor],
-                    coin: torch.Tensor | None = None) -> torch.Tensor:
+    def rule_labels(
+        self, factors: Mapping[str, torch.Tensor], coin: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Labels the rule gives to ``factors`` (no label noise): ``(N,)`` int64.
 
         Use it for counterfactual labels after an intervention, e.g. on ``spiculation``.
@@ -288,10 +329,10 @@ class NoduleSpec:
             parts.append(f"malignant fraction {self.malignant_fraction:g}")
         if self.label_noise:
             parts.append(f"label noise {self.label_noise:g}")
-        parts += [f"shortcut {sc.split.describe()} strength {sc.strength:+g}"
-                  for sc in self.shortcuts]
-        changed = [name for name, dist in self.marginals.items()
-                   if dist != DEFAULT_MARGINALS[name]]
+        parts += [
+            f"shortcut {sc.split.describe()} strength {sc.strength:+g}" for sc in self.shortcuts
+        ]
+        changed = [name for name, dist in self.marginals.items() if dist != DEFAULT_MARGINALS[name]]
         if changed:
             parts.append(f"non-default marginals: {', '.join(changed)}")
         return f"{self.name}: " + "; ".join(parts)
@@ -299,10 +340,20 @@ class NoduleSpec:
     def fingerprint(self) -> str:
         """SHA-256 of everything that decides the samples (not the display ``name``)."""
         rule = self.label_rule
-        rule_text = (f"LabelFunction({rule.name}, {rule.inputs}, {callable_digest(rule.fn)})"
-                     if isinstance(rule, LabelFunction) else repr(rule))
-        text = repr((tuple(self.marginals.items()), rule_text, self.shortcuts,
-                     self.malignant_fraction, self.label_noise))
+        rule_text = (
+            f"LabelFunction({rule.name}, {rule.inputs}, {callable_digest(rule.fn)})"
+            if isinstance(rule, LabelFunction)
+            else repr(rule)
+        )
+        text = repr(
+            (
+                tuple(self.marginals.items()),
+                rule_text,
+                self.shortcuts,
+                self.malignant_fraction,
+                self.label_noise,
+            )
+        )
         return hashlib.sha256(text.encode()).hexdigest()
 
     def __hash__(self) -> int:
@@ -311,8 +362,17 @@ class NoduleSpec:
     def __reduce__(self) -> tuple[type[NoduleSpec], tuple[object, ...]]:
         # The read-only marginals view cannot be pickled; rebuild from a plain dict, so a
         # spec (and a dataset holding one) crosses spawn / forkserver DataLoader workers.
-        return (NoduleSpec, (dict(self.marginals), self.label_rule, self.shortcuts,
-                             self.malignant_fraction, self.label_noise, self.name))
+        return (
+            NoduleSpec,
+            (
+                dict(self.marginals),
+                self.label_rule,
+                self.shortcuts,
+                self.malignant_fraction,
+                self.label_noise,
+                self.name,
+            ),
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NoduleSpec):
@@ -345,16 +405,28 @@ class NoduleSpec:
             >>> spec.name, spec.shortcut_factors
             ('screening', ('diameter_mm', 'lobulation'))
         """
-        spec = cls(marginals={
-            "diameter_mm": LogUniform(4.0, 30.0),
-            "lobulation": Uniform(0.0, 0.8),
-            "texture": Categorical({"solid": 0.75, "part-solid": 0.1, "ground-glass": 0.15}),
-            "calcification": Categorical({"absent": 0.85, "central": 0.03, "laminated": 0.03,
-                                          "popcorn": 0.03, "diffuse": 0.03, "eccentric": 0.015,
-                                          "stippled": 0.015}),
-        }, name="screening")
+        spec = cls(
+            marginals={
+                "diameter_mm": LogUniform(4.0, 30.0),
+                "lobulation": Uniform(0.0, 0.8),
+                "texture": Categorical({"solid": 0.75, "part-solid": 0.1, "ground-glass": 0.15}),
+                "calcification": Categorical(
+                    {
+                        "absent": 0.85,
+                        "central": 0.03,
+                        "laminated": 0.03,
+                        "popcorn": 0.03,
+                        "diffuse": 0.03,
+                        "eccentric": 0.015,
+                        "stippled": 0.015,
+                    }
+                ),
+            },
+            name="screening",
+        )
         return spec.with_shortcut("diameter_mm", 0.5, threshold=8.0).with_shortcut(
-            "lobulation", 0.4)
+            "lobulation", 0.4
+        )
 
     # ------------------------------------------------------------------ builders
     def replace(self, **changes: object) -> NoduleSpec:
@@ -369,14 +441,21 @@ class NoduleSpec:
             merged[key] = dist
         return self.replace(marginals=merged)
 
-    def with_label_rule(self, rule: AnyLabelRule, *,
-                        malignant_fraction: float | None = None) -> NoduleSpec:
+    def with_label_rule(
+        self, rule: AnyLabelRule, *, malignant_fraction: float | None = None
+    ) -> NoduleSpec:
         """A copy with another label rule (exact class balance only for a Split rule)."""
         return self.replace(label_rule=rule, malignant_fraction=malignant_fraction)
 
-    def with_shortcut(self, factor: str, strength: float, *, threshold: float | None = None,
-                      malignant_above: bool | None = None,
-                      malignant_categories: tuple[str, ...] | None = None) -> NoduleSpec:
+    def with_shortcut(
+        self,
+        factor: str,
+        strength: float,
+        *,
+        threshold: float | None = None,
+        malignant_above: bool | None = None,
+        malignant_categories: tuple[str, ...] | None = None,
+    ) -> NoduleSpec:
         """A copy where ``factor`` is correlated with the label with ``strength``.
 
         The factor's values are split into a malignant-looking and a benign-looking side:
@@ -400,12 +479,20 @@ class NoduleSpec:
         info = get_factor(factor)
         check_in_range("strength", strength, -1.0, 1.0)
         if info.is_categorical:
-            split = Split(factor, None, True,
-                          tuple(malignant_categories) if malignant_categories is not None
-                          else info.malignant_categories)
+            split = Split(
+                factor,
+                None,
+                True,
+                tuple(malignant_categories)
+                if malignant_categories is not None
+                else info.malignant_categories,
+            )
         else:
-            t = threshold if threshold is not None else _median_threshold(
-                self.marginals[factor], factor)
+            t = (
+                threshold
+                if threshold is not None
+                else _median_threshold(self.marginals[factor], factor)
+            )
             above = info.malignant_above if malignant_above is None else malignant_above
             split = Split(factor, t, above)
         kept = tuple(sc for sc in self.shortcuts if sc.split.factor != factor)
@@ -418,13 +505,16 @@ class NoduleSpec:
 
     def decorrelated(self) -> NoduleSpec:
         """Every shortcut at strength 0: nuisance factors independent of the label."""
-        return self.replace(name="decorrelated", shortcuts=tuple(
-            Shortcut(sc.split, 0.0) for sc in self.shortcuts))
+        return self.replace(
+            name="decorrelated", shortcuts=tuple(Shortcut(sc.split, 0.0) for sc in self.shortcuts)
+        )
 
     def reversed(self) -> NoduleSpec:
         """Every shortcut strength negated: the shortcut now points the wrong way."""
-        return self.replace(name="reversed", shortcuts=tuple(
-            Shortcut(sc.split, -sc.strength) for sc in self.shortcuts))
+        return self.replace(
+            name="reversed",
+            shortcuts=tuple(Shortcut(sc.split, -sc.strength) for sc in self.shortcuts),
+        )
 
     def heldout(self, factor: str | None = None, label: int = 1) -> NoduleSpec:
         """Only the (label, shortcut side) group that training makes rarest.
@@ -446,21 +536,22 @@ class NoduleSpec:
         if label not in (0, 1) or isinstance(label, bool):
             raise ValueError(f"label must be 0 or 1; got {label!r}")
         if not self.shortcuts:
-            raise ValueError("heldout needs a spec with at least one shortcut; got none "
-                             f"({self.describe()})")
+            raise ValueError(
+                f"heldout needs a spec with at least one shortcut; got none ({self.describe()})"
+            )
         names = self.shortcut_factors
         factor = names[0] if factor is None else factor
         if factor not in names:
-            raise ValueError(f"factor must be one of the shortcut factors {names}; "
-                             f"got {factor!r}")
+            raise ValueError(f"factor must be one of the shortcut factors {names}; got {factor!r}")
         shortcuts = []
         for sc in self.shortcuts:
             if sc.split.factor == factor:
                 sc = Shortcut(sc.split, -1.0 if sc.strength >= 0 else 1.0)
             shortcuts.append(sc)
         fraction = float(label) if isinstance(self.label_rule, Split) else None
-        return self.replace(name="heldout", shortcuts=tuple(shortcuts),
-                            malignant_fraction=fraction, label_noise=0.0)
+        return self.replace(
+            name="heldout", shortcuts=tuple(shortcuts), malignant_fraction=fraction, label_noise=0.0
+        )
 
     def covariate_shift(self, **marginals: Distribution) -> NoduleSpec:
         """Acquisition changed: noise, blur and pixel spacing (defaults: ``COVARIATE_SHIFT``)."""
@@ -472,8 +563,7 @@ class NoduleSpec:
 
         ``"heldout"`` is present only when the spec has a shortcut.
         """
-        out = {"iid": self.iid(), "decorrelated": self.decorrelated(),
-               "reversed": self.reversed()}
+        out = {"iid": self.iid(), "decorrelated": self.decorrelated(), "reversed": self.reversed()}
         if self.shortcuts:
             out["heldout"] = self.heldout()
         out["covariate"] = self.covariate_shift()

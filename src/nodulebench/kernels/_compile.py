@@ -41,24 +41,29 @@ def _encode(options: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{key!r}: {value!r}" for key, value in sorted(options.items())) + "}"
 
 
-def _call(fn: KernelFunction, tensors: Sequence[torch.Tensor], options_text: str
-          ) -> tuple[torch.Tensor, ...]:
+def _call(
+    fn: KernelFunction, tensors: Sequence[torch.Tensor], options_text: str
+) -> tuple[torch.Tensor, ...]:
     """``fn`` on the positional tensors, with the tensor options put back by name."""
     options = _decode(options_text)
     # (name, None) for a tensor option, (name, k) for a tuple of k tensors (a reference set).
     names: list[tuple[str, int | None]] = options.pop("__tensor_options__")
     positional = len(tensors) - sum(1 if count is None else count for _, count in names)
     rest = iter(tensors[positional:])
-    by_name = {name: next(rest) if count is None else tuple(next(rest) for _ in range(count))
-               for name, count in names}
+    by_name = {
+        name: next(rest) if count is None else tuple(next(rest) for _ in range(count))
+        for name, count in names
+    }
     return fn(*tensors[:positional], **options, **by_name)
 
 
 def _tensor_option(value: object) -> bool:
     """Whether an option travels as tensors: a tensor, or a tuple of them."""
     return isinstance(value, torch.Tensor) or (
-        isinstance(value, tuple) and len(value) > 0
-        and all(isinstance(item, torch.Tensor) for item in value))
+        isinstance(value, tuple)
+        and len(value) > 0
+        and all(isinstance(item, torch.Tensor) for item in value)
+    )
 
 
 def _operators(name: str, fn: KernelFunction, outputs: int) -> Callable[..., Any]:
@@ -81,19 +86,20 @@ def _operators(name: str, fn: KernelFunction, outputs: int) -> Callable[..., Any
         return [first.new_empty(size, dtype=dtype or first.dtype) for dtype in dtypes]
 
     @torch.library.custom_op(f"nodulebench::{name}_backward", mutates_args=())
-    def backward(tensors: list[torch.Tensor], options_text: str,
-                 grad: torch.Tensor) -> list[torch.Tensor]:
+    def backward(
+        tensors: list[torch.Tensor], options_text: str, grad: torch.Tensor
+    ) -> list[torch.Tensor]:
         with torch.enable_grad():
             inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in tensors]
             value = _call(fn, inputs, options_text)[0]
             wanted = [t for t in inputs if t.requires_grad]
             grads = iter(torch.autograd.grad(value, wanted, grad, allow_unused=True))
-        return [_or_zeros(next(grads), t) if t.requires_grad else torch.zeros_like(t)
-                for t in inputs]
+        return [
+            _or_zeros(next(grads), t) if t.requires_grad else torch.zeros_like(t) for t in inputs
+        ]
 
     @backward.register_fake
-    def _(tensors: list[torch.Tensor], options_text: str,
-          grad: torch.Tensor) -> list[torch.Tensor]:
+    def _(tensors: list[torch.Tensor], options_text: str, grad: torch.Tensor) -> list[torch.Tensor]:
         return [torch.empty_like(t) for t in tensors]
 
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -104,8 +110,9 @@ def _operators(name: str, fn: KernelFunction, outputs: int) -> Callable[..., Any
     def differentiate(ctx: Any, grads: list[torch.Tensor]) -> tuple[Any, ...]:
         tensors = list(ctx.saved_tensors)
         computed = backward(tensors, ctx.options_text, grads[0])
-        return [g if t.is_floating_point() else None
-                for g, t in zip(computed, tensors, strict=True)], None
+        return [
+            g if t.is_floating_point() else None for g, t in zip(computed, tensors, strict=True)
+        ], None
 
     forward.register_autograd(differentiate, setup_context=setup_context)
     return forward
@@ -137,9 +144,13 @@ def eager_under_compile(fn: _F) -> _F:
         literals = {key: value for key, value in options.items() if key not in names}
         literals["__tensor_options__"] = [
             (key, None if isinstance(options[key], torch.Tensor) else len(options[key]))
-            for key in names]
-        extra = [t for key in names for t in (
-            (options[key],) if isinstance(options[key], torch.Tensor) else options[key])]
+            for key in names
+        ]
+        extra = [
+            t
+            for key in names
+            for t in ((options[key],) if isinstance(options[key], torch.Tensor) else options[key])
+        ]
         return tuple(operator([*tensors, *extra], _encode(literals)))
 
     return wrapper  # type: ignore[return-value]

@@ -48,7 +48,8 @@ TRIPLET_MININGS: tuple[str, ...] = ("all", "hard", "semihard")
 
 
 def pair_masks(
-    labels: torch.Tensor, column_labels: torch.Tensor | None = None,
+    labels: torch.Tensor,
+    column_labels: torch.Tensor | None = None,
     row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(N, M)`` bool masks: self pairs, positives ``P(i)`` and negatives ``Neg(i)``.
@@ -69,13 +70,17 @@ def pair_masks(
 
 
 def _column_set(
-    z: torch.Tensor, labels: torch.Tensor, columns: torch.Tensor | None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    columns: torch.Tensor | None,
     column_labels: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The columns and their labels: the anchors themselves unless given."""
     if (columns is None) != (column_labels is None):
-        raise ValueError("columns and column_labels must be given together; got only "
-                         + ("columns" if column_labels is None else "column_labels"))
+        raise ValueError(
+            "columns and column_labels must be given together; got only "
+            + ("columns" if column_labels is None else "column_labels")
+        )
     if columns is None or column_labels is None:
         return z, labels
     return columns, column_labels
@@ -92,8 +97,13 @@ def masked_min(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def supcon_per_anchor(
-    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str,
-    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    variant: str,
+    columns: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
     row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor SupCon loss (the backend boundary).
@@ -117,8 +127,12 @@ def supcon_per_anchor(
 
 
 def _contrast(
-    z: torch.Tensor, columns: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor,
-    temperature: float, variant: str,
+    z: torch.Tensor,
+    columns: torch.Tensor,
+    candidates: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float,
+    variant: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SupCon's per-anchor form over the ``(N, M)`` masks of candidates ``A(i)`` and ``P(i)``."""
     num_positives = positive.sum(dim=1)
@@ -169,8 +183,13 @@ def unpack_pair_labels(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def cnc_per_anchor(
-    z: torch.Tensor, pair_labels: torch.Tensor, *, temperature: float, variant: str,
-    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    z: torch.Tensor,
+    pair_labels: torch.Tensor,
+    *,
+    temperature: float,
+    variant: str,
+    columns: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
     row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor Correct-N-Contrast loss (the backend boundary).
@@ -194,8 +213,12 @@ def cnc_per_anchor(
 
 
 def contrastive_per_anchor(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float,
-    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float,
+    columns: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
     row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor Hadsell contrastive loss (the backend boundary).
@@ -217,8 +240,13 @@ def contrastive_per_anchor(
 
 
 def contrastive_pml_per_anchor(
-    z: torch.Tensor, labels: torch.Tensor, *, pos_margin: float, neg_margin: float,
-    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    pos_margin: float,
+    neg_margin: float,
+    columns: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
     row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-anchor pytorch-metric-learning contrastive terms (the backend boundary).
@@ -243,8 +271,14 @@ def contrastive_pml_per_anchor(
 
 
 def triplet_per_anchor(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float, distance: str, mining: str,
-    columns: torch.Tensor | None = None, column_labels: torch.Tensor | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float,
+    distance: str,
+    mining: str,
+    columns: torch.Tensor | None = None,
+    column_labels: torch.Tensor | None = None,
     row_offset: int | None = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-anchor triplet loss (the backend boundary).
@@ -285,7 +319,10 @@ def triplet_per_anchor(
 
 
 def _semihard(
-    d: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, valid: torch.Tensor,
+    d: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    valid: torch.Tensor,
     margin: float,
 ) -> torch.Tensor:
     """Semi-hard triplet loss per anchor from sorted negatives, in ``O(N M)`` memory.
@@ -308,8 +345,7 @@ def _semihard(
         tie_start = torch.searchsorted(neg_sorted, chosen, side="left")
         tie_size = torch.searchsorted(neg_sorted, chosen, side="right") - tie_start
         share = active.to(d.dtype) / tie_size.clamp(min=1).to(d.dtype)
-        at_start = torch.zeros_like(d).scatter_add_(1, tie_start.clamp(max=d.shape[1] - 1),
-                                                    share)
+        at_start = torch.zeros_like(d).scatter_add_(1, tie_start.clamp(max=d.shape[1] - 1), share)
         group_start = torch.searchsorted(neg_sorted, neg_sorted, side="left")
         weight_sorted = at_start.gather(1, group_start.clamp(max=d.shape[1] - 1))
         weight = torch.zeros_like(d).scatter_(1, order, weight_sorted) * negative

@@ -34,7 +34,9 @@ def _zero_invalid(loss: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def _anchors(
-    z: torch.Tensor, labels: torch.Tensor, row_range: tuple[int, int] | None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    row_range: tuple[int, int] | None,
     reference: Reference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Anchors, their labels and the dense functions' column arguments.
@@ -46,8 +48,10 @@ def _anchors(
     """
     if reference is not None:
         if row_range is not None:
-            raise ValueError("row_range and reference are exclusive: with a reference set "
-                             f"every row of z is an anchor; got row_range={row_range!r}")
+            raise ValueError(
+                "row_range and reference are exclusive: with a reference set "
+                f"every row of z is an anchor; got row_range={row_range!r}"
+            )
         ref_z, ref_labels = reference
         return z, labels, {"columns": ref_z, "column_labels": ref_labels, "row_offset": None}
     if row_range is None:
@@ -58,8 +62,13 @@ def _anchors(
 
 
 def supcon_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
-    row_range: tuple[int, int] | None = None, reference: Reference | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    variant: str = "out",
+    row_range: tuple[int, int] | None = None,
+    reference: Reference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense SupCon per anchor: ``(loss, valid)``."""
     anchors, anchor_labels, columns = _anchors(z, labels, row_range, reference)
@@ -70,8 +79,13 @@ def supcon_reference(
 
 
 def cnc_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
-    row_range: tuple[int, int] | None = None, reference: Reference | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    variant: str = "out",
+    row_range: tuple[int, int] | None = None,
+    reference: Reference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense Correct-N-Contrast per anchor on pair labels: ``(loss, valid)``."""
     anchors, anchor_labels, columns = _anchors(z, labels, row_range, reference)
@@ -82,19 +96,27 @@ def cnc_reference(
 
 
 def contrastive_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 1.0,
-    row_range: tuple[int, int] | None = None, reference: Reference | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 1.0,
+    row_range: tuple[int, int] | None = None,
+    reference: Reference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense contrastive loss per anchor: ``(loss, valid)``."""
     anchors, anchor_labels, columns = _anchors(z, labels, row_range, reference)
-    loss, valid = _dense.contrastive_per_anchor(anchors, anchor_labels, margin=margin,
-                                                  **columns)
+    loss, valid = _dense.contrastive_per_anchor(anchors, anchor_labels, margin=margin, **columns)
     return _zero_invalid(loss, valid), valid
 
 
 def contrastive_pml_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, pos_margin: float = 0.0, neg_margin: float = 1.0,
-    row_range: tuple[int, int] | None = None, reference: Reference | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    row_range: tuple[int, int] | None = None,
+    reference: Reference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense pytorch-metric-learning contrastive sums and counts: ``(total, count, valid)``.
 
@@ -108,8 +130,13 @@ def contrastive_pml_reference(
 
 
 def triplet_hard_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, distance: str = "euclidean",
-    row_range: tuple[int, int] | None = None, reference: Reference | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.2,
+    distance: str = "euclidean",
+    row_range: tuple[int, int] | None = None,
+    reference: Reference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense batch-hard triplet loss per anchor: ``(loss, valid)``."""
     anchors, anchor_labels, columns = _anchors(z, labels, row_range, reference)
@@ -120,8 +147,13 @@ def triplet_hard_reference(
 
 
 def triplet_all_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, distance: str = "euclidean",
-    row_range: tuple[int, int] | None = None, reference: Reference | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.2,
+    distance: str = "euclidean",
+    row_range: tuple[int, int] | None = None,
+    reference: Reference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense batch-all triplet sums and counts per anchor: ``(total, count, valid)``."""
     anchors, anchor_labels, columns = _anchors(z, labels, row_range, reference)
@@ -134,8 +166,13 @@ def triplet_all_reference(
 
 
 def triplet_semihard_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2, distance: str = "euclidean",
-    row_range: tuple[int, int] | None = None, reference: Reference | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.2,
+    distance: str = "euclidean",
+    row_range: tuple[int, int] | None = None,
+    reference: Reference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense semi-hard triplet loss per anchor (Schroff et al. 2015): ``(loss, valid)``."""
     anchors, anchor_labels, columns = _anchors(z, labels, row_range, reference)
@@ -146,8 +183,14 @@ def triplet_semihard_reference(
 
 
 def multi_similarity_reference(
-    z: torch.Tensor, labels: torch.Tensor, *, alpha: float = 2.0, beta: float = 50.0,
-    base: float = 0.5, epsilon: float = 0.1, row_range: tuple[int, int] | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    epsilon: float = 0.1,
+    row_range: tuple[int, int] | None = None,
     reference: Reference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense multi-similarity loss per anchor: ``(loss, valid)``."""

@@ -52,10 +52,12 @@ TILE_ELEMENTS = 2**22
 """Default size of a ``b x N`` tile: 16 MiB in float32 (b = 512 rows at N = 8192)."""
 
 
-
 def check_prepared(
-    z: torch.Tensor, labels: torch.Tensor, block_size: int | None,
-    columns: tuple[int, int] | None = None, names: tuple[str, str] = ("z", "labels"),
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    block_size: int | None,
+    columns: tuple[int, int] | None = None,
+    names: tuple[str, str] = ("z", "labels"),
 ) -> int:
     """Check the prepared inputs shared by every tiled kernel; return the block size.
 
@@ -74,11 +76,14 @@ def check_prepared(
     if labels.dtype != torch.int64:
         raise TypeError(f"{labels_name} must have dtype torch.int64; got {labels.dtype}")
     if labels.shape[0] != z.shape[0]:
-        raise ValueError(f"{labels_name} must have one entry per row of {z_name} "
-                         f"({z.shape[0]}); got {labels.shape[0]}")
+        raise ValueError(
+            f"{labels_name} must have one entry per row of {z_name} "
+            f"({z.shape[0]}); got {labels.shape[0]}"
+        )
     if labels.device != z.device:
-        raise ValueError(f"{labels_name} must be on {z_name}'s device {z.device}; "
-                         f"got {labels.device}")
+        raise ValueError(
+            f"{labels_name} must be on {z_name}'s device {z.device}; got {labels.device}"
+        )
     n = z.shape[0]
     if block_size is None:
         m = n if columns is None else columns[1] - columns[0]
@@ -108,7 +113,8 @@ def check_row_range(row_range: tuple[int, int] | None, n: int) -> tuple[int, int
     if row_range is None:
         return 0, n
     if (
-        not isinstance(row_range, tuple) or len(row_range) != 2
+        not isinstance(row_range, tuple)
+        or len(row_range) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in row_range)
         or not 0 <= row_range[0] <= row_range[1] <= n
     ):
@@ -120,7 +126,9 @@ def check_row_range(row_range: tuple[int, int] | None, n: int) -> tuple[int, int
 
 
 def join_reference(
-    z: torch.Tensor, labels: torch.Tensor, row_range: tuple[int, int] | None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    row_range: tuple[int, int] | None,
     reference: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor, tuple[int, int], tuple[int, int]]:
     """Check a kernel call; return ``(ref_z, labels, anchors, columns)``.
@@ -138,11 +146,15 @@ def join_reference(
     if reference is None:
         return None, labels, check_row_range(row_range, n), (0, n)
     if row_range is not None:
-        raise ValueError("row_range and reference are exclusive: with a reference set "
-                         f"every row of z is an anchor; got row_range={row_range!r}")
+        raise ValueError(
+            "row_range and reference are exclusive: with a reference set "
+            f"every row of z is an anchor; got row_range={row_range!r}"
+        )
     if not isinstance(reference, tuple) or len(reference) != 2:
-        raise TypeError("reference must be a (ref_z, ref_labels) pair of tensors; got "
-                        f"{type(reference).__name__}")
+        raise TypeError(
+            "reference must be a (ref_z, ref_labels) pair of tensors; got "
+            f"{type(reference).__name__}"
+        )
     ref_z, ref_labels = reference
     check_prepared(ref_z, ref_labels, None, names=("ref_z", "ref_labels"))
     if ref_z.shape[0] == 0:
@@ -150,7 +162,8 @@ def join_reference(
     if ref_z.shape[1] != z.shape[1] or ref_z.dtype != z.dtype or ref_z.device != z.device:
         raise ValueError(
             f"ref_z must match z's D = {z.shape[1]}, dtype {z.dtype} and device {z.device}; "
-            f"got D = {ref_z.shape[1]}, {ref_z.dtype} on {ref_z.device}")
+            f"got D = {ref_z.shape[1]}, {ref_z.dtype} on {ref_z.device}"
+        )
     m = ref_z.shape[0]
     return ref_z, torch.cat((labels, ref_labels)), (0, n), (n, n + m)
 
@@ -200,7 +213,10 @@ def self_mask(
 
 
 def distance_tile(
-    z_rows: torch.Tensor, z: torch.Tensor, sq_rows: torch.Tensor, sq: torch.Tensor,
+    z_rows: torch.Tensor,
+    z: torch.Tensor,
+    sq_rows: torch.Tensor,
+    sq: torch.Tensor,
     distance: str,
 ) -> torch.Tensor:
     """Distances between a block of rows and all rows, shape ``(b, N)``.
@@ -227,8 +243,13 @@ def _d_distance_d_sq(dist: torch.Tensor, distance: str) -> torch.Tensor:
 
 
 def scatter_distance_grad(
-    weights: torch.Tensor, dist: torch.Tensor, z: torch.Tensor, rows: slice, cols: slice,
-    distance: str, grad_z: torch.Tensor,
+    weights: torch.Tensor,
+    dist: torch.Tensor,
+    z: torch.Tensor,
+    rows: slice,
+    cols: slice,
+    distance: str,
+    grad_z: torch.Tensor,
 ) -> None:
     """Add the gradient of ``sum_ij weights_ij * d_ij`` over one tile to ``grad_z``.
 
@@ -250,7 +271,9 @@ def scatter_distance_grad(
 
 
 def anchor_tiles(
-    n: int, block_size: int, row_range: tuple[int, int],
+    n: int,
+    block_size: int,
+    row_range: tuple[int, int],
     column_range: tuple[int, int] | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """Tiles ``(r0, r1, c0, c1)`` of the anchors ``row_range`` against the columns.
@@ -290,7 +313,11 @@ def pair_distance(z: torch.Tensor, i: torch.Tensor, j: torch.Tensor, distance: s
 
 
 def scatter_pair_grad(
-    weights: torch.Tensor, z: torch.Tensor, i: torch.Tensor, j: torch.Tensor, distance: str,
+    weights: torch.Tensor,
+    z: torch.Tensor,
+    i: torch.Tensor,
+    j: torch.Tensor,
+    distance: str,
     grad_z: torch.Tensor,
 ) -> None:
     """Add the gradient of ``sum_k weights_k * d(z_i[k], z_j[k])`` to ``grad_z`` (O(K D))."""

@@ -53,8 +53,16 @@ __all__ = [
     "select_backend",
 ]
 
-KERNEL_LOSSES = ("supcon", "contrastive", "contrastive_pml", "triplet_hard", "triplet_all",
-                 "triplet_semihard", "multi_similarity", "cnc")
+KERNEL_LOSSES = (
+    "supcon",
+    "contrastive",
+    "contrastive_pml",
+    "triplet_hard",
+    "triplet_all",
+    "triplet_semihard",
+    "multi_similarity",
+    "cnc",
+)
 """Per-anchor computations a backend may implement (triplet mining is part of the name)."""
 
 TWO_TOWER_LOSSES = ("clip", "siglip")
@@ -67,31 +75,33 @@ KernelFunction = Callable[..., tuple[torch.Tensor, ...]]
 """A per-anchor function: ``(z, labels, **options)`` to ``(loss, valid)`` (or, for
 ``"triplet_all"`` and ``"contrastive_pml"``, ``(total, count, valid)``)."""
 
-TILED_CROSSOVER: Mapping[str, int] = MappingProxyType({
-    # Smallest N (rows after flattening views) from which "auto" prefers "tiled" to the
-    # dense reference. Measured 2026-11-26 on the shared 2-core CPU (AMD EPYC, busy with
-    # other jobs, so 1 thread), float32, D = 128, forward + backward median of 5:
-    #   python benchmarks/bench_losses.py --crossover --repeats 5 --threads 1
-    # tiled vs dense ms: supcon about even up to 1024 (1.1 vs 1.3 at 256, 18.0 vs 16.9
-    # at 1024: one tile covers the batch there), 49 vs 89 at 2048; contrastive 5.9 vs 9.6
-    # at 512; triplet_hard 1.4 vs 1.6 at 256; triplet_all 2.5 vs 7.2 at 128.
-    # Multi-similarity was still 1.4x slower tiled at 2048 (167 vs 122 ms) and faster at
-    # 4096 (669 vs 992 ms), where the dense version needs 0.5 GB.
-    "supcon": 1024,
-    "contrastive": 512,
-    "triplet_hard": 256,
-    "triplet_all": 128,
-    "multi_similarity": 4096,
-    # Two-tower losses (N = pairs), measured 2026-11-30 on the same CPU (1 thread, busy):
-    #   python benchmarks/bench_losses.py --crossover --losses clip siglip --repeats 5 \
-    #       --threads 1   (and --backends dense tiled --sizes 2048 4096 --repeats 3)
-    # tiled vs dense ms: clip 220 vs 182 at 1024 (one tile covers the batch), 560 vs 845
-    # and 426 vs 821 at 2048, 2095 vs 3559 at 4096; siglip 61 vs 52 at 1024, 190 vs 189
-    # and 499 vs 548 at 2048, 1999 vs 3116 at 4096; a third of the memory from 2048 on.
-    "clip": 2048,
-    "siglip": 2048,
-    "cnc": 1024,  # SupCon's engine with two more masks per tile: SupCon's crossover
-})
+TILED_CROSSOVER: Mapping[str, int] = MappingProxyType(
+    {
+        # Smallest N (rows after flattening views) from which "auto" prefers "tiled" to the
+        # dense reference. Measured 2026-11-26 on the shared 2-core CPU (AMD EPYC, busy with
+        # other jobs, so 1 thread), float32, D = 128, forward + backward median of 5:
+        #   python benchmarks/bench_losses.py --crossover --repeats 5 --threads 1
+        # tiled vs dense ms: supcon about even up to 1024 (1.1 vs 1.3 at 256, 18.0 vs 16.9
+        # at 1024: one tile covers the batch there), 49 vs 89 at 2048; contrastive 5.9 vs 9.6
+        # at 512; triplet_hard 1.4 vs 1.6 at 256; triplet_all 2.5 vs 7.2 at 128.
+        # Multi-similarity was still 1.4x slower tiled at 2048 (167 vs 122 ms) and faster at
+        # 4096 (669 vs 992 ms), where the dense version needs 0.5 GB.
+        "supcon": 1024,
+        "contrastive": 512,
+        "triplet_hard": 256,
+        "triplet_all": 128,
+        "multi_similarity": 4096,
+        # Two-tower losses (N = pairs), measured 2026-11-30 on the same CPU (1 thread, busy):
+        #   python benchmarks/bench_losses.py --crossover --losses clip siglip --repeats 5 \
+        #       --threads 1   (and --backends dense tiled --sizes 2048 4096 --repeats 3)
+        # tiled vs dense ms: clip 220 vs 182 at 1024 (one tile covers the batch), 560 vs 845
+        # and 426 vs 821 at 2048, 2095 vs 3559 at 4096; siglip 61 vs 52 at 1024, 190 vs 189
+        # and 499 vs 548 at 2048, 1999 vs 3116 at 4096; a third of the memory from 2048 on.
+        "clip": 2048,
+        "siglip": 2048,
+        "cnc": 1024,  # SupCon's engine with two more masks per tile: SupCon's crossover
+    }
+)
 
 
 def _module_available(name: str) -> bool:
@@ -158,11 +168,15 @@ class BackendInfo:
             if option in options and options[option] not in accepted:
                 return f"it supports {option} in {accepted}, got {options[option]!r}"
         if options.get("row_range") is not None and not self.anchor_subsets:
-            return ("it computes every row against every row only, and "
-                    "gather_distributed=True needs this rank's rows against the gathered batch")
+            return (
+                "it computes every row against every row only, and "
+                "gather_distributed=True needs this rank's rows against the gathered batch"
+            )
         if options.get("reference") is not None and not self.reference_sets:
-            return ("it compares the batch with itself only, and a reference set "
-                    "(ref_emb) needs the anchors against other rows")
+            return (
+                "it compares the batch with itself only, and a reference set "
+                "(ref_emb) needs the anchors against other rows"
+            )
         devices = self.devices_now()
         if devices and z.device.type not in devices:
             return f"it runs on {sorted(devices)} devices, got {z.device.type!r}"
@@ -200,33 +214,40 @@ _TILED_OPTIONS = {
 # Semi-hard mining picks a different negative per positive pair, and the
 # pytorch-metric-learning contrastive form counts its non-zero terms: only the dense
 # definitions serve them.
-_REFERENCE_OPTIONS = {**_TILED_OPTIONS, "triplet_semihard": {"distance": DISTANCES},
-                      "contrastive_pml": {}}
+_REFERENCE_OPTIONS = {
+    **_TILED_OPTIONS,
+    "triplet_semihard": {"distance": DISTANCES},
+    "contrastive_pml": {},
+}
 _TRITON = TRITON_SUPCON_CAPABILITIES
 
-_REFERENCE_KERNELS: Mapping[str, KernelFunction] = _frozen({
-    "supcon": _reference.supcon_reference,
-    "contrastive": _reference.contrastive_reference,
-    "contrastive_pml": _reference.contrastive_pml_reference,
-    "triplet_hard": _reference.triplet_hard_reference,
-    "triplet_all": _reference.triplet_all_reference,
-    "triplet_semihard": _reference.triplet_semihard_reference,
-    "multi_similarity": _reference.multi_similarity_reference,
-    "clip": two_tower_reference.clip_reference,
-    "siglip": two_tower_reference.siglip_reference,
-    "cnc": _reference.cnc_reference,
-})
+_REFERENCE_KERNELS: Mapping[str, KernelFunction] = _frozen(
+    {
+        "supcon": _reference.supcon_reference,
+        "contrastive": _reference.contrastive_reference,
+        "contrastive_pml": _reference.contrastive_pml_reference,
+        "triplet_hard": _reference.triplet_hard_reference,
+        "triplet_all": _reference.triplet_all_reference,
+        "triplet_semihard": _reference.triplet_semihard_reference,
+        "multi_similarity": _reference.multi_similarity_reference,
+        "clip": two_tower_reference.clip_reference,
+        "siglip": two_tower_reference.siglip_reference,
+        "cnc": _reference.cnc_reference,
+    }
+)
 
-_TILED_KERNELS: Mapping[str, KernelFunction] = _frozen({
-    "supcon": tiled.supcon_tiled,
-    "contrastive": tiled.contrastive_tiled,
-    "triplet_hard": tiled.triplet_hard_tiled,
-    "triplet_all": tiled.triplet_all_tiled,
-    "multi_similarity": tiled.multi_similarity_tiled,
-    "clip": tiled.clip_tiled,
-    "siglip": tiled.siglip_tiled,
-    "cnc": tiled.cnc_tiled,
-})
+_TILED_KERNELS: Mapping[str, KernelFunction] = _frozen(
+    {
+        "supcon": tiled.supcon_tiled,
+        "contrastive": tiled.contrastive_tiled,
+        "triplet_hard": tiled.triplet_hard_tiled,
+        "triplet_all": tiled.triplet_all_tiled,
+        "multi_similarity": tiled.multi_similarity_tiled,
+        "clip": tiled.clip_tiled,
+        "siglip": tiled.siglip_tiled,
+        "cnc": tiled.cnc_tiled,
+    }
+)
 
 
 def _triton_kernels() -> Mapping[str, KernelFunction]:
@@ -236,53 +257,59 @@ def _triton_kernels() -> Mapping[str, KernelFunction]:
     return {"supcon": supcon_triton}
 
 
-BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
-    "reference": BackendInfo(
-        name="reference",
-        devices=frozenset(),
-        dtypes=_FLOAT,
-        options=_frozen(_REFERENCE_OPTIONS),
-        # It is the definition; float32 differs from float64 only by its own rounding.
-        tolerances=_frozen({torch.float64: (0.0, 0.0), torch.float32: (1e-4, 1e-5)}),
-        load=lambda: _REFERENCE_KERNELS,
-        summary="dense N x N definitions with autograd (nodulebench.kernels._dense)",
-    ),
-    "tiled": BackendInfo(
-        name="tiled",
-        devices=frozenset(),
-        dtypes=_FLOAT,
-        options=_frozen(_TILED_OPTIONS),
-        tolerances=_frozen({torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}),
-        load=lambda: _TILED_KERNELS,
-        summary="row blocks, online log-sum-exp, recompute backward; O(N D + b N) memory",
-    ),
-    # Declared once, beside the kernels, in nodulebench.kernels._triton_utils.
-    "triton": BackendInfo(
-        name="triton",
-        devices=frozenset(d for d in _TRITON.devices if d != "cpu"),
-        dtypes=frozenset(_TRITON.dtypes),
-        options=_frozen({"supcon": {"variant": _TRITON.variants}}),
-        tolerances=_frozen({
-            dtype: (tol.loss_rtol, tol.loss_atol) for dtype, tol in _TRITON.tolerances.items()
-        }),
-        load=_triton_kernels,
-        max_dim=_TRITON.max_dim,
-        requires="triton",
-        interpreted_on_cpu="cpu" in _TRITON.devices,
-        # Its kernels take every row as an anchor and column; the distributed losses
-        # and reference sets fall back to the other backends rather than a second
-        # kernel variant.
-        anchor_subsets=False,
-        reference_sets=False,
-        summary="fused CUDA kernels for SupCon / NT-Xent, fp32 accumulation, deterministic",
-        declined=_frozen({
-            loss: ("the SupCon kernels compare one tower with itself under a label mask; "
-                   "a two-tower loss needs image x text tiles, two log-sum-exp directions "
-                   "and a scale gradient, which they do not compute (use backend='tiled')")
-            for loss in TWO_TOWER_LOSSES
-        }),
-    ),
-})
+BACKENDS: Mapping[str, BackendInfo] = MappingProxyType(
+    {
+        "reference": BackendInfo(
+            name="reference",
+            devices=frozenset(),
+            dtypes=_FLOAT,
+            options=_frozen(_REFERENCE_OPTIONS),
+            # It is the definition; float32 differs from float64 only by its own rounding.
+            tolerances=_frozen({torch.float64: (0.0, 0.0), torch.float32: (1e-4, 1e-5)}),
+            load=lambda: _REFERENCE_KERNELS,
+            summary="dense N x N definitions with autograd (nodulebench.kernels._dense)",
+        ),
+        "tiled": BackendInfo(
+            name="tiled",
+            devices=frozenset(),
+            dtypes=_FLOAT,
+            options=_frozen(_TILED_OPTIONS),
+            tolerances=_frozen({torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}),
+            load=lambda: _TILED_KERNELS,
+            summary="row blocks, online log-sum-exp, recompute backward; O(N D + b N) memory",
+        ),
+        # Declared once, beside the kernels, in nodulebench.kernels._triton_utils.
+        "triton": BackendInfo(
+            name="triton",
+            devices=frozenset(d for d in _TRITON.devices if d != "cpu"),
+            dtypes=frozenset(_TRITON.dtypes),
+            options=_frozen({"supcon": {"variant": _TRITON.variants}}),
+            tolerances=_frozen(
+                {dtype: (tol.loss_rtol, tol.loss_atol) for dtype, tol in _TRITON.tolerances.items()}
+            ),
+            load=_triton_kernels,
+            max_dim=_TRITON.max_dim,
+            requires="triton",
+            interpreted_on_cpu="cpu" in _TRITON.devices,
+            # Its kernels take every row as an anchor and column; the distributed losses
+            # and reference sets fall back to the other backends rather than a second
+            # kernel variant.
+            anchor_subsets=False,
+            reference_sets=False,
+            summary="fused CUDA kernels for SupCon / NT-Xent, fp32 accumulation, deterministic",
+            declined=_frozen(
+                {
+                    loss: (
+                        "the SupCon kernels compare one tower with itself under a label mask; "
+                        "a two-tower loss needs image x text tiles, two log-sum-exp directions "
+                        "and a scale gradient, which they do not compute (use backend='tiled')"
+                    )
+                    for loss in TWO_TOWER_LOSSES
+                }
+            ),
+        ),
+    }
+)
 """Every backend by name, in the order ``"auto"`` prefers them after Triton."""
 
 
@@ -293,7 +320,10 @@ def get_backend_info(name: str) -> BackendInfo:
 
 
 def select_backend(
-    loss: str, backend: str, z: torch.Tensor, labels: torch.Tensor | None = None,
+    loss: str,
+    backend: str,
+    z: torch.Tensor,
+    labels: torch.Tensor | None = None,
     **options: Any,
 ) -> str:
     """Name the backend that will compute ``loss`` on these prepared inputs.
@@ -346,14 +376,16 @@ def select_backend(
         return "reference"
     if tiled_ok:
         return "tiled"
-    reasons = "; ".join(
-        f"{name}: {BACKENDS[name].why_not(loss, z, options)}" for name in BACKENDS
-    )
+    reasons = "; ".join(f"{name}: {BACKENDS[name].why_not(loss, z, options)}" for name in BACKENDS)
     raise ValueError(f"no backend can compute {loss!r} here: {reasons}")
 
 
 def run_per_anchor(
-    loss: str, z: torch.Tensor, labels: torch.Tensor, *, backend: str = "auto",
+    loss: str,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    backend: str = "auto",
     **options: Any,
 ) -> tuple[torch.Tensor, ...]:
     """Select a backend and return its per-anchor result for ``loss``.
@@ -391,13 +423,20 @@ def run_per_anchor(
     name = select_backend(loss, backend, z, labels, **options)
     # Every row an anchor, compared with the batch itself: the call every backend
     # serves, without the arguments that say so.
-    options = {key: value for key, value in options.items()
-               if not (key in ("row_range", "reference") and value is None)}
+    options = {
+        key: value
+        for key, value in options.items()
+        if not (key in ("row_range", "reference") and value is None)
+    }
     return BACKENDS[name].kernel(loss)(z, labels, **options)
 
 
 def run_two_tower(
-    loss: str, image: torch.Tensor, text: torch.Tensor, *, backend: str = "auto",
+    loss: str,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    backend: str = "auto",
     **options: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Select a backend and return its per-pair result ``(loss, valid)`` for a two-tower loss.

@@ -33,9 +33,7 @@ DISTANCES: tuple[str, ...] = ("euclidean", "squared_euclidean", "cosine")
 EUCLIDEAN_EPS = 1e-12
 
 
-def squared_euclidean_distance(
-    z: torch.Tensor, other: torch.Tensor | None = None
-) -> torch.Tensor:
+def squared_euclidean_distance(z: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
     r"""Squared Euclidean distances :math:`\max(\|z_i\|^2 + \|z_j\|^2 - 2 z_i \cdot z_j, 0)`.
 
     Args:

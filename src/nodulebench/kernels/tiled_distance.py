@@ -71,8 +71,9 @@ def _masks(
     return pos, ~same
 
 
-def _column_rows(z: torch.Tensor, sq: torch.Tensor, columns: tuple[int, int]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _column_rows(
+    z: torch.Tensor, sq: torch.Tensor, columns: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The column rows of ``z`` and their squared norms."""
     return z[columns[0] : columns[1]], sq[columns[0] : columns[1]]
 
@@ -81,8 +82,14 @@ def _column_rows(z: torch.Tensor, sq: torch.Tensor, columns: tuple[int, int]
 
 
 def _contrastive_tile(
-    z: torch.Tensor, labels: torch.Tensor, sq: torch.Tensor, r0: int, r1: int, c0: int,
-    c1: int, margin: float,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    sq: torch.Tensor,
+    r0: int,
+    r1: int,
+    c0: int,
+    c1: int,
+    margin: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Distances, masks (same label / other label, self excluded) of a tile."""
     d = distance_tile(z[r0:r1], z[c0:c1], sq[r0:r1], sq[c0:c1], "euclidean")
@@ -95,8 +102,14 @@ def _contrastive_tile(
 class _ContrastiveTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, ref_z: torch.Tensor | None, labels: torch.Tensor,
-        margin: float, block_size: int, row_range: tuple[int, int], columns: tuple[int, int],
+        ctx: Any,
+        z: torch.Tensor,
+        ref_z: torch.Tensor | None,
+        labels: torch.Tensor,
+        margin: float,
+        block_size: int,
+        row_range: tuple[int, int],
+        columns: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         z = stack_rows(z, ref_z)
         n = z.shape[0]
@@ -141,8 +154,7 @@ class _ContrastiveTiledFunction(torch.autograd.Function):
             weight -= torch.where(neg, hinge, 0.0)
             g_rows = g[r0 - a0 : r1 - a0, None]
             weight.mul_(g_rows + g[None, c0:c1] if symmetric and c0 != r0 else g_rows)
-            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(c0, c1), "euclidean",
-                                  grad_z)
+            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(c0, c1), "euclidean", grad_z)
         return (*split_rows(grad_z, ref_rows), None, None, None, None, None)
 
 
@@ -153,8 +165,12 @@ def _others(anchors: tuple[int, int], columns: tuple[int, int]) -> int:
 
 @eager_under_compile
 def contrastive_tiled(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 1.0,
-    block_size: int | None = None, row_range: tuple[int, int] | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 1.0,
+    block_size: int | None = None,
+    row_range: tuple[int, int] | None = None,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor Hadsell contrastive loss (Euclidean) in :math:`O(N D + b^2)` memory.
@@ -212,8 +228,14 @@ def _tied_extremes(
 class _TripletHardTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, ref_z: torch.Tensor | None, labels: torch.Tensor,
-        margin: float, distance: str, block_size: int, row_range: tuple[int, int],
+        ctx: Any,
+        z: torch.Tensor,
+        ref_z: torch.Tensor | None,
+        labels: torch.Tensor,
+        margin: float,
+        distance: str,
+        block_size: int,
+        row_range: tuple[int, int],
         columns: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         z = stack_rows(z, ref_z)
@@ -275,15 +297,18 @@ class _TripletHardTiledFunction(torch.autograd.Function):
             g_tied = torch.where(tied[r0 - a0 : r1 - a0], g[r0 - a0 : r1 - a0], 0.0)[:, None]
             weight = torch.where(at_pos, g_tied / at_pos.sum(dim=1, keepdim=True), 0.0)
             weight -= torch.where(at_neg, g_tied / at_neg.sum(dim=1, keepdim=True), 0.0)
-            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(*columns), distance,
-                                  grad_z)
+            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(*columns), distance, grad_z)
         return (*split_rows(grad_z, ref_rows), None, None, None, None, None, None)
 
 
 @eager_under_compile
 def triplet_hard_tiled(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
-    distance: str = "euclidean", block_size: int | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.2,
+    distance: str = "euclidean",
+    block_size: int | None = None,
     row_range: tuple[int, int] | None = None,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,8 +348,14 @@ def triplet_hard_tiled(
     check_positive("margin", margin, allow_zero=True)
     check_distance(distance)
     loss, valid = _TripletHardTiledFunction.apply(  # type: ignore[no-untyped-call]
-        _cosine_ready(z, distance), _cosine_ready(ref_z, distance), labels, float(margin),
-        distance, block_size, anchors, columns,
+        _cosine_ready(z, distance),
+        _cosine_ready(ref_z, distance),
+        labels,
+        float(margin),
+        distance,
+        block_size,
+        anchors,
+        columns,
     )
     return loss, valid
 
@@ -353,8 +384,14 @@ def _triplet_all_tile(
 class _TripletAllTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, ref_z: torch.Tensor | None, labels: torch.Tensor,
-        margin: float, distance: str, block_size: int, row_range: tuple[int, int],
+        ctx: Any,
+        z: torch.Tensor,
+        ref_z: torch.Tensor | None,
+        labels: torch.Tensor,
+        margin: float,
+        distance: str,
+        block_size: int,
+        row_range: tuple[int, int],
         columns: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z = stack_rows(z, ref_z)
@@ -371,14 +408,15 @@ class _TripletAllTiledFunction(torch.autograd.Function):
             total[k0:k1], count[k0:k1], _ = _triplet_all_tile(d, pos, neg, margin)
             valid[k0:k1] = pos.any(dim=1) & neg.any(dim=1)
         ctx.save_for_backward(z, labels, sq)
-        ctx.options = (margin, distance, block_size, row_range, columns,
-                       reference_rows(ref_z))
+        ctx.options = (margin, distance, block_size, row_range, columns, reference_rows(ref_z))
         ctx.mark_non_differentiable(count, valid)
         return total, count, valid
 
     @staticmethod
     def backward(
-        ctx: Any, grad_total: torch.Tensor, _grad_count: torch.Tensor | None,
+        ctx: Any,
+        grad_total: torch.Tensor,
+        _grad_count: torch.Tensor | None,
         _grad_valid: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, ...]:
         z, labels, sq = ctx.saved_tensors
@@ -395,15 +433,18 @@ class _TripletAllTiledFunction(torch.autograd.Function):
             active = num_pos - torch.searchsorted(thr_sorted, d, side="right")
             weight = k.to(d.dtype) - torch.where(neg, active, 0).to(d.dtype)
             weight.mul_(grad_total[r0 - a0 : r1 - a0, None])
-            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(*columns), distance,
-                                  grad_z)
+            scatter_distance_grad(weight, d, z, slice(r0, r1), slice(*columns), distance, grad_z)
         return (*split_rows(grad_z, ref_rows), None, None, None, None, None, None)
 
 
 @eager_under_compile
 def triplet_all_tiled(
-    z: torch.Tensor, labels: torch.Tensor, *, margin: float = 0.2,
-    distance: str = "euclidean", block_size: int | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.2,
+    distance: str = "euclidean",
+    block_size: int | None = None,
     row_range: tuple[int, int] | None = None,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -448,7 +489,13 @@ def triplet_all_tiled(
         width = max(columns[1] - columns[0], 1)
         rows = max(16, min(z.shape[0], TILE_ELEMENTS // 4 // width))
     total, count, valid = _TripletAllTiledFunction.apply(  # type: ignore[no-untyped-call]
-        _cosine_ready(z, distance), _cosine_ready(ref_z, distance), labels, float(margin),
-        distance, rows, anchors, columns,
+        _cosine_ready(z, distance),
+        _cosine_ready(ref_z, distance),
+        labels,
+        float(margin),
+        distance,
+        rows,
+        anchors,
+        columns,
     )
     return total, count, valid

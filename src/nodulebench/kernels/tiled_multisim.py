@@ -53,8 +53,14 @@ def _masks(
 
 
 def _kept_exponents(
-    s: torch.Tensor, labels: torch.Tensor, r0: int, r1: int, columns: tuple[int, int],
-    max_neg: torch.Tensor, min_pos: torch.Tensor, options: tuple[float, float, float, float],
+    s: torch.Tensor,
+    labels: torch.Tensor,
+    r0: int,
+    r1: int,
+    columns: tuple[int, int],
+    max_neg: torch.Tensor,
+    min_pos: torch.Tensor,
+    options: tuple[float, float, float, float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exponents of the kept positives and kept negatives of a block (``-inf`` elsewhere).
 
@@ -78,9 +84,14 @@ def _log1p_sum_exp(exponents: torch.Tensor) -> torch.Tensor:
 class _MultiSimilarityTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, ref_z: torch.Tensor | None, labels: torch.Tensor,
-        options: tuple[float, float, float, float], block_size: int,
-        row_range: tuple[int, int], columns: tuple[int, int],
+        ctx: Any,
+        z: torch.Tensor,
+        ref_z: torch.Tensor | None,
+        labels: torch.Tensor,
+        options: tuple[float, float, float, float],
+        block_size: int,
+        row_range: tuple[int, int],
+        columns: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         z = stack_rows(z, ref_z)
         # Anchors are rows a0:a1 of z, the columns rows `columns` (all rows by default).
@@ -138,8 +149,14 @@ class _MultiSimilarityTiledFunction(torch.autograd.Function):
 
 @eager_under_compile
 def multi_similarity_tiled(
-    z: torch.Tensor, labels: torch.Tensor, *, alpha: float = 2.0, beta: float = 50.0,
-    base: float = 0.5, epsilon: float = 0.1, block_size: int | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    epsilon: float = 0.1,
+    block_size: int | None = None,
     row_range: tuple[int, int] | None = None,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:

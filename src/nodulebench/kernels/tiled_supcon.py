@@ -65,14 +65,12 @@ from nodulebench.kernels._tiling import (
 __all__ = ["cnc_tiled", "supcon_tiled"]
 
 
-
 def _class_index(
     labels: torch.Tensor, columns: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense class ids ``0..C-1`` per row and how many of the ``columns`` rows hold each."""
     classes, class_id = torch.unique(labels, return_inverse=True)
-    return class_id, torch.bincount(class_id[columns[0] : columns[1]],
-                                    minlength=classes.shape[0])
+    return class_id, torch.bincount(class_id[columns[0] : columns[1]], minlength=classes.shape[0])
 
 
 class _Sets:
@@ -84,8 +82,9 @@ class _Sets:
     two, and a positive iff it agrees in the class. Sizes count the ``columns`` rows.
     """
 
-    def __init__(self, labels: torch.Tensor, pairs: bool, columns: tuple[int, int],
-                 self_pairs: bool) -> None:
+    def __init__(
+        self, labels: torch.Tensor, pairs: bool, columns: tuple[int, int], self_pairs: bool
+    ) -> None:
         self.predictions: torch.Tensor | None = None
         classes = labels
         if pairs:
@@ -102,14 +101,16 @@ class _Sets:
         """``|P(i)|`` of the anchors ``a0:a1``."""
         return self.class_size[self.class_id[a0:a1]] - self.cell_size[a0:a1, 0]
 
-    def scores(self, z: torch.Tensor, inv_tau: float, r0: int, r1: int, c0: int,
-               c1: int) -> torch.Tensor:
+    def scores(
+        self, z: torch.Tensor, inv_tau: float, r0: int, r1: int, c0: int, c1: int
+    ) -> torch.Tensor:
         """The tile of ``s``, ``-inf`` where the column is not a candidate of the row."""
         s = _mask_self((z[r0:r1] * inv_tau) @ z[c0:c1].T, r0, c0)
         if self.predictions is None:
             return s
-        return s.masked_fill_(self._same_class(r0, r1, c0, c1)
-                              == self._same_prediction(r0, r1, c0, c1), float("-inf"))
+        return s.masked_fill_(
+            self._same_class(r0, r1, c0, c1) == self._same_prediction(r0, r1, c0, c1), float("-inf")
+        )
 
     def positive(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
         """Positive pairs of the tile (for SupCon the self-pairs too: callers mask them)."""
@@ -149,9 +150,16 @@ def _fold_lse(running: torch.Tensor, tile: torch.Tensor, dim: int) -> None:
 class _SupConTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, ref_z: torch.Tensor | None, labels: torch.Tensor,
-        temperature: float, variant: str, block_size: int, row_range: tuple[int, int],
-        columns: tuple[int, int], pairs: bool,
+        ctx: Any,
+        z: torch.Tensor,
+        ref_z: torch.Tensor | None,
+        labels: torch.Tensor,
+        temperature: float,
+        variant: str,
+        block_size: int,
+        row_range: tuple[int, int],
+        columns: tuple[int, int],
+        pairs: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         z = stack_rows(z, ref_z)
         n = z.shape[0]
@@ -191,8 +199,15 @@ class _SupConTiledFunction(torch.autograd.Function):
             raw = lse - lse_pos + torch.log(num_pos.clamp(min=1).to(z.dtype))
         loss = torch.where(valid, raw, torch.zeros_like(raw))
         ctx.save_for_backward(z, labels, lse, lse_pos, num_pos, valid)
-        ctx.options = (inv_tau, variant, block_size, row_range, columns, pairs,
-                       reference_rows(ref_z))
+        ctx.options = (
+            inv_tau,
+            variant,
+            block_size,
+            row_range,
+            columns,
+            pairs,
+            reference_rows(ref_z),
+        )
         ctx.mark_non_differentiable(valid)
         return loss, valid
 
@@ -213,8 +228,9 @@ class _SupConTiledFunction(torch.autograd.Function):
         lse_pos = _finite_or_zero(lse_pos)
         grad_z = torch.zeros_like(z)
 
-        def weights(s: torch.Tensor, rows: slice, cols: slice, same: torch.Tensor,
-                    dim: int) -> torch.Tensor:
+        def weights(
+            s: torch.Tensor, rows: slice, cols: slice, same: torch.Tensor, dim: int
+        ) -> torch.Tensor:
             """G of the anchors along ``dim``, oriented like ``s`` ("out": softmax part only)."""
             shape = (-1, 1) if dim == 1 else (1, -1)
             anchors = slice(rows.start - a0, rows.stop - a0) if dim == 1 else cols
@@ -249,10 +265,16 @@ class _SupConTiledFunction(torch.autograd.Function):
         return (*split_rows(grad_z, ref_rows), None, None, None, None, None, None, None)
 
 
-def _run(z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str,
-         block_size: int | None, row_range: tuple[int, int] | None,
-         reference: tuple[torch.Tensor, torch.Tensor] | None, pairs: bool
-         ) -> tuple[torch.Tensor, torch.Tensor]:
+def _run(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    variant: str,
+    block_size: int | None,
+    row_range: tuple[int, int] | None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None,
+    pairs: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     ref_z, labels, anchors, columns = join_reference(z, labels, row_range, reference)
     edge = check_prepared(z, labels[: z.shape[0]], block_size)
     check_positive("temperature", temperature)
@@ -262,15 +284,28 @@ def _run(z: torch.Tensor, labels: torch.Tensor, temperature: float, variant: str
         # set must not shrink the anchor blocks).
         edge = max(1, min(max(anchors[1] - anchors[0], columns[1] - columns[0]), TILE_EDGE))
     loss, valid = _SupConTiledFunction.apply(  # type: ignore[no-untyped-call]
-        z, ref_z, labels, float(temperature), variant, edge, anchors, columns, pairs,
+        z,
+        ref_z,
+        labels,
+        float(temperature),
+        variant,
+        edge,
+        anchors,
+        columns,
+        pairs,
     )
     return loss, valid
 
 
 @eager_under_compile
 def supcon_tiled(
-    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
-    block_size: int | None = None, row_range: tuple[int, int] | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    variant: str = "out",
+    block_size: int | None = None,
+    row_range: tuple[int, int] | None = None,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor SupCon loss in :math:`O(N D + b^2)` memory, forward and backward.
@@ -311,8 +346,13 @@ def supcon_tiled(
 
 @eager_under_compile
 def cnc_tiled(
-    z: torch.Tensor, labels: torch.Tensor, *, temperature: float, variant: str = "out",
-    block_size: int | None = None, row_range: tuple[int, int] | None = None,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    variant: str = "out",
+    block_size: int | None = None,
+    row_range: tuple[int, int] | None = None,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-anchor Correct-N-Contrast loss in :math:`O(N D + b^2)` memory.

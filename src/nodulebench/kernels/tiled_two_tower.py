@@ -57,9 +57,11 @@ _Blocks = list[tuple[int, int, bool]]
 def _blocks(n: int, block_size: int, anchors: tuple[int, int]) -> _Blocks:
     """``(start, stop, is_anchor)`` blocks covering ``0:n``, none straddling the anchors."""
     a0, a1 = anchors
-    return ([(r0, r1, False) for r0, r1 in row_blocks(a0, block_size)]
-            + [(r0, r1, True) for r0, r1 in row_blocks(a1, block_size, a0)]
-            + [(r0, r1, False) for r0, r1 in row_blocks(n, block_size, a1)])
+    return (
+        [(r0, r1, False) for r0, r1 in row_blocks(a0, block_size)]
+        + [(r0, r1, True) for r0, r1 in row_blocks(a1, block_size, a0)]
+        + [(r0, r1, False) for r0, r1 in row_blocks(n, block_size, a1)]
+    )
 
 
 def _fold_lse(running: torch.Tensor, tile: torch.Tensor, dim: int) -> None:
@@ -77,13 +79,16 @@ def _own_pair_signs(r0: int, r1: int, c0: int, c1: int, like: torch.Tensor) -> t
 class _ClipTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
-        block_size: int, row_range: tuple[int, int],
+        ctx: Any,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        scale: torch.Tensor,
+        block_size: int,
+        row_range: tuple[int, int],
     ) -> torch.Tensor:
         a0, a1 = row_range
         blocks = _blocks(image.shape[0], block_size, row_range)
-        lse_image = torch.full((a1 - a0,), float("-inf"), dtype=image.dtype,
-                               device=image.device)
+        lse_image = torch.full((a1 - a0,), float("-inf"), dtype=image.dtype, device=image.device)
         lse_text = torch.full_like(lse_image, float("-inf"))
         for r0, r1, row_anchor in blocks:
             for c0, c1, col_anchor in blocks:
@@ -136,8 +141,13 @@ class _ClipTiledFunction(torch.autograd.Function):
 class _SigLipTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
-        bias: torch.Tensor, block_size: int, row_range: tuple[int, int],
+        ctx: Any,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor,
+        block_size: int,
+        row_range: tuple[int, int],
     ) -> torch.Tensor:
         a0, a1 = row_range
         loss = torch.zeros(a1 - a0, dtype=image.dtype, device=image.device)
@@ -169,12 +179,13 @@ class _SigLipTiledFunction(torch.autograd.Function):
                 grad_text[c0:c1].addmm_(weights.T, image[r0:r1])
                 grad_scale.add_((weights * dots).sum())
                 grad_bias.add_(weights.sum())
-        return (grad_image.mul_(scale), grad_text.mul_(scale), grad_scale, grad_bias,
-                None, None)
+        return (grad_image.mul_(scale), grad_text.mul_(scale), grad_scale, grad_bias, None, None)
 
 
 def _check_towers(
-    image: torch.Tensor, text: torch.Tensor, block_size: int | None,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    block_size: int | None,
     scalars: dict[str, torch.Tensor],
 ) -> int:
     """Check prepared towers and 0-dim scalars; return the tile edge."""
@@ -194,8 +205,10 @@ def _check_towers(
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"{name} must be a 0-dim tensor; got {got}")
         if value.dtype != image.dtype or value.device != image.device:
-            raise ValueError(f"{name} must have image's dtype {image.dtype} and device "
-                             f"{image.device}; got {value.dtype} on {value.device}")
+            raise ValueError(
+                f"{name} must have image's dtype {image.dtype} and device "
+                f"{image.device}; got {value.dtype} on {value.device}"
+            )
     if block_size is None:
         return max(1, min(image.shape[0], TILE_EDGE))
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -205,8 +218,12 @@ def _check_towers(
 
 @eager_under_compile
 def clip_tiled(
-    image: torch.Tensor, text: torch.Tensor, *, scale: torch.Tensor,
-    block_size: int | None = None, row_range: tuple[int, int] | None = None,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    scale: torch.Tensor,
+    block_size: int | None = None,
+    row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Symmetric InfoNCE per pair in :math:`O(N D + b^2)` memory, forward and backward.
 
@@ -239,8 +256,13 @@ def clip_tiled(
 
 @eager_under_compile
 def siglip_tiled(
-    image: torch.Tensor, text: torch.Tensor, *, scale: torch.Tensor, bias: torch.Tensor,
-    block_size: int | None = None, row_range: tuple[int, int] | None = None,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    block_size: int | None = None,
+    row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""SigLIP's pairwise sigmoid loss per image row in :math:`O(N D + b^2)` memory.
 

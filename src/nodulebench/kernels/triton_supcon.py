@@ -92,15 +92,21 @@ class KernelConfig:
 _CONFIGS = {
     (torch.bfloat16, False): KernelConfig(),
     (torch.float16, False): KernelConfig(bwd_block_rows=32, bwd_block_cols=64),
-    (torch.float32, False): KernelConfig(fwd_num_stages=2, bwd_block_rows=32,
-                                         bwd_block_cols=64),
-    (torch.bfloat16, True): KernelConfig(fwd_block_rows=64, fwd_block_cols=32, fwd_num_warps=4,
-                                         bwd_block_rows=32, bwd_block_cols=32),
-    (torch.float16, True): KernelConfig(fwd_block_rows=64, fwd_block_cols=32, fwd_num_warps=4,
-                                        bwd_block_rows=32, bwd_block_cols=16),
-    (torch.float32, True): KernelConfig(fwd_block_rows=64, fwd_block_cols=32, fwd_num_warps=4,
-                                        fwd_num_stages=2, bwd_block_rows=32,
-                                        bwd_block_cols=32),
+    (torch.float32, False): KernelConfig(fwd_num_stages=2, bwd_block_rows=32, bwd_block_cols=64),
+    (torch.bfloat16, True): KernelConfig(
+        fwd_block_rows=64, fwd_block_cols=32, fwd_num_warps=4, bwd_block_rows=32, bwd_block_cols=32
+    ),
+    (torch.float16, True): KernelConfig(
+        fwd_block_rows=64, fwd_block_cols=32, fwd_num_warps=4, bwd_block_rows=32, bwd_block_cols=16
+    ),
+    (torch.float32, True): KernelConfig(
+        fwd_block_rows=64,
+        fwd_block_cols=32,
+        fwd_num_warps=4,
+        fwd_num_stages=2,
+        bwd_block_rows=32,
+        bwd_block_cols=32,
+    ),
 }
 
 
@@ -136,8 +142,9 @@ def compact_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     starts_group = torch.ones_like(sorted_labels, dtype=torch.int32)
     starts_group[1:] = (sorted_labels[1:] != sorted_labels[:-1]).to(torch.int32)
     group_of_sorted = torch.cumsum(starts_group, 0, dtype=torch.int32) - 1
-    group_size_of_sorted = (torch.searchsorted(sorted_labels, sorted_labels, right=True)
-                            - torch.searchsorted(sorted_labels, sorted_labels))
+    group_size_of_sorted = torch.searchsorted(
+        sorted_labels, sorted_labels, right=True
+    ) - torch.searchsorted(sorted_labels, sorted_labels)
     unsort = torch.argsort(order)
     ids = group_of_sorted[unsort].contiguous()
     positives = (group_size_of_sorted[unsort] - 1).to(torch.int32)
@@ -146,10 +153,20 @@ def compact_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @triton.jit
 def _supcon_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the annotations
-    z_ptr, labels_ptr, lse_ptr, pos_stat_ptr,
-    n_rows, dim, stride_row, scale_log2,
-    VARIANT_IN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    z_ptr,
+    labels_ptr,
+    lse_ptr,
+    pos_stat_ptr,
+    n_rows,
+    dim,
+    stride_row,
+    scale_log2,
+    VARIANT_IN: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -159,8 +176,11 @@ def _supcon_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
         dim_in = tl.full([BLOCK_D], 1, tl.int1)
     else:
         dim_in = dims < dim
-    q = tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride_row + dims[None, :],
-                mask=row_in[:, None] & dim_in[None, :], other=0.0)
+    q = tl.load(
+        z_ptr + rows.to(tl.int64)[:, None] * stride_row + dims[None, :],
+        mask=row_in[:, None] & dim_in[None, :],
+        other=0.0,
+    )
     if UPCAST:  # the CPU interpreter mishandles low-precision dots
         q = q.to(tl.float32)
     row_labels = tl.load(labels_ptr + rows, mask=row_in, other=0)
@@ -184,15 +204,15 @@ def _supcon_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
         in_a = col_in[None, :] & (rows[:, None] != cols[None, :])
         s = tl.where(in_a, s, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(s, 1))
-        row_sum = row_sum * tl.exp2(row_max - new_max) + tl.sum(
-            tl.exp2(s - new_max[:, None]), 1)
+        row_sum = row_sum * tl.exp2(row_max - new_max) + tl.sum(tl.exp2(s - new_max[:, None]), 1)
         row_max = new_max
         is_pos = in_a & (row_labels[:, None] == col_labels[None, :])
         if VARIANT_IN:
             s_pos = tl.where(is_pos, s, float("-inf"))
             new_pos_max = tl.maximum(pos_max, tl.max(s_pos, 1))
             pos_acc = pos_acc * tl.exp2(pos_max - new_pos_max) + tl.sum(
-                tl.exp2(s_pos - new_pos_max[:, None]), 1)
+                tl.exp2(s_pos - new_pos_max[:, None]), 1
+            )
             pos_max = new_pos_max
         else:
             pos_acc += tl.sum(tl.where(is_pos, s, 0.0), 1)
@@ -200,19 +220,33 @@ def _supcon_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
     # no P(i), or padding) is 0 and would give log2(0): clamp to 1, the row is invalid.
     tl.store(lse_ptr + rows, row_max + tl.log2(tl.maximum(row_sum, 1.0)), mask=row_in)
     if VARIANT_IN:
-        tl.store(pos_stat_ptr + rows, pos_max + tl.log2(tl.maximum(pos_acc, 1.0)),
-                 mask=row_in)
+        tl.store(pos_stat_ptr + rows, pos_max + tl.log2(tl.maximum(pos_acc, 1.0)), mask=row_in)
     else:
         tl.store(pos_stat_ptr + rows, pos_acc, mask=row_in)
 
 
 @triton.jit
 def _supcon_bwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the annotations
-    z_ptr, labels_ptr, lse_ptr, pos_lse_ptr, coef_ptr, pos_coef_ptr, dz_ptr,
-    n_rows, dim, stride_row, stride_dz_row, scale_log2, inv_temperature,
-    VARIANT_IN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    z_ptr,
+    labels_ptr,
+    lse_ptr,
+    pos_lse_ptr,
+    coef_ptr,
+    pos_coef_ptr,
+    dz_ptr,
+    n_rows,
+    dim,
+    stride_row,
+    stride_dz_row,
+    scale_log2,
+    inv_temperature,
+    VARIANT_IN: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     GRAD_DOT_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -222,8 +256,11 @@ def _supcon_bwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
         dim_in = tl.full([BLOCK_D], 1, tl.int1)
     else:
         dim_in = dims < dim
-    q = tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride_row + dims[None, :],
-                mask=row_in[:, None] & dim_in[None, :], other=0.0)
+    q = tl.load(
+        z_ptr + rows.to(tl.int64)[:, None] * stride_row + dims[None, :],
+        mask=row_in[:, None] & dim_in[None, :],
+        other=0.0,
+    )
     if UPCAST:
         q = q.to(tl.float32)
     row_labels = tl.load(labels_ptr + rows, mask=row_in, other=0)
@@ -258,13 +295,15 @@ def _supcon_bwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
         s = tl.where(in_a, s, float("-inf"))
         # G[rows, cols] from the row anchors plus G[cols, rows]^T from the column
         # anchors: s is symmetric, so the same tile serves both.
-        grad = (row_coef[:, None] * tl.exp2(s - row_lse[:, None])
-                + col_coef[None, :] * tl.exp2(s - col_lse[None, :]))
+        grad = row_coef[:, None] * tl.exp2(s - row_lse[:, None]) + col_coef[None, :] * tl.exp2(
+            s - col_lse[None, :]
+        )
         if VARIANT_IN:
             col_pos_lse = tl.load(pos_lse_ptr + cols, mask=col_in, other=float("inf"))
             s_pos = tl.where(is_pos, s, float("-inf"))
-            grad -= (row_pos_coef[:, None] * tl.exp2(s_pos - row_pos_lse[:, None])
-                     + col_pos_coef[None, :] * tl.exp2(s_pos - col_pos_lse[None, :]))
+            grad -= row_pos_coef[:, None] * tl.exp2(s_pos - row_pos_lse[:, None]) + col_pos_coef[
+                None, :
+            ] * tl.exp2(s_pos - col_pos_lse[None, :])
         else:
             grad -= tl.where(is_pos, row_pos_coef[:, None] + col_pos_coef[None, :], 0.0)
         if GRAD_DOT_FP32:
@@ -277,8 +316,11 @@ def _supcon_bwd_kernel(  # type: ignore[no-untyped-def]  # Triton reads the anno
             else:
                 acc += tl.dot(grad_low, k)
     dz = acc * inv_temperature
-    tl.store(dz_ptr + rows.to(tl.int64)[:, None] * stride_dz_row + dims[None, :],
-             dz.to(dz_ptr.dtype.element_ty), mask=row_in[:, None] & dim_in[None, :])
+    tl.store(
+        dz_ptr + rows.to(tl.int64)[:, None] * stride_dz_row + dims[None, :],
+        dz.to(dz_ptr.dtype.element_ty),
+        mask=row_in[:, None] & dim_in[None, :],
+    )
 
 
 def _block_dim(dim: int) -> int:
@@ -295,8 +337,14 @@ class _SupConTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, label_ids: torch.Tensor, positives: torch.Tensor,
-        temperature: float, variant: str, precision: str, config: KernelConfig,
+        ctx: Any,
+        z: torch.Tensor,
+        label_ids: torch.Tensor,
+        positives: torch.Tensor,
+        temperature: float,
+        variant: str,
+        precision: str,
+        config: KernelConfig,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n_rows, dim = z.shape
         lse2 = torch.empty(n_rows, device=z.device, dtype=torch.float32)
@@ -304,14 +352,24 @@ class _SupConTriton(torch.autograd.Function):
         variant_in = variant == "in"
         grid = (triton.cdiv(n_rows, config.fwd_block_rows),)
         _supcon_fwd_kernel[grid](
-            z, label_ids, lse2, pos_stat2,
-            n_rows, dim, z.stride(0), _LOG2E / temperature,
-            VARIANT_IN=variant_in, UPCAST=interpreter_enabled(),
+            z,
+            label_ids,
+            lse2,
+            pos_stat2,
+            n_rows,
+            dim,
+            z.stride(0),
+            _LOG2E / temperature,
+            VARIANT_IN=variant_in,
+            UPCAST=interpreter_enabled(),
             DOT_PRECISION=_dot_precision(z.dtype, precision),
-            BLOCK_M=config.fwd_block_rows, BLOCK_N=config.fwd_block_cols,
-            BLOCK_D=_block_dim(dim), EVEN_D=_block_dim(dim) == dim,
+            BLOCK_M=config.fwd_block_rows,
+            BLOCK_N=config.fwd_block_cols,
+            BLOCK_D=_block_dim(dim),
+            EVEN_D=_block_dim(dim) == dim,
             num_warps=config.fwd_num_warps,
-            num_stages=config.fwd_num_stages, enable_fp_fusion=True,
+            num_stages=config.fwd_num_stages,
+            enable_fp_fusion=True,
         )
         valid = positives > 0
         count = positives.to(torch.float32).clamp_min(1.0)
@@ -348,16 +406,30 @@ class _SupConTriton(torch.autograd.Function):
         dz = torch.empty_like(z)
         grid = (triton.cdiv(n_rows, config.bwd_block_rows),)
         _supcon_bwd_kernel[grid](
-            z, label_ids, lse_bwd, pos_lse_bwd, coef.contiguous(), pos_coef.contiguous(), dz,
-            n_rows, dim, z.stride(0), dz.stride(0), _LOG2E / ctx.temperature,
+            z,
+            label_ids,
+            lse_bwd,
+            pos_lse_bwd,
+            coef.contiguous(),
+            pos_coef.contiguous(),
+            dz,
+            n_rows,
+            dim,
+            z.stride(0),
+            dz.stride(0),
+            _LOG2E / ctx.temperature,
             1.0 / ctx.temperature,
-            VARIANT_IN=ctx.variant_in, UPCAST=interpreter_enabled(),
+            VARIANT_IN=ctx.variant_in,
+            UPCAST=interpreter_enabled(),
             DOT_PRECISION=_dot_precision(z.dtype, ctx.precision),
             GRAD_DOT_FP32=z.dtype != torch.bfloat16,
-            BLOCK_M=config.bwd_block_rows, BLOCK_N=config.bwd_block_cols,
-            BLOCK_D=_block_dim(dim), EVEN_D=_block_dim(dim) == dim,
+            BLOCK_M=config.bwd_block_rows,
+            BLOCK_N=config.bwd_block_cols,
+            BLOCK_D=_block_dim(dim),
+            EVEN_D=_block_dim(dim) == dim,
             num_warps=config.bwd_num_warps,
-            num_stages=config.bwd_num_stages, enable_fp_fusion=True,
+            num_stages=config.bwd_num_stages,
+            enable_fp_fusion=True,
         )
         return dz, None, None, None, None, None, None
 
@@ -441,12 +513,18 @@ def supcon_triton(
     if labels.device != z.device:
         raise ValueError(f"labels must be on z's device {z.device}; got {labels.device}")
     if z.device.type == "cpu" and not interpreter_enabled():
-        raise ValueError("z on device 'cpu' needs TRITON_INTERPRET=1; got a CPU tensor "
-                         "without it (use the 'tiled' backend on the CPU)")
+        raise ValueError(
+            "z on device 'cpu' needs TRITON_INTERPRET=1; got a CPU tensor "
+            "without it (use the 'tiled' backend on the CPU)"
+        )
     if z.device.type not in caps.devices:
         raise ValueError(f"z must be on one of {caps.devices}; got {z.device}")
     outputs: tuple[torch.Tensor, torch.Tensor] = _SupConTriton.apply(  # type: ignore[no-untyped-call]
-        z.contiguous(), *compact_labels(labels), float(temperature), variant,
-        precision, config if config is not None else default_config(z.dtype, dim),
+        z.contiguous(),
+        *compact_labels(labels),
+        float(temperature),
+        variant,
+        precision,
+        config if config is not None else default_config(z.dtype, dim),
     )
     return outputs

@@ -21,7 +21,10 @@ __all__ = ["clip_reference", "siglip_reference"]
 
 
 def clip_reference(
-    image: torch.Tensor, text: torch.Tensor, *, scale: torch.Tensor,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    scale: torch.Tensor,
     row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Symmetric InfoNCE per pair: the mean of its image->text and text->image terms.
@@ -32,16 +35,18 @@ def clip_reference(
     """
     start, stop = check_row_range(row_range, image.shape[0])
     targets = torch.arange(start, stop, device=image.device)
-    image_to_text = F.cross_entropy(scale * image[start:stop] @ text.T, targets,
-                                    reduction="none")
-    text_to_image = F.cross_entropy(scale * text[start:stop] @ image.T, targets,
-                                    reduction="none")
+    image_to_text = F.cross_entropy(scale * image[start:stop] @ text.T, targets, reduction="none")
+    text_to_image = F.cross_entropy(scale * text[start:stop] @ image.T, targets, reduction="none")
     loss = 0.5 * (image_to_text + text_to_image)
     return loss, torch.ones_like(loss, dtype=torch.bool)
 
 
 def siglip_reference(
-    image: torch.Tensor, text: torch.Tensor, *, scale: torch.Tensor, bias: torch.Tensor,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
     row_range: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Pairwise sigmoid loss per image: :math:`-\sum_j \log \sigma(z_{ij}(s\,x_i \cdot y_j + b))`.
@@ -50,9 +55,10 @@ def siglip_reference(
     """
     start, stop = check_row_range(row_range, image.shape[0])
     logits = scale * image[start:stop] @ text.T + bias
-    own = torch.arange(start, stop, device=image.device)[:, None] == torch.arange(
-        text.shape[0], device=image.device
-    )[None, :]
+    own = (
+        torch.arange(start, stop, device=image.device)[:, None]
+        == torch.arange(text.shape[0], device=image.device)[None, :]
+    )
     signs = torch.where(own, 1.0, -1.0).to(logits.dtype)
     loss = -F.logsigmoid(signs * logits).sum(dim=1)
     return loss, torch.ones_like(loss, dtype=torch.bool)

@@ -101,14 +101,17 @@ def temperature_value(name: str, value: Any) -> None:
     """
     if isinstance(value, torch.Tensor):
         if value.ndim != 0:
-            raise ValueError(f"{name} must be a float or a 0-dim tensor; got a tensor of "
-                             f"shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a float or a 0-dim tensor; got a tensor of "
+                f"shape {tuple(value.shape)}"
+            )
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor; got dtype {value.dtype}")
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number or a 0-dim tensor; "
-                        f"got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a real number or a 0-dim tensor; got {type(value).__name__}"
+        )
 
 
 def in_range(low: float, high: float) -> Check:
@@ -194,8 +197,9 @@ class LossOptions:
         try:
             return cls.from_kwargs(**kwargs)
         except (TypeError, ValueError):
-            abandon_if_gathering(tensor, kwargs.get("gather_distributed"),
-                                 kwargs.get("process_group"))
+            abandon_if_gathering(
+                tensor, kwargs.get("gather_distributed"), kwargs.get("process_group")
+            )
             raise
 
     def describe(self) -> str:
@@ -236,19 +240,36 @@ def options_table(options_type: type[LossOptions]) -> str:
         >>> print(options_table(SupConOptions).splitlines()[0])
         .. list-table:: Options
     """
-    lines = [".. list-table:: Options", "   :header-rows: 1", "   :widths: 20 15 65", "",
-             "   * - option", "     - default", "     - meaning"]
+    lines = [
+        ".. list-table:: Options",
+        "   :header-rows: 1",
+        "   :widths: 20 15 65",
+        "",
+        "   * - option",
+        "     - default",
+        "     - meaning",
+    ]
     for item in declared_fields(options_type):
-        lines += [f"   * - ``{item.name}``", f"     - ``{item.default!r}``",
-                  f"     - {item.metadata.get('doc', '')}"]
+        lines += [
+            f"   * - ``{item.name}``",
+            f"     - ``{item.default!r}``",
+            f"     - {item.metadata.get('doc', '')}",
+        ]
     return "\n".join(lines)
 
 
 def with_options_table(doc: str | None, options_type: type[LossOptions]) -> str:
     """``doc`` with the options table inserted before its example (or at its end)."""
     doc = inspect.cleandoc(doc or "")
-    table = "Options (declared in :class:`~" + options_type.__module__ + "." \
-        + options_type.__qualname__ + "`):\n\n" + options_table(options_type) + "\n"
+    table = (
+        "Options (declared in :class:`~"
+        + options_type.__module__
+        + "."
+        + options_type.__qualname__
+        + "`):\n\n"
+        + options_table(options_type)
+        + "\n"
+    )
     for header in ("\nExample:", "\nExamples:"):
         if header in doc:
             head, tail = doc.split(header, 1)
@@ -260,12 +281,19 @@ def _signature_with_options(
     function: Callable[..., Any], options_type: type[LossOptions]
 ) -> inspect.Signature:
     """``function``'s signature with ``**options`` replaced by the declared options."""
-    parameters = [p for p in inspect.signature(function).parameters.values()
-                  if p.kind != inspect.Parameter.VAR_KEYWORD]
+    parameters = [
+        p
+        for p in inspect.signature(function).parameters.values()
+        if p.kind != inspect.Parameter.VAR_KEYWORD
+    ]
     hints = typing.get_type_hints(options_type)
     declared = [
-        inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=item.default,
-                          annotation=hints[item.name])
+        inspect.Parameter(
+            item.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=item.default,
+            annotation=hints[item.name],
+        )
         for item in declared_fields(options_type)
     ]
     return inspect.signature(function).replace(parameters=parameters + declared)
@@ -295,34 +323,44 @@ def functional_form(options_type: type[LossOptions]) -> Callable[[LossFunction],
 def constructor_signature(options_type: type[LossOptions]) -> inspect.Signature:
     """The signature of a module built from ``options_type`` (without ``self``)."""
     hints = typing.get_type_hints(options_type)
-    parameters = [p.replace(annotation=hints[p.name])
-                  for p in inspect.signature(options_type).parameters.values()]
+    parameters = [
+        p.replace(annotation=hints[p.name])
+        for p in inspect.signature(options_type).parameters.values()
+    ]
     return inspect.Signature(parameters)
 
 
 # --------------------------------------------------------------------------- pairwise
 
 
-_REDUCTION_DOC = ('``"mean"`` (over valid anchors), ``"sum"`` or ``"none"`` (per anchor, '
-                  "shape ``(B,)`` or ``(B, V)``)")
-_BACKEND_DOC = ('who computes the per-anchor losses: ``"auto"``, ``"reference"`` (dense), '
-                '``"tiled"`` (no ``N x N`` matrix) or ``"triton"`` (CUDA, SupCon only); see '
-                ":mod:`nodulebench.kernels.dispatch`")
+_REDUCTION_DOC = (
+    '``"mean"`` (over valid anchors), ``"sum"`` or ``"none"`` (per anchor, '
+    "shape ``(B,)`` or ``(B, V)``)"
+)
+_BACKEND_DOC = (
+    'who computes the per-anchor losses: ``"auto"``, ``"reference"`` (dense), '
+    '``"tiled"`` (no ``N x N`` matrix) or ``"triton"`` (CUDA, SupCon only); see '
+    ":mod:`nodulebench.kernels.dispatch`"
+)
 
 
 @dataclass(frozen=True)
 class EmbeddingOptions(LossOptions):
     """Options every loss on embeddings has, after its own (keyword-only)."""
 
-    normalize: bool = option(True, "L2-normalize each embedding first", check_bool,
-                             kw_only=True)
+    normalize: bool = option(True, "L2-normalize each embedding first", check_bool, kw_only=True)
     reduction: str = option("mean", _REDUCTION_DOC, choice(REDUCTIONS), kw_only=True)
     backend: str = option("auto", _BACKEND_DOC, choice(BACKEND_CHOICES), kw_only=True)
     gather_distributed: bool = option(
-        False, "compute this rank's anchors against the embeddings of all ranks, exact "
-        "under DDP's gradient averaging (see :doc:`/scaling`)", check_bool, kw_only=True)
+        False,
+        "compute this rank's anchors against the embeddings of all ranks, exact "
+        "under DDP's gradient averaging (see :doc:`/scaling`)",
+        check_bool,
+        kw_only=True,
+    )
     process_group: ProcessGroup | None = option(
-        None, "the group to gather over; ``None`` means the default group", kw_only=True)
+        None, "the group to gather over; ``None`` means the default group", kw_only=True
+    )
 
 
 @dataclass(frozen=True)
@@ -347,8 +385,9 @@ class PairwiseOptions(EmbeddingOptions):
     def per_anchor(self, prepared: PreparedEmbeddings) -> PerAnchor:
         """Per-anchor loss, valid mask and (for sums of several terms) counts."""
         z, labels, where = prepared.kernel_inputs()
-        result = run_per_anchor(self.kernel(), z, labels, backend=self.backend, **where,
-                                **self.kernel_options())
+        result = run_per_anchor(
+            self.kernel(), z, labels, backend=self.backend, **where, **self.kernel_options()
+        )
         if len(result) == 3:
             total, counts, valid = result
             return total, valid, counts
@@ -364,8 +403,7 @@ def compute_pairwise(
     ref_labels: torch.Tensor | None = None,
 ) -> ReducedLoss:
     """Prepare the inputs, compute the per-anchor loss, reduce: every pairwise loss."""
-    return compute_prepared(options, embeddings, labels, ref_emb=ref_emb,
-                            ref_labels=ref_labels)[0]
+    return compute_prepared(options, embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels)[0]
 
 
 def compute_prepared(
@@ -380,13 +418,18 @@ def compute_prepared(
     ``nodulebench.losses._inputs.prepare_embeddings``.
     """
     prepared = prepare_embeddings(
-        embeddings, labels, normalize=options.normalize,
+        embeddings,
+        labels,
+        normalize=options.normalize,
         labels_required=options.labels_required,
-        gather_distributed=options.gather_distributed, process_group=options.process_group,
+        gather_distributed=options.gather_distributed,
+        process_group=options.process_group,
         # The header only where it is exchanged: building it does not trace under compile.
-        options=options.header() if options.gather_distributed else None, **columns,
+        options=options.header() if options.gather_distributed else None,
+        **columns,
     )
     loss, valid, counts = options.per_anchor(prepared)
-    reduced = reduce_per_anchor(loss, valid, reduction=options.reduction, prepared=prepared,
-                                counts=counts)
+    reduced = reduce_per_anchor(
+        loss, valid, reduction=options.reduction, prepared=prepared, counts=counts
+    )
     return reduced, prepared

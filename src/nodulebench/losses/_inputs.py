@@ -122,15 +122,22 @@ class PreparedEmbeddings:
         batch ``z``) and ``reference`` (a separate reference set), each None when unused.
         """
         if self.reference:
-            return self.rows, self.labels, {
-                "row_range": None, "reference": (self.columns, self.column_labels)}
-        return self.columns, self.column_labels, {"row_range": self.row_range,
-                                                  "reference": None}
+            return (
+                self.rows,
+                self.labels,
+                {"row_range": None, "reference": (self.columns, self.column_labels)},
+            )
+        return self.columns, self.column_labels, {"row_range": self.row_range, "reference": None}
 
 
 def _flatten(
-    name: str, embeddings: torch.Tensor, labels: torch.Tensor | None, labels_name: str,
-    *, normalize: bool, dtype: torch.dtype | None = None,
+    name: str,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor | None,
+    labels_name: str,
+    *,
+    normalize: bool,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
     """Check ``embeddings`` ``(B, D)`` / ``(B, V, D)`` and ``labels`` ``(B,)``; flatten.
 
@@ -140,8 +147,10 @@ def _flatten(
     check_ndim(name, embeddings, (2, 3), "(B, D) or (B, V, D)")
     check_floating(name, embeddings)
     if embeddings.numel() == 0:
-        raise ValueError(f"{name} must hold at least one sample, view and feature "
-                         f"(B, V, D >= 1); got shape {tuple(embeddings.shape)}")
+        raise ValueError(
+            f"{name} must hold at least one sample, view and feature "
+            f"(B, V, D >= 1); got shape {tuple(embeddings.shape)}"
+        )
     batch = embeddings.shape[0]
     views = embeddings.shape[1] if embeddings.ndim == 3 else 1
     row_labels = None
@@ -215,13 +224,18 @@ def prepare_embeddings(
         _check_bool("normalize", normalize)
         _check_bool("gather_distributed", gather_distributed)
         if ref_emb is None and ref_labels is not None:
-            raise TypeError("ref_labels were given without ref_emb; pass the reference "
-                            "embeddings too, or neither")
+            raise TypeError(
+                "ref_labels were given without ref_emb; pass the reference "
+                "embeddings too, or neither"
+            )
         if ref_emb is not None and (labels is None) != (ref_labels is None):
-            given, missing = (("labels", "ref_labels") if ref_labels is None
-                              else ("ref_labels", "labels"))
-            raise TypeError(f"{given} were given but {missing} is None: a reference set "
-                            "needs labels for both the anchors and the reference rows")
+            given, missing = (
+                ("labels", "ref_labels") if ref_labels is None else ("ref_labels", "labels")
+            )
+            raise TypeError(
+                f"{given} were given but {missing} is None: a reference set "
+                "needs labels for both the anchors and the reference rows"
+            )
         rows, row_labels, leading_shape = _flatten(
             "embeddings", embeddings, labels, "labels", normalize=normalize
         )
@@ -233,18 +247,31 @@ def prepare_embeddings(
     gather = gather_distributed and is_distributed(process_group)
     batch = embeddings.shape[0]
     views = embeddings.shape[1] if embeddings.ndim == 3 else 1
-    agree = {**(options or {}), "normalize": normalize,
-             "kind of labels": None if labels is None else "tensor"}
+    agree = {
+        **(options or {}),
+        "normalize": normalize,
+        "kind of labels": None if labels is None else "tensor",
+    }
     if ref_emb is not None:
-        return _with_reference(rows, row_labels, leading_shape, embeddings, ref_emb,
-                               ref_labels, normalize=normalize,
-                               gather_distributed=gather_distributed, gather=gather,
-                               process_group=process_group, agree=agree)
+        return _with_reference(
+            rows,
+            row_labels,
+            leading_shape,
+            embeddings,
+            ref_emb,
+            ref_labels,
+            normalize=normalize,
+            gather_distributed=gather_distributed,
+            gather=gather,
+            process_group=process_group,
+            agree=agree,
+        )
     # One exchange of the sizes and everything the ranks must agree on; checked locally
     # (and the identity) without a process group, so a bad option shows up in any run.
     sample_sizes = (
         gather_sizes(embeddings, process_group, agree=agree, name="embeddings")
-        if gather_distributed else (batch,)
+        if gather_distributed
+        else (batch,)
     )
     first_sample = sum(sample_sizes[: get_rank(process_group)]) if gather else 0
     if row_labels is None:
@@ -260,7 +287,12 @@ def prepare_embeddings(
         columns = torch.cat((columns, memory_rows.to(columns.dtype)))
         column_labels = torch.cat((column_labels, memory_labels))
     return PreparedEmbeddings(
-        rows, row_labels, leading_shape, embeddings, columns, column_labels,
+        rows,
+        row_labels,
+        leading_shape,
+        embeddings,
+        columns,
+        column_labels,
         row_offset=first_sample * views,
         world_size=get_world_size(process_group) if gather else 1,
         group=process_group if gather else None,
@@ -280,16 +312,28 @@ def abandon_if_gathering(
 
 
 def _with_reference(
-    rows: torch.Tensor, row_labels: torch.Tensor | None, leading_shape: tuple[int, ...],
-    embeddings: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor | None,
-    *, normalize: bool, gather_distributed: bool, gather: bool,
-    process_group: ProcessGroup | None, agree: Mapping[str, object],
+    rows: torch.Tensor,
+    row_labels: torch.Tensor | None,
+    leading_shape: tuple[int, ...],
+    embeddings: torch.Tensor,
+    ref_emb: torch.Tensor,
+    ref_labels: torch.Tensor | None,
+    *,
+    normalize: bool,
+    gather_distributed: bool,
+    gather: bool,
+    process_group: ProcessGroup | None,
+    agree: Mapping[str, object],
 ) -> PreparedEmbeddings:
     """The prepared anchors against a separate reference set (gathered if asked)."""
     assert row_labels is not None  # prepare_embeddings checked both label sets
     try:
         columns, column_labels, ref_shape = _flatten(
-            "ref_emb", ref_emb, ref_labels, "ref_labels", normalize=normalize,
+            "ref_emb",
+            ref_emb,
+            ref_labels,
+            "ref_labels",
+            normalize=normalize,
             dtype=rows.dtype,
         )
         if columns.shape[1] != rows.shape[1]:
@@ -298,25 +342,30 @@ def _with_reference(
                 f"embeddings {tuple(embeddings.shape)}; got shape {tuple(ref_emb.shape)}"
             )
         if columns.device != rows.device:
-            raise ValueError(f"ref_emb must be on the device of embeddings ({rows.device}); "
-                             f"got {columns.device}")
+            raise ValueError(
+                f"ref_emb must be on the device of embeddings ({rows.device}); got {columns.device}"
+            )
     except (TypeError, ValueError):
         abandon_if_gathering(embeddings, gather_distributed, process_group)
         raise
     assert column_labels is not None
     # The reference rows are what is gathered: their sizes, and the agreement, as above.
     ref_sizes = (
-        gather_sizes(columns.reshape(*ref_shape, -1), process_group, agree=agree,
-                     name="ref_emb")
-        if gather_distributed else ()
+        gather_sizes(columns.reshape(*ref_shape, -1), process_group, agree=agree, name="ref_emb")
+        if gather_distributed
+        else ()
     )
     if not gather:
-        return PreparedEmbeddings(rows, row_labels, leading_shape, embeddings, columns,
-                                  column_labels, reference=True)
+        return PreparedEmbeddings(
+            rows, row_labels, leading_shape, embeddings, columns, column_labels, reference=True
+        )
     views = ref_shape[1] if len(ref_shape) == 2 else 1
     sizes = [size * views for size in ref_sizes]
     return PreparedEmbeddings(
-        rows, row_labels, leading_shape, embeddings,
+        rows,
+        row_labels,
+        leading_shape,
+        embeddings,
         columns=all_gather_with_grad(columns, process_group, sizes=sizes),
         column_labels=all_gather_no_grad(column_labels, process_group, sizes=sizes),
         world_size=get_world_size(process_group),

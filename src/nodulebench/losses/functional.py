@@ -95,10 +95,12 @@ Temperature = float | torch.Tensor
 
 _TEMPERATURE_DOC = (
     "a 0-dim tensor may require grad (a learnable temperature); with ``log_scale`` "
-    "it is CLIP's ``logit_scale``")
+    "it is CLIP's ``logit_scale``"
+)
 _LOG_SCALE_DOC = (
     "read ``temperature`` as CLIP's ``logit_scale`` :math:`t`: :math:`\\tau = e^{-t}`, "
-    "positive for every real :math:`t` (the safe form for a learnable temperature)")
+    "positive for every real :math:`t` (the safe form for a learnable temperature)"
+)
 
 
 def check_temperature(temperature: Temperature, log_scale: bool) -> None:
@@ -108,16 +110,24 @@ def check_temperature(temperature: Temperature, log_scale: bool) -> None:
     built, so once per module but on every call of a functional form.
     """
     if log_scale:
-        finite = (bool(torch.isfinite(temperature)) if isinstance(temperature, torch.Tensor)
-                  else math.isfinite(temperature))
+        finite = (
+            bool(torch.isfinite(temperature))
+            if isinstance(temperature, torch.Tensor)
+            else math.isfinite(temperature)
+        )
         if not finite:
             raise ValueError(f"temperature (a log-scale) must be finite; got {temperature!r}")
         return
-    positive = (bool(temperature > 0) if isinstance(temperature, torch.Tensor)
-                else math.isfinite(temperature) and temperature > 0)
+    positive = (
+        bool(temperature > 0)
+        if isinstance(temperature, torch.Tensor)
+        else math.isfinite(temperature) and temperature > 0
+    )
     if not positive:
-        raise ValueError(f"temperature must be > 0; got {temperature!r} (a learnable one "
-                         "stays positive as a log-scale: log_scale=True)")
+        raise ValueError(
+            f"temperature must be > 0; got {temperature!r} (a learnable one "
+            "stays positive as a log-scale: log_scale=True)"
+        )
 
 
 def effective_temperature(temperature: Temperature, log_scale: bool) -> Temperature:
@@ -138,13 +148,22 @@ class SupConOptions(PairwiseOptions):
     labels_required: ClassVar[bool] = False
 
     temperature: Temperature = option(
-        0.1, "``tau > 0`` (0.1 here and in pytorch-metric-learning's SupConLoss, 0.07 in "
-        "the SupCon reference code); " + _TEMPERATURE_DOC, temperature_value)
-    variant: str = option("out", '``"out"`` (the paper\'s recommended '
-                          ':math:`L_{out}`) or ``"in"``', choice(SUPCON_VARIANTS))
+        0.1,
+        "``tau > 0`` (0.1 here and in pytorch-metric-learning's SupConLoss, 0.07 in "
+        "the SupCon reference code); " + _TEMPERATURE_DOC,
+        temperature_value,
+    )
+    variant: str = option(
+        "out",
+        '``"out"`` (the paper\'s recommended :math:`L_{out}`) or ``"in"``',
+        choice(SUPCON_VARIANTS),
+    )
     base_temperature: float | None = option(
-        None, "if set, each anchor's loss is multiplied by ``temperature / "
-        "base_temperature`` (the reference code's convention)", optional(positive))
+        None,
+        "if set, each anchor's loss is multiplied by ``temperature / "
+        "base_temperature`` (the reference code's convention)",
+        optional(positive),
+    )
     log_scale: bool = option(False, _LOG_SCALE_DOC, check_bool)
 
     def __post_init__(self) -> None:
@@ -158,13 +177,15 @@ class SupConOptions(PairwiseOptions):
     def per_anchor(self, prepared: PreparedEmbeddings) -> PerAnchor:
         """The kernel's per-anchor loss, rescaled by ``base_temperature`` if set."""
         tau = effective_temperature(self.temperature, self.log_scale)
-        return _supcon_per_anchor(prepared, tau, self.variant, self.base_temperature,
-                                  self.backend)
+        return _supcon_per_anchor(prepared, tau, self.variant, self.base_temperature, self.backend)
 
 
 def _supcon_per_anchor(
-    prepared: PreparedEmbeddings, tau: Temperature, variant: str,
-    base_temperature: float | None, backend: str,
+    prepared: PreparedEmbeddings,
+    tau: Temperature,
+    variant: str,
+    base_temperature: float | None,
+    backend: str,
 ) -> PerAnchor:
     r"""SupCon's per-anchor loss at temperature ``tau``, on the chosen backend.
 
@@ -184,8 +205,9 @@ def _supcon_per_anchor(
         kernel_tau = float(tau)
     if where["reference"] is None:
         z = _kernel_rows(z, prepared, backend, variant)
-    loss, valid = run_per_anchor("supcon", z, labels, backend=backend, **where,
-                                 temperature=kernel_tau, variant=variant)
+    loss, valid = run_per_anchor(
+        "supcon", z, labels, backend=backend, **where, temperature=kernel_tau, variant=variant
+    )
     if base_temperature is not None:
         loss = loss * (tau / base_temperature)
     return loss, valid, None
@@ -205,8 +227,7 @@ def _kernel_rows(
     if backend == "auto" and rows.device.type != "cuda":
         return rows
     low = rows.to(input_dtype)
-    chosen = select_backend("supcon", backend, low, variant=variant,
-                            row_range=prepared.row_range)
+    chosen = select_backend("supcon", backend, low, variant=variant, row_range=prepared.row_range)
     return low if chosen == "triton" else rows
 
 
@@ -257,8 +278,13 @@ def supcon_loss(
         >>> print(f"{supcon_loss(z, y, temperature=0.5).item():.4f}")
         0.4302
     """
-    return compute_pairwise(SupConOptions.for_call(embeddings, **options), embeddings, labels,
-                            ref_emb=ref_emb, ref_labels=ref_labels).loss
+    return compute_pairwise(
+        SupConOptions.for_call(embeddings, **options),
+        embeddings,
+        labels,
+        ref_emb=ref_emb,
+        ref_labels=ref_labels,
+    ).loss
 
 
 # --------------------------------------------------------------------------- NT-Xent
@@ -269,13 +295,18 @@ class NTXentOptions(PairwiseOptions):
     """The options of :func:`ntxent_loss` and :class:`~nodulebench.NTXentLoss`."""
 
     name: ClassVar[str] = "ntxent"
-    citation: ClassVar[str] = ("Chen et al., A Simple Framework for Contrastive Learning of "
-                               "Visual Representations (SimCLR), ICML 2020")
+    citation: ClassVar[str] = (
+        "Chen et al., A Simple Framework for Contrastive Learning of "
+        "Visual Representations (SimCLR), ICML 2020"
+    )
     labels_required: ClassVar[bool] = False
 
     temperature: Temperature = option(
-        0.1, "``tau > 0`` (0.1 here; 0.5 in SimCLR and lightly, 0.07 in "
-        "pytorch-metric-learning); " + _TEMPERATURE_DOC, temperature_value)
+        0.1,
+        "``tau > 0`` (0.1 here; 0.5 in SimCLR and lightly, 0.07 in "
+        "pytorch-metric-learning); " + _TEMPERATURE_DOC,
+        temperature_value,
+    )
     log_scale: bool = option(False, _LOG_SCALE_DOC, check_bool)
 
     def __post_init__(self) -> None:
@@ -304,11 +335,11 @@ def _stack_views(view1: torch.Tensor, view2: torch.Tensor | None) -> torch.Tenso
     for name, view in (("view1", view1), ("view2", view2)):
         if not isinstance(view, torch.Tensor) or view.ndim != 2:
             shape = tuple(view.shape) if isinstance(view, torch.Tensor) else type(view)
-            raise ValueError(f"{name} must have shape (B, D) when two views are given; "
-                             f"got {shape}")
+            raise ValueError(f"{name} must have shape (B, D) when two views are given; got {shape}")
     if view1.shape != view2.shape:
-        raise ValueError(f"view2 must have the shape of view1 {tuple(view1.shape)}; "
-                         f"got {tuple(view2.shape)}")
+        raise ValueError(
+            f"view2 must have the shape of view1 {tuple(view1.shape)}; got {tuple(view2.shape)}"
+        )
     return torch.stack((view1, view2), dim=1)
 
 
@@ -319,7 +350,8 @@ def reject_reference_set(given: bool) -> None:
             "NT-Xent takes no ref_emb / ref_labels: its positives are the other views of "
             "the same sample, and a reference row is a view of no anchor's sample; for "
             "extra candidates pass labels (e.g. sample indices) to supcon_loss / SupConLoss "
-            "with ref_emb and ref_labels")
+            "with ref_emb and ref_labels"
+        )
 
 
 def ntxent_views(view1: torch.Tensor, view2: torch.Tensor | None) -> torch.Tensor:
@@ -361,8 +393,9 @@ def ntxent_loss(
         0.3348
     """
     reject_reference_set("ref_emb" in options or "ref_labels" in options)
-    return compute_pairwise(NTXentOptions.for_call(view1, **options),
-                            ntxent_views(view1, view2), None).loss
+    return compute_pairwise(
+        NTXentOptions.for_call(view1, **options), ntxent_views(view1, view2), None
+    ).loss
 
 
 # --------------------------------------------------------------------------- Contrastive
@@ -377,29 +410,47 @@ class ContrastiveOptions(PairwiseOptions):
     """The options of :func:`contrastive_loss` and :class:`~nodulebench.ContrastiveLoss`."""
 
     name: ClassVar[str] = "contrastive"
-    citation: ClassVar[str] = ("Hadsell, Chopra & LeCun, Dimensionality Reduction by "
-                               "Learning an Invariant Mapping, CVPR 2006")
+    citation: ClassVar[str] = (
+        "Hadsell, Chopra & LeCun, Dimensionality Reduction by "
+        "Learning an Invariant Mapping, CVPR 2006"
+    )
 
-    margin: float = option(1.0, "``m >= 0``, the distance beyond which a negative pair "
-                           "costs nothing (pytorch-metric-learning's ``neg_margin``)",
-                           non_negative)
-    form: str = option("hadsell", '``"hadsell"`` (squared hinge terms, mean over all '
-                       'pairs) or ``"pml"`` (pytorch-metric-learning\'s: unsquared hinge '
-                       "terms, mean over the non-zero ones); see above",
-                       choice(CONTRASTIVE_FORMS))
-    pos_margin: float = option(0.0, '``>= 0``, with ``form="pml"``: positive pairs cost '
-                               "only beyond this distance; Hadsell's form needs 0",
-                               non_negative)
-    normalize: bool = option(False, "L2-normalize each embedding first (off, as in the "
-                             'paper; pytorch-metric-learning normalizes: pass ``True`` '
-                             'with ``form="pml"``)', check_bool, kw_only=True)
+    margin: float = option(
+        1.0,
+        "``m >= 0``, the distance beyond which a negative pair "
+        "costs nothing (pytorch-metric-learning's ``neg_margin``)",
+        non_negative,
+    )
+    form: str = option(
+        "hadsell",
+        '``"hadsell"`` (squared hinge terms, mean over all '
+        'pairs) or ``"pml"`` (pytorch-metric-learning\'s: unsquared hinge '
+        "terms, mean over the non-zero ones); see above",
+        choice(CONTRASTIVE_FORMS),
+    )
+    pos_margin: float = option(
+        0.0,
+        '``>= 0``, with ``form="pml"``: positive pairs cost '
+        "only beyond this distance; Hadsell's form needs 0",
+        non_negative,
+    )
+    normalize: bool = option(
+        False,
+        "L2-normalize each embedding first (off, as in the "
+        "paper; pytorch-metric-learning normalizes: pass ``True`` "
+        'with ``form="pml"``)',
+        check_bool,
+        kw_only=True,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.form == "hadsell" and self.pos_margin != 0:
-            raise ValueError('pos_margin must be 0 with form="hadsell" (its positive pairs '
-                             f'are pulled to distance 0); got {self.pos_margin!r}; '
-                             'pass form="pml" for a positive margin')
+            raise ValueError(
+                'pos_margin must be 0 with form="hadsell" (its positive pairs '
+                f"are pulled to distance 0); got {self.pos_margin!r}; "
+                'pass form="pml" for a positive margin'
+            )
 
     def kernel(self) -> str:
         """The per-anchor computation of the chosen form."""
@@ -462,8 +513,13 @@ def contrastive_loss(
         >>> print(f"{contrastive_loss(z, y, form='pml').item():.4f}")  # 0.95 + 0.3095
         1.2595
     """
-    return compute_pairwise(ContrastiveOptions.for_call(embeddings, **options), embeddings, labels,
-                            ref_emb=ref_emb, ref_labels=ref_labels).loss
+    return compute_pairwise(
+        ContrastiveOptions.for_call(embeddings, **options),
+        embeddings,
+        labels,
+        ref_emb=ref_emb,
+        ref_labels=ref_labels,
+    ).loss
 
 
 # --------------------------------------------------------------------------- Triplet
@@ -476,14 +532,17 @@ class TripletOptions(PairwiseOptions):
     """The options of :func:`triplet_margin_loss` and :class:`~nodulebench.TripletMarginLoss`."""
 
     name: ClassVar[str] = "triplet"
-    citation: ClassVar[str] = ("Schroff et al., FaceNet, CVPR 2015; Hermans et al., In "
-                               "Defense of the Triplet Loss, 2017")
+    citation: ClassVar[str] = (
+        "Schroff et al., FaceNet, CVPR 2015; Hermans et al., In Defense of the Triplet Loss, 2017"
+    )
 
     margin: float = option(0.2, "``m >= 0`` (0.2 as in FaceNet)", non_negative)
-    distance: str = option("euclidean", '``"euclidean"``, ``"squared_euclidean"`` or '
-                           '``"cosine"``', choice(DISTANCES))
-    mining: str = option("hard", '``"hard"``, ``"all"`` or ``"semihard"`` (see above)',
-                         choice(TRIPLET_MININGS))
+    distance: str = option(
+        "euclidean", '``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``', choice(DISTANCES)
+    )
+    mining: str = option(
+        "hard", '``"hard"``, ``"all"`` or ``"semihard"`` (see above)', choice(TRIPLET_MININGS)
+    )
 
     def kernel(self) -> str:
         """The mining picks the kernel."""
@@ -538,8 +597,13 @@ def triplet_margin_loss(
         >>> print(f"{triplet_margin_loss(z, y, normalize=False, mining='all').item():.4f}")
         0.7000
     """
-    return compute_pairwise(TripletOptions.for_call(embeddings, **options), embeddings, labels,
-                            ref_emb=ref_emb, ref_labels=ref_labels).loss
+    return compute_pairwise(
+        TripletOptions.for_call(embeddings, **options),
+        embeddings,
+        labels,
+        ref_emb=ref_emb,
+        ref_labels=ref_labels,
+    ).loss
 
 
 # --------------------------------------------------------------------------- Multi-similarity
@@ -550,17 +614,27 @@ class MultiSimilarityOptions(PairwiseOptions):
     """The options of :func:`multi_similarity_loss` and its module."""
 
     name: ClassVar[str] = "multi_similarity"
-    citation: ClassVar[str] = ("Wang et al., Multi-Similarity Loss with General Pair "
-                               "Weighting for Deep Metric Learning, CVPR 2019")
+    citation: ClassVar[str] = (
+        "Wang et al., Multi-Similarity Loss with General Pair "
+        "Weighting for Deep Metric Learning, CVPR 2019"
+    )
 
     alpha: float = option(2.0, "positive scale ``> 0`` (published 2)", positive)
     beta: float = option(50.0, "negative scale ``> 0`` (published 50)", positive)
-    base: float = option(0.5, r"the similarity margin :math:`\lambda` in ``[-1, 1]`` "
-                         "(published 0.5)", in_range(-1.0, 1.0))
+    base: float = option(
+        0.5,
+        r"the similarity margin :math:`\lambda` in ``[-1, 1]`` "
+        "(published 0.5)",
+        in_range(-1.0, 1.0),
+    )
     epsilon: float = option(0.1, "mining margin ``>= 0`` (published 0.1)", non_negative)
-    normalize: bool = option(True, "L2-normalize first, so that ``S`` is the cosine "
-                             "similarity; with ``False`` ``S`` is the raw dot product",
-                             check_bool, kw_only=True)
+    normalize: bool = option(
+        True,
+        "L2-normalize first, so that ``S`` is the cosine "
+        "similarity; with ``False`` ``S`` is the raw dot product",
+        check_bool,
+        kw_only=True,
+    )
 
     def kernel(self) -> str:
         """The multi-similarity loss with its mining."""
@@ -568,8 +642,7 @@ class MultiSimilarityOptions(PairwiseOptions):
 
     def kernel_options(self) -> Mapping[str, Any]:
         """The four scalars."""
-        return {"alpha": self.alpha, "beta": self.beta, "base": self.base,
-                "epsilon": self.epsilon}
+        return {"alpha": self.alpha, "beta": self.beta, "base": self.base, "epsilon": self.epsilon}
 
 
 @functional_form(MultiSimilarityOptions)
@@ -615,8 +688,13 @@ def multi_similarity_loss(
         >>> print(f"{multi_similarity_loss(z, y).item():.4f}")
         0.3394
     """
-    return compute_pairwise(MultiSimilarityOptions.for_call(embeddings, **options), embeddings,
-                            labels, ref_emb=ref_emb, ref_labels=ref_labels).loss
+    return compute_pairwise(
+        MultiSimilarityOptions.for_call(embeddings, **options),
+        embeddings,
+        labels,
+        ref_emb=ref_emb,
+        ref_labels=ref_labels,
+    ).loss
 
 
 # --------------------------------------------------------------------------- Cross-entropy
@@ -671,19 +749,29 @@ def cross_entropy_loss(
     check_integer_tensor("targets", targets)
     batch, num_classes = logits.shape
     if targets.shape[0] != batch:
-        raise ValueError(f"targets must have shape (B,) = ({batch},) to match logits of shape "
-                         f"{tuple(logits.shape)}; got shape {tuple(targets.shape)}")
+        raise ValueError(
+            f"targets must have shape (B,) = ({batch},) to match logits of shape "
+            f"{tuple(logits.shape)}; got shape {tuple(targets.shape)}"
+        )
     if targets.numel() > 0:
         low, high = int(targets.min().item()), int(targets.max().item())
         if low < 0 or high >= num_classes:
-            raise ValueError(f"targets must lie in [0, {num_classes}) for logits with "
-                             f"C = {num_classes} classes; got values in [{low}, {high}]")
+            raise ValueError(
+                f"targets must lie in [0, {num_classes}) for logits with "
+                f"C = {num_classes} classes; got values in [{low}, {high}]"
+            )
     check_cross_entropy_options(label_smoothing, weight, reduction)
     dtype = compute_dtype(logits.dtype)
     if weight is not None:
         if weight.shape[0] != num_classes:
-            raise ValueError(f"weight must have shape (C,) = ({num_classes},); "
-                             f"got shape {tuple(weight.shape)}")
+            raise ValueError(
+                f"weight must have shape (C,) = ({num_classes},); got shape {tuple(weight.shape)}"
+            )
         weight = weight.to(device=logits.device, dtype=dtype)
-    return F.cross_entropy(logits.to(dtype), targets.to(device=logits.device, dtype=torch.int64),
-                           weight=weight, reduction=reduction, label_smoothing=label_smoothing)
+    return F.cross_entropy(
+        logits.to(dtype),
+        targets.to(device=logits.device, dtype=torch.int64),
+        weight=weight,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )

@@ -78,11 +78,14 @@ def _check_row_vector(name: str, tensor: Any, embeddings: torch.Tensor, what: st
     check_integer_tensor(name, tensor)
     batch = embeddings.shape[0] if embeddings.ndim > 0 else 0
     if tensor.shape[0] != batch:
-        raise ValueError(f"{name} must have shape (B,) = ({batch},) to match {what} of shape "
-                         f"{tuple(embeddings.shape)}; got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must have shape (B,) = ({batch},) to match {what} of shape "
+            f"{tuple(embeddings.shape)}; got shape {tuple(tensor.shape)}"
+        )
     if tensor.device != embeddings.device:
-        raise ValueError(f"{name} must be on the device of {what} ({embeddings.device}); "
-                         f"got {tensor.device}")
+        raise ValueError(
+            f"{name} must be on the device of {what} ({embeddings.device}); got {tensor.device}"
+        )
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,17 @@ class CnCOptions(PairwiseOptions):
     """The options of :func:`cnc_loss` and :class:`CnCLoss`."""
 
     name: ClassVar[str] = "cnc"
-    citation: ClassVar[str] = ("Zhang et al., Correct-N-Contrast: A Contrastive Approach for "
-                               "Improving Robustness to Spurious Correlations, ICML 2022")
+    citation: ClassVar[str] = (
+        "Zhang et al., Correct-N-Contrast: A Contrastive Approach for "
+        "Improving Robustness to Spurious Correlations, ICML 2022"
+    )
 
     temperature: float = option(0.1, "``tau > 0``", positive)
-    variant: str = option("out", '``"out"`` (the paper\'s form: mean over positives '
-                          'outside the log) or ``"in"``', choice(SUPCON_VARIANTS))
+    variant: str = option(
+        "out",
+        '``"out"`` (the paper\'s form: mean over positives outside the log) or ``"in"``',
+        choice(SUPCON_VARIANTS),
+    )
 
     def kernel(self) -> str:
         """Correct-N-Contrast's per-anchor computation (on pair labels)."""
@@ -104,13 +112,21 @@ class CnCOptions(PairwiseOptions):
     def per_anchor(self, prepared: PreparedEmbeddings) -> PerAnchor:
         """The kernel's per-anchor loss; the prepared labels are pair labels."""
         z, pair_labels, where = prepared.kernel_inputs()
-        loss, valid = run_per_anchor("cnc", z, pair_labels, backend=self.backend, **where,
-                                     temperature=self.temperature, variant=self.variant)
+        loss, valid = run_per_anchor(
+            "cnc",
+            z,
+            pair_labels,
+            backend=self.backend,
+            **where,
+            temperature=self.temperature,
+            variant=self.variant,
+        )
         return loss, valid, None
 
 
-def _pair_labels(embeddings: torch.Tensor, labels: Any, predictions: Any,
-                 options: PairwiseOptions) -> torch.Tensor:
+def _pair_labels(
+    embeddings: torch.Tensor, labels: Any, predictions: Any, options: PairwiseOptions
+) -> torch.Tensor:
     """The packed pair labels of checked inputs.
 
     A rejected input still meets the other ranks at the gather's header exchange, so
@@ -118,8 +134,7 @@ def _pair_labels(embeddings: torch.Tensor, labels: Any, predictions: Any,
     """
     try:
         if not isinstance(embeddings, torch.Tensor):
-            raise TypeError(
-                f"embeddings must be a torch.Tensor; got {type(embeddings).__name__}")
+            raise TypeError(f"embeddings must be a torch.Tensor; got {type(embeddings).__name__}")
         _check_row_vector("labels", labels, embeddings, "embeddings")
         _check_row_vector("predictions", predictions, embeddings, "embeddings")
     except (TypeError, ValueError):
@@ -178,12 +193,17 @@ def cnc_loss(
         0.5130
     """
     opts = CnCOptions.for_call(embeddings, **options)
-    return compute_pairwise(opts, embeddings,
-                            _pair_labels(embeddings, labels, predictions, opts)).loss
+    return compute_pairwise(
+        opts, embeddings, _pair_labels(embeddings, labels, predictions, opts)
+    ).loss
 
 
-@register_loss(CnCOptions.name, consumes="embeddings_and_predictions", requires_labels=True,
-               citation=CnCOptions.citation)
+@register_loss(
+    CnCOptions.name,
+    consumes="embeddings_and_predictions",
+    requires_labels=True,
+    citation=CnCOptions.citation,
+)
 class CnCLoss(PairwiseLoss):
     """Correct-N-Contrast; see :func:`~nodulebench.losses.group_robust.cnc_loss`.
 
@@ -216,8 +236,9 @@ def _check_group_counts(name: str, value: Any) -> None:
     if value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"{name} must be a real tensor; got dtype {value.dtype}")
     if value.numel() and not bool((value > 0).all()):
-        raise ValueError(f"{name} must be > 0 for every group (training-set sizes); "
-                         f"got {value.tolist()}")
+        raise ValueError(
+            f"{name} must be > 0 for every group (training-set sizes); got {value.tolist()}"
+        )
 
 
 def _check_num_groups(name: str, value: Any) -> None:
@@ -229,37 +250,67 @@ class GroupDROOptions(LossOptions):
     """The options of :func:`group_dro_loss` and :class:`GroupDROLoss`."""
 
     name: ClassVar[str] = "group_dro"
-    citation: ClassVar[str] = ("Sagawa et al., Distributionally Robust Neural Networks for "
-                               "Group Shifts, ICLR 2020")
+    citation: ClassVar[str] = (
+        "Sagawa et al., Distributionally Robust Neural Networks for Group Shifts, ICLR 2020"
+    )
 
-    num_groups: int = option(4, "number of groups :math:`G` (e.g. 2 classes x 2 shortcut "
-                             "sides); group ids lie in ``[0, G)``", _check_num_groups)
-    step_size: float = option(0.01, r"step :math:`\eta_q` of the exponentiated-gradient "
-                              "update of the group weights (the paper's 0.01)", non_negative)
-    adjustment: float = option(0.0, r"group adjustment :math:`C`: each group's loss gets "
-                               r":math:`C / \sqrt{n_g}` in the update (0: none)", non_negative)
+    num_groups: int = option(
+        4,
+        "number of groups :math:`G` (e.g. 2 classes x 2 shortcut "
+        "sides); group ids lie in ``[0, G)``",
+        _check_num_groups,
+    )
+    step_size: float = option(
+        0.01,
+        r"step :math:`\eta_q` of the exponentiated-gradient "
+        "update of the group weights (the paper's 0.01)",
+        non_negative,
+    )
+    adjustment: float = option(
+        0.0,
+        r"group adjustment :math:`C`: each group's loss gets "
+        r":math:`C / \sqrt{n_g}` in the update (0: none)",
+        non_negative,
+    )
     group_counts: torch.Tensor | None = option(
-        None, r"``(G,)`` training-set size :math:`n_g` of each group (needed when "
-        "``adjustment > 0``)", _check_group_counts)
-    reduction: str = option("mean", '``"mean"`` (the weighted group mean, the objective) '
-                            'or ``"none"`` (per-sample shares that sum to it, shape '
-                            "``(B,)``)", choice(("mean", "none")), kw_only=True)
+        None,
+        r"``(G,)`` training-set size :math:`n_g` of each group (needed when "
+        "``adjustment > 0``)",
+        _check_group_counts,
+    )
+    reduction: str = option(
+        "mean",
+        '``"mean"`` (the weighted group mean, the objective) '
+        'or ``"none"`` (per-sample shares that sum to it, shape '
+        "``(B,)``)",
+        choice(("mean", "none")),
+        kw_only=True,
+    )
     gather_distributed: bool = option(
-        False, "sum the group losses and counts over ranks before the update, so that "
+        False,
+        "sum the group losses and counts over ranks before the update, so that "
         "every rank keeps the same weights and the loss is exact under DDP's gradient "
-        "averaging (see :doc:`/scaling`)", check_bool, kw_only=True)
+        "averaging (see :doc:`/scaling`)",
+        check_bool,
+        kw_only=True,
+    )
     process_group: ProcessGroup | None = option(
-        None, "the group to sum over; ``None`` means the default group", kw_only=True)
+        None, "the group to sum over; ``None`` means the default group", kw_only=True
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.group_counts is not None and self.group_counts.shape[0] != self.num_groups:
-            raise ValueError(f"group_counts must have shape (G,) = ({self.num_groups},); got "
-                             f"shape {tuple(self.group_counts.shape)}")
+            raise ValueError(
+                f"group_counts must have shape (G,) = ({self.num_groups},); got "
+                f"shape {tuple(self.group_counts.shape)}"
+            )
         if self.adjustment > 0 and self.group_counts is None:
-            raise ValueError("group_counts must be given when adjustment > 0 (the adjustment "
-                             f"is C / sqrt(n_g)); got adjustment={self.adjustment!r} and "
-                             "group_counts=None")
+            raise ValueError(
+                "group_counts must be given when adjustment > 0 (the adjustment "
+                f"is C / sqrt(n_g)); got adjustment={self.adjustment!r} and "
+                "group_counts=None"
+            )
 
 
 class GroupDROResult(NamedTuple):
@@ -280,8 +331,7 @@ class GroupDROResult(NamedTuple):
     group_counts: torch.Tensor
 
 
-def _check_dro_inputs(logits: Any, labels: Any, groups: Any, weights: Any,
-                      num_groups: int) -> None:
+def _check_dro_inputs(logits: Any, labels: Any, groups: Any, weights: Any, num_groups: int) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor; got {type(logits).__name__}")
     check_ndim("logits", logits, (2,), "(B, C)")
@@ -291,20 +341,27 @@ def _check_dro_inputs(logits: Any, labels: Any, groups: Any, weights: Any,
     if not isinstance(weights, torch.Tensor):
         raise TypeError(f"group_weights must be a torch.Tensor; got {type(weights).__name__}")
     if weights.shape != (num_groups,):
-        raise ValueError(f"group_weights must have shape (G,) = ({num_groups},); got shape "
-                         f"{tuple(weights.shape)}")
+        raise ValueError(
+            f"group_weights must have shape (G,) = ({num_groups},); got shape "
+            f"{tuple(weights.shape)}"
+        )
     if weights.device != logits.device:
-        raise ValueError(f"group_weights must be on the device of logits ({logits.device}); "
-                         f"got {weights.device}")
+        raise ValueError(
+            f"group_weights must be on the device of logits ({logits.device}); got {weights.device}"
+        )
     if groups.numel():
         low, high = int(groups.min()), int(groups.max())
         if low < 0 or high >= num_groups:
-            raise ValueError(f"groups must lie in [0, {num_groups}) for num_groups = "
-                             f"{num_groups}; got values in [{low}, {high}]")
+            raise ValueError(
+                f"groups must lie in [0, {num_groups}) for num_groups = "
+                f"{num_groups}; got values in [{low}, {high}]"
+            )
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= logits.shape[1]:
-            raise ValueError(f"labels must lie in [0, {logits.shape[1]}) for logits with C = "
-                             f"{logits.shape[1]} classes; got values in [{low}, {high}]")
+            raise ValueError(
+                f"labels must lie in [0, {logits.shape[1]}) for logits with C = "
+                f"{logits.shape[1]} classes; got values in [{low}, {high}]"
+            )
 
 
 @functional_form(GroupDROOptions)
@@ -378,8 +435,9 @@ def group_dro_loss(
         raise
     if opts.gather_distributed:
         # The ranks' logits and options must agree before their group sums are added.
-        gather_sizes(logits, opts.process_group, agree={**opts.header(), "update": update},
-                     name="logits")
+        gather_sizes(
+            logits, opts.process_group, agree={**opts.header(), "update": update}, name="logits"
+        )
     dtype = compute_dtype(logits.dtype)
     per_sample = F.cross_entropy(logits.to(dtype), labels.to(torch.int64), reduction="none")
     groups = groups.to(torch.int64)
@@ -438,26 +496,30 @@ class GroupDROLoss(torch.nn.Module):
         super().__init__()
         names = GroupDROOptions.__match_args__
         if len(args) > len(names):
-            raise TypeError(f"GroupDROLoss takes at most {len(names)} positional options; "
-                            f"got {len(args)}")
-        self.options = GroupDROOptions.from_kwargs(**dict(zip(names, args, strict=False)),
-                                                   **kwargs)
+            raise TypeError(
+                f"GroupDROLoss takes at most {len(names)} positional options; got {len(args)}"
+            )
+        self.options = GroupDROOptions.from_kwargs(**dict(zip(names, args, strict=False)), **kwargs)
         groups = self.options.num_groups
-        self.register_buffer("group_weights",
-                             torch.full((groups,), 1.0 / groups, dtype=torch.float64))
+        self.register_buffer(
+            "group_weights", torch.full((groups,), 1.0 / groups, dtype=torch.float64)
+        )
         counts = self.options.group_counts
         self.register_buffer("group_counts", None if counts is None else counts.clone())
         self.last_group_losses: torch.Tensor | None = None
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
-                groups: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
+    ) -> torch.Tensor:
         """Loss of ``logits`` ``(B, C)`` with ``labels`` and group ids ``groups`` ``(B,)``."""
         # The options as given, but the group sizes from the buffer (it follows .to()).
-        options = {item.name: getattr(self.options, item.name)
-                   for item in dataclasses.fields(self.options)}
+        options = {
+            item.name: getattr(self.options, item.name) for item in dataclasses.fields(self.options)
+        }
         options["group_counts"] = self.group_counts
-        result = group_dro_loss(logits, labels, groups, self.group_weights,
-                                update=self.training, **options)
+        result = group_dro_loss(
+            logits, labels, groups, self.group_weights, update=self.training, **options
+        )
         if self.training:
             with torch.no_grad():
                 self.group_weights.copy_(result.group_weights)
@@ -471,5 +533,9 @@ class GroupDROLoss(torch.nn.Module):
 
 GroupDROLoss.__signature__ = constructor_signature(GroupDROOptions)  # type: ignore[attr-defined]
 GroupDROLoss.__doc__ = with_options_table(GroupDROLoss.__doc__, GroupDROOptions)
-register_loss(GroupDROOptions.name, consumes="logits_and_groups", requires_labels=True,
-              citation=GroupDROOptions.citation)(GroupDROLoss)
+register_loss(
+    GroupDROOptions.name,
+    consumes="logits_and_groups",
+    requires_labels=True,
+    citation=GroupDROOptions.citation,
+)(GroupDROLoss)

@@ -56,13 +56,18 @@ class CrossBatchMemory(torch.nn.Module):
     labels: torch.Tensor
 
     def __init__(
-        self, loss: PairwiseLoss, embedding_size: int, memory_size: int = 1024,
+        self,
+        loss: PairwiseLoss,
+        embedding_size: int,
+        memory_size: int = 1024,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         if not isinstance(loss, PairwiseLoss):
-            raise TypeError("loss must be one of the pairwise losses (a PairwiseLoss, e.g. "
-                            f"SupConLoss()); got {type(loss).__name__}")
+            raise TypeError(
+                "loss must be one of the pairwise losses (a PairwiseLoss, e.g. "
+                f"SupConLoss()); got {type(loss).__name__}"
+            )
         check_int("embedding_size", embedding_size, 1)
         check_int("memory_size", memory_size, 1)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -84,33 +89,37 @@ class CrossBatchMemory(torch.nn.Module):
             self._check_batch(embeddings, labels)
         except (TypeError, ValueError):
             options = self.loss.options
-            abandon_if_gathering(embeddings, options.gather_distributed,
-                                 options.process_group)
+            abandon_if_gathering(embeddings, options.gather_distributed, options.process_group)
             raise
         memory = (self.embeddings[: self.filled], self.labels[: self.filled])
-        result, prepared = compute_prepared(self.loss.options, embeddings, labels,
-                                            memory=memory)
+        result, prepared = compute_prepared(self.loss.options, embeddings, labels, memory=memory)
         batch = prepared.columns.shape[0] - self.filled
         self._enqueue(prepared.columns[:batch].detach(), prepared.column_labels[:batch])
         return self.loss._record(result)
 
     def _check_batch(self, embeddings: object, labels: object) -> None:
         if not isinstance(embeddings, torch.Tensor) or embeddings.shape[-1:] != (
-                self.embeddings.shape[1],):
+            self.embeddings.shape[1],
+        ):
             shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else None
-            raise ValueError(f"embeddings must have D = embedding_size = "
-                             f"{self.embeddings.shape[1]} features; got shape {shape}")
+            raise ValueError(
+                f"embeddings must have D = embedding_size = "
+                f"{self.embeddings.shape[1]} features; got shape {shape}"
+            )
         if labels is None:
-            raise TypeError("labels must be a (B,) integer tensor: remembered rows need "
-                            "labels to be positives or negatives; got None")
+            raise TypeError(
+                "labels must be a (B,) integer tensor: remembered rows need "
+                "labels to be positives or negatives; got None"
+            )
 
     def _enqueue(self, rows: torch.Tensor, labels: torch.Tensor) -> None:
         size = self.embeddings.shape[0]
         rows, labels = rows[-size:], labels[-size:]  # a batch larger than the memory
         index = (torch.arange(rows.shape[0], device=rows.device) + self._position) % size
         with torch.no_grad():
-            self.embeddings.index_copy_(0, index.to(self.embeddings.device),
-                                        rows.to(self.embeddings))
+            self.embeddings.index_copy_(
+                0, index.to(self.embeddings.device), rows.to(self.embeddings)
+            )
             self.labels.index_copy_(0, index.to(self.labels.device), labels.to(self.labels))
         self._position = (self._position + rows.shape[0]) % size
         self.filled = min(self.filled + rows.shape[0], size)

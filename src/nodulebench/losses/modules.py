@@ -42,9 +42,12 @@ _Loss = TypeVar("_Loss", bound="type[PairwiseLoss]")
 def _registered(cls: _Loss) -> _Loss:
     """Register a pairwise loss under the name, labels rule and citation it declares."""
     declared = cls.Options
-    return register_loss(declared.name, consumes="embeddings",
-                         requires_labels=declared.labels_required,
-                         citation=declared.citation)(cls)
+    return register_loss(
+        declared.name,
+        consumes="embeddings",
+        requires_labels=declared.labels_required,
+        citation=declared.citation,
+    )(cls)
 
 
 class PairwiseLoss(torch.nn.Module):
@@ -78,14 +81,18 @@ class PairwiseLoss(torch.nn.Module):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
         if args and len(args) > len(self.Options.__match_args__):
-            raise TypeError(f"{type(self).__name__} takes at most "
-                            f"{len(self.Options.__match_args__)} positional options; "
-                            f"got {len(args)}")
+            raise TypeError(
+                f"{type(self).__name__} takes at most "
+                f"{len(self.Options.__match_args__)} positional options; "
+                f"got {len(args)}"
+            )
         positional = dict(zip(self.Options.__match_args__, args, strict=False))
         overlap = sorted(set(positional) & set(kwargs))
         if overlap:
-            raise TypeError(f"{type(self).__name__} got option(s) {', '.join(overlap)} "
-                            "both by position and by keyword")
+            raise TypeError(
+                f"{type(self).__name__} got option(s) {', '.join(overlap)} "
+                "both by position and by keyword"
+            )
         self.options = self.Options.from_kwargs(**positional, **kwargs)
         self._excluded: torch.Tensor | None = None
         for name, value in vars(self.options).items():
@@ -122,8 +129,11 @@ class PairwiseLoss(torch.nn.Module):
         With ``ref_emb`` ``(M, D)`` or ``(M, V', D)`` and ``ref_labels`` ``(M,)``, the
         anchors are compared with the reference rows instead of with each other.
         """
-        return self._record(compute_pairwise(self.options, embeddings, labels,
-                                             ref_emb=ref_emb, ref_labels=ref_labels))
+        return self._record(
+            compute_pairwise(
+                self.options, embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels
+            )
+        )
 
     def extra_repr(self) -> str:
         """The options that differ from their defaults, and reduction and backend."""
@@ -158,8 +168,12 @@ class NTXentLoss(PairwiseLoss):
     Options = LF.NTXentOptions
 
     def forward(
-        self, view1: torch.Tensor, view2: torch.Tensor | None = None, *,
-        ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+        self,
+        view1: torch.Tensor,
+        view2: torch.Tensor | None = None,
+        *,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss of ``(B, V, D)`` views, or of two ``(B, D)`` views.
 
@@ -167,8 +181,7 @@ class NTXentLoss(PairwiseLoss):
         positives are the other views of the same sample, which no reference row is.
         """
         LF.reject_reference_set(ref_emb is not None or ref_labels is not None)
-        return self._record(compute_pairwise(self.options, LF.ntxent_views(view1, view2),
-                                             None))
+        return self._record(compute_pairwise(self.options, LF.ntxent_views(view1, view2), None))
 
 
 @_registered
@@ -211,9 +224,12 @@ class MultiSimilarityLoss(PairwiseLoss):
     Options = LF.MultiSimilarityOptions
 
 
-@register_loss("cross_entropy", consumes="logits", requires_labels=True,
-               citation="Cross-entropy (maximum likelihood); label smoothing: Szegedy et al., "
-                        "CVPR 2016")
+@register_loss(
+    "cross_entropy",
+    consumes="logits",
+    requires_labels=True,
+    citation="Cross-entropy (maximum likelihood); label smoothing: Szegedy et al., CVPR 2016",
+)
 class CrossEntropyLoss(torch.nn.Module):
     """Cross-entropy on logits; see :func:`~nodulebench.losses.functional.cross_entropy_loss`.
 
@@ -244,8 +260,13 @@ class CrossEntropyLoss(torch.nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Loss of ``logits`` ``(B, C)`` with integer ``targets`` ``(B,)``."""
-        return LF.cross_entropy_loss(logits, targets, label_smoothing=self.label_smoothing,
-                                     weight=self.weight, reduction=self.reduction)
+        return LF.cross_entropy_loss(
+            logits,
+            targets,
+            label_smoothing=self.label_smoothing,
+            weight=self.weight,
+            reduction=self.reduction,
+        )
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""

@@ -22,10 +22,16 @@ from nodulebench._validation import check_choice, did_you_mean
 
 __all__ = ["LossInfo", "create_loss", "get_loss_info", "list_losses", "register_loss"]
 
-Consumes = Literal["embeddings", "logits", "paired_embeddings", "embeddings_and_predictions",
-                   "logits_and_groups"]
-_CONSUMES: tuple[str, ...] = ("embeddings", "logits", "paired_embeddings",
-                              "embeddings_and_predictions", "logits_and_groups")
+Consumes = Literal[
+    "embeddings", "logits", "paired_embeddings", "embeddings_and_predictions", "logits_and_groups"
+]
+_CONSUMES: tuple[str, ...] = (
+    "embeddings",
+    "logits",
+    "paired_embeddings",
+    "embeddings_and_predictions",
+    "logits_and_groups",
+)
 
 LossFactory = TypeVar("LossFactory", bound=Callable[..., torch.nn.Module])
 
@@ -65,7 +71,11 @@ def _keyword_parameters(factory: Callable[..., torch.nn.Module]) -> tuple[str, .
 
 
 def register_loss(
-    name: str, *, consumes: Consumes, requires_labels: bool, citation: str,
+    name: str,
+    *,
+    consumes: Consumes,
+    requires_labels: bool,
+    citation: str,
     override: bool = False,
 ) -> Callable[[LossFactory], LossFactory]:
     """Class decorator that registers a loss module under ``name``.
@@ -108,18 +118,26 @@ def register_loss(
     if not isinstance(override, bool):
         raise TypeError(f"override must be a bool; got {type(override).__name__}")
     if name in _REGISTRY and not override:
-        raise ValueError(f"name {name!r} is already registered as "
-                         f"{_REGISTRY[name].factory.__qualname__}; pass override=True "
-                         "to replace it")
+        raise ValueError(
+            f"name {name!r} is already registered as "
+            f"{_REGISTRY[name].factory.__qualname__}; pass override=True "
+            "to replace it"
+        )
 
     def decorator(factory: LossFactory) -> LossFactory:
         parameters = inspect.signature(factory).parameters.values()
         if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters):
-            raise TypeError(f"loss {name!r} must list its options explicitly; "
-                            "a **kwargs parameter would swallow typos")
+            raise TypeError(
+                f"loss {name!r} must list its options explicitly; "
+                "a **kwargs parameter would swallow typos"
+            )
         _REGISTRY[name] = LossInfo(
-            name=name, factory=factory, consumes=consumes, requires_labels=requires_labels,
-            citation=citation, accepted_kwargs=_keyword_parameters(factory),
+            name=name,
+            factory=factory,
+            consumes=consumes,
+            requires_labels=requires_labels,
+            citation=citation,
+            accepted_kwargs=_keyword_parameters(factory),
         )
         return factory
 
@@ -156,8 +174,10 @@ def get_loss_info(name: str) -> LossInfo:
         return _REGISTRY[name]
     except KeyError:
         registered = ", ".join(repr(n) for n in sorted(_REGISTRY))
-        raise KeyError(f"name must be a registered loss ({registered}); got {name!r}"
-                       f"{did_you_mean(name, _REGISTRY)}") from None
+        raise KeyError(
+            f"name must be a registered loss ({registered}); got {name!r}"
+            f"{did_you_mean(name, _REGISTRY)}"
+        ) from None
 
 
 def create_loss(name: str, **kwargs: object) -> torch.nn.Module:
@@ -184,6 +204,8 @@ def create_loss(name: str, **kwargs: object) -> torch.nn.Module:
     if unknown:
         accepted = ", ".join(info.accepted_kwargs) or "none"
         hints = "".join(did_you_mean(key, info.accepted_kwargs) for key in unknown)
-        raise TypeError(f"create_loss({name!r}) got unknown keyword argument(s) "
-                        f"{', '.join(unknown)}{hints}; accepted: {accepted}")
+        raise TypeError(
+            f"create_loss({name!r}) got unknown keyword argument(s) "
+            f"{', '.join(unknown)}{hints}; accepted: {accepted}"
+        )
     return info.factory(**kwargs)

@@ -78,20 +78,25 @@ def _scalar(name: str, value: Scalar, like: torch.Tensor, *, positive: bool) -> 
     if isinstance(value, torch.Tensor):
         check_floating(name, value)
         if value.shape != ():
-            raise ValueError(f"{name} must be a float or a 0-dim tensor (shape ()); "
-                             f"got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a float or a 0-dim tensor (shape ()); "
+                f"got shape {tuple(value.shape)}"
+            )
         # The value check reads the tensor (one host synchronisation); skipped while
         # torch.compile traces, where it would break the graph.
-        if positive and not torch.compiler.is_compiling() and not bool(
-            (value > 0) & torch.isfinite(value)
+        if (
+            positive
+            and not torch.compiler.is_compiling()
+            and not bool((value > 0) & torch.isfinite(value))
         ):
             raise ValueError(f"{name} must be a finite number > 0; got {value.detach().item()!r}")
         return value.to(dtype=dtype, device=like.device)
     if positive:
         check_positive(name, value)
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number or a 0-dim tensor; "
-                        f"got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a real number or a 0-dim tensor; got {type(value).__name__}"
+        )
     elif not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number; got {value!r}")
     return torch.tensor(float(value), dtype=dtype, device=like.device)
@@ -104,20 +109,29 @@ def _check_towers(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
     check_floating("image_emb", image_emb)
     check_floating("text_emb", text_emb)
     if text_emb.shape != image_emb.shape:
-        raise ValueError(f"text_emb must have image_emb's shape (B, D) = "
-                         f"{tuple(image_emb.shape)}, one row per pair; got shape "
-                         f"{tuple(text_emb.shape)}")
+        raise ValueError(
+            f"text_emb must have image_emb's shape (B, D) = "
+            f"{tuple(image_emb.shape)}, one row per pair; got shape "
+            f"{tuple(text_emb.shape)}"
+        )
     if text_emb.dtype != image_emb.dtype:
-        raise TypeError(f"text_emb must have image_emb's dtype {image_emb.dtype}; "
-                        f"got {text_emb.dtype}")
+        raise TypeError(
+            f"text_emb must have image_emb's dtype {image_emb.dtype}; got {text_emb.dtype}"
+        )
     if text_emb.device != image_emb.device:
-        raise ValueError(f"text_emb must be on image_emb's device {image_emb.device}; "
-                         f"got {text_emb.device}")
+        raise ValueError(
+            f"text_emb must be on image_emb's device {image_emb.device}; got {text_emb.device}"
+        )
 
 
 def _prepare_towers(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, *, normalize: bool,
-    gather_distributed: bool, process_group: ProcessGroup | None, options: dict[str, object],
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    *,
+    normalize: bool,
+    gather_distributed: bool,
+    process_group: ProcessGroup | None,
+    options: dict[str, object],
 ) -> tuple[PreparedEmbeddings, PreparedEmbeddings]:
     """Prepare (and, with ``gather_distributed``, gather) each checked tower.
 
@@ -125,19 +139,29 @@ def _prepare_towers(
     tensor counts as ``"tensor"`` (DDP keeps it equal; comparing values would cost a
     host synchronisation).
     """
-    agreed = {name: "tensor" if isinstance(value, torch.Tensor) else value
-              for name, value in options.items()}
+    agreed = {
+        name: "tensor" if isinstance(value, torch.Tensor) else value
+        for name, value in options.items()
+    }
     image, text = (
-        prepare_embeddings(emb, None, normalize=normalize, labels_required=False,
-                           gather_distributed=gather_distributed, process_group=process_group,
-                           options=agreed)
+        prepare_embeddings(
+            emb,
+            None,
+            normalize=normalize,
+            labels_required=False,
+            gather_distributed=gather_distributed,
+            process_group=process_group,
+            options=agreed,
+        )
         for emb in (image_emb, text_emb)
     )
     return image, text
 
 
-_SCALAR_DOC = ("a float or a 0-dim tensor (learnable; a tensor's value is checked, one host "
-               "synchronisation, except while ``torch.compile`` traces)")
+_SCALAR_DOC = (
+    "a float or a 0-dim tensor (learnable; a tensor's value is checked, one host "
+    "synchronisation, except while ``torch.compile`` traces)"
+)
 
 
 @dataclass(frozen=True)
@@ -149,31 +173,40 @@ class ClipOptions(EmbeddingOptions):
     """
 
     temperature: Scalar | None = option(
-        None, r":math:`\tau > 0`: scale :math:`s = 1/\tau`; " + _SCALAR_DOC
-        + "; neither this nor ``logit_scale`` means :math:`\tau = 0.07`")
+        None,
+        r":math:`\tau > 0`: scale :math:`s = 1/\tau`; "
+        + _SCALAR_DOC
+        + "; neither this nor ``logit_scale`` means :math:`\tau = 0.07`",
+    )
     logit_scale: Scalar | None = option(
-        None, ":math:`t`: scale :math:`s = e^t` (CLIP's learnable parametrisation; CLIP "
+        None,
+        ":math:`t`: scale :math:`s = e^t` (CLIP's learnable parametrisation; CLIP "
         "clips :math:`s` at 100, :class:`~nodulebench.ClipLoss` does, this function does "
-        "not); " + _SCALAR_DOC)
+        "not); " + _SCALAR_DOC,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.temperature is not None and self.logit_scale is not None:
-            raise ValueError("pass temperature or logit_scale, not both; got temperature="
-                             f"{self.temperature!r} and logit_scale={self.logit_scale!r}")
+            raise ValueError(
+                "pass temperature or logit_scale, not both; got temperature="
+                f"{self.temperature!r} and logit_scale={self.logit_scale!r}"
+            )
 
 
 @dataclass(frozen=True)
 class SigLipOptions(EmbeddingOptions):
     """The options of :func:`~nodulebench.losses.functional.siglip_loss` (scale, bias, rest)."""
 
-    logit_scale: Scalar = option(SIGLIP_LOGIT_SCALE, ":math:`t'`: scale :math:`e^{t'}` "
-                                 r"(SigLIP initialises :math:`\log 10`); " + _SCALAR_DOC)
+    logit_scale: Scalar = option(
+        SIGLIP_LOGIT_SCALE,
+        ":math:`t'`: scale :math:`e^{t'}` "
+        r"(SigLIP initialises :math:`\log 10`); " + _SCALAR_DOC,
+    )
     bias: Scalar = option(SIGLIP_BIAS, ":math:`b` (SigLIP initialises -10); " + _SCALAR_DOC)
 
 
-def _clip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: ClipOptions
-          ) -> ReducedLoss:
+def _clip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: ClipOptions) -> ReducedLoss:
     temperature, logit_scale = options.temperature, options.logit_scale
     normalize, reduction, backend = options.normalize, options.reduction, options.backend
     gather_distributed, process_group = options.gather_distributed, options.process_group
@@ -188,14 +221,23 @@ def _clip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: ClipOptions
     except (TypeError, ValueError):
         abandon_if_gathering(image_emb, gather_distributed, process_group)
         raise
-    image, text = _prepare_towers(image_emb, text_emb, normalize=normalize,
-                                  gather_distributed=gather_distributed,
-                                  process_group=process_group,
-                                  options={"loss": "clip", "temperature": temperature,
-                                           "logit_scale": logit_scale,
-                                           "reduction": reduction, "backend": backend})
-    loss, valid = run_two_tower("clip", image.columns, text.columns, backend=backend,
-                                row_range=image.row_range, scale=scale)
+    image, text = _prepare_towers(
+        image_emb,
+        text_emb,
+        normalize=normalize,
+        gather_distributed=gather_distributed,
+        process_group=process_group,
+        options={
+            "loss": "clip",
+            "temperature": temperature,
+            "logit_scale": logit_scale,
+            "reduction": reduction,
+            "backend": backend,
+        },
+    )
+    loss, valid = run_two_tower(
+        "clip", image.columns, text.columns, backend=backend, row_range=image.row_range, scale=scale
+    )
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=image)
 
 
@@ -242,8 +284,7 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, **options: Any) -
     return _clip(image_emb, text_emb, ClipOptions.for_call(image_emb, **options)).loss
 
 
-def _siglip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: SigLipOptions
-            ) -> ReducedLoss:
+def _siglip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: SigLipOptions) -> ReducedLoss:
     logit_scale, bias = options.logit_scale, options.bias
     normalize, reduction, backend = options.normalize, options.reduction, options.backend
     gather_distributed, process_group = options.gather_distributed, options.process_group
@@ -254,15 +295,28 @@ def _siglip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: SigLipOpti
     except (TypeError, ValueError):
         abandon_if_gathering(image_emb, gather_distributed, process_group)
         raise
-    image, text = _prepare_towers(image_emb, text_emb, normalize=normalize,
-                                  gather_distributed=gather_distributed,
-                                  process_group=process_group,
-                                  options={"loss": "siglip", "logit_scale": logit_scale,
-                                           "bias": bias, "reduction": reduction,
-                                           "backend": backend})
+    image, text = _prepare_towers(
+        image_emb,
+        text_emb,
+        normalize=normalize,
+        gather_distributed=gather_distributed,
+        process_group=process_group,
+        options={
+            "loss": "siglip",
+            "logit_scale": logit_scale,
+            "bias": bias,
+            "reduction": reduction,
+            "backend": backend,
+        },
+    )
     loss, valid = run_two_tower(
-        "siglip", image.columns, text.columns, backend=backend, row_range=image.row_range,
-        scale=scale, bias=bias_tensor,
+        "siglip",
+        image.columns,
+        text.columns,
+        backend=backend,
+        row_range=image.row_range,
+        scale=scale,
+        bias=bias_tensor,
     )
     return reduce_per_anchor(loss, valid, reduction=reduction, prepared=image)
 
@@ -320,12 +374,21 @@ class TwoTowerLoss(torch.nn.Module):
     """
 
     def __init__(
-        self, *, learnable: bool, normalize: bool, reduction: str, backend: str,
-        gather_distributed: bool, process_group: torch.distributed.ProcessGroup | None,
+        self,
+        *,
+        learnable: bool,
+        normalize: bool,
+        reduction: str,
+        backend: str,
+        gather_distributed: bool,
+        process_group: torch.distributed.ProcessGroup | None,
     ) -> None:
         super().__init__()
-        for name, flag in (("learnable", learnable), ("normalize", normalize),
-                           ("gather_distributed", gather_distributed)):
+        for name, flag in (
+            ("learnable", learnable),
+            ("normalize", normalize),
+            ("gather_distributed", gather_distributed),
+        ):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool; got {type(flag).__name__}")
         check_choice("reduction", reduction, REDUCTIONS)
@@ -347,13 +410,19 @@ class TwoTowerLoss(torch.nn.Module):
 
     def _options_repr(self) -> str:
         gather = ", gather_distributed=True" if self.gather_distributed else ""
-        return (f"learnable={self.learnable}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}, backend={self.backend!r}{gather}")
+        return (
+            f"learnable={self.learnable}, normalize={self.normalize}, "
+            f"reduction={self.reduction!r}, backend={self.backend!r}{gather}"
+        )
 
 
-@register_loss("clip", consumes="paired_embeddings", requires_labels=False,
-               citation="Radford et al., Learning Transferable Visual Models From Natural "
-                        "Language Supervision, ICML 2021")
+@register_loss(
+    "clip",
+    consumes="paired_embeddings",
+    requires_labels=False,
+    citation="Radford et al., Learning Transferable Visual Models From Natural "
+    "Language Supervision, ICML 2021",
+)
 class ClipLoss(TwoTowerLoss):
     r"""CLIP's symmetric InfoNCE with CLIP's learnable logit scale.
 
@@ -392,9 +461,14 @@ class ClipLoss(TwoTowerLoss):
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
-        super().__init__(learnable=learnable, normalize=normalize, reduction=reduction,
-                         backend=backend, gather_distributed=gather_distributed,
-                         process_group=process_group)
+        super().__init__(
+            learnable=learnable,
+            normalize=normalize,
+            reduction=reduction,
+            backend=backend,
+            gather_distributed=gather_distributed,
+            process_group=process_group,
+        )
         check_positive("temperature", temperature)
         if max_scale is not None:
             check_positive("max_scale", max_scale)
@@ -406,19 +480,28 @@ class ClipLoss(TwoTowerLoss):
         logit_scale = self.logit_scale
         if self.max_scale is not None:
             logit_scale = logit_scale.clamp(max=math.log(self.max_scale))
-        return clip_loss(image_emb, text_emb, logit_scale=logit_scale,
-                         normalize=self.normalize, reduction=self.reduction,
-                         backend=self.backend, gather_distributed=self.gather_distributed,
-                         process_group=self.process_group)
+        return clip_loss(
+            image_emb,
+            text_emb,
+            logit_scale=logit_scale,
+            normalize=self.normalize,
+            reduction=self.reduction,
+            backend=self.backend,
+            gather_distributed=self.gather_distributed,
+            process_group=self.process_group,
+        )
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
         return f"max_scale={self.max_scale}, {self._options_repr()}"
 
 
-@register_loss("siglip", consumes="paired_embeddings", requires_labels=False,
-               citation="Zhai et al., Sigmoid Loss for Language Image Pre-Training, "
-                        "ICCV 2023")
+@register_loss(
+    "siglip",
+    consumes="paired_embeddings",
+    requires_labels=False,
+    citation="Zhai et al., Sigmoid Loss for Language Image Pre-Training, ICCV 2023",
+)
 class SigLipLoss(TwoTowerLoss):
     r"""SigLIP's sigmoid loss with its learnable scale and bias.
 
@@ -457,9 +540,14 @@ class SigLipLoss(TwoTowerLoss):
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
-        super().__init__(learnable=learnable, normalize=normalize, reduction=reduction,
-                         backend=backend, gather_distributed=gather_distributed,
-                         process_group=process_group)
+        super().__init__(
+            learnable=learnable,
+            normalize=normalize,
+            reduction=reduction,
+            backend=backend,
+            gather_distributed=gather_distributed,
+            process_group=process_group,
+        )
         for name, value in (("logit_scale", logit_scale), ("bias", bias)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
@@ -469,10 +557,17 @@ class SigLipLoss(TwoTowerLoss):
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """The loss of the pairs ``(image_emb[i], text_emb[i])``, both ``(B, D)``."""
-        return siglip_loss(image_emb, text_emb, logit_scale=self.logit_scale, bias=self.bias,
-                           normalize=self.normalize, reduction=self.reduction,
-                           backend=self.backend, gather_distributed=self.gather_distributed,
-                           process_group=self.process_group)
+        return siglip_loss(
+            image_emb,
+            text_emb,
+            logit_scale=self.logit_scale,
+            bias=self.bias,
+            normalize=self.normalize,
+            reduction=self.reduction,
+            backend=self.backend,
+            gather_distributed=self.gather_distributed,
+            process_group=self.process_group,
+        )
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""

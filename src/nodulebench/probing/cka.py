@@ -125,16 +125,16 @@ def _as_gram(name: str, value: torch.Tensor) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
     if value.ndim != 2 or value.shape[0] != value.shape[1]:
-        raise ValueError(f"{name} must be a square Gram matrix (n, n); got shape "
-                         f"{tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must be a square Gram matrix (n, n); got shape {tuple(value.shape)}"
+        )
     check_floating(name, value)
     gram = value.detach().to(torch.float64)
     if not torch.isfinite(gram).all():
         raise ValueError(f"{name} must be finite; got NaN or inf values")
     scale = float(gram.abs().max())
     if scale == 0.0:
-        raise ValueError(f"{name} is zero: the representation has zero variance; CKA is "
-                         "undefined")
+        raise ValueError(f"{name} is zero: the representation has zero variance; CKA is undefined")
     gram = gram / scale
     if not torch.allclose(gram, gram.T, rtol=1e-5, atol=1e-7):
         raise ValueError(f"{name} must be symmetric (a Gram matrix X X^T)")
@@ -145,8 +145,12 @@ def _as_gram(name: str, value: torch.Tensor) -> torch.Tensor:
     return centered
 
 
-def gram_linear_cka(k: torch.Tensor, l: torch.Tensor, *,  # noqa: E741
-                    debiased: bool = False) -> float:
+def gram_linear_cka(
+    k: torch.Tensor,
+    l: torch.Tensor,
+    *,  # noqa: E741
+    debiased: bool = False,
+) -> float:
     r"""Linear CKA from the Gram matrices :math:`K = XX^\top` and :math:`L = YY^\top`.
 
     Equal to :func:`linear_cka` of the representations, computed from the double-centered

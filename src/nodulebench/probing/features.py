@@ -115,7 +115,9 @@ def batch_inputs(batch: Any) -> torch.Tensor:
 
 
 def _batches(
-    data: Dataset[Any] | DataLoader[Any], loader: DataLoader[Any], batch_size: int,
+    data: Dataset[Any] | DataLoader[Any],
+    loader: DataLoader[Any],
+    batch_size: int,
     device: torch.device,
 ) -> Iterator[Any]:
     """Batches of ``loader``; a plain SyntheticNodules is rendered a batch at a time."""
@@ -191,9 +193,7 @@ def extract_features(
         check_int("batch_size", batch_size, 1)
         loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     else:
-        raise TypeError(
-            f"data must be a torch Dataset or DataLoader; got {type(data).__name__}"
-        )
+        raise TypeError(f"data must be a torch Dataset or DataLoader; got {type(data).__name__}")
     target = model_device(model) if device is None else torch.device(device)
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     with evaluation_mode(model), torch.no_grad(), capture_outputs(model, names) as captured:
@@ -203,9 +203,7 @@ def extract_features(
             model(inputs)
             for name in names:
                 if name not in captured:
-                    raise ValueError(
-                        f"layers: module {name!r} was not called in the forward pass"
-                    )
+                    raise ValueError(f"layers: module {name!r} was not called in the forward pass")
                 chunks[name].append(pool_features(captured[name]).detach().cpu())
     if not chunks[names[0]]:
         raise ValueError("data must contain at least one sample; got an empty dataset")

@@ -141,7 +141,9 @@ class RenderCache:
     ) -> Any:
         """The wrapped dataset's ``render``, answered from the cache when seen before."""
         key = (
-            _key_part(indices), str(device), bool(return_masks),
+            _key_part(indices),
+            str(device),
+            bool(return_masks),
             tuple(sorted((name, _key_part(value)) for name, value in (overrides or {}).items())),
         )
         if key in self._batches:
@@ -213,8 +215,13 @@ class _Runner:
     """Renders batches and runs the model on them, collecting probabilities/embeddings."""
 
     def __init__(
-        self, model: nn.Module, dataset: InterventionDataset, indices: torch.Tensor,
-        batch_size: int, device: torch.device, embedding_layer: str | None,
+        self,
+        model: nn.Module,
+        dataset: InterventionDataset,
+        indices: torch.Tensor,
+        batch_size: int,
+        device: torch.device,
+        embedding_layer: str | None,
         captured: dict[str, torch.Tensor],
     ) -> None:
         self.model, self.dataset, self.indices = model, dataset, indices
@@ -228,20 +235,18 @@ class _Runner:
         for chunk in torch.split(self.indices, self.batch_size):
             batch_overrides = {
                 name: torch.full(
-                    (chunk.numel(),), value if dtype.is_floating_point else int(value),
-                    dtype=dtype, device=self.device,
+                    (chunk.numel(),),
+                    value if dtype.is_floating_point else int(value),
+                    dtype=dtype,
+                    device=self.device,
                 )
                 for name, (value, dtype) in overrides.items()
             }
             images = self.dataset.render(chunk, device=self.device, overrides=batch_overrides)
             if not isinstance(images, torch.Tensor):
-                raise TypeError(
-                    f"dataset.render must return a tensor; got {type(images).__name__}"
-                )
+                raise TypeError(f"dataset.render must return a tensor; got {type(images).__name__}")
             self.captured.clear()
-            probabilities.append(
-                _malignant_probability(self.model(images), chunk.numel()).cpu()
-            )
+            probabilities.append(_malignant_probability(self.model(images), chunk.numel()).cpu())
             if self.embedding_layer is not None:
                 if self.embedding_layer not in self.captured:
                     raise ValueError(
@@ -343,8 +348,10 @@ def intervention_sensitivity(
     given = dict(values or {})
     for name in given:
         if name not in observed:
-            raise ValueError(f"values names unknown factor {name!r}; known: {list(observed)}"
-                             f"{did_you_mean(name, observed)}")
+            raise ValueError(
+                f"values names unknown factor {name!r}; known: {list(observed)}"
+                f"{did_you_mean(name, observed)}"
+            )
     if factors is None:
         names = list(observed)
     elif isinstance(factors, str):
@@ -353,8 +360,10 @@ def intervention_sensitivity(
         names = list(factors)
         for name in names:
             if name not in observed:
-                raise ValueError(f"factors: unknown factor {name!r}; known: {list(observed)}"
-                                 f"{did_you_mean(name, observed)}")
+                raise ValueError(
+                    f"factors: unknown factor {name!r}; known: {list(observed)}"
+                    f"{did_you_mean(name, observed)}"
+                )
     plans = []
     for name in names:
         choice = _choose_values(name, observed[name], given.get(name))
@@ -413,8 +422,7 @@ def intervention_sensitivity(
                     mean_probability_change=float(np.mean(changes)),
                     embedding_displacement=displacement,
                     relative_embedding_displacement=(
-                        None if displacement is None or spread is None
-                        else displacement / spread
+                        None if displacement is None or spread is None else displacement / spread
                     ),
                 )
             )

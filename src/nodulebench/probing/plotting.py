@@ -79,8 +79,15 @@ def plot_probe_heatmap(
         for col in range(grid.shape[1]):
             cell = float(grid[row, col])
             if not math.isnan(cell):  # NaN: this model has no result for this factor
-                ax.text(col, row, f"{cell:.2f}", ha="center", va="center",
-                        color="white" if cell < 0.6 else "black", fontsize=8)
+                ax.text(
+                    col,
+                    row,
+                    f"{cell:.2f}",
+                    ha="center",
+                    va="center",
+                    color="white" if cell < 0.6 else "black",
+                    fontsize=8,
+                )
     ax.set_xticks(range(len(columns)), columns, rotation=35, ha="right")
     ax.set_yticks(range(len(results)), list(results))
     ax.figure.colorbar(image, ax=ax, label=value)
@@ -109,7 +116,8 @@ def plot_sensitivity_bars(
             metric (no embedding layer was measured).
     """
     check_choice(
-        "metric", metric,
+        "metric",
+        metric,
         ("mean_abs_probability_change", "flip_rate", "relative_embedding_displacement"),
     )
     if not results:
@@ -168,8 +176,9 @@ def plot_embedding_scatter(
     points = coordinates.detach().cpu().double().numpy()
     values = colour_by.detach().cpu()
     if values.is_floating_point():
-        drawn = ax.scatter(points[:, 0], points[:, 1], c=values.double().numpy(), s=8,
-                           cmap="viridis")
+        drawn = ax.scatter(
+            points[:, 0], points[:, 1], c=values.double().numpy(), s=8, cmap="viridis"
+        )
         ax.figure.colorbar(drawn, ax=ax, label=label)
     else:
         for code in torch.unique(values).tolist():
@@ -219,19 +228,23 @@ def plot_gradcam_overlays(
         raise ValueError(f"titles must hold {images.shape[0]} strings; got {len(titles)}")
     plt = import_pyplot()
     count = images.shape[0]
-    figure, axes = plt.subplots(1, count, figsize=(2.0 * count, 2.2), squeeze=False,
-                                layout="constrained")
+    figure, axes = plt.subplots(
+        1, count, figsize=(2.0 * count, 2.2), squeeze=False, layout="constrained"
+    )
     for i, ax in enumerate(axes[0]):
         ax.imshow(images[i, 0].detach().cpu().numpy(), cmap="gray")
         heat = maps[i, 0].detach().cpu().double()
         peak = float(heat.max())
         scaled = (heat / peak if peak > 0 else heat).numpy()
         # Near-zero attribution stays transparent so the image shows through.
-        ax.imshow(np.ma.masked_less(scaled, 0.05), cmap="jet", alpha=alpha, vmin=0.0,
-                  vmax=1.0)
+        ax.imshow(np.ma.masked_less(scaled, 0.05), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
         if masks is not None and bool(masks[i, 0].any()):
-            ax.contour(masks[i, 0].detach().cpu().double().numpy(), levels=[0.5],
-                       colors="white", linewidths=0.8)
+            ax.contour(
+                masks[i, 0].detach().cpu().double().numpy(),
+                levels=[0.5],
+                colors="white",
+                linewidths=0.8,
+            )
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
         ax.set_axis_off()

@@ -82,8 +82,14 @@ class _RidgeSplit:
 
 
 def _logistic_objective(
-    x: torch.Tensor, onehot: torch.Tensor, row_weight: torch.Tensor, mean: torch.Tensor,
-    std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, l2: float,
+    x: torch.Tensor,
+    onehot: torch.Tensor,
+    row_weight: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    l2: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed objectives of ``P`` independent logistic problems and their exact gradients.
 
@@ -109,16 +115,18 @@ def _logistic_objective(
     return loss, d_weight + l2 * weight, d_bias
 
 
-def _logits(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor,
-            bias: torch.Tensor) -> torch.Tensor:
+def _logits(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """``(N, P, K)`` logits of every problem on the standardized features (see above)."""
     scaled = weight / std.unsqueeze(2)
     offset = bias - (mean.unsqueeze(2) * scaled).sum(dim=0)
     return (x @ scaled.flatten(1)).view(x.shape[0], *bias.shape) + offset
 
 
-def _preconditioner(x: torch.Tensor, row_weight: torch.Tensor, mean: torch.Tensor,
-                    std: torch.Tensor, l2: float) -> torch.Tensor:
+def _preconditioner(
+    x: torch.Tensor, row_weight: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, l2: float
+) -> torch.Tensor:
     """``(P, D, D)`` Cholesky factors ``L_p`` of ``C_p / 2 + l2 I``.
 
     ``C_p = Z_p^T diag(row_weight_p) Z_p`` is the correlation matrix of problem ``p``'s
@@ -136,7 +144,11 @@ def _preconditioner(x: torch.Tensor, row_weight: torch.Tensor, mean: torch.Tenso
 
 
 def _logistic_predict(
-    x: torch.Tensor, codes: torch.Tensor, train: torch.Tensor, n_classes: int, l2: float,
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    train: torch.Tensor,
+    n_classes: int,
+    l2: float,
 ) -> torch.Tensor:
     """Multinomial logistic regressions by L-BFGS; the predicted class of every row.
 
@@ -171,15 +183,20 @@ def _logistic_predict(
         return weight.permute(1, 0, 2), flat[n_weight:].view(problems, n_classes)
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        loss, d_weight, d_bias = _logistic_objective(x, onehot, row_weight, mean, std,
-                                                     *unpack(theta), l2)
+        loss, d_weight, d_bias = _logistic_objective(
+            x, onehot, row_weight, mean, std, *unpack(theta), l2
+        )
         d_v = torch.linalg.solve_triangular(chol, d_weight.permute(1, 0, 2), upper=False)
         return float(loss), torch.cat([d_v.flatten(), d_bias.flatten()]).numpy()
 
     start = np.zeros(n_weight + problems * n_classes)
-    fit = minimize(objective, start, jac=True, method="L-BFGS-B",
-                   options={"maxiter": 100 * problems, "maxcor": 20, "gtol": 1e-7,
-                            "ftol": 1e-14})
+    fit = minimize(
+        objective,
+        start,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 100 * problems, "maxcor": 20, "gtol": 1e-7, "ftol": 1e-14},
+    )
     weight, bias = unpack(fit.x)
     return _logits(x, mean, std, weight, bias).argmax(dim=2).T
 
@@ -218,21 +235,26 @@ class _RidgeCache:
             for fold in range(int(ids.max()) + 1):
                 test = torch.from_numpy(ids == fold)
                 mean, std = _standardization(self.x[~test])
-                entries.append((_RidgeSplit((self.x[~test] - mean) / std),
-                                (self.x[test] - mean) / std, test))
+                entries.append(
+                    (_RidgeSplit((self.x[~test] - mean) / std), (self.x[test] - mean) / std, test)
+                )
             self.splits[key] = entries
         return self.splits[key]
 
 
-def _ridge_scores(cache: _RidgeCache, target: np.ndarray, ids: np.ndarray,
-                  factor: str) -> list[float]:
+def _ridge_scores(
+    cache: _RidgeCache, target: np.ndarray, ids: np.ndarray, factor: str
+) -> list[float]:
     y = torch.from_numpy(target.astype(np.float64))
-    return [_r2(y[test], split.predict(y[~test], x_test), factor)
-            for split, x_test, test in cache.folds(ids)]
+    return [
+        _r2(y[test], split.predict(y[~test], x_test), factor)
+        for split, x_test, test in cache.folds(ids)
+    ]
 
 
-def _logistic_scores(x: torch.Tensor, targets: list[np.ndarray], fold_ids: list[np.ndarray],
-                     l2: float) -> list[list[float]]:
+def _logistic_scores(
+    x: torch.Tensor, targets: list[np.ndarray], fold_ids: list[np.ndarray], l2: float
+) -> list[list[float]]:
     """Balanced accuracy of every fold of every target, all fitted in one L-BFGS."""
     codes, train, tests = [], [], []
     n_classes = 0
@@ -246,10 +268,12 @@ def _logistic_scores(x: torch.Tensor, targets: list[np.ndarray], fold_ids: list[
             train.append(~test)
             tests.append(test)
     predicted = _logistic_predict(x, torch.stack(codes), torch.stack(train), n_classes, l2)
-    scores = [_balanced_accuracy(y[test], row[test])
-              for y, row, test in zip(codes, predicted, tests, strict=True)]
+    scores = [
+        _balanced_accuracy(y[test], row[test])
+        for y, row, test in zip(codes, predicted, tests, strict=True)
+    ]
     per_target = len(scores) // len(targets)
-    return [scores[k * per_target:(k + 1) * per_target] for k in range(len(targets))]
+    return [scores[k * per_target : (k + 1) * per_target] for k in range(len(targets))]
 
 
 def probe_factors(
@@ -366,9 +390,7 @@ def probe_factors(
             if not np.isfinite(target).all():
                 raise ValueError(f"factors[{name!r}] must be finite; got NaN or inf values")
             if np.ptp(target) == 0:
-                raise ValueError(
-                    f"factors[{name!r}] is constant ({target[0]!r}); nothing to probe"
-                )
+                raise ValueError(f"factors[{name!r}] is constant ({target[0]!r}); nothing to probe")
         targets[name] = (target, categorical)
 
     results = []

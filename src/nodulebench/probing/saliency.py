@@ -34,8 +34,7 @@ def _target_scores(
     if output.ndim == 1:
         if target is not None:
             raise ValueError(
-                "target must be None for a model with a single logit per sample; "
-                f"got {target!r}"
+                f"target must be None for a model with a single logit per sample; got {target!r}"
             )
         return output
     if output.ndim != 2:
@@ -146,9 +145,7 @@ def grad_cam(
     return cam.to(images.dtype)
 
 
-def mask_energy(
-    maps: torch.Tensor, masks: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
+def mask_energy(maps: torch.Tensor, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The share of each map's attribution inside each ground-truth region.
 
     The masks are turned into a partition of the image (or volume): regions are taken in the given
@@ -184,8 +181,9 @@ def mask_energy(
     check_ndim("maps", maps, (4, 5), "(N, 1, H, W) or (N, 1, D, H, W)")
     check_floating("maps", maps)
     if maps.shape[1] != 1:
-        raise ValueError("maps must have shape (N, 1, H, W) or (N, 1, D, H, W); got shape "
-                         f"{tuple(maps.shape)}")
+        raise ValueError(
+            f"maps must have shape (N, 1, H, W) or (N, 1, D, H, W); got shape {tuple(maps.shape)}"
+        )
     values = maps.detach().to(torch.float64)
     if not torch.isfinite(values).all() or bool((values < 0).any()):
         raise ValueError("maps must be finite and non-negative; got NaN, inf or negative values")
