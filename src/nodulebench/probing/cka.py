@@ -147,8 +147,8 @@ def _as_gram(name: str, value: torch.Tensor) -> torch.Tensor:
 
 def gram_linear_cka(
     k: torch.Tensor,
-    l: torch.Tensor,
-    *,  # noqa: E741
+    l: torch.Tensor,  # noqa: E741
+    *,
     debiased: bool = False,
 ) -> float:
     r"""Linear CKA from the Gram matrices :math:`K = XX^\top` and :math:`L = YY^\top`.
