@@ -474,14 +474,15 @@ def protocol_blocks(
                 "The seed fixes the data, the batch order and the views, so the losses of one seed "
                 "are compared on the same data (paired).",
                 "Headline metric: worst-group accuracy over the four (label x shortcut side) "
-                f"groups (Sagawa et al. 2020), compared on `{HEADLINE_TEST}`. A group's accuracy does not "
-                "depend on how common the group is, so `iid`, `decorrelated` and `reversed` differ "
-                "in it only by sampling noise; `decorrelated` has the largest smallest group.",
+                f"groups (Sagawa et al. 2020), compared on `{HEADLINE_TEST}`. A group's accuracy "
+                "does not depend on how common the group is, so `iid`, `decorrelated` and "
+                "`reversed` differ in it only by sampling noise; `decorrelated` has the largest "
+                "smallest group.",
                 "Statistics: every cell is a mean over seeds with its 95 % Student-t interval. Two "
                 "losses are called different only where a paired t-test over seeds rejects at "
                 f"{ALPHA} after Holm's correction over all pairs of one family; a loss whose "
-                f"i.i.d. balanced accuracy is more than {UNDERFIT_MARGIN} below the best is reported as "
-                "underfit and left out of the comparisons.",
+                f"i.i.d. balanced accuracy is more than {UNDERFIT_MARGIN} below the best is "
+                "reported as underfit and left out of the comparisons.",
                 "Test distributions: "
                 + "; ".join(f"`{k}`: {v}" for k, v in TEST_MEANINGS.items())
                 + ".",
