@@ -56,15 +56,17 @@ def tests_oldest(session: nox.Session) -> None:
 
 @nox.session(venv_params=VENV)
 def lint(session: nox.Session) -> None:
-    """Lint and check formatting with ruff."""
-    session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "examples", "docs", "noxfile.py")
+    """Lint and check formatting with ruff (the pinned version of the ``lint`` extra)."""
+    session.install("-e", ".[lint]")
+    paths = ("src", "tests", "benchmarks", "examples", "docs", "noxfile.py")
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session(venv_params=VENV)
 def typecheck(session: nox.Session) -> None:
-    """Type-check ``src/`` with mypy (strict)."""
-    session.install("-e", ".", "mypy")
+    """Type-check ``src/`` and the study package (``benchmarks/study``) with mypy (strict)."""
+    session.install("-e", ".[lint]")
     session.run("mypy")
 
 

@@ -133,7 +133,6 @@ def train_only(raw: dict, repeats: int) -> dict:
 
     import torch
 
-    sys.path.insert(0, str(HERE))
     from study.config import config_from_dict
     from study.runner import prepare_data
     from study.training import train

@@ -63,7 +63,10 @@ def tests_present(records: list[dict[str, Any]]) -> list[str]:
 
 def head_metrics(record: dict[str, Any], head: str) -> dict[str, dict[str, Any]]:
     """``{test: metrics}`` of one head of a run (``model`` is the protocol's own)."""
-    return record["metrics"] if head == "model" else record["heads"][head]
+    metrics: dict[str, dict[str, Any]] = (
+        record["metrics"] if head == "model" else record["heads"][head]
+    )
+    return metrics
 
 
 def metric_by_seed(

@@ -205,7 +205,7 @@ def _build(cls: type, table: Any, where: str) -> Any:
             value = float(value)
         if type(value) is not expected:
             raise ConfigError(f"{where}.{f.name} must be {expected.__name__}; got {value!r}")
-        if expected is float and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}.{f.name} must be finite; got {value!r}")
         kwargs[f.name] = value
     return cls(**kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def _loss_styles(losses: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def interval_figure(
-    rows: dict[str, dict[str, MeanInterval | None]],
+    rows: Mapping[str, Mapping[str, MeanInterval | None]],
     columns: list[str],
     ylabel: str,
     title: str,

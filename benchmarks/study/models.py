@@ -33,7 +33,7 @@ class _ChannelMean(torch.autograd.Function):
 
     @staticmethod
     def backward(
-        ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
         grad: torch.Tensor,
     ) -> torch.Tensor:
         shape = ctx.shape  # type: ignore[attr-defined]
@@ -53,7 +53,8 @@ class GlobalAveragePool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C)`` means of ``(N, C, *spatial)``."""
-        return _ChannelMean.apply(x)  # type: ignore[no-any-return]
+        pooled: torch.Tensor = _ChannelMean.apply(x)  # type: ignore[no-untyped-call]
+        return pooled
 
 
 class SmallCNN(nn.Module):
@@ -79,7 +80,8 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(N, out_dim)`` of inputs ``(N, 1, H, W)`` or ``(N, 1, D, H, W)``."""
-        return self.pool(self.stage4(self.stage3(self.stage2(self.stage1(x)))))
+        pooled: torch.Tensor = self.pool(self.stage4(self.stage3(self.stage2(self.stage1(x)))))
+        return pooled
 
     def stage_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every stage's output: ``(N, C, [d,] h, w)`` for ``stage1..4``, ``(N, D)`` pooled."""
@@ -144,7 +146,8 @@ class ResNet18(nn.Module):
         x = self.stem(x)
         for k in range(1, 5):
             x = getattr(self, f"stage{k}")(x)
-        return self.pool(x)
+        pooled: torch.Tensor = self.pool(x)
+        return pooled
 
     def stage_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every stage's output, spatial ``(N, C, h, w)`` for ``stage1..4``, ``(N, D)`` pooled."""
@@ -154,13 +157,14 @@ class ResNet18(nn.Module):
 def _stage_outputs(
     encoder: nn.Module, x: torch.Tensor, stem: nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     if stem is not None:
         x = stem(x)
     for name in STAGES[:-1]:
         x = getattr(encoder, name)(x)
         out[name] = x
-    out["pool"] = encoder.pool(x)
+    pool: nn.Module = encoder.pool  # type: ignore[assignment]
+    out["pool"] = pool(x)
     return out
 
 
@@ -190,4 +194,5 @@ class StudyModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, 2)``: benign, malignant."""
-        return self.classifier(self.encoder(images))
+        logits: torch.Tensor = self.classifier(self.encoder(images))
+        return logits

@@ -1,7 +1,7 @@
 """The report's content — tables, figures and findings read off the numbers — as blocks.
 
 :func:`report_blocks` is rendered to ``report.md`` by the study and to the docs page by
-``docs/_scripts/make_study_page.py``, from one definition.
+``benchmarks/make_study_page.py``, from one definition.
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ def run_one(
     device: torch.device,
     progress: Any,
     parallel: Parallel | None = None,
-) -> tuple[dict, dict] | None:
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Train, evaluate and probe one model; return its record and arrays (rank 0 only).
 
     Every model is evaluated with three linear heads on the same encoder: its protocol's
@@ -299,7 +299,7 @@ def check_output_folder(out: Path, config: StudyConfig, fresh: bool) -> None:
     atomic_write_json(saved, config.to_dict())
 
 
-def _resumable(config: dict) -> dict:
+def _resumable(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that must match for finished runs to be reused."""
     return {k: v for k, v in config.items() if k not in ("seeds", "losses", "device", "name")}
 
@@ -490,6 +490,6 @@ def _finished(store: RunStore, rid: str) -> bool:
     return False
 
 
-def _headline(record: dict) -> str:
+def _headline(record: dict[str, Any]) -> str:
     parts = [f"{name} {m['worst_group_accuracy']:.3f}" for name, m in record["metrics"].items()]
     return "worst-group accuracy " + ", ".join(parts)

@@ -50,7 +50,7 @@ def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     import io
 
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -138,11 +138,11 @@ def train(
     view_generator = torch.Generator().manual_seed(seed + 1)
     model = new_model(config, study_loss, seed).to(device)
     layout = memory_layout(config)
-    model = model.to(memory_format=layout)
+    model = model.to(memory_format=layout)  # type: ignore[call-overload]
     heads: nn.Module = _Heads(model)
     if parallel.active:
         if device.type == "cuda":
-            heads = nn.SyncBatchNorm.convert_sync_batchnorm(heads)
+            heads = nn.SyncBatchNorm.convert_sync_batchnorm(heads)  # type: ignore[no-untyped-call]
         # Each loss leaves one head unused: DDP must not wait for its gradients.
         heads = nn.parallel.DistributedDataParallel(
             heads,
@@ -315,7 +315,7 @@ def fit_linear_head(
     for _ in range(config.train.linear_steps):  # full batch: deterministic and fast
         loss = nn.functional.cross_entropy(head(features), target)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     return head
 
@@ -350,4 +350,5 @@ def fit_heads(
 @torch.no_grad()
 def head_probabilities(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """Probability of class 1 (malignant) ``(N,)`` from a head on features, on the CPU."""
-    return head(features).softmax(dim=1)[:, 1].cpu()
+    probabilities: torch.Tensor = head(features).softmax(dim=1)[:, 1].cpu()
+    return probabilities

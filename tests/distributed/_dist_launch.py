@@ -32,6 +32,8 @@ import torch.distributed as dist
 import nodulebench
 
 _SRC = str(Path(nodulebench.__file__).resolve().parents[1])
+# The study package (``import study``) for children whose module uses it.
+_STUDY = str(Path(__file__).resolve().parents[2] / "benchmarks")
 
 
 def _loopback_interface() -> str:
@@ -54,7 +56,7 @@ def run_distributed(
         timeout=timedelta(seconds=timeout_s),
     )
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, _STUDY, env.get("PYTHONPATH")) if p)
     env["GLOO_SOCKET_IFNAME"] = _loopback_interface()
     env["OMP_NUM_THREADS"] = "1"  # W processes share the machine's cores
     procs: list[subprocess.Popen[bytes]] = []

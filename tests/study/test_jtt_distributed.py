@@ -17,16 +17,14 @@ import torch.distributed as dist
 from torch import nn
 
 from nodulebench.losses.functional import cross_entropy_loss
+from study.parallel import Parallel
+from study.training import weighted_mean
 
-# The children import this file by name: the study package and the launcher must be
-# importable without the conftest files.
-_TESTS = Path(__file__).resolve().parents[1]
-for _folder in (_TESTS.parent / "benchmarks", _TESTS / "distributed"):
-    if str(_folder) not in sys.path:
-        sys.path.insert(0, str(_folder))
-
-from study.parallel import Parallel  # noqa: E402
-from study.training import weighted_mean  # noqa: E402
+# The launcher lives beside the distributed tests (the children get the study package from
+# the launcher's PYTHONPATH, the parent from pytest's ``pythonpath``).
+_LAUNCHER = Path(__file__).resolve().parents[1] / "distributed"
+if str(_LAUNCHER) not in sys.path:
+    sys.path.insert(0, str(_LAUNCHER))
 
 WORLD_SIZE = 2
 TIGHT = {"rtol": 1e-12, "atol": 1e-14}
