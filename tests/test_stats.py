@@ -20,6 +20,7 @@ from nodulebench.stats import (
     compare_all,
     equivalence_test,
     group_accuracy,
+    group_size_for_standard_error,
     holm,
     mean_interval,
     minimal_detectable_difference,
@@ -29,6 +30,7 @@ from nodulebench.stats import (
     sample_size,
     sign_flip_test,
     verdict,
+    worst_group_accuracy,
 )
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
@@ -330,6 +332,89 @@ def test_group_accuracy_finds_the_planted_worst_group() -> None:
     assert r.worst_group == "c" and r.worst == pytest.approx(0.3)
 
 
+def _simulated_seeds(
+    rng: np.random.Generator, truth: dict[str, float], sizes: dict[str, int], seeds: int
+) -> list[dict[str, float]]:
+    """Per-seed group accuracies: each group a binomial draw around its true accuracy."""
+    return [
+        {g: float(rng.binomial(sizes[g], truth[g]) / sizes[g]) for g in truth} for _ in range(seeds)
+    ]
+
+
+def test_worst_group_is_the_minimum_of_the_seed_means() -> None:
+    rng = np.random.default_rng(0)
+    seeds = _simulated_seeds(rng, {"a": 0.9, "b": 0.7, "c": 0.8}, {"a": 50, "b": 50, "c": 50}, 5)
+    r = worst_group_accuracy(seeds)
+    table = np.array([[s[g] for g in "abc"] for s in seeds])
+    means = table.mean(axis=0)
+    assert r.worst == pytest.approx(means.min()) and r.worst_group == "abc"[int(means.argmin())]
+    for k, g in enumerate("abc"):
+        low, high = sps.t.interval(0.95, 4, loc=means[k], scale=sps.sem(table[:, k]))
+        assert (r.per_group[g].low, r.per_group[g].high) == (
+            pytest.approx(low),
+            pytest.approx(high),
+        )
+    assert (r.low, r.high) == (r.per_group[r.worst_group].low, r.per_group[r.worst_group].high)
+    assert r.per_seed_minimum.mean == pytest.approx(table.min(axis=1).mean())
+    # GroupAccuracy records are accepted as they are.
+    records = [
+        group_accuracy(torch.tensor([1, 0, 1]), torch.tensor([1, 1, 1]), torch.tensor([0, 0, 1])),
+        group_accuracy(torch.tensor([1, 1, 0]), torch.tensor([1, 1, 1]), torch.tensor([0, 0, 1])),
+    ]
+    from_records = worst_group_accuracy(records)
+    assert from_records.worst == 0.5 and from_records.worst_group == "1"
+
+
+def test_seed_means_remove_most_of_the_per_seed_minimum_bias() -> None:
+    """Four alike groups of 40 at 0.925: the per-seed minimum is ~0.04 low."""
+    rng = np.random.default_rng(4)
+    truth = {"a": 0.925, "b": 0.926, "c": 0.927, "d": 0.928}
+    sizes = dict.fromkeys(truth, 40)
+    naive, ours = [], []
+    for _ in range(400):
+        r = worst_group_accuracy(_simulated_seeds(rng, truth, sizes, 5))
+        naive.append(r.per_seed_minimum.mean)
+        ours.append(r.worst)
+    true_worst = min(truth.values())
+    naive_bias, our_bias = np.mean(naive) - true_worst, np.mean(ours) - true_worst
+    assert -0.05 < naive_bias < -0.03
+    assert abs(our_bias) < 0.5 * abs(naive_bias) and abs(our_bias) < 0.02
+
+
+def test_worst_group_interval_covers_a_clear_worst_group() -> None:
+    rng = np.random.default_rng(9)
+    truth, sizes = {"a": 0.95, "b": 0.75, "c": 0.9}, {"a": 200, "b": 60, "c": 200}
+    draws, covered, boot_covered = 300, 0, 0
+    for _ in range(draws):
+        seeds = _simulated_seeds(rng, truth, sizes, 8)
+        r = worst_group_accuracy(seeds)
+        assert r.low is not None and r.high is not None
+        covered += r.low <= 0.75 <= r.high
+        boot = worst_group_accuracy(seeds, method="bootstrap", n_resamples=500, seed=1)
+        assert boot.low is not None and boot.high is not None
+        assert boot.low <= boot.worst <= boot.high
+        boot_covered += boot.low <= 0.75 <= boot.high
+    assert abs(covered / draws - 0.95) <= 4 * math.sqrt(0.95 * 0.05 / draws)
+    # The percentile bootstrap over 8 seeds undercovers, as its docstring warns.
+    assert boot_covered < covered
+    again = worst_group_accuracy(seeds, method="bootstrap", n_resamples=500, seed=1)
+    assert (again.low, again.high) == (boot.low, boot.high)
+    single = worst_group_accuracy(seeds[:1])
+    assert (single.low, single.high, single.n_seeds) == (None, None, 1)
+
+
+def test_group_size_for_standard_error() -> None:
+    for target, p in ((0.01, 0.5), (0.01, 0.9), (0.02, 0.75), (0.005, 0.97)):
+        n = group_size_for_standard_error(target, accuracy=p)
+        assert math.sqrt(p * (1 - p) / n) <= target * (1 + 1e-12)
+        assert math.sqrt(p * (1 - p) / (n - 1)) > target
+    assert group_size_for_standard_error(0.01, accuracy=1.0) == 1
+    rng = np.random.default_rng(2)
+    n = group_size_for_standard_error(0.01, accuracy=0.9)
+    spread = float(np.std(rng.binomial(n, 0.9, 20_000) / n))
+    assert spread == pytest.approx(0.01, rel=0.03)
+
+
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
@@ -356,6 +441,18 @@ def test_group_accuracy_finds_the_planted_worst_group() -> None:
         (lambda: minimal_detectable_difference(5, 1.0, comparisons=0), ValueError, "comparisons"),
         (lambda: minimal_detectable_difference(5, 1.0, power=0.01), ValueError, "power"),
         (lambda: sample_size(0.0, 1.0), ValueError, "difference must be non-zero"),
+        (lambda: worst_group_accuracy([]), ValueError, "at least one seed"),
+        (lambda: worst_group_accuracy({"a": 0.5}), TypeError, "per_seed must be a sequence"),  # type: ignore[arg-type]
+        (
+            lambda: worst_group_accuracy([{"a": 0.5, "b": 0.6}, {"a": 0.5}]),
+            ValueError,
+            "per_seed[1] must have the groups of per_seed[0]; missing ['b']",
+        ),
+        (lambda: worst_group_accuracy([{"a": float("nan")}]), ValueError, "finite"),
+        (lambda: worst_group_accuracy([{"a": 1.5}]), ValueError, "must lie in [0, 1]"),
+        (lambda: worst_group_accuracy([{"a": 0.5}], method="x"), ValueError, "method"),  # type: ignore[arg-type]
+        (lambda: group_size_for_standard_error(0.0), ValueError, "target"),
+        (lambda: group_size_for_standard_error(0.01, accuracy=1.2), ValueError, "accuracy"),
         (lambda: sample_size(1e-4, 1.0, max_n=100), ValueError, "max_n=100"),
         (lambda: compare_all({"a": [0.1, 0.2], "b": [0.1, 0.2]}, alpha=0), ValueError, "alpha"),
         (

@@ -29,7 +29,10 @@ from __future__ import annotations
 
 from nodulebench.stats._groups import (
     GroupAccuracy,
+    WorstGroupAccuracy,
     group_accuracy,
+    group_size_for_standard_error,
+    worst_group_accuracy,
 )
 from nodulebench.stats._inference import (
     MeanInterval,
@@ -63,9 +66,11 @@ __all__ = [
     "PairedComparison",
     "PairedTest",
     "Verdict",
+    "WorstGroupAccuracy",
     "compare_all",
     "equivalence_test",
     "group_accuracy",
+    "group_size_for_standard_error",
     "holm",
     "mean_interval",
     "minimal_detectable_difference",
@@ -75,4 +80,5 @@ __all__ = [
     "sample_size",
     "sign_flip_test",
     "verdict",
+    "worst_group_accuracy",
 ]
