@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -40,8 +40,6 @@ __all__ = [
     "permuted_masks",
     "saliency_baselines",
 ]
-
-T = TypeVar("T")
 
 
 def centered_gaussian_maps(like: torch.Tensor, *, sigma: float = 0.25) -> torch.Tensor:
@@ -326,7 +324,9 @@ def saliency_baselines(
     return rows
 
 
-def disjoint_pairs(first: Sequence[T], second: Sequence[T] | None = None) -> list[tuple[T, T]]:
+def disjoint_pairs(
+    first: Sequence[Any], second: Sequence[Any] | None = None
+) -> list[tuple[Any, Any]]:
     """Pairs of runs in which no run appears twice, so that CKA values are independent.
 
     With one sequence (the seeds of one condition): ``(first[0], first[1])``,

@@ -194,10 +194,11 @@ def worst_group_accuracy(
     The usual estimator, the mean over seeds of each seed's worst group, is biased low:
     each seed's minimum over noisy group accuracies picks that seed's unluckiest group, so
     with four groups of equal accuracy it falls about one standard error of a group's
-    accuracy below every group's mean (0.04 for groups of 40 samples at 0.925). Here every group's accuracy is first averaged over
-    the seeds (the table ``per_group``, each with a Student-t interval), and the worst group
-    is the group with the lowest mean, :math:`\min_g \bar a_g`; that is still a minimum of
-    noisy means, but their noise is :math:`\sqrt{n}` times smaller.
+    accuracy below every group's mean (0.04 for groups of 40 samples at 0.925). Here every
+    group's accuracy is first averaged over the seeds (the table ``per_group``, each with a
+    Student-t interval), and the worst group is the group with the lowest mean,
+    :math:`\min_g \bar a_g`; that is still a minimum of noisy means, but their noise is
+    :math:`\sqrt{n}` times smaller (0.02 low in the example).
 
     The interval is, with ``method="t"``, the t interval of the worst group's mean (that
     group taken as given); with ``method="bootstrap"``, the percentile interval of

@@ -403,7 +403,7 @@ class Verdict:
 
     @property
     def summary(self) -> str:
-        """One line: e.g. ``"inconclusive: detectable only above 0.15"``."""
+        """The verdict in one line, e.g. ``"inconclusive: detectable only above 0.15"``."""
         if self.kind == "different":
             return f"different: {self.comparison.difference:+.3g} (p = {self.p_value:.2g})"
         if self.kind == "equivalent":
