@@ -146,6 +146,11 @@ def test_sign_flip_sampling_agrees_with_enumeration() -> None:
     sampled = sign_flip_test(a, b, max_exact=8, n_resamples=20_000, seed=3)
     assert abs(sampled - exact) <= 4 * math.sqrt(exact * (1 - exact) / 20_000) + 1e-4
     assert sampled == sign_flip_test(a, b, max_exact=8, n_resamples=20_000, seed=3)
+    # Enumeration in blocks (2^17 assignments here) against a count written out in full.
+    wide = rng.normal(0.2, 1.0, 17)
+    signs = 1 - 2 * ((np.arange(2**17)[:, None] >> np.arange(17)) & 1)
+    full = np.mean(np.abs(signs @ np.abs(wide)) >= abs(wide.sum()) * (1 - 1e-9))
+    assert sign_flip_test(wide.tolist(), [0.0] * 17) == pytest.approx(full, abs=1e-12)
 
 
 def test_power_is_that_of_the_published_tables_and_of_simulation() -> None:
@@ -356,6 +361,10 @@ def test_worst_group_is_the_minimum_of_the_seed_means() -> None:
         )
     assert (r.low, r.high) == (r.per_group[r.worst_group].low, r.per_group[r.worst_group].high)
     assert r.per_seed_minimum.mean == pytest.approx(table.min(axis=1).mean())
+    rows = r.table()
+    assert [row["group"] for row in rows] == list("abc")
+    assert [row["mean"] for row in rows] == pytest.approx(means.tolist())
+    assert [row["worst"] for row in rows] == [g == r.worst_group for g in "abc"]
     # GroupAccuracy records are accepted as they are.
     records = [
         group_accuracy(torch.tensor([1, 0, 1]), torch.tensor([1, 1, 1]), torch.tensor([0, 0, 1])),

@@ -139,6 +139,25 @@ class WorstGroupAccuracy:
     n_seeds: int
     confidence: float
 
+    def table(self) -> list[dict[str, Any]]:
+        """The per-group table as tidy rows, one per group in the seeds' order.
+
+        Returns:
+            ``[{"group", "mean", "low", "high", "std", "n", "worst"}, ...]``, ready for CSV.
+        """
+        return [
+            {
+                "group": name,
+                "mean": value.mean,
+                "low": value.low,
+                "high": value.high,
+                "std": value.std,
+                "n": value.n,
+                "worst": name == self.worst_group,
+            }
+            for name, value in self.per_group.items()
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         """A plain dictionary (JSON friendly)."""
         return asdict(self)

@@ -220,10 +220,13 @@ def sign_flip_test(
     if observed <= tolerance:
         return 1.0
     if n <= max_exact:
-        codes = np.arange(2**n, dtype=np.int64)[:, None] >> np.arange(n, dtype=np.int64)
-        signs = 1.0 - 2.0 * (codes & 1)
-        stats = np.abs(signs @ magnitude)
-        return float(np.mean(stats >= observed - tolerance))
+        extreme = 0
+        bits = np.arange(n, dtype=np.int64)
+        for start in range(0, 2**n, 1 << 14):  # blocks of 16,384 assignments: O(n) memory
+            codes = np.arange(start, min(start + (1 << 14), 2**n), dtype=np.int64)
+            signs = 1.0 - 2.0 * ((codes[:, None] >> bits) & 1)
+            extreme += int(np.sum(np.abs(signs @ magnitude) >= observed - tolerance))
+        return float(extreme / 2**n)
     generator = np.random.default_rng(seed)
     extreme = 0
     for start in range(0, n_resamples, 4096):
