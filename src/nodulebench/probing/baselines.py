@@ -245,7 +245,7 @@ def saliency_baselines(
     * ``"gaussian"``: :func:`centered_gaussian_maps` (``sigma``) against the true masks;
     * ``"coarse_mask"``: :func:`coarse_mask_maps` of ``masks[coarse_region]`` (by default
       the nodule) through a ``grid`` grid, against the true masks (left out when
-      ``coarse_region`` is ``None``);
+      ``coarse_region`` is ``None``; an image without that region gets a flat map);
     * ``"permuted"``: the maps themselves against other images' masks
       (:func:`permuted_masks`, ``seed``).
 
