@@ -202,3 +202,25 @@ def test_mask_energy_partitions_with_later_masks_taking_precedence() -> None:
 def test_bad_input_names_the_argument(call, exc, fragment) -> None:
     with pytest.raises(exc, match=re.escape(fragment)):
         call()
+
+
+def test_input_gradients_of_a_linear_model_are_its_weights() -> None:
+    # y_k = sum_c,u W[k, c, u] x[c, u], so |dy_k / dx| summed over channels is sum_c |W[k, c]|.
+    from nodulebench.probing import input_gradients
+
+    g = torch.Generator().manual_seed(0)
+    weights = torch.randn(2, 2 * 4 * 5, generator=g)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(weights)
+    images = torch.rand(3, 2, 4, 5, generator=g)
+    for target in (0, 1):
+        maps = input_gradients(model, images, target=target)
+        expected = weights[target].reshape(2, 4, 5).abs().sum(dim=0)
+        assert maps.shape == (3, 1, 4, 5)
+        assert torch.allclose(maps, expected.expand(3, 1, 4, 5), atol=1e-6)
+    assert model[1].weight.grad is None
+    per_image = input_gradients(model, images, target=torch.tensor([0, 1, 0]))
+    assert torch.allclose(per_image[1], input_gradients(model, images, target=1)[1])
+    with pytest.raises(ValueError, match="target must index one of the 2 classes"):
+        input_gradients(model, images, target=2)

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from nodulebench._validation import check_floating, check_int, check_ndim
 from nodulebench.probing.features import capture_outputs, evaluation_mode, resolve_layers
 
-__all__ = ["grad_cam", "mask_energy"]
+__all__ = ["grad_cam", "input_gradients", "mask_energy"]
 
 
 def _target_scores(
@@ -143,6 +143,53 @@ def grad_cam(
         cam = F.interpolate(cam, size=images.shape[2:], mode=mode, align_corners=False)
         cam = cam.clamp_min(0.0)  # bilinear weights are convex; this only removes -0.0
     return cam.to(images.dtype)
+
+
+def input_gradients(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Input-gradient saliency: :math:`\sum_c |\partial y / \partial x_c|` at every pixel.
+
+    The gradient of the target score :math:`y` (e.g. the malignant logit) with respect to
+    the input, its absolute value summed over input channels (Simonyan et al., 2014). Unlike
+    :func:`grad_cam` it has the input's full resolution and needs no layer, so it can see
+    thin structures (spicules) that a coarse layer blurs. The model runs in eval mode and
+    the parameters' ``.grad`` fields are left untouched.
+
+    Args:
+        model: Maps ``(N, C_in, H, W)`` images (or ``(N, C_in, D, H, W)`` volumes) to
+            logits ``(N, K)``, ``(N, 1)`` or ``(N,)``.
+        images: ``(N, C_in, H, W)`` or ``(N, C_in, D, H, W)`` floating-point inputs.
+        target: as for :func:`grad_cam`.
+
+    Returns:
+        ``(N, 1, H, W)`` (or ``(N, 1, D, H, W)``) non-negative maps, on the images' device.
+
+    Raises:
+        ValueError: If ``target`` does not fit the model's output, or ``N = 0``.
+        TypeError: If ``images`` is not a floating-point tensor.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from nodulebench.probing import input_gradients
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+        >>> input_gradients(model, torch.rand(3, 1, 4, 4), target=1).shape
+        torch.Size([3, 1, 4, 4])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_ndim("images", images, (4, 5), "(N, C, H, W) or (N, C, D, H, W)")
+    check_floating("images", images)
+    if images.shape[0] == 0:
+        raise ValueError("images must hold at least one image; got N = 0")
+    inputs = images.detach().clone().requires_grad_(True)
+    with evaluation_mode(model), torch.enable_grad():
+        scores = _target_scores(model(inputs), target, images.shape[0])
+        (gradient,) = torch.autograd.grad(scores.sum(), inputs)
+    return gradient.abs().sum(dim=1, keepdim=True).to(images.dtype)
 
 
 def mask_energy(maps: torch.Tensor, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,18 +1,4 @@
-r"""Statistics for results over a few seeds: intervals, paired comparisons, group accuracy.
-
-A study that trains each model on a handful of seeds has few degrees of freedom, so every
-number it reports carries an interval, and a difference between two losses is claimed only
-where a test rejects. The functions here are small and return plain dataclasses:
-
-* :func:`mean_interval`: mean over seeds with a Student-t confidence interval.
-* :func:`paired_comparison`: the paired t-test of two losses trained on the same data
-  (same seed), with the mean difference, its interval and the standardized effect size.
-* :func:`holm`: Holm's step-down correction of several p-values.
-* :func:`compare_all`: every pair of a set of conditions, Holm-corrected.
-* :func:`group_accuracy`: accuracy per group and the worst group (Sagawa et al., 2020).
-
-scipy is imported inside the functions that need it, so ``import nodulebench`` stays light.
-"""
+"""Intervals over seeds, paired comparisons and Holm's correction (see :mod:`nodulebench.stats`)."""
 
 from __future__ import annotations
 
@@ -20,23 +6,23 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import combinations
-from typing import Any
+from typing import Any, Literal
 
-import torch
-
-from nodulebench._validation import check_in_range, check_integer_tensor, check_ndim
+from nodulebench._validation import check_choice, check_in_range, check_int
 
 __all__ = [
-    "GroupAccuracy",
     "MeanInterval",
     "PairResult",
     "PairedComparison",
     "compare_all",
-    "group_accuracy",
     "holm",
     "mean_interval",
     "paired_comparison",
+    "sign_flip_test",
 ]
+
+PairedTest = Literal["t", "sign-flip"]
+"""The paired tests: Student's t on the differences, or the exact sign-flip permutation test."""
 
 
 def _values(name: str, values: Sequence[float], minimum: int) -> list[float]:
@@ -154,58 +140,164 @@ class PairedComparison:
         return asdict(self)
 
 
-def paired_comparison(
-    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95
-) -> PairedComparison:
-    r"""Paired t-test of ``a`` against ``b``, where ``a[i]`` and ``b[i]`` share a seed.
-
-    Two losses trained on the same seed see the same data, so the seed's luck is shared
-    and the differences :math:`d_i = a_i - b_i` are compared with zero:
-    :math:`t = \bar d / (s_d / \sqrt n)` on :math:`n - 1` degrees of freedom. Pairs whose
-    differences are all equal have no spread and no t statistic (accuracies on a finite test
-    set are discrete, so this happens): the p-value is then that of the exact two-sided sign
-    test, :math:`2 \cdot 2^{-n}` when all differ by the same non-zero amount, 1 when none
-    differs.
-
-    Args:
-        a: ``n >= 2`` finite values of the first condition, one per seed.
-        b: the second condition's values for the same seeds, in the same order.
-        confidence: coverage of the difference's interval, in ``(0, 1)``.
-
-    Returns:
-        A :class:`PairedComparison`.
-
-    Raises:
-        ValueError: If the lengths differ, ``n < 2``, or a value is not finite.
-        TypeError: If an input is not a sequence of real numbers.
-
-    Example:
-        >>> c = paired_comparison([0.90, 0.88, 0.91, 0.89, 0.92], [0.85, 0.84, 0.85, 0.86, 0.86])
-        >>> round(c.difference, 3), c.p_value < 0.05
-        (0.048, True)
-    """
-    check_in_range("confidence", confidence, 0.0, 1.0, inclusive=False)
+def _paired_differences(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """``a[i] - b[i]`` after checking both are finite, equally long and hold ``n >= 2``."""
     first = _values("a", a, 2)
     second = _values("b", b, 2)
     if len(first) != len(second):
         raise ValueError(
             f"a and b must hold one value per seed each; got {len(first)} and {len(second)} values"
         )
-    differences = [x - y for x, y in zip(first, second, strict=True)]
+    return [x - y for x, y in zip(first, second, strict=True)]
+
+
+def _spread(differences: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample deviation; a deviation lost in rounding is returned as exactly 0."""
     n = len(differences)
     mean = math.fsum(differences) / n
     std = math.sqrt(math.fsum((d - mean) ** 2 for d in differences) / (n - 1))
     if std <= 1e-12 * max(1.0, abs(mean)):
-        # No spread: the t statistic is undefined. Fall back on the exact sign test, which
-        # needs no variance: n equal non-zero differences have p = 2 * 2^-n.
-        no_difference = abs(mean) <= 1e-12
+        std = 0.0
+    return mean, std
+
+
+def sign_flip_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    max_exact: int = 20,
+    n_resamples: int = 100_000,
+    seed: int = 0,
+) -> float:
+    r"""Two-sided p-value of the sign-flip permutation test of paired values.
+
+    Under the null hypothesis that ``a`` and ``b`` are exchangeable within each seed, every
+    difference :math:`d_i = a_i - b_i` is as likely to have come out with the other sign.
+    The p-value is the share of the :math:`2^n` sign assignments :math:`s \in \{\pm1\}^n`
+    whose statistic is at least the observed one,
+
+    .. math::
+
+        p = 2^{-n}\,\#\Big\{s : \Big|\sum_i s_i |d_i|\Big| \ge \Big|\sum_i d_i\Big|\Big\}.
+
+    It needs no variance, so differences without spread are no special case, and it is
+    monotone: moving a difference further from zero on the side of the mean never raises
+    ``p``. Its smallest value is :math:`2^{1-n}` (0.0625 for 5 seeds), the honest floor of a
+    test that assumes nothing about the differences' distribution. For ``n > max_exact``
+    the sign assignments are sampled (``n_resamples`` of them, from a generator seeded with
+    ``seed``; the global random state is not used) and :math:`p = (1 + k) / (1 + R)`.
+
+    Args:
+        a: ``n >= 2`` finite values of the first condition, one per seed.
+        b: the second condition's values for the same seeds, in the same order.
+        max_exact: the largest ``n`` enumerated exactly (``2^n`` assignments), ``<= 24``.
+        n_resamples: sampled assignments when ``n > max_exact``.
+        seed: seed of the sampling generator.
+
+    Returns:
+        The two-sided p-value in ``(0, 1]``.
+
+    Raises:
+        ValueError: If the lengths differ, ``n < 2``, a value is not finite, or an option
+            is out of range.
+        TypeError: If an input is not a sequence of real numbers.
+
+    Example:
+        >>> sign_flip_test([0.9, 0.8, 0.85, 0.9, 0.95], [0.74, 0.64, 0.69, 0.74, 0.79])
+        0.0625
+    """
+    check_int("max_exact", max_exact, 1, 24)
+    check_int("n_resamples", n_resamples, 1)
+    check_int("seed", seed, 0)
+    differences = _paired_differences(a, b)
+    n = len(differences)
+    import numpy as np
+
+    magnitude = np.abs(np.asarray(differences, dtype=np.float64))
+    observed = abs(math.fsum(differences))
+    # Sums that equal the observed one up to rounding count as "at least as extreme".
+    tolerance = 1e-9 * max(float(magnitude.sum()), 1e-300)
+    if observed <= tolerance:
+        return 1.0
+    if n <= max_exact:
+        extreme = 0
+        bits = np.arange(n, dtype=np.int64)
+        for start in range(0, 2**n, 1 << 14):  # blocks of 16,384 assignments: O(n) memory
+            codes = np.arange(start, min(start + (1 << 14), 2**n), dtype=np.int64)
+            signs = 1.0 - 2.0 * ((codes[:, None] >> bits) & 1)
+            extreme += int(np.sum(np.abs(signs @ magnitude) >= observed - tolerance))
+        return float(extreme / 2**n)
+    generator = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, n_resamples, 4096):
+        rows = min(4096, n_resamples - start)
+        signs = generator.choice(np.array([-1.0, 1.0]), size=(rows, n))
+        extreme += int(np.sum(np.abs(signs @ magnitude) >= observed - tolerance))
+    return (1 + extreme) / (1 + n_resamples)
+
+
+def paired_comparison(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    test: PairedTest = "t",
+) -> PairedComparison:
+    r"""Paired comparison of ``a`` with ``b``, where ``a[i]`` and ``b[i]`` share a seed.
+
+    Two losses trained on the same seed see the same data, so the seed's luck is shared
+    and the differences :math:`d_i = a_i - b_i` are compared with zero. With ``test="t"``
+    (the default) this is the paired t-test, :math:`t = \bar d / (s_d / \sqrt n)` on
+    :math:`n - 1` degrees of freedom. Differences that are all equal have no spread: the
+    t statistic is then infinite and ``p = 0`` for a non-zero mean (the limit of ever less
+    noisy differences of that mean, so the p-value never rises as the differences agree
+    more) and ``p = 1`` when no pair differs. The t-test trusts the differences to be
+    roughly normal; ``test="sign-flip"`` takes its p-value from the exact
+    :func:`sign_flip_test` instead, which assumes only that the signs are exchangeable
+    under the null and cannot go below :math:`2^{1-n}`. The interval is Student's in both
+    cases (of width zero without spread).
+
+    Args:
+        a: ``n >= 2`` finite values of the first condition, one per seed.
+        b: the second condition's values for the same seeds, in the same order.
+        confidence: coverage of the difference's interval, in ``(0, 1)``.
+        test: ``"t"`` or ``"sign-flip"``, the test that gives the p-value.
+
+    Returns:
+        A :class:`PairedComparison`.
+
+    Raises:
+        ValueError: If the lengths differ, ``n < 2``, a value is not finite, or ``test`` is
+            unknown.
+        TypeError: If an input is not a sequence of real numbers.
+
+    Example:
+        >>> c = paired_comparison([0.90, 0.88, 0.91, 0.89, 0.92], [0.85, 0.84, 0.85, 0.86, 0.86])
+        >>> round(c.difference, 3), c.p_value < 0.05
+        (0.048, True)
+        >>> paired_comparison([0.90, 0.88, 0.91, 0.89, 0.92], [0.85, 0.84, 0.85, 0.86, 0.86],
+        ...                   test="sign-flip").p_value
+        0.0625
+    """
+    check_in_range("confidence", confidence, 0.0, 1.0, inclusive=False)
+    check_choice("test", test, ("t", "sign-flip"))
+    differences = _paired_differences(a, b)
+    n = len(differences)
+    mean, std = _spread(differences)
+    no_difference = std == 0.0 and abs(mean) <= 1e-12
+    sign_flip = None if test == "t" or no_difference else sign_flip_test(a, b)
+    if std == 0.0:
         effect = 0.0 if no_difference else math.copysign(math.inf, mean)
-        p_value = 1.0 if no_difference else min(1.0, 2.0 ** (1 - n))
+        p_value = 1.0 if no_difference else 0.0
+        p_value = p_value if sign_flip is None else sign_flip
         return PairedComparison(mean, mean, mean, effect, p_value, n, confidence)
     from scipy import stats
 
     standard_error = std / math.sqrt(n)
-    p_value = float(2 * stats.t.sf(abs(mean / standard_error), n - 1))
+    if sign_flip is None:
+        p_value = float(2 * stats.t.sf(abs(mean / standard_error), n - 1))
+    else:
+        p_value = sign_flip
     half = _t_quantile(confidence, n - 1) * standard_error
     return PairedComparison(mean, mean - half, mean + half, mean / std, p_value, n, confidence)
 
@@ -272,7 +364,11 @@ class PairResult:
 
 
 def compare_all(
-    conditions: Mapping[str, Sequence[float]], *, alpha: float = 0.05, confidence: float = 0.95
+    conditions: Mapping[str, Sequence[float]],
+    *,
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+    test: PairedTest = "t",
 ) -> list[PairResult]:
     """Paired comparisons of every pair of conditions, Holm-corrected as one family.
 
@@ -280,6 +376,7 @@ def compare_all(
         conditions: ``{name: values}``, every list one value per seed in the same seed order.
         alpha: family-wise error rate, in ``(0, 1)``.
         confidence: coverage of each difference's interval.
+        test: the paired test of each pair (see :func:`paired_comparison`).
 
     Returns:
         One :class:`PairResult` per unordered pair, in the mapping's order.
@@ -296,92 +393,11 @@ def compare_all(
     names = list(conditions)
     pairs = list(combinations(names, 2))
     results = [
-        paired_comparison(conditions[a], conditions[b], confidence=confidence) for a, b in pairs
+        paired_comparison(conditions[a], conditions[b], confidence=confidence, test=test)
+        for a, b in pairs
     ]
     adjusted = holm([r.p_value for r in results])
     return [
         PairResult(a, b, result, p, p <= alpha)
         for (a, b), result, p in zip(pairs, results, adjusted, strict=True)
     ]
-
-
-@dataclass(frozen=True)
-class GroupAccuracy:
-    """Accuracy per group and the worst of them.
-
-    Attributes:
-        worst: the lowest accuracy over the groups present.
-        worst_group: the name of that group (the first in ``names`` order on ties).
-        per_group: ``{group name: accuracy}`` of every group present.
-        counts: ``{group name: number of samples}`` of every group present.
-    """
-
-    worst: float
-    worst_group: str
-    per_group: dict[str, float]
-    counts: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dictionary (JSON friendly)."""
-        return asdict(self)
-
-
-def group_accuracy(
-    predictions: torch.Tensor,
-    labels: torch.Tensor,
-    groups: torch.Tensor,
-    names: Sequence[str] | None = None,
-) -> GroupAccuracy:
-    """Accuracy within each group and the worst-group accuracy (Sagawa et al., 2020).
-
-    Worst-group accuracy is the accuracy of the group the classifier serves worst; for a
-    shortcut it is usually a group where the shortcut disagrees with the label. Groups
-    absent from the data are left out (their accuracy is undefined, not zero).
-
-    Args:
-        predictions: ``(N,)`` predicted classes (integers).
-        labels: ``(N,)`` true classes (integers).
-        groups: ``(N,)`` group index of each sample, in ``[0, G)``.
-        names: ``G`` group names (default: ``"0"``, ``"1"``, ...).
-
-    Returns:
-        A :class:`GroupAccuracy`.
-
-    Raises:
-        ValueError: If shapes differ, ``N = 0``, or a group index has no name.
-        TypeError: If an input is not an integer tensor.
-
-    Example:
-        >>> r = group_accuracy(torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 0, 0]),
-        ...                    torch.tensor([0, 1, 1, 2]), ["a", "b", "c"])
-        >>> r.worst, r.worst_group, r.per_group
-        (0.5, 'b', {'a': 1.0, 'b': 0.5, 'c': 1.0})
-    """
-    for name, tensor in (("predictions", predictions), ("labels", labels), ("groups", groups)):
-        check_ndim(name, tensor, (1,), "(N,)")
-        check_integer_tensor(name, tensor)
-    n = predictions.shape[0]
-    if labels.shape[0] != n or groups.shape[0] != n:
-        raise ValueError(
-            f"predictions, labels and groups must have the same length; got "
-            f"{n}, {labels.shape[0]} and {groups.shape[0]}"
-        )
-    if n == 0:
-        raise ValueError("predictions must hold at least one sample; got N = 0")
-    g = groups.detach().cpu().long()
-    if int(g.min()) < 0:
-        raise ValueError(f"groups must be >= 0; got {int(g.min())}")
-    count = int(g.max()) + 1
-    if names is None:
-        names = [str(i) for i in range(count)]
-    elif len(names) < count:
-        raise ValueError(
-            f"names must name every group index up to {count - 1}; got {len(names)} name(s)"
-        )
-    correct = (predictions.detach().cpu() == labels.detach().cpu()).double()
-    totals = torch.bincount(g, minlength=len(names))
-    hits = torch.bincount(g, weights=correct, minlength=len(names))
-    per_group = {names[k]: float(hits[k] / totals[k]) for k in range(len(names)) if totals[k] > 0}
-    counts = {names[k]: int(totals[k]) for k in range(len(names)) if totals[k] > 0}
-    worst_group = min(per_group, key=lambda k: per_group[k])
-    return GroupAccuracy(per_group[worst_group], worst_group, per_group, counts)
