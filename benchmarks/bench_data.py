@@ -5,12 +5,17 @@ Usage::
     PYTHONPATH=src python benchmarks/bench_data.py            # CPU, and CUDA when present
     PYTHONPATH=src python benchmarks/bench_data.py --threads 2 --image-size 32 --json out.jsonl
     PYTHONPATH=src python benchmarks/bench_data.py --threads 1 --volume-size 32 --batch-size 64
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_data.py --threads 1 --labels 10000000
 
 Prints images/s (median over repeats, after a warm-up) of ``ds.render`` for the default spec
 (with masks off and on; volumes of ``--volume-size`` cubed voxels when given) and the peak
 memory of one batch: CPU resident-set growth
-(``ru_maxrss``) or CUDA ``max_memory_allocated``. One JSON line per measurement is appended
-to ``--json`` when given, with the device named.
+(``ru_maxrss``) or CUDA ``max_memory_allocated``. With ``--labels N`` it first times
+``ds.labels`` of an ``N``-sample dataset (one fresh process per spec, so that each peak
+memory is its own): the default spec (allocated labels) and a spec whose rule is not a split
+(with a shortcut and label noise, so that exact counts within classes need every label),
+with the size of the pickled dataset (what each DataLoader worker receives). One JSON line
+per measurement is appended to ``--json`` when given, with the device named.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 import torch
 
 from nodulebench import NoduleSpec, SyntheticNodules
+from nodulebench.data import LinearLabelRule
 
 
 def _sync(device: torch.device) -> None:
@@ -99,6 +105,52 @@ def peak_memory_mb(ds: SyntheticNodules, device: torch.device, batch: int) -> fl
     return (after - before) / 2**20
 
 
+def _time_labels(spec: NoduleSpec, n: int, threads: int | None) -> tuple[float, float, int]:
+    """Seconds and resident-set growth (MB) of ``ds.labels``, and the pickled dataset's bytes."""
+    import pickle
+
+    if threads:
+        torch.set_num_threads(threads)
+    scale = 1024 if sys.platform != "darwin" else 1
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    t0 = time.perf_counter()
+    ds = SyntheticNodules(spec, n=n, seed=0)
+    labels = ds.labels
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    assert labels.shape == (n,)
+    return seconds, (after - before) / 2**20, len(pickle.dumps(ds))
+
+
+def bench_labels(n: int, threads: int | None) -> list[dict[str, object]]:
+    """``ds.labels`` of two specs, each in a fresh (spawned) process; prints one row each."""
+    import multiprocessing
+
+    specs = {
+        "default (allocated split)": NoduleSpec(),
+        "linear rule, shortcut, label noise": NoduleSpec(
+            label_rule=LinearLabelRule({"spiculation": 1.0, "attenuation_hu": 1.0}, 0.9),
+            malignant_fraction=None,
+            label_noise=0.05,
+        ).with_shortcut("diameter_mm", 0.8),
+    }
+    rows = []
+    ctx = multiprocessing.get_context("spawn")
+    for name, spec in specs.items():
+        with ctx.Pool(1) as pool:
+            seconds, grown_mb, pickled = pool.apply(_time_labels, (spec, n, threads))
+        print(
+            f"labels of n={n:,} ({name}; {threads or torch.get_num_threads()} threads): "
+            f"{seconds:.1f} s, resident-set growth {grown_mb:,.0f} MB, "
+            f"pickled dataset {pickled:,} bytes"
+        )
+        rows.append(
+            {"bench": "labels", "spec": name, "n": n, "seconds": seconds, "peak_mb": grown_mb}
+        )
+        rows[-1]["pickle_bytes"] = pickled
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=64)
@@ -123,8 +175,21 @@ def main() -> None:
         default=None,
         help="time volumes of this many voxels per side instead of images",
     )
+    parser.add_argument(
+        "--labels",
+        type=int,
+        default=0,
+        help="first time ds.labels of a dataset of this many samples (e.g. 10000000)",
+    )
     parser.add_argument("--json", default=None, help="append JSON lines to this file")
     args = parser.parse_args()
+    if args.labels > 0:
+        rows = bench_labels(args.labels, args.threads)
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.writelines(
+                    json.dumps({**row, "torch": torch.__version__}) + "\n" for row in rows
+                )
     size = args.volume_size or args.image_size
     shape = f"{size}x{size}" + (f"x{size} volumes" if args.volume_size else " images")
 

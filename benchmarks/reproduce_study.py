@@ -7,7 +7,9 @@ Grad-CAM, CKA) and writes ``report.md``, ``metrics.json``, ``metrics.csv`` and f
     python benchmarks/reproduce_study.py --preset quick --out results/quick
 
 Rerunning the same command resumes: finished runs are skipped, and a run whose files are
-truncated or corrupt is named in the log and done again. ``--fresh`` starts over.
+truncated, corrupt or incomplete is named in the log and done again. ``--fresh`` starts over.
+A second study on the same ``--out`` is refused while the first runs; every loss is called
+once on a tiny batch before any training, so that bad options fail first.
 ``--workers 2`` trains two runs side by side (best on a 2-core CPU).
 Under ``torchrun --nproc_per_node N`` the runs train with DDP on N processes; only rank 0
 evaluates and writes.
@@ -20,6 +22,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -34,10 +37,11 @@ from study.config import (
     preset_path,
 )
 from study.parallel import Parallel, close_parallel, init_parallel
+from study.preflight import check_losses_run
 from study.progress import Progress
 from study.report import write_report
 from study.runner import check_output_folder, run_grid
-from study.store import RunStore
+from study.store import RunStore, StudyLockedError, StudyWriteError, lock_results_folder
 
 log = logging.getLogger("study")
 
@@ -112,19 +116,27 @@ def setup_logging(out: Path) -> None:
         log.addHandler(handler)
 
 
-def prepare_output(args: argparse.Namespace, config: StudyConfig, parallel: Parallel) -> RunStore:
-    """Rank 0 checks (or resets) the output folder; every rank learns the verdict."""
+def prepare_output(
+    args: argparse.Namespace, config: StudyConfig, parallel: Parallel
+) -> tuple[RunStore, IO[str] | None]:
+    """Rank 0 locks and checks (or resets) the output folder; every rank learns the verdict.
+
+    Returns the store and, on rank 0, the open lock file (the lock lasts while it is open).
+    """
     out = args.out or Path("results") / config.name
-    error = None
+    error, lock = None, None
     if parallel.is_main:
         try:
+            lock = lock_results_folder(out)
             check_output_folder(out, config, args.fresh)
-        except ConfigError as err:
+        except (ConfigError, StudyLockedError, StudyWriteError) as err:
             error = str(err)
+            if lock is not None:
+                lock.close()
     error = parallel.broadcast(error)
     if error is not None:
         raise ConfigError(error)
-    return RunStore(out)
+    return RunStore(out), lock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"train.batch_size ({config.train.batch_size}) must be divisible "
                 f"by the number of processes ({parallel.world_size})"
             )
-        store = prepare_output(args, config, parallel)
+        check_losses_run(config, device)
+        store, lock = prepare_output(args, config, parallel)
     except ConfigError as err:
         print(f"reproduce_study.py: error: {err}", file=sys.stderr)
         close_parallel(parallel)
@@ -171,13 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     start = time.perf_counter()
     progress = Progress(enabled=not args.no_progress and parallel.is_main)
-    run_grid(config, store, device, progress, parallel, workers=args.workers)
-    if parallel.is_main:
-        write_report(config, store)
-        log.info(
-            "finished in %.0f s; report: %s", time.perf_counter() - start, store.root / "report.md"
-        )
-    close_parallel(parallel)
+    try:
+        run_grid(config, store, device, progress, parallel, workers=args.workers)
+        if parallel.is_main:
+            write_report(config, store)
+            log.info(
+                "finished in %.0f s; report: %s",
+                time.perf_counter() - start,
+                store.root / "report.md",
+            )
+    except StudyWriteError as err:
+        print(f"reproduce_study.py: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        close_parallel(parallel)
+        if lock is not None:
+            lock.close()
     return 0
 
 

@@ -288,7 +288,7 @@ def config_from_dict(raw: dict[str, Any], *, default_name: str = "custom") -> St
         if not isinstance(options, dict):
             raise ConfigError(f"[loss_options.{key}] must be a table")
     config = StudyConfig(
-        name=str(raw.get("name", default_name)),
+        name=check_study_name(str(raw.get("name", default_name))),
         seeds=seeds,
         losses=losses,
         experiments=experiments,
@@ -303,6 +303,30 @@ def config_from_dict(raw: dict[str, Any], *, default_name: str = "custom") -> St
     check_loss_options(config)
     check_experiments(config)
     return config
+
+
+def check_study_name(name: str) -> str:
+    """The name, or ``ConfigError`` unless it is a plain file name.
+
+    The name is the results folder under ``results/`` by default, so it may not hold a path
+    separator, be ``.`` or ``..``, start with a dot or hold control characters; ``--out``
+    is the way to write elsewhere.
+    """
+    separators = ("/", "\\")
+    plain = (
+        bool(name)
+        and not name.startswith(".")
+        and not any(sep in name for sep in separators)
+        and name.isprintable()
+        and len(name.encode()) <= 200
+    )
+    if not plain:
+        raise ConfigError(
+            f"name must be a plain file name (no '/', '\\' or leading '.', printable, at "
+            f"most 200 bytes; it names the folder under results/, and --out writes "
+            f"elsewhere); got {name!r}"
+        )
+    return name
 
 
 def check_seeds(seeds: Any, where: str) -> tuple[int, ...]:

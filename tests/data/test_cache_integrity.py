@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import stat
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_interrupted_rematerialize_keeps_the_previous_cache(
         other.materialize(cache, batch_size=5)
     assert len(calls) == 2
     # the old cache is whole and still opens, with its own images; no partial folder is left
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.lock", "c"]
     torch.testing.assert_close(
         _open(cache).render(range(N)), _dataset().render(range(N)), rtol=0, atol=0
     )
@@ -85,7 +86,7 @@ def test_rematerialize_replaces_a_cache(cache: Path) -> None:
     torch.testing.assert_close(
         _open(cache, seed=4).render(range(N)), _dataset(seed=4).render(range(N)), rtol=0, atol=0
     )
-    assert sorted(p.name for p in cache.parent.iterdir()) == ["c"]
+    assert sorted(p.name for p in cache.parent.iterdir()) == [".c.lock", "c"]
 
 
 def test_images_overwritten_under_a_stale_manifest_are_caught(cache: Path) -> None:
@@ -237,3 +238,93 @@ def test_pickled_cached_dataset_maps_the_file_again(cache: Path) -> None:
     _dataset(seed=4).materialize(cache)
     with pytest.raises(CacheError, match="changed since it was opened"):
         pickle.loads(blob)
+
+
+class _Killed(BaseException):
+    """A planted kill: raised at one file operation and at every one after it."""
+
+
+_FILE_OPS = (
+    (os, "mkdir"),
+    (os, "rename"),
+    (os, "replace"),
+    (os, "fsync"),
+    (np, "save"),
+    (np.lib.format, "open_memmap"),
+    (shutil, "rmtree"),
+)
+
+
+def _plant_kill(monkeypatch: pytest.MonkeyPatch, at: int) -> list[str]:
+    """Make file operation number ``at`` (and every later one) die; returns the ops seen."""
+    seen: list[str] = []
+    for owner, name in _FILE_OPS:
+        real = getattr(owner, name)
+
+        def op(*args, _real=real, _name=name, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append(_name)
+            if len(seen) > at:
+                raise _Killed(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, op)
+    return seen
+
+
+def test_kill_between_any_two_file_operations_leaves_a_cache(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kill a re-materialize at every file operation: the path always opens (old or new
+    cache, never none and never a mix), and the next materialize removes every leftover."""
+    with monkeypatch.context() as m:
+        ops = _plant_kill(m, at=10**9)
+        _dataset(seed=4).materialize(cache, batch_size=5)
+    assert {"rename", "replace", "rmtree", "save", "open_memmap", "mkdir"} <= set(ops)
+    outcomes = []
+    for at in range(len(ops)):
+        _dataset(seed=3).materialize(cache, batch_size=N)  # the old cache, whole
+        with monkeypatch.context() as m:
+            _plant_kill(m, at)
+            with pytest.raises(_Killed):
+                _dataset(seed=4).materialize(cache, batch_size=5)
+        outcomes.append(
+            ("gone" if not cache.exists() else "")
+            + ",".join(sorted(p.suffix for p in tmp_path.iterdir() if p.name.startswith(".c.")))
+        )
+        opened = []
+        for seed in (3, 4):
+            try:
+                ds = _open(cache, seed=seed)
+            except CacheError:
+                continue
+            torch.testing.assert_close(
+                ds.render(range(N)), _dataset(seed).render(range(N)), rtol=0, atol=0
+            )
+            opened.append(seed)
+        # killed once the old folder was set aside, the swap is finished: the new cache
+        assert opened == [4 if at > ops.index("rename") else 3], (at, ops)
+        _dataset(seed=4).materialize(cache, batch_size=N)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".c.lock", "c"]
+        _open(cache, seed=4)
+    # the planted kills did hit a half-done swap and left work folders behind
+    assert any(o.startswith("gone") for o in outcomes)
+    assert any(".partial" in o for o in outcomes) and any(".old" in o for o in outcomes)
+
+
+def test_leftovers_of_killed_runs_are_removed_and_others_kept(tmp_path: Path, cache: Path) -> None:
+    """Work folders of this path go; another cache's (whose name starts alike) stay."""
+    (tmp_path / ".c.99-abcd.partial").mkdir()
+    (tmp_path / ".c.98-abcd.old").mkdir()
+    (tmp_path / ".c.x.97-abcd.partial").mkdir()  # a work folder of the cache "c.x"
+    _dataset(seed=4).materialize(cache, batch_size=N)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.lock", ".c.x.97-abcd.partial", "c"]
+
+
+def test_swap_interrupted_before_the_new_folder_has_a_manifest_restores_the_old(
+    tmp_path: Path, cache: Path
+) -> None:
+    """The old folder aside and no complete twin: the old cache goes back on open."""
+    os.rename(cache, tmp_path / ".c.5-beef.old")
+    (tmp_path / ".c.5-beef.partial").mkdir()
+    _open(cache, seed=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.lock", "c"]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+from collections.abc import Mapping
+
 import pytest
 import torch
 
 from nodulebench import NoduleSpec, SyntheticNodules
-from nodulebench.data import LabelFunction, LinearLabelRule, LogisticLabelRule, Split
+from nodulebench.data import LabelFunction, LinearLabelRule, LogisticLabelRule, Split, sampling
+from nodulebench.data.distributions import ByCategory
 from nodulebench.data.sampling import label_coins, sample_factors
 
 RULE = LogisticLabelRule(
@@ -104,3 +109,117 @@ def test_logistic_rule_needs_free_class_counts() -> None:
     with pytest.raises(ValueError, match="malignant_fraction must be None"):
         NoduleSpec(label_rule=RULE)
     assert NoduleSpec(label_rule=Split("spiculation", 0.5)).malignant_fraction == 0.5
+
+
+# Digests of the labels and the whole factor table (n=1237, seed=5) as the eager pass over
+# every sample computed them before labels and rows were computed in chunks and per index.
+_LINEAR = LinearLabelRule({"diameter_mm": 1.0, "attenuation_hu": 1.0}, 0.9)
+
+
+def _big(f: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return (f["diameter_mm"] > 12).long()
+
+
+_BIG = LabelFunction(_big, ("diameter_mm",), "big")
+_REFERENCE = {
+    "default": (NoduleSpec(), "32af49d5ba515b76", "71f5652cfefe9f10"),
+    "default_noise_shortcut": (
+        NoduleSpec(label_noise=0.1).with_shortcut("diameter_mm", 0.6),
+        "7880d9a7b9b6712d",
+        "1850cc8828808d61",
+    ),
+    "split_free": (NoduleSpec(malignant_fraction=None), "12c72e5fde803d3d", "d8f537b7ac4ea68c"),
+    "split_free_shortcut_noise": (
+        NoduleSpec(malignant_fraction=None, label_noise=0.05).with_shortcut("diameter_mm", 0.8),
+        "821ced43937be58a",
+        "bec59a5bd2f9532a",
+    ),
+    "logistic": (SPEC, "991b40d5e6ce9d3b", "8ef57a7334f4bfb9"),
+    "linear_noise": (
+        NoduleSpec(label_rule=_LINEAR, malignant_fraction=None, label_noise=0.1),
+        "c59ce7fec457f893",
+        "acb43adc5fc6e10b",
+    ),
+    "function_noise_shortcut": (
+        NoduleSpec(label_rule=_BIG, malignant_fraction=None, label_noise=0.2).with_shortcut(
+            "spiculation", 0.5
+        ),
+        "0ab924757996a29d",
+        "29c92e7a4b05fa74",
+    ),
+}
+
+
+def _digests(labels: torch.Tensor, factors: dict[str, torch.Tensor] | None) -> tuple[str, str]:
+    from nodulebench.data.factors import FACTORS
+
+    whole = hashlib.sha256(labels.numpy().tobytes())
+    for name in FACTORS if factors is not None else ():
+        whole.update(factors[name].numpy().tobytes())  # type: ignore[index]
+    return hashlib.sha256(labels.numpy().tobytes()).hexdigest()[:16], whole.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", sorted(_REFERENCE))
+def test_chunked_labels_and_rows_equal_the_eager_pass(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels alone, the table, dataset rows and a pickled dataset's rows, in small chunks
+    (so that class counts carry across chunks), equal what the one eager pass gave."""
+    spec, label_digest, table_digest = _REFERENCE[name]
+    monkeypatch.setattr(sampling, "_CHUNK", 300)
+    n, seed = 1237, 5
+    factors, labels = sample_factors(spec, n, seed)
+    assert _digests(labels, factors) == (label_digest, table_digest)
+    assert _digests(sampling.sample_labels(spec, n, seed), None)[0] == label_digest
+    ds = SyntheticNodules(spec, n=n, seed=seed)
+    assert _digests(ds.labels, None)[0] == label_digest
+    idx = torch.tensor([1236, 0, 600, 299, 300, 901])
+    worker = pickle.loads(pickle.dumps(ds))
+    for source in (ds, worker):
+        rows, row_labels = source._rows(idx)
+        assert torch.equal(row_labels, labels[idx])
+        for key, value in factors.items():
+            assert torch.equal(rows[key], value[idx]), key
+
+
+def test_labels_alone_draw_only_the_factors_the_rule_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Allocated labels draw no factor; a rule draws its inputs and their parents."""
+    drawn: list[str] = []
+    real = sampling.exogenous_uniforms
+
+    def counting(seed: int, indices: torch.Tensor, factor: str) -> torch.Tensor:
+        drawn.append(factor)
+        return real(seed, indices, factor)
+
+    monkeypatch.setattr(sampling, "exogenous_uniforms", counting)
+    sampling.sample_labels(NoduleSpec(), 500, 0)
+    assert drawn == []
+    spec = _REFERENCE["linear_noise"][0]
+    sampling.sample_labels(spec, 500, 0)
+    parent = spec.marginals["attenuation_hu"]
+    expected = {"diameter_mm", "attenuation_hu"} | (
+        {parent.parent} if isinstance(parent, ByCategory) else set()
+    )
+    assert set(drawn) == expected
+
+
+def test_a_pickled_dataset_carries_no_table() -> None:
+    """Workers get the spec, not derived arrays: the pickle does not grow with n."""
+    spec = _REFERENCE["split_free_shortcut_noise"][0]
+    sizes = []
+    for n in (200, 20_000):
+        ds = SyntheticNodules(spec, n=n, seed=0)
+        ds.labels, ds.factors  # noqa: B018  (build the tables)
+        sizes.append(len(pickle.dumps(ds)))
+    assert sizes[1] - sizes[0] < 64  # only the digits of n differ
+
+
+def test_rule_truth_of_another_size_is_refused() -> None:
+    spec = _REFERENCE["split_free_shortcut_noise"][0]
+    truth = sampling.RuleTruth(spec, 10, 0)
+    with pytest.raises(
+        ValueError, match="truth must be the RuleTruth of 11 samples; got one of 10"
+    ):
+        sampling.factor_rows(spec, 11, 0, torch.arange(3), truth)

@@ -7,8 +7,15 @@ rows in ``FACTORS`` order) next to a ``manifest.json`` that records the spec's f
 digest of the image bytes. Arrays are written and read with ``allow_pickle=False``.
 
 Integrity: the files are written into a fresh hidden folder beside the target, the manifest
-last, and the folder is renamed into place only when complete, so an interrupted run leaves
-the previous cache (or none), never a mix. Loading compares the manifest, labels and factors
+last (itself written under a temporary name and renamed), and the folder is renamed into
+place only when complete, so an interrupted run leaves the previous cache (or none), never a
+mix. Replacing a cache takes two renames (the old folder aside, the new one in); a process
+killed between them leaves no folder at the path, and the next :func:`materialize` or
+:func:`load_images` of that path finishes the swap (the complete new folder goes into
+place). Writers of one path take an exclusive lock on a hidden ``.<name>.lock`` file beside
+it (``fcntl.flock``, released by the system when a process dies), and under that lock the
+next :func:`materialize` removes the hidden ``.partial`` and ``.old`` folders that killed
+runs left. Loading compares the manifest, labels and factors
 with the dataset that asks for them and then, with ``verify="full"``, hashes every image
 again; ``verify="size"`` checks only the images' shape, dtype and file length. Every
 mismatch or damage raises :class:`CacheError` naming the folder, the file and what is wrong.
@@ -17,11 +24,14 @@ mismatch or damage raises :class:`CacheError` naming the folder, the file and wh
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import pathlib
 import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -47,6 +57,8 @@ _MANIFEST = "manifest.json"
 _FILES = ("images.npy", "labels.npy", "factors.npy", _MANIFEST)
 _DIGEST = "images_blake2b"
 _CHUNK_BYTES = 1 << 24  # images are hashed in chunks of about 16 MB
+# POSIX file locks; elsewhere writers do not lock (leftovers are still recovered)
+_FCNTL: Any = importlib.import_module("fcntl") if os.name == "posix" else None
 
 
 class CacheError(ValueError):
@@ -89,7 +101,9 @@ def _check_replaceable(root: pathlib.Path) -> None:
 def materialize(ds: Any, path: str | pathlib.Path, batch_size: int = 1024) -> pathlib.Path:
     """Render every image of ``ds`` into the folder ``path``; returns ``path``.
 
-    A cache already at ``path`` is replaced only once the new one is complete.
+    A cache already at ``path`` is replaced only once the new one is complete. A swap that a
+    killed process left half done is finished first, and the work folders of killed runs
+    beside ``path`` are removed. Two processes materializing one path take turns.
 
     Raises:
         ValueError: ``batch_size`` is not an int ``>= 1``.
@@ -97,21 +111,78 @@ def materialize(ds: Any, path: str | pathlib.Path, batch_size: int = 1024) -> pa
     """
     check_int("batch_size", batch_size, 1)
     root = pathlib.Path(path)
-    _check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    # os.mkdir honours the umask (tempfile.mkdtemp would make the cache private).
-    partial = root.parent / f".{root.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
-    partial.mkdir()
-    try:
-        digest = _write(ds, partial, batch_size)
-        manifest = {**manifest_for(ds), _DIGEST: digest}
-        # written last: only a complete folder has a manifest
-        (partial / _MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _swap(partial, root)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    with _writer_lock(root):
+        _recover(root)
+        _check_replaceable(root)
+        # os.mkdir honours the umask (tempfile.mkdtemp would make the cache private).
+        partial = root.parent / f".{root.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+        os.mkdir(partial)
+        try:
+            digest = _write(ds, partial, batch_size)
+            manifest = {**manifest_for(ds), _DIGEST: digest}
+            # written last, under a temporary name: only a complete folder has a manifest
+            _write_text(partial / _MANIFEST, json.dumps(manifest, indent=2))
+            _swap(partial, root)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     return root
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and one rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _writer_lock(root: pathlib.Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` beside ``root`` (waits for another holder)."""
+    if _FCNTL is None:  # pragma: no cover
+        yield
+        return
+    with open(root.parent / f".{root.name}.lock", "a") as handle:
+        _FCNTL.flock(handle.fileno(), _FCNTL.LOCK_EX)
+        try:
+            yield
+        finally:
+            _FCNTL.flock(handle.fileno(), _FCNTL.LOCK_UN)
+
+
+def _leftovers(root: pathlib.Path, suffix: str) -> list[pathlib.Path]:
+    """Hidden work folders of ``root`` (``.<name>.<pid>-<token><suffix>``), sorted by name."""
+    prefix = f".{root.name}."
+    return sorted(
+        p
+        for p in root.parent.iterdir()
+        if p.name.startswith(prefix)
+        and p.name.endswith(suffix)
+        and "." not in p.name[len(prefix) : -len(suffix)]
+    )
+
+
+def _recover(root: pathlib.Path) -> None:
+    """Finish a swap that a killed process left half done; remove its work folders.
+
+    Call with the writer lock held: every work folder then belongs to a dead process.
+    A swap was interrupted between its renames when ``root`` is missing and an ``.old``
+    folder exists; its ``.partial`` twin (complete: a swap starts only after the manifest
+    is written) goes into place, or the ``.old`` folder goes back when the twin is gone.
+    """
+    if not root.parent.is_dir():
+        return
+    if not os.path.lexists(root):
+        for old in reversed(_leftovers(root, ".old")):
+            twin = old.with_suffix(".partial")
+            os.rename(twin if (twin / _MANIFEST).is_file() else old, root)
+            break
+    for leftover in _leftovers(root, ".partial") + _leftovers(root, ".old"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _write(ds: Any, folder: pathlib.Path, batch_size: int) -> str:
@@ -139,6 +210,7 @@ def _swap(partial: pathlib.Path, root: pathlib.Path) -> None:
         return
     old = partial.with_suffix(".old")
     os.rename(root, old)
+    # a process killed here leaves no folder at root: _recover renames partial into place
     os.rename(partial, root)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -253,6 +325,12 @@ def load_images(
     """
     check_choice("verify", verify, VERIFY_MODES)
     root = pathlib.Path(path).resolve()
+    if not os.path.lexists(root) and root.parent.is_dir() and _leftovers(root, ".old"):
+        try:
+            with _writer_lock(root):  # a swap interrupted by a kill: finish it
+                _recover(root)
+        except PermissionError:  # a read-only parent: nothing to recover there
+            pass
     found = _read_manifest(root)
     if found.get("format") != CACHE_FORMAT:
         raise CacheError(

@@ -21,7 +21,14 @@ from .cache import VERIFY_MODES, load_images, materialize
 from .factors import FACTORS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, Factor, get_factor
 from .render import MASK_NAMES, render_hu
 from .render3d import render_volume_hu
-from .sampling import derive_children, factor_rows, is_lazy, sample_factors
+from .sampling import (
+    RuleTruth,
+    derive_children,
+    factor_rows,
+    is_lazy,
+    sample_factors,
+    sample_labels,
+)
 from .spec import NoduleSpec
 
 __all__ = ["CLASSES", "SyntheticNodules"]
@@ -156,19 +163,24 @@ class SyntheticNodules(Dataset[Any]):
         self.return_factors = bool(return_factors)
         self.transform = transform
         self.target_transform = target_transform
-        # the whole table only on request (or when shortcuts or label noise allocate within
-        # classes that a non-Split rule makes: then every label is needed first)
-        self._full: tuple[dict[str, torch.Tensor], torch.Tensor] | None = (
-            None if is_lazy(spec) else sample_factors(spec, self.n, self.seed)
-        )
+        # the whole table only on request; labels (and, for a spec that is not lazy, the
+        # rule's labels that exact counts within classes need) in chunks, on first use
+        self._full: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
+        self._label_table: torch.Tensor | None = None
+        self._rule_truth: RuleTruth | None = None
         self._cached: Any = None if cache is None else load_images(self, cache, verify_cache)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle without a lazily built table (workers recompute rows per index)."""
+        """Pickle without derived tables (workers recompute rows per index)."""
         state = dict(self.__dict__)
-        if is_lazy(self.spec):
-            state["_full"] = None
+        state["_full"] = state["_label_table"] = state["_rule_truth"] = None
         return state
+
+    def _truth(self) -> RuleTruth | None:
+        """The rule's labels of every sample when the spec is not lazy (built once)."""
+        if self._rule_truth is None and not is_lazy(self.spec):
+            self._rule_truth = RuleTruth(self.spec, self.n, self.seed)
+        return self._rule_truth
 
     def _table(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         if self._full is None:
@@ -181,14 +193,18 @@ class SyntheticNodules(Dataset[Any]):
 
     @property
     def _labels(self) -> torch.Tensor:
-        return self._table()[1]
+        if self._full is not None:
+            return self._full[1]
+        if self._label_table is None:
+            self._label_table = sample_labels(self.spec, self.n, self.seed, self._truth())
+        return self._label_table
 
     def _rows(self, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Factors and labels of the (non-negative) indices ``idx``, without the full table."""
         if self._full is not None:
             factors, labels = self._full
             return {name: v[idx] for name, v in factors.items()}, labels[idx]
-        return factor_rows(self.spec, self.n, self.seed, idx)
+        return factor_rows(self.spec, self.n, self.seed, idx, self._truth())
 
     # ------------------------------------------------------------------ table
     @property

@@ -17,15 +17,19 @@ import torch
 from . import rng
 from .distributions import ByCategory, Distribution, Split, draw
 from .factors import FACTORS
+from .labels import LabelFunction, rule_inputs
 from .spec import NoduleSpec
 
 __all__ = [
+    "RuleTruth",
     "derive_children",
     "exogenous_uniforms",
     "factor_rows",
     "is_lazy",
     "label_coins",
+    "label_rows",
     "sample_factors",
+    "sample_labels",
 ]
 
 _LABEL_STREAM = 2000
@@ -134,35 +138,162 @@ def is_lazy(spec: NoduleSpec) -> bool:
 
     True with allocated labels (a ``Split`` rule and a ``malignant_fraction``: the default)
     and for any rule without shortcuts or label noise; otherwise the class counts that
-    shortcuts and label noise allocate within need every label first.
+    shortcuts and label noise allocate within need every label first (a
+    :class:`RuleTruth`).
     """
-    allocated = spec.malignant_fraction is not None and isinstance(spec.label_rule, Split)
-    return allocated or (not spec.shortcuts and spec.label_noise == 0)
+    return _allocated(spec) or (not spec.shortcuts and spec.label_noise == 0)
+
+
+def _allocated(spec: NoduleSpec) -> bool:
+    return spec.malignant_fraction is not None and isinstance(spec.label_rule, Split)
+
+
+def _rule_factors(spec: NoduleSpec) -> tuple[str, ...]:
+    """The factors the label rule reads and the parents they are drawn from, in draw order."""
+    if isinstance(spec.label_rule, LabelFunction):
+        return tuple(FACTORS)  # a user function may read more than it declares
+    need = set(rule_inputs(spec.label_rule))
+    grown = True
+    while grown:
+        parents = {
+            dist.parent
+            for name in need
+            if isinstance(dist := spec.marginals[name], ByCategory) and dist.parent not in need
+        }
+        need |= parents
+        grown = bool(parents)
+    return tuple(name for name in FACTORS if name in need)
+
+
+def _rule_labels(spec: NoduleSpec, seed: int, idx: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` int64 labels the rule gives (no noise), drawing only the factors it reads."""
+    values: dict[str, torch.Tensor] = {}
+    for name in _rule_factors(spec):
+        values[name] = _draw(
+            spec.marginals[name], name, exogenous_uniforms(seed, idx, name), values
+        )
+    return spec.rule_labels(values, label_coins(seed, idx)).long()
+
+
+class RuleTruth:
+    """The rule's labels of every sample, for specs that are not :func:`is_lazy`.
+
+    Shortcuts and label noise allocate exact counts within the classes a non-``Split`` rule
+    makes, so a sample's place in its class needs the labels before it. This holds them
+    compactly: ``(n,)`` bool labels and an ``(n,)`` int32 running count of malignant ones
+    (5 bytes a sample), built in chunks from the factors the rule reads (a chunk's working
+    set at a time). Factor rows and labels of any index set then follow per index.
+
+    Args:
+        spec: the spec (its shortcuts and label noise are ignored here).
+        n: number of samples, ``< 2**31``.
+        seed: dataset seed.
+
+    Example:
+        >>> spec = NoduleSpec(malignant_fraction=None).with_shortcut("diameter_mm", 0.8)
+        >>> truth = RuleTruth(spec, 100, 0)
+        >>> factors, labels = factor_rows(spec, 100, 0, torch.arange(3), truth)
+    """
+
+    def __init__(self, spec: NoduleSpec, n: int, seed: int) -> None:
+        plain = spec.replace(shortcuts=(), label_noise=0.0)
+        self.n = n
+        self.truth = torch.empty(n, dtype=torch.bool)
+        for start in range(0, n, _CHUNK):
+            idx = torch.arange(start, min(n, start + _CHUNK))
+            self.truth[start : start + _CHUNK] = _rule_labels(plain, seed, idx).bool()
+        self.malignant_through = torch.cumsum(self.truth, 0, dtype=torch.int32)
+        ones = int(self.malignant_through[-1]) if n else 0
+        self.sizes = (n - ones, ones)
+
+
+class _RankedAllocation(_Allocation):
+    """Exact counts for labels that come from the rule, per index, given every label."""
+
+    def __init__(self, spec: NoduleSpec, seed: int, truth: RuleTruth, idx: torch.Tensor) -> None:
+        self.spec, self.seed = spec, seed
+        self.truth = truth.truth[idx].long()
+        malignant_before = truth.malignant_through[idx].long() - self.truth
+        # the sample's position among its class, in index order
+        position = torch.where(self.truth == 1, malignant_before, idx - malignant_before)
+        rank = torch.empty_like(position)
+        for c in (0, 1):
+            sel = self.truth == c
+            rank[sel] = rng.permutation(seed, _LABEL_STREAM + 1 + c, position[sel], truth.sizes[c])
+        self.labels, self.rank, self.sizes = self._noisy(rank, truth.sizes)
+
+
+def _truth_for(spec: NoduleSpec, n: int, seed: int, truth: RuleTruth | None) -> RuleTruth | None:
+    if is_lazy(spec):
+        return None
+    if truth is None:
+        return RuleTruth(spec, n, seed)
+    if truth.n != n:
+        raise ValueError(f"truth must be the RuleTruth of {n} samples; got one of {truth.n}")
+    return truth
 
 
 def factor_rows(
-    spec: NoduleSpec, n: int, seed: int, indices: torch.Tensor
+    spec: NoduleSpec,
+    n: int,
+    seed: int,
+    indices: torch.Tensor,
+    truth: RuleTruth | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Factors and labels of some samples of an ``n``-sample dataset, computed per index.
 
-    Needs :func:`is_lazy`; the result equals the rows ``indices`` of
-    :func:`sample_factors`.
+    The result equals the rows ``indices`` of :func:`sample_factors`. A spec that is not
+    :func:`is_lazy` needs its :class:`RuleTruth` (built here when not given: a pass over
+    every label, so pass it when calling repeatedly).
 
     Returns:
         ``(factors, labels)`` as in :func:`sample_factors`, of length ``len(indices)``.
     """
-    if not is_lazy(spec):
-        raise ValueError(
-            "factor_rows needs allocated labels, or no shortcut and no label "
-            f"noise; got {spec.describe()}"
-        )
     idx = indices.to("cpu", torch.int64)
-    allocation = (
-        _Allocation(spec, n, seed, idx)
-        if spec.malignant_fraction is not None and isinstance(spec.label_rule, Split)
-        else None
-    )
+    rule_truth = _truth_for(spec, n, seed, truth)
+    allocation: _Allocation | None
+    if rule_truth is not None:
+        allocation = _RankedAllocation(spec, seed, rule_truth, idx)
+    else:
+        allocation = _Allocation(spec, n, seed, idx) if _allocated(spec) else None
     return _fill(spec, seed, idx, allocation)
+
+
+def label_rows(
+    spec: NoduleSpec,
+    n: int,
+    seed: int,
+    indices: torch.Tensor,
+    truth: RuleTruth | None = None,
+) -> torch.Tensor:
+    """``(N,)`` int64 labels of some samples, equal to those of :func:`factor_rows`.
+
+    Draws no factor the label does not depend on: allocated labels need none, a rule the
+    factors it reads.
+    """
+    idx = indices.to("cpu", torch.int64)
+    rule_truth = _truth_for(spec, n, seed, truth)
+    if rule_truth is not None:
+        return _RankedAllocation(spec, seed, rule_truth, idx).labels.long()
+    if _allocated(spec):
+        return _Allocation(spec, n, seed, idx).labels.long()
+    return _rule_labels(spec, seed, idx)
+
+
+def sample_labels(
+    spec: NoduleSpec, n: int, seed: int, truth: RuleTruth | None = None
+) -> torch.Tensor:
+    """``(n,)`` int64 labels of every sample, in chunks (equal to :func:`sample_factors`'s).
+
+    Example:
+        >>> labels = sample_labels(NoduleSpec(), 10_000, 0)
+    """
+    rule_truth = _truth_for(spec, n, seed, truth)
+    labels = torch.empty(n, dtype=torch.int64)
+    for start in range(0, n, _CHUNK):
+        idx = torch.arange(start, min(n, start + _CHUNK))
+        labels[start : start + _CHUNK] = label_rows(spec, n, seed, idx, rule_truth)
+    return labels
 
 
 def _fill(
@@ -206,53 +337,33 @@ def _fill(
     return factors, labels.long()
 
 
-class _RankedAllocation(_Allocation):
-    """Exact counts for labels that come from the rule: needs every label (a full pass)."""
-
-    def __init__(self, spec: NoduleSpec, n: int, seed: int, labels: torch.Tensor) -> None:
-        self.spec, self.seed = spec, seed
-        self.truth = labels
-        rank = torch.empty_like(labels)
-        sizes = (int((labels == 0).sum()), int((labels == 1).sum()))
-        for c in (0, 1):
-            sel = labels == c
-            rank[sel] = rng.permutation(
-                seed, _LABEL_STREAM + 1 + c, torch.arange(sizes[c]), sizes[c]
-            )
-        self.labels, self.rank, self.sizes = self._noisy(rank, sizes)
-
-
 def sample_factors(
     spec: NoduleSpec, n: int, seed: int
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Factor table and labels of ``n`` samples (CPU tensors).
+    """Factor table and labels of ``n`` samples (CPU tensors), built in chunks.
 
     Returns:
         ``(factors, labels)``: ``factors[name]`` is ``(n,)`` float32 for continuous factors
         and int64 codes for categorical ones; ``labels`` is ``(n,)`` int64.
     """
     idx = torch.arange(n)
-    if is_lazy(spec):
-        # row by row in chunks: the working set stays a chunk's, the result is the table
-        first, first_labels = factor_rows(spec, n, seed, idx[:_CHUNK])
-        if n <= _CHUNK:
-            return first, first_labels
-        factors = {name: torch.empty(n, dtype=v.dtype) for name, v in first.items()}
-        labels = torch.empty(n, dtype=torch.int64)
-        for start in range(0, n, _CHUNK):
-            part, part_labels = (
-                (first, first_labels)
-                if start == 0
-                else factor_rows(spec, n, seed, idx[start : start + _CHUNK])
-            )
-            for name, v in part.items():
-                factors[name][start : start + _CHUNK] = v
-            labels[start : start + _CHUNK] = part_labels
-        return factors, labels
-    # the rule decides the labels; shortcuts and noise allocate within the classes it makes
-    plain, labels = _fill(spec.replace(shortcuts=(), label_noise=0.0), seed, idx, None)
-    del plain
-    return _fill(spec, seed, idx, _RankedAllocation(spec, n, seed, labels))
+    truth = _truth_for(spec, n, seed, None)
+    # row by row in chunks: the working set stays a chunk's, the result is the table
+    first, first_labels = factor_rows(spec, n, seed, idx[:_CHUNK], truth)
+    if n <= _CHUNK:
+        return first, first_labels
+    factors = {name: torch.empty(n, dtype=v.dtype) for name, v in first.items()}
+    labels = torch.empty(n, dtype=torch.int64)
+    for start in range(0, n, _CHUNK):
+        part, part_labels = (
+            (first, first_labels)
+            if start == 0
+            else factor_rows(spec, n, seed, idx[start : start + _CHUNK], truth)
+        )
+        for name, v in part.items():
+            factors[name][start : start + _CHUNK] = v
+        labels[start : start + _CHUNK] = part_labels
+    return factors, labels
 
 
 def derive_children(
