@@ -83,7 +83,7 @@ def check_losses_run(config: StudyConfig, device: torch.device) -> None:
                     f"{config.loss_options.get(name, {})} {fault} on a tiny batch; the study "
                     "needs one finite scalar per step"
                 )
-            value.backward()
+            value.backward()  # type: ignore[no-untyped-call]
 
 
 def _described(config: StudyConfig, study_loss: str) -> str:

@@ -308,7 +308,7 @@ def lock_results_folder(root: Path) -> IO[str]:
             "another --out or make it writable"
         ) from err
     if fcntl is None:  # pragma: no cover
-        return handle
+        return handle  # type: ignore[unreachable]
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
