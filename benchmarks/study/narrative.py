@@ -14,21 +14,23 @@ from nodulebench.stats import MeanInterval, PairResult, holm, paired_comparison
 
 from .analysis import (
     ALPHA,
+    FIT_MARGIN,
+    FIT_TEST,
     HEADLINE_METRIC,
     HEADLINE_TEST,
     HEADS,
     REFERENCE_LOSS,
-    UNDERFIT_MARGIN,
     CkaTable,
     compare_losses,
     dfr_gains,
     field_intervals,
     group_runs,
     interval,
+    metric_by_seed,
     metric_interval,
+    not_fit_losses,
     saliency_intervals,
     tests_present,
-    underfit_losses,
 )
 from .config import STUDY_LOSSES, ExperimentConfig, StudyConfig
 from .document import Block, Bullets, Figure, Heading, Paragraph, Table
@@ -238,34 +240,28 @@ def comparison_findings(
     test: str,
     metric: str = HEADLINE_METRIC,
     head: str = "model",
+    not_fit: dict[str, float] | None = None,
 ) -> list[str]:
     """What a paired, Holm-corrected comparison of the losses supports — and nothing more.
 
-    Losses more than :data:`UNDERFIT_MARGIN` below the best i.i.d. balanced accuracy are
-    named underfit and left out of the comparison: a model that learned little can look
+    Every loss is compared. ``not_fit`` (``{loss: control balanced accuracy}``, from
+    :func:`~study.analysis.not_fit_losses`) names the losses that did not fit the
+    no-shortcut control; each also gets its own paired comparison with
+    :data:`~study.analysis.REFERENCE_LOSS`, since a model that learned little can look
     robust without being so.
     """
     title = f"{METRIC_TITLES[metric]} on `{test}`"
     lines = []
-    underfit = underfit_losses(runs_by_loss)
-    if underfit:
-        named = ", ".join(f"**{loss}** ({value:.3f})" for loss, value in underfit.items())
-        lines.append(
-            f"Underfit (i.i.d. balanced accuracy more than {UNDERFIT_MARGIN} below the "
-            f"best): {named}. Their numbers are not evidence of robustness; they are left "
-            "out of the comparisons."
-        )
-    fit = {loss: runs for loss, runs in runs_by_loss.items() if loss not in underfit}
-    pairs, n = compare_losses(fit, test, metric, head)
-    if len(fit) < 2:
-        lines.append(f"{title}: fewer than two adequately fit losses; nothing to compare.")
+    pairs, n = compare_losses(runs_by_loss, test, metric, head)
+    if len(runs_by_loss) < 2:
+        lines.append(f"{title}: fewer than two losses; nothing to compare.")
     elif n < 2:
         lines.append(f"{title}: {n} seed(s) per loss; no comparison is possible.")
     else:
         rejected = [p for p in pairs if p.rejected]
         if not rejected:
             lines.append(
-                f"{title}: the {len(fit)} losses are indistinguishable with {n} seeds "
+                f"{title}: the {len(runs_by_loss)} losses are indistinguishable with {n} seeds "
                 f"(no Holm-corrected paired t-test over {len(pairs)} pairs rejects at "
                 f"{ALPHA})."
             )
@@ -276,21 +272,50 @@ def comparison_findings(
                 + "; ".join(_pair_text(p) for p in rejected)
                 + f". Every other pair is indistinguishable with {n} seeds."
             )
+    shown = {loss: v for loss, v in (not_fit or {}).items() if loss in runs_by_loss}
+    if shown:
+        lines.append(not_fit_line(runs_by_loss, test, metric, head, shown))
     return lines
 
 
-def split_underfit(
+def not_fit_line(
     runs_by_loss: dict[str, list[dict[str, Any]]],
-) -> tuple[dict[str, list[dict[str, Any]]], str]:
-    """The adequately fit losses' runs, and a sentence naming the underfit ones left out.
-
-    An underfit model reacts to whatever changes how visible the cause is, so its
-    sensitivities and head gains say nothing about shortcut learning.
-    """
-    underfit = underfit_losses(runs_by_loss)
-    fit = {loss: runs for loss, runs in runs_by_loss.items() if loss not in underfit}
-    note = f" Left out as underfit: {', '.join(underfit)}." if underfit else ""
-    return fit, note
+    test: str,
+    metric: str,
+    head: str,
+    not_fit: dict[str, float],
+) -> str:
+    """The not-fit losses, each compared with the reference loss (paired, Holm over them)."""
+    named = ", ".join(f"**{loss}** ({value:.3f})" for loss, value in not_fit.items())
+    text = (
+        f"Not fit in the no-shortcut control (balanced accuracy on its `{FIT_TEST}` test more "
+        f"than {FIT_MARGIN} below the best loss's there): {named}. They stay in every table "
+        "and comparison; a model that learned little can look robust, so each is also "
+        f"compared with {REFERENCE_LOSS} alone"
+    )
+    reference = metric_by_seed(runs_by_loss.get(REFERENCE_LOSS, []), test, metric, head)
+    rows = []
+    for loss in not_fit:
+        if loss == REFERENCE_LOSS:
+            continue
+        own = metric_by_seed(runs_by_loss[loss], test, metric, head)
+        seeds = sorted(set(own) & set(reference))
+        if len(seeds) >= 2:
+            rows.append(
+                (loss, paired_comparison([own[s] for s in seeds], [reference[s] for s in seeds]))
+            )
+    if not rows:
+        return text + f": fewer than two seeds shared with {REFERENCE_LOSS}, no comparison."
+    adjusted = holm([c.p_value for _, c in rows])
+    return (
+        text + f" ({METRIC_TITLES[metric].lower()} on `{test}`, minus {REFERENCE_LOSS}'s, paired "
+        "by seed, Holm over these losses): "
+        + "; ".join(
+            f"{loss} {c.difference:+.3f} [{c.low:+.3f}, {c.high:+.3f}] (p = {p:.2g})"
+            for (loss, c), p in zip(rows, adjusted, strict=True)
+        )
+        + "."
+    )
 
 
 def sensitivity_findings(
@@ -300,10 +325,9 @@ def sensitivity_findings(
 ) -> list[str]:
     """Shortcut against cause sensitivity (paired by seed), and against the control.
 
-    Underfit losses (see :func:`comparison_findings`) are left out of both, and named.
+    Every loss is read; those not fit in the control are named by :func:`findings`.
     """
     causal = causal_factor()
-    runs_by_loss, underfit_note = split_underfit(runs_by_loss)
     rows = []
     for loss, runs in runs_by_loss.items():
         by_seed = {
@@ -342,7 +366,6 @@ def sensitivity_findings(
                 if more
                 else "No loss reacts detectably more to the shortcut than to the cause."
             )
-            + underfit_note
         )
     if control:
         above = []
@@ -362,9 +385,13 @@ def sensitivity_findings(
                 if above
                 else "no loss reacts more to it with disjoint 95 % intervals."
             )
-            + underfit_note
         )
     return lines
+
+
+def control_experiment(config: StudyConfig) -> ExperimentConfig | None:
+    """The study's no-shortcut control: its first experiment at strength 0 (or none)."""
+    return next((e for e in config.experiments if e.strength == 0.0), None)
 
 
 def findings(
@@ -373,11 +400,18 @@ def findings(
     """Plain sentences computed from the numbers (no claim that the tests don't carry)."""
     groups = group_runs(records)
     runs_by_loss = _losses(config, groups, experiment.name)
-    lines = comparison_findings(runs_by_loss, HEADLINE_TEST)
+    control = control_experiment(config)
+    control_runs = _losses(config, groups, control.name) if control else None
+    not_fit = not_fit_losses(control_runs) if control_runs else {}
+    lines = comparison_findings(runs_by_loss, HEADLINE_TEST, not_fit=not_fit)
+    if control is None:
+        lines.append(
+            "No no-shortcut control in this study: whether each loss fits the task is not "
+            "judged (an i.i.d. test of a shortcut experiment would reward the shortcut)."
+        )
     if "covariate" in tests_present(records):
-        lines += comparison_findings(runs_by_loss, "covariate")[-1:]
-    fit, underfit_note = split_underfit(runs_by_loss)
-    gains = dfr_gains(fit)
+        lines += comparison_findings(runs_by_loss, "covariate")
+    gains = dfr_gains(runs_by_loss)
     if gains:
         moved = [g for g in gains if g.adjusted_p <= ALPHA]
         text = "; ".join(
@@ -387,19 +421,10 @@ def findings(
             f"Last-layer retraining on the group-balanced set (DFR) changes worst-group "
             f"accuracy on `{HEADLINE_TEST}` detectably (paired, Holm over losses) for: "
             + (text + "; for the others the change is within the noise." if moved else "no loss.")
-            + underfit_note
         )
-    control = next(
-        (
-            e
-            for e in config.experiments
-            if e.shortcut == experiment.shortcut and e.strength == 0.0 and e.name != experiment.name
-        ),
-        None,
-    )
-    control_runs = _losses(config, groups, control.name) if control else None
+    if control is not None and control.name == experiment.name:
+        control_runs = None  # the control is not compared with itself
     lines += sensitivity_findings(runs_by_loss, experiment.shortcut, control_runs)
-    cka = {loss: rows for loss, rows in cka.items() if loss in fit}
     differing = {
         loss: [
             s
@@ -423,7 +448,6 @@ def findings(
                 else "no loss differs from it by more than two seeds of one loss differ, at any "
                 "stage."
             )
-            + underfit_note
         )
     return lines
 
@@ -480,9 +504,14 @@ def protocol_blocks(
                 "smallest group.",
                 "Statistics: every cell is a mean over seeds with its 95 % Student-t interval. Two "
                 "losses are called different only where a paired t-test over seeds rejects at "
-                f"{ALPHA} after Holm's correction over all pairs of one family; a loss whose "
-                f"i.i.d. balanced accuracy is more than {UNDERFIT_MARGIN} below the best is "
-                "reported as underfit and left out of the comparisons.",
+                f"{ALPHA} after Holm's correction over all pairs of one family. Every loss "
+                "stays in every table and comparison.",
+                "Fit criterion: a loss whose balanced accuracy on the no-shortcut control's "
+                f"`{FIT_TEST}` test is more than {FIT_MARGIN} below the best loss's there is "
+                "named not fit, and gets its own paired comparison with "
+                f"{REFERENCE_LOSS}. The control has no shortcut to exploit, so no shortcut "
+                "can inflate the criterion; the i.i.d. test of a shortcut experiment would "
+                "reward the shortcut and flag exactly the losses that refuse it.",
                 "Test distributions: "
                 + "; ".join(f"`{k}`: {v}" for k, v in TEST_MEANINGS.items())
                 + ".",
