@@ -36,7 +36,9 @@ def load_records(config: StudyConfig, store: RunStore) -> list[dict[str, Any]]:
 def flat_row(record: dict[str, Any]) -> dict[str, Any]:
     """One CSV row per run: identity, then ``<test>.<metric>`` and ``<test>.group.<group>``.
 
-    The other heads' worst-group accuracies follow as ``<head>.<test>.worst_group_accuracy``.
+    The other heads' worst-group accuracies follow as ``<head>.<test>.worst_group_accuracy``,
+    then each selection regime's epoch and worst-group accuracies
+    (``selection.<regime>.epoch``, ``selection.<regime>.<test>.worst_group_accuracy``).
     """
     row: dict[str, Any] = {
         k: record[k] for k in ("run_id", "experiment", "shortcut", "strength", "loss", "seed")
@@ -49,6 +51,10 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
     for head, tests in record["heads"].items():
         for test, metrics in tests.items():
             row[f"{head}.{test}.worst_group_accuracy"] = metrics["worst_group_accuracy"]
+    for regime, chosen in record.get("selection", {}).items():
+        row[f"selection.{regime}.epoch"] = chosen["epoch"]
+        for test, metrics in chosen["metrics"].items():
+            row[f"selection.{regime}.{test}.worst_group_accuracy"] = metrics["worst_group_accuracy"]
     row["train_seconds"] = round(record["train_seconds"], 3)
     return row
 

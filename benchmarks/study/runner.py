@@ -26,7 +26,17 @@ from .config import STUDY_LOSSES, ConfigError, DataConfig, ExperimentConfig, Stu
 from .identify import identify_features
 from .parallel import Parallel
 from .store import RunStore, atomic_write_json
-from .training import encode, fit_heads, head_probabilities, identify, train
+from .training import (
+    SELECTION_REGIMES,
+    TrainedModel,
+    encode,
+    fit_heads,
+    fit_linear_head,
+    head_probabilities,
+    identify,
+    selected_model,
+    train,
+)
 
 log = logging.getLogger("study")
 
@@ -34,6 +44,7 @@ log = logging.getLogger("study")
 TEST_SEED_OFFSET = 10_000
 PROBE_SEED_OFFSET = 20_000
 DFR_SEED_OFFSET = 30_000
+VALIDATION_SEED_OFFSET = 40_000
 PROBE_DISTRIBUTION = "decorrelated"
 
 #: The (label x shortcut side) groups of Sagawa et al. (2020), by index ``2 * label +
@@ -67,6 +78,8 @@ class ExperimentData:
     probe_masks: dict[str, torch.Tensor]
     #: The identification model's training-set predictions, computed on first need.
     identification: torch.Tensor | None = None
+    #: Drawn from the training distribution, never trained on: model selection reads it.
+    validation: LabelledImages | None = None
 
     @functools.cached_property
     def probe_renders(self) -> RenderCache:
@@ -162,7 +175,7 @@ def _labelled(spec: NoduleSpec, n: int, seed: int, data: DataConfig) -> Labelled
 
 
 def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -> ExperimentData:
-    """Render the training set, every test set, the DFR set and the probe set."""
+    """Render the training and validation sets, every test set, the DFR and probe sets."""
     d = config.data
     spec = training_spec(experiment)
     distributions = study_test_distributions(spec)
@@ -181,6 +194,7 @@ def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -
         probe_set=probe_set,
         probe_images=probe_images,
         probe_masks=probe_masks,
+        validation=_labelled(spec, d.n_val, seed + VALIDATION_SEED_OFFSET, d),
     )
 
 
@@ -228,6 +242,7 @@ def run_one(
             on_step=lambda: bar.update(1),
             parallel=parallel,
             per_sample=per_sample,
+            validation=data.validation,
         )
     train_seconds = time.perf_counter() - start
     if not parallel.is_main:
@@ -238,6 +253,7 @@ def run_one(
         features = encode(trained.model, test.images, device, config.train.autocast)
         for head_name, head in heads.items():
             metrics[head_name][test_name] = evaluate(head_probabilities(head, features), test)
+    selection = selected_metrics(config, trained, metrics["model"], data, seed, device)
     identified, arrays = identify_features(config, trained.model, data, device)
     record = {
         "run_id": run_id(experiment.name, loss, seed),
@@ -249,6 +265,8 @@ def run_one(
         "metrics": metrics.pop("model"),
         "heads": metrics,
         "loss_history": trained.loss_history,
+        "validation_history": trained.validation,
+        "selection": selection,
         "train_seconds": train_seconds,
         "machine": machine(device),
         "total_seconds": time.perf_counter() - start,
@@ -260,6 +278,49 @@ def run_one(
         wrong = data.identification != data.train.labels
         record["identification_error_rate"] = float(wrong.float().mean())
     return record, arrays
+
+
+def selected_metrics(
+    config: StudyConfig,
+    trained: TrainedModel,
+    final: dict[str, dict[str, Any]],
+    data: ExperimentData,
+    seed: int,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """``{regime: {epoch, validation, metrics}}``: each selection regime's model on every test.
+
+    The protocol's head of the chosen epoch is evaluated (a two-stage loss's head is refit
+    on the chosen encoder's training features, as in stage 2). A regime that chose the
+    last epoch reuses ``final`` (the metrics of the trained model); two regimes that chose
+    one epoch share its evaluation.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    by_epoch: dict[int, dict[str, dict[str, Any]]] = {len(trained.loss_history): final}
+    for regime, chosen in trained.selected.items():
+        if chosen.epoch not in by_epoch:
+            model = selected_model(trained, regime)
+            head: torch.nn.Module = model.classifier
+            if STUDY_LOSSES[trained.study_loss].protocol == "two_stage":
+                features = encode(model, data.train.images, device, config.train.autocast)
+                head = fit_linear_head(config, features, data.train.labels, seed)
+            by_epoch[chosen.epoch] = {
+                name: evaluate(
+                    head_probabilities(
+                        head, encode(model, test.images, device, config.train.autocast)
+                    ),
+                    test,
+                )
+                for name, test in data.test_sets.items()
+            }
+        scores = {k: v for k, v in chosen.scores.items() if k != "epoch"}
+        out[regime] = {
+            "epoch": chosen.epoch,
+            "criterion": SELECTION_REGIMES[regime],
+            "validation": scores,
+            "metrics": by_epoch[chosen.epoch],
+        }
+    return out
 
 
 def check_output_folder(out: Path, config: StudyConfig, fresh: bool) -> None:
