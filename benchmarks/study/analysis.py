@@ -28,7 +28,16 @@ from .models import STAGES
 from .runner import run_id
 from .store import RunStore
 
-TEST_ORDER = ("iid", "decorrelated", "reversed", "heldout", "covariate")
+TEST_ORDER = (
+    "iid",
+    "decorrelated",
+    "reversed",
+    "malignant-conflicting",
+    "benign-conflicting",
+    "covariate",
+)
+#: Test sets of one group each (worst-group accuracy is that group's accuracy).
+ONE_GROUP_TESTS = ("malignant-conflicting", "benign-conflicting")
 REFERENCE_LOSS = "cross_entropy"
 #: Worst-group accuracy is compared on the distribution where every group is equally
 #: large; a group's accuracy does not depend on the group proportions, so iid, decorrelated
@@ -88,6 +97,17 @@ def metric_interval(
 ) -> MeanInterval | None:
     """Mean and interval over seeds of one metric on one test distribution."""
     return interval(metric_by_seed(runs, test, metric, head).values())
+
+
+def control_by_factor(runs: list[dict[str, Any]], factor: str) -> dict[int, float]:
+    """``{seed: worst-group accuracy}`` of control runs read with the groups of ``factor``."""
+    out = {}
+    for run in runs:
+        by_factor = run["metrics"].get(HEADLINE_TEST, {}).get("by_factor", {})
+        value = by_factor.get(factor, {}).get(HEADLINE_METRIC)
+        if value is not None:
+            out[run["seed"]] = float(value)
+    return out
 
 
 def control_fit(control_runs_by_loss: dict[str, list[dict[str, Any]]]) -> dict[str, float]:

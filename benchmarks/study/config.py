@@ -400,12 +400,13 @@ def check_experiments(config: StudyConfig) -> None:
     """
     from nodulebench import SyntheticNodules
 
-    from .runner import study_test_distributions, training_spec
+    from .runner import study_factors, study_test_distributions, training_spec
 
     for experiment in config.experiments:
         try:
-            spec = training_spec(experiment)
-            for test_spec in (spec, *study_test_distributions(spec).values()):
+            spec = training_spec(experiment, study_factors(config))
+            tests = study_test_distributions(spec, experiment.shortcut)
+            for test_spec in (spec, *tests.values()):
                 SyntheticNodules(test_spec, n=2, seed=0, **config.data.sizes()).render(range(2))
         except (TypeError, ValueError) as err:
             raise ConfigError(

@@ -25,6 +25,7 @@ from .runner import (
     PROBE_SEED_OFFSET,
     causal_factor,
     run_id,
+    study_factors,
     study_test_distributions,
     training_spec,
 )
@@ -60,8 +61,8 @@ def central_slice(tensor: torch.Tensor) -> torch.Tensor:
 def distribution_samples(config: StudyConfig, experiment: Any, path: Path) -> str:
     """Benign and malignant samples of the training and every test distribution."""
     plt = _pyplot()
-    spec = training_spec(experiment)
-    rows = {"train": spec, **study_test_distributions(spec)}
+    spec = training_spec(experiment, study_factors(config))
+    rows = {"train": spec, **study_test_distributions(spec, experiment.shortcut)}
     cols = 2 * SAMPLES_PER_CLASS
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.3 * len(rows)), squeeze=False)
     for r, (name, row_spec) in enumerate(rows.items()):
@@ -150,7 +151,7 @@ def worst_group_figure(
 ) -> str:
     """Worst-group accuracy per loss and test distribution, with 95 % intervals."""
     groups = group_runs(records)
-    tests = tests_present(records)
+    tests = tests_present([r for r in records if r["experiment"] == experiment])
     rows = {
         loss: {t: metric_interval(groups[experiment, loss], t, HEADLINE_METRIC) for t in tests}
         for loss in config.losses
@@ -252,7 +253,7 @@ def embedding_figure(
     plt = _pyplot()
     seed = config.seeds[0]
     losses = [loss for loss in config.losses if store.is_done(run_id(experiment.name, loss, seed))]
-    spec = training_spec(experiment).decorrelated()
+    spec = training_spec(experiment, study_factors(config)).decorrelated()
     probe = SyntheticNodules(
         spec, n=config.data.n_probe, seed=PROBE_SEED_OFFSET, **config.data.sizes()
     )

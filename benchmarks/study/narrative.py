@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from typing import Any
 
 import nodulebench
@@ -19,9 +20,11 @@ from .analysis import (
     HEADLINE_METRIC,
     HEADLINE_TEST,
     HEADS,
+    ONE_GROUP_TESTS,
     REFERENCE_LOSS,
     CkaTable,
     compare_losses,
+    control_by_factor,
     dfr_gains,
     field_intervals,
     group_runs,
@@ -46,15 +49,17 @@ METRIC_TITLES = {
     "roc_auc": "ROC AUC",
     "ece": "Expected calibration error (lower is better)",
 }
-# Metrics that need both classes are not shown for the one-group heldout set.
+# Metrics that need both classes are not shown for the one-group test sets.
 BOTH_CLASSES = ("balanced_accuracy", "sensitivity", "specificity", "roc_auc")
 
 TEST_MEANINGS = {
     "iid": "same distribution as training (shortcut intact)",
     "decorrelated": "shortcut factor independent of the label: the four groups equally large",
     "reversed": "shortcut correlation negated",
-    "heldout": "only the malignant, benign-looking group, which training made rarest; its "
-    "worst-group accuracy is that group's accuracy",
+    "malignant-conflicting": "only malignant nodules on the benign-looking side of the "
+    "shortcut, one of the two groups a shortcut makes rare in training (both are equally "
+    "rare); its worst-group accuracy is that group's accuracy",
+    "benign-conflicting": "only benign nodules on the malignant-looking side: the other rare group",
     "covariate": "acquisition shift: noise, blur and pixel spacing changed (an acquisition "
     "shortcut's own factor is left as in training)",
 }
@@ -92,7 +97,8 @@ def metric_table(
 ) -> Table:
     """Loss x test distribution table of one metric, mean [95 % interval] over seeds."""
     runs_by_loss = _losses(config, group_runs(records), experiment)
-    tests = [t for t in tests_present(records) if not (t == "heldout" and metric in BOTH_CLASSES)]
+    own = [r for r in records if r["experiment"] == experiment]
+    tests = [t for t in tests_present(own) if not (t in ONE_GROUP_TESTS and metric in BOTH_CLASSES)]
     rows = tuple(
         (loss, *(cell(metric_interval(runs, t, metric, head)) for t in tests))
         for loss, runs in runs_by_loss.items()
@@ -123,6 +129,53 @@ def group_table(config: StudyConfig, records: list[dict[str, Any]], experiment: 
         "with the label; conflicting: it disagrees)",
         ("loss", *GROUPS),
         tuple(rows),
+    )
+
+
+def error_set_table(
+    config: StudyConfig, records: list[dict[str, Any]], experiment: str
+) -> Table | None:
+    """Precision and recall of the identification model's error set (JTT's, CnC's)."""
+    runs_by_loss = _losses(config, group_runs(records), experiment)
+    rows = []
+    for loss, runs in runs_by_loss.items():
+        sets = [r["error_set"] for r in runs if "error_set" in r]
+        if sets:
+            rows.append(
+                (
+                    loss,
+                    cell(interval(e["size"] for e in sets), digits=0),
+                    cell(interval(e["precision"] for e in sets)),
+                    cell(interval(e["recall"] for e in sets)),
+                )
+            )
+    if not rows:
+        return None
+    return Table(
+        "**The identification model's error set** against the conflicting groups it "
+        "stands in for (JTT upweights it, `group_dro_inferred` groups by it; CnC reads the "
+        "same model): precision, the share of errors that are conflicting; recall, the "
+        "share of conflicting training images that are errors. The identification model "
+        "is trained once per (experiment, seed), so the losses of one seed share it.",
+        ("loss", "size", "precision", "recall"),
+        tuple(rows),
+    )
+
+
+def factor_table(config: StudyConfig, records: list[dict[str, Any]], experiment: str) -> Table:
+    """Worst-group accuracy on the headline test with the groups of every shortcut factor."""
+    runs_by_loss = _losses(config, group_runs(records), experiment)
+    factors = list(dict.fromkeys(e.shortcut for e in config.experiments))
+    rows = tuple(
+        (loss, *(cell(interval(control_by_factor(runs, f).values())) for f in factors))
+        for loss, runs in runs_by_loss.items()
+    )
+    return Table(
+        f"**Worst-group accuracy on `{HEADLINE_TEST}` with the groups of each shortcut "
+        "factor** (label x side of that factor's split): the baseline each shortcut "
+        "experiment is compared with.",
+        ("loss", *(f"`{f}`" for f in factors)),
+        rows,
     )
 
 
@@ -403,7 +456,7 @@ def sensitivity_findings(
             if h and b and h.low is not None and b.high is not None and h.low > b.high:
                 above.append(loss)
         lines.append(
-            f"Against the no-shortcut control (same factor, strength 0), whose sensitivity to "
+            f"Against the no-shortcut control (every factor at strength 0), whose sensitivity to "
             f"`{shortcut}` is what its visibility alone causes: "
             + (
                 f"{', '.join(above)} react more to it (95 % intervals disjoint)."
@@ -412,6 +465,36 @@ def sensitivity_findings(
             )
         )
     return lines
+
+
+def control_line(
+    runs_by_loss: dict[str, list[dict[str, Any]]],
+    control: dict[str, list[dict[str, Any]]],
+    factor: str,
+) -> str:
+    """Worst-group accuracy here against the control read with the groups of ``factor``."""
+    below, above = [], []
+    for loss, runs in runs_by_loss.items():
+        here = metric_interval(runs, HEADLINE_TEST, HEADLINE_METRIC)
+        base = interval(control_by_factor(control.get(loss, []), factor).values())
+        if here is None or base is None or None in (here.low, here.high, base.low, base.high):
+            continue
+        if here.high < base.low:  # type: ignore[operator]
+            below.append(f"{loss} ({here.mean:.3f} against {base.mean:.3f})")
+        elif here.low > base.high:  # type: ignore[operator]
+            above.append(f"{loss} ({here.mean:.3f} against {base.mean:.3f})")
+    text = (
+        f"Worst-group accuracy on `{HEADLINE_TEST}` against the no-shortcut control read "
+        f"with the groups of `{factor}` (same loss, 95 % intervals over seeds): "
+    )
+    if not below and not above:
+        return text + "no loss differs from its control with disjoint intervals."
+    parts = []
+    if below:
+        parts.append("below its control: " + ", ".join(below))
+    if above:
+        parts.append("above its control: " + ", ".join(above))
+    return text + "; ".join(parts) + "; the others within their control's interval."
 
 
 def control_experiment(config: StudyConfig) -> ExperimentConfig | None:
@@ -434,7 +517,7 @@ def findings(
             "No no-shortcut control in this study: whether each loss fits the task is not "
             "judged (an i.i.d. test of a shortcut experiment would reward the shortcut)."
         )
-    if "covariate" in tests_present(records):
+    if "covariate" in tests_present([r for r in records if r["experiment"] == experiment.name]):
         lines += comparison_findings(runs_by_loss, "covariate")
     gains = dfr_gains(runs_by_loss)
     if gains:
@@ -450,6 +533,8 @@ def findings(
     if control is not None and control.name == experiment.name:
         control_runs = None  # the control is not compared with itself
     lines += sensitivity_findings(runs_by_loss, experiment.shortcut, control_runs)
+    if control_runs:
+        lines.append(control_line(runs_by_loss, control_runs, experiment.shortcut))
     differing = {
         loss: [
             s
@@ -506,7 +591,12 @@ def protocol_blocks(
                 f"{config.data.n_train} training {_samples(config)} per (experiment, seed), "
                 f"{config.data.n_test} per test distribution; malignant iff `{causal_factor()}` "
                 "passes the default threshold (the causal factor).",
-                f"Training distributions: {experiments}. Strength 0 is the no-shortcut control.",
+                f"Training distributions: {experiments}. Every shortcut factor of the study is "
+                "split in every experiment, each half on either side; only the experiment's "
+                "own factor is tied to the label, so every experiment has the control's "
+                "marginals. Strength 0 is the no-shortcut control: it is read with the groups "
+                "of every shortcut factor, and its i.i.d., decorrelated and reversed "
+                "distributions being one, it is tested once (as `decorrelated`).",
                 f"Model: `{config.model.arch}` (width {config.model.width}), initialised "
                 "independently for every (loss, seed). Embedding losses train encoder + projection "
                 "head on two flipped/rotated views, then a linear classifier on the frozen encoder "
@@ -562,13 +652,15 @@ def experiment_blocks(
 ) -> list[Block]:
     """Findings, metric tables, identification tables and figures of one experiment."""
     name = experiment.name
-    kind = "no-shortcut control: " if experiment.strength == 0 else ""
+    title = (
+        f"Experiment `{name}`: no-shortcut control (every shortcut factor of the study "
+        "independent of the label)"
+        if experiment.strength == 0
+        else f"Experiment `{name}`: `{experiment.shortcut}` tied to the label at "
+        f"strength {experiment.strength:g}"
+    )
     blocks: list[Block] = [
-        Heading(
-            2,
-            f"Experiment `{name}`: {kind}`{experiment.shortcut}` tied to the label at "
-            f"strength {experiment.strength:g}",
-        ),
+        Heading(2, title),
         Figure(figures["samples"], f"samples of every distribution, {name}"),
         Heading(3, "What the numbers support"),
         Bullets(tuple(findings(config, cka, records, experiment))),
@@ -579,6 +671,11 @@ def experiment_blocks(
         heads_table(config, records, name),
         selection_table(config, records, name),
     ]
+    if experiment.strength == 0:
+        blocks.append(factor_table(config, records, name))
+    errors = error_set_table(config, records, name)
+    if errors is not None:
+        blocks.append(errors)
     blocks += [
         metric_table(config, records, name, metric)
         for metric in METRIC_TITLES
@@ -609,12 +706,23 @@ def report_blocks(
     records: list[dict[str, Any]],
     figures: dict[str, dict[str, Any]],
     machine: str,
+    missing: Sequence[str] = (),
 ) -> list[Block]:
-    """The whole report."""
+    """The whole report; ``missing`` names the runs not finished yet (none: complete)."""
     blocks: list[Block] = [
-        Heading(1, f"The effect of the loss on generalization: study report ({config.name})"),
-        *protocol_blocks(config, records, machine),
+        Heading(1, f"The effect of the loss on generalization: study report ({config.name})")
     ]
+    if missing:
+        shown = ", ".join(f"`{rid}`" for rid in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        blocks.append(
+            Paragraph(
+                f"**Incomplete: {len(missing)} of {len(records) + len(missing)} runs have not "
+                f"finished** ({shown}{more}); every number below comes from the finished "
+                "runs alone. Rerun the report once every shard has finished."
+            )
+        )
+    blocks += protocol_blocks(config, records, machine)
     if "_sweeps" in figures:
         blocks.append(Heading(2, "Shortcut strength"))
         blocks += [

@@ -55,6 +55,8 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
         row[f"selection.{regime}.epoch"] = chosen["epoch"]
         for test, metrics in chosen["metrics"].items():
             row[f"selection.{regime}.{test}.worst_group_accuracy"] = metrics["worst_group_accuracy"]
+    for key, value in record.get("error_set", {}).items():
+        row[f"error_set.{key}"] = value
     row["train_seconds"] = round(record["train_seconds"], 3)
     return row
 
@@ -79,15 +81,21 @@ def machine_of(records: list[dict[str, Any]]) -> str:
 
 
 def write_report(config: StudyConfig, store: RunStore) -> None:
-    """Write every aggregate output of the study from the finished runs."""
+    """Write every aggregate output of the study from the finished runs.
+
+    Runs not finished yet (another shard's, say) are named at the top of the report.
+    """
     from .analysis import study_cka
     from .document import to_markdown
     from .figures import write_figures
     from .narrative import report_blocks
+    from .runner import missing_runs
 
     records = load_records(config, store)
     write_metrics(store, records)
     cka = study_cka(config, store)
     figures = write_figures(config, store, records, cka)
-    blocks = report_blocks(config, cka, records, figures, machine_of(records))
+    blocks = report_blocks(
+        config, cka, records, figures, machine_of(records), missing_runs(config, store)
+    )
     atomic_write_bytes(store.root / "report.md", to_markdown(blocks).encode())
