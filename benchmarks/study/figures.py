@@ -246,6 +246,49 @@ def sweep_figure(
     return _save(fig, path)
 
 
+def training_curves_figure(
+    config: StudyConfig, records: list[dict[str, Any]], experiment: str, path: Path
+) -> str:
+    """Every run's training curve: stage-1 loss and validation scores per epoch, per loss.
+
+    One panel per loss, one line per seed: the training objective (left axis) and the
+    validation split's accuracy and worst-group accuracy (right axis), which the two
+    selection regimes read.
+    """
+    plt = _pyplot()
+    groups = group_runs(records)
+    losses = [loss for loss in config.losses if (experiment, loss) in groups]
+    cols = min(4, len(losses))
+    rows = -(-len(losses) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.3 * rows), squeeze=False)
+    for i, loss in enumerate(losses):
+        ax = axes[i // cols][i % cols]
+        right = ax.twinx()
+        for run in groups[experiment, loss]:
+            epochs = range(1, len(run["loss_history"]) + 1)
+            ax.plot(epochs, run["loss_history"], "o-", color="black", lw=0.8, ms=2, alpha=0.7)
+            history = run.get("validation_history", [])
+            if history:
+                x = [h["epoch"] for h in history]
+                right.plot(
+                    x, [h["accuracy"] for h in history], "o-", color="tab:blue", lw=0.8, ms=2
+                )
+                right.plot(x, [h["worst_group_accuracy"] for h in history], color="tab:red", lw=0.8)
+        right.set_ylim(0, 1)
+        ax.set_title(loss, fontsize=8)
+        ax.tick_params(labelsize=6)
+        right.tick_params(labelsize=6)
+    for j in range(len(losses), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.suptitle(
+        f"{experiment}: training loss (black, left), validation accuracy (blue) and "
+        "worst-group accuracy (red, right), one line per seed",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def embedding_figure(
     config: StudyConfig, store: RunStore, experiment: Any, causal: str, path: Path
 ) -> str:
@@ -294,6 +337,7 @@ def write_figures(
             "embeddings": embedding_figure(
                 config, store, experiment, causal_factor(), folder / f"embeddings_{name}.png"
             ),
+            "curves": training_curves_figure(config, records, name, folder / f"curves_{name}.png"),
         }
         if cka[name]:
             figs["cka"] = cka_figure(cka[name], name, folder / f"cka_{name}.png")

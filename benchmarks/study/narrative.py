@@ -671,6 +671,8 @@ def experiment_blocks(
         heads_table(config, records, name),
         selection_table(config, records, name),
     ]
+    if "curves" in figures:
+        blocks.append(Figure(figures["curves"], f"training curves, {name}"))
     if experiment.strength == 0:
         blocks.append(factor_table(config, records, name))
     errors = error_set_table(config, records, name)
