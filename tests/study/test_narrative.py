@@ -187,3 +187,27 @@ def test_cka_against_the_floor_on_planted_representations() -> None:
         assert same.excess.low < 0 < same.excess.high  # within the seed-to-seed floor
         assert other.excess.high < 0  # clearly below it
         assert other.floor is not None and other.floor.mean > 0.8
+
+
+def test_each_shortcut_is_compared_with_the_control_read_with_its_groups() -> None:
+    """Planted: "hooked" loses 0.3 of worst-group accuracy to the shortcut, "steady" none."""
+    from study.narrative import control_line
+
+    rng = np.random.default_rng(5)
+
+    def with_factor(loss: str, worst: float, factor: str | None) -> list[dict[str, Any]]:
+        out = runs(loss, [0.95] * 5, (worst + rng.normal(0, 0.01, 5)).tolist())
+        for run in out:
+            test = run["metrics"]["decorrelated"]
+            if factor is not None:  # the control, read with the shortcut factor's groups
+                test["by_factor"] = {factor: {"worst_group_accuracy": test["worst_group_accuracy"]}}
+        return out
+
+    here = {"hooked": with_factor("hooked", 0.5, None), "steady": with_factor("steady", 0.8, None)}
+    control = {loss: with_factor(loss, 0.8, "calcification") for loss in here}
+    line = control_line(here, control, "calcification")
+    assert "groups of `calcification`" in line
+    assert "below its control: hooked (" in line and "against 0.8" in line
+    assert "steady" not in line
+    # Read with another factor's groups, the control has no number: nothing is claimed.
+    assert "no loss differs" in control_line(here, control, "site")
