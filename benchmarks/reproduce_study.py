@@ -11,6 +11,10 @@ truncated, corrupt or incomplete is named in the log and done again. ``--fresh``
 A second study on the same ``--out`` is refused while the first runs; every loss is called
 once on a tiny batch before any training, so that bad options fail first.
 ``--workers 2`` trains two runs side by side (best on a 2-core CPU).
+``--shard K/N`` runs the K-th of N disjoint slices of the runs into one results folder (a
+job array over many machines sharing a filesystem); the shard that finds every run done
+writes the report, and ``--report-only`` writes it from whatever has finished, naming
+the runs that have not.
 Under ``torchrun --nproc_per_node N`` the runs train with DDP on N processes; only rank 0
 evaluates and writes.
 """
@@ -22,7 +26,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import IO
 
 import torch
 
@@ -40,8 +43,14 @@ from study.parallel import Parallel, close_parallel, init_parallel
 from study.preflight import check_losses_run
 from study.progress import Progress
 from study.report import write_report
-from study.runner import check_output_folder, run_grid
-from study.store import RunStore, StudyLockedError, StudyWriteError, lock_results_folder
+from study.runner import check_output_folder, missing_runs, run_grid
+from study.store import (
+    ResultsLock,
+    RunStore,
+    StudyLockedError,
+    StudyWriteError,
+    lock_results_folder,
+)
 
 log = logging.getLogger("study")
 
@@ -69,7 +78,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="processes that train runs side by side, sharing --threads "
         "(default: 1; 2 suits a 2-core CPU)",
     )
+    parser.add_argument(
+        "--shard",
+        help="K/N: run only the K-th of N disjoint slices of the runs (1 <= K <= N), for "
+        "a job array sharing one --out; the shard that finds every run done writes the report",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing; write the report from the finished runs, naming missing ones",
+    )
     return parser.parse_args(argv)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"K/N"`` as ``(K, N)``; ``ConfigError`` naming the value unless 1 <= K <= N."""
+    if text is None:
+        return (1, 1)
+    parts = text.split("/")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        k, n = int(parts[0]), int(parts[1])
+        if 1 <= k <= n:
+            return (k, n)
+    raise ConfigError(f"--shard must be K/N with integers 1 <= K <= N (e.g. 3/8); got {text!r}")
 
 
 def resolve_config(args: argparse.Namespace) -> StudyConfig:
@@ -118,7 +149,7 @@ def setup_logging(out: Path) -> None:
 
 def prepare_output(
     args: argparse.Namespace, config: StudyConfig, parallel: Parallel
-) -> tuple[RunStore, IO[str] | None]:
+) -> tuple[RunStore, ResultsLock | None]:
     """Rank 0 locks and checks (or resets) the output folder; every rank learns the verdict.
 
     Returns the store and, on rank 0, the open lock file (the lock lasts while it is open).
@@ -127,7 +158,7 @@ def prepare_output(
     error, lock = None, None
     if parallel.is_main:
         try:
-            lock = lock_results_folder(out)
+            lock = lock_results_folder(out, parse_shard(args.shard), report_only=args.report_only)
             check_output_folder(out, config, args.fresh)
         except (ConfigError, StudyLockedError, StudyWriteError) as err:
             error = str(err)
@@ -146,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--workers must be >= 1; got {args.workers}")
         if args.threads is not None and args.threads < 1:
             raise ConfigError(f"--threads must be >= 1; got {args.threads}")
+        shard = parse_shard(args.shard)
+        if shard[1] > 1 and args.fresh:
+            raise ConfigError(
+                "--fresh cannot be combined with --shard: one shard would delete the runs "
+                "of the others; empty the results folder once, before the shards start"
+            )
+        if args.report_only and (args.fresh or args.shard):
+            raise ConfigError("--report-only trains nothing: drop --fresh and --shard")
         config = resolve_config(args)
         resolve_device(config.device)
     except ConfigError as err:
@@ -173,6 +212,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if parallel.is_main:
         setup_logging(store.root)
+    if args.report_only:
+        if parallel.is_main:
+            write_report(config, store)
+            missing = missing_runs(config, store)
+            log.info(
+                "report written: %s (%s)",
+                store.root / "report.md",
+                f"{len(missing)} run(s) missing" if missing else "complete",
+            )
+        close_parallel(parallel)
+        if lock is not None:
+            lock.close()
+        return 0
     runs = len(config.experiments) * len(config.seeds) * len(config.losses)
     log.info(
         "study '%s': %d runs on %s x %d process(es), results in %s",
@@ -185,14 +237,25 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     progress = Progress(enabled=not args.no_progress and parallel.is_main)
     try:
-        run_grid(config, store, device, progress, parallel, workers=args.workers)
+        run_grid(config, store, device, progress, parallel, workers=args.workers, shard=shard)
         if parallel.is_main:
-            write_report(config, store)
-            log.info(
-                "finished in %.0f s; report: %s",
-                time.perf_counter() - start,
-                store.root / "report.md",
-            )
+            missing = missing_runs(config, store)
+            if missing:
+                # Another shard's runs: the last shard to finish finds none missing.
+                log.info(
+                    "shard %d/%d finished in %.0f s; %d run(s) of other shards not done yet, "
+                    "so no report (the last shard to finish writes it; or run --report-only)",
+                    *shard,
+                    time.perf_counter() - start,
+                    len(missing),
+                )
+            else:
+                write_report(config, store)
+                log.info(
+                    "finished in %.0f s; report: %s",
+                    time.perf_counter() - start,
+                    store.root / "report.md",
+                )
     except StudyWriteError as err:
         print(f"reproduce_study.py: error: {err}", file=sys.stderr)
         return 1

@@ -90,7 +90,9 @@ class DataConfig:
     ``dims = 3`` renders CT volumes ``(1, D, H, W)`` with ``image_size`` voxels a side
     instead of images ``(1, H, W)`` (it needs a 3-D ``model.arch``). ``n_dfr`` images of
     the decorrelated distribution (every (label, shortcut side) group equally large)
-    retrain the last layer (DFR, Kirichenko et al. 2022).
+    retrain the last layer (DFR, Kirichenko et al. 2022). ``n_val`` images of the training
+    distribution, never trained on, with their group labels, are the validation split that
+    model selection reads after every epoch (no test set informs any choice).
     """
 
     image_size: int = 32
@@ -99,6 +101,7 @@ class DataConfig:
     n_test: int = 1000
     n_probe: int = 512
     n_dfr: int = 256
+    n_val: int = 400
 
     def sizes(self) -> dict[str, Any]:
         """The size arguments of :class:`~nodulebench.SyntheticNodules` for these data."""
@@ -421,12 +424,13 @@ def check_experiments(config: StudyConfig) -> None:
     """
     from nodulebench import SyntheticNodules
 
-    from .runner import study_test_distributions, training_spec
+    from .runner import study_factors, study_test_distributions, training_spec
 
     for experiment in config.experiments:
         try:
-            spec = training_spec(experiment)
-            for test_spec in (spec, *study_test_distributions(spec).values()):
+            spec = training_spec(experiment, study_factors(config))
+            tests = study_test_distributions(spec, experiment.shortcut)
+            for test_spec in (spec, *tests.values()):
                 SyntheticNodules(test_spec, n=2, seed=0, **config.data.sizes()).render(range(2))
         except (TypeError, ValueError) as err:
             raise ConfigError(
@@ -465,6 +469,7 @@ def _check_values(config: StudyConfig) -> None:
         ("data.n_test", d.n_test),
         ("data.n_probe", d.n_probe),
         ("data.n_dfr", d.n_dfr),
+        ("data.n_val", d.n_val),
         ("model.width", config.model.width),
         ("model.projection_dim", config.model.projection_dim),
         ("train.epochs", t.epochs),

@@ -26,6 +26,7 @@ from .runner import (
     PROBE_SEED_OFFSET,
     causal_factor,
     run_id,
+    study_factors,
     study_test_distributions,
     training_spec,
 )
@@ -61,8 +62,8 @@ def central_slice(tensor: torch.Tensor) -> torch.Tensor:
 def distribution_samples(config: StudyConfig, experiment: Any, path: Path) -> str:
     """Benign and malignant samples of the training and every test distribution."""
     plt = _pyplot()
-    spec = training_spec(experiment)
-    rows = {"train": spec, **study_test_distributions(spec)}
+    spec = training_spec(experiment, study_factors(config))
+    rows = {"train": spec, **study_test_distributions(spec, experiment.shortcut)}
     cols = 2 * SAMPLES_PER_CLASS
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.3 * len(rows)), squeeze=False)
     for r, (name, row_spec) in enumerate(rows.items()):
@@ -151,7 +152,7 @@ def worst_group_figure(
 ) -> str:
     """Worst-group accuracy per loss and test distribution, with 95 % intervals."""
     groups = group_runs(records)
-    tests = tests_present(records)
+    tests = tests_present([r for r in records if r["experiment"] == experiment])
     rows = {
         loss: {t: metric_interval(groups[experiment, loss], t, HEADLINE_METRIC) for t in tests}
         for loss in config.losses
@@ -246,6 +247,49 @@ def sweep_figure(
     return _save(fig, path)
 
 
+def training_curves_figure(
+    config: StudyConfig, records: list[dict[str, Any]], experiment: str, path: Path
+) -> str:
+    """Every run's training curve: stage-1 loss and validation scores per epoch, per loss.
+
+    One panel per loss, one line per seed: the training objective (left axis) and the
+    validation split's accuracy and worst-group accuracy (right axis), which the two
+    selection regimes read.
+    """
+    plt = _pyplot()
+    groups = group_runs(records)
+    losses = [loss for loss in config.losses if (experiment, loss) in groups]
+    cols = min(4, len(losses))
+    rows = -(-len(losses) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.3 * rows), squeeze=False)
+    for i, loss in enumerate(losses):
+        ax = axes[i // cols][i % cols]
+        right = ax.twinx()
+        for run in groups[experiment, loss]:
+            epochs = range(1, len(run["loss_history"]) + 1)
+            ax.plot(epochs, run["loss_history"], "o-", color="black", lw=0.8, ms=2, alpha=0.7)
+            history = run.get("validation_history", [])
+            if history:
+                x = [h["epoch"] for h in history]
+                right.plot(
+                    x, [h["accuracy"] for h in history], "o-", color="tab:blue", lw=0.8, ms=2
+                )
+                right.plot(x, [h["worst_group_accuracy"] for h in history], color="tab:red", lw=0.8)
+        right.set_ylim(0, 1)
+        ax.set_title(loss, fontsize=8)
+        ax.tick_params(labelsize=6)
+        right.tick_params(labelsize=6)
+    for j in range(len(losses), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.suptitle(
+        f"{experiment}: training loss (black, left), validation accuracy (blue) and "
+        "worst-group accuracy (red, right), one line per seed",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def embedding_figure(
     config: StudyConfig, store: RunStore, experiment: Any, causal: str, path: Path
 ) -> str:
@@ -253,7 +297,7 @@ def embedding_figure(
     plt = _pyplot()
     seed = config.seeds[0]
     losses = [loss for loss in config.losses if store.is_done(run_id(experiment.name, loss, seed))]
-    spec = training_spec(experiment).decorrelated()
+    spec = training_spec(experiment, study_factors(config)).decorrelated()
     probe = SyntheticNodules(
         spec, n=config.data.n_probe, seed=PROBE_SEED_OFFSET, **config.data.sizes()
     )
@@ -294,6 +338,7 @@ def write_figures(
             "embeddings": embedding_figure(
                 config, store, experiment, causal_factor(), folder / f"embeddings_{name}.png"
             ),
+            "curves": training_curves_figure(config, records, name, folder / f"curves_{name}.png"),
         }
         if cka[name]:
             figs["cka"] = cka_figure(cka[name], name, folder / f"cka_{name}.png")

@@ -36,7 +36,9 @@ def load_records(config: StudyConfig, store: RunStore) -> list[dict[str, Any]]:
 def flat_row(record: dict[str, Any]) -> dict[str, Any]:
     """One CSV row per run: identity, then ``<test>.<metric>`` and ``<test>.group.<group>``.
 
-    The other heads' worst-group accuracies follow as ``<head>.<test>.worst_group_accuracy``.
+    The other heads' worst-group accuracies follow as ``<head>.<test>.worst_group_accuracy``,
+    then each selection regime's epoch and worst-group accuracies
+    (``selection.<regime>.epoch``, ``selection.<regime>.<test>.worst_group_accuracy``).
     """
     row: dict[str, Any] = {
         k: record[k] for k in ("run_id", "experiment", "shortcut", "strength", "loss", "seed")
@@ -49,6 +51,12 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
     for head, tests in record["heads"].items():
         for test, metrics in tests.items():
             row[f"{head}.{test}.worst_group_accuracy"] = metrics["worst_group_accuracy"]
+    for regime, chosen in record.get("selection", {}).items():
+        row[f"selection.{regime}.epoch"] = chosen["epoch"]
+        for test, metrics in chosen["metrics"].items():
+            row[f"selection.{regime}.{test}.worst_group_accuracy"] = metrics["worst_group_accuracy"]
+    for key, value in record.get("error_set", {}).items():
+        row[f"error_set.{key}"] = value
     row["train_seconds"] = round(record["train_seconds"], 3)
     return row
 
@@ -73,15 +81,21 @@ def machine_of(records: list[dict[str, Any]]) -> str:
 
 
 def write_report(config: StudyConfig, store: RunStore) -> None:
-    """Write every aggregate output of the study from the finished runs."""
+    """Write every aggregate output of the study from the finished runs.
+
+    Runs not finished yet (another shard's, say) are named at the top of the report.
+    """
     from .analysis import study_cka
     from .document import to_markdown
     from .figures import write_figures
     from .narrative import report_blocks
+    from .runner import missing_runs
 
     records = load_records(config, store)
     write_metrics(store, records)
     cka = study_cka(config, store)
     figures = write_figures(config, store, records, cka)
-    blocks = report_blocks(config, cka, records, figures, machine_of(records))
+    blocks = report_blocks(
+        config, cka, records, figures, machine_of(records), missing_runs(config, store)
+    )
     atomic_write_bytes(store.root / "report.md", to_markdown(blocks).encode())

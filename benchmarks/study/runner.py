@@ -10,8 +10,8 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,17 @@ from .config import STUDY_LOSSES, ConfigError, DataConfig, ExperimentConfig, Stu
 from .identify import identify_features
 from .parallel import Parallel
 from .store import RunStore, atomic_write_json
-from .training import encode, fit_heads, head_probabilities, identify, train
+from .training import (
+    SELECTION_REGIMES,
+    TrainedModel,
+    encode,
+    fit_heads,
+    fit_linear_head,
+    head_probabilities,
+    identify,
+    selected_model,
+    train,
+)
 
 log = logging.getLogger("study")
 
@@ -34,7 +44,7 @@ log = logging.getLogger("study")
 TEST_SEED_OFFSET = 10_000
 PROBE_SEED_OFFSET = 20_000
 DFR_SEED_OFFSET = 30_000
-PROBE_DISTRIBUTION = "decorrelated"
+VALIDATION_SEED_OFFSET = 40_000
 
 #: The (label x shortcut side) groups of Sagawa et al. (2020), by index ``2 * label +
 #: conflicting``: "aligned" samples lie on the side of the shortcut that agrees with their
@@ -44,11 +54,16 @@ GROUPS = ("benign-aligned", "benign-conflicting", "malignant-aligned", "malignan
 
 @dataclass
 class LabelledImages:
-    """Images ``(N, 1, H, W)`` or ``(N, 1, D, H, W)``, labels and group indices ``(N,)``."""
+    """Images ``(N, 1, H, W)`` or ``(N, 1, D, H, W)``, labels and group indices ``(N,)``.
+
+    ``groups`` are the groups of the experiment's shortcut factor; ``groups_by_factor``
+    those of every shortcut factor of the study (the control is read with each).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     groups: torch.Tensor
+    groups_by_factor: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +82,8 @@ class ExperimentData:
     probe_masks: dict[str, torch.Tensor]
     #: The identification model's training-set predictions, computed on first need.
     identification: torch.Tensor | None = None
+    #: Drawn from the training distribution, never trained on: model selection reads it.
+    validation: LabelledImages | None = None
 
     @functools.cached_property
     def probe_renders(self) -> RenderCache:
@@ -126,73 +143,123 @@ def causal_factor() -> str:
     return NoduleSpec().causal_factors[0]
 
 
-def training_spec(experiment: ExperimentConfig) -> NoduleSpec:
-    """The training distribution: default label rule plus the experiment's shortcut."""
-    return NoduleSpec().with_shortcut(experiment.shortcut, experiment.strength)
+def study_factors(config: StudyConfig) -> tuple[str, ...]:
+    """Every shortcut factor of the study's experiments, each once, in experiment order."""
+    return tuple(dict.fromkeys(e.shortcut for e in config.experiments))
 
 
-def study_test_distributions(spec: NoduleSpec) -> dict[str, NoduleSpec]:
-    """The spec's test distributions; the covariate shift leaves the shortcut factor alone.
+def training_spec(experiment: ExperimentConfig, factors: Sequence[str] = ()) -> NoduleSpec:
+    """The training distribution: the experiment's shortcut, other study factors at 0.
 
-    An acquisition shortcut (noise, blur, spacing) would otherwise be moved wholly to one
-    side of its split by the covariate shift, leaving some groups empty.
+    The label comes from the default rule; every other factor in ``factors`` is split as
+    a shortcut at strength 0. Every experiment of a study thus has the same marginals
+    (each factor half on either side of its split) and differs from the no-shortcut
+    control only in the one correlation: the calcification shortcut, say, would otherwise
+    raise benign-pattern calcification from 16 % to 50 % and leave the control unmatched.
+    The control (strength 0) holds every factor's groups, so its models are evaluated with
+    the groups of every shortcut.
     """
-    factor = spec.shortcut_factors[0]
+    spec = NoduleSpec()
+    for factor in factors:
+        if factor != experiment.shortcut:
+            spec = spec.with_shortcut(factor, 0.0)
+    return spec.with_shortcut(experiment.shortcut, experiment.strength)
+
+
+#: The test sets of one conflicting group each: ``(label, name)`` (see :data:`GROUPS`).
+CONFLICTING_TESTS = {"malignant-conflicting": 1, "benign-conflicting": 0}
+
+
+def study_test_distributions(spec: NoduleSpec, factor: str) -> dict[str, NoduleSpec]:
+    """The test distributions of a training spec whose shortcut under study is ``factor``.
+
+    ``malignant-conflicting`` and ``benign-conflicting`` hold one conflicting group each
+    (the label on the side of ``factor`` that disagrees with it): the two groups that a
+    positive strength makes rare in training. The covariate shift leaves every shortcut
+    factor alone: an acquisition shortcut (noise, blur, spacing) would otherwise be moved
+    wholly to one side of its split, leaving some groups empty.
+
+    A control (``factor`` at strength 0, every factor independent of the label) has one
+    test distribution where a shortcut experiment has three (i.i.d., decorrelated and
+    reversed are then the same distribution): it is drawn once, as ``decorrelated``. Its
+    conflicting groups are as common as the others and are read there.
+    """
+    strength = next(sc.strength for sc in spec.shortcuts if sc.split.factor == factor)
+    kept = {f: spec.marginals[f] for f in spec.shortcut_factors}
+    covariate = spec.covariate_shift(**kept)
+    if strength == 0.0:
+        return {"decorrelated": spec.decorrelated(), "covariate": covariate}
     return {
         "iid": spec.iid(),
         "decorrelated": spec.decorrelated(),
         "reversed": spec.reversed(),
-        "heldout": spec.heldout(),
-        "covariate": spec.covariate_shift(**{factor: spec.marginals[factor]}),
+        **{name: spec.heldout(factor, label) for name, label in CONFLICTING_TESTS.items()},
+        "covariate": covariate,
     }
 
 
-def group_ids(spec: NoduleSpec, dataset: SyntheticNodules) -> torch.Tensor:
-    """``(N,)`` index into :data:`GROUPS` of each sample: its label and shortcut side."""
-    split = spec.shortcuts[0].split
+def group_ids(spec: NoduleSpec, dataset: SyntheticNodules, factor: str) -> torch.Tensor:
+    """``(N,)`` index into :data:`GROUPS` of each sample: its label and side of ``factor``."""
+    split = next(sc.split for sc in spec.shortcuts if sc.split.factor == factor)
     labels = dataset.labels
     malignant_looking = split.malignant_side(dataset.factors[split.factor])
     conflicting = malignant_looking != labels.bool()
     return 2 * labels + conflicting.long()
 
 
-def _labelled(spec: NoduleSpec, n: int, seed: int, data: DataConfig) -> LabelledImages:
+def _labelled(spec: NoduleSpec, n: int, seed: int, data: DataConfig, factor: str) -> LabelledImages:
     dataset = SyntheticNodules(spec, n=n, seed=seed, **data.sizes())
-    return LabelledImages(dataset.render(range(n)), dataset.labels, group_ids(spec, dataset))
+    by_factor = {f: group_ids(spec, dataset, f) for f in spec.shortcut_factors}
+    return LabelledImages(dataset.render(range(n)), dataset.labels, by_factor[factor], by_factor)
 
 
 def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -> ExperimentData:
-    """Render the training set, every test set, the DFR set and the probe set."""
+    """Render the training and validation sets, every test set, the DFR and probe sets."""
     d = config.data
-    spec = training_spec(experiment)
-    distributions = study_test_distributions(spec)
+    factor = experiment.shortcut
+    spec = training_spec(experiment, study_factors(config))
+    distributions = study_test_distributions(spec, factor)
     test_sets = {
-        name: _labelled(test_spec, d.n_test, seed + TEST_SEED_OFFSET, d)
+        name: _labelled(test_spec, d.n_test, seed + TEST_SEED_OFFSET, d, factor)
         for name, test_spec in distributions.items()
     }
-    probe_set = SyntheticNodules(
-        distributions[PROBE_DISTRIBUTION], n=d.n_probe, seed=PROBE_SEED_OFFSET, **d.sizes()
-    )
+    probe_spec = spec.decorrelated()
+    probe_set = SyntheticNodules(probe_spec, n=d.n_probe, seed=PROBE_SEED_OFFSET, **d.sizes())
     probe_images, probe_masks = probe_set.render(range(len(probe_set)), return_masks=True)
     return ExperimentData(
-        train=_labelled(spec, d.n_train, seed, d),
+        train=_labelled(spec, d.n_train, seed, d, factor),
         test_sets=test_sets,
-        dfr=_labelled(distributions[PROBE_DISTRIBUTION], d.n_dfr, seed + DFR_SEED_OFFSET, d),
+        dfr=_labelled(probe_spec, d.n_dfr, seed + DFR_SEED_OFFSET, d, factor),
         probe_set=probe_set,
         probe_images=probe_images,
         probe_masks=probe_masks,
+        validation=_labelled(spec, d.n_val, seed + VALIDATION_SEED_OFFSET, d, factor),
     )
 
 
 def evaluate(probabilities: torch.Tensor, test: LabelledImages) -> dict[str, Any]:
-    """Binary metrics, per-group accuracies and the worst-group accuracy of one head."""
-    groups = group_accuracy((probabilities >= 0.5).long(), test.labels, test.groups, list(GROUPS))
+    """Binary metrics, per-group accuracies and the worst-group accuracy of one head.
+
+    ``by_factor`` repeats the group accuracies with the groups of every shortcut factor of
+    the study (``{factor: {worst_group_accuracy, worst_group, group_accuracy}}``).
+    """
+    predicted = (probabilities >= 0.5).long()
+    groups = group_accuracy(predicted, test.labels, test.groups, list(GROUPS))
+    by_factor = {}
+    for factor, ids in test.groups_by_factor.items():
+        of_factor = group_accuracy(predicted, test.labels, ids, list(GROUPS))
+        by_factor[factor] = {
+            "worst_group_accuracy": of_factor.worst,
+            "worst_group": of_factor.worst_group,
+            "group_accuracy": of_factor.per_group,
+        }
     return {
         **binary_metrics(probabilities, test.labels).to_dict(),
         "worst_group_accuracy": groups.worst,
         "worst_group": groups.worst_group,
         "group_accuracy": groups.per_group,
         "group_counts": groups.counts,
+        "by_factor": by_factor,
     }
 
 
@@ -228,6 +295,7 @@ def run_one(
             on_step=lambda: bar.update(1),
             parallel=parallel,
             per_sample=per_sample,
+            validation=data.validation,
         )
     train_seconds = time.perf_counter() - start
     if not parallel.is_main:
@@ -238,6 +306,7 @@ def run_one(
         features = encode(trained.model, test.images, device, config.train.autocast)
         for head_name, head in heads.items():
             metrics[head_name][test_name] = evaluate(head_probabilities(head, features), test)
+    selection = selected_metrics(config, trained, metrics["model"], data, seed, device)
     identified, arrays = identify_features(config, trained.model, data, device)
     record = {
         "run_id": run_id(experiment.name, loss, seed),
@@ -249,6 +318,8 @@ def run_one(
         "metrics": metrics.pop("model"),
         "heads": metrics,
         "loss_history": trained.loss_history,
+        "validation_history": trained.validation,
+        "selection": selection,
         "train_seconds": train_seconds,
         "machine": machine(device),
         "total_seconds": time.perf_counter() - start,
@@ -259,7 +330,69 @@ def run_one(
         # that needs it (and counted in that run's time).
         wrong = data.identification != data.train.labels
         record["identification_error_rate"] = float(wrong.float().mean())
+        record["error_set"] = error_set_quality(wrong, data.train.groups)
     return record, arrays
+
+
+def error_set_quality(wrong: torch.Tensor, groups: torch.Tensor) -> dict[str, float | None]:
+    """How well the identification model's errors ``(N,)`` find the conflicting groups.
+
+    JTT upweights the error set and ``group_dro_inferred`` groups by it, as a stand-in
+    for the conflicting groups (odd indices of :data:`GROUPS`). ``precision``: the share
+    of errors that are conflicting; ``recall``: the share of conflicting samples that are
+    errors (``None`` where undefined).
+    """
+    conflicting = groups % 2 == 1
+    hits = int((wrong & conflicting).sum())
+    errors, actual = int(wrong.sum()), int(conflicting.sum())
+    return {
+        "size": errors,
+        "precision": hits / errors if errors else None,
+        "recall": hits / actual if actual else None,
+    }
+
+
+def selected_metrics(
+    config: StudyConfig,
+    trained: TrainedModel,
+    final: dict[str, dict[str, Any]],
+    data: ExperimentData,
+    seed: int,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """``{regime: {epoch, validation, metrics}}``: each selection regime's model on every test.
+
+    The protocol's head of the chosen epoch is evaluated (a two-stage loss's head is refit
+    on the chosen encoder's training features, as in stage 2). A regime that chose the
+    last epoch reuses ``final`` (the metrics of the trained model); two regimes that chose
+    one epoch share its evaluation.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    by_epoch: dict[int, dict[str, dict[str, Any]]] = {len(trained.loss_history): final}
+    for regime, chosen in trained.selected.items():
+        if chosen.epoch not in by_epoch:
+            model = selected_model(trained, regime)
+            head: torch.nn.Module = model.classifier
+            if STUDY_LOSSES[trained.study_loss].protocol == "two_stage":
+                features = encode(model, data.train.images, device, config.train.autocast)
+                head = fit_linear_head(config, features, data.train.labels, seed)
+            by_epoch[chosen.epoch] = {
+                name: evaluate(
+                    head_probabilities(
+                        head, encode(model, test.images, device, config.train.autocast)
+                    ),
+                    test,
+                )
+                for name, test in data.test_sets.items()
+            }
+        scores = {k: v for k, v in chosen.scores.items() if k != "epoch"}
+        out[regime] = {
+            "epoch": chosen.epoch,
+            "criterion": SELECTION_REGIMES[regime],
+            "validation": scores,
+            "metrics": by_epoch[chosen.epoch],
+        }
+    return out
 
 
 def check_output_folder(out: Path, config: StudyConfig, fresh: bool) -> None:
@@ -311,8 +444,13 @@ def run_grid(
     progress: Any,
     parallel: Parallel | None = None,
     workers: int = 1,
+    shard: tuple[int, int] = (1, 1),
 ) -> None:
     """Run every (experiment, seed, loss) not finished yet, in a fixed order.
+
+    ``shard = (k, n)`` runs only the k-th of n disjoint slices of the runs
+    (:func:`shard_groups`), so that n processes on as many machines share one results
+    folder.
 
     Under torchrun rank 0 decides which runs are pending and every rank trains them
     together; rank 0 alone evaluates and writes each finished run. With ``workers > 1``
@@ -321,13 +459,40 @@ def run_grid(
     better as two processes than as two threads of one.
     """
     parallel = parallel or Parallel()
-    groups = [(e, s) for e in config.experiments for s in config.seeds]
+    groups = shard_groups(config, shard)
     if workers > 1:
         _run_in_workers(config, store, device, groups, workers)
         return
     with progress.bar(total=len(groups) * len(config.losses), desc="study", position=0) as overall:
         for experiment, seed in groups:
             _run_group(config, store, experiment, seed, device, progress, parallel, overall)
+
+
+def shard_groups(
+    config: StudyConfig, shard: tuple[int, int] = (1, 1)
+) -> list[tuple[ExperimentConfig, int]]:
+    """The (experiment, seed) groups of shard ``k`` of ``n`` (1-based), in grid order.
+
+    The groups are dealt round-robin, so the n shards are disjoint, together hold every
+    group, and differ in size by at most one. A group's losses stay together: its data
+    are rendered once.
+    """
+    k, n = shard
+    if not (isinstance(n, int) and isinstance(k, int) and n >= 1 and 1 <= k <= n):
+        raise ConfigError(f"shard must be K/N with 1 <= K <= N; got {k}/{n}")
+    groups = [(e, s) for e in config.experiments for s in config.seeds]
+    return groups[k - 1 :: n]
+
+
+def missing_runs(config: StudyConfig, store: RunStore) -> list[str]:
+    """The run ids of the config that are not done yet, in grid order."""
+    return [
+        run_id(e.name, loss, seed)
+        for e in config.experiments
+        for seed in config.seeds
+        for loss in config.losses
+        if not store.is_done(run_id(e.name, loss, seed))
+    ]
 
 
 def _run_group(

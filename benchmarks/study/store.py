@@ -287,18 +287,51 @@ class StudyLockedError(RuntimeError):
     """A results folder that another running study holds."""
 
 
-def lock_results_folder(root: Path) -> IO[str]:
-    """Hold an exclusive lock on ``root/.lock`` for as long as the returned file stays open.
+class ResultsLock:
+    """The locks a study holds on its results folder, until :meth:`close`."""
 
-    The lock (``fcntl.flock``) is the system's: it ends with the process that holds it, so
-    a lock file left by a killed study is simply taken over. The file records the holder's
-    process id, which the error names.
+    def __init__(self, handles: list[IO[str]]) -> None:
+        self._handles = handles
+
+    def close(self) -> None:
+        """Release every lock (closing a lock file releases its ``flock``)."""
+        for handle in self._handles:
+            handle.close()
+
+
+def lock_results_folder(
+    root: Path, shard: tuple[int, int] = (1, 1), *, report_only: bool = False
+) -> ResultsLock:
+    """Lock ``root`` for one study: exclusively, or shared by the shards of one study.
+
+    A whole study holds ``root/.lock`` exclusively. Shards (``shard = (K, N)``, N > 1) hold
+    it shared, so that the N shards of one job array can write into one folder while a
+    whole study (or a ``--fresh`` one) cannot start beside them; each shard also holds
+    ``root/.lock-shard-K-of-N`` exclusively, so one shard does not run twice. A report-only
+    call holds ``.lock`` shared. The locks are the system's (``fcntl.flock``): they end
+    with the process that holds them, so a lock file left by a killed study is simply taken
+    over. An exclusive holder records its process id, which the error names.
 
     Raises:
-        StudyLockedError: another live process holds the lock.
+        StudyLockedError: another live process holds a conflicting lock.
         StudyWriteError: the folder or its lock file cannot be created.
     """
-    path = root / ".lock"
+    k, n = shard
+    if n == 1 and not report_only:
+        return ResultsLock([_flock(root, ".lock", exclusive=True)])
+    shared = _flock(root, ".lock", exclusive=False)
+    if report_only:
+        return ResultsLock([shared])
+    try:
+        own = _flock(root, f".lock-shard-{k}-of-{n}", exclusive=True)
+    except (StudyLockedError, StudyWriteError):
+        shared.close()
+        raise
+    return ResultsLock([shared, own])
+
+
+def _flock(root: Path, name: str, *, exclusive: bool) -> IO[str]:
+    path = root / name
     try:
         root.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - kept open: it is the lock
@@ -310,17 +343,21 @@ def lock_results_folder(root: Path) -> IO[str]:
     if fcntl is None:  # pragma: no cover
         return handle  # type: ignore[unreachable]
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(
+            handle.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        )
     except BlockingIOError:
         handle.seek(0)
-        holder = handle.read().strip() or "unknown"
+        holder = handle.read().strip() or "unknown: shards of a study hold it shared"
         handle.close()
+        what = "another study" if name == ".lock" else f"another process running {name[6:]}"
         raise StudyLockedError(
-            f"{root} is in use by another study (process {holder}); wait for it to finish "
+            f"{root} is in use by {what} (process {holder}); wait for it to finish "
             "or choose another --out"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    if exclusive:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
     return handle

@@ -30,10 +30,11 @@ data already holds (``ExperimentData.train.groups``) for :func:`train` to pass o
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,13 +53,39 @@ if TYPE_CHECKING:
     from .runner import LabelledImages
 
 
+#: The model-selection regimes, each choosing one epoch on the validation split (never on a
+#: test set), as Sagawa et al. (2020) and SpuCo report them side by side:
+#: ``accuracy`` needs no group labels (best validation accuracy); ``worst_group`` reads the
+#: validation set's group labels (best validation worst-group accuracy). Ties go to the
+#: earlier epoch.
+SELECTION_REGIMES = {
+    "accuracy": "best validation accuracy (no group labels)",
+    "worst_group": "best validation worst-group accuracy (with group labels)",
+}
+
+
+@dataclass
+class Selected:
+    """The epoch one selection regime chose, its validation scores and model state."""
+
+    epoch: int
+    scores: dict[str, Any]
+    state: dict[str, torch.Tensor]
+
+
 @dataclass
 class TrainedModel:
-    """A trained model, its stage-1 loss per epoch, and how it was trained."""
+    """A trained model, its stage-1 loss per epoch, and how it was trained.
+
+    ``validation`` holds the validation scores after each epoch (empty without a
+    validation split) and ``selected`` the epoch each of :data:`SELECTION_REGIMES` chose.
+    """
 
     model: StudyModel
     loss_history: list[float]
     study_loss: str
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    selected: dict[str, Selected] = field(default_factory=dict)
 
 
 def build_losses(
@@ -115,6 +142,7 @@ def train(
     parallel: Parallel | None = None,
     per_sample: dict[str, torch.Tensor] | None = None,
     epochs: int | None = None,
+    validation: LabelledImages | None = None,
 ) -> TrainedModel:
     """Train one model with one study loss on ``images`` ``(N, 1, [D,] H, W)``, ``labels`` ``(N,)``.
 
@@ -126,6 +154,11 @@ def train(
     ``per_sample`` holds the ``(N,)`` inputs of the group-robust protocols, indexed like
     ``labels``: ``groups`` (GroupDRO), ``weights`` (JTT) or ``predictions`` (CnC).
     ``epochs`` overrides ``config.train.epochs`` (the identification model's run).
+
+    With a ``validation`` split (drawn from the training distribution, never trained on)
+    the model is scored on it after every epoch, with batch norm in eval mode
+    (:func:`validation_scores`), and each of :data:`SELECTION_REGIMES` keeps the state
+    of the epoch it chooses. Nothing else informs the choice.
     """
     t = config.train
     epochs = t.epochs if epochs is None else epochs
@@ -167,7 +200,9 @@ def train(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=t.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
     )
-    history = []
+    history: list[float] = []
+    scored: list[dict[str, Any]] = []
+    selected: dict[str, Selected] = {}
     model.train()
     for _ in range(epochs):
         order = torch.randperm(n, generator=order_generator)
@@ -210,10 +245,69 @@ def train(
             if on_step is not None:
                 on_step()
         history.append(float(epoch_loss) / steps_per_epoch)
+        if validation is not None:
+            scores = validation_scores(config, study_loss, model, images, labels, validation, seed)
+            scores["epoch"] = len(history)
+            scored.append(scores)
+            for regime, key in SELECTION_KEYS.items():
+                best = selected.get(regime)
+                if best is None or scores[key] > best.scores[key]:
+                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    selected[regime] = Selected(len(history), scores, state)
+            model.train()
     if not math.isfinite(history[-1]):
         raise RuntimeError(f"{study_loss}: training diverged (loss {history[-1]})")
     model.eval()
-    return TrainedModel(model, history, study_loss)
+    return TrainedModel(model, history, study_loss, scored, selected)
+
+
+#: The validation score each selection regime maximises.
+SELECTION_KEYS = {"accuracy": "accuracy", "worst_group": "worst_group_accuracy"}
+
+
+def validation_scores(
+    config: StudyConfig,
+    study_loss: str,
+    model: StudyModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    validation: LabelledImages,
+    seed: int,
+) -> dict[str, Any]:
+    """Accuracy, worst-group and per-group accuracy of the protocol's head on ``validation``.
+
+    A two-stage loss has no classifier until stage 2, so its head here is stage 2's
+    recipe (:func:`fit_linear_head`) on the frozen features of the first
+    ``len(validation)`` training images: cheap, and trained on training data only.
+    The model is left in eval mode.
+    """
+    from nodulebench.stats import group_accuracy
+
+    from .runner import GROUPS
+
+    device = next(model.parameters()).device
+    precision = config.train.autocast
+    features = encode(model, validation.images, device, precision)
+    head: nn.Module = model.classifier
+    if STUDY_LOSSES[study_loss].protocol == "two_stage":
+        n = min(len(validation.labels), len(labels))
+        head = fit_linear_head(
+            config, encode(model, images[:n], device, precision), labels[:n], seed
+        )
+    predicted = (head_probabilities(head, features) >= 0.5).long()
+    groups = group_accuracy(predicted, validation.labels, validation.groups, list(GROUPS))
+    return {
+        "accuracy": float((predicted == validation.labels).float().mean()),
+        "worst_group_accuracy": groups.worst,
+        "group_accuracy": groups.per_group,
+    }
+
+
+def selected_model(trained: TrainedModel, regime: str) -> StudyModel:
+    """A copy of the trained model with the state the regime chose (eval mode)."""
+    model = copy.deepcopy(trained.model)
+    model.load_state_dict(trained.selected[regime].state)
+    return model.eval()
 
 
 def weighted_mean(

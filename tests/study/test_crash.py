@@ -95,3 +95,29 @@ def test_truncated_run_file_is_named_and_redone(
     assert f"{path}" in result.stderr and "the run is done again" in result.stderr
     assert result.stderr.count("done diameter__") == 1
     assert records(out) == records(expected)
+
+
+def run_shard(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*command(out), *extra], capture_output=True, text=True, env=environment(), timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_two_shards_into_one_folder_equal_one_process(
+    reference: tuple[Path, float], tmp_path: Path
+) -> None:
+    expected, _ = reference
+    out = tmp_path / "sharded"
+    first = run_shard(out, "--shard", "1/2")
+    assert "no report" in first.stderr and not (out / "report.md").exists()
+    run_shard(out, "--report-only")
+    report = (out / "report.md").read_text()
+    assert "**Incomplete: 2 of 4 runs have not finished**" in report
+    assert "`diameter__cross_entropy__seed1`" in report  # the other shard's runs, named
+    second = run_shard(out, "--shard", "2/2")
+    assert "done diameter__" in second.stderr and "seed0" not in second.stderr.split("done")[1]
+    assert "Incomplete" not in (out / "report.md").read_text()
+    assert records(out) == records(expected)

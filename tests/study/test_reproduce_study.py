@@ -29,7 +29,16 @@ STUDY_LOSSES = [
 ]
 EXPERIMENTS = {"control", "diameter", "calcification", "acquisition"}
 GROUPS = {"benign-aligned", "benign-conflicting", "malignant-aligned", "malignant-conflicting"}
-TESTS = ["iid", "decorrelated", "reversed", "heldout", "covariate"]
+TESTS = [
+    "iid",
+    "decorrelated",
+    "reversed",
+    "malignant-conflicting",
+    "benign-conflicting",
+    "covariate",
+]
+CONTROL_TESTS = ["decorrelated", "covariate"]  # iid = decorrelated = reversed, drawn once
+FACTORS = {"diameter_mm", "calcification", "site"}
 
 
 def run_study(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -61,14 +70,16 @@ def test_smoke_writes_every_output(smoke: Path) -> None:
     )
     assert {r["experiment"] for r in records} == EXPERIMENTS
     for record in records:
-        assert sorted(record["metrics"]) == sorted(TESTS)
+        tests = CONTROL_TESTS if record["experiment"] == "control" else TESTS
+        assert sorted(record["metrics"]) == sorted(tests)
         assert sorted(record["heads"]) == ["dfr", "linear"]
         for head in (record["metrics"], *record["heads"].values()):
             for test, metrics in head.items():
                 assert 0.0 <= metrics["balanced_accuracy"] <= 1.0
                 assert 0.0 <= metrics["ece"] <= 1.0
                 groups = metrics["group_accuracy"]
-                assert set(groups) == ({"malignant-conflicting"} if test == "heldout" else GROUPS)
+                assert set(groups) == ({test} if test.endswith("-conflicting") else GROUPS)
+                assert set(metrics["by_factor"]) == FACTORS
                 assert metrics["worst_group_accuracy"] == min(groups.values())
                 assert sum(metrics["group_counts"].values()) == metrics["n"]
         assert {r["factor"] for r in record["probes"]} >= {"diameter_mm", "spiculation"}
@@ -148,6 +159,8 @@ def test_rerun_skips_finished_runs_and_resumes_identically(smoke: Path) -> None:
         (["--preset", "smoke", "--seeds", "1", "1"], "--seeds must not repeat a seed"),
         (["--preset", "smoke", "--workers", "0"], "--workers must be >= 1"),
         (["--preset", "smoke", "--losses", "supcom"], "(did you mean 'supcon'?)"),
+        (["--preset", "smoke", "--shard", "3/2"], "--shard must be K/N with integers 1 <= K <= N"),
+        (["--preset", "smoke", "--shard", "1/2", "--fresh"], "--fresh cannot be combined"),
     ],
 )
 def test_bad_arguments_fail_before_training(tmp_path: Path, args: list[str], message: str) -> None:

@@ -283,3 +283,21 @@ def test_second_study_on_a_folder_is_refused_and_a_dead_holder_taken_over(
     finally:
         lock.close()
     lock_results_folder(out).close()  # released on close
+
+
+def test_shards_share_the_folder_but_exclude_a_whole_study_and_their_own_twin(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    first, second = lock_results_folder(out, (1, 2)), lock_results_folder(out, (2, 2))
+    try:
+        report = lock_results_folder(out, report_only=True)  # beside running shards
+        report.close()
+        with pytest.raises(StudyLockedError, match="in use by another study"):
+            lock_results_folder(out)  # a whole (or --fresh) study
+        with pytest.raises(StudyLockedError, match="shard-1-of-2"):
+            lock_results_folder(out, (1, 2))  # the same shard twice
+    finally:
+        first.close()
+        second.close()
+    lock_results_folder(out).close()  # every lock released

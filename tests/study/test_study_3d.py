@@ -19,7 +19,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "reproduce_study.py"
 CONFIG = Path(__file__).with_name("smoke3d.toml")
 LOSSES = ["cross_entropy", "supcon", "jtt"]
-TESTS = ["iid", "decorrelated", "reversed", "heldout", "covariate"]
+TESTS = [
+    "iid",
+    "decorrelated",
+    "reversed",
+    "malignant-conflicting",
+    "benign-conflicting",
+    "covariate",
+]
 
 
 @pytest.fixture(scope="module")
