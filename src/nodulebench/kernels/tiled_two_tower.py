@@ -44,6 +44,7 @@ from torch.autograd.function import once_differentiable
 from nodulebench._validation import check_ndim
 from nodulebench.kernels._tiling import (
     TILE_EDGE,
+    ShiftedLse,
     check_row_range,
     eager_under_compile,
     row_blocks,
@@ -69,6 +70,12 @@ def _fold_lse(running: torch.Tensor, tile: torch.Tensor, dim: int) -> None:
     running.copy_(torch.logaddexp(running, torch.logsumexp(tile, dim=dim)))
 
 
+def _own_pairs(r0: int, r1: int, c0: int, c1: int, like: torch.Tensor) -> torch.Tensor:
+    """A tile's own pairs: True where the global row equals the global column."""
+    rows = torch.arange(r0, r1, device=like.device)[:, None]
+    return rows == torch.arange(c0, c1, device=like.device)[None, :]
+
+
 def _own_pair_signs(r0: int, r1: int, c0: int, c1: int, like: torch.Tensor) -> torch.Tensor:
     """SigLIP's labels of a tile: +1 where global row equals global column, else -1."""
     rows = torch.arange(r0, r1, device=like.device)[:, None]
@@ -88,21 +95,29 @@ class _ClipTiledFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         a0, a1 = row_range
         blocks = _blocks(image.shape[0], block_size, row_range)
-        lse_image = torch.full((a1 - a0,), float("-inf"), dtype=image.dtype, device=image.device)
-        lse_text = torch.full_like(lse_image, float("-inf"))
+        # Each direction's LSE is kept relative to its running maximum, and the own pair's
+        # logit is read from the same tile entry (see ShiftedLse): a loss is a sum of
+        # small non-negative terms, exactly 0 where the own pair is the only candidate.
+        image_stats = ShiftedLse(a1 - a0, image, positive_sum=True)
+        text_stats = ShiftedLse(a1 - a0, image, positive_sum=True)
         for r0, r1, row_anchor in blocks:
             for c0, c1, col_anchor in blocks:
                 if not (row_anchor or col_anchor):
                     continue
                 logits = (image[r0:r1] @ text[c0:c1].T).mul_(scale)
+                own = _own_pairs(r0, r1, c0, c1, logits)
                 if row_anchor:
-                    _fold_lse(lse_image[r0 - a0 : r1 - a0], logits, 1)
+                    image_stats.fold(slice(r0 - a0, r1 - a0), logits, 1, own)
                 if col_anchor:
-                    _fold_lse(lse_text[c0 - a0 : c1 - a0], logits, 0)
-        positive = (image[a0:a1] * text[a0:a1]).sum(dim=1) * scale
-        ctx.save_for_backward(image, text, scale, lse_image, lse_text)
+                    text_stats.fold(slice(c0 - a0, c1 - a0), logits, 0, own)
+        assert image_stats.positive is not None and text_stats.positive is not None
+        loss = 0.5 * (
+            (image_stats.shifted() - image_stats.positive)
+            + (text_stats.shifted() - text_stats.positive)
+        )
+        ctx.save_for_backward(image, text, scale, image_stats.lse(), text_stats.lse())
         ctx.options = (block_size, row_range)
-        return 0.5 * (lse_image + lse_text) - positive
+        return loss
 
     @staticmethod
     @once_differentiable
