@@ -188,6 +188,7 @@ def prepare_embeddings(
     ref_labels: torch.Tensor | None = None,
     memory: tuple[torch.Tensor, torch.Tensor] | None = None,
     options: Mapping[str, object] | None = None,
+    gather_timeout: float | None = None,
 ) -> PreparedEmbeddings:
     """Validate and flatten ``embeddings`` ``(B, D)`` or ``(B, V, D)`` and ``labels`` ``(B,)``.
 
@@ -197,12 +198,15 @@ def prepare_embeddings(
     prepared rows and labels of every rank are gathered as the columns (a collective
     call), and ``b`` above is the *global* sample index. Before the gather the ranks
     exchange one header (:func:`~nodulebench.distributed.gather_sizes`): the shape but
-    for ``B``, the dtype, whether labels were given, ``normalize`` and ``options`` (the
-    loss's name and options, e.g. ``{"loss": "supcon", "temperature": 0.1, ...}``)
+    for ``B``, the dtype, whether labels, a reference set and a memory bank (its
+    number of rows) were given, ``normalize`` and ``options`` (the loss's name and
+    options, e.g. ``{"loss": "supcon", "temperature": 0.1, ...}``, tensors by value)
     must agree, or every rank raises the same ``ValueError`` naming what differs. A
     rank that rejects its own input still joins that exchange
     (:func:`~nodulebench.distributed.abandon_gather`) before raising, so that the others
-    raise a ``ValueError`` naming it instead of waiting for it.
+    raise a ``ValueError`` naming it instead of waiting for it. With ``gather_timeout``
+    (seconds), a rank whose peers never arrive at the exchange raises ``TimeoutError``
+    naming the loss and itself after that time.
 
     With a reference set ``ref_emb`` ``(M, D)`` or ``(M, V', D)`` and ``ref_labels``
     ``(M,)``, the anchors are the rows of ``embeddings`` and the columns are the
@@ -251,6 +255,9 @@ def prepare_embeddings(
         **(options or {}),
         "normalize": normalize,
         "kind of labels": None if labels is None else "tensor",
+        # A rank with a reference set would treat the others' batches as reference rows.
+        "reference set": None if ref_emb is None else "ref_emb",
+        "memory rows": None if memory is None else int(memory[0].shape[0]),
     }
     if ref_emb is not None:
         return _with_reference(
@@ -265,11 +272,14 @@ def prepare_embeddings(
             gather=gather,
             process_group=process_group,
             agree=agree,
+            gather_timeout=gather_timeout,
         )
     # One exchange of the sizes and everything the ranks must agree on; checked locally
     # (and the identity) without a process group, so a bad option shows up in any run.
     sample_sizes = (
-        gather_sizes(embeddings, process_group, agree=agree, name="embeddings")
+        gather_sizes(
+            embeddings, process_group, agree=agree, name="embeddings", timeout=gather_timeout
+        )
         if gather_distributed
         else (batch,)
     )
@@ -324,6 +334,7 @@ def _with_reference(
     gather: bool,
     process_group: ProcessGroup | None,
     agree: Mapping[str, object],
+    gather_timeout: float | None,
 ) -> PreparedEmbeddings:
     """The prepared anchors against a separate reference set (gathered if asked)."""
     assert row_labels is not None  # prepare_embeddings checked both label sets
@@ -351,7 +362,13 @@ def _with_reference(
     assert column_labels is not None
     # The reference rows are what is gathered: their sizes, and the agreement, as above.
     ref_sizes = (
-        gather_sizes(columns.reshape(*ref_shape, -1), process_group, agree=agree, name="ref_emb")
+        gather_sizes(
+            columns.reshape(*ref_shape, -1),
+            process_group,
+            agree=agree,
+            name="ref_emb",
+            timeout=gather_timeout,
+        )
         if gather_distributed
         else ()
     )

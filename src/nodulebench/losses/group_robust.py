@@ -25,6 +25,7 @@ from nodulebench._validation import (
     check_ndim,
 )
 from nodulebench.distributed import (
+    check_timeout,
     gather_sizes,
     get_world_size,
     is_distributed,
@@ -297,6 +298,14 @@ class GroupDROOptions(LossOptions):
     process_group: ProcessGroup | None = option(
         None, "the group to sum over; ``None`` means the default group", kw_only=True
     )
+    gather_timeout: float | None = option(
+        None,
+        "seconds to wait at the header exchange for the other ranks before raising "
+        "``TimeoutError`` that names the loss and this rank; ``None`` waits for the "
+        "process group's timeout (see :ref:`scaling-timeout`)",
+        check_timeout,
+        kw_only=True,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -436,7 +445,11 @@ def group_dro_loss(
     if opts.gather_distributed:
         # The ranks' logits and options must agree before their group sums are added.
         gather_sizes(
-            logits, opts.process_group, agree={**opts.header(), "update": update}, name="logits"
+            logits,
+            opts.process_group,
+            agree={**opts.header(), "update": update},
+            name="logits",
+            timeout=opts.gather_timeout,
         )
     dtype = compute_dtype(logits.dtype)
     per_sample = F.cross_entropy(logits.to(dtype), labels.to(torch.int64), reduction="none")

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from nodulebench._validation import check_choice, check_floating, check_ndim, check_positive
+from nodulebench.distributed import check_timeout
 from nodulebench.kernels.dispatch import BACKEND_CHOICES, run_two_tower
 from nodulebench.losses._declaration import EmbeddingOptions, functional_form, option
 from nodulebench.losses._inputs import (
@@ -132,17 +133,14 @@ def _prepare_towers(
     gather_distributed: bool,
     process_group: ProcessGroup | None,
     options: dict[str, object],
+    gather_timeout: float | None = None,
 ) -> tuple[PreparedEmbeddings, PreparedEmbeddings]:
     """Prepare (and, with ``gather_distributed``, gather) each checked tower.
 
     ``options`` (the loss's name and options) must agree on every rank; a learnable
-    tensor counts as ``"tensor"`` (DDP keeps it equal; comparing values would cost a
-    host synchronisation).
+    tensor is compared by value (one host synchronisation, only when gathering).
     """
-    agreed = {
-        name: "tensor" if isinstance(value, torch.Tensor) else value
-        for name, value in options.items()
-    }
+    agreed = options
     image, text = (
         prepare_embeddings(
             emb,
@@ -152,6 +150,7 @@ def _prepare_towers(
             gather_distributed=gather_distributed,
             process_group=process_group,
             options=agreed,
+            gather_timeout=gather_timeout,
         )
         for emb in (image_emb, text_emb)
     )
@@ -227,6 +226,7 @@ def _clip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: ClipOptions)
         normalize=normalize,
         gather_distributed=gather_distributed,
         process_group=process_group,
+        gather_timeout=options.gather_timeout,
         options={
             "loss": "clip",
             "temperature": temperature,
@@ -301,6 +301,7 @@ def _siglip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: SigLipOpti
         normalize=normalize,
         gather_distributed=gather_distributed,
         process_group=process_group,
+        gather_timeout=options.gather_timeout,
         options={
             "loss": "siglip",
             "logit_scale": logit_scale,
@@ -371,6 +372,9 @@ class TwoTowerLoss(torch.nn.Module):
         backend: ``"auto"``, ``"reference"`` or ``"tiled"``.
         gather_distributed: gather the other tower of all ranks (see :doc:`/scaling`).
         process_group: the group to gather over; ``None`` means the default group.
+        gather_timeout: seconds to wait for the other ranks at the gather's header
+            exchange before raising ``TimeoutError``; ``None`` waits for the process
+            group's timeout (see :doc:`/scaling`).
     """
 
     def __init__(
@@ -382,8 +386,10 @@ class TwoTowerLoss(torch.nn.Module):
         backend: str,
         gather_distributed: bool,
         process_group: torch.distributed.ProcessGroup | None,
+        gather_timeout: float | None = None,
     ) -> None:
         super().__init__()
+        check_timeout("gather_timeout", gather_timeout)
         for name, flag in (
             ("learnable", learnable),
             ("normalize", normalize),
@@ -399,6 +405,7 @@ class TwoTowerLoss(torch.nn.Module):
         self.backend = backend
         self.gather_distributed = gather_distributed
         self.process_group = process_group
+        self.gather_timeout = gather_timeout
 
     def _scalar_state(self, name: str, value: float) -> None:
         """Hold ``value`` as a learnable parameter, or as a buffer when frozen."""
@@ -441,6 +448,9 @@ class ClipLoss(TwoTowerLoss):
         backend: ``"auto"``, ``"reference"`` or ``"tiled"``.
         gather_distributed: gather the other tower of all ranks (see :doc:`/scaling`).
         process_group: the group to gather over; ``None`` means the default group.
+        gather_timeout: seconds to wait for the other ranks at the gather's header
+            exchange before raising ``TimeoutError``; ``None`` waits for the process
+            group's timeout (see :doc:`/scaling`).
 
     Example:
         >>> loss_fn = ClipLoss(temperature=0.5)
@@ -460,6 +470,7 @@ class ClipLoss(TwoTowerLoss):
         backend: str = "auto",
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
+        gather_timeout: float | None = None,
     ) -> None:
         super().__init__(
             learnable=learnable,
@@ -468,6 +479,7 @@ class ClipLoss(TwoTowerLoss):
             backend=backend,
             gather_distributed=gather_distributed,
             process_group=process_group,
+            gather_timeout=gather_timeout,
         )
         check_positive("temperature", temperature)
         if max_scale is not None:
@@ -489,6 +501,7 @@ class ClipLoss(TwoTowerLoss):
             backend=self.backend,
             gather_distributed=self.gather_distributed,
             process_group=self.process_group,
+            gather_timeout=self.gather_timeout,
         )
 
     def extra_repr(self) -> str:
@@ -519,6 +532,9 @@ class SigLipLoss(TwoTowerLoss):
         backend: ``"auto"``, ``"reference"`` or ``"tiled"``.
         gather_distributed: gather the other tower of all ranks (see :doc:`/scaling`).
         process_group: the group to gather over; ``None`` means the default group.
+        gather_timeout: seconds to wait for the other ranks at the gather's header
+            exchange before raising ``TimeoutError``; ``None`` waits for the process
+            group's timeout (see :doc:`/scaling`).
 
     Example:
         >>> loss_fn = SigLipLoss(bias=-5.0)
@@ -539,6 +555,7 @@ class SigLipLoss(TwoTowerLoss):
         backend: str = "auto",
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
+        gather_timeout: float | None = None,
     ) -> None:
         super().__init__(
             learnable=learnable,
@@ -547,6 +564,7 @@ class SigLipLoss(TwoTowerLoss):
             backend=backend,
             gather_distributed=gather_distributed,
             process_group=process_group,
+            gather_timeout=gather_timeout,
         )
         for name, value in (("logit_scale", logit_scale), ("bias", bias)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -567,6 +585,7 @@ class SigLipLoss(TwoTowerLoss):
             backend=self.backend,
             gather_distributed=self.gather_distributed,
             process_group=self.process_group,
+            gather_timeout=self.gather_timeout,
         )
 
     def extra_repr(self) -> str:
