@@ -69,7 +69,7 @@ def _canonical_tensor(value: torch.Tensor) -> str:
     if data.numel() == 1 and not data.is_complex():
         number = data.reshape(()).item()
         return _canonical("tensor", float(number) if not isinstance(number, bool) else number)
-    raw = data.to("cpu").contiguous().numpy().tobytes()
+    raw = data.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
     digest = hashlib.blake2b(raw, digest_size=8).hexdigest()
     return f"tensor{tuple(data.shape)}:{data.dtype}:{digest}"
 

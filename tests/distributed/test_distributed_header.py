@@ -304,6 +304,8 @@ def test_tensors_agree_by_value() -> None:
     assert not agree(torch.arange(4.0), torch.arange(4.0).double())
     assert not agree(torch.arange(4.0), torch.arange(4.0).reshape(2, 2))
     assert not agree(torch.tensor(True), torch.tensor(1.0))
+    assert agree(torch.ones(3, dtype=torch.bfloat16), torch.ones(3, dtype=torch.bfloat16))
+    assert not agree(torch.ones(3, dtype=torch.bfloat16), torch.ones(3, dtype=torch.float16))
 
 
 def test_reference_set_and_memory_rows_join_the_header(monkeypatch: pytest.MonkeyPatch) -> None:
