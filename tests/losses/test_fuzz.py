@@ -194,12 +194,35 @@ def test_nan_input_gives_nan_loss_on_every_backend(
             assert torch.isnan(result[0]), (backend, result[0])
 
 
-def test_float16_gradient_beyond_its_range_is_inf_as_documented() -> None:
+def test_float16_gradient_beyond_its_range_is_inf_with_a_warning() -> None:
     # The loss is computed in float32 (finite), but the gradient of 1.2e5 per entry is
-    # cast to the float16 input, whose largest finite value is 65504.
+    # cast to the float16 input, whose largest finite value is 65504: a warning says so.
     embeddings = torch.tensor([[3.0e4], [-3.0e4]], dtype=torch.float16, requires_grad=True)
     loss_fn = get_loss_info("contrastive").factory(reduction="sum")
     loss = loss_fn(embeddings, torch.tensor([0, 0]))
-    (grad,) = torch.autograd.grad(loss, embeddings)
+    with pytest.warns(RuntimeWarning, match=r"float16 embeddings overflowed to inf in 2 of 2"):
+        (grad,) = torch.autograd.grad(loss, embeddings)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert torch.isinf(grad).all()
+
+
+def test_float16_gradient_overflow_at_small_scale_warns() -> None:
+    # Tiny inputs, a low temperature, normalize=True: the true gradient reaches about
+    # 1e6 (1 / |z| through the normalization times 1 / tau), beyond float16's range.
+    gen = torch.Generator().manual_seed(0)
+    embeddings = (1.5e-5 * torch.randn(16, 2, 8, generator=gen)).half().requires_grad_()
+    loss_fn = get_loss_info("supcon").factory(temperature=0.01, reduction="sum")
+    loss = loss_fn(embeddings, torch.arange(16) % 2)
+    exact = embeddings.detach().float().requires_grad_()
+    (true_grad,) = torch.autograd.grad(loss_fn(exact, torch.arange(16) % 2), exact)
+    assert float(true_grad.abs().max()) > 65504
+    with pytest.warns(RuntimeWarning, match="overflowed to inf"):
+        (grad,) = torch.autograd.grad(loss, embeddings)
+    assert int(torch.isinf(grad).sum()) == int((true_grad.abs() > 65504).sum())
+
+
+def test_float16_gradient_within_range_does_not_warn() -> None:
+    embeddings = torch.randn(6, 2, 4, dtype=torch.float16, requires_grad=True)
+    loss = get_loss_info("supcon").factory()(embeddings, torch.arange(6) % 2)
+    (grad,) = torch.autograd.grad(loss, embeddings)  # filterwarnings=error: no warning
+    assert torch.isfinite(grad).all()

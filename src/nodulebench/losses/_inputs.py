@@ -17,6 +17,7 @@ and nothing else changes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -29,6 +30,7 @@ from nodulebench._validation import (
     check_floating,
     check_integer_tensor,
     check_ndim,
+    check_same_device,
 )
 from nodulebench.distributed import (
     abandon_gather,
@@ -162,13 +164,49 @@ def _flatten(
                 f"{labels_name} must have shape (B,) = ({batch},) to match {name} of shape "
                 f"{tuple(embeddings.shape)}; got shape {tuple(labels.shape)}"
             )
-        row_labels = labels.to(device=embeddings.device, dtype=torch.int64)
+        check_same_device(labels_name, labels, name, embeddings)
+        row_labels = labels.to(dtype=torch.int64)
         row_labels = row_labels.repeat_interleave(views)
     rows = embeddings.reshape(batch * views, embeddings.shape[-1])
+    if (
+        embeddings.dtype == torch.float16
+        and embeddings.requires_grad
+        and not torch.compiler.is_compiling()
+    ):
+        rows = _Float16GradientGuard.apply(rows, name)  # type: ignore[no-untyped-call]
     rows = rows.to(compute_dtype(embeddings.dtype) if dtype is None else dtype)
     if normalize:
         rows = F.normalize(rows, p=2.0, dim=1, eps=1e-12)
     return rows, row_labels, tuple(embeddings.shape[:-1])
+
+
+class _Float16GradientGuard(torch.autograd.Function):
+    """The identity, whose backward warns where a float16 gradient overflowed to inf.
+
+    The losses compute in float32; the gradient is cast back to the float16 input on the
+    way out, and an entry beyond 65504 becomes ``inf`` there. This sits on the float16
+    side of that cast, so it sees the cast gradient (one host synchronisation, float16
+    inputs only).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, name: str) -> torch.Tensor:
+        ctx.name = name
+        return rows.view_as(rows)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        overflowed = int(torch.isinf(grad).sum())
+        if overflowed:
+            warnings.warn(
+                f"the gradient of the float16 {ctx.name} overflowed to inf in {overflowed} "
+                f"of {grad.numel()} entries (float16 holds at most 65504; the loss itself "
+                "is computed in float32); pass float32 embeddings, scale the loss down, "
+                "or use a gradient scaler that skips such steps",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return grad, None
 
 
 def _check_bool(name: str, value: object) -> None:

@@ -89,6 +89,26 @@ def _check_row_vector(name: str, tensor: Any, embeddings: torch.Tensor, what: st
         )
 
 
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _check_packable(name: str, tensor: torch.Tensor) -> None:
+    """Correct-N-Contrast packs a label and a prediction into one int64: int32 range each.
+
+    Read on the host (one synchronisation); skipped for meta tensors and while
+    ``torch.compile`` traces.
+    """
+    if tensor.numel() == 0 or tensor.device.type == "meta" or torch.compiler.is_compiling():
+        return
+    low, high = int(tensor.min()), int(tensor.max())
+    if low < _INT32[0] or high > _INT32[1]:
+        raise ValueError(
+            f"{name} must lie in the int32 range [{_INT32[0]}, {_INT32[1]}] (Correct-N-"
+            "Contrast packs a label and a prediction into one int64; remap the ids, e.g. "
+            f"with torch.unique(..., return_inverse=True)); got values in [{low}, {high}]"
+        )
+
+
 @dataclass(frozen=True)
 class CnCOptions(PairwiseOptions):
     """The options of :func:`cnc_loss` and :class:`CnCLoss`."""
@@ -138,6 +158,8 @@ def _pair_labels(
             raise TypeError(f"embeddings must be a torch.Tensor; got {type(embeddings).__name__}")
         _check_row_vector("labels", labels, embeddings, "embeddings")
         _check_row_vector("predictions", predictions, embeddings, "embeddings")
+        _check_packable("labels", labels)
+        _check_packable("predictions", predictions)
     except (TypeError, ValueError):
         abandon_if_gathering(embeddings, options.gather_distributed, options.process_group)
         raise
@@ -345,6 +367,11 @@ def _check_dro_inputs(logits: Any, labels: Any, groups: Any, weights: Any, num_g
         raise TypeError(f"logits must be a torch.Tensor; got {type(logits).__name__}")
     check_ndim("logits", logits, (2,), "(B, C)")
     check_floating("logits", logits)
+    if logits.numel() == 0:
+        raise ValueError(
+            "logits must hold at least one sample and one class (B, C >= 1); got shape "
+            f"{tuple(logits.shape)}"
+        )
     _check_row_vector("labels", labels, logits, "logits")
     _check_row_vector("groups", groups, logits, "logits")
     if not isinstance(weights, torch.Tensor):

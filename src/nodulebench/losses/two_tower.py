@@ -109,6 +109,11 @@ def _check_towers(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
     check_ndim("text_emb", text_emb, (2,), "(B, D)")
     check_floating("image_emb", image_emb)
     check_floating("text_emb", text_emb)
+    if image_emb.numel() == 0:
+        raise ValueError(
+            "image_emb must hold at least one pair and one feature (B, D >= 1); got shape "
+            f"{tuple(image_emb.shape)}"
+        )
     if text_emb.shape != image_emb.shape:
         raise ValueError(
             f"text_emb must have image_emb's shape (B, D) = "
