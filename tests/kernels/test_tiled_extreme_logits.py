@@ -89,3 +89,24 @@ def test_supcon_one_positive_no_negative_at_huge_logits_is_exactly_zero() -> Non
     z = torch.tensor([[[3.0e4, 1.0e3], [2.0e4, -1.0e4]]])  # one sample, two views
     loss_fn = create_loss("supcon", backend="tiled", normalize=False, temperature=0.1)
     assert float(loss_fn(z, torch.tensor([0])).detach()) == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e3, 1e4, 1e5])
+def test_clip_gradient_on_duplicated_pairs_is_zero_at_large_scale(scale: float) -> None:
+    # Two distinct pairs, each twice: every image's softmax is 1/2 on its own text and
+    # 1/2 on the duplicate's (the other pair underflows), so image i's gradient
+    # s (0.5 y_i + 0.5 y_i - y_i) is exactly 0; so is each text's (float64).
+    gen = torch.Generator().manual_seed(int(scale))
+    distinct = torch.eye(2, 3, dtype=torch.float64)
+    distinct = (distinct + 0.1 * torch.randn(2, 3, generator=gen, dtype=torch.float64)) * scale
+    pairs = torch.cat([distinct, distinct])
+    grads = {}
+    for backend in ("reference", "tiled"):
+        image, text = pairs.clone().requires_grad_(), pairs.clone().requires_grad_()
+        loss_fn = create_loss(
+            "clip", backend=backend, normalize=False, reduction="sum", learnable=False
+        )
+        loss_fn(image, text).backward()
+        grads[backend] = torch.cat([image.grad, text.grad])
+    assert float(grads["reference"].abs().max()) == 0.0  # the planted truth, densely
+    assert float(grads["tiled"].abs().max()) <= 1e-12 * scale

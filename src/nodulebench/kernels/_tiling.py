@@ -96,10 +96,6 @@ class ShiftedLse:
         """``LSE - peak`` (0 for an anchor without any finite entry)."""
         return torch.log(torch.where(self.total > 0, self.total, torch.ones_like(self.total)))
 
-    def lse(self) -> torch.Tensor:
-        """The log-sum-exp itself (``-inf`` for an anchor without any finite entry)."""
-        return self.peak + self.shifted()
-
 
 def check_prepared(
     z: torch.Tensor,

@@ -197,8 +197,18 @@ class _SupConTiledFunction(torch.autograd.Function):
             gap = _finite_or_zero(stats.peak - stats_pos.peak)
             raw = gap + stats.shifted() - stats_pos.shifted() + torch.log(count)
         loss = torch.where(valid, raw, torch.zeros_like(raw))
-        lse, lse_pos = stats.lse(), stats_pos.lse()
-        ctx.save_for_backward(z, labels, lse, lse_pos, num_pos, valid)
+        # The backward pass forms exp((s - peak) - shifted), not exp(s - lse): with
+        # logits of 1e9 the sum peak + shifted would round away what the shift keeps.
+        ctx.save_for_backward(
+            z,
+            labels,
+            _finite_or_zero(stats.peak),
+            stats.shifted(),
+            _finite_or_zero(stats_pos.peak),
+            stats_pos.shifted(),
+            num_pos,
+            valid,
+        )
         ctx.options = (
             inv_tau,
             variant,
@@ -215,7 +225,7 @@ class _SupConTiledFunction(torch.autograd.Function):
     def backward(
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        z, labels, lse, lse_pos, num_pos, valid = ctx.saved_tensors
+        z, labels, peak, shifted, peak_pos, shifted_pos, num_pos, valid = ctx.saved_tensors
         inv_tau, variant, block_size, row_range, columns, pairs, ref_rows = ctx.options
         sets = _Sets(labels, pairs, columns, has_self_pairs(row_range, columns))
         n = z.shape[0]
@@ -224,8 +234,6 @@ class _SupConTiledFunction(torch.autograd.Function):
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
         # "out": each positive's share of the mean positive logit.
         pos_share = g / num_pos.clamp(min=1).to(z.dtype)
-        lse = _finite_or_zero(lse)
-        lse_pos = _finite_or_zero(lse_pos)
         grad_z = torch.zeros_like(z)
 
         def weights(
@@ -234,9 +242,10 @@ class _SupConTiledFunction(torch.autograd.Function):
             """G of the anchors along ``dim``, oriented like ``s`` ("out": softmax part only)."""
             shape = (-1, 1) if dim == 1 else (1, -1)
             anchors = slice(rows.start - a0, rows.stop - a0) if dim == 1 else cols
-            tile = torch.exp(s - lse[anchors].view(shape))
+            tile = torch.exp((s - peak[anchors].view(shape)) - shifted[anchors].view(shape))
             if variant == "in":
-                tile.sub_(torch.exp(s - lse_pos[anchors].view(shape)).masked_fill_(~same, 0.0))
+                pos = (s - peak_pos[anchors].view(shape)) - shifted_pos[anchors].view(shape)
+                tile.sub_(torch.exp(pos).masked_fill_(~same, 0.0))
             return tile.mul_(g[anchors].view(shape))
 
         for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range, columns):

@@ -115,14 +115,24 @@ class _ClipTiledFunction(torch.autograd.Function):
             (image_stats.shifted() - image_stats.positive)
             + (text_stats.shifted() - text_stats.positive)
         )
-        ctx.save_for_backward(image, text, scale, image_stats.lse(), text_stats.lse())
+        # The backward pass forms exp((L - peak) - shifted), not exp(L - lse): with logits
+        # of 1e9 the sum peak + shifted would round away what the shift keeps.
+        ctx.save_for_backward(
+            image,
+            text,
+            scale,
+            image_stats.peak,
+            image_stats.shifted(),
+            text_stats.peak,
+            text_stats.shifted(),
+        )
         ctx.options = (block_size, row_range)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        image, text, scale, lse_image, lse_text = ctx.saved_tensors
+        image, text, scale, peak_image, shift_image, peak_text, shift_text = ctx.saved_tensors
         block_size, row_range = ctx.options
         a0, a1 = row_range
         half = 0.5 * grad_loss
@@ -139,10 +149,12 @@ class _ClipTiledFunction(torch.autograd.Function):
                 weights = torch.zeros_like(logits)
                 if row_anchor:
                     rows = slice(r0 - a0, r1 - a0)
-                    weights.add_(torch.exp(logits - lse_image[rows, None]) * half[rows, None])
+                    shifted = (logits - peak_image[rows, None]) - shift_image[rows, None]
+                    weights.add_(torch.exp(shifted) * half[rows, None])
                 if col_anchor:
                     cols = slice(c0 - a0, c1 - a0)
-                    weights.add_(torch.exp(logits - lse_text[None, cols]) * half[None, cols])
+                    shifted = (logits - peak_text[None, cols]) - shift_text[None, cols]
+                    weights.add_(torch.exp(shifted) * half[None, cols])
                 grad_image[r0:r1].addmm_(weights, text[c0:c1])
                 grad_text[c0:c1].addmm_(weights.T, image[r0:r1])
                 grad_scale.add_((weights * dots).sum())
