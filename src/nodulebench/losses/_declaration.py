@@ -136,6 +136,40 @@ def optional(check: Check) -> Check:
 
 _Options = TypeVar("_Options", bound="LossOptions")
 
+FOREIGN_ARGUMENTS: dict[str, str] = {
+    "indices_tuple": (
+        "indices_tuple (pytorch-metric-learning's miner output) is not taken: each loss "
+        "chooses its pairs itself (triplet_margin_loss / TripletMarginLoss mining='hard', "
+        "'semihard' or 'all'; multi-similarity mines inside the loss); for extra "
+        "candidates pass ref_emb and ref_labels, or wrap the loss in CrossBatchMemory"
+    ),
+    "logit_bias": (
+        "logit_bias is open_clip's name for SigLIP's bias: pass bias= (siglip_loss / "
+        "SigLipLoss), a float or a 0-dim tensor added to every logit"
+    ),
+    "embedding_regularizer": (
+        "embedding_regularizer (pytorch-metric-learning) is not taken: add a "
+        "regularisation term to the loss yourself"
+    ),
+    "reducer": (
+        "reducer (pytorch-metric-learning) is not taken: pass reduction='mean', 'sum' or "
+        "'none' and reduce the per-anchor losses as you need"
+    ),
+}
+"""Arguments of pytorch-metric-learning and open_clip that the losses do not take, and
+what to use instead: passing one raises ``TypeError`` with this advice."""
+
+
+def reject_foreign_arguments(owner: str, **given: object) -> None:
+    """Raise ``TypeError`` naming the first ``given`` argument that is not ``None``.
+
+    For arguments of other libraries (see :data:`FOREIGN_ARGUMENTS`), passed by name or
+    in their position.
+    """
+    for name, value in given.items():
+        if value is not None:
+            raise TypeError(f"{owner} got {name}=: {FOREIGN_ARGUMENTS[name]}")
+
 
 @dataclass(frozen=True)
 class LossOptions:
@@ -179,6 +213,8 @@ class LossOptions:
         """
         accepted = [item.name for item in declared_fields(cls)]
         for name in kwargs:
+            if name not in accepted and name in FOREIGN_ARGUMENTS:
+                raise TypeError(f"{cls.__name__} got {name}=: {FOREIGN_ARGUMENTS[name]}")
             if name not in accepted:
                 raise TypeError(
                     f"{cls.__name__} got an unknown option {name!r}"

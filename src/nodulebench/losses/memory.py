@@ -32,7 +32,10 @@ class CrossBatchMemory(torch.nn.Module):
         loss: the pairwise loss to feed (e.g. ``SupConLoss()``); its options (``normalize``,
             ``reduction``, ``backend``, ``gather_distributed``) apply as they are.
         embedding_size: ``D``, the width of the embeddings.
-        memory_size: ``K``, how many rows (samples x views) it remembers.
+        memory_size: ``K``, how many rows (samples x views) of *earlier* batches it
+            remembers; the current batch is compared too and not counted.
+            pytorch-metric-learning's ``memory_size`` counts it: theirs is ``K`` plus
+            the rows of one batch (see :doc:`/migration`).
         dtype: dtype of the stored rows (float32 by default).
 
     Attributes:
