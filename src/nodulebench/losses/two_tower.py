@@ -557,7 +557,8 @@ class ClipLoss(TwoTowerLoss):
         """The loss of the pairs ``(image_emb[i], text_emb[i])``, both ``(B, D)``.
 
         The module holds its own scale; a third argument (open_clip's ``logit_scale``)
-        raises ``TypeError`` saying to call :func:`clip_loss` with it instead.
+        raises ``TypeError`` saying to call
+        :func:`~nodulebench.losses.functional.clip_loss` with it instead.
         """
         _reject_open_clip_scale(type(self).__name__, logit_scale)
         scale = self.logit_scale
@@ -657,7 +658,7 @@ class SigLipLoss(TwoTowerLoss):
 
         The module holds its own scale and bias; open_clip's ``logit_scale`` and
         ``logit_bias`` arguments raise ``TypeError`` saying to call
-        :func:`siglip_loss` with them instead.
+        :func:`~nodulebench.losses.functional.siglip_loss` with them instead.
         """
         _reject_open_clip_scale(type(self).__name__, logit_scale, logit_bias)
         options = SigLipOptions(
