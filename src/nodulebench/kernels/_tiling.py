@@ -81,15 +81,14 @@ class ShiftedLse:
         peak = torch.maximum(old, tile.amax(dim=dim))
         base = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
         shape = (-1, 1) if dim == 1 else (1, -1)
-        rescale = torch.exp(old - base)
-        self.total[rows] = self.total[rows] * rescale + torch.exp(tile - base.view(shape)).sum(dim)
+        offset = tile - base.view(shape)  # the one tile-sized temporary
         if self.positive is not None and positives is not None:
             # The positives seen so far move with the maximum: -(count) * (peak - old).
             seen = self.seen[rows]
             moved = torch.where(seen > 0, seen * (old - base), torch.zeros_like(seen))
-            shifted = torch.where(positives, tile - base.view(shape), torch.zeros_like(tile))
-            self.positive[rows] += moved + shifted.sum(dim)
+            self.positive[rows] += moved + (offset * positives).nan_to_num_(0.0).sum(dim)
             self.seen[rows] += positives.sum(dim).to(seen.dtype)
+        self.total[rows] = self.total[rows] * torch.exp(old - base) + offset.exp_().sum(dim)
         self.peak[rows] = peak
 
     def shifted(self) -> torch.Tensor:

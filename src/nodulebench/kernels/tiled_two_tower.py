@@ -70,12 +70,6 @@ def _fold_lse(running: torch.Tensor, tile: torch.Tensor, dim: int) -> None:
     running.copy_(torch.logaddexp(running, torch.logsumexp(tile, dim=dim)))
 
 
-def _own_pairs(r0: int, r1: int, c0: int, c1: int, like: torch.Tensor) -> torch.Tensor:
-    """A tile's own pairs: True where the global row equals the global column."""
-    rows = torch.arange(r0, r1, device=like.device)[:, None]
-    return rows == torch.arange(c0, c1, device=like.device)[None, :]
-
-
 def _own_pair_signs(r0: int, r1: int, c0: int, c1: int, like: torch.Tensor) -> torch.Tensor:
     """SigLIP's labels of a tile: +1 where global row equals global column, else -1."""
     rows = torch.arange(r0, r1, device=like.device)[:, None]
@@ -98,22 +92,27 @@ class _ClipTiledFunction(torch.autograd.Function):
         # Each direction's LSE is kept relative to its running maximum, and the own pair's
         # logit is read from the same tile entry (see ShiftedLse): a loss is a sum of
         # small non-negative terms, exactly 0 where the own pair is the only candidate.
-        image_stats = ShiftedLse(a1 - a0, image, positive_sum=True)
-        text_stats = ShiftedLse(a1 - a0, image, positive_sum=True)
+        image_stats = ShiftedLse(a1 - a0, image)
+        text_stats = ShiftedLse(a1 - a0, image)
+        own = torch.empty(a1 - a0, dtype=image.dtype, device=image.device)
         for r0, r1, row_anchor in blocks:
             for c0, c1, col_anchor in blocks:
                 if not (row_anchor or col_anchor):
                     continue
                 logits = (image[r0:r1] @ text[c0:c1].T).mul_(scale)
-                own = _own_pairs(r0, r1, c0, c1, logits)
                 if row_anchor:
-                    image_stats.fold(slice(r0 - a0, r1 - a0), logits, 1, own)
+                    image_stats.fold(slice(r0 - a0, r1 - a0), logits, 1)
                 if col_anchor:
-                    text_stats.fold(slice(c0 - a0, c1 - a0), logits, 0, own)
-        assert image_stats.positive is not None and text_stats.positive is not None
+                    text_stats.fold(slice(c0 - a0, c1 - a0), logits, 0)
+                lo, hi = max(r0, c0), min(r1, c1)
+                if row_anchor and col_anchor and lo < hi:
+                    index = torch.arange(lo, hi, device=image.device)
+                    own[lo - a0 : hi - a0] = logits[index - r0, index - c0]
+        # own <= peak (it is one of the entries); the difference of two close numbers
+        # is exact, so a single candidate gives exactly 0.
         loss = 0.5 * (
-            (image_stats.shifted() - image_stats.positive)
-            + (text_stats.shifted() - text_stats.positive)
+            (image_stats.shifted() - (own - image_stats.peak))
+            + (text_stats.shifted() - (own - text_stats.peak))
         )
         # The backward pass forms exp((L - peak) - shifted), not exp(L - lse): with logits
         # of 1e9 the sum peak + shifted would round away what the shift keeps.
