@@ -129,6 +129,9 @@ def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
         "siglip_module_device": lambda: SigLipLoss(**gather)(z, z.to("meta") if odd else z),
         # GroupDRO (logits z with D = 5 classes): the same exchange before its group sums.
         "dro_step_size": lambda: GroupDROLoss(step_size=0.02 if odd else 0.01, **gather)(z, y, y),
+        "dro_group_weights": lambda: group_dro_loss(
+            z, y, y, torch.tensor([0.4, 0.2, 0.2, 0.2]) if odd else torch.full((4,), 0.25), **gather
+        ),
         "dro_groups_out_of_range": lambda: group_dro_loss(
             z, y, y + 4 * odd, torch.full((4,), 0.25), **gather
         ),

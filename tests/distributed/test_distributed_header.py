@@ -93,6 +93,20 @@ def test_every_rank_raises_the_same_named_error(
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_group_weights_that_differ_are_named(distributed_results, world_size: int) -> None:
+    # A (G,) tensor travels as a digest of its shape, dtype and bytes: the message names
+    # the field and shows the start of each rank's text.
+    messages = {
+        res["dro_group_weights"] for res in distributed_results(world_size, "header_errors")
+    }
+    assert len(messages) == 1, f"ranks raised different errors: {messages}"
+    message = messages.pop()
+    assert message.startswith(
+        "ValueError: every rank must pass the same group_weights; got rank 0: tensor(4,)"
+    ), message
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
 def test_a_rank_that_rejects_its_input_makes_every_rank_fail(
     distributed_results, world_size: int
 ) -> None:

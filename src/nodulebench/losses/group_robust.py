@@ -474,7 +474,8 @@ def group_dro_loss(
         gather_sizes(
             logits,
             opts.process_group,
-            agree={**opts.header(), "update": update},
+            # The weights too: ranks whose weights drifted apart would each compute another loss.
+            agree={**opts.header(), "update": update, "group_weights": group_weights},
             name="logits",
             timeout=opts.gather_timeout,
         )
