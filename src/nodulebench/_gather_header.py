@@ -52,10 +52,26 @@ def _canonical(name: str, value: object) -> str:
         return repr(float(value)) if abs(value) <= 2**53 else repr(value)
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, torch.Tensor):
+        return _canonical_tensor(value)
     raise TypeError(
-        f"agree[{name!r}] must be None, a bool, an int, a float or a str; "
+        f"agree[{name!r}] must be None, a bool, an int, a float, a str or a tensor; "
         f"got {type(value).__name__}"
     )
+
+
+def _canonical_tensor(value: torch.Tensor) -> str:
+    """A tensor's value as text: a one-element tensor as its number, others by digest.
+
+    Reads the tensor (one host synchronisation): the exchange synchronises anyway.
+    """
+    data = value.detach()
+    if data.numel() == 1 and not data.is_complex():
+        number = data.reshape(()).item()
+        return _canonical("tensor", float(number) if not isinstance(number, bool) else number)
+    raw = data.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    digest = hashlib.blake2b(raw, digest_size=8).hexdigest()
+    return f"tensor{tuple(data.shape)}:{data.dtype}:{digest}"
 
 
 def agreed_fields(agree: Mapping[str, object] | None) -> list[str]:
@@ -109,7 +125,12 @@ def encode_header(tensor: torch.Tensor, fields: list[str]) -> list[int]:
 
 
 def check_headers(name: str, rows: list[list[int]]) -> None:
-    """Raise the same ``ValueError`` on every rank if the ranks' headers disagree."""
+    """Raise the same ``ValueError`` on every rank if the ranks' headers disagree.
+
+    The agreed fields are compared first (what was called, and with what), then the
+    shapes and the dtypes: ranks that pass a reference set and ranks that do not name
+    the reference set, not the shapes of two different tensors.
+    """
     abandoned = [str(r) for r, row in enumerate(rows) if row[1] == _ABANDONED]
     if abandoned:
         who = f"rank {abandoned[0]}" if len(abandoned) == 1 else f"ranks {', '.join(abandoned)}"
@@ -117,17 +138,6 @@ def check_headers(name: str, rows: list[list[int]]) -> None:
             f"{who} rejected {'its' if len(abandoned) == 1 else 'their'} own input before "
             "the gather (the error raised there says why), so no rank can gather"
         )
-    rank_shapes = [tuple(row[2 : row[1] + 2]) for row in rows]
-    if len({shape[1:] for shape in rank_shapes}) > 1:
-        listed = ", ".join(f"rank {r}: {shape}" for r, shape in enumerate(rank_shapes))
-        raise ValueError(
-            f"{name} must have the same shape on every rank except for the first "
-            f"dimension; got {listed}"
-        )
-    if len({row[0] for row in rows}) > 1:
-        dtypes = [str(_DTYPES[row[0]]) if row[0] < len(_DTYPES) else "other" for row in rows]
-        listed = ", ".join(f"rank {r}: {dtype}" for r, dtype in enumerate(dtypes))
-        raise ValueError(f"{name} must have the same dtype on every rank; got {listed}")
     for start in range(2 + MAX_NDIM, HEADER_WORDS, _SLOT_WORDS):
         if len({row[start] for row in rows}) == 1:
             continue
@@ -141,6 +151,17 @@ def check_headers(name: str, rows: list[list[int]]) -> None:
             raise ValueError(f"every rank must pass the same {field}; got {listed}")
         listed = ", ".join(f"rank {r}: {text or 'nothing'}" for r, text in enumerate(texts))
         raise ValueError(f"every rank must pass the same fields in the same order; got {listed}")
+    rank_shapes = [tuple(row[2 : row[1] + 2]) for row in rows]
+    if len({shape[1:] for shape in rank_shapes}) > 1:
+        listed = ", ".join(f"rank {r}: {shape}" for r, shape in enumerate(rank_shapes))
+        raise ValueError(
+            f"{name} must have the same shape on every rank except for the first "
+            f"dimension; got {listed}"
+        )
+    if len({row[0] for row in rows}) > 1:
+        dtypes = [str(_DTYPES[row[0]]) if row[0] < len(_DTYPES) else "other" for row in rows]
+        listed = ", ".join(f"rank {r}: {dtype}" for r, dtype in enumerate(dtypes))
+        raise ValueError(f"{name} must have the same dtype on every rank; got {listed}")
 
 
 def abandoned_header() -> list[int]:

@@ -101,3 +101,13 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name} must be an int {bound}; got {value!r}")
     return value
+
+
+def check_same_device(
+    name: str, tensor: torch.Tensor, other_name: str, other: torch.Tensor
+) -> None:
+    """Raise ``ValueError`` unless ``tensor`` is on ``other``'s device."""
+    if tensor.device != other.device:
+        raise ValueError(
+            f"{name} must be on the device of {other_name} ({other.device}); got {tensor.device}"
+        )

@@ -38,7 +38,10 @@ the global count.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -149,11 +152,43 @@ def _check_gatherable(name: str, tensor: Any) -> None:
         )
 
 
-def _exchange(header: torch.Tensor, group: ProcessGroup | None) -> list[list[int]]:
+def _exchange(
+    header: torch.Tensor,
+    group: ProcessGroup | None,
+    timeout: float | None = None,
+    what: str = "the gather",
+) -> list[list[int]]:
     exchanged = [torch.empty_like(header) for _ in range(get_world_size(group))]
-    dist.all_gather(exchanged, header, group=group)
+    if timeout is None:
+        dist.all_gather(exchanged, header, group=group)
+    else:
+        start = time.monotonic()
+        work = dist.all_gather(exchanged, header, group=group, async_op=True)
+        try:
+            work.wait(timeout=timedelta(seconds=timeout))
+        except RuntimeError as error:
+            waited = time.monotonic() - start
+            if waited < 0.9 * timeout:  # not a timeout: a peer died, say
+                raise
+            raise TimeoutError(
+                f"{what}: rank {get_rank(group)} of {get_world_size(group)} waited "
+                f"{waited:.1f} s (gather_timeout={timeout!r}) at the header exchange "
+                "before the gather and at least one rank never arrived: it skipped the "
+                "call, raised before it, or runs with gather_distributed=False. The "
+                "process group is left with a pending collective; treat this as fatal"
+            ) from error
     rows: list[list[int]] = torch.stack(exchanged).tolist()
     return rows
+
+
+def check_timeout(name: str, value: object) -> None:
+    """Raise unless ``value`` is ``None`` or a finite number of seconds ``> 0``."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None; got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds > 0 or None; got {value!r}")
 
 
 def gather_sizes(
@@ -162,6 +197,7 @@ def gather_sizes(
     *,
     agree: Mapping[str, object] | None = None,
     name: str = "tensor",
+    timeout: float | None = None,
 ) -> tuple[int, ...]:
     """The first-dimension size of ``tensor`` on every rank (a collective call).
 
@@ -173,11 +209,16 @@ def gather_sizes(
     Args:
         tensor: (B_r, ...) this rank's tensor; ``B_r`` may differ between ranks.
         group: The process group; ``None`` means the default (world) group.
-        agree: Up to 16 named values (``None``, bool, int, float or str) that must be
-            equal on every rank, such as a loss's name and options; ints equal to
-            floats count as equal. Compared through a 64-bit digest of their text; the
-            first 32 bytes of ``name=value`` travel for the error message.
+        agree: Up to 16 named values (``None``, bool, int, float, str or tensor) that
+            must be equal on every rank, such as a loss's name and options; ints equal
+            to floats count as equal, a one-element tensor counts as its number (a host
+            synchronisation), a larger one by its shape, dtype and contents. Compared
+            through a 64-bit digest of their text; the first 32 bytes of
+            ``name=value`` travel for the error message.
         name: What to call ``tensor`` in error messages.
+        timeout: Seconds to wait for the other ranks at the exchange before raising
+            ``TimeoutError`` (naming ``agree["loss"]`` if given and this rank), instead
+            of waiting for the process group's timeout; ``None`` waits for that.
 
     Returns:
         ``(B_0, ..., B_{W-1})``; ``(B,)`` without an initialised process group (after
@@ -185,6 +226,8 @@ def gather_sizes(
 
     Raises:
         TypeError: If ``tensor`` is not a tensor or a value in ``agree`` has another type.
+        TimeoutError: If ``timeout`` passed before every rank arrived (a rank skipped
+            the call); the process group then holds a pending collective: fatal.
         ValueError: If the ranks' tensors differ in dtype or in anything but the first
             dimension, or a value in ``agree`` differs (raised on every rank, naming
             each rank's shape, dtype or value), or ``agree`` has more than 16 fields.
@@ -196,11 +239,13 @@ def gather_sizes(
         (5,)
     """
     _check_gatherable(name, tensor)
+    check_timeout("timeout", timeout)
     fields = agreed_fields(agree)
     if not is_distributed(group):
         return (int(tensor.shape[0]),)
     local = torch.tensor(encode_header(tensor, fields), dtype=torch.int64, device=tensor.device)
-    rows = _exchange(local, group)
+    what = f"loss {agree['loss']!r}" if agree is not None and "loss" in agree else "gather_sizes"
+    rows = _exchange(local, group, timeout, what)
     check_headers(name, rows)
     return tuple(int(row[2]) for row in rows)
 

@@ -26,6 +26,8 @@ from nodulebench.losses.group_robust import cnc_loss, group_dro_loss
 # The process-group timeout of the skipped-gather case: long enough to create the group
 # under load, short enough to keep the suite fast.
 SHORT_TIMEOUT_S = 3.0
+# The loss's own bound on the header exchange (gather_timeout), on a default-timeout group.
+GATHER_TIMEOUT_S = 1.0
 
 
 def _inputs(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +79,24 @@ def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
         "memory_temperature": lambda: CrossBatchMemory(
             SupConLoss(temperature=0.2 if odd else 0.1, **gather), embedding_size=DIM, memory_size=8
         )(z, y),
+        # Tensor-valued options are compared by value; presence of sets and banks too.
+        "tensor_temperature": lambda: SupConLoss(
+            temperature=torch.tensor(0.5 if odd else 0.25), **gather
+        )(z, y),
+        "clip_module_temperature": lambda: ClipLoss(temperature=0.5 if odd else 0.25, **gather)(
+            z, z.flip(0)
+        ),
+        "siglip_bias_value": lambda: LF.siglip_loss(
+            z, z, bias=torch.tensor(-5.0 if odd else -10.0), **gather
+        ),
+        "ref_presence": lambda: LF.supcon_loss(
+            z, y, ref_emb=z if odd else None, ref_labels=y if odd else None, **gather
+        ),
+        "memory_presence": lambda: (
+            CrossBatchMemory(SupConLoss(**gather), embedding_size=DIM, memory_size=8)
+            if odd
+            else SupConLoss(**gather)
+        )(z, y),
         "fields": lambda: gather_sizes(z, group, agree={"b" if odd else "a": 1}),
         "long_value": lambda: gather_sizes(
             z, group, agree={"note": "x" * 40 + ("!" if odd else "?")}
@@ -109,6 +129,9 @@ def mismatch_calls(rank: int, group: Group) -> dict[str, Callable[[], Any]]:
         "siglip_module_device": lambda: SigLipLoss(**gather)(z, z.to("meta") if odd else z),
         # GroupDRO (logits z with D = 5 classes): the same exchange before its group sums.
         "dro_step_size": lambda: GroupDROLoss(step_size=0.02 if odd else 0.01, **gather)(z, y, y),
+        "dro_group_weights": lambda: group_dro_loss(
+            z, y, y, torch.tensor([0.4, 0.2, 0.2, 0.2]) if odd else torch.full((4,), 0.25), **gather
+        ),
         "dro_groups_out_of_range": lambda: group_dro_loss(
             z, y, y + 4 * odd, torch.full((4,), 0.25), **gather
         ),
@@ -148,12 +171,26 @@ def case_skipped_gather(rank: int, world_size: int, group: Group) -> dict[str, A
         return {}
     dist.barrier()  # arrive together, so creating the group cannot time out
     short = dist.new_group(timeout=timedelta(seconds=SHORT_TIMEOUT_S))
+    # A group with the default (long) timeout, bounded by the loss's gather_timeout.
+    bounded = dist.new_group()
     if rank == 1:
         return {"skipped": True}
     z, y = _inputs(rank)
+    result: dict[str, Any] = {}
     start = time.monotonic()
     try:
         LF.supcon_loss(z, y, gather_distributed=True, process_group=short)
+        result["raised"] = "no error"
     except RuntimeError as error:
-        return {"raised": f"{type(error).__name__}: {error}", "waited_s": time.monotonic() - start}
-    return {"raised": "no error", "waited_s": time.monotonic() - start}
+        result["raised"] = f"{type(error).__name__}: {error}"
+    result["waited_s"] = time.monotonic() - start
+    start = time.monotonic()
+    try:
+        ClipLoss(gather_distributed=True, process_group=bounded, gather_timeout=GATHER_TIMEOUT_S)(
+            z, z
+        )
+        result["timeout_raised"] = "no error"
+    except TimeoutError as error:
+        result["timeout_raised"] = f"{type(error).__name__}: {error}"
+    result["timeout_waited_s"] = time.monotonic() - start
+    return result

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
 import string
 
 import pytest
 import torch
 from _dist_cases import WORLD_SIZES
-from _dist_header_cases import SHORT_TIMEOUT_S
+from _dist_header_cases import GATHER_TIMEOUT_S, SHORT_TIMEOUT_S
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +43,15 @@ EXPECTED = {
     "clip_temperature": ("every rank must pass the same temperature", ("0.1", "0.2")),
     "two_tower_loss": ("every rank must pass the same loss", ("'clip'", "'siglip'")),
     "dro_step_size": ("every rank must pass the same step_size", ("0.01", "0.02")),
+    "tensor_temperature": ("every rank must pass the same temperature", ("0.25", "0.5")),
+    # ClipLoss holds log(1 / temperature) as a float32 parameter.
+    "clip_module_temperature": (
+        "every rank must pass the same logit_scale",
+        tuple(repr(float(torch.tensor(math.log(v)))) for v in (4.0, 2.0)),
+    ),
+    "siglip_bias_value": ("every rank must pass the same bias", ("-10.0", "-5.0")),
+    "ref_presence": ("every rank must pass the same reference set", ("None", "'ref_emb'")),
+    "memory_presence": ("every rank must pass the same memory rows", ("None", "0.0")),
 }
 
 
@@ -79,6 +90,20 @@ def test_every_rank_raises_the_same_named_error(
     assert len(messages) == 1, f"ranks raised different errors: {messages}"
     what, values = EXPECTED[case]
     assert messages.pop() == f"ValueError: {what}; got {_listing(world_size, values)}"
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_group_weights_that_differ_are_named(distributed_results, world_size: int) -> None:
+    # A (G,) tensor travels as a digest of its shape, dtype and bytes: the message names
+    # the field and shows the start of each rank's text.
+    messages = {
+        res["dro_group_weights"] for res in distributed_results(world_size, "header_errors")
+    }
+    assert len(messages) == 1, f"ranks raised different errors: {messages}"
+    message = messages.pop()
+    assert message.startswith(
+        "ValueError: every rank must pass the same group_weights; got rank 0: tensor(4,)"
+    ), message
 
 
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
@@ -140,6 +165,11 @@ def test_a_rank_that_skips_the_gather_times_out_its_peers(distributed_results) -
         # The peers waited for the timeout of the group passed to the loss (gloo cannot
         # time out early), not for the 60 s of the default group.
         assert res["waited_s"] >= SHORT_TIMEOUT_S
+        # With gather_timeout the loss stops waiting itself and names the loss and rank.
+        rank = per_rank.index(res)
+        assert res["timeout_raised"].startswith(f"TimeoutError: loss 'clip': rank {rank} of 3 ")
+        assert "never arrived" in res["timeout_raised"]
+        assert GATHER_TIMEOUT_S <= res["timeout_waited_s"] < 10 * GATHER_TIMEOUT_S
 
 
 @pytest.mark.parametrize(
@@ -153,9 +183,8 @@ def test_a_rank_that_skips_the_gather_times_out_its_peers(distributed_results) -
         (
             {"weights": [1.0]},
             TypeError,
-            "agree['weights'] must be None, a bool, an int, a float or a str; got list",
+            "agree['weights'] must be None, a bool, an int, a float, a str or a tensor; got list",
         ),
-        ({"weights": torch.tensor(1.0)}, TypeError, "got Tensor"),
     ],
 )
 def test_bad_agree_is_named_without_a_process_group(agree, exc, fragment) -> None:
@@ -192,7 +221,7 @@ def test_loss_options_are_checked_in_a_single_process_run() -> None:
     ):
         assert torch.isfinite(loss(z, labels, gather_distributed=True))
     assert torch.isfinite(LF.ntxent_loss(z, z.flip(0), gather_distributed=True))
-    # Two-tower losses: a learnable (tensor) scale is agreed as "tensor", not refused.
+    # Two-tower losses: a learnable (tensor) scale is agreed by value, not refused.
     scale = torch.tensor(1.0, requires_grad=True)
     assert torch.isfinite(LF.clip_loss(z, z.flip(0), logit_scale=scale, gather_distributed=True))
     assert torch.isfinite(
@@ -268,3 +297,72 @@ def test_equal_numbers_agree_and_other_types_do_not() -> None:
     assert agree(1, 1.0) and agree(2**53, float(2**53)) and agree(None, None)
     assert not agree(True, 1) and not agree("1", 1) and not agree(None, "None")
     assert not agree(0.1, 0.1 + 1e-16) and not agree(2**60 + 1, 2**60)
+
+
+def test_tensors_agree_by_value() -> None:
+    z = torch.zeros(2, 3)
+
+    def agree(a: object, b: object) -> bool:
+        rows = [encode_header(z, agreed_fields({"x": value})) for value in (a, b)]
+        try:
+            check_headers("z", rows)
+        except ValueError:
+            return False
+        return True
+
+    learnable = torch.nn.Parameter(torch.tensor(0.25))
+    assert agree(learnable, torch.tensor(0.25)) and agree(torch.tensor(0.25), 0.25)
+    assert not agree(learnable, torch.tensor(0.5))
+    assert agree(torch.arange(4.0), torch.arange(4.0))
+    assert not agree(torch.arange(4.0), torch.arange(4.0).flip(0))
+    assert not agree(torch.arange(4.0), torch.arange(4.0).double())
+    assert not agree(torch.arange(4.0), torch.arange(4.0).reshape(2, 2))
+    assert not agree(torch.tensor(True), torch.tensor(1.0))
+    assert agree(torch.ones(3, dtype=torch.bfloat16), torch.ones(3, dtype=torch.bfloat16))
+    assert not agree(torch.ones(3, dtype=torch.bfloat16), torch.ones(3, dtype=torch.float16))
+
+
+def test_reference_set_and_memory_rows_join_the_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rank with a reference set (or a memory bank) and one without must never meet
+    # as if they agreed: what each call puts in the header.
+    import nodulebench.losses._inputs as inputs
+    from nodulebench import SupConLoss
+    from nodulebench.losses import CrossBatchMemory
+
+    captured: list[dict[str, object]] = []
+    original = inputs.gather_sizes
+
+    def spy(tensor, group=None, *, agree=None, name="tensor", timeout=None):  # type: ignore[no-untyped-def]
+        captured.append(dict(agree or {}))
+        return original(tensor, group, agree=agree, name=name, timeout=timeout)
+
+    monkeypatch.setattr(inputs, "gather_sizes", spy)
+    z, labels = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    LF.supcon_loss(z, labels, gather_distributed=True)
+    LF.supcon_loss(z, labels, gather_distributed=True, ref_emb=z, ref_labels=labels)
+    memory = CrossBatchMemory(SupConLoss(gather_distributed=True), embedding_size=3, memory_size=8)
+    memory(z, labels)
+    memory(z, labels)
+    assert [c["reference set"] for c in captured] == [None, "ref_emb", None, None]
+    assert [c["memory rows"] for c in captured] == [None, None, 0, 4]
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "fragment"),
+    [
+        (0.0, ValueError, "gather_timeout must be a finite number of seconds > 0 or None; got 0.0"),
+        (float("inf"), ValueError, "got inf"),
+        ("1", TypeError, "gather_timeout must be a number of seconds or None; got str"),
+        (True, TypeError, "got bool"),
+    ],
+)
+def test_gather_timeout_is_checked(value: object, exc: type, fragment: str) -> None:
+    for build in (
+        lambda: create_loss("supcon", gather_timeout=value),
+        lambda: create_loss("clip", gather_timeout=value),
+        lambda: create_loss("group_dro", num_groups=2, gather_timeout=value),
+    ):
+        with pytest.raises(exc, match=re.escape(fragment)):
+            build()
+    with pytest.raises(exc, match=re.escape(fragment.replace("gather_timeout", "timeout"))):
+        nd.gather_sizes(torch.zeros(2, 3), timeout=value)  # type: ignore[arg-type]

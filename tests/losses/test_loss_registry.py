@@ -200,7 +200,7 @@ def test_public_names() -> None:
 
 
 def test_every_pairwise_loss_declares_a_plain_header_for_the_gather() -> None:
-    # What the ranks of a gather compare: the loss's name and plain option values.
+    # What the ranks of a gather compare: the loss's name and every option's value.
     for name in list_losses():
         module = create_loss(name)
         if not isinstance(module, PairwiseLoss):
@@ -208,6 +208,9 @@ def test_every_pairwise_loss_declares_a_plain_header_for_the_gather() -> None:
         header = module.options.header()
         assert header["loss"] == name
         assert "process_group" not in header and "gather_distributed" not in header
+        assert "gather_timeout" not in header
         assert all(v is None or isinstance(v, (bool, int, float, str)) for v in header.values())
-    learnable = create_loss("supcon", temperature=torch.tensor(0.1, requires_grad=True))
-    assert learnable.options.header()["temperature"] == "tensor"
+    # A tensor option travels as itself (the exchange compares its value).
+    temperature = torch.tensor(0.1, requires_grad=True)
+    learnable = create_loss("supcon", temperature=temperature)
+    assert learnable.options.header()["temperature"] is temperature

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -150,3 +151,69 @@ def test_bad_arguments_get_named_errors() -> None:
         memory(torch.randn(4, 5), torch.arange(4))
     with pytest.raises(TypeError, match="labels must be a"):
         memory(torch.randn(4, 3), None)  # type: ignore[arg-type]
+
+
+def pml_memory_supcon(
+    batches: list[tuple[torch.Tensor, torch.Tensor]], memory_size: int, temperature: float
+) -> list[float]:
+    """pytorch-metric-learning's CrossBatchMemory semantics, written out independently.
+
+    Its memory of ``memory_size`` rows *includes the current batch*: each step first
+    enqueues the batch (FIFO, a ring), then compares every batch row with every row in
+    the memory except its own copy (``do_remove_self_comparisons``), here with SupCon
+    ("out", unnormalized rows), mean over anchors that have a positive.
+    """
+    slots: list[tuple[list[float], int] | None] = [None] * memory_size
+    position, losses = 0, []
+    for rows, labels in batches:
+        own = []
+        for row, label in zip(rows.tolist(), labels.tolist(), strict=True):
+            slots[position] = (row, label)
+            own.append(position)
+            position = (position + 1) % memory_size
+        per_anchor = []
+        for (row, label), mine in zip(
+            zip(rows.tolist(), labels.tolist(), strict=True), own, strict=True
+        ):
+            others = [s for k, s in enumerate(slots) if s is not None and k != mine]
+            logits = [
+                sum(a * b for a, b in zip(row, r, strict=True)) / temperature for r, _ in others
+            ]
+            positives = [lg for lg, (_, y) in zip(logits, others, strict=True) if y == label]
+            if not positives:
+                continue
+            log_denominator = math.log(sum(math.exp(lg) for lg in logits))
+            per_anchor.append(-sum(p - log_denominator for p in positives) / len(positives))
+        losses.append(sum(per_anchor) / len(per_anchor) if per_anchor else 0.0)
+    return losses
+
+
+def test_pml_memory_size_is_ours_plus_one_batch() -> None:
+    # Batches of B = 3 rows; PML's memory of 8 rows is ours of 8 - 3 = 5, at every step:
+    # while it fills, once full, and as the ring wraps around.
+    gen = torch.Generator().manual_seed(3)
+    batches = [
+        (
+            torch.randn(3, 4, generator=gen, dtype=torch.float64),
+            torch.randint(0, 2, (3,), generator=gen),
+        )
+        for _ in range(7)
+    ]
+    expected = pml_memory_supcon(batches, memory_size=8, temperature=0.5)
+    ours = CrossBatchMemory(
+        SupConLoss(temperature=0.5, normalize=False),
+        embedding_size=4,
+        memory_size=5,
+        dtype=torch.float64,
+    )
+    got = [float(ours(rows, labels)) for rows, labels in batches]
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    # With the same memory_size on both, ours has B more candidates once full.
+    same_size = CrossBatchMemory(
+        SupConLoss(temperature=0.5, normalize=False),
+        embedding_size=4,
+        memory_size=8,
+        dtype=torch.float64,
+    )
+    other = [float(same_size(rows, labels)) for rows, labels in batches]
+    assert other[-1] != pytest.approx(expected[-1], rel=1e-6)

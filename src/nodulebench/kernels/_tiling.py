@@ -24,6 +24,7 @@ from nodulebench.kernels.distances import DISTANCES, EUCLIDEAN_EPS
 __all__ = [
     "TILE_EDGE",
     "TILE_ELEMENTS",
+    "ShiftedLse",
     "DISTANCES",
     "EUCLIDEAN_EPS",
     "anchor_tiles",
@@ -50,6 +51,49 @@ TILE_EDGE = 1024
 
 TILE_ELEMENTS = 2**22
 """Default size of a ``b x N`` tile: 16 MiB in float32 (b = 512 rows at N = 8192)."""
+
+
+class ShiftedLse:
+    """Online log-sum-exp of each anchor, kept relative to the anchor's running maximum.
+
+    ``peak`` is the running maximum, ``total`` the sum of ``exp(s - peak)`` (at least 1
+    once a finite entry was seen: the maximum contributes ``exp(0)``), so the LSE is
+    ``peak + log(total)`` and ``log(total) >= 0``. With ``positive_sum`` it also keeps the
+    sum of the positive entries minus the running maximum (at most 0). Losses are then
+    differences of these small shifted terms, never of two logits of size ``|s|``: the
+    rounding error is that of the logits themselves, a loss that is exactly 0 stays 0,
+    and SupCon's ``"out"`` loss is never negative.
+    """
+
+    def __init__(self, size: int, like: torch.Tensor, positive_sum: bool = False) -> None:
+        self.peak = torch.full((size,), float("-inf"), dtype=like.dtype, device=like.device)
+        self.total = torch.zeros_like(self.peak)
+        self.positive: torch.Tensor | None = None
+        self.seen = torch.zeros_like(self.peak)
+        if positive_sum:
+            self.positive = torch.zeros_like(self.peak)
+
+    def fold(
+        self, rows: slice, tile: torch.Tensor, dim: int, positives: torch.Tensor | None = None
+    ) -> None:
+        """Fold the tile's entries along ``dim`` into the anchors ``rows``."""
+        old = self.peak[rows]
+        peak = torch.maximum(old, tile.amax(dim=dim))
+        base = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+        shape = (-1, 1) if dim == 1 else (1, -1)
+        offset = tile - base.view(shape)  # the one tile-sized temporary
+        if self.positive is not None and positives is not None:
+            # The positives seen so far move with the maximum: -(count) * (peak - old).
+            seen = self.seen[rows]
+            moved = torch.where(seen > 0, seen * (old - base), torch.zeros_like(seen))
+            self.positive[rows] += moved + (offset * positives).nan_to_num_(0.0).sum(dim)
+            self.seen[rows] += positives.sum(dim).to(seen.dtype)
+        self.total[rows] = self.total[rows] * torch.exp(old - base) + offset.exp_().sum(dim)
+        self.peak[rows] = peak
+
+    def shifted(self) -> torch.Tensor:
+        """``LSE - peak`` (0 for an anchor without any finite entry)."""
+        return torch.log(torch.where(self.total > 0, self.total, torch.ones_like(self.total)))
 
 
 def check_prepared(

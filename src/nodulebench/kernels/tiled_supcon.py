@@ -52,6 +52,7 @@ from nodulebench._validation import check_choice, check_positive
 from nodulebench.kernels._dense import SUPCON_VARIANTS, unpack_pair_labels
 from nodulebench.kernels._tiling import (
     TILE_EDGE,
+    ShiftedLse,
     anchor_tiles,
     check_prepared,
     eager_under_compile,
@@ -142,11 +143,6 @@ def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
-def _fold_lse(running: torch.Tensor, tile: torch.Tensor, dim: int) -> None:
-    """Online log-sum-exp: fold the tile's LSE along ``dim`` into ``running`` in place."""
-    running.copy_(torch.logaddexp(running, torch.logsumexp(tile, dim=dim)))
-
-
 class _SupConTiledFunction(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -170,35 +166,49 @@ class _SupConTiledFunction(torch.autograd.Function):
         sets = _Sets(labels, pairs, columns, has_self_pairs(row_range, columns))
         num_pos = sets.num_positives(a0, a1)
         valid = num_pos > 0
-        lse = torch.full((a1 - a0,), float("-inf"), dtype=z.dtype, device=z.device)
-        lse_pos = torch.full_like(lse, float("-inf"))
-        pos_sum = torch.zeros_like(lse)
+        stats = ShiftedLse(a1 - a0, z, positive_sum=variant == "out")
+        stats_pos = ShiftedLse(a1 - a0, z)
         # s is symmetric: when every row is an anchor, the tile of row block I x column
         # block J is the transpose of J x I, so one product serves the row LSEs of I
         # (along dim 1) and of J (dim 0).
         for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range, columns):
             s = sets.scores(z, inv_tau, r0, r1, c0, c1)
             mirrored = symmetric and c0 != r0
-            _fold_lse(lse[r0 - a0 : r1 - a0], s, 1)
-            if mirrored:
-                _fold_lse(lse[c0:c1], s, 0)
             same = sets.positive(r0, r1, c0, c1)
+            rows, cols = slice(r0 - a0, r1 - a0), slice(c0, c1)
             if variant == "out":
-                s_pos = _mask_self(torch.where(same, s, 0.0), r0, c0, 0.0)
-                pos_sum[r0 - a0 : r1 - a0] += s_pos.sum(dim=1)
+                same = _mask_self(same, r0, c0, False)
+                stats.fold(rows, s, 1, same)
                 if mirrored:
-                    pos_sum[c0:c1] += s_pos.sum(dim=0)
+                    stats.fold(cols, s, 0, same)
             else:
-                s_pos = s.masked_fill_(~same, float("-inf"))
-                _fold_lse(lse_pos[r0 - a0 : r1 - a0], s_pos, 1)
+                stats.fold(rows, s, 1)
                 if mirrored:
-                    _fold_lse(lse_pos[c0:c1], s_pos, 0)
+                    stats.fold(cols, s, 0)
+                s_pos = s.masked_fill_(~same, float("-inf"))
+                stats_pos.fold(rows, s_pos, 1)
+                if mirrored:
+                    stats_pos.fold(cols, s_pos, 0)
+        count = num_pos.clamp(min=1).to(z.dtype)
         if variant == "out":
-            raw = lse - pos_sum / num_pos.clamp(min=1).to(z.dtype)
+            assert stats.positive is not None
+            raw = stats.shifted() - stats.positive / count
         else:
-            raw = lse - lse_pos + torch.log(num_pos.clamp(min=1).to(z.dtype))
+            gap = _finite_or_zero(stats.peak - stats_pos.peak)
+            raw = gap + stats.shifted() - stats_pos.shifted() + torch.log(count)
         loss = torch.where(valid, raw, torch.zeros_like(raw))
-        ctx.save_for_backward(z, labels, lse, lse_pos, num_pos, valid)
+        # The backward pass forms exp((s - peak) - shifted), not exp(s - lse): with
+        # logits of 1e9 the sum peak + shifted would round away what the shift keeps.
+        ctx.save_for_backward(
+            z,
+            labels,
+            _finite_or_zero(stats.peak),
+            stats.shifted(),
+            _finite_or_zero(stats_pos.peak),
+            stats_pos.shifted(),
+            num_pos,
+            valid,
+        )
         ctx.options = (
             inv_tau,
             variant,
@@ -215,7 +225,7 @@ class _SupConTiledFunction(torch.autograd.Function):
     def backward(
         ctx: Any, grad_loss: torch.Tensor, _grad_valid: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        z, labels, lse, lse_pos, num_pos, valid = ctx.saved_tensors
+        z, labels, peak, shifted, peak_pos, shifted_pos, num_pos, valid = ctx.saved_tensors
         inv_tau, variant, block_size, row_range, columns, pairs, ref_rows = ctx.options
         sets = _Sets(labels, pairs, columns, has_self_pairs(row_range, columns))
         n = z.shape[0]
@@ -224,8 +234,6 @@ class _SupConTiledFunction(torch.autograd.Function):
         g = torch.where(valid, grad_loss, torch.zeros_like(grad_loss))
         # "out": each positive's share of the mean positive logit.
         pos_share = g / num_pos.clamp(min=1).to(z.dtype)
-        lse = _finite_or_zero(lse)
-        lse_pos = _finite_or_zero(lse_pos)
         grad_z = torch.zeros_like(z)
 
         def weights(
@@ -234,9 +242,10 @@ class _SupConTiledFunction(torch.autograd.Function):
             """G of the anchors along ``dim``, oriented like ``s`` ("out": softmax part only)."""
             shape = (-1, 1) if dim == 1 else (1, -1)
             anchors = slice(rows.start - a0, rows.stop - a0) if dim == 1 else cols
-            tile = torch.exp(s - lse[anchors].view(shape))
+            tile = torch.exp((s - peak[anchors].view(shape)) - shifted[anchors].view(shape))
             if variant == "in":
-                tile.sub_(torch.exp(s - lse_pos[anchors].view(shape)).masked_fill_(~same, 0.0))
+                pos = (s - peak_pos[anchors].view(shape)) - shifted_pos[anchors].view(shape)
+                tile.sub_(torch.exp(pos).masked_fill_(~same, 0.0))
             return tile.mul_(g[anchors].view(shape))
 
         for r0, r1, c0, c1 in anchor_tiles(n, block_size, row_range, columns):

@@ -44,6 +44,7 @@ from torch.autograd.function import once_differentiable
 from nodulebench._validation import check_ndim
 from nodulebench.kernels._tiling import (
     TILE_EDGE,
+    ShiftedLse,
     check_row_range,
     eager_under_compile,
     row_blocks,
@@ -88,26 +89,49 @@ class _ClipTiledFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         a0, a1 = row_range
         blocks = _blocks(image.shape[0], block_size, row_range)
-        lse_image = torch.full((a1 - a0,), float("-inf"), dtype=image.dtype, device=image.device)
-        lse_text = torch.full_like(lse_image, float("-inf"))
+        # Each direction's LSE is kept relative to its running maximum, and the own pair's
+        # logit is read from the same tile entry (see ShiftedLse): a loss is a sum of
+        # small non-negative terms, exactly 0 where the own pair is the only candidate.
+        image_stats = ShiftedLse(a1 - a0, image)
+        text_stats = ShiftedLse(a1 - a0, image)
+        own = torch.empty(a1 - a0, dtype=image.dtype, device=image.device)
         for r0, r1, row_anchor in blocks:
             for c0, c1, col_anchor in blocks:
                 if not (row_anchor or col_anchor):
                     continue
                 logits = (image[r0:r1] @ text[c0:c1].T).mul_(scale)
                 if row_anchor:
-                    _fold_lse(lse_image[r0 - a0 : r1 - a0], logits, 1)
+                    image_stats.fold(slice(r0 - a0, r1 - a0), logits, 1)
                 if col_anchor:
-                    _fold_lse(lse_text[c0 - a0 : c1 - a0], logits, 0)
-        positive = (image[a0:a1] * text[a0:a1]).sum(dim=1) * scale
-        ctx.save_for_backward(image, text, scale, lse_image, lse_text)
+                    text_stats.fold(slice(c0 - a0, c1 - a0), logits, 0)
+                lo, hi = max(r0, c0), min(r1, c1)
+                if row_anchor and col_anchor and lo < hi:
+                    index = torch.arange(lo, hi, device=image.device)
+                    own[lo - a0 : hi - a0] = logits[index - r0, index - c0]
+        # own <= peak (it is one of the entries); the difference of two close numbers
+        # is exact, so a single candidate gives exactly 0.
+        loss = 0.5 * (
+            (image_stats.shifted() - (own - image_stats.peak))
+            + (text_stats.shifted() - (own - text_stats.peak))
+        )
+        # The backward pass forms exp((L - peak) - shifted), not exp(L - lse): with logits
+        # of 1e9 the sum peak + shifted would round away what the shift keeps.
+        ctx.save_for_backward(
+            image,
+            text,
+            scale,
+            image_stats.peak,
+            image_stats.shifted(),
+            text_stats.peak,
+            text_stats.shifted(),
+        )
         ctx.options = (block_size, row_range)
-        return 0.5 * (lse_image + lse_text) - positive
+        return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        image, text, scale, lse_image, lse_text = ctx.saved_tensors
+        image, text, scale, peak_image, shift_image, peak_text, shift_text = ctx.saved_tensors
         block_size, row_range = ctx.options
         a0, a1 = row_range
         half = 0.5 * grad_loss
@@ -124,10 +148,12 @@ class _ClipTiledFunction(torch.autograd.Function):
                 weights = torch.zeros_like(logits)
                 if row_anchor:
                     rows = slice(r0 - a0, r1 - a0)
-                    weights.add_(torch.exp(logits - lse_image[rows, None]) * half[rows, None])
+                    shifted = (logits - peak_image[rows, None]) - shift_image[rows, None]
+                    weights.add_(torch.exp(shifted) * half[rows, None])
                 if col_anchor:
                     cols = slice(c0 - a0, c1 - a0)
-                    weights.add_(torch.exp(logits - lse_text[None, cols]) * half[None, cols])
+                    shifted = (logits - peak_text[None, cols]) - shift_text[None, cols]
+                    weights.add_(torch.exp(shifted) * half[None, cols])
                 grad_image[r0:r1].addmm_(weights, text[c0:c1])
                 grad_text[c0:c1].addmm_(weights.T, image[r0:r1])
                 grad_scale.add_((weights * dots).sum())

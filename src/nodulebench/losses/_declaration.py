@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from nodulebench._validation import check_choice, check_in_range, check_positive, did_you_mean
+from nodulebench.distributed import check_timeout
 from nodulebench.kernels.dispatch import BACKEND_CHOICES, run_per_anchor
 from nodulebench.losses._inputs import (
     REDUCTIONS,
@@ -135,6 +136,40 @@ def optional(check: Check) -> Check:
 
 _Options = TypeVar("_Options", bound="LossOptions")
 
+FOREIGN_ARGUMENTS: dict[str, str] = {
+    "indices_tuple": (
+        "indices_tuple (pytorch-metric-learning's miner output) is not taken: each loss "
+        "chooses its pairs itself (triplet_margin_loss / TripletMarginLoss mining='hard', "
+        "'semihard' or 'all'; multi-similarity mines inside the loss); for extra "
+        "candidates pass ref_emb and ref_labels, or wrap the loss in CrossBatchMemory"
+    ),
+    "logit_bias": (
+        "logit_bias is open_clip's name for SigLIP's bias: pass bias= (siglip_loss / "
+        "SigLipLoss), a float or a 0-dim tensor added to every logit"
+    ),
+    "embedding_regularizer": (
+        "embedding_regularizer (pytorch-metric-learning) is not taken: add a "
+        "regularisation term to the loss yourself"
+    ),
+    "reducer": (
+        "reducer (pytorch-metric-learning) is not taken: pass reduction='mean', 'sum' or "
+        "'none' and reduce the per-anchor losses as you need"
+    ),
+}
+"""Arguments of pytorch-metric-learning and open_clip that the losses do not take, and
+what to use instead: passing one raises ``TypeError`` with this advice."""
+
+
+def reject_foreign_arguments(owner: str, **given: object) -> None:
+    """Raise ``TypeError`` naming the first ``given`` argument that is not ``None``.
+
+    For arguments of other libraries (see :data:`FOREIGN_ARGUMENTS`), passed by name or
+    in their position.
+    """
+    for name, value in given.items():
+        if value is not None:
+            raise TypeError(f"{owner} got {name}=: {FOREIGN_ARGUMENTS[name]}")
+
 
 @dataclass(frozen=True)
 class LossOptions:
@@ -148,19 +183,18 @@ class LossOptions:
     name: ClassVar[str]
     citation: ClassVar[str]
 
-    def header(self) -> dict[str, None | bool | int | float | str]:
+    def header(self) -> dict[str, object]:
         """The loss's name and options, as the ranks of a gather must agree on them.
 
-        Plain values only (a tensor option, such as a learnable temperature, appears as
-        ``"tensor"``: its value may differ between ranks only through training); the
-        process group and the gather switch are left out.
+        Every option, tensor-valued ones included (a learnable temperature is compared
+        by value: ranks that hold different values would each compute another loss);
+        the process group, the gather switch and the timeout are left out.
         """
-        header: dict[str, None | bool | int | float | str] = {"loss": self.name}
+        header: dict[str, object] = {"loss": self.name}
         for item in declared_fields(type(self)):
-            if item.name in ("gather_distributed", "process_group"):
+            if item.name in ("gather_distributed", "process_group", "gather_timeout"):
                 continue
-            value = getattr(self, item.name)
-            header[item.name] = "tensor" if isinstance(value, torch.Tensor) else value
+            header[item.name] = getattr(self, item.name)
         return header
 
     def __post_init__(self) -> None:
@@ -179,6 +213,8 @@ class LossOptions:
         """
         accepted = [item.name for item in declared_fields(cls)]
         for name in kwargs:
+            if name not in accepted and name in FOREIGN_ARGUMENTS:
+                raise TypeError(f"{cls.__name__} got {name}=: {FOREIGN_ARGUMENTS[name]}")
             if name not in accepted:
                 raise TypeError(
                     f"{cls.__name__} got an unknown option {name!r}"
@@ -361,6 +397,14 @@ class EmbeddingOptions(LossOptions):
     process_group: ProcessGroup | None = option(
         None, "the group to gather over; ``None`` means the default group", kw_only=True
     )
+    gather_timeout: float | None = option(
+        None,
+        "seconds to wait at the gather's header exchange for the other ranks before "
+        "raising ``TimeoutError`` that names the loss and this rank; ``None`` waits for "
+        "the process group's timeout (see :ref:`scaling-timeout`)",
+        check_timeout,
+        kw_only=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -426,6 +470,7 @@ def compute_prepared(
         process_group=options.process_group,
         # The header only where it is exchanged: building it does not trace under compile.
         options=options.header() if options.gather_distributed else None,
+        gather_timeout=options.gather_timeout,
         **columns,
     )
     loss, valid, counts = options.per_anchor(prepared)

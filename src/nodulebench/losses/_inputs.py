@@ -17,6 +17,7 @@ and nothing else changes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -29,6 +30,7 @@ from nodulebench._validation import (
     check_floating,
     check_integer_tensor,
     check_ndim,
+    check_same_device,
 )
 from nodulebench.distributed import (
     abandon_gather,
@@ -162,13 +164,49 @@ def _flatten(
                 f"{labels_name} must have shape (B,) = ({batch},) to match {name} of shape "
                 f"{tuple(embeddings.shape)}; got shape {tuple(labels.shape)}"
             )
-        row_labels = labels.to(device=embeddings.device, dtype=torch.int64)
+        check_same_device(labels_name, labels, name, embeddings)
+        row_labels = labels.to(dtype=torch.int64)
         row_labels = row_labels.repeat_interleave(views)
     rows = embeddings.reshape(batch * views, embeddings.shape[-1])
+    if (
+        embeddings.dtype == torch.float16
+        and embeddings.requires_grad
+        and not torch.compiler.is_compiling()
+    ):
+        rows = _Float16GradientGuard.apply(rows, name)  # type: ignore[no-untyped-call]
     rows = rows.to(compute_dtype(embeddings.dtype) if dtype is None else dtype)
     if normalize:
         rows = F.normalize(rows, p=2.0, dim=1, eps=1e-12)
     return rows, row_labels, tuple(embeddings.shape[:-1])
+
+
+class _Float16GradientGuard(torch.autograd.Function):
+    """The identity, whose backward warns where a float16 gradient overflowed to inf.
+
+    The losses compute in float32; the gradient is cast back to the float16 input on the
+    way out, and an entry beyond 65504 becomes ``inf`` there. This sits on the float16
+    side of that cast, so it sees the cast gradient (one host synchronisation, float16
+    inputs only).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, name: str) -> torch.Tensor:
+        ctx.name = name
+        return rows.view_as(rows)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        overflowed = int(torch.isinf(grad).sum())
+        if overflowed:
+            warnings.warn(
+                f"the gradient of the float16 {ctx.name} overflowed to inf in {overflowed} "
+                f"of {grad.numel()} entries (float16 holds at most 65504; the loss itself "
+                "is computed in float32); pass float32 embeddings, scale the loss down, "
+                "or use a gradient scaler that skips such steps",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return grad, None
 
 
 def _check_bool(name: str, value: object) -> None:
@@ -188,6 +226,7 @@ def prepare_embeddings(
     ref_labels: torch.Tensor | None = None,
     memory: tuple[torch.Tensor, torch.Tensor] | None = None,
     options: Mapping[str, object] | None = None,
+    gather_timeout: float | None = None,
 ) -> PreparedEmbeddings:
     """Validate and flatten ``embeddings`` ``(B, D)`` or ``(B, V, D)`` and ``labels`` ``(B,)``.
 
@@ -197,12 +236,15 @@ def prepare_embeddings(
     prepared rows and labels of every rank are gathered as the columns (a collective
     call), and ``b`` above is the *global* sample index. Before the gather the ranks
     exchange one header (:func:`~nodulebench.distributed.gather_sizes`): the shape but
-    for ``B``, the dtype, whether labels were given, ``normalize`` and ``options`` (the
-    loss's name and options, e.g. ``{"loss": "supcon", "temperature": 0.1, ...}``)
+    for ``B``, the dtype, whether labels, a reference set and a memory bank (its
+    number of rows) were given, ``normalize`` and ``options`` (the loss's name and
+    options, e.g. ``{"loss": "supcon", "temperature": 0.1, ...}``, tensors by value)
     must agree, or every rank raises the same ``ValueError`` naming what differs. A
     rank that rejects its own input still joins that exchange
     (:func:`~nodulebench.distributed.abandon_gather`) before raising, so that the others
-    raise a ``ValueError`` naming it instead of waiting for it.
+    raise a ``ValueError`` naming it instead of waiting for it. With ``gather_timeout``
+    (seconds), a rank whose peers never arrive at the exchange raises ``TimeoutError``
+    naming the loss and itself after that time.
 
     With a reference set ``ref_emb`` ``(M, D)`` or ``(M, V', D)`` and ``ref_labels``
     ``(M,)``, the anchors are the rows of ``embeddings`` and the columns are the
@@ -251,6 +293,9 @@ def prepare_embeddings(
         **(options or {}),
         "normalize": normalize,
         "kind of labels": None if labels is None else "tensor",
+        # A rank with a reference set would treat the others' batches as reference rows.
+        "reference set": None if ref_emb is None else "ref_emb",
+        "memory rows": None if memory is None else int(memory[0].shape[0]),
     }
     if ref_emb is not None:
         return _with_reference(
@@ -265,11 +310,14 @@ def prepare_embeddings(
             gather=gather,
             process_group=process_group,
             agree=agree,
+            gather_timeout=gather_timeout,
         )
     # One exchange of the sizes and everything the ranks must agree on; checked locally
     # (and the identity) without a process group, so a bad option shows up in any run.
     sample_sizes = (
-        gather_sizes(embeddings, process_group, agree=agree, name="embeddings")
+        gather_sizes(
+            embeddings, process_group, agree=agree, name="embeddings", timeout=gather_timeout
+        )
         if gather_distributed
         else (batch,)
     )
@@ -324,6 +372,7 @@ def _with_reference(
     gather: bool,
     process_group: ProcessGroup | None,
     agree: Mapping[str, object],
+    gather_timeout: float | None,
 ) -> PreparedEmbeddings:
     """The prepared anchors against a separate reference set (gathered if asked)."""
     assert row_labels is not None  # prepare_embeddings checked both label sets
@@ -351,7 +400,13 @@ def _with_reference(
     assert column_labels is not None
     # The reference rows are what is gathered: their sizes, and the agreement, as above.
     ref_sizes = (
-        gather_sizes(columns.reshape(*ref_shape, -1), process_group, agree=agree, name="ref_emb")
+        gather_sizes(
+            columns.reshape(*ref_shape, -1),
+            process_group,
+            agree=agree,
+            name="ref_emb",
+            timeout=gather_timeout,
+        )
         if gather_distributed
         else ()
     )

@@ -48,6 +48,7 @@ from nodulebench._validation import (
     check_in_range,
     check_integer_tensor,
     check_ndim,
+    check_same_device,
 )
 from nodulebench.kernels._dense import SUPCON_VARIANTS, TRIPLET_MININGS
 from nodulebench.kernels.dispatch import run_per_anchor, select_backend
@@ -332,14 +333,29 @@ def _stack_views(view1: torch.Tensor, view2: torch.Tensor | None) -> torch.Tenso
                 f"views; got shape {shape}"
             )
         return view1
+    if (
+        isinstance(view2, torch.Tensor)
+        and view2.ndim == 1
+        and not (view2.is_floating_point() or view2.is_complex())
+    ):
+        raise TypeError(
+            "NT-Xent takes no labels: its positives are the other views of the same sample; "
+            "pass two (B, D) views (view1, view2) or one (B, V, D) tensor, or use "
+            f"supcon_loss / SupConLoss for labels; got a second argument of shape "
+            f"{tuple(view2.shape)} and dtype {view2.dtype}"
+        )
     for name, view in (("view1", view1), ("view2", view2)):
         if not isinstance(view, torch.Tensor) or view.ndim != 2:
             shape = tuple(view.shape) if isinstance(view, torch.Tensor) else type(view)
             raise ValueError(f"{name} must have shape (B, D) when two views are given; got {shape}")
+        check_floating(name, view)
     if view1.shape != view2.shape:
         raise ValueError(
             f"view2 must have the shape of view1 {tuple(view1.shape)}; got {tuple(view2.shape)}"
         )
+    if view2.dtype != view1.dtype:
+        raise TypeError(f"view2 must have view1's dtype {view1.dtype}; got {view2.dtype}")
+    check_same_device("view2", view2, "view1", view1)
     return torch.stack((view1, view2), dim=1)
 
 
@@ -708,6 +724,16 @@ def check_cross_entropy_options(
     if weight is not None:
         check_ndim("weight", weight, (1,), "(C,)")
         check_floating("weight", weight)
+        # Read on the host (one synchronisation): a negative weight gives a loss that
+        # can reach -inf, and a zero total weight a NaN mean.
+        if weight.device.type != "meta" and not torch.compiler.is_compiling():
+            finite = bool(torch.isfinite(weight).all())
+            low = float(weight.min()) if weight.numel() else 0.0
+            if not finite or low < 0 or (weight.numel() and float(weight.sum()) <= 0):
+                raise ValueError(
+                    "weight must hold finite class weights >= 0, not all 0; got values in "
+                    f"[{low}, {float(weight.max()) if weight.numel() else 0.0}]"
+                )
     check_choice("reduction", reduction, REDUCTIONS)
 
 
@@ -738,6 +764,13 @@ def cross_entropy_loss(
     Returns:
         The loss, float32 for fp16/bf16 logits, the logits' dtype otherwise.
 
+    Raises:
+        TypeError: non-tensor inputs, non-floating ``logits`` or ``weight``,
+            non-integer ``targets``.
+        ValueError: an empty batch (as every loss), wrong shapes, ``targets`` or
+            ``weight`` on another device than ``logits``, targets outside ``[0, C)``,
+            negative, non-finite or all-zero class weights, an invalid option.
+
     Example:
         >>> logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
         >>> print(f"{cross_entropy_loss(logits, torch.tensor([0, 2])).item():.4f}")
@@ -748,18 +781,23 @@ def cross_entropy_loss(
     check_ndim("targets", targets, (1,), "(B,)")
     check_integer_tensor("targets", targets)
     batch, num_classes = logits.shape
+    if logits.numel() == 0:
+        raise ValueError(
+            "logits must hold at least one sample and one class (B, C >= 1); got shape "
+            f"{tuple(logits.shape)}"
+        )
     if targets.shape[0] != batch:
         raise ValueError(
             f"targets must have shape (B,) = ({batch},) to match logits of shape "
             f"{tuple(logits.shape)}; got shape {tuple(targets.shape)}"
         )
-    if targets.numel() > 0:
-        low, high = int(targets.min().item()), int(targets.max().item())
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"targets must lie in [0, {num_classes}) for logits with "
-                f"C = {num_classes} classes; got values in [{low}, {high}]"
-            )
+    check_same_device("targets", targets, "logits", logits)
+    low, high = int(targets.min().item()), int(targets.max().item())
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"targets must lie in [0, {num_classes}) for logits with "
+            f"C = {num_classes} classes; got values in [{low}, {high}]"
+        )
     check_cross_entropy_options(label_smoothing, weight, reduction)
     dtype = compute_dtype(logits.dtype)
     if weight is not None:
@@ -767,10 +805,11 @@ def cross_entropy_loss(
             raise ValueError(
                 f"weight must have shape (C,) = ({num_classes},); got shape {tuple(weight.shape)}"
             )
-        weight = weight.to(device=logits.device, dtype=dtype)
+        check_same_device("weight", weight, "logits", logits)
+        weight = weight.to(dtype=dtype)
     return F.cross_entropy(
         logits.to(dtype),
-        targets.to(device=logits.device, dtype=torch.int64),
+        targets.to(dtype=torch.int64),
         weight=weight,
         reduction=reduction,
         label_smoothing=label_smoothing,

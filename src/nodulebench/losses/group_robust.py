@@ -25,6 +25,7 @@ from nodulebench._validation import (
     check_ndim,
 )
 from nodulebench.distributed import (
+    check_timeout,
     gather_sizes,
     get_world_size,
     is_distributed,
@@ -88,6 +89,26 @@ def _check_row_vector(name: str, tensor: Any, embeddings: torch.Tensor, what: st
         )
 
 
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _check_packable(name: str, tensor: torch.Tensor) -> None:
+    """Correct-N-Contrast packs a label and a prediction into one int64: int32 range each.
+
+    Read on the host (one synchronisation); skipped for meta tensors and while
+    ``torch.compile`` traces.
+    """
+    if tensor.numel() == 0 or tensor.device.type == "meta" or torch.compiler.is_compiling():
+        return
+    low, high = int(tensor.min()), int(tensor.max())
+    if low < _INT32[0] or high > _INT32[1]:
+        raise ValueError(
+            f"{name} must lie in the int32 range [{_INT32[0]}, {_INT32[1]}] (Correct-N-"
+            "Contrast packs a label and a prediction into one int64; remap the ids, e.g. "
+            f"with torch.unique(..., return_inverse=True)); got values in [{low}, {high}]"
+        )
+
+
 @dataclass(frozen=True)
 class CnCOptions(PairwiseOptions):
     """The options of :func:`cnc_loss` and :class:`CnCLoss`."""
@@ -137,6 +158,8 @@ def _pair_labels(
             raise TypeError(f"embeddings must be a torch.Tensor; got {type(embeddings).__name__}")
         _check_row_vector("labels", labels, embeddings, "embeddings")
         _check_row_vector("predictions", predictions, embeddings, "embeddings")
+        _check_packable("labels", labels)
+        _check_packable("predictions", predictions)
     except (TypeError, ValueError):
         abandon_if_gathering(embeddings, options.gather_distributed, options.process_group)
         raise
@@ -297,6 +320,14 @@ class GroupDROOptions(LossOptions):
     process_group: ProcessGroup | None = option(
         None, "the group to sum over; ``None`` means the default group", kw_only=True
     )
+    gather_timeout: float | None = option(
+        None,
+        "seconds to wait at the header exchange for the other ranks before raising "
+        "``TimeoutError`` that names the loss and this rank; ``None`` waits for the "
+        "process group's timeout (see :ref:`scaling-timeout`)",
+        check_timeout,
+        kw_only=True,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -336,6 +367,11 @@ def _check_dro_inputs(logits: Any, labels: Any, groups: Any, weights: Any, num_g
         raise TypeError(f"logits must be a torch.Tensor; got {type(logits).__name__}")
     check_ndim("logits", logits, (2,), "(B, C)")
     check_floating("logits", logits)
+    if logits.numel() == 0:
+        raise ValueError(
+            "logits must hold at least one sample and one class (B, C >= 1); got shape "
+            f"{tuple(logits.shape)}"
+        )
     _check_row_vector("labels", labels, logits, "logits")
     _check_row_vector("groups", groups, logits, "logits")
     if not isinstance(weights, torch.Tensor):
@@ -436,7 +472,12 @@ def group_dro_loss(
     if opts.gather_distributed:
         # The ranks' logits and options must agree before their group sums are added.
         gather_sizes(
-            logits, opts.process_group, agree={**opts.header(), "update": update}, name="logits"
+            logits,
+            opts.process_group,
+            # The weights too: ranks whose weights drifted apart would each compute another loss.
+            agree={**opts.header(), "update": update, "group_weights": group_weights},
+            name="logits",
+            timeout=opts.gather_timeout,
         )
     dtype = compute_dtype(logits.dtype)
     per_sample = F.cross_entropy(logits.to(dtype), labels.to(torch.int64), reduction="none")

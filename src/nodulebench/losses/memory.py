@@ -12,6 +12,7 @@ every rank and the gathered batch is enqueued once, identically on every rank.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -31,7 +32,10 @@ class CrossBatchMemory(torch.nn.Module):
         loss: the pairwise loss to feed (e.g. ``SupConLoss()``); its options (``normalize``,
             ``reduction``, ``backend``, ``gather_distributed``) apply as they are.
         embedding_size: ``D``, the width of the embeddings.
-        memory_size: ``K``, how many rows (samples x views) it remembers.
+        memory_size: ``K``, how many rows (samples x views) of *earlier* batches it
+            remembers; the current batch is compared too and not counted.
+            pytorch-metric-learning's ``memory_size`` counts it: theirs is ``K`` plus
+            the rows of one batch (see :doc:`/migration`).
         dtype: dtype of the stored rows (float32 by default).
 
     Attributes:
@@ -134,9 +138,30 @@ class CrossBatchMemory(torch.nn.Module):
         return {"filled": self.filled, "position": self._position}
 
     def set_extra_state(self, state: Any) -> None:
-        """Restore the write position and fill level from ``state_dict``."""
-        self.filled = int(state["filled"])
-        self._position = int(state["position"])
+        """Restore the write position and fill level from ``state_dict``.
+
+        Raises:
+            TypeError: ``state`` is not a mapping with int ``filled`` and ``position``.
+            ValueError: values this memory cannot hold: ``filled`` outside
+                ``[0, memory_size]``, ``position`` outside ``[0, memory_size)``, or a
+                position other than ``filled`` while the memory is not full (it fills
+                from row 0).
+        """
+        size = self.embeddings.shape[0]
+        if not isinstance(state, Mapping) or not {"filled", "position"} <= set(state):
+            raise TypeError(
+                "state must be a mapping with 'filled' and 'position' (get_extra_state's "
+                f"output); got {state!r}"
+            )
+        filled = check_int("state['filled']", state["filled"], 0, size)
+        position = check_int("state['position']", state["position"], 0, size - 1)
+        if filled < size and position != filled:
+            raise ValueError(
+                f"state['position'] must equal state['filled'] = {filled} while the memory "
+                f"of {size} rows is not full (it fills from row 0); got {position}"
+            )
+        self.filled = filled
+        self._position = position
 
     def extra_repr(self) -> str:
         """Memory size, width and fill level."""

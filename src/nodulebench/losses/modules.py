@@ -20,6 +20,7 @@ from nodulebench.losses._declaration import (
     PairwiseOptions,
     compute_pairwise,
     constructor_signature,
+    reject_foreign_arguments,
     with_options_table,
 )
 from nodulebench.losses._inputs import ReducedLoss
@@ -120,6 +121,7 @@ class PairwiseLoss(torch.nn.Module):
         self,
         embeddings: torch.Tensor,
         labels: torch.Tensor | None = None,
+        indices_tuple: None = None,
         *,
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
@@ -128,7 +130,10 @@ class PairwiseLoss(torch.nn.Module):
 
         With ``ref_emb`` ``(M, D)`` or ``(M, V', D)`` and ``ref_labels`` ``(M,)``, the
         anchors are compared with the reference rows instead of with each other.
+        ``indices_tuple`` (pytorch-metric-learning's third argument) is not taken: one
+        raises ``TypeError`` saying what to use instead.
         """
+        reject_foreign_arguments(type(self).__name__, indices_tuple=indices_tuple)
         return self._record(
             compute_pairwise(
                 self.options, embeddings, labels, ref_emb=ref_emb, ref_labels=ref_labels
@@ -171,6 +176,7 @@ class NTXentLoss(PairwiseLoss):
         self,
         view1: torch.Tensor,
         view2: torch.Tensor | None = None,
+        indices_tuple: None = None,
         *,
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
@@ -179,7 +185,10 @@ class NTXentLoss(PairwiseLoss):
 
         A reference set (``ref_emb``, ``ref_labels``) raises ``TypeError``: NT-Xent's
         positives are the other views of the same sample, which no reference row is.
+        Labels in place of ``view2`` (pytorch-metric-learning's ``NTXentLoss()(z,
+        labels)``) and ``indices_tuple`` raise ``TypeError`` saying what to use instead.
         """
+        reject_foreign_arguments(type(self).__name__, indices_tuple=indices_tuple)
         LF.reject_reference_set(ref_emb is not None or ref_labels is not None)
         return self._record(compute_pairwise(self.options, LF.ntxent_views(view1, view2), None))
 

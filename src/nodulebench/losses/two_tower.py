@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from nodulebench._validation import check_choice, check_floating, check_ndim, check_positive
+from nodulebench.distributed import check_timeout
 from nodulebench.kernels.dispatch import BACKEND_CHOICES, run_two_tower
 from nodulebench.losses._declaration import EmbeddingOptions, functional_form, option
 from nodulebench.losses._inputs import (
@@ -68,6 +69,36 @@ SIGLIP_BIAS = -10.0
 
 Scalar = float | torch.Tensor
 
+MAX_LOG_SCALE = math.log(1000.0)
+"""The largest ``logit_scale`` accepted (a scale of 1000): a larger one is almost surely
+an exponentiated scale, as open_clip passes it (``model.logit_scale.exp()``, 14.3 to 100)."""
+
+
+def _check_log_scale(value: Scalar) -> None:
+    """Raise ``ValueError`` for a ``logit_scale`` that cannot be a log-scale.
+
+    A tensor is read on the host (one synchronisation), except while ``torch.compile``
+    traces.
+    """
+    if isinstance(value, torch.Tensor):
+        if torch.compiler.is_compiling() or value.device.type == "meta":
+            return
+        if not bool(value.detach() > MAX_LOG_SCALE):
+            return
+        number = float(value.detach())
+    elif isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_LOG_SCALE:
+        number = float(value)
+    else:
+        return
+    raise ValueError(
+        f"logit_scale is a log-scale: the logits are multiplied by exp(logit_scale), here "
+        f"exp({number:g}) = {math.exp(min(number, 700.0)):.3g}, and values above "
+        f"log(1000) = {MAX_LOG_SCALE:.4f} are refused. open_clip passes the exponentiated "
+        "scale (model.logit_scale.exp(), about 14.3 to 100): pass logit_scale=math.log(scale) "
+        "(scale.log() for a tensor; gradients flow through it) or, for CLIP, "
+        f"temperature=1 / scale; got logit_scale={number:g}"
+    )
+
 
 def _scalar(name: str, value: Scalar, like: torch.Tensor, *, positive: bool) -> torch.Tensor:
     """``value`` as a 0-dim tensor in the compute dtype of ``like``, on its device.
@@ -102,12 +133,28 @@ def _scalar(name: str, value: Scalar, like: torch.Tensor, *, positive: bool) -> 
     return torch.tensor(float(value), dtype=dtype, device=like.device)
 
 
+def _reject_open_clip_scale(owner: str, *values: object) -> None:
+    """Raise ``TypeError`` if open_clip's per-call scale (or bias) reached a module."""
+    if any(value is not None for value in values):
+        raise TypeError(
+            f"{owner} holds its own logit_scale (and bias) as parameters, so forward takes "
+            "only the two towers; to use open_clip's per-call values call clip_loss / "
+            "siglip_loss(image_emb, text_emb, logit_scale=scale.log(), bias=logit_bias), "
+            "since open_clip's logit_scale is already exponentiated"
+        )
+
+
 def _check_towers(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
     """Raise unless the towers are floating ``(B, D)`` tensors that pair up row by row."""
     check_ndim("image_emb", image_emb, (2,), "(B, D)")
     check_ndim("text_emb", text_emb, (2,), "(B, D)")
     check_floating("image_emb", image_emb)
     check_floating("text_emb", text_emb)
+    if image_emb.numel() == 0:
+        raise ValueError(
+            "image_emb must hold at least one pair and one feature (B, D >= 1); got shape "
+            f"{tuple(image_emb.shape)}"
+        )
     if text_emb.shape != image_emb.shape:
         raise ValueError(
             f"text_emb must have image_emb's shape (B, D) = "
@@ -132,17 +179,14 @@ def _prepare_towers(
     gather_distributed: bool,
     process_group: ProcessGroup | None,
     options: dict[str, object],
+    gather_timeout: float | None = None,
 ) -> tuple[PreparedEmbeddings, PreparedEmbeddings]:
     """Prepare (and, with ``gather_distributed``, gather) each checked tower.
 
     ``options`` (the loss's name and options) must agree on every rank; a learnable
-    tensor counts as ``"tensor"`` (DDP keeps it equal; comparing values would cost a
-    host synchronisation).
+    tensor is compared by value (one host synchronisation, only when gathering).
     """
-    agreed = {
-        name: "tensor" if isinstance(value, torch.Tensor) else value
-        for name, value in options.items()
-    }
+    agreed = options
     image, text = (
         prepare_embeddings(
             emb,
@@ -152,6 +196,7 @@ def _prepare_towers(
             gather_distributed=gather_distributed,
             process_group=process_group,
             options=agreed,
+            gather_timeout=gather_timeout,
         )
         for emb in (image_emb, text_emb)
     )
@@ -206,7 +251,13 @@ class SigLipOptions(EmbeddingOptions):
     bias: Scalar = option(SIGLIP_BIAS, ":math:`b` (SigLIP initialises -10); " + _SCALAR_DOC)
 
 
-def _clip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: ClipOptions) -> ReducedLoss:
+def _clip(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    options: ClipOptions,
+    *,
+    check_log_scale: bool = True,
+) -> ReducedLoss:
     temperature, logit_scale = options.temperature, options.logit_scale
     normalize, reduction, backend = options.normalize, options.reduction, options.backend
     gather_distributed, process_group = options.gather_distributed, options.process_group
@@ -214,7 +265,10 @@ def _clip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: ClipOptions)
     try:
         _check_towers(image_emb, text_emb)
         if logit_scale is not None:
-            scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
+            log_scale = _scalar("logit_scale", logit_scale, image_emb, positive=False)
+            if check_log_scale:
+                _check_log_scale(logit_scale)
+            scale = log_scale.exp()
         else:
             tau = CLIP_TEMPERATURE if temperature is None else temperature
             scale = 1.0 / _scalar("temperature", tau, image_emb, positive=True)
@@ -227,6 +281,7 @@ def _clip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: ClipOptions)
         normalize=normalize,
         gather_distributed=gather_distributed,
         process_group=process_group,
+        gather_timeout=options.gather_timeout,
         options={
             "loss": "clip",
             "temperature": temperature,
@@ -284,13 +339,22 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, **options: Any) -
     return _clip(image_emb, text_emb, ClipOptions.for_call(image_emb, **options)).loss
 
 
-def _siglip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: SigLipOptions) -> ReducedLoss:
+def _siglip(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    options: SigLipOptions,
+    *,
+    check_log_scale: bool = True,
+) -> ReducedLoss:
     logit_scale, bias = options.logit_scale, options.bias
     normalize, reduction, backend = options.normalize, options.reduction, options.backend
     gather_distributed, process_group = options.gather_distributed, options.process_group
     try:
         _check_towers(image_emb, text_emb)
-        scale = _scalar("logit_scale", logit_scale, image_emb, positive=False).exp()
+        log_scale = _scalar("logit_scale", logit_scale, image_emb, positive=False)
+        if check_log_scale:
+            _check_log_scale(logit_scale)
+        scale = log_scale.exp()
         bias_tensor = _scalar("bias", bias, image_emb, positive=False)
     except (TypeError, ValueError):
         abandon_if_gathering(image_emb, gather_distributed, process_group)
@@ -301,6 +365,7 @@ def _siglip(image_emb: torch.Tensor, text_emb: torch.Tensor, options: SigLipOpti
         normalize=normalize,
         gather_distributed=gather_distributed,
         process_group=process_group,
+        gather_timeout=options.gather_timeout,
         options={
             "loss": "siglip",
             "logit_scale": logit_scale,
@@ -371,6 +436,9 @@ class TwoTowerLoss(torch.nn.Module):
         backend: ``"auto"``, ``"reference"`` or ``"tiled"``.
         gather_distributed: gather the other tower of all ranks (see :doc:`/scaling`).
         process_group: the group to gather over; ``None`` means the default group.
+        gather_timeout: seconds to wait for the other ranks at the gather's header
+            exchange before raising ``TimeoutError``; ``None`` waits for the process
+            group's timeout (see :doc:`/scaling`).
     """
 
     def __init__(
@@ -382,8 +450,10 @@ class TwoTowerLoss(torch.nn.Module):
         backend: str,
         gather_distributed: bool,
         process_group: torch.distributed.ProcessGroup | None,
+        gather_timeout: float | None = None,
     ) -> None:
         super().__init__()
+        check_timeout("gather_timeout", gather_timeout)
         for name, flag in (
             ("learnable", learnable),
             ("normalize", normalize),
@@ -399,6 +469,7 @@ class TwoTowerLoss(torch.nn.Module):
         self.backend = backend
         self.gather_distributed = gather_distributed
         self.process_group = process_group
+        self.gather_timeout = gather_timeout
 
     def _scalar_state(self, name: str, value: float) -> None:
         """Hold ``value`` as a learnable parameter, or as a buffer when frozen."""
@@ -441,6 +512,9 @@ class ClipLoss(TwoTowerLoss):
         backend: ``"auto"``, ``"reference"`` or ``"tiled"``.
         gather_distributed: gather the other tower of all ranks (see :doc:`/scaling`).
         process_group: the group to gather over; ``None`` means the default group.
+        gather_timeout: seconds to wait for the other ranks at the gather's header
+            exchange before raising ``TimeoutError``; ``None`` waits for the process
+            group's timeout (see :doc:`/scaling`).
 
     Example:
         >>> loss_fn = ClipLoss(temperature=0.5)
@@ -460,6 +534,7 @@ class ClipLoss(TwoTowerLoss):
         backend: str = "auto",
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
+        gather_timeout: float | None = None,
     ) -> None:
         super().__init__(
             learnable=learnable,
@@ -468,6 +543,7 @@ class ClipLoss(TwoTowerLoss):
             backend=backend,
             gather_distributed=gather_distributed,
             process_group=process_group,
+            gather_timeout=gather_timeout,
         )
         check_positive("temperature", temperature)
         if max_scale is not None:
@@ -475,21 +551,30 @@ class ClipLoss(TwoTowerLoss):
         self.max_scale = max_scale
         self._scalar_state("logit_scale", math.log(1.0 / temperature))
 
-    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """The loss of the pairs ``(image_emb[i], text_emb[i])``, both ``(B, D)``."""
-        logit_scale = self.logit_scale
+    def forward(
+        self, image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: None = None
+    ) -> torch.Tensor:
+        """The loss of the pairs ``(image_emb[i], text_emb[i])``, both ``(B, D)``.
+
+        The module holds its own scale; a third argument (open_clip's ``logit_scale``)
+        raises ``TypeError`` saying to call
+        :func:`~nodulebench.losses.functional.clip_loss` with it instead.
+        """
+        _reject_open_clip_scale(type(self).__name__, logit_scale)
+        scale = self.logit_scale
         if self.max_scale is not None:
-            logit_scale = logit_scale.clamp(max=math.log(self.max_scale))
-        return clip_loss(
-            image_emb,
-            text_emb,
-            logit_scale=logit_scale,
+            scale = scale.clamp(max=math.log(self.max_scale))
+        options = ClipOptions(
+            logit_scale=scale,
             normalize=self.normalize,
             reduction=self.reduction,
             backend=self.backend,
             gather_distributed=self.gather_distributed,
             process_group=self.process_group,
+            gather_timeout=self.gather_timeout,
         )
+        # The held scale was checked when built: no per-call host synchronisation.
+        return _clip(image_emb, text_emb, options, check_log_scale=False).loss
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
@@ -519,6 +604,9 @@ class SigLipLoss(TwoTowerLoss):
         backend: ``"auto"``, ``"reference"`` or ``"tiled"``.
         gather_distributed: gather the other tower of all ranks (see :doc:`/scaling`).
         process_group: the group to gather over; ``None`` means the default group.
+        gather_timeout: seconds to wait for the other ranks at the gather's header
+            exchange before raising ``TimeoutError``; ``None`` waits for the process
+            group's timeout (see :doc:`/scaling`).
 
     Example:
         >>> loss_fn = SigLipLoss(bias=-5.0)
@@ -539,6 +627,7 @@ class SigLipLoss(TwoTowerLoss):
         backend: str = "auto",
         gather_distributed: bool = False,
         process_group: torch.distributed.ProcessGroup | None = None,
+        gather_timeout: float | None = None,
     ) -> None:
         super().__init__(
             learnable=learnable,
@@ -547,19 +636,32 @@ class SigLipLoss(TwoTowerLoss):
             backend=backend,
             gather_distributed=gather_distributed,
             process_group=process_group,
+            gather_timeout=gather_timeout,
         )
         for name, value in (("logit_scale", logit_scale), ("bias", bias)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number; got {value!r}")
+        _check_log_scale(logit_scale)
+        for name, value in (("logit_scale", logit_scale), ("bias", bias)):
             self._scalar_state(name, value)
 
-    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """The loss of the pairs ``(image_emb[i], text_emb[i])``, both ``(B, D)``."""
-        return siglip_loss(
-            image_emb,
-            text_emb,
+    def forward(
+        self,
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        logit_scale: None = None,
+        logit_bias: None = None,
+    ) -> torch.Tensor:
+        """The loss of the pairs ``(image_emb[i], text_emb[i])``, both ``(B, D)``.
+
+        The module holds its own scale and bias; open_clip's ``logit_scale`` and
+        ``logit_bias`` arguments raise ``TypeError`` saying to call
+        :func:`~nodulebench.losses.functional.siglip_loss` with them instead.
+        """
+        _reject_open_clip_scale(type(self).__name__, logit_scale, logit_bias)
+        options = SigLipOptions(
             logit_scale=self.logit_scale,
             bias=self.bias,
             normalize=self.normalize,
@@ -567,7 +669,10 @@ class SigLipLoss(TwoTowerLoss):
             backend=self.backend,
             gather_distributed=self.gather_distributed,
             process_group=self.process_group,
+            gather_timeout=self.gather_timeout,
         )
+        # The held scale was checked when built: no per-call host synchronisation.
+        return _siglip(image_emb, text_emb, options, check_log_scale=False).loss
 
     def extra_repr(self) -> str:
         """The options, shown in ``repr``."""
