@@ -188,6 +188,7 @@ def render_hu(
     with_masks: bool = False,
     chunk_size: int = 128,
     window_hu: tuple[float, float] | None = None,
+    rescan: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Render a batch of patches in HU (or windowed to ``[0, 1]``).
 
@@ -202,6 +203,8 @@ def render_hu(
             the result.
         window_hu: when given, map ``[low, high]`` HU to ``[0, 1]`` (see :func:`window`)
             while each chunk is still in cache.
+        rescan: which acquisition of the same object: 0 is the default; ``k >= 1`` draws
+            independent acquisition noise (same factors, anatomy and shape noise).
 
     Returns:
         ``hu`` of shape ``(N, 1, S, S)`` float32 (windowed if asked), and ``None`` or a
@@ -217,13 +220,14 @@ def render_hu(
         with_masks=with_masks,
         chunk_size=chunk_size,
         window_hu=window_hu,
+        rescan=rescan,
     )
 
 
-#: ``(factors, seed, indices, S, with_masks, out)`` -> masks or None: renders one chunk's
-#: HU into ``out`` (``(n, S, S)`` or ``(n, S, S, S)``).
+#: ``(factors, seed, indices, S, with_masks, out, rescan)`` -> masks or None: renders one
+#: chunk's HU into ``out`` (``(n, S, S)`` or ``(n, S, S, S)``).
 ChunkRenderer = Callable[
-    [Mapping[str, torch.Tensor], int, torch.Tensor, int, bool, torch.Tensor],
+    [Mapping[str, torch.Tensor], int, torch.Tensor, int, bool, torch.Tensor, int],
     "dict[str, torch.Tensor] | None",
 ]
 
@@ -238,6 +242,7 @@ def render_in_chunks(
     with_masks: bool,
     chunk_size: int,
     window_hu: tuple[float, float] | None,
+    rescan: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Fill ``(N, 1, *spatial)`` outputs chunk by chunk with ``render_chunk``.
 
@@ -257,7 +262,7 @@ def render_in_chunks(
         sl = slice(start, min(n, start + step))
         part = {k: v[sl] for k, v in factors.items()}
         out = hu[sl, 0]
-        m = render_chunk(part, seed, indices[sl].to(dev), spatial[0], with_masks, out)
+        m = render_chunk(part, seed, indices[sl].to(dev), spatial[0], with_masks, out, rescan)
         if window_hu is not None:
             low, high = window_hu
             out.sub_(low).mul_(1.0 / (high - low)).clamp_(0.0, 1.0)
@@ -274,6 +279,7 @@ def _render_chunk(
     s: int,
     with_masks: bool,
     out: torch.Tensor,
+    rescan: int = 0,
 ) -> dict[str, torch.Tensor] | None:
     """Render ``(n, S, S)`` HU into ``out``; return the masks when asked."""
     dev = idx.device
@@ -366,6 +372,10 @@ def _render_chunk(
         alpha_calc = ramp(calc_sdf, pv[c]) * alpha_body[c]
         hu[c] += alpha_calc * (f32("calcification_hu")[c, None, None] - hu[c])
 
+    if rescan:  # a rescan keeps the texture (anatomy) and redraws the acquisition noise
+        white = rng.centered_halves(
+            rng.rescan_key(noise_key, rescan), (g * g + 2 * half_bins + 1) // 2, dt
+        )
     acquire(factors, hu, white[:, g * g : g * g + 2 * half_bins], pixel_mm, pad, out)
 
     masks = None

@@ -294,6 +294,7 @@ def render_volume_hu(
     with_masks: bool = False,
     chunk_size: int = 8,
     window_hu: tuple[float, float] | None = None,
+    rescan: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Render a batch of volumes in HU (or windowed to ``[0, 1]``).
 
@@ -306,6 +307,8 @@ def render_volume_hu(
         with_masks: also return the ground-truth masks.
         chunk_size: volumes rendered together on the CPU; does not change the result.
         window_hu: when given, map ``[low, high]`` HU to ``[0, 1]``.
+        rescan: which acquisition of the same object (0: the default; ``k >= 1``:
+            independent acquisition noise in every slice, same anatomy).
 
     Returns:
         ``(N, 1, S, S, S)`` float32 volumes (axes z, y, x; z upwards from slice 0), and
@@ -321,6 +324,7 @@ def render_volume_hu(
         with_masks=with_masks,
         chunk_size=chunk_size,
         window_hu=window_hu,
+        rescan=rescan,
     )
 
 
@@ -331,6 +335,7 @@ def _render_chunk(
     s: int,
     with_masks: bool,
     out: torch.Tensor,
+    rescan: int = 0,
 ) -> dict[str, torch.Tensor] | None:
     """Render ``(n, S, S, S)`` HU into ``out``; return the masks when asked."""
     dev, dt = idx.device, torch.float32
@@ -472,6 +477,10 @@ def _render_chunk(
 
     # --- acquisition: slice profile along z, then the 2-D acquisition of every slice
     hu = _slice_profile(hu, f32("slice_thickness_mm"), pixel_mm)
+    if rescan:  # a rescan keeps the texture (anatomy) and redraws the acquisition noise
+        count = (g * g + 2 * half_bins + 1) // 2
+        white = rng.centered_halves(rng.rescan_key(keys.reshape(-1), rescan), count, dt)
+        white = white.reshape(n, d, -1)
     acquire(
         rows,
         hu.reshape(n * d, s, s),
