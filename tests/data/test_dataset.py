@@ -234,8 +234,8 @@ def test_golden_images() -> None:
 
 GOLDEN_TABLE = "228ccdcb14e71e42"
 GOLDEN_LABELS = "96e16c8d9af5e73a"
-GOLDEN_MEANS = [-752.749, -830.251, -797.176]
-GOLDEN_CENTRES = [-369.098, -377.693, 38.141]
+GOLDEN_MEANS = [-752.096, -828.216, -796.884]
+GOLDEN_CENTRES = [-392.932, -366.921, 52.622]
 
 
 def test_materialize_and_reload(tmp_path) -> None:

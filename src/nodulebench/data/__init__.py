@@ -6,7 +6,7 @@ from .cache import CacheError
 from .dataset import CLASSES, SyntheticNodules
 from .distributions import ByCategory, Categorical, Fixed, LogUniform, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
-from .measure import Measurements, measure
+from .measure import Measurements, measure, noise_texture
 from .measure3d import VolumeMeasurements, measure_volume
 from .spec import (
     DEFAULT_MARGINALS,
@@ -42,4 +42,5 @@ __all__ = [
     "VolumeMeasurements",
     "measure",
     "measure_volume",
+    "noise_texture",
 ]
