@@ -89,20 +89,26 @@ class Site:
         kernel: its reconstruction kernel (a :data:`KERNELS` name).
         noise_hu: ``(low, high)`` noise standard deviation (its dose range).
         pixel_spacing_mm: ``(low, high)`` in-plane spacing of its protocol.
+        hu_offset: ``(low, high)`` calibration offset of its CT numbers, HU.
     """
 
     kernel: str
     noise_hu: tuple[float, float]
     pixel_spacing_mm: tuple[float, float]
+    hu_offset: tuple[float, float] = (-1.0, 1.0)
 
 
-#: The named scanners of the ``site`` factor. Scanner C runs a low-dose protocol.
+#: The named scanners of the ``site`` factor. A: smooth kernel at routine dose; B: standard
+#: kernel, routine dose; C: standard kernel at screening (low) dose; D: sharp lung kernel
+#: at screening dose, whose noise (50-110 HU) is that of
+#: lung-kernel reconstructions at low dose. Calibration offsets stay within the +-7 HU
+#: that the ACR CT accreditation program allows for water.
 SITES: MappingProxyType[str, Site] = MappingProxyType(
     {
-        "scanner_a": Site("smooth", (8.0, 18.0), (0.70, 0.80)),
-        "scanner_b": Site("standard", (12.0, 24.0), (0.62, 0.72)),
-        "scanner_c": Site("standard", (28.0, 40.0), (0.74, 0.86)),
-        "scanner_d": Site("sharp", (18.0, 30.0), (0.56, 0.66)),
+        "scanner_a": Site("smooth", (8.0, 18.0), (0.70, 0.80), (-4.0, -2.0)),
+        "scanner_b": Site("standard", (12.0, 24.0), (0.62, 0.72), (-1.0, 1.0)),
+        "scanner_c": Site("standard", (28.0, 45.0), (0.74, 0.86), (1.0, 3.0)),
+        "scanner_d": Site("sharp", (50.0, 110.0), (0.56, 0.66), (2.0, 5.0)),
     }
 )
 
@@ -337,6 +343,14 @@ _TABLE = (
         "Full width at half maximum of the slice sensitivity profile along z "
         "(volumes only: a 2-D image is a thin section).",
         "LIDC slice thickness is about 0.6-5 mm",
+    ),
+    _continuous(
+        "hu_offset",
+        "HU",
+        -10.0,
+        10.0,
+        "Calibration offset added to every CT number of the scan (a scanner property; "
+        "within +-7 HU for water under ACR accreditation).",
     ),
 )
 

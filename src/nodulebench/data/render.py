@@ -430,7 +430,8 @@ def acquire(
     cycles per mm (:func:`noise_power`), its standard deviation is ``noise_hu`` on the
     acquisition grid (``pixel_spacing_mm``), and it reaches the output grid by area
     averaging (band-limited), so its grain in mm is the same at every output size and a
-    coarser pixel, an average of finer ones, is less noisy. ``factors`` and ``pixel_mm``
+    coarser pixel, an average of finer ones, is less noisy. The scanner's calibration
+    offset ``hu_offset`` is added last. ``factors`` and ``pixel_mm``
     hold one row per slice; ``noise_white``: ``(R, 2 (S + 2 pad) (S / 2 + pad + 1))``
     centred uniforms.
     """
@@ -457,6 +458,7 @@ def acquire(
     w = torch.view_as_complex(noise_white.reshape(n, sp, sp // 2 + 1, 2))
     spectrum += w * amp
     out.copy_(torch.fft.irfft2(spectrum, s=(sp, sp), norm="ortho")[:, pad : pad + s, pad : pad + s])
+    out += f32("hu_offset")[:, None, None]  # the scanner's calibration
 
 
 def noise_power(kernel: str, frequency_per_mm: torch.Tensor) -> torch.Tensor:

@@ -96,6 +96,7 @@ DEFAULT_MARGINALS: Mapping[str, Distribution] = MappingProxyType(
             "site", {name: Uniform(*s.pixel_spacing_mm) for name, s in SITES.items()}
         ),
         "slice_thickness_mm": Uniform(0.6, 3.0),
+        "hu_offset": ByCategory("site", {name: Uniform(*s.hu_offset) for name, s in SITES.items()}),
     }
 )
 
