@@ -7,6 +7,7 @@ from .dataset import CLASSES, SyntheticNodules
 from .distributions import ByCategory, Categorical, Fixed, LogUniform, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
 from .measure import Measurements, measure, noise_texture
+from .visibility import spicule_cnr
 from .measure3d import VolumeMeasurements, measure_volume
 from .spec import (
     DEFAULT_MARGINALS,
@@ -43,4 +44,5 @@ __all__ = [
     "measure",
     "measure_volume",
     "noise_texture",
+    "spicule_cnr",
 ]
