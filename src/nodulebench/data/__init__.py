@@ -6,6 +6,7 @@ from .cache import CacheError
 from .dataset import CLASSES, SyntheticNodules
 from .distributions import ByCategory, Categorical, Fixed, LogUniform, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
+from .labels import BrockLabelRule
 from .measure import Measurements, measure, noise_texture
 from .measure3d import VolumeMeasurements, measure_volume
 from .spec import (
@@ -25,6 +26,7 @@ __all__ = [
     "FACTORS",
     "LUNG_WINDOW_HU",
     "TEST_DISTRIBUTIONS",
+    "BrockLabelRule",
     "ByCategory",
     "CacheError",
     "Categorical",
