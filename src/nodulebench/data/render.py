@@ -453,7 +453,11 @@ def acquire(
     blur_px = sigma_mm / pixel_mm
     spectrum *= torch.exp(freq2_px[None] * (-2 * math.pi**2 * blur_px**2)[:, None, None])
     # centred uniforms times sqrt(6): variance 1/2 per part, unit complex variance
-    amp = noise_amplitude(kernel, f32("pixel_spacing_mm"), s, sp)
+    # slices of a volume share their kernel and spacing: one spectrum per distinct pair
+    pairs, inverse = torch.unique(
+        torch.stack([kernel.to(dt), f32("pixel_spacing_mm")], 1), dim=0, return_inverse=True
+    )
+    amp = noise_amplitude(pairs[:, 0].long(), pairs[:, 1], s, sp)[inverse]
     amp *= (math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
     w = torch.view_as_complex(noise_white.reshape(n, sp, sp // 2 + 1, 2))
     spectrum += w * amp
