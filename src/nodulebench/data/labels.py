@@ -300,7 +300,7 @@ class BrockLabelRule(LogisticLabelRule):
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        """Factors the rule reads: diameter, texture and spiculation."""
+        """The factors the rule reads (diameter, texture and spiculation)."""
         return ("diameter_mm", "texture", "spiculation")
 
     def validate(self, argument: str) -> None:

@@ -32,9 +32,11 @@ Every factor the generator sets in physical units can be measured back:
   background pixels, ``noise_high_frequency = E[(x_i - x_(i+1))^2] / (2 var x)`` (one minus
   the lag-one autocorrelation: the power-weighted mean of ``2 sin^2(pi f)``, large for
   sharp kernels); ``kernel`` is the :data:`~nodulebench.data.factors.KERNELS` entry whose
-  noise power spectrum predicts the nearest value, and ``noise_hu`` follows from the
-  neighbour differences and that kernel's prediction (the smooth parenchymal texture adds
-  little to neighbour differences).
+  noise power spectrum (in cycles per mm, area-averaged to the image's pixel size)
+  predicts the nearest value, and ``noise_hu`` (the level on the acquisition grid, as the
+  factor) follows from the neighbour differences and that kernel's prediction (the smooth
+  parenchymal texture adds little to neighbour differences). This is a model-based read;
+  :func:`noise_texture` reads level and grain from the image alone.
 - ``site``: the :data:`~nodulebench.data.factors.SITES` bundle with the measured kernel
   whose noise and spacing ranges lie nearest to the measured noise and acquisition spacing
   (ranges scaled to unit width), as the default marginals bundle them.
