@@ -234,8 +234,8 @@ def test_golden_images() -> None:
 
 GOLDEN_TABLE = "69e15082a94d19f0"
 GOLDEN_LABELS = "96e16c8d9af5e73a"
-GOLDEN_MEANS = [-752.781, -826.679, -793.569]
-GOLDEN_CENTRES = [-393.618, -364.788, 37.619]
+GOLDEN_MEANS = [-748.21, -824.668, -793.569]
+GOLDEN_CENTRES = [-393.621, -364.788, 37.619]
 
 
 def test_materialize_and_reload(tmp_path) -> None:
