@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.data import noise_texture
+from nodulebench.data.factors import Kernel
+from nodulebench.data.render import noise_power
 from nodulebench.data.spec import Fixed
 
 NOISE_HU = 60.0
@@ -109,3 +111,28 @@ def test_noise_texture_names_bad_arguments(kwargs: dict[str, object], match: str
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         noise_texture(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"nps_peak_per_mm": 5.0, "psf_mm": 0.4}, ValueError, "nps_peak_per_mm"),
+        ({"nps_peak_per_mm": 0.3, "psf_mm": 0.0}, ValueError, "psf_mm"),
+        ({"nps_peak_per_mm": "0.3", "psf_mm": 0.4}, TypeError, "nps_peak_per_mm"),
+    ],
+)
+def test_kernels_outside_the_physical_range_are_named(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Kernel(**kwargs)  # type: ignore[arg-type]
+
+
+def test_unknown_kernels_and_noise_levels_are_named() -> None:
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        noise_power("lung", torch.linspace(0, 1, 5))
+    ds = SyntheticNodules(SPEC, n=4, seed=0)
+    with pytest.raises(ValueError, match=r"overrides\['noise_hu'\]"):
+        ds.render([0], overrides={"noise_hu": 400.0})
+    with pytest.raises(ValueError, match=r"overrides\['kernel'\]"):
+        ds.render([0], overrides={"kernel": "lung"})

@@ -62,6 +62,18 @@ class Kernel:
     nps_peak_per_mm: float
     psf_mm: float
 
+    def __post_init__(self) -> None:
+        # CT noise power peaks between about 0.05 and 1.5 cycles/mm (Nyquist of a 0.33 mm
+        # pixel) and kernels blur by a few tenths of a millimetre to about 2 mm
+        for name, low, high in (("nps_peak_per_mm", 0.05, 1.5), ("psf_mm", 0.05, 2.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number; got {type(value).__name__}")
+            if not low <= value <= high:
+                raise ValueError(
+                    f"{name} must lie in [{low}, {high}] (a physical CT kernel); got {value!r}"
+                )
+
     @property
     def mtf50_per_mm(self) -> float:
         """Frequency (cycles per mm) where the kernel's Gaussian MTF falls to one half."""
