@@ -134,8 +134,11 @@ def test_test_distributions() -> None:
     assert bool((y_ho == 1).all()) and float(f_ho["diameter_mm"].max()) <= 12.5
     # covariate shift: acquisition moved, the rest unchanged
     f_cov, _ = sample_factors(tests["covariate"], 300, 1)
-    assert float(f_cov["noise_hu"].min()) >= 40.0
-    assert float(f_cov["pixel_spacing_mm"].min()) >= 0.85
+    f_train, _ = sample_factors(train, 300, 1)
+    # each site's noise 15 % higher (same exogenous noise), spacing coarser, more blur
+    torch.testing.assert_close(f_cov["noise_hu"], 1.15 * f_train["noise_hu"], rtol=1e-4, atol=0)
+    assert float(f_cov["pixel_spacing_mm"].min()) >= 0.8
+    assert float(f_cov["blur_mm"].min()) >= 0.6
     assert tests["covariate"].marginals["diameter_mm"] == train.marginals["diameter_mm"]
     del f_rev
 

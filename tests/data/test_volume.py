@@ -15,7 +15,7 @@ from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.data import Fixed, measure_volume, rng
 from nodulebench.data.render import MASK_NAMES
 
-REFERENCE = Path(__file__).with_name("reference_2d_v2.npz")
+REFERENCE = Path(__file__).with_name("reference_2d_v3.npz")
 # every context, calcification pattern and texture in twelve samples
 CONTEXT = {
     "location": torch.tensor([0, 1, 2] * 4),
@@ -26,9 +26,9 @@ CONTEXT = {
 }
 
 
-def test_2d_images_are_those_of_the_v2_renderer() -> None:
-    # the pieces the volume sampler shares were factored out of the 2-D renderer; the
-    # reference was rendered by the 2-D renderer before that
+def test_2d_images_are_those_of_the_v3_renderer() -> None:
+    # a pinned render of every context, pattern and texture (regenerate deliberately with
+    # tests/data/regenerate_goldens.py and say why in CHANGELOG.md)
     ref = np.load(REFERENCE)
     ds = SyntheticNodules(n=64, seed=7, image_size=32, output="hu")
     hu, masks = ds.render(range(12), return_masks=True, overrides=CONTEXT)

@@ -6,7 +6,8 @@ from .cache import CacheError
 from .dataset import CLASSES, SyntheticNodules
 from .distributions import ByCategory, Categorical, Fixed, LogUniform, Split, Uniform
 from .factors import FACTORS, LUNG_WINDOW_HU, Factor
-from .measure import Measurements, measure
+from .labels import BrockLabelRule
+from .measure import Measurements, measure, noise_texture
 from .measure3d import VolumeMeasurements, measure_volume
 from .spec import (
     DEFAULT_MARGINALS,
@@ -17,6 +18,7 @@ from .spec import (
     NoduleSpec,
     Shortcut,
 )
+from .visibility import spicule_cnr
 
 __all__ = [
     "CLASSES",
@@ -24,6 +26,7 @@ __all__ = [
     "FACTORS",
     "LUNG_WINDOW_HU",
     "TEST_DISTRIBUTIONS",
+    "BrockLabelRule",
     "ByCategory",
     "CacheError",
     "Categorical",
@@ -42,4 +45,6 @@ __all__ = [
     "VolumeMeasurements",
     "measure",
     "measure_volume",
+    "noise_texture",
+    "spicule_cnr",
 ]

@@ -390,6 +390,8 @@ class SyntheticNodules(Dataset[Any]):
         return_masks: bool = False,
         overrides: Mapping[str, Override] | None = None,
         return_factors: bool = False,
+        *,
+        rescan: int = 0,
     ) -> Any:
         """Render a batch of samples at once (the fast path).
 
@@ -405,6 +407,13 @@ class SyntheticNodules(Dataset[Any]):
                 ``ds.spec.rule_labels(factors)`` for counterfactual labels.
             return_factors: also return the factor values actually rendered (after the
                 overrides and what they re-derived), on CPU.
+            rescan: which acquisition of each sample, ``>= 0``. ``0`` is the sample itself
+                (what ``ds[i]`` returns); ``k >= 1`` scans the same object again: the same
+                factors, anatomy, shape noise and masks, with acquisition noise drawn
+                independently (from the counter-based RNG with ``k`` mixed into the key), so
+                a rescan is a pure function of ``(spec, seed, index, rescan)``. The
+                difference of two rescans has twice the noise variance. A cache holds
+                rescan 0 only; other rescans are rendered.
 
         Returns:
             ``(N, 1, H, W)`` float32 images (``(N, 1, D, H, W)`` volumes with
@@ -415,13 +424,14 @@ class SyntheticNodules(Dataset[Any]):
             dict of ``(N,)`` tensors; in that order, as a tuple.
         """
         idx = self._indices(indices)
+        rescan = check_int("rescan", rescan, 0, 2**31 - 1)
         dev = _target_device(device)
         batch, _ = self._rows(idx)
         if overrides:
             changed = self._override_values(overrides, idx.numel())
             batch.update(changed)
             derive_children(self.spec, self.seed, idx, batch, set(changed))
-        if self._cached is not None and not overrides and not return_masks:
+        if self._cached is not None and not overrides and not return_masks and rescan == 0:
             images = torch.from_numpy(self._cached[idx.numpy()]).to(dev)
             return (images, batch) if return_factors else images
         on_device = {name: v.to(dev) for name, v in batch.items()}
@@ -435,6 +445,7 @@ class SyntheticNodules(Dataset[Any]):
                 self.image_size,
                 with_masks=return_masks,
                 window_hu=LUNG_WINDOW_HU if self.output == "window" else None,
+                rescan=rescan,
             )
         out: tuple[Any, ...] = (images,)
         if return_masks and masks is not None:

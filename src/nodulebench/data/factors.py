@@ -7,6 +7,7 @@ for sources and the LIDC 1-5 correspondences). Every factor is either ``continuo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -47,25 +48,47 @@ REFERENCE_PATCH_PIXELS: int = 64
 
 @dataclass(frozen=True)
 class Kernel:
-    """A reconstruction kernel: its noise texture and its resolution.
+    """A reconstruction kernel: its noise texture and its resolution, in millimetres.
 
     Attributes:
-        noise_peak: where the noise power spectrum ``f exp(-(f / f0)^2)`` peaks, ``f0`` in
-            cycles per acquisition pixel (smooth kernels give coarse, blotchy noise).
-        psf_pixels: standard deviation of the kernel's own Gaussian point-spread function in
-            acquisition pixels, added in quadrature to ``blur_mm``.
+        nps_peak_per_mm: where the noise power spectrum ``f exp(-(f / f0)^2)`` peaks,
+            ``f0 / sqrt(2)``, in cycles per mm (smooth kernels give coarse, blotchy noise;
+            sharp lung kernels a fine grain). The same in mm at every pixel size.
+        psf_mm: standard deviation in mm of the kernel's own Gaussian point-spread function,
+            added in quadrature to ``blur_mm``; ``0.1874 / psf_mm`` is the kernel's MTF50 in
+            cycles per mm.
     """
 
-    noise_peak: float
-    psf_pixels: float
+    nps_peak_per_mm: float
+    psf_mm: float
+
+    def __post_init__(self) -> None:
+        # CT noise power peaks between about 0.05 and 1.5 cycles/mm (Nyquist of a 0.33 mm
+        # pixel) and kernels blur by a few tenths of a millimetre to about 2 mm
+        for name, low, high in (("nps_peak_per_mm", 0.05, 1.5), ("psf_mm", 0.05, 2.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number; got {type(value).__name__}")
+            if not low <= value <= high:
+                raise ValueError(
+                    f"{name} must lie in [{low}, {high}] (a physical CT kernel); got {value!r}"
+                )
+
+    @property
+    def mtf50_per_mm(self) -> float:
+        """Frequency (cycles per mm) where the kernel's Gaussian MTF falls to one half."""
+        return math.sqrt(math.log(2.0) / 2.0) / (math.pi * self.psf_mm)
 
 
-#: Reconstruction kernels by name (the ``kernel`` factor's categories, in order).
+#: Reconstruction kernels by name (the ``kernel`` factor's categories, in order). NPS peaks
+#: and MTF50 (0.35, 0.45 and 0.75 cycles/mm) lie within what phantom measurements of
+#: clinical filtered-back-projection kernels report (soft tissue to lung; Solomon et al.,
+#: Med. Phys. 39:4119, 2012; Friedman et al., Med. Phys. 40:051907, 2013).
 KERNELS: MappingProxyType[str, Kernel] = MappingProxyType(
     {
-        "smooth": Kernel(0.14, 0.6),
-        "standard": Kernel(0.24, 0.4),
-        "sharp": Kernel(0.38, 0.2),
+        "smooth": Kernel(0.20, 0.54),
+        "standard": Kernel(0.30, 0.42),
+        "sharp": Kernel(0.60, 0.25),
     }
 )
 
@@ -78,20 +101,26 @@ class Site:
         kernel: its reconstruction kernel (a :data:`KERNELS` name).
         noise_hu: ``(low, high)`` noise standard deviation (its dose range).
         pixel_spacing_mm: ``(low, high)`` in-plane spacing of its protocol.
+        hu_offset: ``(low, high)`` calibration offset of its CT numbers, HU.
     """
 
     kernel: str
     noise_hu: tuple[float, float]
     pixel_spacing_mm: tuple[float, float]
+    hu_offset: tuple[float, float] = (-1.0, 1.0)
 
 
-#: The named scanners of the ``site`` factor. Scanner C runs a low-dose protocol.
+#: The named scanners of the ``site`` factor. A: smooth kernel at routine dose; B: standard
+#: kernel, routine dose; C: standard kernel at screening (low) dose; D: sharp lung kernel
+#: at screening dose, whose noise (50-110 HU) is that of
+#: lung-kernel reconstructions at low dose. Calibration offsets stay within the +-7 HU
+#: that the ACR CT accreditation program allows for water.
 SITES: MappingProxyType[str, Site] = MappingProxyType(
     {
-        "scanner_a": Site("smooth", (8.0, 18.0), (0.70, 0.80)),
-        "scanner_b": Site("standard", (12.0, 24.0), (0.62, 0.72)),
-        "scanner_c": Site("standard", (28.0, 40.0), (0.74, 0.86)),
-        "scanner_d": Site("sharp", (18.0, 30.0), (0.56, 0.66)),
+        "scanner_a": Site("smooth", (8.0, 18.0), (0.70, 0.80), (-4.0, -2.0)),
+        "scanner_b": Site("standard", (12.0, 24.0), (0.62, 0.72), (-1.0, 1.0)),
+        "scanner_c": Site("standard", (28.0, 45.0), (0.74, 0.86), (1.0, 3.0)),
+        "scanner_d": Site("sharp", (50.0, 110.0), (0.56, 0.66), (2.0, 5.0)),
     }
 )
 
@@ -326,6 +355,14 @@ _TABLE = (
         "Full width at half maximum of the slice sensitivity profile along z "
         "(volumes only: a 2-D image is a thin section).",
         "LIDC slice thickness is about 0.6-5 mm",
+    ),
+    _continuous(
+        "hu_offset",
+        "HU",
+        -10.0,
+        10.0,
+        "Calibration offset added to every CT number of the scan (a scanner property; "
+        "within +-7 HU for water under ACR accreditation).",
     ),
 )
 

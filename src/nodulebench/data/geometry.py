@@ -62,6 +62,7 @@ SHAPE_SLOTS: tuple[tuple[str, int], ...] = (
     ("vessels", 6 * MAX_VESSELS),
     ("pleura", 2),
     ("fissure", 2),
+    ("vessel_dots", 5 * MAX_VESSELS),  # appended last: every earlier number is unchanged
 )
 _OFFSETS: dict[str, tuple[int, int]] = {}
 _start = 0

@@ -32,9 +32,11 @@ Every factor the generator sets in physical units can be measured back:
   background pixels, ``noise_high_frequency = E[(x_i - x_(i+1))^2] / (2 var x)`` (one minus
   the lag-one autocorrelation: the power-weighted mean of ``2 sin^2(pi f)``, large for
   sharp kernels); ``kernel`` is the :data:`~nodulebench.data.factors.KERNELS` entry whose
-  noise power spectrum predicts the nearest value, and ``noise_hu`` follows from the
-  neighbour differences and that kernel's prediction (the smooth parenchymal texture adds
-  little to neighbour differences).
+  noise power spectrum (in cycles per mm, area-averaged to the image's pixel size)
+  predicts the nearest value, and ``noise_hu`` (the level on the acquisition grid, as the
+  factor) follows from the neighbour differences and that kernel's prediction (the smooth
+  parenchymal texture adds little to neighbour differences). This is a model-based read;
+  :func:`noise_texture` reads level and grain from the image alone.
 - ``site``: the :data:`~nodulebench.data.factors.SITES` bundle with the measured kernel
   whose noise and spacing ranges lie nearest to the measured noise and acquisition spacing
   (ranges scaled to unit width), as the default marginals bundle them.
@@ -46,7 +48,6 @@ pixels), ``fissure_hu``, ``noise_hu`` and ``noise_spectral_ratio`` are ``NaN`` a
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,8 +58,9 @@ import torch.nn.functional as F
 
 from .._validation import check_choice, check_ndim
 from .factors import KERNELS, LUNG_WINDOW_HU, REFERENCE_PATCH_PIXELS, SITES
+from .render import noise_amplitude
 
-__all__ = ["FISSURE_THRESHOLD_HU", "Measurements", "measure"]
+__all__ = ["FISSURE_THRESHOLD_HU", "Measurements", "measure", "noise_texture"]
 
 #: A background line brighter than this (mean excess HU) is measured as a fissure.
 FISSURE_THRESHOLD_HU: float = 90.0
@@ -301,19 +303,34 @@ def _brightest_line(
     return torch.where(counts.amax(1) >= min(h, w) / 3, best, math.nan)
 
 
-@functools.lru_cache(maxsize=16)
-def _kernel_differences(size: int) -> torch.Tensor:
-    """``(kernels, 2)`` variance of first and second differences of unit-std kernel noise."""
-    f = torch.fft.fftfreq(size, dtype=torch.float64)
-    f2 = f[:, None] ** 2 + f[None, :] ** 2
-    first = 4 * torch.sin(math.pi * f[None, :]) ** 2  # |1 - e^(2 pi i f)|^2
+def _kernel_differences(size: int, spacing: torch.Tensor) -> torch.Tensor:
+    """``(N, kernels, 3)`` first- and second-difference variance of each kernel's noise.
+
+    Noise of unit standard deviation on the acquisition grid (spacing ``spacing``, ``(N,)``
+    mm) seen on the ``size``-pixel image: the kernels' documented spectra in cycles per mm
+    (:func:`~nodulebench.data.render.noise_power`) after area averaging. The first two
+    entries are per unit image variance; the third is the image variance itself.
+    """
+    fx = torch.fft.rfftfreq(size, dtype=torch.float64)
+    weight = torch.full((fx.numel(),), 2.0, dtype=torch.float64)  # Hermitian half
+    weight[0] = 1.0
+    if size % 2 == 0:
+        weight[-1] = 1.0
+    first = 4 * torch.sin(math.pi * fx)[None, :] ** 2 * torch.ones(size, 1, dtype=torch.float64)
     out = []
-    for kernel in KERNELS.values():
-        f0 = kernel.noise_peak * size / REFERENCE_PATCH_PIXELS
-        power = torch.sqrt(f2) * torch.exp(-f2 / f0**2)
-        power = power / power.sum()
-        out.append(torch.stack([(power * first).sum(), (power * first**2).sum()]))
-    return torch.stack(out)
+    for code in range(len(KERNELS)):
+        kernel = torch.full(spacing.shape, code, dtype=torch.int64)
+        amp = noise_amplitude(kernel, spacing.float().cpu(), size, size).double()
+        power = amp**2 * weight
+        total = power.sum((1, 2))
+        power = power / total[:, None, None]
+        out.append(
+            torch.stack(
+                [(power * first).sum((1, 2)), (power * first**2).sum((1, 2)), total / size**2],
+                -1,
+            )
+        )
+    return torch.stack(out, 1)
 
 
 def _acquisition(
@@ -333,9 +350,12 @@ def _acquisition(
         )
     d1, d2 = first[0] / first[1], second[0] / second[1]
     ratio = d2 / d1
-    predicted = _kernel_differences(hu.shape[-1]).to(hu.device)
-    kernel = (ratio[:, None] - (predicted[:, 1] / predicted[:, 0])[None]).abs().argmin(1)
-    noise = torch.sqrt(d2 / predicted[kernel, 1])
+    predicted = _kernel_differences(hu.shape[-1], spacing).to(hu.device)
+    kernel = (ratio[:, None] - predicted[:, :, 1] / predicted[:, :, 0]).abs().argmin(1)
+    rows = torch.arange(kernel.numel(), device=hu.device)
+    # the image's noise std from the second differences, then the acquisition's (binned
+    # pixels are quieter than the acquisition's by a known factor)
+    noise = torch.sqrt(d2 / predicted[rows, kernel, 1] / predicted[rows, kernel, 2])
     names = list(KERNELS)
     far = torch.tensor(math.inf, dtype=torch.float64, device=hu.device)
     cost = []
@@ -347,3 +367,93 @@ def _acquisition(
     site_code = torch.stack(cost, 1).argmin(1)
     unknown = ratio.isnan()  # no neighbouring background pixels
     return (noise, ratio, kernel.masked_fill(unknown, -1), site_code.masked_fill(unknown, -1))
+
+
+def noise_texture(
+    noise: torch.Tensor,
+    pixel_mm: float | torch.Tensor,
+    region: torch.Tensor | None = None,
+    *,
+    max_lag: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Level and grain of noise, read from the images alone (their autocorrelation).
+
+    The standard deviation over ``region``, and the grain as the autocorrelation
+    half-length: the lag, in mm, at which the in-plane autocorrelation (mean of the x and y
+    directions, pairs inside ``region`` only) first falls to one half, interpolated
+    linearly between whole-pixel lags. It uses no model of the renderer, so it checks the
+    renderer: a noise field with a fixed grain in mm gives the same half-length at every
+    pixel size, down to about half a pixel (a field averaged into pixels coarser than its
+    grain cannot look finer than them).
+
+    A noise field can come from the images themselves, e.g. two rescans:
+    ``(ds.render(i, rescan=1) - ds.render(i, rescan=2)) / 2 ** 0.5``, or a region of
+    uniform tissue.
+
+    Args:
+        noise: ``(N, 1, H, W)`` images or ``(N, 1, D, H, W)`` volumes, in HU (slices of a
+            volume are pooled: the grain is in-plane).
+        pixel_mm: in-plane pixel size in mm, a float or an ``(N,)`` tensor.
+        region: bool mask shaped like ``noise`` (default: everything).
+        max_lag: the largest lag in pixels searched, ``>= 1`` and under the image size
+            (default: 16, or one less than the image size if that is smaller).
+
+    Returns:
+        ``(std_hu, half_length_mm)``, each ``(N,)`` float64; ``half_length_mm`` is ``NaN``
+        where the autocorrelation stays above one half up to ``max_lag``.
+
+    Raises:
+        ValueError: ``noise`` is not 4-D or 5-D with one channel, ``region`` has another
+            shape, ``pixel_mm`` is not positive, or ``max_lag`` is out of range.
+
+    Example:
+        >>> field = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+        >>> std, grain = noise_texture(field, 0.7)
+        >>> bool((std - 1).abs().max() < 0.1), bool((grain < 0.7).all())
+        (True, True)
+    """
+    if noise.ndim not in (4, 5) or noise.shape[1] != 1:
+        raise ValueError(
+            f"noise must be (N, 1, H, W) or (N, 1, D, H, W); got shape {tuple(noise.shape)}"
+        )
+    h, w = noise.shape[-2:]
+    if max_lag is None:
+        max_lag = min(16, min(h, w) - 1)
+    if isinstance(max_lag, bool) or not isinstance(max_lag, int) or not 1 <= max_lag < min(h, w):
+        raise ValueError(f"max_lag must be an int in [1, {min(h, w) - 1}]; got {max_lag!r}")
+    if region is None:
+        region = torch.ones_like(noise, dtype=torch.bool)
+    if region.shape != noise.shape or region.dtype != torch.bool:
+        raise ValueError(
+            f"region must be a bool mask of shape {tuple(noise.shape)}; got "
+            f"{region.dtype} of shape {tuple(region.shape)}"
+        )
+    n = noise.shape[0]
+    pixel = torch.as_tensor(pixel_mm, dtype=torch.float64, device=noise.device).flatten()
+    if pixel.numel() == 1:
+        pixel = pixel.expand(n)
+    if pixel.shape != (n,) or not bool((pixel > 0).all()):
+        raise ValueError(f"pixel_mm must be a positive float or ({n},) tensor; got {pixel_mm!r}")
+    x = noise.double().reshape(n, -1, h, w)
+    m = region.reshape(n, -1, h, w).double()
+    count = m.sum((1, 2, 3))
+    mean = (x * m).sum((1, 2, 3)) / count
+    x = (x - mean[:, None, None, None]) * m
+    variance = (x * x).sum((1, 2, 3)) / count
+    acf = [torch.ones_like(variance)]
+    for lag in range(1, max_lag + 1):
+        pairs = (x[..., lag:] * x[..., :-lag]).sum((1, 2, 3)) + (
+            x[..., lag:, :] * x[..., :-lag, :]
+        ).sum((1, 2, 3))
+        both = (m[..., lag:] * m[..., :-lag]).sum((1, 2, 3)) + (
+            m[..., lag:, :] * m[..., :-lag, :]
+        ).sum((1, 2, 3))
+        acf.append(pairs / both / variance)
+    curve = torch.stack(acf, 1)  # (N, max_lag + 1)
+    below = curve < 0.5
+    first = below.long().argmax(1).clamp(min=1)
+    rows = torch.arange(n, device=noise.device)
+    upper, lower = curve[rows, first - 1], curve[rows, first]
+    lag_px = (first - 1) + (upper - 0.5) / (upper - lower)
+    half = torch.where(below.any(1), lag_px * pixel, torch.full_like(lag_px, math.nan))
+    return torch.sqrt(variance), half

@@ -188,6 +188,7 @@ def render_hu(
     with_masks: bool = False,
     chunk_size: int = 128,
     window_hu: tuple[float, float] | None = None,
+    rescan: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Render a batch of patches in HU (or windowed to ``[0, 1]``).
 
@@ -202,6 +203,8 @@ def render_hu(
             the result.
         window_hu: when given, map ``[low, high]`` HU to ``[0, 1]`` (see :func:`window`)
             while each chunk is still in cache.
+        rescan: which acquisition of the same object: 0 is the default; ``k >= 1`` draws
+            independent acquisition noise (same factors, anatomy and shape noise).
 
     Returns:
         ``hu`` of shape ``(N, 1, S, S)`` float32 (windowed if asked), and ``None`` or a
@@ -217,13 +220,14 @@ def render_hu(
         with_masks=with_masks,
         chunk_size=chunk_size,
         window_hu=window_hu,
+        rescan=rescan,
     )
 
 
-#: ``(factors, seed, indices, S, with_masks, out)`` -> masks or None: renders one chunk's
-#: HU into ``out`` (``(n, S, S)`` or ``(n, S, S, S)``).
+#: ``(factors, seed, indices, S, with_masks, out, rescan)`` -> masks or None: renders one
+#: chunk's HU into ``out`` (``(n, S, S)`` or ``(n, S, S, S)``).
 ChunkRenderer = Callable[
-    [Mapping[str, torch.Tensor], int, torch.Tensor, int, bool, torch.Tensor],
+    [Mapping[str, torch.Tensor], int, torch.Tensor, int, bool, torch.Tensor, int],
     "dict[str, torch.Tensor] | None",
 ]
 
@@ -238,6 +242,7 @@ def render_in_chunks(
     with_masks: bool,
     chunk_size: int,
     window_hu: tuple[float, float] | None,
+    rescan: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Fill ``(N, 1, *spatial)`` outputs chunk by chunk with ``render_chunk``.
 
@@ -257,7 +262,7 @@ def render_in_chunks(
         sl = slice(start, min(n, start + step))
         part = {k: v[sl] for k, v in factors.items()}
         out = hu[sl, 0]
-        m = render_chunk(part, seed, indices[sl].to(dev), spatial[0], with_masks, out)
+        m = render_chunk(part, seed, indices[sl].to(dev), spatial[0], with_masks, out, rescan)
         if window_hu is not None:
             low, high = window_hu
             out.sub_(low).mul_(1.0 / (high - low)).clamp_(0.0, 1.0)
@@ -274,6 +279,7 @@ def _render_chunk(
     s: int,
     with_masks: bool,
     out: torch.Tensor,
+    rescan: int = 0,
 ) -> dict[str, torch.Tensor] | None:
     """Render ``(n, S, S)`` HU into ``out``; return the masks when asked."""
     dev = idx.device
@@ -366,6 +372,10 @@ def _render_chunk(
         alpha_calc = ramp(calc_sdf, pv[c]) * alpha_body[c]
         hu[c] += alpha_calc * (f32("calcification_hu")[c, None, None] - hu[c])
 
+    if rescan:  # a rescan keeps the texture (anatomy) and redraws the acquisition noise
+        white = rng.centered_halves(
+            rng.rescan_key(noise_key, rescan), (g * g + 2 * half_bins + 1) // 2, dt
+        )
     acquire(factors, hu, white[:, g * g : g * g + 2 * half_bins], pixel_mm, pad, out)
 
     masks = None
@@ -414,10 +424,16 @@ def acquire(
 ) -> None:
     """In-plane acquisition of ``(R, S, S)`` HU slices into ``out``: PSF and noise, one FFT pair.
 
-    The Gaussian point-spread function (``blur_mm`` and the kernel's own, in quadrature)
-    and noise of std ``noise_hu`` with the kernel's noise power spectrum, on a grid
-    replicate-padded by ``pad`` pixels. ``factors`` and ``pixel_mm`` hold one row per slice;
-    ``noise_white``: ``(R, 2 (S + 2 pad) (S / 2 + pad + 1))`` centred uniforms.
+    The Gaussian point-spread function (``blur_mm`` and the kernel's own ``psf_mm``, in
+    quadrature) and noise with the kernel's noise power spectrum, on a grid replicate-padded
+    by ``pad`` pixels. The noise is a field of the *acquisition*: its spectrum is fixed in
+    cycles per mm (:func:`noise_power`), its standard deviation is ``noise_hu`` on the
+    acquisition grid (``pixel_spacing_mm``), and it reaches the output grid by area
+    averaging (band-limited), so its grain in mm is the same at every output size and a
+    coarser pixel, an average of finer ones, is less noisy. The scanner's calibration
+    offset ``hu_offset`` is added last. ``factors`` and ``pixel_mm``
+    hold one row per slice; ``noise_white``: ``(R, 2 (S + 2 pad) (S / 2 + pad + 1))``
+    centred uniforms.
     """
     dev, dt = hu.device, hu.dtype
     n, s = hu.shape[0], hu.shape[-1]
@@ -427,8 +443,8 @@ def acquire(
     def f32(name: str) -> torch.Tensor:
         return factors[name].to(dt)
 
-    psf_px = torch.tensor([k.psf_pixels for k in KERNELS.values()], device=dev, dtype=dt)
-    sigma_mm = torch.sqrt(f32("blur_mm") ** 2 + (psf_px[kernel] * f32("pixel_spacing_mm")) ** 2)
+    psf_mm = torch.tensor([k.psf_mm for k in KERNELS.values()], device=dev, dtype=dt)
+    sigma_mm = torch.sqrt(f32("blur_mm") ** 2 + psf_mm[kernel] ** 2)
     fy = torch.fft.fftfreq(sp, device=dev, dtype=dt)[:, None]
     fx = torch.fft.rfftfreq(sp, device=dev, dtype=dt)[None, :]
     freq2_px = fy**2 + fx**2  # (cycles / output pixel)^2
@@ -437,31 +453,119 @@ def acquire(
     blur_px = sigma_mm / pixel_mm
     spectrum *= torch.exp(freq2_px[None] * (-2 * math.pi**2 * blur_px**2)[:, None, None])
     # centred uniforms times sqrt(6): variance 1/2 per part, unit complex variance
-    amp = (
-        _noise_amplitude(sp, s, str(dev))[kernel]
-        * (math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
+    # slices of a volume share their kernel and spacing: one spectrum per distinct pair
+    pairs, inverse = torch.unique(
+        torch.stack([kernel.to(dt), f32("pixel_spacing_mm")], 1), dim=0, return_inverse=True
     )
+    amp = noise_amplitude(pairs[:, 0].long(), pairs[:, 1], s, sp)[inverse]
+    amp *= (math.sqrt(6.0) * f32("noise_hu"))[:, None, None]
     w = torch.view_as_complex(noise_white.reshape(n, sp, sp // 2 + 1, 2))
     spectrum += w * amp
     out.copy_(torch.fft.irfft2(spectrum, s=(sp, sp), norm="ortho")[:, pad : pad + s, pad : pad + s])
+    out += f32("hu_offset")[:, None, None]  # the scanner's calibration
+
+
+def noise_power(kernel: str, frequency_per_mm: torch.Tensor) -> torch.Tensor:
+    """The radial shape ``f exp(-(f / f0)^2)`` of a kernel's noise power spectrum.
+
+    Args:
+        kernel: a :data:`~nodulebench.data.factors.KERNELS` name.
+        frequency_per_mm: radial frequencies ``f`` in cycles per mm, any shape.
+
+    Returns:
+        The unnormalised power at each frequency (peak ``f0 / sqrt(2)`` =
+        ``nps_peak_per_mm``); the renderer scales it to ``noise_hu`` on the acquisition grid.
+
+    Raises:
+        ValueError: an unknown kernel name.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {tuple(KERNELS)}; got {kernel!r}")
+    f0 = math.sqrt(2.0) * KERNELS[kernel].nps_peak_per_mm
+    f = frequency_per_mm
+    return f * torch.exp(-((f / f0) ** 2))
+
+
+def noise_amplitude(
+    kernel: torch.Tensor, acquisition_mm: torch.Tensor, s: int, size: int
+) -> torch.Tensor:
+    """``(N, size, size // 2 + 1)`` half-spectrum amplitude of each sample's noise.
+
+    The kernel's power spectrum (:func:`noise_power`, in cycles per mm) on the acquisition
+    grid of spacing ``acquisition_mm``, normalised there to unit variance, then brought to
+    the ``s``-pixel output grid (pixels ``k = 64 / s`` acquisition pixels wide) by area
+    averaging: the transfer ``sinc(k f) / sinc(f)`` per axis (``f`` in cycles per
+    acquisition pixel; the exact mean of ``k x k`` pixels for integer ``k``), with the
+    power above the output grid's Nyquist frequency folded back (aliased) as sampling folds
+    it. A finer output grid interpolates: nothing above the acquisition's Nyquist
+    frequency. ``size`` is the padded FFT grid.
+    """
+    dev = acquisition_mm.device
+    grid = _acquisition_grid(size, s, str(dev))  # (aliases, 2, size, size // 2 + 1)
+    peaks = torch.tensor([k.nps_peak_per_mm for k in KERNELS.values()], device=dev)
+    f0 = math.sqrt(2.0) * peaks[kernel] * acquisition_mm  # cycles per acquisition pixel
+    scale = (torch.rsqrt(_band_variance(f0)) * (s / REFERENCE_PATCH_PIXELS))[:, None, None]
+    inv = (-1.0 / f0**2)[:, None, None]
+    if grid.shape[0] == 1:  # no aliasing: the amplitude factorises, one exp per bin
+        return grid[0, 1][None] * torch.exp((0.5 * grid[0, 0] ** 2)[None] * inv) * scale
+    power = torch.zeros(kernel.shape[0], *grid.shape[2:], device=dev)
+    for alias in grid:
+        power += alias[1][None] * torch.exp((alias[0] ** 2)[None] * inv)
+    return torch.sqrt(power) * scale
 
 
 @functools.lru_cache(maxsize=32)
-def _noise_amplitude(size: int, s: int, device: str) -> torch.Tensor:
-    """``(kernels, size, size // 2 + 1)`` amplitude of unit-std CT-like noise, half spectrum.
+def _acquisition_grid(size: int, s: int, device: str) -> torch.Tensor:
+    """``(A, 2, size, size // 2 + 1)`` frequencies and weights of each alias.
 
-    ``size`` is the (padded) FFT grid, ``s`` the output size. The noise power spectrum of
-    each kernel is ``f exp(-(f / f0)^2)`` with ``f0`` in cycles per *acquisition* pixel
-    (:data:`~nodulebench.data.factors.KERNELS`), so the grain follows the acquisition
-    spacing whatever the output size. Normalised on the full frequency grid so that the
-    image-domain standard deviation is 1 (``norm="ortho"``).
+    Per alias: the radial frequency in cycles per acquisition pixel and the weight
+    ``f |H(f)|^2`` inside the acquisition band (0 outside) of the area-averaging transfer;
+    without aliasing (``A = 1``) the weight is ``sqrt(f) |H(f)|``.
     """
-    full = torch.fft.fftfreq(size, dtype=torch.float64)
-    full2 = full[:, None] ** 2 + full[None, :] ** 2
-    half2 = full2[:, : size // 2 + 1]
+    ratio = REFERENCE_PATCH_PIXELS / s  # output pixel in acquisition pixels
+    fy = torch.fft.fftfreq(size, dtype=torch.float64)[:, None] / ratio
+    fx = torch.fft.rfftfreq(size, dtype=torch.float64)[None, :] / ratio
+    if ratio <= 1:
+        f = torch.sqrt(fy**2 + fx**2)
+        band = (fy.abs() <= 0.5) & (fx.abs() <= 0.5)
+        return torch.stack([f, torch.sqrt(f) * band])[None].float().to(device)
+    reach = math.ceil(ratio / 2) + 1
     out = []
-    for kernel in KERNELS.values():
-        f0 = kernel.noise_peak * s / REFERENCE_PATCH_PIXELS
-        norm = torch.sqrt((torch.sqrt(full2) * torch.exp(-full2 / f0**2)).mean())
-        out.append(torch.sqrt(torch.sqrt(half2) * torch.exp(-half2 / f0**2)) / norm)
+    for my in range(-reach, reach + 1):
+        for mx in range(-reach, reach + 1):
+            ay, ax = fy + my / ratio, fx + mx / ratio
+            band = (ay.abs() <= 0.5) & (ax.abs() <= 0.5)
+            if not bool(band.any()):
+                continue
+            transfer = (torch.sinc(ay * ratio) / torch.sinc(ay)) * (
+                torch.sinc(ax * ratio) / torch.sinc(ax)
+            )
+            f = torch.sqrt(ay**2 + ax**2)
+            out.append(torch.stack([f, f * transfer**2 * band]))
     return torch.stack(out).float().to(device)
+
+
+_VARIANCE_TABLE_LOW, _VARIANCE_TABLE_HIGH, _VARIANCE_TABLE_POINTS = 0.02, 3.0, 1024
+
+
+@functools.lru_cache(maxsize=8)
+def _variance_table(device: str) -> torch.Tensor:
+    """``∫ f exp(-(f / f0)^2)`` over the acquisition band ``[-1/2, 1/2]^2`` on a grid of ``f0``."""
+    f0 = torch.linspace(
+        _VARIANCE_TABLE_LOW, _VARIANCE_TABLE_HIGH, _VARIANCE_TABLE_POINTS, dtype=torch.float64
+    )
+    grid = (torch.arange(128, dtype=torch.float64) + 0.5) / 128 - 0.5  # midpoints
+    f2 = (grid[:, None] ** 2 + grid[None, :] ** 2).flatten()
+    f = torch.sqrt(f2)
+    table = torch.stack([(f * torch.exp(-f2 / b**2)).mean() for b in f0.tolist()])
+    return table.float().to(device)
+
+
+def _band_variance(f0: torch.Tensor) -> torch.Tensor:
+    """Variance of the unnormalised spectrum with peak parameter ``f0`` (acquisition px)."""
+    table = _variance_table(str(f0.device))
+    step = (_VARIANCE_TABLE_HIGH - _VARIANCE_TABLE_LOW) / (_VARIANCE_TABLE_POINTS - 1)
+    pos = ((f0.float() - _VARIANCE_TABLE_LOW) / step).clamp(0, _VARIANCE_TABLE_POINTS - 1.001)
+    i = pos.long()
+    frac = pos - i
+    return table[i] + frac * (table[i + 1] - table[i])

@@ -12,9 +12,10 @@ description, exactly:
   (sectoral harmonics ``cos^k(psi) cos(k theta + p_k)``) plus tilted ones that vanish there
   (``cos^(k-1)(psi) sin(psi) cos((k-1) theta + q_k)``); the equator row is the 2-D outline;
 - spicules are round tapered tubes: the 2-D set lies in the axial plane through the
-  nodule centre, and as many *oblique* spicules (same count, length, width, taper, bend
-  and ripple formulas of ``spiculation``, their own exogenous numbers) leave the body at
-  35-75 degrees of elevation, alternately up and down, golden-angle spaced in azimuth;
+  nodule centre, and :data:`OBLIQUE_PER_IN_PLANE` times as many *oblique* spicules (the
+  same length, width, taper, bend and ripple formulas of ``spiculation``, their own
+  exogenous numbers) leave the body in directions uniform on the sphere outside +-12
+  degrees of elevation, alternately up and down, golden-angle spaced in azimuth;
   their partial volume is a radial ramp one voxel wide scaled to conserve the tube's
   cross-section area. They are drawn outside the central slice only, which keeps that
   slice the 2-D section;
@@ -64,7 +65,10 @@ _SHAPE_STREAM = 100  # the 2-D shape numbers (geometry.SHAPE_SLOTS)
 _NOISE_STREAM = 101  # the 2-D texture and noise field, here the central slice's
 _SHAPE3_STREAM = 102  # numbers only a volume uses
 _OBLIQUE = 1 + 2 * len(HARMONICS)  # after the third axis and the tilted harmonics
-_SHAPE3_NUMBERS = _OBLIQUE + 1 + 6 * geometry.MAX_SPICULES  # then the oblique spicules
+#: Oblique spicules per in-plane one: the axial plane holds one set, the rest of the sphere
+#: this many, so that a volume's spicules radiate in every direction.
+OBLIQUE_PER_IN_PLANE = 3
+_SHAPE3_NUMBERS = _OBLIQUE + 1 + 6 * OBLIQUE_PER_IN_PLANE * geometry.MAX_SPICULES
 _FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
 _SSP_CUTOFF = 3.0  # profile truncated (smoothly) at this many standard deviations
 
@@ -162,7 +166,7 @@ def _oblique_spicules(
     """
     n, e, k = table.shape
     dev, dt = dx.device, dx.dtype
-    j_count = geometry.MAX_SPICULES
+    j_count = OBLIQUE_PER_IN_PLANE * geometry.MAX_SPICULES
     j = torch.arange(j_count, device=dev, dtype=dt)
 
     def numbers(i: int) -> torch.Tensor:
@@ -170,7 +174,10 @@ def _oblique_spicules(
         return shape3_u[:, lo : lo + j_count]
 
     s = factors["spiculation"].to(dt)[:, None]
-    onset = geometry.SPICULE_ONSET + geometry.SPICULE_STEP * j
+    # each in-plane onset has OBLIQUE_PER_IN_PLANE oblique partners
+    onset = geometry.SPICULE_ONSET + geometry.SPICULE_STEP * torch.div(
+        j, OBLIQUE_PER_IN_PLANE, rounding_mode="floor"
+    )
     grown = ((s - onset[None, :]) / geometry.SPICULE_GROWTH).clamp(0.0, 1.0)
     length = (2 + 8 * s) * (0.6 + 0.8 * numbers(2)) * grown
     width = 0.5 + numbers(3)
@@ -182,7 +189,10 @@ def _oblique_spicules(
         + 0.15 * (numbers(0) - 0.5)
     ) % (2 * math.pi)
     up = torch.where(j % 2 == 0, 1.0, -1.0).to(dt)
-    psi = up * torch.deg2rad(35 + 40 * numbers(1))
+    # directions uniform on the sphere outside a band of +-12 degrees round the axial
+    # plane (which the in-plane set holds): sin(psi) uniform in [sin 12, sin 85]
+    low, high = math.sin(math.radians(12.0)), math.sin(math.radians(85.0))
+    psi = up * torch.asin(low + (high - low) * numbers(1))
     azimuth_bin = torch.round(azimuth * (k / (2 * math.pi))).long().bitwise_and_(k - 1)
     elevation_bin = torch.round((psi + math.pi / 2) * ((e - 1) / math.pi)).long()
     radius = torch.gather(table.reshape(n, -1), 1, elevation_bin * k + azimuth_bin)
@@ -294,6 +304,7 @@ def render_volume_hu(
     with_masks: bool = False,
     chunk_size: int = 8,
     window_hu: tuple[float, float] | None = None,
+    rescan: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """Render a batch of volumes in HU (or windowed to ``[0, 1]``).
 
@@ -306,6 +317,8 @@ def render_volume_hu(
         with_masks: also return the ground-truth masks.
         chunk_size: volumes rendered together on the CPU; does not change the result.
         window_hu: when given, map ``[low, high]`` HU to ``[0, 1]``.
+        rescan: which acquisition of the same object (0: the default; ``k >= 1``:
+            independent acquisition noise in every slice, same anatomy).
 
     Returns:
         ``(N, 1, S, S, S)`` float32 volumes (axes z, y, x; z upwards from slice 0), and
@@ -321,6 +334,7 @@ def render_volume_hu(
         with_masks=with_masks,
         chunk_size=chunk_size,
         window_hu=window_hu,
+        rescan=rescan,
     )
 
 
@@ -331,6 +345,7 @@ def _render_chunk(
     s: int,
     with_masks: bool,
     out: torch.Tensor,
+    rescan: int = 0,
 ) -> dict[str, torch.Tensor] | None:
     """Render ``(n, S, S, S)`` HU into ``out``; return the masks when asked."""
     dev, dt = idx.device, torch.float32
@@ -472,6 +487,10 @@ def _render_chunk(
 
     # --- acquisition: slice profile along z, then the 2-D acquisition of every slice
     hu = _slice_profile(hu, f32("slice_thickness_mm"), pixel_mm)
+    if rescan:  # a rescan keeps the texture (anatomy) and redraws the acquisition noise
+        count = (g * g + 2 * half_bins + 1) // 2
+        white = rng.centered_halves(rng.rescan_key(keys.reshape(-1), rescan), count, dt)
+        white = white.reshape(n, d, -1)
     acquire(
         rows,
         hu.reshape(n * d, s, s),

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["centered_halves", "hash32", "key_words", "permutation", "uniform", "uniform_pairs"]
+__all__ = [
+    "centered_halves",
+    "hash32",
+    "key_words",
+    "permutation",
+    "rescan_key",
+    "uniform",
+    "uniform_pairs",
+]
 
 _M1 = 0x7FEB352D
 _M2 = 0x846CA68B - (1 << 32)  # the same 32-bit pattern as a signed int32
@@ -53,6 +61,18 @@ def key_words(seed: int, index: torch.Tensor, stream: int) -> torch.Tensor:
     h = hash32(h ^ _to_int32(seed >> 32))
     h = hash32(h ^ idx)
     return hash32(h ^ _to_int32(stream * 0x9E3779B9 + 0x632BE5AB))
+
+
+def rescan_key(key: torch.Tensor, rescan: int) -> torch.Tensor:
+    """The key words of acquisition ``rescan`` of the noise keyed by ``key``.
+
+    Rescan 0 is ``key`` itself (today's acquisition, bit for bit); rescan ``k >= 1`` mixes
+    ``k`` into every word, so its numbers are independent of rescan 0's and of every other
+    rescan's, and still a pure function of ``(seed, index, stream, k)``.
+    """
+    if rescan == 0:
+        return key
+    return hash32(key ^ _to_int32(rescan * 0x85EBCA6B + 0x27D4EB2F))
 
 
 def _bits(key: torch.Tensor, count: int) -> torch.Tensor:

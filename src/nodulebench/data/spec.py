@@ -39,7 +39,10 @@ from .labels import (
 )
 
 __all__ = [
+    "COVARIATE_CNR_FRACTION",
     "COVARIATE_SHIFT",
+    "DEGRADED_CNR_FRACTION",
+    "DEGRADED_SHIFT",
     "DEFAULT_MARGINALS",
     "TEST_DISTRIBUTIONS",
     "LabelFunction",
@@ -96,17 +99,45 @@ DEFAULT_MARGINALS: Mapping[str, Distribution] = MappingProxyType(
             "site", {name: Uniform(*s.pixel_spacing_mm) for name, s in SITES.items()}
         ),
         "slice_thickness_mm": Uniform(0.6, 3.0),
+        "hu_offset": ByCategory("site", {name: Uniform(*s.hu_offset) for name, s in SITES.items()}),
     }
 )
 
-#: Acquisition marginals of the default covariate shift (noisier, blurrier, coarser).
+#: Acquisition marginals of the default covariate shift: each site's noise 15 % higher,
+#: blur 0.6 - 0.9 mm, coarser spacing. It keeps the cause visible: the spicules'
+#: contrast-to-noise stays at :data:`COVARIATE_CNR_FRACTION` of the default acquisition's.
 COVARIATE_SHIFT: Mapping[str, Distribution] = MappingProxyType(
+    {
+        "noise_hu": ByCategory(
+            "site",
+            {
+                name: Uniform(1.15 * s.noise_hu[0], min(150.0, 1.15 * s.noise_hu[1]))
+                for name, s in SITES.items()
+            },
+        ),
+        "blur_mm": Uniform(0.6, 0.9),
+        "pixel_spacing_mm": Uniform(0.8, 0.92),
+    }
+)
+
+#: Acquisition marginals of :meth:`NoduleSpec.degraded`, the strong shift that was the
+#: default covariate shift: noise 40 - 60 HU, blur 0.8 - 1.2 mm, spacing 0.85 - 0.98 mm.
+#: It erases much of the cause (see :data:`DEGRADED_CNR_FRACTION`): a drop there measures
+#: lost information as much as robustness.
+DEGRADED_SHIFT: Mapping[str, Distribution] = MappingProxyType(
     {
         "noise_hu": Uniform(40.0, 60.0),
         "blur_mm": Uniform(0.8, 1.2),
         "pixel_spacing_mm": Uniform(0.85, 0.98),
     }
 )
+
+#: Spicule contrast-to-noise under :data:`COVARIATE_SHIFT` as a fraction of the default
+#: acquisition's, measured by :func:`nodulebench.data.spicule_cnr` at 32 px (the tests
+#: re-measure it).
+COVARIATE_CNR_FRACTION: float = 0.69
+#: The same fraction under :data:`DEGRADED_SHIFT`.
+DEGRADED_CNR_FRACTION: float = 0.45
 
 #: Names of the test distributions :meth:`NoduleSpec.test_distributions` returns.
 TEST_DISTRIBUTIONS: tuple[str, ...] = ("iid", "decorrelated", "reversed", "heldout", "covariate")
@@ -335,6 +366,15 @@ class NoduleSpec:
         changed = [name for name, dist in self.marginals.items() if dist != DEFAULT_MARGINALS[name]]
         if changed:
             parts.append(f"non-default marginals: {', '.join(changed)}")
+        for preset, fraction, label in (
+            (COVARIATE_SHIFT, COVARIATE_CNR_FRACTION, "covariate shift"),
+            (DEGRADED_SHIFT, DEGRADED_CNR_FRACTION, "degraded acquisition"),
+        ):
+            if all(self.marginals[k] == v for k, v in preset.items()):
+                parts.append(
+                    f"{label}: spicule contrast-to-noise about {fraction:.2f} of the default "
+                    "acquisition (32 px)"
+                )
         return f"{self.name}: " + "; ".join(parts)
 
     def fingerprint(self) -> str:
@@ -554,9 +594,28 @@ class NoduleSpec:
         )
 
     def covariate_shift(self, **marginals: Distribution) -> NoduleSpec:
-        """Acquisition changed: noise, blur and pixel spacing (defaults: ``COVARIATE_SHIFT``)."""
+        """Acquisition changed: noise, blur and pixel spacing (defaults: ``COVARIATE_SHIFT``).
+
+        The default keeps the cause visible: the spicules' contrast-to-noise stays at about
+        ``COVARIATE_CNR_FRACTION`` (0.69) of the default acquisition's (``describe()``
+        says so); :meth:`degraded` is the strong shift.
+        """
         merged = {**COVARIATE_SHIFT, **marginals}
         return self.with_marginals(**merged).replace(name="covariate")
+
+    def degraded(self, **marginals: Distribution) -> NoduleSpec:
+        """The strong acquisition shift, named ``"degraded"`` (defaults: ``DEGRADED_SHIFT``).
+
+        Noise, blur and spacing that cut the spicules' contrast-to-noise to about
+        ``DEGRADED_CNR_FRACTION`` (0.45) of the default acquisition's: a drop in accuracy there
+        mixes lost information with lost robustness. Not among :meth:`test_distributions`.
+
+        Example:
+            >>> NoduleSpec().degraded().describe().split("; ")[-1][:54]
+            'degraded acquisition: spicule contrast-to-noise about '
+        """
+        merged = {**DEGRADED_SHIFT, **marginals}
+        return self.with_marginals(**merged).replace(name="degraded")
 
     def test_distributions(self) -> dict[str, NoduleSpec]:
         """``{"iid", "decorrelated", "reversed", "heldout", "covariate"}`` -> spec.
