@@ -7,6 +7,11 @@ direction of its position offset), which are uniform nuisances that the study ne
 to the label. Intensity, crop or blur augmentations would change margin, noise or size,
 the very factors under study, so they are left out on purpose.
 
+The two views of a multi-view loss are two *rescans* of the nodule (the generator's
+``render(..., rescan=k)``: the same object under independent acquisition noise), each under
+a random symmetry (:func:`rescan_views`): symmetries alone would give views that carry the
+same noise, pixel for pixel, so telling instances apart would need no semantics.
+
 Volumes ``(D, H, W)`` get the same eight in-plane symmetries, applied to every axial
 slice alike (the H and W axes); the depth axis is left alone, because slice thickness
 makes it a different axis from the in-plane ones.
@@ -35,3 +40,21 @@ def dihedral_views(images: torch.Tensor, n_views: int, generator: torch.Generato
     choice = torch.randint(0, 8, (images.shape[0], n_views), generator=generator)
     index = choice.to(images.device).view(*choice.shape, *[1] * (images.ndim - 1))
     return torch.gather(stacked, 1, index.expand(-1, -1, *images.shape[1:]))
+
+
+def rescan_views(
+    rescans: torch.Tensor, index: torch.Tensor, n_views: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``(B, n_views, ...)``: rescans ``1..n_views`` of images ``index``, each under a symmetry.
+
+    Raises:
+        ValueError: fewer rescans than views.
+    """
+    if rescans.shape[0] < n_views:
+        raise ValueError(
+            f"a {n_views}-view loss needs {n_views} rescans of the training set; got "
+            f"{rescans.shape[0]}"
+        )
+    return torch.cat(
+        [dihedral_views(rescans[v][index], 1, generator) for v in range(n_views)], dim=1
+    )

@@ -64,6 +64,9 @@ class LabelledImages:
     labels: torch.Tensor
     groups: torch.Tensor
     groups_by_factor: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: ``(V, N, 1, ...)``: rescans 1..V of the same nodules (new acquisition noise only),
+    #: the views of the two-view losses; ``None`` where no loss needs them.
+    rescans: torch.Tensor | None = None
 
 
 @dataclass
@@ -207,10 +210,25 @@ def group_ids(spec: NoduleSpec, dataset: SyntheticNodules, factor: str) -> torch
     return 2 * labels + conflicting.long()
 
 
-def _labelled(spec: NoduleSpec, n: int, seed: int, data: DataConfig, factor: str) -> LabelledImages:
+def _labelled(
+    spec: NoduleSpec, n: int, seed: int, data: DataConfig, factor: str, rescans: int = 0
+) -> LabelledImages:
     dataset = SyntheticNodules(spec, n=n, seed=seed, **data.sizes())
     by_factor = {f: group_ids(spec, dataset, f) for f in spec.shortcut_factors}
-    return LabelledImages(dataset.render(range(n)), dataset.labels, by_factor[factor], by_factor)
+    views = (
+        torch.stack([dataset.render(range(n), rescan=k) for k in range(1, rescans + 1)])
+        if rescans
+        else None
+    )
+    return LabelledImages(
+        dataset.render(range(n)), dataset.labels, by_factor[factor], by_factor, rescans=views
+    )
+
+
+def views_needed(config: StudyConfig) -> int:
+    """Rescans the training set needs: the most views any multi-view loss draws (else 0)."""
+    views = [STUDY_LOSSES[loss].views for loss in config.losses]
+    return max((v for v in views if v > 1), default=0)
 
 
 def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -> ExperimentData:
@@ -227,7 +245,7 @@ def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -
     probe_set = SyntheticNodules(probe_spec, n=d.n_probe, seed=PROBE_SEED_OFFSET, **d.sizes())
     probe_images, probe_masks = probe_set.render(range(len(probe_set)), return_masks=True)
     return ExperimentData(
-        train=_labelled(spec, d.n_train, seed, d, factor),
+        train=_labelled(spec, d.n_train, seed, d, factor, rescans=views_needed(config)),
         test_sets=test_sets,
         dfr=_labelled(probe_spec, d.n_dfr, seed + DFR_SEED_OFFSET, d, factor),
         probe_set=probe_set,
@@ -292,6 +310,7 @@ def run_one(
             data.train.labels,
             seed,
             device,
+            rescans=data.train.rescans,
             on_step=lambda: bar.update(1),
             parallel=parallel,
             per_sample=per_sample,

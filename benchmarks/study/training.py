@@ -44,7 +44,7 @@ from nodulebench import create_loss
 from nodulebench.distributed import sum_over_ranks
 from nodulebench.losses.functional import cross_entropy_loss
 
-from .augment import dihedral_views
+from .augment import dihedral_views, rescan_views
 from .config import STUDY_LOSSES, StudyConfig
 from .models import StudyModel
 from .parallel import Parallel
@@ -138,6 +138,7 @@ def train(
     labels: torch.Tensor,
     seed: int,
     device: torch.device,
+    rescans: torch.Tensor | None = None,
     on_step: Callable[[], None] | None = None,
     parallel: Parallel | None = None,
     per_sample: dict[str, torch.Tensor] | None = None,
@@ -150,6 +151,11 @@ def train(
     the same batches in the same order. Under torchrun every rank draws the same global
     batch and views, trains on its shard through DDP, and only rank 0 fits the linear
     classifier of stage 2.
+
+    A multi-view loss sees, as view ``v`` of an image, its rescan ``v + 1`` (``rescans``
+    ``(V, N, ...)``: the same nodule under new acquisition noise) under a random symmetry
+    of the square; two views then differ only in what a rescan changes, never in a factor.
+    Without ``rescans`` the views are symmetries of the one image.
 
     ``per_sample`` holds the ``(N,)`` inputs of the group-robust protocols, indexed like
     ``labels``: ``groups`` (GroupDRO), ``weights`` (JTT) or ``predictions`` (CnC).
@@ -215,7 +221,11 @@ def train(
                 for name, values in per_sample.items()
             }
             # Views of the whole global batch (same on every rank), then this rank's shard.
-            views = parallel.shard(dihedral_views(x, how.views, view_generator))
+            views = parallel.shard(
+                rescan_views(rescans, index, how.views, view_generator).to(device)
+                if rescans is not None and how.views > 1
+                else dihedral_views(x, how.views, view_generator)
+            )
             y = parallel.shard(y)
             with autocast_context(t.autocast, device):
                 projections, logits = heads(views.flatten(0, 1).contiguous(memory_format=layout))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from study.augment import dihedral_views
+from study.augment import dihedral_views, rescan_views
 
 
 def dihedral_group(array: np.ndarray) -> list[np.ndarray]:
@@ -56,3 +56,27 @@ def test_every_symmetry_is_drawn_and_views_repeat_with_the_generator() -> None:
         for v in range(2)
     }
     assert drawn == set(range(8))
+
+
+def test_rescan_views_take_view_v_from_rescan_v_plus_1_under_a_symmetry() -> None:
+    n, size = 5, 4
+    generator = torch.Generator().manual_seed(0)
+    # Rescan k of image i: values that say (k, i) in every symmetry (constant per image,
+    # plus distinct pixels so that the symmetry is identifiable).
+    rescans = torch.stack(
+        [
+            torch.arange(size * size).reshape(1, 1, size, size)
+            + 100.0 * k
+            + 1000.0 * torch.arange(n).view(n, 1, 1, 1)
+            for k in (1, 2, 3)
+        ]
+    )
+    index = torch.tensor([3, 0, 4])
+    views = rescan_views(rescans, index, 2, generator)
+    assert views.shape == (3, 2, 1, size, size)
+    for b, i in enumerate(index.tolist()):
+        for v in range(2):
+            group = dihedral_group(rescans[v, i].numpy())
+            assert any(np.array_equal(views[b, v].numpy(), g) for g in group), (b, v)
+    with pytest.raises(ValueError, match="needs 3 rescans"):
+        rescan_views(rescans[:2], index, 3, generator)
