@@ -36,6 +36,7 @@ from .analysis import (
     tests_present,
 )
 from .config import STUDY_LOSSES, ExperimentConfig, StudyConfig
+from .contrasts import EQUIVALENCE_MARGIN, POWER, Contrast, primary_contrasts
 from .document import Block, Bullets, Figure, Heading, Paragraph, Table
 from .models import STAGES
 from .runner import GROUPS, causal_factor
@@ -725,6 +726,7 @@ def report_blocks(
             )
         )
     blocks += protocol_blocks(config, records, machine)
+    blocks += contrast_blocks(config, records)
     if "_sweeps" in figures:
         blocks.append(Heading(2, "Shortcut strength"))
         blocks += [
@@ -749,3 +751,76 @@ def _sample_size(config: StudyConfig) -> str:
 
 def _samples(config: StudyConfig) -> str:
     return "volumes" if config.data.dims == 3 else "images"
+
+
+def contrast_blocks(config: StudyConfig, records: list[dict[str, Any]]) -> list[Block]:
+    """The primary contrasts: a paragraph on the design, then one table per experiment."""
+    contrasts = primary_contrasts(config, records)
+    if not contrasts:
+        return []
+    detectable = sorted(c.verdict.detectable for c in contrasts if c.verdict.detectable > 0)
+    typical = (
+        f" With these seeds the median detectable difference of a contrast is "
+        f"{detectable[len(detectable) // 2]:.2f} (at the observed spread, {POWER:.0%} power, "
+        "Bonferroni's bound on Holm): a smaller true difference is likely to be missed."
+        if detectable
+        else ""
+    )
+    blocks: list[Block] = [
+        Heading(2, "Primary contrasts"),
+        Paragraph(
+            "Declared before the runs, on worst-group accuracy on "
+            f"`{HEADLINE_TEST}`: (a) each method against `{REFERENCE_LOSS}`, paired by seed; "
+            "(b) each method's shortcut penalty, its worst-group accuracy in the shortcut "
+            "experiment minus its own in the no-shortcut control read with the same factor's "
+            f"groups. Each family is Holm-corrected over the methods at {ALPHA}. A contrast "
+            "that is not significant is called equivalent only when two one-sided tests put "
+            f"it within +-{EQUIVALENCE_MARGIN}; otherwise it is inconclusive, with the "
+            "difference the design could have detected." + typical + " Every other "
+            "comparison in this report is exploratory."
+        ),
+    ]
+    by_key = {(c.family, c.experiment, c.loss): c for c in contrasts}
+    reference_family = f"against {REFERENCE_LOSS}"
+    for experiment in dict.fromkeys(c.experiment for c in contrasts):
+        rows = []
+        for loss in config.losses:
+            against = by_key.get((reference_family, experiment, loss))
+            penalty = by_key.get(("shortcut penalty", experiment, loss))
+            if against is None and penalty is None:
+                continue
+            rows.append(
+                (
+                    loss,
+                    _difference(against),
+                    "" if against is None else f"{against.verdict.comparison.effect_size:+.2f}",
+                    "" if against is None else f"{against.verdict.p_value:.2g}",
+                    "" if against is None else against.verdict.summary,
+                    _difference(penalty),
+                    "" if penalty is None else penalty.verdict.summary,
+                )
+            )
+        blocks.append(
+            Table(
+                f"Primary contrasts, `{experiment}` (differences with 95 % intervals over "
+                "seeds; d_z = mean difference / its standard deviation)",
+                (
+                    "loss",
+                    f"minus {REFERENCE_LOSS}",
+                    "d_z",
+                    "p (Holm)",
+                    "verdict",
+                    "shortcut penalty",
+                    "verdict",
+                ),
+                tuple(rows),
+            )
+        )
+    return blocks
+
+
+def _difference(contrast: Contrast | None) -> str:
+    if contrast is None:
+        return ""
+    c = contrast.verdict.comparison
+    return f"{c.difference:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
