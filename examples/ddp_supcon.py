@@ -30,7 +30,7 @@ from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from nodulebench import NoduleSpec, SupConLoss, SyntheticNodules, distributed  # noqa: E402
-from small_cnn import small_cnn  # noqa: E402  (examples/small_cnn.py)
+from nodulebench.models import small_cnn  # noqa: E402
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from nodulebench import NoduleSpec, SyntheticNodules  # noqa: E402
+from nodulebench.models import recompute_batch_norm, small_cnn  # noqa: E402
 from nodulebench.plotting import plot_probe_heatmap, plot_sensitivity_bars  # noqa: E402
 from nodulebench.probing import (  # noqa: E402
     extract_features,
@@ -32,7 +33,6 @@ from nodulebench.probing import (  # noqa: E402
     probe_factors,
     write_records,
 )
-from small_cnn import recompute_batch_norm, small_cnn  # noqa: E402  (examples/small_cnn.py)
 
 FACTORS = ["spiculation", "diameter_mm", "lobulation", "sphericity", "texture"]
 

@@ -22,9 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from nodulebench import NoduleSpec, SupConLoss, SyntheticNodules
+from nodulebench.models import small_cnn
 from nodulebench.plotting import plot_probe_heatmap, plot_sample_grid, plot_sensitivity_bars
 from nodulebench.probing import extract_features, intervention_sensitivity, probe_factors
-from small_cnn import small_cnn  # examples/small_cnn.py, shared by the examples
 
 # [/imports]
 
