@@ -18,9 +18,8 @@ from typing import Any
 import torch
 
 from nodulebench import NoduleSpec, SyntheticNodules
-from nodulebench.metrics import binary_metrics
+from nodulebench.evaluation import evaluate_predictions
 from nodulebench.probing import RenderCache
-from nodulebench.stats import group_accuracy
 
 from .config import STUDY_LOSSES, ConfigError, DataConfig, ExperimentConfig, StudyConfig
 from .identify import identify_features
@@ -37,9 +36,8 @@ DFR_SEED_OFFSET = 30_000
 PROBE_DISTRIBUTION = "decorrelated"
 
 #: The (label x shortcut side) groups of Sagawa et al. (2020), by index ``2 * label +
-#: conflicting``: "aligned" samples lie on the side of the shortcut that agrees with their
-#: label, "conflicting" ones on the other side.
-GROUPS = ("benign-aligned", "benign-conflicting", "malignant-aligned", "malignant-conflicting")
+#: conflicting`` (:meth:`nodulebench.SyntheticNodules.group_ids`).
+GROUPS = SyntheticNodules.group_names
 
 
 @dataclass
@@ -147,18 +145,9 @@ def study_test_distributions(spec: NoduleSpec) -> dict[str, NoduleSpec]:
     }
 
 
-def group_ids(spec: NoduleSpec, dataset: SyntheticNodules) -> torch.Tensor:
-    """``(N,)`` index into :data:`GROUPS` of each sample: its label and shortcut side."""
-    split = spec.shortcuts[0].split
-    labels = dataset.labels
-    malignant_looking = split.malignant_side(dataset.factors[split.factor])
-    conflicting = malignant_looking != labels.bool()
-    return 2 * labels + conflicting.long()
-
-
 def _labelled(spec: NoduleSpec, n: int, seed: int, data: DataConfig) -> LabelledImages:
     dataset = SyntheticNodules(spec, n=n, seed=seed, **data.sizes())
-    return LabelledImages(dataset.render(range(n)), dataset.labels, group_ids(spec, dataset))
+    return LabelledImages(dataset.render(range(n)), dataset.labels, dataset.group_ids())
 
 
 def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -> ExperimentData:
@@ -186,14 +175,7 @@ def prepare_data(config: StudyConfig, experiment: ExperimentConfig, seed: int) -
 
 def evaluate(probabilities: torch.Tensor, test: LabelledImages) -> dict[str, Any]:
     """Binary metrics, per-group accuracies and the worst-group accuracy of one head."""
-    groups = group_accuracy((probabilities >= 0.5).long(), test.labels, test.groups, list(GROUPS))
-    return {
-        **binary_metrics(probabilities, test.labels).to_dict(),
-        "worst_group_accuracy": groups.worst,
-        "worst_group": groups.worst_group,
-        "group_accuracy": groups.per_group,
-        "group_counts": groups.counts,
-    }
+    return evaluate_predictions(probabilities, test.labels, test.groups).to_dict()
 
 
 def run_one(

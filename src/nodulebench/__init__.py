@@ -7,7 +7,7 @@ tell which factors a network encodes and which it uses.
 
 from __future__ import annotations
 
-from nodulebench import distributed, models, probing
+from nodulebench import distributed, evaluation, models, probing
 from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
     ClipLoss,
@@ -50,6 +50,8 @@ __all__ = [
     "get_loss_info",
     "list_losses",
     "register_loss",
+    # evaluation on the spec's shifted tests: nodulebench.evaluation.evaluate
+    "evaluation",
     # models: the encoders, e.g. nodulebench.models.small_cnn
     "models",
     # probing: its functions live in the namespace, e.g. nodulebench.probing.probe_factors
