@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from nodulebench.threads import set_threads
 from study.config import (
     PRESETS,
     STUDY_LOSSES,
@@ -57,7 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of torch and BLAS, shared by the --workers (default: "
+        "OMP_NUM_THREADS if set, else the CPUs this process may use: affinity and cgroup quota)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -156,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce_study.py: error: {err}", file=sys.stderr)
         close_parallel(parallel)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)  # before any work: torch and BLAS alike
     if parallel.is_main:
         setup_logging(store.root)
     runs = len(config.experiments) * len(config.seeds) * len(config.losses)

@@ -27,6 +27,7 @@ from torch.nn import functional as F  # noqa: E402
 
 from nodulebench import NoduleSpec, SyntheticNodules, create_loss  # noqa: E402
 from nodulebench.models import recompute_batch_norm, small_cnn  # noqa: E402
+from nodulebench.threads import set_threads  # noqa: E402
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -79,7 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("supcon-training"))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the CPUs this process may use)",
+    )
     args = parser.parse_args()
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     n_train, n_test, epochs = (512, 128, 3) if args.tiny else (4096, 1000, 10)
 

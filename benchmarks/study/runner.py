@@ -20,6 +20,7 @@ import torch
 from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.evaluation import evaluate_predictions
 from nodulebench.probing import RenderCache
+from nodulebench.threads import set_threads
 
 from .config import STUDY_LOSSES, ConfigError, DataConfig, ExperimentConfig, StudyConfig
 from .identify import identify_features
@@ -432,7 +433,7 @@ def _worker(
     """One worker process: its groups, one after another, without progress bars."""
     from .progress import Progress
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
     log.setLevel(logging.INFO)
     handler = logging.FileHandler(root / "study.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))

@@ -7,7 +7,7 @@ tell which factors a network encodes and which it uses.
 
 from __future__ import annotations
 
-from nodulebench import distributed, evaluation, models, probing
+from nodulebench import distributed, evaluation, models, probing, threads
 from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
     ClipLoss,
@@ -58,4 +58,6 @@ __all__ = [
     "probing",
     # distributed training
     "distributed",
+    # CPU threads of torch and BLAS: nodulebench.threads.set_threads
+    "threads",
 ]

@@ -19,6 +19,7 @@ import nodulebench
 import nodulebench.models
 import nodulebench.plotting
 import nodulebench.probing
+import nodulebench.threads
 
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.slow  # each script starts its own interpreter (and torch)
@@ -60,6 +61,7 @@ def test_scripts_use_only_public_names(name: str) -> None:
         "nodulebench.models": set(nodulebench.models.__all__),
         "nodulebench.plotting": set(nodulebench.plotting.__all__),
         "nodulebench.probing": set(nodulebench.probing.__all__),
+        "nodulebench.threads": set(nodulebench.threads.__all__),
     }
     tree = ast.parse((EXAMPLES / f"{name}.py").read_text())
     for node in ast.walk(tree):
