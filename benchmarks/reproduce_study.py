@@ -111,11 +111,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup_logging(out: Path) -> None:
-    log.setLevel(logging.INFO)
+    """The study's and the library's log lines, to ``study.log`` and to stderr."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    for handler in (logging.FileHandler(out / "study.log"), logging.StreamHandler(sys.stderr)):
+    handlers = (logging.FileHandler(out / "study.log"), logging.StreamHandler(sys.stderr))
+    for handler in handlers:
         handler.setFormatter(fmt)
-        log.addHandler(handler)
+    for logger in (log, logging.getLogger("nodulebench")):
+        logger.setLevel(logging.INFO)
+        for handler in handlers:
+            logger.addHandler(handler)
 
 
 def prepare_output(args: argparse.Namespace, config: StudyConfig, parallel: Parallel) -> RunStore:
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--threads must be >= 1; got {args.threads}")
         config = resolve_config(args)
         resolve_device(config.device)
-    except ConfigError as err:
+        Progress(enabled=not args.no_progress)  # says how to do without tqdm, on every rank
+    except (ConfigError, ImportError) as err:
         print(f"reproduce_study.py: error: {err}", file=sys.stderr)
         return 2
     parallel, device_name = init_parallel(config.device)
@@ -162,21 +167,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce_study.py: error: {err}", file=sys.stderr)
         close_parallel(parallel)
         return 2
-    set_threads(args.threads)  # before any work: torch and BLAS alike
     if parallel.is_main:
         setup_logging(store.root)
+    threads = set_threads(args.threads)  # before any work: torch and BLAS alike
     runs = len(config.experiments) * len(config.seeds) * len(config.losses)
     log.info(
-        "study '%s': %d runs on %s x %d process(es), results in %s",
+        "study '%s': %d runs on %s x %d process(es), %d CPU thread(s), results in %s",
         config.name,
         runs,
         device,
         parallel.world_size,
+        threads,
         store.root,
     )
     start = time.perf_counter()
     progress = Progress(enabled=not args.no_progress and parallel.is_main)
-    run_grid(config, store, device, progress, parallel, workers=args.workers)
+    with progress.logging_through_bars(log, logging.getLogger("nodulebench")):
+        run_grid(config, store, device, progress, parallel, workers=args.workers)
     if parallel.is_main:
         write_report(config, store)
         log.info(

@@ -7,6 +7,8 @@ tell which factors a network encodes and which it uses.
 
 from __future__ import annotations
 
+import logging
+
 from nodulebench import distributed, evaluation, models, probing, threads
 from nodulebench.data import NoduleSpec, SyntheticNodules
 from nodulebench.losses import (
@@ -28,6 +30,10 @@ from nodulebench.losses import (
 )
 
 __version__ = "0.1.0.dev0"
+
+# The library logs what takes long to "nodulebench" (INFO); silent unless the application
+# configures logging (e.g. logging.basicConfig(level=logging.INFO)).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "__version__",
