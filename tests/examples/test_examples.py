@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import nodulebench
+import nodulebench.evaluation
 import nodulebench.models
 import nodulebench.plotting
 import nodulebench.probing
@@ -59,6 +60,7 @@ def test_scripts_use_only_public_names(name: str) -> None:
     public = {
         "nodulebench": set(nodulebench.__all__),
         "nodulebench.models": set(nodulebench.models.__all__),
+        "nodulebench.evaluation": set(nodulebench.evaluation.__all__),
         "nodulebench.plotting": set(nodulebench.plotting.__all__),
         "nodulebench.probing": set(nodulebench.probing.__all__),
         "nodulebench.threads": set(nodulebench.threads.__all__),
