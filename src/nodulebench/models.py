@@ -51,7 +51,8 @@ def small_cnn(norm: Callable[[int], nn.Module] = nn.BatchNorm2d) -> nn.Sequentia
     """Three 3 x 3 convolutions with normalisation and ReLU, then global average pooling.
 
     Images ``(N, 1, H, W)`` -> features ``(N, 64)``. Without the normalisation layers
-    this network barely trains in a few epochs.
+    this network barely trains in a few epochs. This is the examples' network; the
+    study's encoder named ``"small_cnn"`` is :class:`SmallCNN` (four named stages).
 
     Args:
         norm: builds the normalisation layer for a number of channels; batch
