@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nodulebench.threads import available_cpus, default_threads, set_threads
+from nodulebench.threads import available_cpus, default_threads, set_threads, thread_limit
 
 AFFINITY = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -46,6 +46,9 @@ def test_set_threads_rejects_non_positive_counts() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="threads must be an integer >= 1 or None"):
             set_threads(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="threads must be an integer >= 1; got"):
+            with thread_limit(bad):  # type: ignore[arg-type]
+                pass
 
 
 def test_set_threads_sets_torch_and_the_loaded_blas_libraries() -> None:
@@ -53,18 +56,23 @@ def test_set_threads_sets_torch_and_the_loaded_blas_libraries() -> None:
     # threads there (its environment variable), so the change to one is seen.
     code = (
         "import json, numpy, scipy.linalg, torch\n"
-        "from nodulebench.threads import blas_threads, set_threads\n"
+        "from nodulebench.threads import blas_threads, set_threads, thread_limit\n"
         "before = blas_threads()\n"
+        "with thread_limit(1):\n"
+        "    inside = [blas_threads(), torch.get_num_threads()]\n"
+        "restored = [blas_threads(), torch.get_num_threads()]\n"
         "set_threads(1)\n"
         "import os\n"
         "print(json.dumps([before, blas_threads(), torch.get_num_threads(),\n"
-        "                  os.environ['OPENBLAS_NUM_THREADS']]))\n"
+        "                  os.environ['OPENBLAS_NUM_THREADS'], inside, restored]))\n"
     )
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
-    before, after, torch_threads, variable = json.loads(out.stdout)
+    before, after, torch_threads, variable, inside, restored = json.loads(out.stdout)
+    assert set(inside[0].values()) == {1} and inside[1] == 1  # thread_limit(1)
+    assert restored == [before, 2]  # and everything back afterwards
     assert before and set(before.values()) == {2}  # numpy's and scipy's OpenBLAS
     assert set(after) == set(before) and set(after.values()) == {1}
     assert (torch_threads, variable) == (1, "1")

@@ -20,6 +20,7 @@ import torch
 from nodulebench._progress import progress_bar
 from nodulebench._validation import check_int, check_ndim, check_positive
 from nodulebench.probing.records import ProbeResult
+from nodulebench.threads import thread_limit
 
 __all__ = ["probe_factors"]
 
@@ -413,41 +414,66 @@ def probe_factors(
     )
     pairs = [(layer, name) for layer in matrices for name in targets]
     ridges: dict[str, _RidgeCache] = {}
-    for layer, name in progress_bar(pairs, enabled=progress, total=len(pairs), desc="probes"):
-        x = matrices[layer]
-        if layer not in ridges:
-            ridges[layer] = _RidgeCache(x)
-        ridge = ridges[layer]
-        target, categorical = targets[name]
-        probe_rng, control_rng = (
-            np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
-        )
-        probe_ids = _fold_ids(target, folds, categorical, probe_rng)
-        shuffled = target[control_rng.permutation(n_rows)]
-        control_ids = _fold_ids(shuffled, folds, categorical, control_rng)
-        if categorical:
-            scores, controls = _logistic_scores(
-                x, [target, shuffled], [probe_ids, control_ids], logistic_l2
+    with thread_limit(1):  # thousands of tiny solves: extra threads only wait (see there)
+        for layer, name in progress_bar(pairs, enabled=progress, total=len(pairs), desc="probes"):
+            results.append(
+                _probe_one(
+                    matrices[layer],
+                    layer,
+                    name,
+                    targets[name],
+                    ridges,
+                    folds,
+                    seed,
+                    logistic_l2,
+                    n_rows,
+                )
             )
-        else:
-            scores = _ridge_scores(ridge, target, probe_ids, name)
-            controls = _ridge_scores(ridge, shuffled, control_ids, name)
-        score, control = float(np.mean(scores)), float(np.mean(controls))
-        results.append(
-            ProbeResult(
-                layer=layer,
-                factor=name,
-                kind="categorical" if categorical else "continuous",
-                metric="balanced_accuracy" if categorical else "r2",
-                score=score,
-                score_std=float(np.std(scores)),
-                control=control,
-                control_std=float(np.std(controls)),
-                selectivity=score - control,
-                chance=1.0 / np.unique(target).size if categorical else 0.0,
-                n_samples=n_rows,
-                folds=folds,
-            )
-        )
     log.info("probes done in %.1f s", time.perf_counter() - start)
     return results
+
+
+def _probe_one(
+    x: torch.Tensor,
+    layer: str,
+    name: str,
+    target_kind: tuple[np.ndarray, bool],
+    ridges: dict[str, _RidgeCache],
+    folds: int,
+    seed: int,
+    logistic_l2: float,
+    n_rows: int,
+) -> ProbeResult:
+    """One (feature set, factor) probe and its shuffled control."""
+    if layer not in ridges:
+        ridges[layer] = _RidgeCache(x)
+    ridge = ridges[layer]
+    target, categorical = target_kind
+    probe_rng, control_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
+    )
+    probe_ids = _fold_ids(target, folds, categorical, probe_rng)
+    shuffled = target[control_rng.permutation(n_rows)]
+    control_ids = _fold_ids(shuffled, folds, categorical, control_rng)
+    if categorical:
+        scores, controls = _logistic_scores(
+            x, [target, shuffled], [probe_ids, control_ids], logistic_l2
+        )
+    else:
+        scores = _ridge_scores(ridge, target, probe_ids, name)
+        controls = _ridge_scores(ridge, shuffled, control_ids, name)
+    score, control = float(np.mean(scores)), float(np.mean(controls))
+    return ProbeResult(
+        layer=layer,
+        factor=name,
+        kind="categorical" if categorical else "continuous",
+        metric="balanced_accuracy" if categorical else "r2",
+        score=score,
+        score_std=float(np.std(scores)),
+        control=control,
+        control_std=float(np.std(controls)),
+        selectivity=score - control,
+        chance=1.0 / np.unique(target).size if categorical else 0.0,
+        n_samples=n_rows,
+        folds=folds,
+    )
