@@ -33,6 +33,7 @@ import torch
 
 from nodulebench import NoduleSpec, SyntheticNodules
 from nodulebench.data import LinearLabelRule
+from nodulebench.threads import set_threads
 
 
 def _sync(device: torch.device) -> None:
@@ -156,7 +157,13 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch and BLAS (default: OMP_NUM_THREADS if set, else the "
+        "CPUs this process may use)",
+    )
     parser.add_argument(
         "--device",
         action="append",
@@ -198,8 +205,7 @@ def main() -> None:
             return SyntheticNodules(NoduleSpec(), n=n, seed=0, volume_size=args.volume_size)
         return SyntheticNodules(NoduleSpec(), n=n, seed=0, image_size=args.image_size)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     for name in devices:
         device = torch.device(name)

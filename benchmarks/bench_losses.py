@@ -36,6 +36,7 @@ import torch
 
 from _harness import DENSE, device_name, forward_backward, median_ms, peak_extra_bytes
 from nodulebench.kernels import KERNEL_LOSSES, TWO_TOWER_LOSSES, run_per_anchor, run_two_tower
+from nodulebench.threads import set_threads
 
 OPTIONS: dict[str, dict[str, object]] = {
     "supcon": {"temperature": 0.1, "variant": "out"},
@@ -247,7 +248,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=None,
-        help="torch.set_num_threads (default: PyTorch's choice)",
+        help="CPU threads of torch and BLAS (default: OMP_NUM_THREADS if set, else the "
+        "CPUs this process may use)",
     )
     parser.add_argument("--max-dense-bytes", type=float, default=6 * 2**30)
     parser.add_argument(
@@ -273,8 +275,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.crossover:
         args.backends, args.sizes = ["dense", "tiled"], [128, 256, 512, 1024, 2048]
     records = []

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from nodulebench.threads import set_threads
 from study.config import (
     PRESETS,
     STUDY_LOSSES,
@@ -70,7 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of torch and BLAS, shared by the --workers (default: "
+        "OMP_NUM_THREADS if set, else the CPUs this process may use: affinity and cgroup quota)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -140,11 +146,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup_logging(out: Path) -> None:
-    log.setLevel(logging.INFO)
+    """The study's and the library's log lines, to ``study.log`` and to stderr."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    for handler in (logging.FileHandler(out / "study.log"), logging.StreamHandler(sys.stderr)):
+    handlers = (logging.FileHandler(out / "study.log"), logging.StreamHandler(sys.stderr))
+    for handler in handlers:
         handler.setFormatter(fmt)
-        log.addHandler(handler)
+    for logger in (log, logging.getLogger("nodulebench")):
+        logger.setLevel(logging.INFO)
+        for handler in handlers:
+            logger.addHandler(handler)
 
 
 def prepare_output(
@@ -187,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--report-only trains nothing: drop --fresh and --shard")
         config = resolve_config(args)
         resolve_device(config.device)
-    except ConfigError as err:
+        Progress(enabled=not args.no_progress)  # says how to do without tqdm, on every rank
+    except (ConfigError, ImportError) as err:
         print(f"reproduce_study.py: error: {err}", file=sys.stderr)
         return 2
     parallel, device_name = init_parallel(config.device)
@@ -208,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce_study.py: error: {err}", file=sys.stderr)
         close_parallel(parallel)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if parallel.is_main:
         setup_logging(store.root)
     if args.report_only:
@@ -225,19 +234,22 @@ def main(argv: list[str] | None = None) -> int:
         if lock is not None:
             lock.close()
         return 0
+    threads = set_threads(args.threads)  # before any work: torch and BLAS alike
     runs = len(config.experiments) * len(config.seeds) * len(config.losses)
     log.info(
-        "study '%s': %d runs on %s x %d process(es), results in %s",
+        "study '%s': %d runs on %s x %d process(es), %d CPU thread(s), results in %s",
         config.name,
         runs,
         device,
         parallel.world_size,
+        threads,
         store.root,
     )
     start = time.perf_counter()
     progress = Progress(enabled=not args.no_progress and parallel.is_main)
     try:
-        run_grid(config, store, device, progress, parallel, workers=args.workers, shard=shard)
+        with progress.logging_through_bars(log, logging.getLogger("nodulebench")):
+            run_grid(config, store, device, progress, parallel, workers=args.workers, shard=shard)
         if parallel.is_main:
             missing = missing_runs(config, store)
             if missing:

@@ -64,6 +64,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("custom-study"))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the CPUs this process may use)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -87,6 +92,7 @@ def main() -> None:
         "--out",
         str(args.out),
         "--no-progress",
+        *(["--threads", str(args.threads)] if args.threads else []),
     ]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)

@@ -30,14 +30,21 @@ from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from nodulebench import NoduleSpec, SupConLoss, SyntheticNodules, distributed  # noqa: E402
-from small_cnn import small_cnn  # noqa: E402  (examples/small_cnn.py)
+from nodulebench.models import small_cnn  # noqa: E402
+from nodulebench.threads import set_threads  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("ddp"))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the CPUs this process may use)",
+    )
     args = parser.parse_args()
+    set_threads(args.threads)
     steps, global_batch, n = (3, 32, 128) if args.tiny else (100, 256, 4096)
 
     if "WORLD_SIZE" in os.environ:  # launched by torchrun

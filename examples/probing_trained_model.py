@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from nodulebench import NoduleSpec, SyntheticNodules  # noqa: E402
+from nodulebench.models import recompute_batch_norm, small_cnn  # noqa: E402
 from nodulebench.plotting import plot_probe_heatmap, plot_sensitivity_bars  # noqa: E402
 from nodulebench.probing import (  # noqa: E402
     extract_features,
@@ -32,7 +33,7 @@ from nodulebench.probing import (  # noqa: E402
     probe_factors,
     write_records,
 )
-from small_cnn import recompute_batch_norm, small_cnn  # noqa: E402  (examples/small_cnn.py)
+from nodulebench.threads import set_threads  # noqa: E402
 
 FACTORS = ["spiculation", "diameter_mm", "lobulation", "sphericity", "texture"]
 
@@ -62,7 +63,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("probing"))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the CPUs this process may use)",
+    )
     args = parser.parse_args()
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     n_train, steps, n_test = (128, 5, 64) if args.tiny else (2048, 300, 500)
 

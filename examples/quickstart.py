@@ -22,9 +22,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from nodulebench import NoduleSpec, SupConLoss, SyntheticNodules
+from nodulebench.models import small_cnn
 from nodulebench.plotting import plot_probe_heatmap, plot_sample_grid, plot_sensitivity_bars
 from nodulebench.probing import extract_features, intervention_sensitivity, probe_factors
-from small_cnn import small_cnn  # examples/small_cnn.py, shared by the examples
+from nodulebench.threads import set_threads
 
 # [/imports]
 
@@ -40,6 +41,11 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("quickstart"), help="output folder")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the CPUs this process may use)",
+    )
     return parser.parse_args()
 
 
@@ -56,6 +62,7 @@ def main() -> None:
     size = SIZES["tiny" if args.tiny else "full"]
     args.out.mkdir(parents=True, exist_ok=True)
     # [setup]
+    set_threads(args.threads)  # CPU threads of torch and BLAS; the default: what we may use
     matplotlib.use("Agg")  # figures to files; nodulebench never changes the backend itself
     torch.manual_seed(0)  # the model's initial weights; nodulebench never touches this RNG
     generator = torch.Generator().manual_seed(0)  # batches and augmentation

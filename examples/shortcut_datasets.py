@@ -22,13 +22,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from nodulebench import NoduleSpec, SyntheticNodules  # noqa: E402
 from nodulebench.plotting import plot_sample_grid  # noqa: E402
+from nodulebench.threads import set_threads  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("shortcut-datasets"))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the CPUs this process may use)",
+    )
     args = parser.parse_args()
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     n = 64 if args.tiny else 1000
 

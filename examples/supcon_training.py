@@ -1,10 +1,11 @@
 """A SupCon training loop against cross-entropy, tested on shifted distributions.
 
-The same small CNN (``small_cnn.py``, batch-normalised) is trained twice on a training
-set where nodule size is a shortcut for the label: once end to end with cross-entropy,
-once with SupCon on two augmented views (then a linear head on the frozen features, the
-usual two-stage protocol). Both are tested on every test distribution of the training
-spec; the figure shows the loss curves and the accuracy per distribution.
+The same small CNN (``nodulebench.models.small_cnn``, batch-normalised) is trained
+twice on a training set where nodule size is a shortcut for the label: once end to end
+with cross-entropy, once with SupCon on two augmented views (then a linear head on the
+frozen features, the usual two-stage protocol). Both are tested on every test
+distribution of the training spec; the figure shows the loss curves and the accuracy
+per distribution.
 
     python examples/supcon_training.py --out supcon-training
     python examples/supcon_training.py --tiny --out /tmp/supcon
@@ -25,7 +26,8 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from nodulebench import NoduleSpec, SyntheticNodules, create_loss  # noqa: E402
-from small_cnn import recompute_batch_norm, small_cnn  # noqa: E402  (examples/small_cnn.py)
+from nodulebench.models import recompute_batch_norm, small_cnn  # noqa: E402
+from nodulebench.threads import set_threads  # noqa: E402
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -78,7 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("supcon-training"))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the CPUs this process may use)",
+    )
     args = parser.parse_args()
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     n_train, n_test, epochs = (512, 128, 3) if args.tiny else (4096, 1000, 10)
 

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from nodulebench import SupConLoss  # noqa: E402
+from nodulebench.threads import set_threads  # noqa: E402
 
 DENSE_LIMIT = 8192  # the dense backend needs about 1.4 GB at B = 8192 and 4x per doubling
 
@@ -56,8 +57,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("tiled-large-batch"))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the CPUs this process may use)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     sizes = [128, 256] if args.tiny else [1024, 2048, 4096, 8192, 16384, 32768]

@@ -115,6 +115,17 @@ def _loss_styles(losses: list[str]) -> dict[str, dict[str, Any]]:
     }
 
 
+#: Widest figure in inches: at the 110 dpi of :func:`_save`, 8 inches is 880 px, about
+#: the width of a documentation page, so no figure is shrunk until its text is unreadable.
+MAX_WIDTH_IN = 8.0
+
+
+def _column_rows(columns: list[str], inch_per_column: float, margin: float) -> list[list[str]]:
+    """``columns`` cut into rows that each fit :data:`MAX_WIDTH_IN`."""
+    per_row = max(1, int((MAX_WIDTH_IN - margin) // inch_per_column))
+    return [columns[k : k + per_row] for k in range(0, len(columns), per_row)] or [[]]
+
+
 def interval_figure(
     rows: Mapping[str, Mapping[str, MeanInterval | None]],
     columns: list[str],
@@ -124,26 +135,40 @@ def interval_figure(
     ylim: tuple[float, float] | None,
     zero_line: bool = False,
 ) -> str:
-    """One point with its 95 % interval per (loss, column), losses side by side."""
+    """One point with its 95 % interval per (loss, column), losses side by side.
+
+    Many columns are wrapped onto several panels, one under the other, so that the figure
+    stays within :data:`MAX_WIDTH_IN`; the legend sits below the last panel.
+    """
     plt = _pyplot()
     losses = list(rows)
     styles = _loss_styles(losses)
-    fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 2.5, 3.4))
+    panels = _column_rows(columns, 1.1, 1.0)
+    width_in = min(MAX_WIDTH_IN, 1.1 * max(len(p) for p in panels) + 1.0)
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(width_in, 2.9 * len(panels) + 0.4 * len(losses) / 3 + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
     width = 0.8 / max(len(losses), 1)
-    for i, loss in enumerate(losses):
-        for j, column in enumerate(columns):
-            style = dict(styles[loss])
-            if j:
-                style.pop("label")
-            _errorbars(ax, j - 0.4 + (i + 0.5) * width, rows[loss].get(column), **style)
-    ax.set_xticks(range(len(columns)), columns, rotation=20, ha="right")
-    if zero_line:
-        ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=0)
-    if ylim:
-        ax.set_ylim(*ylim)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    for panel, ax in zip(panels, axes[:, 0], strict=True):
+        for i, loss in enumerate(losses):
+            for j, column in enumerate(panel):
+                style = dict(styles[loss])
+                if j or ax is not axes[0, 0]:
+                    style.pop("label")
+                _errorbars(ax, j - 0.4 + (i + 0.5) * width, rows[loss].get(column), **style)
+        ax.set_xticks(range(len(panel)), panel, rotation=20, ha="right")
+        ax.set_xlim(-0.6, max(len(panel), 1) - 0.4)
+        if zero_line:
+            ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=0)
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.set_ylabel(ylabel, fontsize=9)
+    axes[0, 0].set_title(title, fontsize=9)
+    fig.legend(fontsize=7, loc="outside lower center", ncols=min(4, max(len(losses), 1)))
     return _save(fig, path)
 
 
@@ -184,8 +209,8 @@ def sensitivity_figure(
     return interval_figure(
         rows,
         factors,
-        "mean |change of P(malignant)|",
-        f"{experiment}: intervention sensitivity (95 % intervals)",
+        "change of P(malignant)\nwhen only this factor moves",
+        f"{experiment}: how much each factor moves the prediction (mean over seeds, 95 % interval)",
         path,
         None,
     )
@@ -197,8 +222,9 @@ def cka_figure(cka: dict[str, dict[str, Any]], experiment: str, path: Path) -> s
     return interval_figure(
         rows,
         list(STAGES),
-        "CKA with cross_entropy minus floor",
-        f"{experiment}: below 0 = more different than two seeds",
+        "similarity to cross-entropy\n(CKA minus seed-to-seed level)",
+        f"{experiment}: feature similarity to cross-entropy; below 0 = more different "
+        "than two seeds of one loss",
         path,
         None,
         zero_line=True,
@@ -301,13 +327,25 @@ def embedding_figure(
     probe = SyntheticNodules(
         spec, n=config.data.n_probe, seed=PROBE_SEED_OFFSET, **config.data.sizes()
     )
-    fig, axes = plt.subplots(2, len(losses), figsize=(2.6 * len(losses), 5.2), squeeze=False)
-    for c, loss in enumerate(losses):
+    # Columns of at most MAX_WIDTH_IN; each block of two rows (causal, shortcut) holds
+    # as many losses as fit, and the blocks stack.
+    per_row = max(1, int(MAX_WIDTH_IN // 2.6))
+    blocks = max(1, -(-len(losses) // per_row))
+    cols = min(per_row, max(len(losses), 1))
+    fig, axes = plt.subplots(
+        2 * blocks, cols, figsize=(2.6 * cols, 2.6 * 2 * blocks), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for k, loss in enumerate(losses):
+        block, c = divmod(k, per_row)
         arrays = store.load_arrays(run_id(experiment.name, loss, seed))
         coords = torch.from_numpy(arrays["projection"])
         for r, factor in enumerate((causal, experiment.shortcut)):
-            plot_embedding_scatter(coords, probe.factors[factor], label=factor, ax=axes[r][c])
-            axes[r][c].set_title(f"{loss}\ncolour: {factor}", fontsize=8)
+            ax = axes[2 * block + r][c]
+            ax.set_visible(True)
+            plot_embedding_scatter(coords, probe.factors[factor], label=factor, ax=ax)
+            ax.set_title(f"{loss}\ncolour: {factor}", fontsize=8)
     return _save(fig, path)
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from nodulebench import NoduleSpec, SyntheticNodules
-from nodulebench.metrics import binary_metrics
+from nodulebench.evaluation import evaluate_predictions
 from nodulebench.probing import RenderCache
-from nodulebench.stats import group_accuracy
+from nodulebench.threads import set_threads
 
 from .config import STUDY_LOSSES, ConfigError, DataConfig, ExperimentConfig, StudyConfig
 from .identify import identify_features
@@ -47,9 +47,8 @@ DFR_SEED_OFFSET = 30_000
 VALIDATION_SEED_OFFSET = 40_000
 
 #: The (label x shortcut side) groups of Sagawa et al. (2020), by index ``2 * label +
-#: conflicting``: "aligned" samples lie on the side of the shortcut that agrees with their
-#: label, "conflicting" ones on the other side.
-GROUPS = ("benign-aligned", "benign-conflicting", "malignant-aligned", "malignant-conflicting")
+#: conflicting`` (:meth:`nodulebench.SyntheticNodules.group_ids`).
+GROUPS = SyntheticNodules.group_names
 
 
 @dataclass
@@ -201,20 +200,11 @@ def study_test_distributions(spec: NoduleSpec, factor: str) -> dict[str, NoduleS
     }
 
 
-def group_ids(spec: NoduleSpec, dataset: SyntheticNodules, factor: str) -> torch.Tensor:
-    """``(N,)`` index into :data:`GROUPS` of each sample: its label and side of ``factor``."""
-    split = next(sc.split for sc in spec.shortcuts if sc.split.factor == factor)
-    labels = dataset.labels
-    malignant_looking = split.malignant_side(dataset.factors[split.factor])
-    conflicting = malignant_looking != labels.bool()
-    return 2 * labels + conflicting.long()
-
-
 def _labelled(
     spec: NoduleSpec, n: int, seed: int, data: DataConfig, factor: str, rescans: int = 0
 ) -> LabelledImages:
     dataset = SyntheticNodules(spec, n=n, seed=seed, **data.sizes())
-    by_factor = {f: group_ids(spec, dataset, f) for f in spec.shortcut_factors}
+    by_factor = {f: dataset.group_ids(f) for f in spec.shortcut_factors}
     views = (
         torch.stack([dataset.render(range(n), rescan=k) for k in range(1, rescans + 1)])
         if rescans
@@ -261,22 +251,16 @@ def evaluate(probabilities: torch.Tensor, test: LabelledImages) -> dict[str, Any
     ``by_factor`` repeats the group accuracies with the groups of every shortcut factor of
     the study (``{factor: {worst_group_accuracy, worst_group, group_accuracy}}``).
     """
-    predicted = (probabilities >= 0.5).long()
-    groups = group_accuracy(predicted, test.labels, test.groups, list(GROUPS))
     by_factor = {}
     for factor, ids in test.groups_by_factor.items():
-        of_factor = group_accuracy(predicted, test.labels, ids, list(GROUPS))
+        of_factor = evaluate_predictions(probabilities, test.labels, ids)
         by_factor[factor] = {
-            "worst_group_accuracy": of_factor.worst,
+            "worst_group_accuracy": of_factor.worst_group_accuracy,
             "worst_group": of_factor.worst_group,
-            "group_accuracy": of_factor.per_group,
+            "group_accuracy": dict(of_factor.group_accuracy),
         }
     return {
-        **binary_metrics(probabilities, test.labels).to_dict(),
-        "worst_group_accuracy": groups.worst,
-        "worst_group": groups.worst_group,
-        "group_accuracy": groups.per_group,
-        "group_counts": groups.counts,
+        **evaluate_predictions(probabilities, test.labels, test.groups).to_dict(),
         "by_factor": by_factor,
     }
 
@@ -634,7 +618,7 @@ def _worker(
     """One worker process: its groups, one after another, without progress bars."""
     from .progress import Progress
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
     log.setLevel(logging.INFO)
     handler = logging.FileHandler(root / "study.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))

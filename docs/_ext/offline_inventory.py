@@ -28,6 +28,7 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "IndexError": ("py:exception", "library/exceptions.html#IndexError"),
         "RuntimeError": ("py:exception", "library/exceptions.html#RuntimeError"),
         "pathlib.Path": ("py:class", "library/pathlib.html#pathlib.Path"),
+        "os.PathLike": ("py:class", "library/os.html#os.PathLike"),
         "collections.abc.Callable": ("py:class", "library/collections.abc.html#$"),
         "collections.abc.Sequence": ("py:class", "library/collections.abc.html#$"),
         "collections.abc.Mapping": ("py:class", "library/collections.abc.html#$"),
@@ -50,6 +51,13 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
             "generated/torch.nn.Module.html#torch.nn.Module",
         ),
         "torch.nn.functional.normalize": ("py:function", "generated/$.html#$"),
+        "torch.nn.Sequential": ("py:class", "generated/$.html#$"),
+        "torch.nn.modules.container.Sequential": (
+            "py:class",
+            "generated/torch.nn.Sequential.html#torch.nn.Sequential",
+        ),
+        "torch.nn.AdaptiveAvgPool2d": ("py:class", "generated/$.html#$"),
+        "torch.set_num_threads": ("py:function", "generated/$.html#$"),
         "torch.nn.functional.cross_entropy": ("py:function", "generated/$.html#$"),
         "torch.utils.data.dataset.Dataset": ("py:class", "data.html#torch.utils.data.Dataset"),
         "torch.utils.data.dataloader.DataLoader": (

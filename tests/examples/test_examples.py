@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +16,18 @@ from pathlib import Path
 import pytest
 
 import nodulebench
+import nodulebench.evaluation
+import nodulebench.models
 import nodulebench.plotting
 import nodulebench.probing
+import nodulebench.threads
 
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.slow  # each script starts its own interpreter (and torch)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-MODULES = {"small_cnn"}  # imported by the scripts, not run
+MODULES: set[str] = set()  # modules imported by the scripts, not run
 SCRIPTS = sorted(path.stem for path in EXAMPLES.glob("*.py") if path.stem not in MODULES)
 PNG = b"\x89PNG\r\n\x1a\n"
 TESTS = ["iid", "decorrelated", "reversed", "heldout", "covariate"]
@@ -55,8 +59,11 @@ def test_there_are_at_least_six_gallery_scripts_besides_the_quickstart() -> None
 def test_scripts_use_only_public_names(name: str) -> None:
     public = {
         "nodulebench": set(nodulebench.__all__),
+        "nodulebench.models": set(nodulebench.models.__all__),
+        "nodulebench.evaluation": set(nodulebench.evaluation.__all__),
         "nodulebench.plotting": set(nodulebench.plotting.__all__),
         "nodulebench.probing": set(nodulebench.probing.__all__),
+        "nodulebench.threads": set(nodulebench.threads.__all__),
     }
     tree = ast.parse((EXAMPLES / f"{name}.py").read_text())
     for node in ast.walk(tree):
@@ -80,6 +87,26 @@ def test_quickstart(tmp_path: Path) -> None:
         ), factor
     for figure in ("train_by_label", "train_by_diameter", "probes", "interventions"):
         assert_png(tmp_path / f"{figure}.png")
+
+
+def test_quickstart_runs_from_a_copy_outside_the_checkout(tmp_path: Path) -> None:
+    # What a user of a pip install has: the script alone, in a folder of their own, and
+    # the installed package (the one under test, put on the path without the checkout).
+    script = tmp_path / "my_quickstart.py"
+    shutil.copy(EXAMPLES / "quickstart.py", script)
+    package_root = Path(nodulebench.__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(package_root)}
+    result = subprocess.run(
+        [sys.executable, str(script), "--tiny", "--out", "out"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert re.search(r"accuracy on decorrelated\s+[01]\.\d{3}", result.stdout)
+    assert_png(tmp_path / "out" / "probes.png")
 
 
 def test_shortcut_datasets_plant_the_promised_agreement(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The study's networks: global average pooling keeps the gradient's memory layout."""
+"""The encoders' global average pooling keeps the gradient's memory layout."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from study.models import GlobalAveragePool
+from nodulebench.models import GlobalAveragePool
 
 CASES = [
     ((3, 4, 5, 6), torch.channels_last, nn.AdaptiveAvgPool2d(1)),

@@ -521,3 +521,53 @@ class SyntheticNodules(Dataset[Any]):
     def factor_names(self) -> tuple[str, ...]:
         """Names of the factors, in table order."""
         return tuple(FACTORS)
+
+    #: Names of the (label x shortcut side) groups of :meth:`group_ids`, by group id
+    #: ``2 * label + conflicting``.
+    group_names: tuple[str, ...] = (
+        "benign-aligned",
+        "benign-conflicting",
+        "malignant-aligned",
+        "malignant-conflicting",
+    )
+
+    def group_ids(self, factor: str | None = None) -> torch.Tensor:
+        """``(n,)`` int64 group of each sample: its label and its side of a shortcut.
+
+        The groups of Sagawa et al. (2020), which worst-group accuracy, GroupDRO and DFR
+        read: group ``2 * label + conflicting``, named by :attr:`group_names`. A sample is
+        *aligned* when it lies on the side of the shortcut's split that the training spec
+        ties to its label (e.g. large and malignant for ``with_shortcut("diameter_mm")``),
+        *conflicting* otherwise. The split is the spec's, so the test distributions derived
+        from a training spec (decorrelated, reversed, ...) share its groups. No rendering.
+
+        Args:
+            factor: the shortcut factor whose side counts (default: the spec's first
+                shortcut); one of ``spec.shortcut_factors``.
+
+        Raises:
+            ValueError: the spec has no shortcut, or ``factor`` is not one of its shortcuts.
+
+        Example:
+            >>> ds = SyntheticNodules(NoduleSpec().with_shortcut("diameter_mm", 0.8), n=100)
+            >>> groups = ds.group_ids()
+            >>> groups.bincount(minlength=4).tolist()
+            [45, 5, 45, 5]
+            >>> ds.group_names[int(groups[0])]
+            'malignant-aligned'
+        """
+        splits = {shortcut.split.factor: shortcut.split for shortcut in self.spec.shortcuts}
+        if not splits:
+            raise ValueError(
+                "group_ids needs a spec with a shortcut (groups are label x shortcut side); "
+                f"got none ({self.spec.describe()})"
+            )
+        factor = next(iter(splits)) if factor is None else factor
+        if factor not in splits:
+            raise ValueError(
+                f"factor must be one of the spec's shortcut factors {tuple(splits)}; got {factor!r}"
+            )
+        labels = self.labels
+        malignant_looking = splits[factor].malignant_side(self.factors[factor])
+        conflicting = malignant_looking != labels.bool()
+        return 2 * labels + conflicting.long()

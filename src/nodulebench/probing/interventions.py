@@ -9,6 +9,8 @@ change of the model's output is measured.
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nodulebench._progress import progress_bar
 from nodulebench._validation import check_int, did_you_mean
 from nodulebench.data import FACTORS
 from nodulebench.probing.features import (
@@ -28,6 +31,8 @@ from nodulebench.probing.features import (
 from nodulebench.probing.records import SensitivityResult
 
 __all__ = ["InterventionDataset", "RenderCache", "intervention_sensitivity"]
+
+log = logging.getLogger(__name__)
 
 _PERCENTILES = (10.0, 90.0)
 
@@ -269,6 +274,7 @@ def intervention_sensitivity(
     embedding_layer: str | None = None,
     batch_size: int = 128,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> list[SensitivityResult]:
     r"""How much the model's output changes when one factor alone is changed.
 
@@ -315,6 +321,9 @@ def intervention_sensitivity(
         embedding_layer: Optional module name in ``model`` whose output is the embedding.
         batch_size: Images rendered and evaluated at once.
         device: Where rendering and the model run; default the model's device.
+        progress: show a progress bar over the factors (needs tqdm, e.g. from the
+            ``study`` extra). The ``"nodulebench"`` logger reports start and duration at
+            INFO level either way.
 
     Returns:
         One :class:`~nodulebench.probing.SensitivityResult` per factor.
@@ -396,7 +405,10 @@ def intervention_sensitivity(
                     f"embedding_layer {embedding_layer!r} gives the same embedding for every "
                     "sample; its displacement cannot be compared with its spread"
                 )
-        for name, column, chosen, source in plans:
+        start = time.perf_counter()
+        log.info("interventions on %d factor(s), %d samples each", len(plans), int(indices.numel()))
+        bar = progress_bar(plans, enabled=progress, total=len(plans), desc="interventions")
+        for name, column, chosen, source in bar:
             dtype = column.dtype
             flips, abs_changes, changes, displacements = [], [], [], []
             # Each value is rendered once; every pair compares the cached outputs.
@@ -426,4 +438,5 @@ def intervention_sensitivity(
                     ),
                 )
             )
+        log.info("interventions done in %.1f s", time.perf_counter() - start)
     return results

@@ -141,9 +141,18 @@ def plot_sensitivity_bars(
         offsets = [c - 0.4 + width * (k + 0.5) for c in range(len(columns))]
         ax.bar(offsets, heights, width=width, label=model)
     ax.set_xticks(range(len(columns)), columns, rotation=35, ha="right")
-    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_ylabel(_SENSITIVITY_LABELS[metric])
     ax.legend(frameon=False)
     return ax
+
+
+_SENSITIVITY_LABELS = {
+    "mean_abs_probability_change": "mean change of P(malignant)\nwhen only this factor moves",
+    "flip_rate": "share of predictions that flip\nwhen only this factor moves",
+    "relative_embedding_displacement": (
+        "embedding shift when only this\nfactor moves / embedding spread"
+    ),
+}
 
 
 def plot_embedding_scatter(
@@ -185,8 +194,8 @@ def plot_embedding_scatter(
             chosen = (values == code).numpy()
             ax.scatter(points[chosen, 0], points[chosen, 1], s=8, label=str(code))
         ax.legend(title=label, frameon=False, fontsize=8)
-    ax.set_xlabel("component 1")
-    ax.set_ylabel("component 2")
+    ax.set_xlabel("first projected axis")
+    ax.set_ylabel("second projected axis")
     return ax
 
 

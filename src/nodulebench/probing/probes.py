@@ -10,18 +10,24 @@ Everything runs in float64 with torch and numpy; no scikit-learn.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
+from nodulebench._progress import progress_bar
 from nodulebench._validation import check_int, check_ndim, check_positive
 from nodulebench.probing.records import ProbeResult
+from nodulebench.threads import thread_limit
 
 __all__ = ["probe_factors"]
 
 # Ridge penalties tried on each training split, relative to its size n: alpha = n * c.
 # With standardized features, c is the penalty per sample, independent of n.
+log = logging.getLogger(__name__)
+
 _RIDGE_PENALTIES = tuple(10.0**k for k in range(-4, 3))
 
 
@@ -283,6 +289,7 @@ def probe_factors(
     folds: int = 5,
     seed: int = 0,
     logistic_l2: float = 1e-2,
+    progress: bool = False,
 ) -> list[ProbeResult]:
     r"""Cross-validated linear probes of every factor from every feature set.
 
@@ -316,6 +323,9 @@ def probe_factors(
         folds: Number of cross-validation folds, ``>= 2``.
         seed: Seed of the fold assignment and of the control's permutation.
         logistic_l2: The L2 penalty :math:`\lambda > 0` of the logistic probe.
+        progress: show a progress bar over the (feature set, factor) probes (needs
+            tqdm, e.g. from the ``study`` extra). The ``"nodulebench"`` logger reports
+            start and duration at INFO level either way.
 
     Returns:
         One :class:`~nodulebench.probing.ProbeResult` per layer and factor, layers in
@@ -394,37 +404,76 @@ def probe_factors(
         targets[name] = (target, categorical)
 
     results = []
-    for layer, x in matrices.items():
-        ridge = _RidgeCache(x)
-        for name, (target, categorical) in targets.items():
-            probe_rng, control_rng = (
-                np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
-            )
-            probe_ids = _fold_ids(target, folds, categorical, probe_rng)
-            shuffled = target[control_rng.permutation(n_rows)]
-            control_ids = _fold_ids(shuffled, folds, categorical, control_rng)
-            if categorical:
-                scores, controls = _logistic_scores(
-                    x, [target, shuffled], [probe_ids, control_ids], logistic_l2
-                )
-            else:
-                scores = _ridge_scores(ridge, target, probe_ids, name)
-                controls = _ridge_scores(ridge, shuffled, control_ids, name)
-            score, control = float(np.mean(scores)), float(np.mean(controls))
+    start = time.perf_counter()
+    log.info(
+        "probing %d factor(s) in %d feature set(s) of %d samples, %d folds",
+        len(targets),
+        len(matrices),
+        n_rows,
+        folds,
+    )
+    pairs = [(layer, name) for layer in matrices for name in targets]
+    ridges: dict[str, _RidgeCache] = {}
+    with thread_limit(1):  # thousands of tiny solves: extra threads only wait (see there)
+        for layer, name in progress_bar(pairs, enabled=progress, total=len(pairs), desc="probes"):
             results.append(
-                ProbeResult(
-                    layer=layer,
-                    factor=name,
-                    kind="categorical" if categorical else "continuous",
-                    metric="balanced_accuracy" if categorical else "r2",
-                    score=score,
-                    score_std=float(np.std(scores)),
-                    control=control,
-                    control_std=float(np.std(controls)),
-                    selectivity=score - control,
-                    chance=1.0 / np.unique(target).size if categorical else 0.0,
-                    n_samples=n_rows,
-                    folds=folds,
+                _probe_one(
+                    matrices[layer],
+                    layer,
+                    name,
+                    targets[name],
+                    ridges,
+                    folds,
+                    seed,
+                    logistic_l2,
+                    n_rows,
                 )
             )
+    log.info("probes done in %.1f s", time.perf_counter() - start)
     return results
+
+
+def _probe_one(
+    x: torch.Tensor,
+    layer: str,
+    name: str,
+    target_kind: tuple[np.ndarray, bool],
+    ridges: dict[str, _RidgeCache],
+    folds: int,
+    seed: int,
+    logistic_l2: float,
+    n_rows: int,
+) -> ProbeResult:
+    """One (feature set, factor) probe and its shuffled control."""
+    if layer not in ridges:
+        ridges[layer] = _RidgeCache(x)
+    ridge = ridges[layer]
+    target, categorical = target_kind
+    probe_rng, control_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
+    )
+    probe_ids = _fold_ids(target, folds, categorical, probe_rng)
+    shuffled = target[control_rng.permutation(n_rows)]
+    control_ids = _fold_ids(shuffled, folds, categorical, control_rng)
+    if categorical:
+        scores, controls = _logistic_scores(
+            x, [target, shuffled], [probe_ids, control_ids], logistic_l2
+        )
+    else:
+        scores = _ridge_scores(ridge, target, probe_ids, name)
+        controls = _ridge_scores(ridge, shuffled, control_ids, name)
+    score, control = float(np.mean(scores)), float(np.mean(controls))
+    return ProbeResult(
+        layer=layer,
+        factor=name,
+        kind="categorical" if categorical else "continuous",
+        metric="balanced_accuracy" if categorical else "r2",
+        score=score,
+        score_std=float(np.std(scores)),
+        control=control,
+        control_std=float(np.std(controls)),
+        selectivity=score - control,
+        chance=1.0 / np.unique(target).size if categorical else 0.0,
+        n_samples=n_rows,
+        folds=folds,
+    )
