@@ -6,7 +6,7 @@ import torch
 
 from nodulebench import SyntheticNodules
 from study.config import ExperimentConfig
-from study.runner import GROUPS, group_ids, study_test_distributions, training_spec
+from study.runner import GROUPS, study_test_distributions, training_spec
 
 FACTORS = ("diameter_mm", "calcification", "site")
 CONTROL = ExperimentConfig("control", "diameter_mm", 0.0)
@@ -42,5 +42,5 @@ def test_the_control_is_tested_once_and_shortcuts_hold_out_both_conflicting_grou
     tests = study_test_distributions(spec, "calcification")
     for name in ("malignant-conflicting", "benign-conflicting"):
         dataset = SyntheticNodules(tests[name], n=64, seed=2, image_size=16)
-        ids = group_ids(tests[name], dataset, "calcification")
+        ids = dataset.group_ids("calcification")
         assert torch.equal(ids, torch.full_like(ids, GROUPS.index(name)))
