@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _harness import cpu_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,17 +42,6 @@ SETTINGS = {
     "before": {"autocast": "none", "channels_last": False},
     "after": {"autocast": "bfloat16", "channels_last": True},
 }
-
-
-def cpu_name() -> str:
-    """The CPU model, from /proc/cpuinfo where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def toml_value(value: object) -> str:

@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _harness import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_threads.jsonl"
@@ -52,17 +53,6 @@ def torch_default_threads() -> int:
         [sys.executable, "-c", code], env=clean_environment(), capture_output=True, text=True
     )
     return int(out.stdout)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else what ``platform`` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def command(job: str, size: str, folder: Path) -> list[str]:
@@ -136,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     torch_threads = torch_default_threads()
     chosen = {"default": None, "one": 1, "torch": torch_threads}
     machine = {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "available_cpus": available_cpus(),
         "torch_default_threads": torch_threads,

@@ -32,7 +32,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 
-from bench_study import cpu_name  # noqa: E402
+from _harness import cpu_name  # noqa: E402
 from nodulebench import create_loss  # noqa: E402
 from study.models import GlobalAveragePool, StudyModel  # noqa: E402
 from study.training import _Heads  # noqa: E402
