@@ -192,7 +192,11 @@ class RuleTruth:
     Example:
         >>> spec = NoduleSpec(malignant_fraction=None).with_shortcut("diameter_mm", 0.8)
         >>> truth = RuleTruth(spec, 100, 0)
-        >>> factors, labels = factor_rows(spec, 100, 0, torch.arange(3), truth)
+        >>> int(truth.truth.sum())  # the rule's malignant samples among the 100
+        50
+        >>> factors, labels = factor_rows(spec, 100, 0, torch.arange(10), truth)
+        >>> labels.tolist()
+        [0, 0, 0, 0, 0, 0, 0, 0, 1, 1]
     """
 
     def __init__(self, spec: NoduleSpec, n: int, seed: int) -> None:
@@ -287,6 +291,8 @@ def sample_labels(
 
     Example:
         >>> labels = sample_labels(NoduleSpec(), 10_000, 0)
+        >>> int(labels.sum())  # the default spec allocates exactly half malignant
+        5000
     """
     rule_truth = _truth_for(spec, n, seed, truth)
     labels = torch.empty(n, dtype=torch.int64)
