@@ -600,7 +600,9 @@ def protocol_blocks(
                 "distributions being one, it is tested once (as `decorrelated`).",
                 f"Model: `{config.model.arch}` (width {config.model.width}), initialised "
                 "independently for every (loss, seed). Embedding losses train encoder + projection "
-                "head on two flipped/rotated views, then a linear classifier on the frozen encoder "
+                "head on two views, two rescans of each nodule (new acquisition noise, same "
+                "factors) each flipped/rotated at random, then a linear classifier on the frozen "
+                "encoder "
                 "(the SupCon protocol); `cross_entropy` trains end to end on one view and "
                 "`cross_entropy_2view` on the same two views as the embedding losses; `supcon_ce` "
                 "trains SupCon and cross-entropy jointly; `ntxent` ignores labels.",
